@@ -1,0 +1,172 @@
+//! Wakes long-polls on every ingress replica when a conversation's mailbox grows.
+//!
+//! Each process holds **one** Redis subscription (not one per waiting poll) and an
+//! in-process table of waiters keyed by [`MailboxKey`]. A deliverer that stored a reply
+//! calls [`Mailboxes::announce`]; every replica's subscriber wakes the polls waiting on
+//! that key, which then read the database (the source of truth) again.
+//!
+//! A poll must [`Mailboxes::watch`] *before* it reads, so an entry that lands between the
+//! read and the wait still wakes it. A lost subscription is re-established, and on every
+//! (re)subscribe all waiters are woken to re-read: an announcement missed while
+//! disconnected costs a database read, never a lost message.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+use tokio_util::sync::CancellationToken;
+
+use super::Cache;
+use crate::error::Result;
+use crate::ids::{Channel, ClientId};
+
+/// Identifies one conversation's mailbox without putting the channel-side key (a phone
+/// number, say) on the wire: the external id is hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MailboxKey(String);
+
+impl MailboxKey {
+    pub fn new(client_id: ClientId, channel: Channel, external_id: &str) -> Self {
+        let digest = Sha256::digest(external_id.as_bytes());
+        Self(format!(
+            "{client_id}:{}:{}",
+            channel.as_str(),
+            hex::encode(&digest[..16])
+        ))
+    }
+}
+
+/// The process's mailbox notifier.
+#[derive(Debug)]
+pub struct Mailboxes {
+    cache: Cache,
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    by_key: HashMap<MailboxKey, Weak<Notify>>,
+    prune_at: usize,
+}
+
+/// A registration to be woken when a mailbox may have new entries.
+#[derive(Debug, Clone)]
+pub struct MailboxWatch {
+    notify: Arc<Notify>,
+}
+
+impl MailboxWatch {
+    /// Resolves at the next announcement after this call. Create it *before* reading.
+    pub fn changed(&self) -> Pin<Box<Notified<'_>>> {
+        let mut notified = Box::pin(self.notify.notified());
+        // Registers the waiter now, so a wake-up before the first poll is not lost.
+        notified.as_mut().enable();
+        notified
+    }
+}
+
+impl Mailboxes {
+    /// Starts the process's subscription; it runs until `shutdown`.
+    pub fn start(cache: Cache, shutdown: CancellationToken) -> Arc<Self> {
+        let this = Arc::new(Self {
+            cache,
+            waiters: Mutex::new(Waiters::default()),
+        });
+        let subscriber = this.clone();
+        tokio::spawn(async move { subscriber.subscribe_forever(shutdown).await });
+        this
+    }
+
+    /// Registers interest in `key`.
+    pub fn watch(&self, key: &MailboxKey) -> MailboxWatch {
+        let mut waiters = match self.waiters.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(notify) = waiters.by_key.get(key).and_then(Weak::upgrade) {
+            return MailboxWatch { notify };
+        }
+        let notify = Arc::new(Notify::new());
+        waiters.by_key.insert(key.clone(), Arc::downgrade(&notify));
+        if waiters.by_key.len() > waiters.prune_at {
+            waiters.by_key.retain(|_, w| w.strong_count() > 0);
+            waiters.prune_at = (waiters.by_key.len() * 2).max(1024);
+        }
+        MailboxWatch { notify }
+    }
+
+    /// Tells every replica that `key`'s mailbox has new entries.
+    pub async fn announce(&self, key: &MailboxKey) -> Result<()> {
+        // Wake local waiters at once; the subscription will wake them again harmlessly.
+        self.wake(key);
+        self.cache
+            .publish(&self.cache.keys().mailbox_channel(), &key.0)
+            .await
+    }
+
+    fn wake(&self, key: &MailboxKey) {
+        let notify = match self.waiters.lock() {
+            Ok(w) => w.by_key.get(key).and_then(Weak::upgrade),
+            Err(poisoned) => poisoned.into_inner().by_key.get(key).and_then(Weak::upgrade),
+        };
+        if let Some(n) = notify {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        let all: Vec<Arc<Notify>> = match self.waiters.lock() {
+            Ok(w) => w.by_key.values().filter_map(Weak::upgrade).collect(),
+            Err(_) => Vec::new(),
+        };
+        for n in all {
+            n.notify_waiters();
+        }
+    }
+
+    async fn subscribe_forever(self: Arc<Self>, shutdown: CancellationToken) {
+        let channel = self.cache.keys().mailbox_channel();
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.cache.client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if let Err(e) = pubsub.subscribe(&channel).await {
+                        tracing::warn!(error = %e, "mailbox subscription failed");
+                    } else {
+                        backoff = Duration::from_millis(100);
+                        // Anything announced while we were not subscribed: re-read.
+                        self.wake_all();
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                msg = messages.next() => match msg {
+                                    Some(msg) => {
+                                        let payload: redis::RedisResult<String> = msg.get_payload();
+                                        if let Ok(key) = payload {
+                                            self.wake(&MailboxKey(key));
+                                        }
+                                    }
+                                    None => break,
+                                },
+                            }
+                        }
+                        tracing::warn!("mailbox subscription lost; re-subscribing");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot open the mailbox subscription"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}

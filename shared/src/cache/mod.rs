@@ -1,0 +1,161 @@
+//! Redis: the connection pool, the one builder of every key ([`Keys`]), and the
+//! cross-replica mailbox notifier ([`Mailboxes`]). The only module that names redis types.
+//!
+//! Every key and pub/sub channel starts with `redis.prefix`; every tenant's key also
+//! carries the tenant id, and is only reachable through [`Keys::tenant`].
+
+mod mailbox;
+
+use deadpool_redis::redis;
+use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime};
+
+pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes};
+
+use crate::error::{Error, Result};
+use crate::ids::ClientId;
+use crate::settings::RedisSettings;
+
+/// A pool of Redis connections, plus the client used for dedicated pub/sub connections.
+#[derive(Clone)]
+pub struct Cache {
+    pool: Pool,
+    client: redis::Client,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Builds the pool and checks that Redis answers.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self> {
+        let mut config = PoolSettings::from_url(settings.url.expose().as_str());
+        config.pool = Some(PoolConfig::new(settings.pool_size));
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| Error::Redis(format!("redis.url: {e}")))?;
+        let client = redis::Client::open(settings.url.expose().as_str())
+            .map_err(|e| Error::Redis(format!("redis.url: {e}")))?;
+        let cache = Self {
+            pool,
+            client,
+            keys: Keys {
+                prefix: settings.prefix.clone(),
+            },
+        };
+        cache.ping().await?;
+        Ok(cache)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn publish(&self, channel: &str, payload: &str) -> Result<()> {
+        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    /// Deletes every key under this cache's prefix (test clean-up; never FLUSHDB).
+    pub async fn delete_prefixed(&self) -> Result<u64> {
+        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let pattern = format!("{}:*", self.keys.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error)?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Builds every Redis key and channel name. Tenant keys need a [`ClientId`].
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The keys of one tenant.
+    pub fn tenant(&self, client_id: ClientId) -> TenantKeys<'_> {
+        TenantKeys {
+            prefix: &self.prefix,
+            client_id,
+        }
+    }
+
+    /// The pub/sub channel that announces new mailbox entries to every ingress replica.
+    pub fn mailbox_channel(&self) -> String {
+        format!("{}:mailbox", self.prefix)
+    }
+}
+
+/// The keys of one tenant: `<prefix>:t:<client_id>:…`.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantKeys<'a> {
+    prefix: &'a str,
+    client_id: ClientId,
+}
+
+impl TenantKeys<'_> {
+    pub fn config(&self) -> String {
+        format!("{}:t:{}:config", self.prefix, self.client_id)
+    }
+}
+
+fn redis_error(e: impl std::fmt::Display) -> Error {
+    Error::Redis(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_keys_carry_prefix_and_tenant() {
+        let keys = Keys { prefix: "cf".into() };
+        assert_eq!(keys.tenant(ClientId::new(42)).config(), "cf:t:42:config");
+        assert_ne!(
+            keys.tenant(ClientId::new(1)).config(),
+            keys.tenant(ClientId::new(2)).config()
+        );
+        assert_eq!(keys.mailbox_channel(), "cf:mailbox");
+    }
+}

@@ -1,0 +1,180 @@
+//! Tenants (`clients`). Creating a tenant also creates its `client_configs` row with the
+//! defaults, in one transaction, so a tenant never exists without a configuration.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::mysql::MySqlPool;
+use sqlx::Row;
+
+use super::{client_id_of, is_duplicate_key};
+use crate::error::{Error, Result};
+use crate::ids::ClientId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    Starter,
+    Growth,
+    Enterprise,
+}
+
+impl Plan {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Starter => "starter",
+            Self::Growth => "growth",
+            Self::Enterprise => "enterprise",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "starter" => Ok(Self::Starter),
+            "growth" => Ok(Self::Growth),
+            "enterprise" => Ok(Self::Enterprise),
+            other => Err(Error::Invalid(format!(
+                "unknown plan {other:?} (expected starter, growth or enterprise)"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientStatus {
+    Active,
+    Suspended,
+    Cancelled,
+}
+
+impl ClientStatus {
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(Self::Active),
+            "suspended" => Ok(Self::Suspended),
+            "cancelled" => Ok(Self::Cancelled),
+            other => Err(Error::Invalid(format!("unknown client status {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Client {
+    pub id: ClientId,
+    pub slug: String,
+    pub name: String,
+    pub timezone: String,
+    pub locale: String,
+    pub plan: Plan,
+    pub status: ClientStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    pub slug: String,
+    pub name: String,
+    pub timezone: String,
+    pub locale: String,
+    pub plan: Plan,
+}
+
+impl NewClient {
+    /// Validates the slug (the tenant's public handle: URLs, widget snippet).
+    pub fn new(slug: &str, name: &str, plan: Plan) -> Result<Self> {
+        let slug_ok = (2..=64).contains(&slug.len())
+            && slug
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !slug.starts_with('-')
+            && !slug.ends_with('-');
+        if !slug_ok {
+            return Err(Error::Invalid(format!(
+                "slug {slug:?} must be 2-64 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+            )));
+        }
+        let name = name.trim();
+        if name.is_empty() || name.len() > 255 {
+            return Err(Error::Invalid("name must be 1-255 characters".into()));
+        }
+        Ok(Self {
+            slug: slug.to_owned(),
+            name: name.to_owned(),
+            timezone: "UTC".into(),
+            locale: "en".into(),
+            plan,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, slug, name, timezone, locale, plan, status, created_at";
+
+#[derive(Debug)]
+pub struct Clients<'a> {
+    pool: &'a MySqlPool,
+}
+
+impl<'a> Clients<'a> {
+    pub(super) fn new(pool: &'a MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Creates a tenant and its default configuration. A taken slug is an
+    /// [`Error::Invalid`] that says so.
+    pub async fn create(&self, new: &NewClient) -> Result<ClientId> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO clients (slug, name, timezone, locale, plan) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&new.slug)
+        .bind(&new.name)
+        .bind(&new.timezone)
+        .bind(&new.locale)
+        .bind(new.plan.as_str())
+        .execute(&mut *tx)
+        .await;
+        let id = match inserted {
+            Ok(done) => client_id_of(done.last_insert_id()),
+            Err(e) if is_duplicate_key(&e) => {
+                return Err(Error::Invalid(format!("slug {:?} is already taken", new.slug)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        sqlx::query("INSERT INTO client_configs (client_id) VALUES (?)")
+            .bind(id.get())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The tenant with this id. The tenant table itself is keyed by the tenant id.
+    pub async fn get(&self, client_id: ClientId) -> Result<Option<Client>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clients WHERE id = ?"))
+            .bind(client_id.get())
+            .fetch_optional(self.pool)
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// Resolves a public slug to its tenant (how channels that name the tenant find it).
+    pub async fn by_slug(&self, slug: &str) -> Result<Option<Client>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clients WHERE slug = ?"))
+            .bind(slug)
+            .fetch_optional(self.pool)
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+}
+
+fn from_row(row: &sqlx::mysql::MySqlRow) -> Result<Client> {
+    Ok(Client {
+        id: client_id_of(row.try_get("id")?),
+        slug: row.try_get("slug")?,
+        name: row.try_get("name")?,
+        timezone: row.try_get("timezone")?,
+        locale: row.try_get("locale")?,
+        plan: Plan::parse(row.try_get("plan")?)?,
+        status: ClientStatus::parse(row.try_get("status")?)?,
+        created_at: row.try_get("created_at")?,
+    })
+}

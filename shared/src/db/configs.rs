@@ -1,0 +1,303 @@
+//! A tenant's behaviour: its `client_configs` row and its `agent_modes`. Everything that
+//! makes one client's bot differ from another's is read from here, never from code.
+//! Every write bumps `config_version`, which each reply records.
+
+use serde::{Deserialize, Serialize};
+use sqlx::mysql::MySqlPool;
+use sqlx::Row;
+
+use super::{is_duplicate_key, Client};
+use crate::error::{Error, Result};
+use crate::ids::ClientId;
+
+/// The `client_configs` row, with the column names as field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientConfig {
+    pub persona_name: String,
+    pub persona_tone: String,
+    pub persona_language: String,
+    pub llm_model: String,
+    pub llm_temperature: f64,
+    pub max_context_turns: u32,
+    pub rag_top_k: u32,
+    pub human_handoff_phrase: Option<String>,
+    pub config_version: u64,
+    pub fallback_message: String,
+    pub fallback_model: Option<String>,
+    pub prompt_token_budget: Option<u32>,
+    pub coalesce_window_ms: u32,
+}
+
+/// The tones a persona may take (the `ck_client_configs_tone` constraint).
+pub const PERSONA_TONES: [&str; 7] = [
+    "friendly",
+    "professional",
+    "formal",
+    "casual",
+    "empathetic",
+    "playful",
+    "concise",
+];
+
+/// A full replacement of a tenant's configuration (everything but the version).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigUpdate {
+    pub persona_name: String,
+    pub persona_tone: String,
+    pub persona_language: String,
+    pub llm_model: String,
+    pub llm_temperature: f64,
+    pub max_context_turns: u32,
+    pub rag_top_k: u32,
+    pub human_handoff_phrase: Option<String>,
+    pub fallback_message: String,
+    pub fallback_model: Option<String>,
+    pub prompt_token_budget: Option<u32>,
+    pub coalesce_window_ms: u32,
+}
+
+impl ConfigUpdate {
+    /// Rejects values the bot could not honour; each message names the field.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.persona_name.trim().is_empty() || self.persona_name.len() > 100 {
+            problems.push("persona_name must be 1-100 characters".to_owned());
+        }
+        if !PERSONA_TONES.contains(&self.persona_tone.as_str()) {
+            problems.push(format!(
+                "persona_tone must be one of {}",
+                PERSONA_TONES.join(", ")
+            ));
+        }
+        if self.persona_language.trim().is_empty() || self.persona_language.len() > 32 {
+            problems.push("persona_language must be 1-32 characters".to_owned());
+        }
+        if self.llm_model.trim().is_empty() || self.llm_model.len() > 200 {
+            problems.push("llm_model must be 1-200 characters".to_owned());
+        }
+        if !(0.0..=2.0).contains(&self.llm_temperature) {
+            problems.push("llm_temperature must be between 0 and 2".to_owned());
+        }
+        if self.max_context_turns > 100 {
+            problems.push("max_context_turns must be 0-100".to_owned());
+        }
+        if self.rag_top_k > 50 {
+            problems.push("rag_top_k must be 0-50".to_owned());
+        }
+        if self.fallback_message.trim().is_empty() || self.fallback_message.len() > 2000 {
+            problems.push("fallback_message must be 1-2000 characters".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(problems.join("; ")))
+        }
+    }
+}
+
+impl From<ClientConfig> for ConfigUpdate {
+    fn from(c: ClientConfig) -> Self {
+        Self {
+            persona_name: c.persona_name,
+            persona_tone: c.persona_tone,
+            persona_language: c.persona_language,
+            llm_model: c.llm_model,
+            llm_temperature: c.llm_temperature,
+            max_context_turns: c.max_context_turns,
+            rag_top_k: c.rag_top_k,
+            human_handoff_phrase: c.human_handoff_phrase,
+            fallback_message: c.fallback_message,
+            fallback_model: c.fallback_model,
+            prompt_token_budget: c.prompt_token_budget,
+            coalesce_window_ms: c.coalesce_window_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentMode {
+    pub module_key: String,
+    pub prompt_fragment: String,
+    pub is_active: bool,
+    pub priority: i32,
+}
+
+pub type NewAgentMode = AgentMode;
+
+/// Everything the worker needs to answer for a tenant.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub client: Client,
+    pub config: ClientConfig,
+    /// Active modes only, highest priority (lowest number) first.
+    pub modes: Vec<AgentMode>,
+}
+
+const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_model, \
+    llm_temperature, max_context_turns, rag_top_k, human_handoff_phrase, config_version, \
+    fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms";
+
+#[derive(Debug)]
+pub struct Configs<'a> {
+    pool: &'a MySqlPool,
+}
+
+impl<'a> Configs<'a> {
+    pub(super) fn new(pool: &'a MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// The tenant's client row, configuration and active modes; `None` for an unknown
+    /// tenant.
+    pub async fn load_tenant(&self, client_id: ClientId) -> Result<Option<TenantConfig>> {
+        let Some(client) = super::Clients::new(self.pool).get(client_id).await? else {
+            return Ok(None);
+        };
+        let Some(config) = self.get(client_id).await? else {
+            return Ok(None);
+        };
+        let modes = sqlx::query(
+            "SELECT module_key, prompt_fragment, is_active, priority FROM agent_modes \
+             WHERE client_id = ? AND is_active = TRUE ORDER BY priority ASC, module_key ASC",
+        )
+        .bind(client_id.get())
+        .fetch_all(self.pool)
+        .await?
+        .iter()
+        .map(mode_from_row)
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some(TenantConfig {
+            client,
+            config,
+            modes,
+        }))
+    }
+
+    pub async fn get(&self, client_id: ClientId) -> Result<Option<ClientConfig>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONFIG_COLUMNS} FROM client_configs WHERE client_id = ?"
+        ))
+        .bind(client_id.get())
+        .fetch_optional(self.pool)
+        .await?;
+        row.map(|r| config_from_row(&r)).transpose()
+    }
+
+    /// Replaces the configuration and bumps its version; returns the new version.
+    pub async fn update(&self, client_id: ClientId, update: &ConfigUpdate) -> Result<u64> {
+        update.validate()?;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE client_configs SET persona_name = ?, persona_tone = ?, persona_language = ?, \
+             llm_model = ?, llm_temperature = ?, max_context_turns = ?, rag_top_k = ?, \
+             human_handoff_phrase = ?, fallback_message = ?, fallback_model = ?, \
+             prompt_token_budget = ?, coalesce_window_ms = ?, config_version = config_version + 1 \
+             WHERE client_id = ?",
+        )
+        .bind(&update.persona_name)
+        .bind(&update.persona_tone)
+        .bind(&update.persona_language)
+        .bind(&update.llm_model)
+        .bind(update.llm_temperature)
+        .bind(update.max_context_turns)
+        .bind(update.rag_top_k)
+        .bind(&update.human_handoff_phrase)
+        .bind(&update.fallback_message)
+        .bind(&update.fallback_model)
+        .bind(update.prompt_token_budget)
+        .bind(update.coalesce_window_ms)
+        .bind(client_id.get())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::Invalid(format!("client {client_id} does not exist")));
+        }
+        let version = current_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// Creates or replaces an agent mode (unique per tenant and key) and bumps the
+    /// configuration version; returns the new version.
+    pub async fn upsert_mode(&self, client_id: ClientId, mode: &NewAgentMode) -> Result<u64> {
+        let key_ok = !mode.module_key.is_empty()
+            && mode.module_key.len() <= 64
+            && mode
+                .module_key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !key_ok {
+            return Err(Error::Invalid(
+                "module_key must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into(),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO agent_modes (client_id, module_key, prompt_fragment, is_active, priority) \
+             VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE prompt_fragment = VALUES(prompt_fragment), \
+             is_active = VALUES(is_active), priority = VALUES(priority)",
+        )
+        .bind(client_id.get())
+        .bind(&mode.module_key)
+        .bind(&mode.prompt_fragment)
+        .bind(mode.is_active)
+        .bind(mode.priority)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {
+                return Err(Error::Invalid("agent mode conflicts with an existing one".into()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query(
+            "UPDATE client_configs SET config_version = config_version + 1 WHERE client_id = ?",
+        )
+        .bind(client_id.get())
+        .execute(&mut *tx)
+        .await?;
+        let version = current_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+}
+
+async fn current_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    client_id: ClientId,
+) -> Result<u64> {
+    let version: u64 =
+        sqlx::query_scalar("SELECT config_version FROM client_configs WHERE client_id = ?")
+            .bind(client_id.get())
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(version)
+}
+
+fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
+    Ok(ClientConfig {
+        persona_name: row.try_get("persona_name")?,
+        persona_tone: row.try_get("persona_tone")?,
+        persona_language: row.try_get("persona_language")?,
+        llm_model: row.try_get("llm_model")?,
+        llm_temperature: row.try_get("llm_temperature")?,
+        max_context_turns: row.try_get("max_context_turns")?,
+        rag_top_k: row.try_get("rag_top_k")?,
+        human_handoff_phrase: row.try_get("human_handoff_phrase")?,
+        config_version: row.try_get("config_version")?,
+        fallback_message: row.try_get("fallback_message")?,
+        fallback_model: row.try_get("fallback_model")?,
+        prompt_token_budget: row.try_get("prompt_token_budget")?,
+        coalesce_window_ms: row.try_get("coalesce_window_ms")?,
+    })
+}
+
+fn mode_from_row(row: &sqlx::mysql::MySqlRow) -> Result<AgentMode> {
+    Ok(AgentMode {
+        module_key: row.try_get("module_key")?,
+        prompt_fragment: row.try_get("prompt_fragment")?,
+        is_active: row.try_get("is_active")?,
+        priority: row.try_get("priority")?,
+    })
+}

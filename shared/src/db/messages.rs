@@ -1,0 +1,461 @@
+//! The messages of a conversation: user turns (keyed by envelope id: the idempotency key),
+//! the replies that answer them, and the mailbox that long-polls read.
+//!
+//! Two orders exist and must not be confused:
+//! - the prompt order (`id`): the order the worker recorded turns in, which is the order
+//!   of the conversation because a conversation's turns are processed one at a time;
+//! - the mailbox order (`seq`): the order a channel's reader sees, handed out under the
+//!   conversation row's lock at commit time, so a reader that saw position N has seen
+//!   every position below N (no gaps, no duplicates across polls).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::mysql::{MySqlPool, MySqlRow};
+use sqlx::{MySql, Row, Transaction};
+use uuid::Uuid;
+
+use super::is_duplicate_key;
+use crate::envelope::ReplyKind;
+use crate::error::{Error, Result};
+use crate::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+    Agent,
+    System,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Agent => "agent",
+            Self::System => "system",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "user" => Ok(Self::User),
+            "assistant" => Ok(Self::Assistant),
+            "agent" => Ok(Self::Agent),
+            "system" => Ok(Self::System),
+            other => Err(Error::Invalid(format!("unknown message role {other:?}"))),
+        }
+    }
+}
+
+/// Where a user turn stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserMessageState {
+    /// Recorded, not answered yet.
+    Pending,
+    /// Answered by a stored reply.
+    Answered,
+    /// Given up on (dead-lettered).
+    Failed,
+    /// Deliberately not answered (suspended tenant, human mode, reaction…).
+    Ignored,
+}
+
+impl UserMessageState {
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "answered" => Ok(Self::Answered),
+            "failed" => Ok(Self::Failed),
+            "ignored" => Ok(Self::Ignored),
+            other => Err(Error::Invalid(format!("unexpected user message state {other:?}"))),
+        }
+    }
+}
+
+/// The outcome of recording a user turn.
+#[derive(Debug, Clone)]
+pub struct RecordedUser {
+    /// The row id (the prompt order).
+    pub message_id: u64,
+    /// False when this envelope had been recorded before (a redelivery or retried request).
+    pub newly_recorded: bool,
+    pub state: UserMessageState,
+    /// The reply that answered it, when it was answered.
+    pub reply: Option<StoredReply>,
+}
+
+/// A reply as stored, enough to publish it again.
+#[derive(Debug, Clone)]
+pub struct StoredReply {
+    pub id: ReplyId,
+    pub kind: ReplyKind,
+    pub text: String,
+    pub config_version: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A previous turn, for the prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryTurn {
+    pub role: Role,
+    pub content: String,
+}
+
+/// A reply to store, answering the given user messages.
+#[derive(Debug, Clone)]
+pub struct NewReply {
+    pub conversation_id: ConversationId,
+    pub reply_id: ReplyId,
+    pub kind: ReplyKind,
+    pub text: String,
+    pub answers: Vec<u64>,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    pub estimated_prompt_tokens: Option<u32>,
+    pub config_version: u64,
+}
+
+/// One mailbox entry, as a long-poll returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailboxItem {
+    #[serde(skip)]
+    pub seq: u64,
+    pub id: Uuid,
+    pub role: Role,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+pub struct Messages<'a> {
+    pool: &'a MySqlPool,
+}
+
+impl<'a> Messages<'a> {
+    pub(super) fn new(pool: &'a MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Records a user turn once. A second call with the same envelope id changes nothing
+    /// and reports the first recording's state (and its reply, if answered).
+    pub async fn record_user(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        envelope_id: EnvelopeId,
+        content: &str,
+        channel_message_id: Option<&str>,
+    ) -> Result<RecordedUser> {
+        if let Some(found) = self.find_user(client_id, envelope_id).await? {
+            return Ok(found);
+        }
+        let mut tx = self.pool.begin().await?;
+        let seq = next_seq(&mut tx, client_id, conversation_id).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, \
+             channel_message_id, state, seq) VALUES (?, ?, ?, 'user', ?, ?, 'pending', ?)",
+        )
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(envelope_id.as_uuid())
+        .bind(content)
+        .bind(channel_message_id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(done) => {
+                tx.commit().await?;
+                Ok(RecordedUser {
+                    message_id: done.last_insert_id(),
+                    newly_recorded: true,
+                    state: UserMessageState::Pending,
+                    reply: None,
+                })
+            }
+            Err(e) if is_duplicate_key(&e) => {
+                // Recorded concurrently by another delivery of the same envelope.
+                tx.rollback().await?;
+                self.find_user(client_id, envelope_id)
+                    .await?
+                    .ok_or(Error::Database(e))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find_user(
+        &self,
+        client_id: ClientId,
+        envelope_id: EnvelopeId,
+    ) -> Result<Option<RecordedUser>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.state, r.envelope_id AS reply_id, r.reply_kind, r.content AS reply_text, \
+             r.config_version AS reply_config_version, r.created_at AS reply_created_at \
+             FROM messages u LEFT JOIN messages r \
+               ON r.client_id = u.client_id AND r.id = u.reply_message_id \
+             WHERE u.client_id = ? AND u.envelope_id = ? AND u.role = 'user'",
+        )
+        .bind(client_id.get())
+        .bind(envelope_id.as_uuid())
+        .fetch_optional(self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let reply = match row.try_get::<Option<Uuid>, _>("reply_id")? {
+            Some(id) => Some(StoredReply {
+                id: ReplyId::from_uuid(id),
+                kind: parse_kind(row.try_get::<Option<String>, _>("reply_kind")?.as_deref())?,
+                text: row.try_get("reply_text")?,
+                config_version: row
+                    .try_get::<Option<u64>, _>("reply_config_version")?
+                    .unwrap_or_default(),
+                created_at: row.try_get("reply_created_at")?,
+            }),
+            None => None,
+        };
+        Ok(Some(RecordedUser {
+            message_id: row.try_get("id")?,
+            newly_recorded: false,
+            state: UserMessageState::parse(row.try_get("state")?)?,
+            reply,
+        }))
+    }
+
+    /// The last `limit` turns of the conversation recorded before message `before_id`,
+    /// oldest first.
+    pub async fn history(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        before_id: u64,
+        limit: u32,
+    ) -> Result<Vec<HistoryTurn>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT role, content FROM messages \
+             WHERE client_id = ? AND conversation_id = ? AND id < ? \
+               AND role IN ('user', 'assistant', 'agent') \
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?;
+        let mut turns = rows
+            .iter()
+            .map(|r| {
+                Ok(HistoryTurn {
+                    role: Role::parse(r.try_get("role")?)?,
+                    content: r.try_get("content")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        turns.reverse();
+        Ok(turns)
+    }
+
+    /// Stores a reply and marks the user turns it answers as answered, in one
+    /// transaction, and counts the usage. Returns `false` (and stores nothing) when those
+    /// turns were already answered: the guard that makes one reply per turn.
+    pub async fn store_reply(&self, client_id: ClientId, reply: &NewReply) -> Result<bool> {
+        if reply.answers.is_empty() {
+            return Err(Error::Invalid("a reply must answer at least one message".into()));
+        }
+        let role = match reply.kind {
+            ReplyKind::Agent => "agent",
+            _ => "assistant",
+        };
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
+             reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens, config_version) \
+             VALUES (?, ?, ?, ?, ?, 'stored', ?, ?, ?, ?, ?)",
+        )
+        .bind(client_id.get())
+        .bind(reply.conversation_id.get())
+        .bind(reply.reply_id.as_uuid())
+        .bind(role)
+        .bind(&reply.text)
+        .bind(kind_str(reply.kind))
+        .bind(reply.prompt_tokens)
+        .bind(reply.completion_tokens)
+        .bind(reply.estimated_prompt_tokens)
+        .bind(reply.config_version)
+        .execute(&mut *tx)
+        .await?;
+        let reply_row = done.last_insert_id();
+        let placeholders = vec!["?"; reply.answers.len()].join(", ");
+        let sql = format!(
+            "UPDATE messages SET state = 'answered', reply_message_id = ? \
+             WHERE client_id = ? AND conversation_id = ? AND state = 'pending' \
+               AND id IN ({placeholders})"
+        );
+        let mut update = sqlx::query(&sql)
+            .bind(reply_row)
+            .bind(client_id.get())
+            .bind(reply.conversation_id.get());
+        for id in &reply.answers {
+            update = update.bind(*id);
+        }
+        let answered = update.execute(&mut *tx).await?.rows_affected();
+        if answered == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO usage_daily (client_id, day, messages, prompt_tokens, completion_tokens) \
+             VALUES (?, UTC_DATE(), ?, ?, ?) ON DUPLICATE KEY UPDATE \
+             messages = messages + VALUES(messages), \
+             prompt_tokens = prompt_tokens + VALUES(prompt_tokens), \
+             completion_tokens = completion_tokens + VALUES(completion_tokens)",
+        )
+        .bind(client_id.get())
+        .bind(answered)
+        .bind(u64::from(reply.prompt_tokens.unwrap_or(0)))
+        .bind(u64::from(reply.completion_tokens.unwrap_or(0)))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Marks a still-pending user turn as failed (it was dead-lettered) or ignored.
+    pub async fn close_unanswered(
+        &self,
+        client_id: ClientId,
+        envelope_id: EnvelopeId,
+        state: UserMessageState,
+    ) -> Result<()> {
+        let state = match state {
+            UserMessageState::Failed => "failed",
+            UserMessageState::Ignored => "ignored",
+            other => return Err(Error::Invalid(format!("cannot close a turn as {other:?}"))),
+        };
+        sqlx::query(
+            "UPDATE messages SET state = ? \
+             WHERE client_id = ? AND envelope_id = ? AND role = 'user' AND state = 'pending'",
+        )
+        .bind(state)
+        .bind(client_id.get())
+        .bind(envelope_id.as_uuid())
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Puts a stored reply into its conversation's mailbox. Returns the mailbox position,
+    /// or `None` when the reply had been delivered before (a redelivered or republished
+    /// reply), so a deliverer never shows one reply twice.
+    pub async fn deliver_to_mailbox(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        reply_id: ReplyId,
+    ) -> Result<Option<u64>> {
+        let mut tx = self.pool.begin().await?;
+        // The conversation row lock (taken by next_seq) serialises every mailbox write of
+        // this conversation, so check-then-assign below cannot race.
+        let seq = next_seq(&mut tx, client_id, conversation_id).await?;
+        let done = sqlx::query(
+            "UPDATE messages SET seq = ?, delivery_status = 'delivered' \
+             WHERE client_id = ? AND conversation_id = ? AND envelope_id = ? AND seq IS NULL",
+        )
+        .bind(seq)
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(reply_id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            // Already delivered (or unknown): give the position back.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(seq))
+    }
+
+    /// Mailbox entries after position `after`, ascending, at most `limit`.
+    pub async fn mailbox_after(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<MailboxItem>> {
+        let rows = sqlx::query(
+            "SELECT seq, envelope_id, role, content, created_at FROM messages \
+             WHERE client_id = ? AND conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
+        )
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter().map(mailbox_item).collect()
+    }
+}
+
+/// Takes the next mailbox position of a conversation, locking its row until the
+/// transaction ends.
+async fn next_seq(
+    tx: &mut Transaction<'_, MySql>,
+    client_id: ClientId,
+    conversation_id: ConversationId,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = CURRENT_TIMESTAMP(6) \
+         WHERE client_id = ? AND id = ?",
+    )
+    .bind(client_id.get())
+    .bind(conversation_id.get())
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::Invalid(format!(
+            "conversation {conversation_id} does not belong to client {client_id}"
+        )));
+    }
+    let seq: u64 =
+        sqlx::query_scalar("SELECT last_seq FROM conversations WHERE client_id = ? AND id = ?")
+            .bind(client_id.get())
+            .bind(conversation_id.get())
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(seq)
+}
+
+fn mailbox_item(row: &MySqlRow) -> Result<MailboxItem> {
+    Ok(MailboxItem {
+        seq: row.try_get("seq")?,
+        id: row.try_get("envelope_id")?,
+        role: Role::parse(row.try_get("role")?)?,
+        text: row.try_get("content")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+const fn kind_str(kind: ReplyKind) -> &'static str {
+    match kind {
+        ReplyKind::Bot => "bot",
+        ReplyKind::Agent => "agent",
+        ReplyKind::HandoffNotice => "handoff_notice",
+        ReplyKind::Fallback => "fallback",
+    }
+}
+
+fn parse_kind(s: Option<&str>) -> Result<ReplyKind> {
+    match s {
+        Some("bot") | None => Ok(ReplyKind::Bot),
+        Some("agent") => Ok(ReplyKind::Agent),
+        Some("handoff_notice") => Ok(ReplyKind::HandoffNotice),
+        Some("fallback") => Ok(ReplyKind::Fallback),
+        Some(other) => Err(Error::Invalid(format!("unknown reply kind {other:?}"))),
+    }
+}

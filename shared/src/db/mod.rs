@@ -1,0 +1,104 @@
+//! The data layer: the only place SQL lives. Every repository method on a tenant table
+//! takes the tenant id ([`ClientId`]) as its first parameter and filters by `client_id`,
+//! so no query can read or write another tenant's rows by accident.
+//!
+//! The schema lives in `migrations/` (embedded at build time) and is applied by
+//! [`Db::migrate`]. sqlx types stay inside this module: callers see [`Db`] and the
+//! repositories' plain row types.
+
+mod api_keys;
+mod clients;
+mod configs;
+mod conversations;
+mod messages;
+
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::migrate::MigrateDatabase;
+
+pub use api_keys::{ApiKeys, NewApiKey};
+pub use clients::{Client, ClientStatus, Clients, NewClient, Plan};
+pub use configs::{AgentMode, ClientConfig, ConfigUpdate, Configs, NewAgentMode, TenantConfig};
+pub use conversations::{Conversations, ConversationMode};
+pub use messages::{
+    HistoryTurn, MailboxItem, Messages, NewReply, RecordedUser, Role, StoredReply, UserMessageState,
+};
+
+use crate::error::{Error, Result};
+use crate::ids::ClientId;
+use crate::settings::DatabaseSettings;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// A pool of connections to the chatfleet database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: MySqlPool,
+}
+
+impl Db {
+    /// Connects to an existing database. Run [`Db::migrate`] (or `chatfleet migrate`) first.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self> {
+        let options: MySqlConnectOptions = settings.url.expose().parse()?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.charset("utf8mb4").timezone(Some("+00:00".into())))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot connect to the database (is MariaDB up, and was `chatfleet migrate` run?)");
+                Error::Database(e)
+            })?;
+        Ok(Self { pool })
+    }
+
+    /// Creates the database when it does not exist, then applies pending migrations.
+    /// Safe to run concurrently from several processes (sqlx takes a migration lock).
+    pub async fn migrate(settings: &DatabaseSettings) -> Result<Self> {
+        let url = settings.url.expose();
+        if !sqlx::MySql::database_exists(url).await? {
+            sqlx::MySql::create_database(url).await?;
+        }
+        let db = Self::connect(settings).await?;
+        MIGRATOR.run(&db.pool).await?;
+        Ok(db)
+    }
+
+    /// Round-trips a trivial query (readiness checks).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub fn clients(&self) -> Clients<'_> {
+        Clients::new(&self.pool)
+    }
+    pub fn configs(&self) -> Configs<'_> {
+        Configs::new(&self.pool)
+    }
+    pub fn api_keys(&self) -> ApiKeys<'_> {
+        ApiKeys::new(&self.pool)
+    }
+    pub fn conversations(&self) -> Conversations<'_> {
+        Conversations::new(&self.pool)
+    }
+    pub fn messages(&self) -> Messages<'_> {
+        Messages::new(&self.pool)
+    }
+}
+
+/// MySQL's "duplicate entry" error (ER_DUP_ENTRY).
+fn is_duplicate_key(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23000")
+        && db.message().contains("Duplicate entry"))
+}
+
+fn client_id_of(raw: u64) -> ClientId {
+    ClientId::new(raw)
+}

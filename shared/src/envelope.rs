@@ -1,0 +1,241 @@
+//! The two wire types that cross the broker: the inbound [`Envelope`] (what a channel
+//! received, normalised) and the outbound [`Reply`] (what the bot or an agent says back).
+//!
+//! Both are versioned (`v`) and tolerate unknown fields, so a rolling deploy can run old and
+//! new processes side by side: a newer producer may add fields an older consumer ignores.
+//! Nothing else is ever serialised onto a queue. Personal data is wrapped in [`Pii`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ids::{Channel, ClientId, ConversationId, EnvelopeId, ReplyId};
+use crate::pii::Pii;
+
+/// The envelope format this build writes. Readers accept any `v` they can parse.
+pub const ENVELOPE_VERSION: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u16,
+    pub id: EnvelopeId,
+    pub client_id: ClientId,
+    pub channel: Channel,
+    /// The conversation key inside the channel (WhatsApp user id, widget session, API
+    /// conversation id). Personal data on some channels.
+    pub external_id: Pii<String>,
+    pub sender: Sender,
+    pub message: MessageContent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_account: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub trace: Trace,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replay>,
+}
+
+impl Envelope {
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sender {
+    pub id: Pii<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Pii<String>>,
+}
+
+/// What the user sent. Unknown future kinds fail to parse and are dead-lettered with the
+/// reason, never dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MessageContent {
+    Text {
+        text: Pii<String>,
+    },
+    Media {
+        media_type: String,
+        url_or_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caption: Option<Pii<String>>,
+    },
+    Postback {
+        payload: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<Pii<String>>,
+    },
+    Location {
+        latitude: f64,
+        longitude: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<Pii<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<Pii<String>>,
+    },
+}
+
+impl MessageContent {
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text {
+            text: Pii::new(text.into()),
+        }
+    }
+
+    /// The text the bot reads and the conversation stores for this message.
+    pub fn as_prompt_text(&self) -> String {
+        match self {
+            Self::Text { text } => text.expose().clone(),
+            Self::Media {
+                media_type,
+                caption,
+                ..
+            } => match caption {
+                Some(c) => format!("[{media_type}] {}", c.expose()),
+                None => format!("[{media_type}]"),
+            },
+            Self::Postback { payload, title } => match title {
+                Some(t) => t.expose().clone(),
+                None => payload.clone(),
+            },
+            Self::Location {
+                latitude,
+                longitude,
+                name,
+                address,
+            } => {
+                let label = [name, address]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.expose().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("[location {latitude},{longitude}] {label}")
+                    .trim_end()
+                    .to_owned()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    pub request_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay {
+    pub replay_id: Uuid,
+    pub mode: ReplayMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayMode {
+    DryRun,
+    Live,
+}
+
+/// What a reply is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyKind {
+    Bot,
+    Agent,
+    HandoffNotice,
+    Fallback,
+}
+
+/// A reply on its way to a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub v: u16,
+    pub id: ReplyId,
+    /// The envelopes (user turns) this reply answers; several when a burst was coalesced.
+    pub in_reply_to: Vec<EnvelopeId>,
+    pub client_id: ClientId,
+    pub channel: Channel,
+    pub external_id: Pii<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_account: Option<String>,
+    pub conversation_id: ConversationId,
+    pub kind: ReplyKind,
+    pub text: Pii<String>,
+    pub config_version: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Reply {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            id: EnvelopeId::deterministic(ClientId::new(7), Channel::Api, "idem-1"),
+            client_id: ClientId::new(7),
+            channel: Channel::Api,
+            external_id: Pii::new("conv-1".into()),
+            sender: Sender {
+                id: Pii::new("user-1".into()),
+                name: None,
+            },
+            message: MessageContent::text("hello"),
+            channel_message_id: None,
+            channel_account: None,
+            received_at: Utc::now(),
+            trace: Trace {
+                request_id: "req-1".into(),
+                traceparent: None,
+            },
+            replay: None,
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let env = sample();
+        let back: Envelope = serde_json::from_slice(&env.to_json()).expect("parse");
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn unknown_fields_from_newer_producers_are_ignored() {
+        let mut value = serde_json::to_value(sample()).expect("value");
+        value["added_in_v2"] = serde_json::json!({"anything": true});
+        value["message"]["extra"] = serde_json::json!(1);
+        let back: Envelope = serde_json::from_value(value).expect("tolerant parse");
+        assert_eq!(back.message, MessageContent::text("hello"));
+    }
+
+    #[test]
+    fn the_wire_shape_is_the_documented_one() {
+        let value = serde_json::to_value(sample()).expect("value");
+        assert_eq!(value["v"], 1);
+        assert_eq!(value["channel"], "api");
+        assert_eq!(value["message"]["type"], "text");
+        assert_eq!(value["message"]["text"], "hello");
+        assert_eq!(value["client_id"], 7);
+        assert!(value.get("replay").is_none());
+    }
+
+    #[test]
+    fn debug_output_hides_personal_data() {
+        let shown = format!("{:?}", sample());
+        assert!(!shown.contains("hello"));
+        assert!(!shown.contains("user-1"));
+        assert!(!shown.contains("conv-1"));
+    }
+}

@@ -1,0 +1,41 @@
+//! The shared crate's error type. Each variant says which component failed, so callers
+//! (the worker's disposition, ingress's HTTP mapping) can decide what it means for them.
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("settings: {0}")]
+    Settings(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error("broker did not confirm the publish ({0})")]
+    NotConfirmed(String),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed (a connection or broker
+    /// problem), as opposed to a problem with the request itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(e) => !matches!(
+                e,
+                sqlx::Error::RowNotFound
+                    | sqlx::Error::ColumnDecode { .. }
+                    | sqlx::Error::Decode(_)
+                    | sqlx::Error::TypeNotFound { .. }
+                    | sqlx::Error::ColumnNotFound(_)
+            ),
+            Self::Broker(_) | Self::NotConfirmed(_) | Self::Redis(_) => true,
+            Self::Settings(_) | Self::Migration(_) | Self::Invalid(_) => false,
+        }
+    }
+}

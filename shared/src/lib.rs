@@ -1,0 +1,28 @@
+//! chatfleet's shared library: the pieces every process needs and no process owns.
+//!
+//! - [`ids`] and [`envelope`]: the typed ids and the two wire types that cross the broker
+//!   (the inbound [`envelope::Envelope`] and the outbound [`envelope::Reply`]).
+//! - [`settings`]: layered configuration, validated at start-up.
+//! - [`telemetry`]: tracing set-up.
+//! - [`mq`]: the RabbitMQ topology, a confirming publisher and a manual-ack consumer. The
+//!   only module that names lapin types.
+//! - [`cache`]: Redis pool, tenant-scoped key builder and the cross-replica mailbox
+//!   notifier. The only module that names redis types.
+//! - [`db`]: migrations and the tenant-scoped repositories. The only place SQL lives.
+//!
+//! This crate depends on no other workspace crate.
+
+pub mod cache;
+pub mod db;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod mq;
+pub mod pii;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::{Error, Result};

@@ -1,0 +1,309 @@
+//! RabbitMQ: the topology, a publisher that waits for the broker's confirm, and a consumer
+//! with manual acks and bounded prefetch. The only module that names lapin types: the
+//! rest of chatfleet sees [`Broker`], [`Publisher`], [`Consumer`] and [`Delivery`].
+//!
+//! Connections are re-established on demand: a publisher or consumer whose connection
+//! died asks the [`Broker`] again and gets a fresh one, without restarting the process.
+
+mod publisher;
+mod topology;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+pub use publisher::{Publisher, ReplyRoute};
+pub use topology::{RetryRung, Topology};
+
+use crate::error::{Error, Result};
+use crate::settings::{AmqpSettings, Secret};
+
+/// Header names chatfleet sets on every message.
+pub mod headers {
+    pub const CLIENT_ID: &str = "x-client-id";
+    pub const CHANNEL: &str = "x-channel";
+    pub const ATTEMPT: &str = "x-attempt";
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Why a message was dead-lettered (set by chatfleet, beside RabbitMQ's `x-death`).
+    pub const DEAD_REASON: &str = "x-cf-reason";
+    /// The queue a dead letter was taken from.
+    pub const DEAD_FROM: &str = "x-cf-from-queue";
+    /// When it was dead-lettered (RFC 3339).
+    pub const DEAD_AT: &str = "x-cf-dead-at";
+    /// Quorum queues count redeliveries here.
+    pub const DELIVERY_COUNT: &str = "x-delivery-count";
+}
+
+/// A handle on the broker: one connection, re-opened when it is lost.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    url: Secret<String>,
+    name: String,
+    topology: Topology,
+    confirm_timeout: Duration,
+    current: StdMutex<Option<Arc<Connection>>>,
+    reconnect: tokio::sync::Mutex<()>,
+}
+
+impl Broker {
+    /// Connects now (so a wrong URL fails at start-up). `name` shows in the management UI.
+    pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Self> {
+        let broker = Self {
+            inner: Arc::new(Inner {
+                url: settings.url.clone(),
+                name: name.to_owned(),
+                topology: Topology::new(settings),
+                confirm_timeout: Duration::from_secs(settings.confirm_timeout_s),
+                current: StdMutex::new(None),
+                reconnect: tokio::sync::Mutex::new(()),
+            }),
+        };
+        broker.connection().await?;
+        Ok(broker)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Whether the connection is up right now (readiness).
+    pub fn is_connected(&self) -> bool {
+        self.live().is_some()
+    }
+
+    fn live(&self) -> Option<Arc<Connection>> {
+        let current = self.inner.current.lock().ok()?;
+        current
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
+    }
+
+    /// The live connection, re-opened if it was lost.
+    async fn connection(&self) -> Result<Arc<Connection>> {
+        if let Some(conn) = self.live() {
+            return Ok(conn);
+        }
+        let _one_at_a_time = self.inner.reconnect.lock().await;
+        if let Some(conn) = self.live() {
+            return Ok(conn);
+        }
+        let props = ConnectionProperties::default().with_connection_name(self.inner.name.as_str().into());
+        let conn = Arc::new(
+            Connection::connect(self.inner.url.expose(), props)
+                .await
+                .map_err(|e| Error::Broker(format!("cannot connect to RabbitMQ: {e}")))?,
+        );
+        if let Ok(mut current) = self.inner.current.lock() {
+            *current = Some(conn.clone());
+        }
+        tracing::info!(name = %self.inner.name, "connected to RabbitMQ");
+        Ok(conn)
+    }
+
+    async fn channel(&self) -> Result<lapin::Channel> {
+        let conn = self.connection().await?;
+        conn.create_channel().await.map_err(broker_error)
+    }
+
+    /// Declares the whole topology (idempotent).
+    pub async fn declare_topology(&self) -> Result<()> {
+        let ch = self.channel().await?;
+        let declared = self.inner.topology.declare(&ch).await;
+        let _ = ch.close(200, "declared".into()).await;
+        declared
+    }
+
+    /// Deletes every queue and exchange of this prefix. Test clean-up and tooling only.
+    pub async fn delete_topology(&self) -> Result<()> {
+        let ch = self.channel().await?;
+        self.inner.topology.delete(&ch).await
+    }
+
+    /// A publisher whose every publish waits for the broker's confirm.
+    pub async fn publisher(&self) -> Result<Publisher> {
+        Publisher::new(self.clone(), self.inner.confirm_timeout).await
+    }
+
+    /// Consumes `queue` with manual acks and at most `prefetch` unacked deliveries.
+    pub async fn consume(&self, queue: &str, prefetch: u16, tag: &str) -> Result<Consumer> {
+        let ch = self.channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker_error)?;
+        let consumer = ch
+            .basic_consume(
+                queue.into(),
+                format!("{tag}-{}", uuid::Uuid::new_v4().simple()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::Broker(format!("consuming {queue}: {e}")))?;
+        Ok(Consumer {
+            inner: consumer,
+            channel: ch,
+        })
+    }
+
+    /// Number of ready messages in `queue` (passive declare; tooling and tests).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32> {
+        let ch = self.channel().await?;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::Broker(format!("inspecting {queue}: {e}")))?;
+        let _ = ch.close(200, "inspected".into()).await;
+        Ok(q.message_count())
+    }
+
+    pub async fn close(&self) {
+        if let Some(conn) = self.live() {
+            let _ = conn.close(200, "shutting down".into()).await;
+        }
+    }
+}
+
+/// A stream of deliveries from one queue.
+#[derive(Debug)]
+pub struct Consumer {
+    inner: lapin::Consumer,
+    channel: lapin::Channel,
+}
+
+impl Consumer {
+    /// The next delivery; `None` when the consumer was cancelled or its connection died
+    /// (the caller reconnects; unacked deliveries go back to the queue).
+    pub async fn next(&mut self) -> Option<Delivery> {
+        match self.inner.next().await {
+            Some(Ok(d)) => Some(Delivery::from_lapin(d)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer stopped");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stops receiving new deliveries; in-flight ones can still be acked.
+    pub async fn cancel(&self) {
+        if let Some(tag) = Some(self.inner.tag()) {
+            let _ = self
+                .channel
+                .basic_cancel(tag.as_str().into(), Default::default())
+                .await;
+        }
+    }
+}
+
+/// One message handed to a consumer. It must end in [`Delivery::ack`] or
+/// [`Delivery::requeue`]; a delivery dropped without a decision stays unacked until the
+/// channel closes and is then redelivered.
+#[derive(Debug)]
+pub struct Delivery {
+    pub body: Vec<u8>,
+    pub routing_key: String,
+    pub redelivered: bool,
+    pub message_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// chatfleet's `x-attempt` (1 for the first try, +1 per pass through the retry ladder).
+    pub attempt: u32,
+    /// How often the broker redelivered this message after a crash (`x-delivery-count`).
+    pub delivery_count: u32,
+    properties: BasicProperties,
+    acker: lapin::Acker,
+}
+
+impl Delivery {
+    fn from_lapin(d: lapin::message::Delivery) -> Self {
+        let attempt = header_u64(&d.properties, headers::ATTEMPT).unwrap_or(1) as u32;
+        let delivery_count = header_u64(&d.properties, headers::DELIVERY_COUNT).unwrap_or(0) as u32;
+        Self {
+            message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
+            correlation_id: d.properties.correlation_id().as_ref().map(|s| s.to_string()),
+            routing_key: d.routing_key.to_string(),
+            redelivered: d.redelivered,
+            attempt: attempt.max(1),
+            delivery_count,
+            body: d.data,
+            properties: d.properties,
+            acker: d.acker,
+        }
+    }
+
+    /// The string headers (numbers are rendered as text).
+    pub fn headers(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(table) = self.properties.headers() {
+            for (k, v) in table {
+                if let Some(text) = value_text(v) {
+                    out.insert(k.to_string(), text);
+                }
+            }
+        }
+        out
+    }
+
+    pub async fn ack(&self) -> Result<()> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(broker_error)
+    }
+
+    /// Gives the message back to the queue for another consumer (shutdown).
+    pub async fn requeue(&self) -> Result<()> {
+        self.acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(broker_error)
+    }
+}
+
+fn header_u64(props: &BasicProperties, name: &str) -> Option<u64> {
+    let value = props.headers().as_ref()?.inner().get(name)?;
+    value_text(value)?.parse().ok()
+}
+
+fn value_text(v: &AMQPValue) -> Option<String> {
+    Some(match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        _ => return None,
+    })
+}
+
+fn broker_error(e: lapin::Error) -> Error {
+    Error::Broker(e.to_string())
+}

@@ -1,0 +1,218 @@
+//! Publishing with publisher confirms. Every publish waits for the broker's ack (bounded
+//! by `amqp.confirm_timeout_s`) and is `mandatory`, so an unroutable message (a missing
+//! binding) is an error rather than a silent drop. Callers answer 2xx or ack a delivery
+//! only after these methods return `Ok`.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Confirmation};
+use tokio::sync::RwLock;
+
+use super::{Broker, Delivery, RetryRung, broker_error, headers};
+use crate::envelope::{Envelope, Reply};
+use crate::error::{Error, Result};
+
+/// Where a reply goes: its channel's outbound queue, or the dry-run replay queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyRoute {
+    Channel,
+    Replay,
+}
+
+/// A confirming publisher on its own channel, shared by many tasks (publishes are
+/// pipelined: each task waits only for its own confirm).
+#[derive(Debug)]
+pub struct Publisher {
+    broker: Broker,
+    channel: RwLock<lapin::Channel>,
+    confirm_timeout: Duration,
+}
+
+impl Publisher {
+    pub(super) async fn new(broker: Broker, confirm_timeout: Duration) -> Result<Self> {
+        let channel = open_confirming(&broker).await?;
+        Ok(Self {
+            broker,
+            channel: RwLock::new(channel),
+            confirm_timeout,
+        })
+    }
+
+    /// Publishes an envelope to the inbound exchange (`<channel>.<client_id>`).
+    pub async fn publish_envelope(&self, envelope: &Envelope) -> Result<()> {
+        let topology = self.broker.topology();
+        let props = properties(
+            envelope.id.to_string(),
+            Some(envelope.trace.request_id.as_str()),
+            envelope_headers(envelope, 1),
+        );
+        self.publish(
+            &topology.inbound_exchange(),
+            &format!("{}.{}", envelope.channel, envelope.client_id),
+            &envelope.to_json(),
+            props,
+        )
+        .await
+    }
+
+    /// Publishes a reply to the outbound exchange.
+    pub async fn publish_reply(
+        &self,
+        reply: &Reply,
+        route: ReplyRoute,
+        request_id: Option<&str>,
+    ) -> Result<()> {
+        let mut table = FieldTable::default();
+        table.insert(headers::CLIENT_ID.into(), text(&reply.client_id.to_string()));
+        table.insert(headers::CHANNEL.into(), text(reply.channel.as_str()));
+        let key = match route {
+            ReplyRoute::Channel => reply.channel.as_str(),
+            ReplyRoute::Replay => "replay",
+        };
+        self.publish(
+            &self.broker.topology().outbound_exchange(),
+            key,
+            &reply.to_json(),
+            properties(reply.id.to_string(), request_id, table),
+        )
+        .await
+    }
+
+    /// Sends a delivery to wait on rung `rung` of the retry ladder with `x-attempt` + 1.
+    /// The caller acks the original after this returns.
+    pub async fn retry(&self, delivery: &Delivery, rung: RetryRung) -> Result<()> {
+        let queue = self
+            .broker
+            .topology()
+            .retry_queue(rung)
+            .ok_or_else(|| Error::Invalid(format!("no retry rung {}", rung.0)))?;
+        let mut props = delivery.properties.clone();
+        let mut table = props.headers().clone().unwrap_or_default();
+        table.insert(
+            headers::ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(delivery.attempt) + 1),
+        );
+        props = props.with_headers(table);
+        self.publish("", &queue, &delivery.body, props).await
+    }
+
+    /// Puts a delivery in the dead-letter queue with the reason. The caller acks the
+    /// original after this returns.
+    pub async fn dead_letter(&self, delivery: &Delivery, from_queue: &str, reason: &str) -> Result<()> {
+        let mut props = delivery.properties.clone();
+        let mut table = props.headers().clone().unwrap_or_default();
+        table.insert(headers::DEAD_REASON.into(), text(reason));
+        table.insert(headers::DEAD_FROM.into(), text(from_queue));
+        table.insert(headers::DEAD_AT.into(), text(&chrono::Utc::now().to_rfc3339()));
+        props = props.with_headers(table);
+        self.publish(
+            &self.broker.topology().dead_exchange(),
+            &delivery.routing_key,
+            &delivery.body,
+            props,
+        )
+        .await
+    }
+
+    /// Puts raw bytes that never became an envelope (an unroutable webhook) in the
+    /// dead-letter queue with the reason.
+    pub async fn dead_letter_raw(&self, routing_key: &str, body: &[u8], reason: &str) -> Result<()> {
+        let mut table = FieldTable::default();
+        table.insert(headers::DEAD_REASON.into(), text(reason));
+        table.insert(headers::DEAD_AT.into(), text(&chrono::Utc::now().to_rfc3339()));
+        let props = properties(uuid::Uuid::now_v7().to_string(), None, table);
+        self.publish(&self.broker.topology().dead_exchange(), routing_key, body, props)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<()> {
+        let channel = self.live_channel().await?;
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props,
+            )
+            .await
+            .map_err(broker_error)?;
+        let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
+            .await
+            .map_err(|_| Error::NotConfirmed(format!("no confirm within {:?}", self.confirm_timeout)))?
+            .map_err(broker_error)?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(Error::NotConfirmed(format!(
+                "unroutable: {exchange} / {routing_key} ({})",
+                returned.reply_text
+            ))),
+            Confirmation::Nack(_) => Err(Error::NotConfirmed(format!(
+                "broker refused {exchange} / {routing_key} (queue full or unavailable)"
+            ))),
+            Confirmation::NotRequested => Err(Error::NotConfirmed("confirms are off".into())),
+        }
+    }
+
+    /// The publishing channel, re-opened (with confirms) if it or its connection died.
+    async fn live_channel(&self) -> Result<lapin::Channel> {
+        {
+            let ch = self.channel.read().await;
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let mut ch = self.channel.write().await;
+        if !ch.status().connected() {
+            *ch = open_confirming(&self.broker).await?;
+        }
+        Ok(ch.clone())
+    }
+}
+
+async fn open_confirming(broker: &Broker) -> Result<lapin::Channel> {
+    let ch = broker.channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker_error)?;
+    Ok(ch)
+}
+
+fn envelope_headers(envelope: &Envelope, attempt: u32) -> FieldTable {
+    let mut table = FieldTable::default();
+    table.insert(headers::CLIENT_ID.into(), text(&envelope.client_id.to_string()));
+    table.insert(headers::CHANNEL.into(), text(envelope.channel.as_str()));
+    table.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    if let Some(tp) = &envelope.trace.traceparent {
+        table.insert(headers::TRACEPARENT.into(), text(tp));
+    }
+    table
+}
+
+fn properties(message_id: String, correlation_id: Option<&str>, headers: FieldTable) -> BasicProperties {
+    let props = BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2) // persistent
+        .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default())
+        .with_headers(headers);
+    match correlation_id {
+        Some(id) => props.with_correlation_id(id.into()),
+        None => props,
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}

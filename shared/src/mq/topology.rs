@@ -1,0 +1,258 @@
+//! The RabbitMQ topology of DESIGN.md §3: every exchange and queue name, built from the
+//! configured prefix by the methods of [`Topology`] (there is no other way to spell one),
+//! and its idempotent declaration.
+//!
+//! Declaring twice with the same settings is harmless (RabbitMQ treats an identical
+//! re-declaration as a no-op). Changing an argument of an existing queue (say the delivery
+//! limit) is refused by the broker with PRECONDITION_FAILED, which is reported with the
+//! queue's name: such a change needs a policy or a migration, not a silent redeclare.
+
+use std::time::Duration;
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::error::{Error, Result};
+use crate::ids::Channel as MsgChannel;
+use crate::settings::AmqpSettings;
+
+/// The names of chatfleet's exchanges and queues under one prefix, and the knobs they are
+/// declared with.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    delivery_limit: u32,
+    retry_delays: Vec<Duration>,
+    archive_max_age: String,
+}
+
+/// Where a retried message waits: the index into the retry ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryRung(pub usize);
+
+impl Topology {
+    pub fn new(settings: &AmqpSettings) -> Self {
+        Self {
+            prefix: settings.prefix.clone(),
+            delivery_limit: settings.delivery_limit,
+            retry_delays: settings
+                .retry_delays_s
+                .iter()
+                .map(|s| Duration::from_secs(*s))
+                .collect(),
+            archive_max_age: settings.archive_max_age.clone(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// Topic exchange every channel publishes envelopes to (`<channel>.<client_id>`).
+    pub fn inbound_exchange(&self) -> String {
+        format!("{}.inbound", self.prefix)
+    }
+    /// The queue workers consume.
+    pub fn inbound_work(&self) -> String {
+        format!("{}.inbound.work", self.prefix)
+    }
+    /// The retry ladder's delays, shortest first.
+    pub fn retry_delays(&self) -> &[Duration] {
+        &self.retry_delays
+    }
+    pub fn retry_queue(&self, rung: RetryRung) -> Option<String> {
+        self.retry_delays
+            .get(rung.0)
+            .map(|d| format!("{}.retry.{}s", self.prefix, d.as_secs()))
+    }
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead.q", self.prefix)
+    }
+    /// Topic exchange replies are published to, routing key = channel (or `replay`).
+    pub fn outbound_exchange(&self) -> String {
+        format!("{}.outbound", self.prefix)
+    }
+    pub fn outbound_queue(&self, channel: MsgChannel) -> String {
+        format!("{}.outbound.{}", self.prefix, channel.as_str())
+    }
+    pub fn replay_queue(&self) -> String {
+        format!("{}.outbound.replay", self.prefix)
+    }
+    pub fn archive(&self) -> String {
+        format!("{}.archive", self.prefix)
+    }
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// Every queue, for tooling and clean-up.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![self.inbound_work(), self.dead_queue()];
+        queues.extend((0..self.retry_delays.len()).filter_map(|i| self.retry_queue(RetryRung(i))));
+        queues.extend(MsgChannel::ALL.iter().map(|c| self.outbound_queue(*c)));
+        queues.push(self.replay_queue());
+        queues.push(self.archive());
+        queues
+    }
+
+    fn exchanges(&self) -> Vec<String> {
+        vec![
+            self.inbound_exchange(),
+            self.dead_exchange(),
+            self.outbound_exchange(),
+            self.events_exchange(),
+        ]
+    }
+
+    /// Declares everything. Idempotent.
+    pub(crate) async fn declare(&self, ch: &Channel) -> Result<()> {
+        for exchange in self.exchanges() {
+            ch.exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| declare_error(&exchange, e))?;
+        }
+
+        // Work queue: a quorum queue (replicated, poison-message aware). The delivery limit
+        // catches crash loops; dead letters go to <prefix>.dead at-least-once, which needs
+        // reject-publish overflow (a full queue refuses publishes, and the publisher sees
+        // a nack, instead of dropping the oldest message).
+        let mut work = quorum_args();
+        work.insert("x-delivery-limit".into(), long(self.delivery_limit));
+        dead_letter_to(&mut work, &self.dead_exchange(), None);
+        self.queue(ch, &self.inbound_work(), work).await?;
+        self.bind(ch, &self.inbound_work(), &self.inbound_exchange(), "#")
+            .await?;
+
+        // Retry ladder: each rung holds messages for its TTL, then dead-letters them
+        // through the default exchange straight into the work queue, so a retry does not
+        // pass through the inbound exchange (and the archive) a second time.
+        for (i, delay) in self.retry_delays.iter().enumerate() {
+            let Some(name) = self.retry_queue(RetryRung(i)) else {
+                continue;
+            };
+            let mut args = quorum_args();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            );
+            dead_letter_to(&mut args, "", Some(&self.inbound_work()));
+            self.queue(ch, &name, args).await?;
+        }
+
+        // Dead letters: kept until an operator inspects, requeues or purges them.
+        self.queue(ch, &self.dead_queue(), quorum_args()).await?;
+        self.bind(ch, &self.dead_queue(), &self.dead_exchange(), "#")
+            .await?;
+
+        // Outbound: one queue per channel (routing key = channel), plus dry-run replays.
+        for channel in MsgChannel::ALL {
+            let mut args = quorum_args();
+            args.insert("x-delivery-limit".into(), long(self.delivery_limit));
+            dead_letter_to(&mut args, &self.dead_exchange(), None);
+            let queue = self.outbound_queue(channel);
+            self.queue(ch, &queue, args).await?;
+            self.bind(ch, &queue, &self.outbound_exchange(), channel.as_str())
+                .await?;
+        }
+        self.queue(ch, &self.replay_queue(), quorum_args()).await?;
+        self.bind(ch, &self.replay_queue(), &self.outbound_exchange(), "replay")
+            .await?;
+
+        // Archive: a stream holding every envelope and reply for `archive_max_age`; the
+        // source of `chatfleet replay` (read by timestamp with x-stream-offset).
+        let mut archive = FieldTable::default();
+        archive.insert("x-queue-type".into(), string("stream"));
+        archive.insert("x-max-age".into(), string(&self.archive_max_age));
+        self.queue(ch, &self.archive(), archive).await?;
+        self.bind(ch, &self.archive(), &self.inbound_exchange(), "#")
+            .await?;
+        self.bind(ch, &self.archive(), &self.outbound_exchange(), "#")
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every queue and exchange under this prefix (test clean-up, `chatfleet`
+    /// tooling). Never called by the product itself.
+    pub(crate) async fn delete(&self, ch: &Channel) -> Result<()> {
+        for queue in self.queues() {
+            ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(|e| Error::Broker(format!("deleting {queue}: {e}")))?;
+        }
+        for exchange in self.exchanges() {
+            ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .map_err(|e| Error::Broker(format!("deleting {exchange}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn queue(&self, ch: &Channel, name: &str, args: FieldTable) -> Result<()> {
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map_err(|e| declare_error(name, e))?;
+        Ok(())
+    }
+
+    async fn bind(&self, ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()> {
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_error(&format!("{queue} <- {exchange} ({key})"), e))
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args
+}
+
+fn dead_letter_to(args: &mut FieldTable, exchange: &str, routing_key: Option<&str>) {
+    args.insert("x-dead-letter-exchange".into(), string(exchange));
+    if let Some(key) = routing_key {
+        args.insert("x-dead-letter-routing-key".into(), string(key));
+    }
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
+}
+
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn long(n: u32) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::from(n))
+}
+
+fn declare_error(what: &str, e: lapin::Error) -> Error {
+    Error::Broker(format!(
+        "declaring {what}: {e} (an existing queue with other arguments must be migrated, not redeclared)"
+    ))
+}

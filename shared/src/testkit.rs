@@ -1,0 +1,128 @@
+//! The test kit (feature `testkit`, tests only): every test gets its own database, queue
+//! prefix and Redis key prefix on the real local services, and removes them afterwards.
+//! A service that is not running fails the test with the command that starts it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::cache::Cache;
+use crate::db::{Db, NewClient, Plan};
+use crate::ids::ClientId;
+use crate::mq::Broker;
+use crate::settings::{Settings, Sources};
+
+const MYSQL_HINT: &str = "start MariaDB with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd";
+const RABBIT_HINT: &str = "start RabbitMQ with: rabbitmq-server -detached";
+const REDIS_HINT: &str = "start Redis with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+
+/// One test's isolated slice of the local services.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub settings: Settings,
+    pub db: Db,
+    pub broker: Broker,
+    pub cache: Cache,
+    pub id: String,
+}
+
+/// A tenant made for a test, with an API key.
+#[derive(Debug, Clone)]
+pub struct TestTenant {
+    pub id: ClientId,
+    pub slug: String,
+    pub api_key: String,
+}
+
+impl TestEnv {
+    /// Fresh database `cf_t_<id>` (migrated), queue prefix `t<id>` (topology declared) and
+    /// Redis prefix `t<id>`. `extra` adds `CHATFLEET__…` overrides.
+    pub async fn start(extra: &[(&str, &str)]) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let base = std::env::var("CHATFLEET_TEST_MYSQL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let mut vars: HashMap<String, String> = HashMap::from([
+            ("CHATFLEET__DATABASE__URL".into(), format!("{base}/cf_t_{id}")),
+            ("CHATFLEET__DATABASE__MAX_CONNECTIONS".into(), "8".into()),
+            ("CHATFLEET__AMQP__PREFIX".into(), format!("t{id}")),
+            ("CHATFLEET__AMQP__PREFETCH".into(), "32".into()),
+            ("CHATFLEET__AMQP__RETRY_DELAYS_S".into(), "1,2".into()),
+            ("CHATFLEET__REDIS__PREFIX".into(), format!("t{id}")),
+            ("CHATFLEET__REDIS__POOL_SIZE".into(), "8".into()),
+            ("CHATFLEET__HTTP__BIND".into(), "127.0.0.1:0".into()),
+            ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S".into(), "5".into()),
+        ]);
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let settings = Settings::load_from(Sources {
+            env: "test".into(),
+            config_dir: PathBuf::from("/nonexistent"),
+            vars,
+        })
+        .expect("test settings are valid");
+        let db = Db::migrate(&settings.database)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB at {base} is not usable ({e}); {MYSQL_HINT}"));
+        let broker = Broker::connect(&settings.amqp, "chatfleet-test")
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is not usable ({e}); {RABBIT_HINT}"));
+        broker
+            .declare_topology()
+            .await
+            .expect("declaring the test topology");
+        let cache = Cache::connect(&settings.redis)
+            .await
+            .unwrap_or_else(|e| panic!("Redis is not usable ({e}); {REDIS_HINT}"));
+        Self {
+            settings,
+            db,
+            broker,
+            cache,
+            id,
+        }
+    }
+
+    /// A new active tenant with a fresh API key.
+    pub async fn tenant(&self, slug: &str) -> TestTenant {
+        let client = NewClient::new(slug, &format!("{slug} Inc."), Plan::Starter).expect("slug");
+        let id = self.db.clients().create(&client).await.expect("create tenant");
+        let key = self.db.api_keys().create(id, "test").await.expect("api key");
+        TestTenant {
+            id,
+            slug: slug.to_owned(),
+            api_key: key.key.expose().clone(),
+        }
+    }
+
+    /// Removes this test's database, queues, exchanges and keys.
+    pub async fn teardown(self) {
+        let _ = self.broker.delete_topology().await;
+        self.broker.close().await;
+        let _ = self.cache.delete_prefixed().await;
+        self.db.close().await;
+        let url = self.settings.database.url.expose().clone();
+        let _ = <sqlx::MySql as sqlx::migrate::MigrateDatabase>::drop_database(&url).await;
+    }
+}
+
+/// Polls `probe` until it returns `Some`, or panics after `within` naming `what`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,225 @@
+//! The LLM providers: the only module that knows LLM wire formats.
+//!
+//! A tenant's `llm_model` selects the provider: `<provider>/<model>` when `<provider>` is
+//! a configured provider name, else the default provider with the whole string as the
+//! model (so `meta-llama/Llama-3.1-8B` still works on an OpenAI-compatible server).
+//! Each provider has a concurrency limit; errors say whether retrying may help.
+
+mod ollama;
+mod openai;
+pub mod sim;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shared::settings::{LlmSettings, ProviderKind, ProviderSettings};
+use tokio::sync::Semaphore;
+
+/// Who said a message in the chat sent to the LLM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    pub content: String,
+}
+
+/// One chat completion request, provider-neutral.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: String,
+    pub temperature: f64,
+    /// The context window to ask for (Ollama's `num_ctx`).
+    pub num_ctx: u32,
+    pub messages: Vec<ChatMessage>,
+}
+
+/// The model's answer.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("LLM provider unreachable: {0}")]
+    Unreachable(String),
+    #[error("LLM call timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("LLM provider answered {status}: {body}")]
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("LLM answer could not be read: {0}")]
+    Malformed(String),
+}
+
+impl LlmError {
+    /// Whether the same call may succeed later (overload, outage, timeout).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Timeout(_) => true,
+            Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            Self::Malformed(_) => false,
+        }
+    }
+
+    /// How long the provider asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+struct Provider {
+    settings: ProviderSettings,
+    limit: Semaphore,
+}
+
+/// All configured providers, sharing one HTTP client.
+#[derive(Clone)]
+pub struct LlmClient {
+    http: reqwest::Client,
+    providers: Arc<BTreeMap<String, Provider>>,
+    default_provider: String,
+}
+
+impl std::fmt::Debug for LlmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmClient")
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("default_provider", &self.default_provider)
+            .finish()
+    }
+}
+
+impl LlmClient {
+    pub fn new(settings: &LlmSettings) -> Self {
+        let providers = settings
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    Provider {
+                        settings: p.clone(),
+                        limit: Semaphore::new(p.max_concurrency),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .tcp_nodelay(true)
+                .build()
+                .unwrap_or_default(),
+            providers: Arc::new(providers),
+            default_provider: settings.default_provider.clone(),
+        }
+    }
+
+    /// Splits a tenant's `llm_model` into (provider name, model name).
+    pub fn route<'m>(&self, llm_model: &'m str) -> (&str, &'m str) {
+        if let Some((provider, model)) = llm_model.split_once('/') {
+            if let Some((name, _)) = self.providers.get_key_value(provider) {
+                return (name.as_str(), model);
+            }
+        }
+        (self.default_provider.as_str(), llm_model)
+    }
+
+    /// Sends one chat request to the provider `llm_model` selects.
+    pub async fn chat(&self, mut request: ChatRequest) -> Result<Completion, LlmError> {
+        let (name, model) = self.route(&request.model);
+        let provider = self
+            .providers
+            .get(name)
+            .ok_or_else(|| LlmError::Unreachable(format!("no provider named {name:?}")))?;
+        request.model = model.to_owned();
+        let _permit = provider
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| LlmError::Unreachable("provider closed".into()))?;
+        let timeout = Duration::from_secs(provider.settings.timeout_s);
+        let call = async {
+            match provider.settings.kind {
+                ProviderKind::Ollama => ollama::chat(&self.http, &provider.settings, &request).await,
+                ProviderKind::Openai => openai::chat(&self.http, &provider.settings, &request).await,
+            }
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| LlmError::Timeout(timeout))?
+    }
+}
+
+/// Maps a transport error.
+fn transport_error(e: reqwest::Error) -> LlmError {
+    if e.is_timeout() {
+        LlmError::Timeout(Duration::ZERO)
+    } else if e.is_decode() || e.is_body() {
+        LlmError::Malformed(e.to_string())
+    } else {
+        LlmError::Unreachable(e.to_string())
+    }
+}
+
+/// Turns a non-2xx response into an error, keeping `Retry-After`.
+async fn status_error(response: reqwest::Response) -> LlmError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let mut body = response.text().await.unwrap_or_default();
+    body.truncate(500);
+    LlmError::Status {
+        status,
+        body,
+        retry_after,
+    }
+}
+
+/// Splits a byte stream into lines (NDJSON and SSE are both line-based).
+fn lines(
+    response: reqwest::Response,
+) -> impl futures::Stream<Item = Result<String, LlmError>> {
+    use futures::StreamExt;
+    async_stream::try_stream! {
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(transport_error)?;
+            buffer.extend_from_slice(&chunk);
+            while let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line).trim().to_owned();
+                if !line.is_empty() {
+                    yield line;
+                }
+            }
+        }
+        let rest = String::from_utf8_lossy(&buffer).trim().to_owned();
+        if !rest.is_empty() {
+            yield rest;
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Ollama's native chat API (`POST /api/chat`), non-streaming and NDJSON streaming.
+//! `options.num_ctx` is always set: Ollama's own default (2048) silently truncates
+//! longer prompts.
+
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use shared::settings::ProviderSettings;
+
+use super::{ChatMessage, ChatRequest, Completion, LlmError, lines, status_error, transport_error};
+
+#[derive(Debug, Deserialize)]
+struct ChatChunk {
+    #[serde(default)]
+    message: Option<ChatMessage>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    prompt_eval_count: Option<u32>,
+    #[serde(default)]
+    eval_count: Option<u32>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+pub(super) async fn chat(
+    http: &reqwest::Client,
+    provider: &ProviderSettings,
+    request: &ChatRequest,
+) -> Result<Completion, LlmError> {
+    let body = json!({
+        "model": request.model,
+        "messages": request.messages,
+        "stream": provider.stream,
+        "options": { "temperature": request.temperature, "num_ctx": request.num_ctx },
+    });
+    let mut call = http
+        .post(format!("{}/api/chat", provider.base_url.trim_end_matches('/')))
+        .json(&body);
+    if !provider.api_key.expose().is_empty() {
+        call = call.bearer_auth(provider.api_key.expose());
+    }
+    let response = call.send().await.map_err(transport_error)?;
+    if !response.status().is_success() {
+        return Err(status_error(response).await);
+    }
+    if !provider.stream {
+        let chunk: ChatChunk = response.json().await.map_err(transport_error)?;
+        return finish(String::new(), chunk);
+    }
+    let mut text = String::new();
+    let mut stream = std::pin::pin!(lines(response));
+    while let Some(line) = stream.next().await {
+        let chunk: ChatChunk =
+            serde_json::from_str(&line?).map_err(|e| LlmError::Malformed(e.to_string()))?;
+        if chunk.done || chunk.error.is_some() {
+            return finish(text, chunk);
+        }
+        if let Some(m) = chunk.message {
+            text.push_str(&m.content);
+        }
+    }
+    Err(LlmError::Malformed("stream ended before done".into()))
+}
+
+fn finish(mut text: String, last: ChatChunk) -> Result<Completion, LlmError> {
+    if let Some(error) = last.error {
+        return Err(LlmError::Malformed(error));
+    }
+    if let Some(m) = last.message {
+        text.push_str(&m.content);
+    }
+    Ok(Completion {
+        text,
+        prompt_tokens: last.prompt_eval_count,
+        completion_tokens: last.eval_count,
+    })
+}

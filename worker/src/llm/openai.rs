@@ -1,0 +1,113 @@
+//! OpenAI-compatible chat completions (`POST /v1/chat/completions`), non-streaming and
+//! server-sent events (`data: {chunk}` … `data: [DONE]`, usage in the last chunk when
+//! `stream_options.include_usage` is honoured).
+
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use shared::settings::ProviderSettings;
+
+use super::{ChatRequest, Completion, LlmError, lines, status_error, transport_error};
+
+#[derive(Debug, Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    delta: Option<Message>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Response {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+pub(super) async fn chat(
+    http: &reqwest::Client,
+    provider: &ProviderSettings,
+    request: &ChatRequest,
+) -> Result<Completion, LlmError> {
+    let mut body = json!({
+        "model": request.model,
+        "messages": request.messages,
+        "temperature": request.temperature,
+        "stream": provider.stream,
+    });
+    if provider.stream {
+        body["stream_options"] = json!({ "include_usage": true });
+    }
+    let mut call = http
+        .post(format!(
+            "{}/v1/chat/completions",
+            provider.base_url.trim_end_matches('/')
+        ))
+        .json(&body);
+    if !provider.api_key.expose().is_empty() {
+        call = call.bearer_auth(provider.api_key.expose());
+    }
+    let response = call.send().await.map_err(transport_error)?;
+    if !response.status().is_success() {
+        return Err(status_error(response).await);
+    }
+    if !provider.stream {
+        let parsed: Response = response.json().await.map_err(transport_error)?;
+        let text = parsed
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message)
+            .and_then(|m| m.content)
+            .ok_or_else(|| LlmError::Malformed("no choices[0].message.content".into()))?;
+        return Ok(completion(text, parsed.usage));
+    }
+    let mut text = String::new();
+    let mut usage = None;
+    let mut stream = std::pin::pin!(lines(response));
+    while let Some(line) = stream.next().await {
+        let line = line?;
+        let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+            continue; // SSE comments, `event:` lines
+        };
+        if data == "[DONE]" {
+            return Ok(completion(text, usage));
+        }
+        let chunk: Response =
+            serde_json::from_str(data).map_err(|e| LlmError::Malformed(e.to_string()))?;
+        if let Some(content) = chunk
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.delta)
+            .and_then(|d| d.content)
+        {
+            text.push_str(&content);
+        }
+        if chunk.usage.is_some() {
+            usage = chunk.usage;
+        }
+    }
+    Err(LlmError::Malformed("stream ended before [DONE]".into()))
+}
+
+fn completion(text: String, usage: Option<Usage>) -> Completion {
+    Completion {
+        text,
+        prompt_tokens: usage.as_ref().and_then(|u| u.prompt_tokens),
+        completion_tokens: usage.as_ref().and_then(|u| u.completion_tokens),
+    }
+}

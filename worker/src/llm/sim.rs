@@ -1,0 +1,464 @@
+//! `chatfleet llm-sim`: an LLM test double that speaks the real wire formats of Ollama
+//! (`/api/chat`, `/api/embed`, `/api/tags`) and OpenAI-compatible servers
+//! (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`), streaming and not.
+//!
+//! Replies are deterministic and show what the platform sent:
+//! `[<model>] <first line of the system prompt> | You said: <last user message>`.
+//! Embeddings are deterministic too (hashed bag of words, unit length), so retrieval
+//! tests rank by shared words. Latency and an error rate are configurable; every chat
+//! request is recorded for tests to inspect.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::{ChatMessage, ChatRole};
+
+/// Embedding dimension of the simulator.
+pub const EMBEDDING_DIM: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Added before every answer (chat and embeddings).
+    pub latency: Duration,
+    /// Fraction of requests answered 503, 0.0–1.0.
+    pub error_rate: f64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            error_rate: 0.0,
+        }
+    }
+}
+
+/// Which wire format a request used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    Ollama,
+    OpenAi,
+}
+
+/// A chat request as the simulator received it.
+#[derive(Debug, Clone)]
+pub struct RecordedChat {
+    pub format: WireFormat,
+    pub model: String,
+    pub temperature: Option<f64>,
+    pub num_ctx: Option<u64>,
+    pub stream: bool,
+    pub messages: Vec<ChatMessage>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    options: Mutex<SimOptionsState>,
+    recorded: Mutex<Vec<RecordedChat>>,
+    unavailable: AtomicBool,
+    served: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SimOptionsState {
+    latency: Duration,
+    error_rate: f64,
+}
+
+/// A running simulator.
+#[derive(Debug, Clone)]
+pub struct LlmSim {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl LlmSim {
+    /// Binds `addr` (port 0: any free port) and serves until [`LlmSim::stop`] or `shutdown`.
+    pub async fn start(
+        addr: SocketAddr,
+        options: SimOptions,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared::default());
+        if let Ok(mut o) = shared.options.lock() {
+            o.latency = options.latency;
+            o.error_rate = options.error_rate;
+        }
+        let app = Router::new()
+            .route("/api/chat", post(ollama_chat))
+            .route("/api/embed", post(ollama_embed))
+            .route("/api/tags", get(ollama_tags))
+            .route("/v1/chat/completions", post(openai_chat))
+            .route("/v1/embeddings", post(openai_embed))
+            .route("/v1/models", get(openai_models))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stop = shutdown.child_token();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { until.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "llm-sim stopped");
+            }
+        });
+        Ok(Self { addr, shared, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every chat request received so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedChat> {
+        self.shared
+            .recorded
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// Answers every request with 503 while `true` (an LLM outage).
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.shared.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+
+    /// Changes the simulated latency.
+    pub fn set_latency(&self, latency: Duration) {
+        if let Ok(mut o) = self.shared.options.lock() {
+            o.latency = latency;
+        }
+    }
+
+    /// Number of successful chat answers.
+    pub fn served(&self) -> u64 {
+        self.shared.served.load(Ordering::SeqCst)
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// The simulator's deterministic answer to a conversation.
+pub fn reply_for(model: &str, messages: &[ChatMessage]) -> String {
+    let persona = messages
+        .iter()
+        .find(|m| m.role == ChatRole::System)
+        .and_then(|m| m.content.lines().next())
+        .unwrap_or("(no system prompt)");
+    let last_user = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == ChatRole::User)
+        .map(|m| m.content.as_str())
+        .unwrap_or("");
+    format!("[{model}] {persona} | You said: {last_user}")
+}
+
+/// A deterministic unit vector for `text`: each lower-cased word adds to a hashed bucket.
+pub fn embed(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; EMBEDDING_DIM];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let digest = Sha256::digest(word.to_lowercase().as_bytes());
+        let bucket = usize::from(digest[0]) % EMBEDDING_DIM;
+        v[bucket] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    } else {
+        v[0] = 1.0;
+    }
+    v
+}
+
+fn count_tokens(messages: &[ChatMessage]) -> u64 {
+    messages
+        .iter()
+        .map(|m| m.content.split_whitespace().count() as u64 + 4)
+        .sum()
+}
+
+/// Waits the configured latency; `Err` with a 503 when the request should fail.
+async fn gate(shared: &Shared) -> Result<(), Response> {
+    let options = shared
+        .options
+        .lock()
+        .map(|o| o.clone())
+        .unwrap_or_default();
+    if !options.latency.is_zero() {
+        tokio::time::sleep(options.latency).await;
+    }
+    let fail = shared.unavailable.load(Ordering::SeqCst)
+        || (options.error_rate > 0.0 && rand::rng().random_bool(options.error_rate.min(1.0)));
+    if fail {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "llm-sim: simulated overload" })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(response);
+    }
+    Ok(())
+}
+
+fn bad_request(msg: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct OllamaChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default = "default_true")]
+    stream: bool,
+    #[serde(default)]
+    options: Value,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_inclusive(' ').map(str::to_owned).collect()
+}
+
+async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<OllamaChatRequest>(&body) else {
+        return bad_request("invalid chat request");
+    };
+    record(&shared, WireFormat::Ollama, &req.model, &req.options["temperature"], req.options["num_ctx"].as_u64(), req.stream, &req.messages);
+    if let Err(r) = gate(&shared).await {
+        return r;
+    }
+    shared.served.fetch_add(1, Ordering::SeqCst);
+    let text = reply_for(&req.model, &req.messages);
+    let prompt_tokens = count_tokens(&req.messages);
+    let eval = text.split_whitespace().count() as u64;
+    let created = chrono::Utc::now().to_rfc3339();
+    let last = json!({
+        "model": req.model, "created_at": created,
+        "message": { "role": "assistant", "content": if req.stream { String::new() } else { text.clone() } },
+        "done": true, "done_reason": "stop",
+        "prompt_eval_count": prompt_tokens, "eval_count": eval,
+        "total_duration": 1, "load_duration": 0, "prompt_eval_duration": 1, "eval_duration": 1,
+    });
+    if !req.stream {
+        return Json(last).into_response();
+    }
+    let mut body = String::new();
+    for w in words(&text) {
+        let chunk = json!({
+            "model": req.model, "created_at": created,
+            "message": { "role": "assistant", "content": w }, "done": false,
+        });
+        body.push_str(&chunk.to_string());
+        body.push('\n');
+    }
+    body.push_str(&last.to_string());
+    body.push('\n');
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct OpenAiChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    temperature: Value,
+    #[serde(default)]
+    stream_options: Value,
+}
+
+async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<OpenAiChatRequest>(&body) else {
+        return bad_request("invalid chat request");
+    };
+    record(&shared, WireFormat::OpenAi, &req.model, &req.temperature, None, req.stream, &req.messages);
+    if let Err(r) = gate(&shared).await {
+        return r;
+    }
+    shared.served.fetch_add(1, Ordering::SeqCst);
+    let text = reply_for(&req.model, &req.messages);
+    let prompt_tokens = count_tokens(&req.messages);
+    let completion_tokens = text.split_whitespace().count() as u64;
+    let usage = json!({
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = chrono::Utc::now().timestamp();
+    if !req.stream {
+        return Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": req.model,
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let mut body = String::new();
+    let mut push = |v: Value| {
+        body.push_str("data: ");
+        body.push_str(&v.to_string());
+        body.push_str("\n\n");
+    };
+    push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+        "choices": [{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }] }));
+    for w in words(&text) {
+        push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+            "choices": [{ "index": 0, "delta": { "content": w }, "finish_reason": null }] }));
+    }
+    push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }] }));
+    if req.stream_options["include_usage"] == json!(true) {
+        push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+            "choices": [], "usage": usage }));
+    }
+    body.push_str("data: [DONE]\n\n");
+    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+}
+
+fn record(
+    shared: &Shared,
+    format: WireFormat,
+    model: &str,
+    temperature: &Value,
+    num_ctx: Option<u64>,
+    stream: bool,
+    messages: &[ChatMessage],
+) {
+    if let Ok(mut r) = shared.recorded.lock() {
+        r.push(RecordedChat {
+            format,
+            model: model.to_owned(),
+            temperature: temperature.as_f64(),
+            num_ctx,
+            stream,
+            messages: messages.to_vec(),
+        });
+    }
+}
+
+/// `input` of an embeddings request: one string or many.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbedInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl EmbedInput {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbedRequest {
+    model: String,
+    input: EmbedInput,
+}
+
+async fn ollama_embed(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<EmbedRequest>(&body) else {
+        return bad_request("invalid embed request");
+    };
+    if let Err(r) = gate(&shared).await {
+        return r;
+    }
+    let embeddings: Vec<Vec<f32>> = req.input.into_vec().iter().map(|t| embed(t)).collect();
+    Json(json!({ "model": req.model, "embeddings": embeddings })).into_response()
+}
+
+async fn openai_embed(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<EmbedRequest>(&body) else {
+        return bad_request("invalid embeddings request");
+    };
+    if let Err(r) = gate(&shared).await {
+        return r;
+    }
+    let inputs = req.input.into_vec();
+    let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({ "object": "embedding", "index": i, "embedding": embed(t) }))
+        .collect();
+    Json(json!({
+        "object": "list", "data": data, "model": req.model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response()
+}
+
+async fn ollama_tags() -> Response {
+    Json(json!({ "models": [{ "name": "llama3.1:8b", "model": "llama3.1:8b", "size": 0,
+        "details": { "family": "llm-sim" } }] }))
+    .into_response()
+}
+
+async fn openai_models() -> Response {
+    Json(json!({ "object": "list", "data": [{ "id": "llama3.1:8b", "object": "model", "owned_by": "llm-sim" }] }))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_show_model_persona_and_last_user_message() {
+        let messages = vec![
+            ChatMessage { role: ChatRole::System, content: "You are Ava, an AI assistant for Acme.\nTone: friendly.".into() },
+            ChatMessage { role: ChatRole::User, content: "first".into() },
+            ChatMessage { role: ChatRole::Assistant, content: "ok".into() },
+            ChatMessage { role: ChatRole::User, content: "second".into() },
+        ];
+        assert_eq!(
+            reply_for("m1", &messages),
+            "[m1] You are Ava, an AI assistant for Acme. | You said: second"
+        );
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors() {
+        let a = embed("Refund policy: thirty days");
+        assert_eq!(a, embed("refund POLICY thirty days"));
+        let norm: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+        assert_ne!(a, embed("shipping to Canada"));
+    }
+}

@@ -1,0 +1,154 @@
+//! One user turn, from envelope to published reply (steps 3–9 of the journey in
+//! `lib.rs`). Idempotent on the envelope id: a redelivered envelope that was already
+//! answered republishes the stored reply (the deliverer drops duplicates) and never
+//! calls the LLM again.
+
+use chrono::Utc;
+use shared::db::{ClientStatus, NewReply, StoredReply, UserMessageState};
+use shared::envelope::{ENVELOPE_VERSION, Envelope, Reply, ReplyKind};
+use shared::ids::{ConversationId, ReplyId};
+use shared::mq::ReplyRoute;
+use shared::pii::Pii;
+
+use crate::Ctx;
+use crate::error::{Result, TurnError};
+use crate::llm::ChatRequest;
+use crate::prompt;
+
+pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
+    let client_id = env.client_id;
+    let tenant = ctx
+        .db
+        .configs()
+        .load_tenant(client_id)
+        .await?
+        .ok_or(TurnError::UnknownTenant(client_id))?;
+    let conversation_id = ctx
+        .db
+        .conversations()
+        .get_or_create(client_id, env.channel, env.external_id.expose())
+        .await?;
+    let text = env.message.as_prompt_text();
+    let recorded = ctx
+        .db
+        .messages()
+        .record_user(
+            client_id,
+            conversation_id,
+            env.id,
+            &text,
+            env.channel_message_id.as_deref(),
+        )
+        .await?;
+    match recorded.state {
+        UserMessageState::Pending => {}
+        UserMessageState::Answered => {
+            if let Some(stored) = recorded.reply {
+                // Stored but maybe never published (a crash in between): publish again.
+                tracing::info!("turn already answered; republishing its reply");
+                let reply = reply_from_stored(env, conversation_id, stored);
+                ctx.publisher
+                    .publish_reply(&reply, ReplyRoute::Channel, Some(&env.trace.request_id))
+                    .await?;
+            }
+            return Ok(());
+        }
+        UserMessageState::Failed | UserMessageState::Ignored => {
+            tracing::info!(state = ?recorded.state, "turn already closed; nothing to do");
+            return Ok(());
+        }
+    }
+
+    if tenant.client.status != ClientStatus::Active {
+        tracing::info!(status = ?tenant.client.status, "tenant not active; message recorded, not answered");
+        ctx.db
+            .messages()
+            .close_unanswered(client_id, env.id, UserMessageState::Ignored)
+            .await?;
+        return Ok(());
+    }
+
+    let config = &tenant.config;
+    let history = ctx
+        .db
+        .messages()
+        .history(
+            client_id,
+            conversation_id,
+            recorded.message_id,
+            config.max_context_turns,
+        )
+        .await?;
+    let messages = prompt::assemble(&tenant, &[], &history, &text);
+    let (_, model) = ctx.llm.route(&config.llm_model);
+    let num_ctx = ctx.llm_settings.context_window(model);
+    let started = std::time::Instant::now();
+    let completion = ctx
+        .llm
+        .chat(ChatRequest {
+            model: config.llm_model.clone(),
+            temperature: config.llm_temperature,
+            num_ctx,
+            messages,
+        })
+        .await?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "llm answered");
+
+    let reply = Reply {
+        v: ENVELOPE_VERSION,
+        id: ReplyId::random(),
+        in_reply_to: vec![env.id],
+        client_id,
+        channel: env.channel,
+        external_id: env.external_id.clone(),
+        channel_account: env.channel_account.clone(),
+        conversation_id,
+        kind: ReplyKind::Bot,
+        text: Pii::new(completion.text.clone()),
+        config_version: config.config_version,
+        created_at: Utc::now(),
+    };
+    let stored = ctx
+        .db
+        .messages()
+        .store_reply(
+            client_id,
+            &NewReply {
+                conversation_id,
+                reply_id: reply.id,
+                kind: reply.kind,
+                text: completion.text,
+                answers: vec![recorded.message_id],
+                prompt_tokens: completion.prompt_tokens,
+                completion_tokens: completion.completion_tokens,
+                estimated_prompt_tokens: None,
+                config_version: config.config_version,
+            },
+        )
+        .await?;
+    if !stored {
+        tracing::info!("turn was answered concurrently; dropping this reply");
+        return Ok(());
+    }
+    ctx.publisher
+        .publish_reply(&reply, ReplyRoute::Channel, Some(&env.trace.request_id))
+        .await?;
+    Ok(())
+}
+
+fn reply_from_stored(env: &Envelope, conversation_id: ConversationId, stored: StoredReply) -> Reply {
+    Reply {
+        v: ENVELOPE_VERSION,
+        id: stored.id,
+        in_reply_to: vec![env.id],
+        client_id: env.client_id,
+        channel: env.channel,
+        external_id: env.external_id.clone(),
+        channel_account: env.channel_account.clone(),
+        conversation_id,
+        kind: stored.kind,
+        text: Pii::new(stored.text),
+        config_version: stored.config_version,
+        created_at: stored.created_at,
+    }
+}
