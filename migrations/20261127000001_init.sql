@@ -1,5 +1,8 @@
 -- chatfleet's data model (DESIGN.md §5). Valid on MariaDB 10.11+ and MySQL 8.0.16+.
 -- Every tenant table carries client_id as a foreign key and leads its indexes with it.
+-- Text is utf8mb4_unicode_ci, except channel-side keys (external_id,
+-- external_account_id), which are utf8mb4_bin: "ABC" and "abc" are different
+-- conversations. The driver reports _bin columns as binary; read them as bytes.
 -- Enumerations are VARCHAR + CHECK rather than ENUM so that adding a value is a plain
 -- constraint change and drivers read them as strings on both servers.
 
@@ -17,7 +20,7 @@ CREATE TABLE clients (
     UNIQUE KEY uq_clients_slug (slug),
     CONSTRAINT ck_clients_plan CHECK (plan IN ('starter', 'growth', 'enterprise')),
     CONSTRAINT ck_clients_status CHECK (status IN ('active', 'suspended', 'cancelled'))
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE client_configs (
     id                   BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -48,7 +51,7 @@ CREATE TABLE client_configs (
     CONSTRAINT ck_client_configs_temperature CHECK (llm_temperature >= 0 AND llm_temperature <= 2),
     CONSTRAINT ck_client_configs_turns CHECK (max_context_turns <= 100),
     CONSTRAINT ck_client_configs_top_k CHECK (rag_top_k <= 50)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE agent_modes (
     id              BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -63,13 +66,13 @@ CREATE TABLE agent_modes (
     PRIMARY KEY (id),
     UNIQUE KEY uq_agent_modes_client_key (client_id, module_key),
     CONSTRAINT fk_agent_modes_client FOREIGN KEY (client_id) REFERENCES clients (id) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE conversations (
     id              BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     client_id       BIGINT UNSIGNED NOT NULL,
     channel         VARCHAR(16)  NOT NULL,
-    external_id     VARCHAR(191) NOT NULL,
+    external_id     VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     status          VARCHAR(16)  NOT NULL DEFAULT 'open',
     mode            VARCHAR(16)  NOT NULL DEFAULT 'bot',
     -- The last mailbox position handed out (see messages.seq).
@@ -83,7 +86,7 @@ CREATE TABLE conversations (
     CONSTRAINT ck_conversations_channel CHECK (channel IN ('whatsapp', 'widget', 'mobile', 'api')),
     CONSTRAINT ck_conversations_status CHECK (status IN ('open', 'closed')),
     CONSTRAINT ck_conversations_mode CHECK (mode IN ('bot', 'human'))
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE messages (
     id                      BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -117,13 +120,13 @@ CREATE TABLE messages (
     CONSTRAINT fk_messages_conversation FOREIGN KEY (conversation_id) REFERENCES conversations (id) ON DELETE CASCADE,
     CONSTRAINT ck_messages_role CHECK (role IN ('user', 'assistant', 'agent', 'system')),
     CONSTRAINT ck_messages_state CHECK (state IN ('pending', 'answered', 'failed', 'ignored', 'stored'))
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE channel_accounts (
     id                    BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     client_id             BIGINT UNSIGNED NOT NULL,
     channel               VARCHAR(16)  NOT NULL,
-    external_account_id   VARCHAR(191) NOT NULL,
+    external_account_id   VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     -- AEAD ciphertext (nonce || ciphertext) of the credentials JSON.
     credentials_encrypted VARBINARY(4096) NULL,
     settings_json         TEXT         NOT NULL,
@@ -134,7 +137,7 @@ CREATE TABLE channel_accounts (
     KEY ix_channel_accounts_client (client_id, channel),
     CONSTRAINT fk_channel_accounts_client FOREIGN KEY (client_id) REFERENCES clients (id) ON DELETE CASCADE,
     CONSTRAINT ck_channel_accounts_channel CHECK (channel IN ('whatsapp', 'widget', 'mobile', 'api'))
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE api_keys (
     id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -150,7 +153,7 @@ CREATE TABLE api_keys (
     UNIQUE KEY uq_api_keys_prefix (prefix),
     KEY ix_api_keys_client (client_id, id),
     CONSTRAINT fk_api_keys_client FOREIGN KEY (client_id) REFERENCES clients (id) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE knowledge_documents (
     id           BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -163,7 +166,7 @@ CREATE TABLE knowledge_documents (
     PRIMARY KEY (id),
     UNIQUE KEY uq_knowledge_documents_hash (client_id, content_hash),
     CONSTRAINT fk_knowledge_documents_client FOREIGN KEY (client_id) REFERENCES clients (id) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE usage_daily (
     client_id         BIGINT UNSIGNED NOT NULL,
@@ -173,4 +176,4 @@ CREATE TABLE usage_daily (
     completion_tokens BIGINT UNSIGNED NOT NULL DEFAULT 0,
     PRIMARY KEY (client_id, day),
     CONSTRAINT fk_usage_daily_client FOREIGN KEY (client_id) REFERENCES clients (id) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

@@ -1,1 +1,90 @@
-fn main() {}
+//! `chatfleet`: the operator's command line.
+//!
+//! - `up`: everything in one process for a local try-out (migrations, topology, a demo
+//!   tenant, ingress and worker, and the LLM simulator when no LLM answers).
+//! - `migrate`: create the database if needed and apply migrations.
+//! - `tenant create|api-key`: make tenants without the admin API.
+//! - `llm-sim`: the LLM test double (Ollama and OpenAI wire formats).
+
+// A command-line tool talks to its user on stdout.
+#![allow(clippy::print_stdout)]
+
+mod tenant;
+mod up;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shared::db::Db;
+use shared::settings::Settings;
+use shared::shutdown::{CancellationToken, cancel_on_signals};
+
+#[derive(Debug, Parser)]
+#[command(name = "chatfleet", version, about = "Operate a chatfleet deployment")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform in this process (local try-out).
+    Up(up::UpArgs),
+    /// Create the database if needed and apply pending migrations.
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(tenant::TenantCommand),
+    /// Run the LLM simulator (speaks Ollama and OpenAI wire formats).
+    LlmSim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:11434")]
+        bind: SocketAddr,
+        /// Latency added to every answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Fraction of requests answered 503 (0.0-1.0).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load()?;
+    shared::telemetry::init(&settings.telemetry);
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    match cli.command {
+        Command::Up(args) => up::run(settings, args, shutdown).await,
+        Command::Migrate => {
+            Db::migrate(&settings.database).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Tenant(command) => tenant::run(&settings, command).await,
+        Command::LlmSim {
+            bind,
+            latency_ms,
+            error_rate,
+        } => {
+            if !(0.0..=1.0).contains(&error_rate) {
+                anyhow::bail!("--error-rate must be between 0.0 and 1.0");
+            }
+            let sim = worker::llm::sim::LlmSim::start(
+                bind,
+                worker::llm::sim::SimOptions {
+                    latency: Duration::from_millis(latency_ms),
+                    error_rate,
+                },
+                shutdown.clone(),
+            )
+            .await?;
+            println!("llm-sim listening on {} (Ollama and OpenAI formats)", sim.base_url());
+            shutdown.cancelled().await;
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,113 @@
+//! chatfleet ingress: the HTTP front door. Channel adapters authenticate requests,
+//! resolve the tenant, turn each message into an envelope and publish it with a confirm
+//! before answering 2xx; outbound deliverers consume each channel's reply queue and
+//! deliver (for the API channel: into the conversation's mailbox, read by long-polls).
+//!
+//! Raw channel payloads never leave the `channels` modules; only envelopes go on to the
+//! broker. Everything is started by [`start`], so tests run ingress in-process on port 0.
 
+mod channels;
+mod deliver;
+pub mod error;
+mod health;
+mod longpoll;
+mod state;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::MatchedPath;
+use axum::http::{HeaderName, Request};
+use shared::cache::{Cache, Mailboxes};
+use shared::db::Db;
+use shared::ids::Channel;
+use shared::mq::Broker;
+use shared::settings::Settings;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub(crate) use state::AppState;
+
+/// The header carrying the request id (accepted from the caller, else generated).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A running ingress.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// Ends after `shutdown` fired and open requests and deliverers finished.
+    pub task: JoinHandle<()>,
+}
+
+/// Connects to the database, broker and Redis, declares the topology, starts the
+/// outbound deliverers and serves HTTP on `http.bind` until `shutdown`.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let db = Db::connect(&settings.database).await?;
+    let broker = Broker::connect(&settings.amqp, "chatfleet-ingress").await?;
+    broker.declare_topology().await?;
+    let publisher = broker.publisher().await?;
+    let cache = Cache::connect(&settings.redis).await?;
+    let mailboxes = Mailboxes::start(cache.clone(), shutdown.clone());
+    let state = AppState::new(
+        db.clone(),
+        broker.clone(),
+        publisher,
+        cache,
+        mailboxes,
+        settings.api.clone(),
+        shutdown.clone(),
+    );
+
+    let deliverer = tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Api));
+
+    let app = router(state, Duration::from_secs(settings.http.request_timeout_s));
+    let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "ingress listening");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http server failed");
+        }
+        let _ = deliverer.await;
+        broker.close().await;
+        db.close().await;
+    });
+    Ok(Running { addr, task })
+}
+
+fn router(state: AppState, request_timeout: Duration) -> Router {
+    Router::new()
+        .merge(channels::api::routes())
+        .merge(health::routes())
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                // The matched route, not the raw path: paths can hold conversation ids.
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str)
+                    .unwrap_or("unmatched");
+                let request_id = request
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("http", method = %request.method(), route, request_id, client_id = tracing::field::Empty)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}

@@ -34,6 +34,9 @@ pub struct Envelope {
     pub trace: Trace,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<Replay>,
+    /// Caller-supplied metadata (API channel), passed through untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Pii<serde_json::Value>>,
 }
 
 impl Envelope {
@@ -201,6 +204,7 @@ mod tests {
                 traceparent: None,
             },
             replay: None,
+            metadata: None,
         }
     }
 

@@ -1,0 +1,134 @@
+//! `chatfleet up`: the whole platform in one process, for trying it out locally.
+//! Applies migrations, declares the topology, makes sure the `demo` tenant exists and
+//! prints a fresh API key for it, starts the LLM simulator when no LLM answers at the
+//! configured URL (and says so loudly), then runs ingress and worker until Ctrl-C.
+
+use std::time::Duration;
+
+use clap::Args;
+use shared::db::{AgentMode, ConfigUpdate, Db, NewClient, Plan};
+use shared::mq::Broker;
+use shared::settings::{ProviderKind, Settings};
+use tokio_util::sync::CancellationToken;
+use worker::llm::sim::{LlmSim, SimOptions};
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Always use the LLM simulator, even if an LLM answers.
+    #[arg(long)]
+    sim: bool,
+}
+
+const DEMO_SLUG: &str = "demo";
+
+pub(crate) async fn run(
+    mut settings: Settings,
+    args: UpArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = Db::migrate(&settings.database).await?;
+    let broker = Broker::connect(&settings.amqp, "chatfleet-up").await?;
+    broker.declare_topology().await?;
+    broker.close().await;
+    let api_key = demo_tenant(&db).await?;
+    db.close().await;
+
+    if args.sim || !llm_answers(&settings).await {
+        let sim = LlmSim::start(
+            "127.0.0.1:0".parse()?,
+            SimOptions {
+                latency: Duration::from_millis(300),
+                error_rate: 0.0,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        let why = if args.sim {
+            "--sim was given".to_owned()
+        } else {
+            let p = &settings.llm.providers[&settings.llm.default_provider];
+            format!("no LLM answered at {}", p.base_url)
+        };
+        eprintln!();
+        eprintln!("*****************************************************************");
+        eprintln!("  USING THE LLM SIMULATOR ({why}).");
+        eprintln!("  Replies are canned echoes, not a real model. To use a real one,");
+        eprintln!("  start Ollama or set CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL.");
+        eprintln!("*****************************************************************");
+        eprintln!();
+        for provider in settings.llm.providers.values_mut() {
+            provider.base_url = sim.base_url();
+        }
+    }
+
+    let ingress = ingress::start(settings.clone(), shutdown.clone()).await?;
+    let worker = tokio::spawn(worker::run(settings.clone(), shutdown.clone()));
+    let base = format!("http://{}", ingress.addr);
+    println!("chatfleet is up: ingress on {base}, one worker. Ctrl-C drains and stops.\n");
+    println!("Demo tenant {DEMO_SLUG:?}, API key (new for this run):\n  {api_key}\n");
+    println!("Send a message:");
+    println!(
+        "  curl -s -X POST {base}/api/v1/messages -H 'Authorization: Bearer {api_key}' \\\n    -H 'Content-Type: application/json' -H 'Idempotency-Key: try-1' \\\n    -d '{{\"conversation_id\":\"try-1\",\"text\":\"Hello there\"}}'"
+    );
+    println!("Read the conversation (waits up to 20 s for the reply):");
+    println!(
+        "  curl -s '{base}/api/v1/conversations/try-1/messages?after=0&wait=20' -H 'Authorization: Bearer {api_key}'"
+    );
+    worker.await??;
+    ingress.task.await?;
+    Ok(())
+}
+
+/// Makes sure the demo tenant exists with a recognisable persona; returns a new API key.
+async fn demo_tenant(db: &Db) -> anyhow::Result<String> {
+    let client_id = match db.clients().by_slug(DEMO_SLUG).await? {
+        Some(client) => client.id,
+        None => {
+            let id = db
+                .clients()
+                .create(&NewClient::new(DEMO_SLUG, "Demo Shop", Plan::Starter)?)
+                .await?;
+            let mut config: ConfigUpdate = db
+                .configs()
+                .get(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("demo tenant has no configuration"))?
+                .into();
+            config.persona_name = "Ava".into();
+            config.persona_tone = "friendly".into();
+            db.configs().update(id, &config).await?;
+            db.configs()
+                .upsert_mode(
+                    id,
+                    &AgentMode {
+                        module_key: "support".into(),
+                        prompt_fragment: "Help customers with orders, shipping and returns.".into(),
+                        is_active: true,
+                        priority: 10,
+                    },
+                )
+                .await?;
+            id
+        }
+    };
+    let key = db.api_keys().create(client_id, "chatfleet up").await?;
+    Ok(key.key.expose().clone())
+}
+
+/// Whether the default provider answers its model listing within 2 s.
+async fn llm_answers(settings: &Settings) -> bool {
+    let Some(provider) = settings.llm.providers.get(&settings.llm.default_provider) else {
+        return false;
+    };
+    let path = match provider.kind {
+        ProviderKind::Ollama => "/api/tags",
+        ProviderKind::Openai => "/v1/models",
+    };
+    let url = format!("{}{path}", provider.base_url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let mut request = client.get(url).timeout(Duration::from_secs(2));
+    if !provider.api_key.expose().is_empty() {
+        request = request.bearer_auth(provider.api_key.expose());
+    }
+    matches!(request.send().await, Ok(r) if r.status().is_success())
+}

@@ -1,0 +1,171 @@
+//! The REST API channel: tenants' own backends send messages with an API key and read
+//! replies by long-polling the conversation (or, in a later issue, by signed callbacks).
+//!
+//! - `POST /api/v1/messages` `{ conversation_id, text, metadata? }` with an optional
+//!   `Idempotency-Key` → 202 `{ message_id, conversation_id }` once the broker confirmed.
+//!   The same key always maps to the same message id, so a retried request is one turn.
+//! - `GET /api/v1/conversations/{conversation_id}/messages?after=&wait=` → the mailbox.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::{Value, json};
+use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
+use shared::ids::{Channel, ClientId, EnvelopeId};
+use shared::pii::Pii;
+
+use super::{bearer, json_object, read_body, request_id, traceparent};
+use crate::AppState;
+use crate::error::{ApiError, Result};
+use crate::longpoll::{self, PollParams};
+
+/// Longest conversation id (the `conversations.external_id` column).
+const MAX_CONVERSATION_ID: usize = 191;
+/// Longest `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Largest `metadata` object, serialised.
+const MAX_METADATA_BYTES: usize = 4096;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/messages", post(send))
+        .route(
+            "/api/v1/conversations/{conversation_id}/messages",
+            get(poll),
+        )
+}
+
+/// Resolves the tenant from the bearer API key.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId> {
+    let key = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("missing_api_key", "send the API key as Authorization: Bearer <key>")
+    })?;
+    let client_id = state
+        .db()
+        .api_keys()
+        .authenticate(key)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "the API key is unknown or revoked"))?;
+    tracing::Span::current().record("client_id", tracing::field::display(client_id));
+    Ok(client_id)
+}
+
+async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+    let client_id = authenticate(&state, &headers).await?;
+    let max_text = state.api().max_text_bytes;
+    // Room for the JSON around a maximal text and its metadata; a larger body is refused
+    // before it is buffered.
+    let bytes = read_body(body, max_text * 2 + MAX_METADATA_BYTES + 1024).await?;
+    let mut fields = json_object(&bytes)?;
+
+    let conversation_id = match fields.remove("conversation_id") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_CONVERSATION_ID => s,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_conversation_id",
+                format!("conversation_id must be a non-empty string of at most {MAX_CONVERSATION_ID} bytes"),
+            ));
+        }
+    };
+    let text = match fields.remove("text") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(ApiError::bad_request("missing_text", "text is required and must not be empty"));
+        }
+        Some(_) => return Err(ApiError::bad_request("invalid_text", "text must be a string")),
+    };
+    if text.len() > max_text {
+        return Err(ApiError::too_large(
+            "text_too_large",
+            format!("text must be at most {max_text} bytes"),
+        ));
+    }
+    let metadata = match fields.remove("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => {
+            let value = Value::Object(map);
+            if value.to_string().len() > MAX_METADATA_BYTES {
+                return Err(ApiError::too_large(
+                    "metadata_too_large",
+                    format!("metadata must serialise to at most {MAX_METADATA_BYTES} bytes"),
+                ));
+            }
+            Some(Pii::new(value))
+        }
+        Some(_) => return Err(ApiError::bad_request("invalid_metadata", "metadata must be a JSON object")),
+    };
+    let id = match headers.get("idempotency-key") {
+        None => EnvelopeId::random(),
+        Some(raw) => {
+            let key = raw
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+                    )
+                })?;
+            EnvelopeId::deterministic(client_id, Channel::Api, key)
+        }
+    };
+
+    let envelope = Envelope {
+        v: ENVELOPE_VERSION,
+        id,
+        client_id,
+        channel: Channel::Api,
+        external_id: Pii::new(conversation_id.clone()),
+        sender: Sender {
+            id: Pii::new(conversation_id.clone()),
+            name: None,
+        },
+        message: MessageContent::text(text),
+        channel_message_id: None,
+        channel_account: None,
+        received_at: Utc::now(),
+        trace: Trace {
+            request_id: request_id(&headers),
+            traceparent: traceparent(&headers),
+        },
+        replay: None,
+        metadata,
+    };
+    state
+        .publisher()
+        .publish_envelope(&envelope)
+        .await
+        .map_err(|e| ApiError::broker_unavailable(&e))?;
+    tracing::info!(envelope_id = %envelope.id, "accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "message_id": envelope.id, "conversation_id": conversation_id })),
+    )
+        .into_response())
+}
+
+async fn poll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(conversation_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let client_id = authenticate(&state, &headers).await?;
+    if conversation_id.is_empty() || conversation_id.len() > MAX_CONVERSATION_ID {
+        return Err(ApiError::bad_request("invalid_conversation_id", "conversation_id is malformed"));
+    }
+    let params = PollParams::parse(
+        query.get("after").map(String::as_str),
+        query.get("wait").map(String::as_str),
+        state.api().max_wait_s,
+    )?;
+    longpoll::poll(&state, client_id, Channel::Api, &conversation_id, params).await
+}

@@ -1,0 +1,58 @@
+//! Channel adapters: one module per channel. Each authenticates its requests, resolves
+//! the tenant, validates the payload and publishes envelopes. Raw channel payloads stay
+//! inside these modules.
+
+pub(crate) mod api;
+
+use axum::body::{Body, Bytes};
+
+use crate::error::{ApiError, Result};
+
+/// Reads a request body of at most `limit` bytes (413 with a JSON error beyond it).
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::too_large(
+            "payload_too_large",
+            format!("the request body must be at most {limit} bytes"),
+        )
+    })
+}
+
+/// Parses a JSON object body (400 `malformed_json` / `invalid_request` otherwise).
+pub(crate) fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    match value {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(ApiError::bad_request("invalid_request", "the body must be a JSON object")),
+    }
+}
+
+/// The bearer token of the `Authorization` header.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The request id set by the request-id layer.
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(&crate::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(shared::telemetry::new_request_id)
+}
+
+/// The W3C trace context, when the caller sent one.
+pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_owned)
+}

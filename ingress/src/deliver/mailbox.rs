@@ -1,0 +1,97 @@
+//! The mailbox deliverer (API channel; the widget and mobile channels reuse it): puts
+//! each reply into its conversation's mailbox, wakes the long-polls on every replica,
+//! then acks. Replies are handled one at a time in queue order, so a conversation's
+//! replies enter its mailbox in the order they were published; a reply id that was
+//! delivered before is dropped (at-least-once in, exactly-once into the mailbox).
+
+use std::time::Duration;
+
+use shared::cache::MailboxKey;
+use shared::envelope::Reply;
+use shared::ids::Channel;
+use shared::mq::Delivery;
+
+use crate::AppState;
+
+/// Unacked replies held at once.
+const PREFETCH: u16 = 64;
+
+pub(crate) async fn run(state: AppState, channel: Channel) {
+    let queue = state.broker().topology().outbound_queue(channel);
+    let shutdown = state.shutdown().clone();
+    let mut backoff = Duration::from_millis(200);
+    'connect: while !shutdown.is_cancelled() {
+        let mut consumer = match state
+            .broker()
+            .consume(&queue, PREFETCH, &format!("deliver-{channel}"))
+            .await
+        {
+            Ok(c) => {
+                backoff = Duration::from_millis(200);
+                c
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %channel, "deliverer cannot consume; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'connect,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    consumer.cancel().await;
+                    break 'connect;
+                }
+                delivery = consumer.next() => match delivery {
+                    Some(d) => deliver(&state, channel, &queue, d).await,
+                    None => continue 'connect,
+                },
+            }
+        }
+    }
+}
+
+async fn deliver(state: &AppState, channel: Channel, queue: &str, delivery: Delivery) {
+    let reply: Reply = match serde_json::from_slice(&delivery.body) {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("undecodable reply: {e}");
+            tracing::error!(%reason, "dead-lettering");
+            if state.publisher().dead_letter(&delivery, queue, &reason).await.is_ok() {
+                let _ = delivery.ack().await;
+            }
+            return;
+        }
+    };
+    let span = tracing::info_span!("deliver", %channel, client_id = %reply.client_id, reply_id = %reply.id);
+    let _guard = span.enter();
+    let placed = state
+        .db()
+        .messages()
+        .deliver_to_mailbox(reply.client_id, reply.conversation_id, reply.id)
+        .await;
+    match placed {
+        Ok(Some(_)) => {
+            let key = MailboxKey::new(reply.client_id, channel, reply.external_id.expose());
+            if let Err(e) = state.mailboxes().announce(&key).await {
+                // Pollers still see it on their next read; only the wake-up was lost.
+                tracing::warn!(error = %e, "could not announce the reply");
+            }
+            tracing::info!("delivered");
+        }
+        Ok(None) => tracing::info!("already delivered; dropped"),
+        Err(e) => {
+            tracing::warn!(error = %e, "delivery failed; requeueing");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery.requeue().await;
+            return;
+        }
+    }
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(error = %e, "ack failed; the reply will be redelivered and dropped");
+    }
+}

@@ -1,0 +1,3 @@
+//! Outbound deliverers: one consumer per channel's `<prefix>.outbound.<channel>` queue.
+
+pub(crate) mod mailbox;

@@ -1,0 +1,37 @@
+//! `/healthz` (the process is alive) and `/readyz` (its broker, database and Redis answer).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::AppState;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(ready))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let limit = Duration::from_secs(2);
+    let database = matches!(tokio::time::timeout(limit, state.db().ping()).await, Ok(Ok(())));
+    let redis = matches!(tokio::time::timeout(limit, state.cache().ping()).await, Ok(Ok(())));
+    let broker = state.broker().is_connected();
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let body = Json(json!({
+        "database": word(database),
+        "redis": word(redis),
+        "broker": word(broker),
+    }));
+    let status = if database && redis && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
