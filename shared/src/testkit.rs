@@ -86,7 +86,7 @@ impl TestEnv {
 
     /// A new active tenant with a fresh API key.
     pub async fn tenant(&self, slug: &str) -> TestTenant {
-        let client = NewClient::new(slug, &format!("{slug} Inc."), Plan::Starter).expect("slug");
+        let client = NewClient::new(slug, &format!("{slug} Shop"), Plan::Starter).expect("slug");
         let id = self.db.clients().create(&client).await.expect("create tenant");
         let key = self.db.api_keys().create(id, "test").await.expect("api key");
         TestTenant {
@@ -125,4 +125,15 @@ where
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
+}
+
+/// Routes tracing output through the test harness (shown only for failing tests).
+/// `RUST_LOG` selects what is logged; the default is warnings and errors.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }

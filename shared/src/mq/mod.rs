@@ -156,8 +156,8 @@ impl Broker {
         })
     }
 
-    /// Number of ready messages in `queue` (passive declare; tooling and tests).
-    pub async fn queue_depth(&self, queue: &str) -> Result<u32> {
+    /// Ready messages and consumers of `queue` (passive declare; tooling and tests).
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let ch = self.channel().await?;
         let q = ch
             .queue_declare(
@@ -171,7 +171,10 @@ impl Broker {
             .await
             .map_err(|e| Error::Broker(format!("inspecting {queue}: {e}")))?;
         let _ = ch.close(200, "inspected".into()).await;
-        Ok(q.message_count())
+        Ok(QueueStats {
+            messages: q.message_count(),
+            consumers: q.consumer_count(),
+        })
     }
 
     pub async fn close(&self) {
@@ -179,6 +182,14 @@ impl Broker {
             let _ = conn.close(200, "shutting down".into()).await;
         }
     }
+}
+
+/// What a passive declare tells about a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery (not counting unacked ones).
+    pub messages: u32,
+    pub consumers: u32,
 }
 
 /// A stream of deliveries from one queue.

@@ -1,0 +1,102 @@
+//! Bad input and failing dependencies: clear errors, nothing lost, nothing half-stored.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use shared::testkit::eventually;
+
+use crate::support::{Platform, WAIT};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_stable_error_codes() {
+    let p = Platform::start().await;
+    let t = p.tenant("strict").await;
+    let code = |body: &serde_json::Value| body["error"]["code"].as_str().unwrap_or("").to_owned();
+
+    let (s, b) = p.send("cfk_000000000000_".to_owned().as_str(), "c", "hi", None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"));
+    let response = p.http.post(format!("{}/api/v1/messages", p.base)).body("{}").send().await.expect("sent");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let (s, b) = p.send_raw(&t.api_key, "{\"conversation_id\": ".into(), None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "malformed_json"));
+    let (s, b) = p.send_raw(&t.api_key, json!({ "conversation_id": "c" }).to_string(), None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "missing_text"));
+    let (s, b) = p.send(&t.api_key, "c", "   ", None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "missing_text"));
+    let (s, b) = p.send_raw(&t.api_key, json!({ "text": "hi" }).to_string(), None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "invalid_conversation_id"));
+    let (s, b) = p.send(&t.api_key, "c", &"x".repeat(16 * 1024 + 1), None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "text_too_large"));
+    let (s, _) = p.send(&t.api_key, "c", &"x".repeat(16 * 1024), None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "exactly the limit is accepted");
+    let (s, b) = p.send(&t.api_key, "c", &"x".repeat(200_000), None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+
+    let key_id = {
+        let created = p.env.db.api_keys().create(t.id, "to revoke").await.expect("key");
+        let (s, _) = p.send(created.key.expose(), "c", "before revoke", None).await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+        (created.id, created.key.expose().clone())
+    };
+    assert!(p.env.db.api_keys().revoke(t.id, key_id.0).await.expect("revoke"));
+    let (s, b) = p.send(&key_id.1, "c", "after revoke", None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_publish_is_a_503_and_stores_nothing() {
+    let p = Platform::start().await;
+    let t = p.tenant("brokerless").await;
+    // Remove the topology under the running ingress: the broker can no longer route, so
+    // it cannot confirm the envelope.
+    p.env.broker.delete_topology().await.expect("delete topology");
+    let (s, b) = p.send(&t.api_key, "c", "lost?", Some("k-503")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert_eq!(b["error"]["code"], "broker_unavailable");
+    assert!(p.env.db.conversations().find(t.id, shared::ids::Channel::Api, "c").await.expect("query").is_none());
+
+    // The client retries once the broker is back: accepted and answered, once.
+    p.env.broker.declare_topology().await.expect("redeclare");
+    let (s, _) = p.send(&t.api_key, "c", "lost?", Some("k-503")).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (entries, _) = p.read_until(&t.api_key, "c", "0", 2).await;
+    assert_eq!(entries[1]["role"], "assistant");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_llm_means_retry_later_not_loss() {
+    let p = Platform::start().await;
+    let t = p.tenant("patient").await;
+    p.sim.set_unavailable(true);
+    let (s, _) = p.send(&t.api_key, "c", "are you there?", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    // First try and one retry through the ladder (1 s rung) both fail...
+    p.wait_for_llm_requests(2).await;
+    // ...then the LLM comes back and the next rung's retry answers.
+    p.sim.set_unavailable(false);
+    let (entries, _) = p.read_until(&t.api_key, "c", "0", 2).await;
+    assert_eq!(entries[1]["role"], "assistant");
+    assert!(entries[1]["text"].as_str().unwrap_or("").ends_with("You said: are you there?"));
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_never_succeeds_ends_in_the_dead_letter_queue() {
+    let p = Platform::start().await;
+    let t = p.tenant("doomed").await;
+    p.sim.set_unavailable(true);
+    let (s, _) = p.send(&t.api_key, "c", "hello?", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let dead = p.env.broker.topology().dead_queue();
+    eventually(WAIT, "the dead letter", || async {
+        (p.env.broker.queue_stats(&dead).await.ok()?.messages == 1).then_some(())
+    })
+    .await;
+    // First try plus one per rung of the test ladder (1 s, 2 s).
+    assert_eq!(p.sim.requests().len(), 3);
+    let (entries, _) = p.read_until(&t.api_key, "c", "0", 1).await;
+    assert_eq!(entries.len(), 1, "the user message is kept, unanswered");
+    p.stop().await;
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: ingress and worker run in-process against the real MariaDB,
+//! RabbitMQ and Redis, each test on its own database, queue prefix and key prefix, with
+//! the LLM simulator standing in for the model.
+
+mod api;
+mod failures;
+mod support;

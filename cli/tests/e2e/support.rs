@@ -1,0 +1,135 @@
+//! Starts the platform for one test and offers the HTTP calls tests make.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::testkit::{TestEnv, TestTenant, eventually};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use worker::llm::sim::{LlmSim, SimOptions};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Platform {
+    pub env: TestEnv,
+    pub sim: LlmSim,
+    pub base: String,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    ingress: JoinHandle<()>,
+    worker: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Platform {
+    /// Ingress + one worker, the default provider pointed at a fresh simulator.
+    pub async fn start() -> Self {
+        shared::testkit::init_tracing();
+        let shutdown = CancellationToken::new();
+        let sim = LlmSim::start("127.0.0.1:0".parse().expect("addr"), SimOptions::default(), shutdown.clone())
+            .await
+            .expect("llm-sim starts");
+        let env = TestEnv::start(&[("CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL", &sim.base_url())]).await;
+        let running = ingress::start(env.settings.clone(), shutdown.clone())
+            .await
+            .expect("ingress starts");
+        let worker = tokio::spawn(worker::run(env.settings.clone(), shutdown.clone()));
+        // Ready when the worker and the API deliverer consume their queues.
+        let topology = env.broker.topology().clone();
+        for queue in [topology.inbound_work(), topology.outbound_queue(shared::ids::Channel::Api)] {
+            eventually(WAIT, "consumers to start", || async {
+                (env.broker.queue_stats(&queue).await.ok()?.consumers >= 1).then_some(())
+            })
+            .await;
+        }
+        Self {
+            base: format!("http://{}", running.addr),
+            http: reqwest::Client::new(),
+            ingress: running.task,
+            env,
+            sim,
+            shutdown,
+            worker,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.worker.await;
+        let _ = self.ingress.await;
+        self.env.teardown().await;
+    }
+
+    /// POSTs a message; returns status and body.
+    pub async fn send(
+        &self,
+        key: &str,
+        conversation: &str,
+        text: &str,
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.send_raw(key, json!({ "conversation_id": conversation, "text": text }).to_string(), idempotency_key)
+            .await
+    }
+
+    pub async fn send_raw(&self, key: &str, body: String, idempotency_key: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/api/v1/messages", self.base))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = idempotency_key {
+            request = request.header("idempotency-key", k);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// One long-poll; `None` on 204.
+    pub async fn poll(&self, key: &str, conversation: &str, after: &str, wait_s: u64) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/conversations/{conversation}/messages", self.base))
+            .query(&[("after", after), ("wait", &wait_s.to_string())])
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("poll sent");
+        match response.status() {
+            StatusCode::NO_CONTENT => None,
+            StatusCode::OK => Some(response.json().await.expect("poll body")),
+            other => panic!("unexpected poll status {other}"),
+        }
+    }
+
+    /// Reads the mailbox from `after` with long-polls until it holds `count` more
+    /// entries; returns them and the final cursor.
+    pub async fn read_until(&self, key: &str, conversation: &str, after: &str, count: usize) -> (Vec<Value>, String) {
+        let mut seen = Vec::new();
+        let mut cursor = after.to_owned();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen.len() < count {
+            assert!(tokio::time::Instant::now() < deadline, "mailbox of {conversation} stayed at {} of {count} entries", seen.len());
+            if let Some(page) = self.poll(key, conversation, &cursor, 5).await {
+                cursor = page["cursor"].as_str().expect("cursor").to_owned();
+                seen.extend(page["messages"].as_array().expect("messages").iter().cloned());
+            }
+        }
+        (seen, cursor)
+    }
+
+    /// Waits until the simulator has answered or refused `n` chat requests.
+    pub async fn wait_for_llm_requests(&self, n: usize) {
+        eventually(WAIT, "LLM requests", || async {
+            (self.sim.requests().len() >= n).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn tenant(&self, slug: &str) -> TestTenant {
+        self.env.tenant(slug).await
+    }
+}
