@@ -82,7 +82,10 @@ async fn main() -> anyhow::Result<()> {
                 shutdown.clone(),
             )
             .await?;
-            println!("llm-sim listening on {} (Ollama and OpenAI formats)", sim.base_url());
+            println!(
+                "llm-sim listening on {} (Ollama and OpenAI formats)",
+                sim.base_url()
+            );
             shutdown.cancelled().await;
             Ok(())
         }

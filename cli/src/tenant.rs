@@ -46,7 +46,10 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> anyhow::
                 .with_context(|| format!("no tenant with slug {slug:?}"))?;
             let key = db.api_keys().create(client.id, &name).await?;
             println!("{}", key.key.expose());
-            eprintln!("API key {} for {slug}: store it now, it is not shown again", key.prefix);
+            eprintln!(
+                "API key {} for {slug}: store it now, it is not shown again",
+                key.prefix
+            );
         }
     }
     db.close().await;

@@ -13,14 +13,23 @@ use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(ready))
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
     let limit = Duration::from_secs(2);
-    let database = matches!(tokio::time::timeout(limit, state.db().ping()).await, Ok(Ok(())));
-    let redis = matches!(tokio::time::timeout(limit, state.cache().ping()).await, Ok(Ok(())));
+    let database = matches!(
+        tokio::time::timeout(limit, state.db().ping()).await,
+        Ok(Ok(()))
+    );
+    let redis = matches!(
+        tokio::time::timeout(limit, state.cache().ping()).await,
+        Ok(Ok(()))
+    );
     let broker = state.broker().is_connected();
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     let body = Json(json!({

@@ -30,7 +30,10 @@ impl PollParams {
         let after = match after {
             None | Some("") => 0,
             Some(raw) => raw.parse::<u64>().map_err(|_| {
-                ApiError::bad_request("invalid_cursor", "after must be a cursor returned by an earlier poll")
+                ApiError::bad_request(
+                    "invalid_cursor",
+                    "after must be a cursor returned by an earlier poll",
+                )
             })?,
         };
         let wait = match wait {

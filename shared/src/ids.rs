@@ -156,10 +156,22 @@ mod tests {
     #[test]
     fn deterministic_ids_depend_on_tenant_channel_and_key() {
         let a = EnvelopeId::deterministic(ClientId::new(1), Channel::Api, "k1");
-        assert_eq!(a, EnvelopeId::deterministic(ClientId::new(1), Channel::Api, "k1"));
-        assert_ne!(a, EnvelopeId::deterministic(ClientId::new(2), Channel::Api, "k1"));
-        assert_ne!(a, EnvelopeId::deterministic(ClientId::new(1), Channel::Widget, "k1"));
-        assert_ne!(a, EnvelopeId::deterministic(ClientId::new(1), Channel::Api, "k2"));
+        assert_eq!(
+            a,
+            EnvelopeId::deterministic(ClientId::new(1), Channel::Api, "k1")
+        );
+        assert_ne!(
+            a,
+            EnvelopeId::deterministic(ClientId::new(2), Channel::Api, "k1")
+        );
+        assert_ne!(
+            a,
+            EnvelopeId::deterministic(ClientId::new(1), Channel::Widget, "k1")
+        );
+        assert_ne!(
+            a,
+            EnvelopeId::deterministic(ClientId::new(1), Channel::Api, "k2")
+        );
     }
 
     #[test]

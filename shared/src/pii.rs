@@ -42,6 +42,9 @@ mod tests {
     fn debug_never_shows_the_value() {
         let phone = Pii::new("+4915112345678".to_owned());
         assert_eq!(format!("{phone:?}"), "[redacted]");
-        assert_eq!(serde_json::to_string(&phone).ok().as_deref(), Some("\"+4915112345678\""));
+        assert_eq!(
+            serde_json::to_string(&phone).ok().as_deref(),
+            Some("\"+4915112345678\"")
+        );
     }
 }

@@ -330,16 +330,28 @@ impl Settings {
         check(
             is_name(&self.redis.prefix),
             "redis.prefix",
-            format!("must be 1-64 characters of a-z, 0-9, '-' or '_', got {:?}", self.redis.prefix),
+            format!(
+                "must be 1-64 characters of a-z, 0-9, '-' or '_', got {:?}",
+                self.redis.prefix
+            ),
         );
-        check(self.redis.pool_size > 0, "redis.pool_size", "must be positive".into());
+        check(
+            self.redis.pool_size > 0,
+            "redis.pool_size",
+            "must be positive".into(),
+        );
         check(
             self.llm.providers.contains_key(&self.llm.default_provider),
             "llm.default_provider",
             format!(
                 "{:?} is not one of llm.providers ({})",
                 self.llm.default_provider,
-                self.llm.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.llm
+                    .providers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         );
         check(
@@ -353,7 +365,11 @@ impl Settings {
                 &format!("llm.providers.{name}.base_url"),
                 format!("must be an http(s) URL, got {:?}", p.base_url),
             );
-            check(p.timeout_s > 0, &format!("llm.providers.{name}.timeout_s"), "must be positive".into());
+            check(
+                p.timeout_s > 0,
+                &format!("llm.providers.{name}.timeout_s"),
+                "must be positive".into(),
+            );
             check(
                 p.max_concurrency > 0,
                 &format!("llm.providers.{name}.max_concurrency"),
@@ -403,7 +419,8 @@ impl Settings {
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn is_duration(s: &str) -> bool {
@@ -459,7 +476,10 @@ mod tests {
         let s = Settings::load_from(sources(&[
             ("CHATFLEET__AMQP__PREFIX", "t123"),
             ("CHATFLEET__AMQP__RETRY_DELAYS_S", "2,4"),
-            ("CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL", "http://127.0.0.1:9"),
+            (
+                "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+                "http://127.0.0.1:9",
+            ),
         ]))
         .expect("load");
         assert_eq!(s.amqp.prefix, "t123");
@@ -472,7 +492,8 @@ mod tests {
         assert!(load_err(&[("CHATFLEET__AMQP__PREFETCH", "0")]).contains("amqp.prefetch"));
         assert!(load_err(&[("CHATFLEET__AMQP__PREFIX", "Bad Prefix")]).contains("amqp.prefix"));
         assert!(
-            load_err(&[("CHATFLEET__LLM__DEFAULT_PROVIDER", "nope")]).contains("llm.default_provider")
+            load_err(&[("CHATFLEET__LLM__DEFAULT_PROVIDER", "nope")])
+                .contains("llm.default_provider")
         );
         assert!(
             load_err(&[("CHATFLEET__SECURITY__ENCRYPTION_KEY", "short")])
@@ -490,8 +511,13 @@ mod tests {
     fn production_refuses_development_secrets() {
         let mut s = sources(&[]);
         s.env = "production".into();
-        let err = Settings::load_from(s).expect_err("dev secrets refused").to_string();
-        assert!(err.contains("security.encryption_key") && err.contains("admin.token"), "{err}");
+        let err = Settings::load_from(s)
+            .expect_err("dev secrets refused")
+            .to_string();
+        assert!(
+            err.contains("security.encryption_key") && err.contains("admin.token"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@ use crate::ids::ClientId;
 use crate::mq::Broker;
 use crate::settings::{Settings, Sources};
 
-const MYSQL_HINT: &str = "start MariaDB with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd";
+const MYSQL_HINT: &str =
+    "start MariaDB with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd";
 const RABBIT_HINT: &str = "start RabbitMQ with: rabbitmq-server -detached";
 const REDIS_HINT: &str = "start Redis with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
 
@@ -43,7 +44,10 @@ impl TestEnv {
         let base = std::env::var("CHATFLEET_TEST_MYSQL")
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
         let mut vars: HashMap<String, String> = HashMap::from([
-            ("CHATFLEET__DATABASE__URL".into(), format!("{base}/cf_t_{id}")),
+            (
+                "CHATFLEET__DATABASE__URL".into(),
+                format!("{base}/cf_t_{id}"),
+            ),
             ("CHATFLEET__DATABASE__MAX_CONNECTIONS".into(), "8".into()),
             ("CHATFLEET__AMQP__PREFIX".into(), format!("t{id}")),
             ("CHATFLEET__AMQP__PREFETCH".into(), "32".into()),
@@ -87,8 +91,18 @@ impl TestEnv {
     /// A new active tenant with a fresh API key.
     pub async fn tenant(&self, slug: &str) -> TestTenant {
         let client = NewClient::new(slug, &format!("{slug} Shop"), Plan::Starter).expect("slug");
-        let id = self.db.clients().create(&client).await.expect("create tenant");
-        let key = self.db.api_keys().create(id, "test").await.expect("api key");
+        let id = self
+            .db
+            .clients()
+            .create(&client)
+            .await
+            .expect("create tenant");
+        let key = self
+            .db
+            .api_keys()
+            .create(id, "test")
+            .await
+            .expect("api key");
         TestTenant {
             id,
             slug: slug.to_owned(),

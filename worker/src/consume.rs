@@ -8,9 +8,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shared::db::UserMessageState;
 use shared::envelope::Envelope;
 use shared::mq::{Broker, Delivery};
-use shared::db::UserMessageState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -35,11 +35,18 @@ struct Dispatcher {
 impl Dispatcher {
     fn dispatch(self: &Arc<Self>, job: Job) {
         let key = match &job.envelope {
-            Ok(env) => format!("{}\u{1f}{}\u{1f}{}", env.client_id, env.channel, env.external_id.expose()),
+            Ok(env) => format!(
+                "{}\u{1f}{}\u{1f}{}",
+                env.client_id,
+                env.channel,
+                env.external_id.expose()
+            ),
             Err(_) => format!("undecodable-{}", uuid::Uuid::new_v4()),
         };
         {
-            let Ok(mut queues) = self.queues.lock() else { return };
+            let Ok(mut queues) = self.queues.lock() else {
+                return;
+            };
             if let Some(waiting) = queues.get_mut(&key) {
                 waiting.push_back(job);
                 return;
@@ -120,16 +127,15 @@ impl Dispatcher {
                     .publisher
                     .dead_letter(delivery, &topology.inbound_work(), &reason)
                     .await;
-                if let (Ok(()), Some(env)) = (&moved, envelope) {
-                    if let Err(e) = self
+                if let (Ok(()), Some(env)) = (&moved, envelope)
+                    && let Err(e) = self
                         .ctx
                         .db
                         .messages()
                         .close_unanswered(env.client_id, env.id, UserMessageState::Failed)
                         .await
-                    {
-                        tracing::warn!(error = %e, "could not mark the turn failed");
-                    }
+                {
+                    tracing::warn!(error = %e, "could not mark the turn failed");
                 }
                 moved
             }
@@ -212,7 +218,10 @@ async fn drain(dispatcher: &Dispatcher, timeout: Duration) {
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(in_flight = left, "drain timeout; unacked turns go back to the queue");
+            tracing::warn!(
+                in_flight = left,
+                "drain timeout; unacked turns go back to the queue"
+            );
             return;
         }
         tracing::info!(in_flight = left, "draining");

@@ -50,7 +50,10 @@ impl TurnError {
         }
         let mut rung = attempt.saturating_sub(1) as usize;
         if rung >= ladder.len() {
-            return Disposition::DeadLetter(format!("{} (gave up after {attempt} attempts)", self.reason()));
+            return Disposition::DeadLetter(format!(
+                "{} (gave up after {attempt} attempts)",
+                self.reason()
+            ));
         }
         if let Some(wait) = self.retry_after() {
             while rung + 1 < ladder.len() && ladder[rung] < wait {
@@ -89,9 +92,17 @@ mod tests {
     #[test]
     fn transient_llm_errors_climb_the_ladder_then_dead_letter() {
         let e = TurnError::Llm(LlmError::Unreachable("refused".into()));
-        assert_eq!(e.disposition(1, &ladder()), Disposition::Retry(RetryRung(0)));
-        assert_eq!(e.disposition(3, &ladder()), Disposition::Retry(RetryRung(2)));
-        assert!(matches!(e.disposition(4, &ladder()), Disposition::DeadLetter(r) if r.contains("after 4 attempts")));
+        assert_eq!(
+            e.disposition(1, &ladder()),
+            Disposition::Retry(RetryRung(0))
+        );
+        assert_eq!(
+            e.disposition(3, &ladder()),
+            Disposition::Retry(RetryRung(2))
+        );
+        assert!(
+            matches!(e.disposition(4, &ladder()), Disposition::DeadLetter(r) if r.contains("after 4 attempts"))
+        );
     }
 
     #[test]
@@ -101,14 +112,27 @@ mod tests {
             body: String::new(),
             retry_after: Some(Duration::from_secs(30)),
         });
-        assert_eq!(e.disposition(1, &ladder()), Disposition::Retry(RetryRung(2)));
+        assert_eq!(
+            e.disposition(1, &ladder()),
+            Disposition::Retry(RetryRung(2))
+        );
     }
 
     #[test]
     fn permanent_errors_are_dead_lettered_at_once() {
         let e = TurnError::Undecodable("eof".into());
-        assert!(matches!(e.disposition(1, &ladder()), Disposition::DeadLetter(_)));
-        let e = TurnError::Llm(LlmError::Status { status: 404, body: "no such model".into(), retry_after: None });
-        assert!(matches!(e.disposition(1, &ladder()), Disposition::DeadLetter(_)));
+        assert!(matches!(
+            e.disposition(1, &ladder()),
+            Disposition::DeadLetter(_)
+        ));
+        let e = TurnError::Llm(LlmError::Status {
+            status: 404,
+            body: "no such model".into(),
+            retry_after: None,
+        });
+        assert!(matches!(
+            e.disposition(1, &ladder()),
+            Disposition::DeadLetter(_)
+        ));
     }
 }

@@ -124,14 +124,25 @@ mod tests {
     #[test]
     fn history_comes_between_system_prompt_and_new_message() {
         let history = vec![
-            HistoryTurn { role: Role::User, content: "hi".into() },
-            HistoryTurn { role: Role::Agent, content: "agent here".into() },
+            HistoryTurn {
+                role: Role::User,
+                content: "hi".into(),
+            },
+            HistoryTurn {
+                role: Role::Agent,
+                content: "agent here".into(),
+            },
         ];
         let chat = assemble(&tenant(), &[], &history, "new");
         let roles: Vec<ChatRole> = chat.iter().map(|m| m.role).collect();
         assert_eq!(
             roles,
-            [ChatRole::System, ChatRole::User, ChatRole::Assistant, ChatRole::User]
+            [
+                ChatRole::System,
+                ChatRole::User,
+                ChatRole::Assistant,
+                ChatRole::User
+            ]
         );
         assert_eq!(chat[3].content, "new");
     }

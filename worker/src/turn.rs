@@ -92,7 +92,10 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
             messages,
         })
         .await?;
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "llm answered");
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "llm answered"
+    );
 
     let reply = Reply {
         v: ENVELOPE_VERSION,
@@ -136,7 +139,11 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     Ok(())
 }
 
-fn reply_from_stored(env: &Envelope, conversation_id: ConversationId, stored: StoredReply) -> Reply {
+fn reply_from_stored(
+    env: &Envelope,
+    conversation_id: ConversationId,
+    stored: StoredReply,
+) -> Reply {
     Reply {
         v: ENVELOPE_VERSION,
         id: stored.id,

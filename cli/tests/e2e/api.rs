@@ -9,13 +9,21 @@ use crate::support::Platform;
 
 async fn configure(p: &Platform, client: ClientId, turns: u32) {
     let configs = p.env.db.configs();
-    let mut config: ConfigUpdate = configs.get(client).await.expect("read").expect("config").into();
+    let mut config: ConfigUpdate = configs
+        .get(client)
+        .await
+        .expect("read")
+        .expect("config")
+        .into();
     config.persona_name = "Zed".into();
     config.persona_tone = "formal".into();
     config.persona_language = "French".into();
     config.llm_temperature = 0.3;
     config.max_context_turns = turns;
-    configs.update(client, &config).await.expect("update config");
+    configs
+        .update(client, &config)
+        .await
+        .expect("update config");
     for (key, fragment, active, priority) in [
         ("second", "MODE-SECOND", true, 20),
         ("first", "MODE-FIRST", true, 10),
@@ -43,7 +51,10 @@ async fn a_message_is_answered_with_the_tenants_configuration() {
     configure(&p, t.id, 2).await;
 
     let mut cursor = "0".to_owned();
-    for (i, text) in ["first question", "second question", "third question"].iter().enumerate() {
+    for (i, text) in ["first question", "second question", "third question"]
+        .iter()
+        .enumerate()
+    {
         let (status, body) = p.send(&t.api_key, "conv-1", text, None).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert_eq!(body["conversation_id"], "conv-1");
@@ -54,7 +65,10 @@ async fn a_message_is_answered_with_the_tenants_configuration() {
         assert_eq!(entries[0]["id"], body["message_id"]);
         assert_eq!(entries[1]["role"], "assistant");
         let reply = entries[1]["text"].as_str().expect("text");
-        assert!(reply.contains("You are Zed, an AI assistant for acme Shop."), "{reply}");
+        assert!(
+            reply.contains("You are Zed, an AI assistant for acme Shop."),
+            "{reply}"
+        );
         assert!(reply.ends_with(&format!("You said: {text}")), "{reply}");
         assert_eq!(p.sim.requests().len(), i + 1);
     }
@@ -62,8 +76,21 @@ async fn a_message_is_answered_with_the_tenants_configuration() {
     assert!(p.poll(&t.api_key, "conv-1", &cursor, 1).await.is_none());
     // The whole mailbox, read from the start, is ascending with one reply per question.
     let (all, _) = p.read_until(&t.api_key, "conv-1", "0", 6).await;
-    let roles: Vec<&str> = all.iter().map(|m| m["role"].as_str().unwrap_or("")).collect();
-    assert_eq!(roles, ["user", "assistant", "user", "assistant", "user", "assistant"]);
+    let roles: Vec<&str> = all
+        .iter()
+        .map(|m| m["role"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+            "assistant"
+        ]
+    );
 
     let requests = p.sim.requests();
     let last = requests.last().expect("a request");
@@ -79,12 +106,24 @@ async fn a_message_is_answered_with_the_tenants_configuration() {
         "{}",
         system.content
     );
-    let first = system.content.find("MODE-FIRST").expect("active mode present");
-    let second = system.content.find("MODE-SECOND").expect("active mode present");
+    let first = system
+        .content
+        .find("MODE-FIRST")
+        .expect("active mode present");
+    let second = system
+        .content
+        .find("MODE-SECOND")
+        .expect("active mode present");
     assert!(first < second, "modes in priority order");
-    assert!(!system.content.contains("MODE-DISABLED"), "inactive mode absent");
+    assert!(
+        !system.content.contains("MODE-DISABLED"),
+        "inactive mode absent"
+    );
     // System prompt, at most max_context_turns (2) earlier turns, then the new message.
-    let rest: Vec<(ChatRole, &str)> = last.messages[1..].iter().map(|m| (m.role, m.content.as_str())).collect();
+    let rest: Vec<(ChatRole, &str)> = last.messages[1..]
+        .iter()
+        .map(|m| (m.role, m.content.as_str()))
+        .collect();
     assert_eq!(rest.len(), 3);
     assert_eq!(rest[0].0, ChatRole::User);
     assert_eq!(rest[0].1, "second question");
@@ -108,12 +147,18 @@ async fn the_same_idempotency_key_is_one_message_and_one_reply() {
     // A retry after the answer, then a new message: the conversation's turns are
     // processed in order, so once the new message is answered the retry was handled.
     let (s3, b3) = p.send(&t.api_key, "c", "hello", Some("key-1")).await;
-    assert_eq!((s3, &b3["message_id"]), (StatusCode::ACCEPTED, &b1["message_id"]));
+    assert_eq!(
+        (s3, &b3["message_id"]),
+        (StatusCode::ACCEPTED, &b1["message_id"])
+    );
     p.send(&t.api_key, "c", "next", Some("key-2")).await;
     let (rest, cursor) = p.read_until(&t.api_key, "c", &cursor, 2).await;
     assert_eq!(rest[0]["text"], "next");
     assert_eq!(rest[1]["role"], "assistant");
-    assert!(p.poll(&t.api_key, "c", &cursor, 1).await.is_none(), "no second reply");
+    assert!(
+        p.poll(&t.api_key, "c", &cursor, 1).await.is_none(),
+        "no second reply"
+    );
     assert_eq!(p.sim.requests().len(), 2, "the LLM answered each turn once");
     p.stop().await;
 }
@@ -130,11 +175,18 @@ async fn tenants_sharing_a_conversation_id_never_see_each_other() {
     let (b_entries, _) = p.read_until(&b.api_key, "shared", "0", 2).await;
 
     let texts = |entries: &[serde_json::Value]| -> String {
-        entries.iter().map(|e| e["text"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>().join("\n")
+        entries
+            .iter()
+            .map(|e| e["text"].as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     assert!(!texts(&b_entries).contains("alpha"), "B saw A's messages");
     assert!(texts(&b_entries).contains("tenant-b Shop"));
-    assert!(p.poll(&a.api_key, "shared", &a_cursor, 1).await.is_none(), "A saw B's messages");
+    assert!(
+        p.poll(&a.api_key, "shared", &a_cursor, 1).await.is_none(),
+        "A saw B's messages"
+    );
     assert!(texts(&a_entries).contains("tenant-a Shop"));
     let b_request = p
         .sim
@@ -142,7 +194,16 @@ async fn tenants_sharing_a_conversation_id_never_see_each_other() {
         .into_iter()
         .find(|r| r.messages.iter().any(|m| m.content == "bravo question"))
         .expect("B's request");
-    assert_eq!(b_request.messages.len(), 2, "B's prompt has no history from A");
-    assert!(b_request.messages.iter().all(|m| !m.content.contains("alpha")));
+    assert_eq!(
+        b_request.messages.len(),
+        2,
+        "B's prompt has no history from A"
+    );
+    assert!(
+        b_request
+            .messages
+            .iter()
+            .all(|m| !m.content.contains("alpha"))
+    );
     p.stop().await;
 }

@@ -12,35 +12,94 @@ async fn bad_requests_get_stable_error_codes() {
     let t = p.tenant("strict").await;
     let code = |body: &serde_json::Value| body["error"]["code"].as_str().unwrap_or("").to_owned();
 
-    let (s, b) = p.send("cfk_000000000000_".to_owned().as_str(), "c", "hi", None).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"));
-    let response = p.http.post(format!("{}/api/v1/messages", p.base)).body("{}").send().await.expect("sent");
+    let (s, b) = p
+        .send("cfk_000000000000_".to_owned().as_str(), "c", "hi", None)
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_api_key")
+    );
+    let response = p
+        .http
+        .post(format!("{}/api/v1/messages", p.base))
+        .body("{}")
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
-    let (s, b) = p.send_raw(&t.api_key, "{\"conversation_id\": ".into(), None).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "malformed_json"));
-    let (s, b) = p.send_raw(&t.api_key, json!({ "conversation_id": "c" }).to_string(), None).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "missing_text"));
+    let (s, b) = p
+        .send_raw(&t.api_key, "{\"conversation_id\": ".into(), None)
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "malformed_json")
+    );
+    let (s, b) = p
+        .send_raw(
+            &t.api_key,
+            json!({ "conversation_id": "c" }).to_string(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "missing_text")
+    );
     let (s, b) = p.send(&t.api_key, "c", "   ", None).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "missing_text"));
-    let (s, b) = p.send_raw(&t.api_key, json!({ "text": "hi" }).to_string(), None).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "invalid_conversation_id"));
-    let (s, b) = p.send(&t.api_key, "c", &"x".repeat(16 * 1024 + 1), None).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "text_too_large"));
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "missing_text")
+    );
+    let (s, b) = p
+        .send_raw(&t.api_key, json!({ "text": "hi" }).to_string(), None)
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_conversation_id")
+    );
+    let (s, b) = p
+        .send(&t.api_key, "c", &"x".repeat(16 * 1024 + 1), None)
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "text_too_large")
+    );
     let (s, _) = p.send(&t.api_key, "c", &"x".repeat(16 * 1024), None).await;
     assert_eq!(s, StatusCode::ACCEPTED, "exactly the limit is accepted");
     let (s, b) = p.send(&t.api_key, "c", &"x".repeat(200_000), None).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
 
     let key_id = {
-        let created = p.env.db.api_keys().create(t.id, "to revoke").await.expect("key");
-        let (s, _) = p.send(created.key.expose(), "c", "before revoke", None).await;
+        let created = p
+            .env
+            .db
+            .api_keys()
+            .create(t.id, "to revoke")
+            .await
+            .expect("key");
+        let (s, _) = p
+            .send(created.key.expose(), "c", "before revoke", None)
+            .await;
         assert_eq!(s, StatusCode::ACCEPTED);
         (created.id, created.key.expose().clone())
     };
-    assert!(p.env.db.api_keys().revoke(t.id, key_id.0).await.expect("revoke"));
+    assert!(
+        p.env
+            .db
+            .api_keys()
+            .revoke(t.id, key_id.0)
+            .await
+            .expect("revoke")
+    );
     let (s, b) = p.send(&key_id.1, "c", "after revoke", None).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"));
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_api_key")
+    );
     p.stop().await;
 }
 
@@ -50,11 +109,23 @@ async fn an_unconfirmed_publish_is_a_503_and_stores_nothing() {
     let t = p.tenant("brokerless").await;
     // Remove the topology under the running ingress: the broker can no longer route, so
     // it cannot confirm the envelope.
-    p.env.broker.delete_topology().await.expect("delete topology");
+    p.env
+        .broker
+        .delete_topology()
+        .await
+        .expect("delete topology");
     let (s, b) = p.send(&t.api_key, "c", "lost?", Some("k-503")).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
     assert_eq!(b["error"]["code"], "broker_unavailable");
-    assert!(p.env.db.conversations().find(t.id, shared::ids::Channel::Api, "c").await.expect("query").is_none());
+    assert!(
+        p.env
+            .db
+            .conversations()
+            .find(t.id, shared::ids::Channel::Api, "c")
+            .await
+            .expect("query")
+            .is_none()
+    );
 
     // The client retries once the broker is back: accepted and answered, once.
     p.env.broker.declare_topology().await.expect("redeclare");
@@ -78,7 +149,12 @@ async fn an_unreachable_llm_means_retry_later_not_loss() {
     p.sim.set_unavailable(false);
     let (entries, _) = p.read_until(&t.api_key, "c", "0", 2).await;
     assert_eq!(entries[1]["role"], "assistant");
-    assert!(entries[1]["text"].as_str().unwrap_or("").ends_with("You said: are you there?"));
+    assert!(
+        entries[1]["text"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("You said: are you there?")
+    );
     p.stop().await;
 }
 

@@ -26,17 +26,28 @@ impl Platform {
     pub async fn start() -> Self {
         shared::testkit::init_tracing();
         let shutdown = CancellationToken::new();
-        let sim = LlmSim::start("127.0.0.1:0".parse().expect("addr"), SimOptions::default(), shutdown.clone())
-            .await
-            .expect("llm-sim starts");
-        let env = TestEnv::start(&[("CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL", &sim.base_url())]).await;
+        let sim = LlmSim::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            SimOptions::default(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("llm-sim starts");
+        let env = TestEnv::start(&[(
+            "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+            &sim.base_url(),
+        )])
+        .await;
         let running = ingress::start(env.settings.clone(), shutdown.clone())
             .await
             .expect("ingress starts");
         let worker = tokio::spawn(worker::run(env.settings.clone(), shutdown.clone()));
         // Ready when the worker and the API deliverer consume their queues.
         let topology = env.broker.topology().clone();
-        for queue in [topology.inbound_work(), topology.outbound_queue(shared::ids::Channel::Api)] {
+        for queue in [
+            topology.inbound_work(),
+            topology.outbound_queue(shared::ids::Channel::Api),
+        ] {
             eventually(WAIT, "consumers to start", || async {
                 (env.broker.queue_stats(&queue).await.ok()?.consumers >= 1).then_some(())
             })
@@ -68,11 +79,20 @@ impl Platform {
         text: &str,
         idempotency_key: Option<&str>,
     ) -> (StatusCode, Value) {
-        self.send_raw(key, json!({ "conversation_id": conversation, "text": text }).to_string(), idempotency_key)
-            .await
+        self.send_raw(
+            key,
+            json!({ "conversation_id": conversation, "text": text }).to_string(),
+            idempotency_key,
+        )
+        .await
     }
 
-    pub async fn send_raw(&self, key: &str, body: String, idempotency_key: Option<&str>) -> (StatusCode, Value) {
+    pub async fn send_raw(
+        &self,
+        key: &str,
+        body: String,
+        idempotency_key: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .http
             .post(format!("{}/api/v1/messages", self.base))
@@ -89,10 +109,19 @@ impl Platform {
     }
 
     /// One long-poll; `None` on 204.
-    pub async fn poll(&self, key: &str, conversation: &str, after: &str, wait_s: u64) -> Option<Value> {
+    pub async fn poll(
+        &self,
+        key: &str,
+        conversation: &str,
+        after: &str,
+        wait_s: u64,
+    ) -> Option<Value> {
         let response = self
             .http
-            .get(format!("{}/api/v1/conversations/{conversation}/messages", self.base))
+            .get(format!(
+                "{}/api/v1/conversations/{conversation}/messages",
+                self.base
+            ))
             .query(&[("after", after), ("wait", &wait_s.to_string())])
             .bearer_auth(key)
             .send()
@@ -107,15 +136,31 @@ impl Platform {
 
     /// Reads the mailbox from `after` with long-polls until it holds `count` more
     /// entries; returns them and the final cursor.
-    pub async fn read_until(&self, key: &str, conversation: &str, after: &str, count: usize) -> (Vec<Value>, String) {
+    pub async fn read_until(
+        &self,
+        key: &str,
+        conversation: &str,
+        after: &str,
+        count: usize,
+    ) -> (Vec<Value>, String) {
         let mut seen = Vec::new();
         let mut cursor = after.to_owned();
         let deadline = tokio::time::Instant::now() + WAIT;
         while seen.len() < count {
-            assert!(tokio::time::Instant::now() < deadline, "mailbox of {conversation} stayed at {} of {count} entries", seen.len());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mailbox of {conversation} stayed at {} of {count} entries",
+                seen.len()
+            );
             if let Some(page) = self.poll(key, conversation, &cursor, 5).await {
                 cursor = page["cursor"].as_str().expect("cursor").to_owned();
-                seen.extend(page["messages"].as_array().expect("messages").iter().cloned());
+                seen.extend(
+                    page["messages"]
+                        .as_array()
+                        .expect("messages")
+                        .iter()
+                        .cloned(),
+                );
             }
         }
         (seen, cursor)

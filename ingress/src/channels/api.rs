@@ -33,25 +33,28 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_METADATA_BYTES: usize = 4096;
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/messages", post(send))
-        .route(
-            "/api/v1/conversations/{conversation_id}/messages",
-            get(poll),
-        )
+    Router::new().route("/api/v1/messages", post(send)).route(
+        "/api/v1/conversations/{conversation_id}/messages",
+        get(poll),
+    )
 }
 
 /// Resolves the tenant from the bearer API key.
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId> {
     let key = bearer(headers).ok_or_else(|| {
-        ApiError::unauthorized("missing_api_key", "send the API key as Authorization: Bearer <key>")
+        ApiError::unauthorized(
+            "missing_api_key",
+            "send the API key as Authorization: Bearer <key>",
+        )
     })?;
     let client_id = state
         .db()
         .api_keys()
         .authenticate(key)
         .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "the API key is unknown or revoked"))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized("invalid_api_key", "the API key is unknown or revoked")
+        })?;
     tracing::Span::current().record("client_id", tracing::field::display(client_id));
     Ok(client_id)
 }
@@ -69,16 +72,26 @@ async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_conversation_id",
-                format!("conversation_id must be a non-empty string of at most {MAX_CONVERSATION_ID} bytes"),
+                format!(
+                    "conversation_id must be a non-empty string of at most {MAX_CONVERSATION_ID} bytes"
+                ),
             ));
         }
     };
     let text = match fields.remove("text") {
         Some(Value::String(s)) if !s.trim().is_empty() => s,
         Some(Value::String(_)) | None | Some(Value::Null) => {
-            return Err(ApiError::bad_request("missing_text", "text is required and must not be empty"));
+            return Err(ApiError::bad_request(
+                "missing_text",
+                "text is required and must not be empty",
+            ));
         }
-        Some(_) => return Err(ApiError::bad_request("invalid_text", "text must be a string")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_text",
+                "text must be a string",
+            ));
+        }
     };
     if text.len() > max_text {
         return Err(ApiError::too_large(
@@ -98,7 +111,12 @@ async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
             }
             Some(Pii::new(value))
         }
-        Some(_) => return Err(ApiError::bad_request("invalid_metadata", "metadata must be a JSON object")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_metadata",
+                "metadata must be a JSON object",
+            ));
+        }
     };
     let id = match headers.get("idempotency-key") {
         None => EnvelopeId::random(),
@@ -160,7 +178,10 @@ async fn poll(
 ) -> Result<Response> {
     let client_id = authenticate(&state, &headers).await?;
     if conversation_id.is_empty() || conversation_id.len() > MAX_CONVERSATION_ID {
-        return Err(ApiError::bad_request("invalid_conversation_id", "conversation_id is malformed"));
+        return Err(ApiError::bad_request(
+            "invalid_conversation_id",
+            "conversation_id is malformed",
+        ));
     }
     let params = PollParams::parse(
         query.get("after").map(String::as_str),

@@ -20,11 +20,15 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
 
 /// Parses a JSON object body (400 `malformed_json` / `invalid_request` otherwise).
 pub(crate) fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
     match value {
         serde_json::Value::Object(map) => Ok(map),
-        _ => Err(ApiError::bad_request("invalid_request", "the body must be a JSON object")),
+        _ => Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object",
+        )),
     }
 }
 

@@ -61,7 +61,12 @@ async fn deliver(state: &AppState, channel: Channel, queue: &str, delivery: Deli
         Err(e) => {
             let reason = format!("undecodable reply: {e}");
             tracing::error!(%reason, "dead-lettering");
-            if state.publisher().dead_letter(&delivery, queue, &reason).await.is_ok() {
+            if state
+                .publisher()
+                .dead_letter(&delivery, queue, &reason)
+                .await
+                .is_ok()
+            {
                 let _ = delivery.ack().await;
             }
             return;

@@ -113,7 +113,11 @@ impl Mailboxes {
     fn wake(&self, key: &MailboxKey) {
         let notify = match self.waiters.lock() {
             Ok(w) => w.by_key.get(key).and_then(Weak::upgrade),
-            Err(poisoned) => poisoned.into_inner().by_key.get(key).and_then(Weak::upgrade),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .by_key
+                .get(key)
+                .and_then(Weak::upgrade),
         };
         if let Some(n) = notify {
             n.notify_waiters();

@@ -25,7 +25,9 @@ pub struct Cache {
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Cache")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -150,7 +152,9 @@ mod tests {
 
     #[test]
     fn tenant_keys_carry_prefix_and_tenant() {
-        let keys = Keys { prefix: "cf".into() };
+        let keys = Keys {
+            prefix: "cf".into(),
+        };
         assert_eq!(keys.tenant(ClientId::new(42)).config(), "cf:t:42:config");
         assert_ne!(
             keys.tenant(ClientId::new(1)).config(),

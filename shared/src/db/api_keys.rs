@@ -5,8 +5,8 @@
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use sqlx::mysql::MySqlPool;
 use sqlx::Row;
+use sqlx::mysql::MySqlPool;
 use subtle::ConstantTimeEq;
 
 use super::client_id_of;
@@ -72,7 +72,8 @@ impl<'a> ApiKeys<'a> {
     /// is found. It goes by the public prefix and compares the hash in constant time.
     pub async fn authenticate(&self, presented: &str) -> Result<Option<ClientId>> {
         let mut parts = presented.splitn(3, '_');
-        let (Some(KEY_TAG), Some(prefix), Some(secret)) = (parts.next(), parts.next(), parts.next())
+        let (Some(KEY_TAG), Some(prefix), Some(secret)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Ok(None);
         };

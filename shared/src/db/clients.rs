@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::mysql::MySqlPool;
 use sqlx::Row;
+use sqlx::mysql::MySqlPool;
 
 use super::{client_id_of, is_duplicate_key};
 use crate::error::{Error, Result};
@@ -135,7 +135,10 @@ impl<'a> Clients<'a> {
         let id = match inserted {
             Ok(done) => client_id_of(done.last_insert_id()),
             Err(e) if is_duplicate_key(&e) => {
-                return Err(Error::Invalid(format!("slug {:?} is already taken", new.slug)));
+                return Err(Error::Invalid(format!(
+                    "slug {:?} is already taken",
+                    new.slug
+                )));
             }
             Err(e) => return Err(e.into()),
         };

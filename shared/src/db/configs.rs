@@ -3,10 +3,10 @@
 //! Every write bumps `config_version`, which each reply records.
 
 use serde::{Deserialize, Serialize};
-use sqlx::mysql::MySqlPool;
 use sqlx::Row;
+use sqlx::mysql::MySqlPool;
 
-use super::{is_duplicate_key, Client};
+use super::{Client, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 
@@ -247,7 +247,9 @@ impl<'a> Configs<'a> {
         match inserted {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => {
-                return Err(Error::Invalid("agent mode conflicts with an existing one".into()));
+                return Err(Error::Invalid(
+                    "agent mode conflicts with an existing one".into(),
+                ));
             }
             Err(e) => return Err(e.into()),
         }

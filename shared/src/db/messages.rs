@@ -68,7 +68,9 @@ impl UserMessageState {
             "answered" => Ok(Self::Answered),
             "failed" => Ok(Self::Failed),
             "ignored" => Ok(Self::Ignored),
-            other => Err(Error::Invalid(format!("unexpected user message state {other:?}"))),
+            other => Err(Error::Invalid(format!(
+                "unexpected user message state {other:?}"
+            ))),
         }
     }
 }
@@ -264,7 +266,9 @@ impl<'a> Messages<'a> {
     /// turns were already answered: the guard that makes one reply per turn.
     pub async fn store_reply(&self, client_id: ClientId, reply: &NewReply) -> Result<bool> {
         if reply.answers.is_empty() {
-            return Err(Error::Invalid("a reply must answer at least one message".into()));
+            return Err(Error::Invalid(
+                "a reply must answer at least one message".into(),
+            ));
         }
         let role = match reply.kind {
             ReplyKind::Agent => "agent",

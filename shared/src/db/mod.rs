@@ -14,13 +14,13 @@ mod messages;
 
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::migrate::MigrateDatabase;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
 pub use api_keys::{ApiKeys, NewApiKey};
 pub use clients::{Client, ClientStatus, Clients, NewClient, Plan};
 pub use configs::{AgentMode, ClientConfig, ConfigUpdate, Configs, NewAgentMode, TenantConfig};
-pub use conversations::{Conversations, ConversationMode};
+pub use conversations::{ConversationMode, Conversations};
 pub use messages::{
     HistoryTurn, MailboxItem, Messages, NewReply, RecordedUser, Role, StoredReply, UserMessageState,
 };

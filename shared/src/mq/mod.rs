@@ -83,10 +83,7 @@ impl Broker {
 
     fn live(&self) -> Option<Arc<Connection>> {
         let current = self.inner.current.lock().ok()?;
-        current
-            .as_ref()
-            .filter(|c| c.status().connected())
-            .cloned()
+        current.as_ref().filter(|c| c.status().connected()).cloned()
     }
 
     /// The live connection, re-opened if it was lost.
@@ -98,7 +95,8 @@ impl Broker {
         if let Some(conn) = self.live() {
             return Ok(conn);
         }
-        let props = ConnectionProperties::default().with_connection_name(self.inner.name.as_str().into());
+        let props =
+            ConnectionProperties::default().with_connection_name(self.inner.name.as_str().into());
         let conn = Arc::new(
             Connection::connect(self.inner.url.expose(), props)
                 .await
@@ -248,7 +246,11 @@ impl Delivery {
         let delivery_count = header_u64(&d.properties, headers::DELIVERY_COUNT).unwrap_or(0) as u32;
         Self {
             message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
-            correlation_id: d.properties.correlation_id().as_ref().map(|s| s.to_string()),
+            correlation_id: d
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.to_string()),
             routing_key: d.routing_key.to_string(),
             redelivered: d.redelivered,
             attempt: attempt.max(1),

@@ -65,7 +65,10 @@ impl Publisher {
         request_id: Option<&str>,
     ) -> Result<()> {
         let mut table = FieldTable::default();
-        table.insert(headers::CLIENT_ID.into(), text(&reply.client_id.to_string()));
+        table.insert(
+            headers::CLIENT_ID.into(),
+            text(&reply.client_id.to_string()),
+        );
         table.insert(headers::CHANNEL.into(), text(reply.channel.as_str()));
         let key = match route {
             ReplyRoute::Channel => reply.channel.as_str(),
@@ -100,12 +103,20 @@ impl Publisher {
 
     /// Puts a delivery in the dead-letter queue with the reason. The caller acks the
     /// original after this returns.
-    pub async fn dead_letter(&self, delivery: &Delivery, from_queue: &str, reason: &str) -> Result<()> {
+    pub async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        from_queue: &str,
+        reason: &str,
+    ) -> Result<()> {
         let mut props = delivery.properties.clone();
         let mut table = props.headers().clone().unwrap_or_default();
         table.insert(headers::DEAD_REASON.into(), text(reason));
         table.insert(headers::DEAD_FROM.into(), text(from_queue));
-        table.insert(headers::DEAD_AT.into(), text(&chrono::Utc::now().to_rfc3339()));
+        table.insert(
+            headers::DEAD_AT.into(),
+            text(&chrono::Utc::now().to_rfc3339()),
+        );
         props = props.with_headers(table);
         self.publish(
             &self.broker.topology().dead_exchange(),
@@ -118,13 +129,26 @@ impl Publisher {
 
     /// Puts raw bytes that never became an envelope (an unroutable webhook) in the
     /// dead-letter queue with the reason.
-    pub async fn dead_letter_raw(&self, routing_key: &str, body: &[u8], reason: &str) -> Result<()> {
+    pub async fn dead_letter_raw(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<()> {
         let mut table = FieldTable::default();
         table.insert(headers::DEAD_REASON.into(), text(reason));
-        table.insert(headers::DEAD_AT.into(), text(&chrono::Utc::now().to_rfc3339()));
+        table.insert(
+            headers::DEAD_AT.into(),
+            text(&chrono::Utc::now().to_rfc3339()),
+        );
         let props = properties(uuid::Uuid::now_v7().to_string(), None, table);
-        self.publish(&self.broker.topology().dead_exchange(), routing_key, body, props)
-            .await
+        self.publish(
+            &self.broker.topology().dead_exchange(),
+            routing_key,
+            body,
+            props,
+        )
+        .await
     }
 
     async fn publish(
@@ -150,7 +174,9 @@ impl Publisher {
             .map_err(broker_error)?;
         let confirmation = tokio::time::timeout(self.confirm_timeout, confirm)
             .await
-            .map_err(|_| Error::NotConfirmed(format!("no confirm within {:?}", self.confirm_timeout)))?
+            .map_err(|_| {
+                Error::NotConfirmed(format!("no confirm within {:?}", self.confirm_timeout))
+            })?
             .map_err(broker_error)?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
@@ -191,16 +217,26 @@ async fn open_confirming(broker: &Broker) -> Result<lapin::Channel> {
 
 fn envelope_headers(envelope: &Envelope, attempt: u32) -> FieldTable {
     let mut table = FieldTable::default();
-    table.insert(headers::CLIENT_ID.into(), text(&envelope.client_id.to_string()));
+    table.insert(
+        headers::CLIENT_ID.into(),
+        text(&envelope.client_id.to_string()),
+    );
     table.insert(headers::CHANNEL.into(), text(envelope.channel.as_str()));
-    table.insert(headers::ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    table.insert(
+        headers::ATTEMPT.into(),
+        AMQPValue::LongLongInt(i64::from(attempt)),
+    );
     if let Some(tp) = &envelope.trace.traceparent {
         table.insert(headers::TRACEPARENT.into(), text(tp));
     }
     table
 }
 
-fn properties(message_id: String, correlation_id: Option<&str>, headers: FieldTable) -> BasicProperties {
+fn properties(
+    message_id: String,
+    correlation_id: Option<&str>,
+    headers: FieldTable,
+) -> BasicProperties {
     let props = BasicProperties::default()
         .with_message_id(message_id.into())
         .with_content_type("application/json".into())

@@ -169,8 +169,13 @@ impl Topology {
                 .await?;
         }
         self.queue(ch, &self.replay_queue(), quorum_args()).await?;
-        self.bind(ch, &self.replay_queue(), &self.outbound_exchange(), "replay")
-            .await?;
+        self.bind(
+            ch,
+            &self.replay_queue(),
+            &self.outbound_exchange(),
+            "replay",
+        )
+        .await?;
 
         // Archive: a stream holding every envelope and reply for `archive_max_age`; the
         // source of `chatfleet replay` (read by timestamp with x-stream-offset).

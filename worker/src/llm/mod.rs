@@ -135,10 +135,10 @@ impl LlmClient {
 
     /// Splits a tenant's `llm_model` into (provider name, model name).
     pub fn route<'m>(&self, llm_model: &'m str) -> (&str, &'m str) {
-        if let Some((provider, model)) = llm_model.split_once('/') {
-            if let Some((name, _)) = self.providers.get_key_value(provider) {
-                return (name.as_str(), model);
-            }
+        if let Some((provider, model)) = llm_model.split_once('/')
+            && let Some((name, _)) = self.providers.get_key_value(provider)
+        {
+            return (name.as_str(), model);
         }
         (self.default_provider.as_str(), llm_model)
     }
@@ -159,8 +159,12 @@ impl LlmClient {
         let timeout = Duration::from_secs(provider.settings.timeout_s);
         let call = async {
             match provider.settings.kind {
-                ProviderKind::Ollama => ollama::chat(&self.http, &provider.settings, &request).await,
-                ProviderKind::Openai => openai::chat(&self.http, &provider.settings, &request).await,
+                ProviderKind::Ollama => {
+                    ollama::chat(&self.http, &provider.settings, &request).await
+                }
+                ProviderKind::Openai => {
+                    openai::chat(&self.http, &provider.settings, &request).await
+                }
             }
         };
         tokio::time::timeout(timeout, call)
@@ -199,9 +203,7 @@ async fn status_error(response: reqwest::Response) -> LlmError {
 }
 
 /// Splits a byte stream into lines (NDJSON and SSE are both line-based).
-fn lines(
-    response: reqwest::Response,
-) -> impl futures::Stream<Item = Result<String, LlmError>> {
+fn lines(response: reqwest::Response) -> impl futures::Stream<Item = Result<String, LlmError>> {
     use futures::StreamExt;
     async_stream::try_stream! {
         let mut buffer: Vec<u8> = Vec::new();

@@ -35,7 +35,10 @@ pub(super) async fn chat(
         "options": { "temperature": request.temperature, "num_ctx": request.num_ctx },
     });
     let mut call = http
-        .post(format!("{}/api/chat", provider.base_url.trim_end_matches('/')))
+        .post(format!(
+            "{}/api/chat",
+            provider.base_url.trim_end_matches('/')
+        ))
         .json(&body);
     if !provider.api_key.expose().is_empty() {
         call = call.bearer_auth(provider.api_key.expose());

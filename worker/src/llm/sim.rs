@@ -205,11 +205,7 @@ fn count_tokens(messages: &[ChatMessage]) -> u64 {
 
 /// Waits the configured latency; `Err` with a 503 when the request should fail.
 async fn gate(shared: &Shared) -> Result<(), Response> {
-    let options = shared
-        .options
-        .lock()
-        .map(|o| o.clone())
-        .unwrap_or_default();
+    let options = shared.options.lock().map(|o| o.clone()).unwrap_or_default();
     if !options.latency.is_zero() {
         tokio::time::sleep(options.latency).await;
     }
@@ -255,7 +251,15 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     let Ok(req) = serde_json::from_slice::<OllamaChatRequest>(&body) else {
         return bad_request("invalid chat request");
     };
-    record(&shared, WireFormat::Ollama, &req.model, &req.options["temperature"], req.options["num_ctx"].as_u64(), req.stream, &req.messages);
+    record(
+        &shared,
+        WireFormat::Ollama,
+        &req.model,
+        &req.options["temperature"],
+        req.options["num_ctx"].as_u64(),
+        req.stream,
+        &req.messages,
+    );
     if let Err(r) = gate(&shared).await {
         return r;
     }
@@ -304,7 +308,15 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     let Ok(req) = serde_json::from_slice::<OpenAiChatRequest>(&body) else {
         return bad_request("invalid chat request");
     };
-    record(&shared, WireFormat::OpenAi, &req.model, &req.temperature, None, req.stream, &req.messages);
+    record(
+        &shared,
+        WireFormat::OpenAi,
+        &req.model,
+        &req.temperature,
+        None,
+        req.stream,
+        &req.messages,
+    );
     if let Err(r) = gate(&shared).await {
         return r;
     }
@@ -332,17 +344,25 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
         body.push_str(&v.to_string());
         body.push_str("\n\n");
     };
-    push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-        "choices": [{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }] }));
+    push(
+        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+        "choices": [{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }] }),
+    );
     for w in words(&text) {
-        push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-            "choices": [{ "index": 0, "delta": { "content": w }, "finish_reason": null }] }));
+        push(
+            json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+            "choices": [{ "index": 0, "delta": { "content": w }, "finish_reason": null }] }),
+        );
     }
-    push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }] }));
+    push(
+        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }] }),
+    );
     if req.stream_options["include_usage"] == json!(true) {
-        push(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-            "choices": [], "usage": usage }));
+        push(
+            json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
+            "choices": [], "usage": usage }),
+        );
     }
     body.push_str("data: [DONE]\n\n");
     ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
@@ -425,8 +445,10 @@ async fn openai_embed(State(shared): State<Arc<Shared>>, body: axum::body::Bytes
 }
 
 async fn ollama_tags() -> Response {
-    Json(json!({ "models": [{ "name": "llama3.1:8b", "model": "llama3.1:8b", "size": 0,
-        "details": { "family": "llm-sim" } }] }))
+    Json(
+        json!({ "models": [{ "name": "llama3.1:8b", "model": "llama3.1:8b", "size": 0,
+        "details": { "family": "llm-sim" } }] }),
+    )
     .into_response()
 }
 
@@ -442,10 +464,22 @@ mod tests {
     #[test]
     fn replies_show_model_persona_and_last_user_message() {
         let messages = vec![
-            ChatMessage { role: ChatRole::System, content: "You are Ava, an AI assistant for Acme.\nTone: friendly.".into() },
-            ChatMessage { role: ChatRole::User, content: "first".into() },
-            ChatMessage { role: ChatRole::Assistant, content: "ok".into() },
-            ChatMessage { role: ChatRole::User, content: "second".into() },
+            ChatMessage {
+                role: ChatRole::System,
+                content: "You are Ava, an AI assistant for Acme.\nTone: friendly.".into(),
+            },
+            ChatMessage {
+                role: ChatRole::User,
+                content: "first".into(),
+            },
+            ChatMessage {
+                role: ChatRole::Assistant,
+                content: "ok".into(),
+            },
+            ChatMessage {
+                role: ChatRole::User,
+                content: "second".into(),
+            },
         ];
         assert_eq!(
             reply_for("m1", &messages),

@@ -1,0 +1,279 @@
+//! The shared crate against the real services: topology declaration, the repositories'
+//! idempotency and tenant scoping, the mailbox notifier.
+
+use std::time::Duration;
+
+use shared::cache::{MailboxKey, Mailboxes};
+use shared::db::{NewReply, UserMessageState};
+use shared::envelope::ReplyKind;
+use shared::ids::{Channel, ClientId, EnvelopeId, ReplyId};
+use shared::mq::Broker;
+use shared::settings::AmqpSettings;
+use shared::testkit::TestEnv;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn declaring_the_topology_twice_is_harmless() {
+    let env = TestEnv::start(&[]).await;
+    env.broker
+        .declare_topology()
+        .await
+        .expect("second declaration");
+    env.broker
+        .declare_topology()
+        .await
+        .expect("third declaration");
+    let stats = env
+        .broker
+        .queue_stats(&env.broker.topology().inbound_work())
+        .await
+        .expect("work queue exists");
+    assert_eq!(stats.messages, 0);
+    for queue in env.broker.topology().queues() {
+        env.broker
+            .queue_stats(&queue)
+            .await
+            .unwrap_or_else(|e| panic!("{queue}: {e}"));
+    }
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_conflicting_redeclaration_names_the_queue() {
+    let env = TestEnv::start(&[]).await;
+    let changed = AmqpSettings {
+        delivery_limit: env.settings.amqp.delivery_limit + 1,
+        ..env.settings.amqp.clone()
+    };
+    let other = Broker::connect(&changed, "conflict")
+        .await
+        .expect("connect");
+    let err = other
+        .declare_topology()
+        .await
+        .expect_err("arguments differ")
+        .to_string();
+    assert!(err.contains(&env.broker.topology().inbound_work()), "{err}");
+    other.close().await;
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_user_turn_is_recorded_once_and_answered_once() {
+    let env = TestEnv::start(&[]).await;
+    let t = env.tenant("once").await;
+    let conv = env
+        .db
+        .conversations()
+        .get_or_create(t.id, Channel::Api, "c1")
+        .await
+        .expect("conv");
+    assert_eq!(
+        env.db
+            .conversations()
+            .get_or_create(t.id, Channel::Api, "c1")
+            .await
+            .expect("again"),
+        conv
+    );
+    let case = env
+        .db
+        .conversations()
+        .get_or_create(t.id, Channel::Api, "C1")
+        .await
+        .expect("case");
+    assert_ne!(case, conv, "conversation keys are case-sensitive");
+
+    let envelope = EnvelopeId::deterministic(t.id, Channel::Api, "k");
+    let messages = env.db.messages();
+    let first = messages
+        .record_user(t.id, conv, envelope, "hi", None)
+        .await
+        .expect("record");
+    assert!(first.newly_recorded);
+    let again = messages
+        .record_user(t.id, conv, envelope, "hi", None)
+        .await
+        .expect("again");
+    assert!(!again.newly_recorded);
+    assert_eq!(again.message_id, first.message_id);
+    assert_eq!(again.state, UserMessageState::Pending);
+
+    let reply = |id: ReplyId| NewReply {
+        conversation_id: conv,
+        reply_id: id,
+        kind: ReplyKind::Bot,
+        text: "hello".into(),
+        answers: vec![first.message_id],
+        prompt_tokens: Some(10),
+        completion_tokens: Some(2),
+        estimated_prompt_tokens: None,
+        config_version: 1,
+    };
+    let reply_id = ReplyId::random();
+    assert!(
+        messages
+            .store_reply(t.id, &reply(reply_id))
+            .await
+            .expect("store")
+    );
+    assert!(
+        !messages
+            .store_reply(t.id, &reply(ReplyId::random()))
+            .await
+            .expect("second store"),
+        "one reply per turn"
+    );
+    let answered = messages
+        .record_user(t.id, conv, envelope, "hi", None)
+        .await
+        .expect("after");
+    assert_eq!(answered.state, UserMessageState::Answered);
+    assert_eq!(answered.reply.expect("stored reply").id, reply_id);
+
+    // Into the mailbox exactly once, after the user message.
+    let seq = messages
+        .deliver_to_mailbox(t.id, conv, reply_id)
+        .await
+        .expect("deliver");
+    assert_eq!(seq, Some(2));
+    assert_eq!(
+        messages
+            .deliver_to_mailbox(t.id, conv, reply_id)
+            .await
+            .expect("again"),
+        None
+    );
+    let mailbox = messages
+        .mailbox_after(t.id, conv, 0, 10)
+        .await
+        .expect("mailbox");
+    assert_eq!(mailbox.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(
+        messages
+            .mailbox_after(t.id, conv, 2, 10)
+            .await
+            .expect("after")
+            .is_empty()
+    );
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn repositories_never_cross_tenants() {
+    let env = TestEnv::start(&[]).await;
+    let a = env.tenant("alpha").await;
+    let b = env.tenant("bravo").await;
+    let conv_a = env
+        .db
+        .conversations()
+        .get_or_create(a.id, Channel::Api, "same")
+        .await
+        .expect("a");
+    let conv_b = env
+        .db
+        .conversations()
+        .get_or_create(b.id, Channel::Api, "same")
+        .await
+        .expect("b");
+    assert_ne!(conv_a, conv_b);
+    let messages = env.db.messages();
+    let envelope = EnvelopeId::deterministic(a.id, Channel::Api, "k");
+    messages
+        .record_user(a.id, conv_a, envelope, "secret of a", None)
+        .await
+        .expect("record");
+    // B cannot read, write into or deliver to A's conversation, even knowing its id.
+    assert!(
+        messages
+            .mailbox_after(b.id, conv_a, 0, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert!(
+        messages
+            .record_user(b.id, conv_a, EnvelopeId::random(), "x", None)
+            .await
+            .is_err()
+    );
+    assert!(
+        messages
+            .history(b.id, conv_a, u64::MAX, 10)
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert_eq!(
+        env.db
+            .api_keys()
+            .authenticate(&a.api_key)
+            .await
+            .expect("auth"),
+        Some(a.id)
+    );
+    assert_eq!(
+        env.db
+            .api_keys()
+            .authenticate(&b.api_key)
+            .await
+            .expect("auth"),
+        Some(b.id)
+    );
+    assert!(
+        !env.db
+            .api_keys()
+            .revoke(ClientId::new(b.id.get()), 1)
+            .await
+            .expect("revoke A's key as B")
+    );
+    assert_eq!(
+        env.db
+            .api_keys()
+            .authenticate(&a.api_key)
+            .await
+            .expect("auth"),
+        Some(a.id)
+    );
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn an_announcement_wakes_a_watcher_registered_before_it() {
+    let env = TestEnv::start(&[]).await;
+    let shutdown = CancellationToken::new();
+    let listener = Mailboxes::start(env.cache.clone(), shutdown.clone());
+    let announcer = Mailboxes::start(env.cache.clone(), shutdown.clone());
+    let key = MailboxKey::new(ClientId::new(1), Channel::Api, "conv");
+    let watch = listener.watch(&key);
+    // The subscription may still be connecting: announce until it wakes (each try is
+    // a real cross-connection publish, like one replica telling another).
+    let woke = async {
+        loop {
+            let changed = watch.changed();
+            announcer.announce(&key).await.expect("announce");
+            if tokio::time::timeout(Duration::from_millis(200), changed)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), woke)
+        .await
+        .expect("the watcher woke");
+    // A different key does not wake it.
+    let changed = watch.changed();
+    announcer
+        .announce(&MailboxKey::new(ClientId::new(2), Channel::Api, "conv"))
+        .await
+        .expect("announce");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), changed)
+            .await
+            .is_err()
+    );
+    shutdown.cancel();
+    env.teardown().await;
+}

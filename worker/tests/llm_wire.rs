@@ -1,0 +1,128 @@
+//! The worker's LLM client against the simulator, in both wire formats, streaming and
+//! not: the same conversation yields the same answer and token counts either way.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use shared::settings::{LlmSettings, ProviderKind, ProviderSettings, Secret};
+use tokio_util::sync::CancellationToken;
+use worker::llm::sim::{LlmSim, SimOptions, WireFormat};
+use worker::llm::{ChatMessage, ChatRequest, ChatRole, LlmClient, LlmError};
+
+fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
+    let provider = ProviderSettings {
+        kind,
+        base_url: base_url.to_owned(),
+        api_key: Secret::new(String::new()),
+        timeout_s: 10,
+        max_concurrency: 4,
+        stream,
+    };
+    LlmSettings {
+        default_provider: "main".into(),
+        default_context_window: 4096,
+        completion_reserve: 512,
+        context_windows: BTreeMap::new(),
+        providers: BTreeMap::from([
+            ("main".to_owned(), provider.clone()),
+            ("other".to_owned(), provider),
+        ]),
+    }
+}
+
+fn request(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        temperature: 0.4,
+        num_ctx: 4096,
+        messages: vec![
+            ChatMessage {
+                role: ChatRole::System,
+                content: "You are Ava, an AI assistant for Acme.\nTone: friendly.".into(),
+            },
+            ChatMessage {
+                role: ChatRole::User,
+                content: "earlier".into(),
+            },
+            ChatMessage {
+                role: ChatRole::Assistant,
+                content: "reply".into(),
+            },
+            ChatMessage {
+                role: ChatRole::User,
+                content: "where is my order?".into(),
+            },
+        ],
+    }
+}
+
+async fn sim() -> LlmSim {
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    LlmSim::start(addr, SimOptions::default(), CancellationToken::new())
+        .await
+        .expect("sim")
+}
+
+#[tokio::test]
+async fn both_wire_formats_streaming_and_not() {
+    let sim = sim().await;
+    let expected =
+        "[llama3.1:8b] You are Ava, an AI assistant for Acme. | You said: where is my order?";
+    for (kind, format) in [
+        (ProviderKind::Ollama, WireFormat::Ollama),
+        (ProviderKind::Openai, WireFormat::OpenAi),
+    ] {
+        for stream in [false, true] {
+            let client = LlmClient::new(&settings(&sim.base_url(), kind, stream));
+            let completion = client
+                .chat(request("llama3.1:8b"))
+                .await
+                .unwrap_or_else(|e| panic!("{kind:?} stream={stream}: {e}"));
+            assert_eq!(completion.text, expected, "{kind:?} stream={stream}");
+            assert!(
+                completion.prompt_tokens.unwrap_or(0) > 0,
+                "{kind:?} stream={stream}: prompt tokens"
+            );
+            assert!(
+                completion.completion_tokens.unwrap_or(0) > 0,
+                "{kind:?} stream={stream}: completion tokens"
+            );
+            let seen = sim.requests().pop().expect("recorded");
+            assert_eq!((seen.format, seen.stream), (format, stream));
+            assert_eq!(seen.temperature, Some(0.4));
+            assert_eq!(seen.messages, request("x").messages);
+            if kind == ProviderKind::Ollama {
+                assert_eq!(seen.num_ctx, Some(4096), "num_ctx is always sent to Ollama");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_provider_prefix_routes_and_is_stripped() {
+    let sim = sim().await;
+    let client = LlmClient::new(&settings(&sim.base_url(), ProviderKind::Ollama, false));
+    assert_eq!(client.route("other/llama3.1:8b"), ("other", "llama3.1:8b"));
+    assert_eq!(
+        client.route("meta-llama/Llama-3"),
+        ("main", "meta-llama/Llama-3")
+    );
+    client.chat(request("other/mistral")).await.expect("chat");
+    assert_eq!(sim.requests().pop().expect("recorded").model, "mistral");
+}
+
+#[tokio::test]
+async fn outages_are_transient_errors_with_retry_after() {
+    let sim = sim().await;
+    sim.set_unavailable(true);
+    let client = LlmClient::new(&settings(&sim.base_url(), ProviderKind::Openai, false));
+    let err = client.chat(request("m")).await.expect_err("503");
+    assert!(err.is_transient());
+    assert_eq!(err.retry_after(), Some(std::time::Duration::from_secs(1)));
+    let down = LlmClient::new(&settings("http://127.0.0.1:9", ProviderKind::Ollama, false));
+    let err = down.chat(request("m")).await.expect_err("refused");
+    assert!(
+        matches!(err, LlmError::Unreachable(_)) && err.is_transient(),
+        "{err}"
+    );
+}
