@@ -280,10 +280,11 @@ impl Settings {
             "must be positive".into(),
         );
         check(
-            self.amqp.url.expose().starts_with("amqp://")
-                || self.amqp.url.expose().starts_with("amqps://"),
+            self.amqp.url.expose().starts_with("amqp://"),
             "amqp.url",
-            "must be an amqp:// or amqps:// URL".into(),
+            "must be an amqp:// URL (this build has no AMQP TLS; terminate TLS in front of \
+             the broker or build lapin with its rustls feature)"
+                .into(),
         );
         check(
             is_name(&self.amqp.prefix),

@@ -277,3 +277,76 @@ async fn an_announcement_wakes_a_watcher_registered_before_it() {
     shutdown.cancel();
     env.teardown().await;
 }
+
+#[tokio::test]
+async fn envelopes_carry_the_request_id_and_prefetch_bounds_unacked_deliveries() {
+    use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
+    use shared::pii::Pii;
+
+    let env = TestEnv::start(&[]).await;
+    let publisher = env.broker.publisher().await.expect("publisher");
+    let envelope = |n: u32| Envelope {
+        v: ENVELOPE_VERSION,
+        id: EnvelopeId::random(),
+        client_id: ClientId::new(9),
+        channel: Channel::Api,
+        external_id: Pii::new("c".into()),
+        sender: Sender {
+            id: Pii::new("s".into()),
+            name: None,
+        },
+        message: MessageContent::text(format!("m{n}")),
+        channel_message_id: None,
+        channel_account: None,
+        received_at: chrono::Utc::now(),
+        trace: Trace {
+            request_id: format!("req-{n}"),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        },
+        replay: None,
+        metadata: None,
+    };
+    let sent: Vec<Envelope> = (1..=3).map(envelope).collect();
+    for e in &sent {
+        publisher.publish_envelope(e).await.expect("confirmed");
+    }
+    let mut consumer = env
+        .broker
+        .consume(&env.broker.topology().inbound_work(), 2, "test")
+        .await
+        .expect("consume");
+    let first = consumer.next().await.expect("first");
+    let second = consumer.next().await.expect("second");
+    assert_eq!(first.correlation_id.as_deref(), Some("req-1"));
+    assert_eq!(
+        first.message_id.as_deref(),
+        Some(sent[0].id.to_string().as_str())
+    );
+    assert_eq!(first.routing_key, "api.9");
+    assert_eq!(first.attempt, 1);
+    let headers = first.headers();
+    assert_eq!(headers.get("x-client-id").map(String::as_str), Some("9"));
+    assert_eq!(headers.get("x-channel").map(String::as_str), Some("api"));
+    assert!(
+        headers
+            .get("traceparent")
+            .is_some_and(|t| t.starts_with("00-0af7"))
+    );
+    let decoded: Envelope = serde_json::from_slice(&second.body).expect("an envelope");
+    assert_eq!(decoded, sent[1]);
+    // Two unacked deliveries fill the prefetch window: the third waits for an ack.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err()
+    );
+    first.ack().await.expect("ack");
+    let third = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .expect("delivered after the ack")
+        .expect("third");
+    assert_eq!(third.correlation_id.as_deref(), Some("req-3"));
+    second.ack().await.expect("ack");
+    third.ack().await.expect("ack");
+    env.teardown().await;
+}

@@ -1,0 +1,170 @@
+//! `chatfleet up` as a user runs it: a real process, with the simulator standing in for
+//! an LLM that does not answer; a round trip through its printed API key; Ctrl-C drains
+//! and exits cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use shared::testkit::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
+    let env = TestEnv::start(&[]).await;
+    let s = &env.settings;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatfleet"))
+        .arg("up")
+        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
+        .env("CHATFLEET__DATABASE__URL", s.database.url.expose())
+        .env("CHATFLEET__AMQP__PREFIX", &s.amqp.prefix)
+        .env("CHATFLEET__REDIS__PREFIX", &s.redis.prefix)
+        .env("CHATFLEET__HTTP__BIND", "127.0.0.1:0")
+        // Nothing listens there: `up` must fall back to the simulator.
+        .env(
+            "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+            "http://127.0.0.1:9",
+        )
+        .env("CHATFLEET__WORKER__DRAIN_TIMEOUT_S", "5")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chatfleet up starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let banner = std::thread::spawn(move || {
+        let text: Vec<String> = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        text.join("\n")
+    });
+    let (base, key) = tokio::task::spawn_blocking(move || {
+        let mut base = None;
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(rest) = line.strip_prefix("chatfleet is up: ingress on ") {
+                base = rest.split(',').next().map(str::to_owned);
+            }
+            if line.starts_with("Demo tenant") {
+                let key = lines
+                    .next()
+                    .and_then(Result::ok)
+                    .map(|k| k.trim().to_owned());
+                return (base, key);
+            }
+        }
+        (base, None)
+    })
+    .await
+    .expect("stdout reader");
+    let (base, key) = (
+        base.expect("base URL printed"),
+        key.expect("API key printed"),
+    );
+
+    let http = reqwest::Client::new();
+    let accepted = http
+        .post(format!("{base}/api/v1/messages"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "conversation_id": "try-1", "text": "Hello there" }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
+    let mut cursor = "0".to_owned();
+    let mut reply = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reply.is_none() && tokio::time::Instant::now() < deadline {
+        let r = http
+            .get(format!("{base}/api/v1/conversations/try-1/messages"))
+            .query(&[("after", cursor.as_str()), ("wait", "5")])
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("poll");
+        if r.status() == reqwest::StatusCode::OK {
+            let page: serde_json::Value = r.json().await.expect("json");
+            cursor = page["cursor"].as_str().expect("cursor").to_owned();
+            reply = page["messages"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["role"] == "assistant").cloned());
+        }
+    }
+    let reply = reply.expect("a reply through chatfleet up");
+    assert_eq!(
+        reply["text"],
+        "[llama3.1:8b] You are Ava, an AI assistant for Demo Shop. | You said: Hello there"
+    );
+
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("waiter")
+        .expect("exit status");
+    let stderr = banner.join().expect("stderr reader");
+    assert!(stderr.contains("USING THE LLM SIMULATOR"), "{stderr}");
+    assert!(exited.success(), "exit {exited:?}\n{stderr}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn tenant_commands_create_a_tenant_and_a_working_key() {
+    let env = TestEnv::start(&[]).await;
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chatfleet"))
+            .args(args)
+            .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
+            .env(
+                "CHATFLEET__DATABASE__URL",
+                env.settings.database.url.expose(),
+            )
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("chatfleet runs")
+    };
+    let created = run(&[
+        "tenant", "create", "--slug", "cli-made", "--name", "CLI Made", "--plan", "growth",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let again = run(&["tenant", "create", "--slug", "cli-made", "--name", "Twice"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already taken"));
+    let bad_plan = run(&[
+        "tenant", "create", "--slug", "x-y", "--name", "X", "--plan", "gold",
+    ]);
+    assert!(String::from_utf8_lossy(&bad_plan.stderr).contains("unknown plan"));
+
+    let key = run(&["tenant", "api-key", "cli-made"]);
+    assert!(key.status.success());
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
+    let client = env
+        .db
+        .api_keys()
+        .authenticate(&key)
+        .await
+        .expect("lookup")
+        .expect("key works");
+    let tenant = env
+        .db
+        .clients()
+        .get(client)
+        .await
+        .expect("get")
+        .expect("tenant");
+    assert_eq!(
+        (tenant.slug.as_str(), tenant.plan),
+        ("cli-made", shared::db::Plan::Growth)
+    );
+    let missing = run(&["tenant", "api-key", "nobody"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no tenant with slug"));
+    env.teardown().await;
+}
