@@ -19,6 +19,12 @@ pub enum Error {
     Redis(String),
     #[error("{0}")]
     Invalid(String),
+    /// A statement on a tenant table without a tenant predicate (a bug, never retried).
+    #[error("refused a statement not scoped to one tenant: {0}")]
+    Unscoped(String),
+    /// A stored secret could not be decrypted (wrong `security.encryption_key`?).
+    #[error("cannot decrypt stored credentials: {0}")]
+    Crypto(String),
 }
 
 impl Error {
@@ -35,7 +41,11 @@ impl Error {
                     | sqlx::Error::ColumnNotFound(_)
             ),
             Self::Broker(_) | Self::NotConfirmed(_) | Self::Redis(_) => true,
-            Self::Settings(_) | Self::Migration(_) | Self::Invalid(_) => false,
+            Self::Settings(_)
+            | Self::Migration(_)
+            | Self::Invalid(_)
+            | Self::Unscoped(_)
+            | Self::Crypto(_) => false,
         }
     }
 }

@@ -10,6 +10,7 @@ use sqlx::mysql::MySqlPool;
 use subtle::ConstantTimeEq;
 
 use super::client_id_of;
+use super::guard;
 use crate::error::Result;
 use crate::ids::ClientId;
 
@@ -39,9 +40,9 @@ impl<'a> ApiKeys<'a> {
         let prefix: String = hex::encode(rng.random::<[u8; 6]>());
         let secret: String = hex::encode(rng.random::<[u8; 32]>());
         let hash = Sha256::digest(secret.as_bytes());
-        let done = sqlx::query(
+        let done = guard::query(
             "INSERT INTO api_keys (client_id, prefix, secret_hash, name) VALUES (?, ?, ?, ?)",
-        )
+        )?
         .bind(client_id.get())
         .bind(&prefix)
         .bind(hash.as_slice())
@@ -56,10 +57,10 @@ impl<'a> ApiKeys<'a> {
     }
 
     pub async fn revoke(&self, client_id: ClientId, key_id: u64) -> Result<bool> {
-        let done = sqlx::query(
+        let done = guard::query(
             "UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP(6) \
              WHERE client_id = ? AND id = ? AND revoked_at IS NULL",
-        )
+        )?
         .bind(client_id.get())
         .bind(key_id)
         .execute(self.pool)
@@ -80,8 +81,9 @@ impl<'a> ApiKeys<'a> {
         if prefix.len() != 12 || secret.len() != 64 {
             return Ok(None);
         }
-        let row = sqlx::query(
+        let row = guard::tenant_lookup(
             "SELECT client_id, secret_hash FROM api_keys WHERE prefix = ? AND revoked_at IS NULL",
+            "an API key identifies its tenant; the lookup goes by the key's public prefix",
         )
         .bind(prefix)
         .fetch_optional(self.pool)

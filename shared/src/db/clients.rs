@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
 use super::{client_id_of, is_duplicate_key};
+use super::guard;
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 
@@ -122,9 +123,9 @@ impl<'a> Clients<'a> {
     /// [`Error::Invalid`] that says so.
     pub async fn create(&self, new: &NewClient) -> Result<ClientId> {
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
+        let inserted = guard::query(
             "INSERT INTO clients (slug, name, timezone, locale, plan) VALUES (?, ?, ?, ?, ?)",
-        )
+        )?
         .bind(&new.slug)
         .bind(&new.name)
         .bind(&new.timezone)
@@ -142,7 +143,7 @@ impl<'a> Clients<'a> {
             }
             Err(e) => return Err(e.into()),
         };
-        sqlx::query("INSERT INTO client_configs (client_id) VALUES (?)")
+        guard::query("INSERT INTO client_configs (client_id) VALUES (?)")?
             .bind(id.get())
             .execute(&mut *tx)
             .await?;
@@ -152,7 +153,7 @@ impl<'a> Clients<'a> {
 
     /// The tenant with this id. The tenant table itself is keyed by the tenant id.
     pub async fn get(&self, client_id: ClientId) -> Result<Option<Client>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clients WHERE id = ?"))
+        let row = guard::query(&format!("SELECT {COLUMNS} FROM clients WHERE id = ?"))?
             .bind(client_id.get())
             .fetch_optional(self.pool)
             .await?;
@@ -161,7 +162,7 @@ impl<'a> Clients<'a> {
 
     /// Resolves a public slug to its tenant (how channels that name the tenant find it).
     pub async fn by_slug(&self, slug: &str) -> Result<Option<Client>> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clients WHERE slug = ?"))
+        let row = guard::query(&format!("SELECT {COLUMNS} FROM clients WHERE slug = ?"))?
             .bind(slug)
             .fetch_optional(self.pool)
             .await?;

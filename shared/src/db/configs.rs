@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
 use super::{Client, is_duplicate_key};
+use super::guard;
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 
@@ -156,10 +157,10 @@ impl<'a> Configs<'a> {
         let Some(config) = self.get(client_id).await? else {
             return Ok(None);
         };
-        let modes = sqlx::query(
+        let modes = guard::query(
             "SELECT module_key, prompt_fragment, is_active, priority FROM agent_modes \
              WHERE client_id = ? AND is_active = TRUE ORDER BY priority ASC, module_key ASC",
-        )
+        )?
         .bind(client_id.get())
         .fetch_all(self.pool)
         .await?
@@ -174,9 +175,9 @@ impl<'a> Configs<'a> {
     }
 
     pub async fn get(&self, client_id: ClientId) -> Result<Option<ClientConfig>> {
-        let row = sqlx::query(&format!(
+        let row = guard::query(&format!(
             "SELECT {CONFIG_COLUMNS} FROM client_configs WHERE client_id = ?"
-        ))
+        ))?
         .bind(client_id.get())
         .fetch_optional(self.pool)
         .await?;
@@ -187,13 +188,13 @@ impl<'a> Configs<'a> {
     pub async fn update(&self, client_id: ClientId, update: &ConfigUpdate) -> Result<u64> {
         update.validate()?;
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
+        let done = guard::query(
             "UPDATE client_configs SET persona_name = ?, persona_tone = ?, persona_language = ?, \
              llm_model = ?, llm_temperature = ?, max_context_turns = ?, rag_top_k = ?, \
              human_handoff_phrase = ?, fallback_message = ?, fallback_model = ?, \
              prompt_token_budget = ?, coalesce_window_ms = ?, config_version = config_version + 1 \
              WHERE client_id = ?",
-        )
+        )?
         .bind(&update.persona_name)
         .bind(&update.persona_tone)
         .bind(&update.persona_language)
@@ -232,11 +233,11 @@ impl<'a> Configs<'a> {
             ));
         }
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
+        let inserted = guard::query(
             "INSERT INTO agent_modes (client_id, module_key, prompt_fragment, is_active, priority) \
              VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE prompt_fragment = VALUES(prompt_fragment), \
              is_active = VALUES(is_active), priority = VALUES(priority)",
-        )
+        )?
         .bind(client_id.get())
         .bind(&mode.module_key)
         .bind(&mode.prompt_fragment)
@@ -253,9 +254,9 @@ impl<'a> Configs<'a> {
             }
             Err(e) => return Err(e.into()),
         }
-        sqlx::query(
+        guard::query(
             "UPDATE client_configs SET config_version = config_version + 1 WHERE client_id = ?",
-        )
+        )?
         .bind(client_id.get())
         .execute(&mut *tx)
         .await?;
@@ -270,7 +271,7 @@ async fn current_version(
     client_id: ClientId,
 ) -> Result<u64> {
     let version: u64 =
-        sqlx::query_scalar("SELECT config_version FROM client_configs WHERE client_id = ?")
+        guard::query_scalar("SELECT config_version FROM client_configs WHERE client_id = ?")?
             .bind(client_id.get())
             .fetch_one(&mut **tx)
             .await?;

@@ -2,6 +2,7 @@
 
 use sqlx::mysql::MySqlPool;
 
+use super::guard;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId, ConversationId};
 
@@ -30,10 +31,10 @@ impl<'a> Conversations<'a> {
         channel: Channel,
         external_id: &str,
     ) -> Result<ConversationId> {
-        let done = sqlx::query(
+        let done = guard::query(
             "INSERT INTO conversations (client_id, channel, external_id) VALUES (?, ?, ?) \
              ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",
-        )
+        )?
         .bind(client_id.get())
         .bind(channel.as_str())
         .bind(external_id)
@@ -49,9 +50,9 @@ impl<'a> Conversations<'a> {
         channel: Channel,
         external_id: &str,
     ) -> Result<Option<ConversationId>> {
-        let id: Option<u64> = sqlx::query_scalar(
+        let id: Option<u64> = guard::query_scalar(
             "SELECT id FROM conversations WHERE client_id = ? AND channel = ? AND external_id = ?",
-        )
+        )?
         .bind(client_id.get())
         .bind(channel.as_str())
         .bind(external_id)
@@ -66,7 +67,7 @@ impl<'a> Conversations<'a> {
         conversation_id: ConversationId,
     ) -> Result<ConversationMode> {
         let mode: Option<String> =
-            sqlx::query_scalar("SELECT mode FROM conversations WHERE client_id = ? AND id = ?")
+            guard::query_scalar("SELECT mode FROM conversations WHERE client_id = ? AND id = ?")?
                 .bind(client_id.get())
                 .bind(conversation_id.get())
                 .fetch_optional(self.pool)

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::is_duplicate_key;
 use crate::envelope::ReplyKind;
+use super::guard;
 use crate::error::{Error, Result};
 use crate::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
 
@@ -154,10 +155,10 @@ impl<'a> Messages<'a> {
         }
         let mut tx = self.pool.begin().await?;
         let seq = next_seq(&mut tx, client_id, conversation_id).await?;
-        let inserted = sqlx::query(
+        let inserted = guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, \
              channel_message_id, state, seq) VALUES (?, ?, ?, 'user', ?, ?, 'pending', ?)",
-        )
+        )?
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(envelope_id.as_uuid())
@@ -192,13 +193,13 @@ impl<'a> Messages<'a> {
         client_id: ClientId,
         envelope_id: EnvelopeId,
     ) -> Result<Option<RecordedUser>> {
-        let row = sqlx::query(
+        let row = guard::query(
             "SELECT u.id, u.state, r.envelope_id AS reply_id, r.reply_kind, r.content AS reply_text, \
              r.config_version AS reply_config_version, r.created_at AS reply_created_at \
              FROM messages u LEFT JOIN messages r \
                ON r.client_id = u.client_id AND r.id = u.reply_message_id \
              WHERE u.client_id = ? AND u.envelope_id = ? AND u.role = 'user'",
-        )
+        )?
         .bind(client_id.get())
         .bind(envelope_id.as_uuid())
         .fetch_optional(self.pool)
@@ -236,12 +237,12 @@ impl<'a> Messages<'a> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
+        let rows = guard::query(
             "SELECT role, content FROM messages \
              WHERE client_id = ? AND conversation_id = ? AND id < ? \
                AND role IN ('user', 'assistant', 'agent') \
              ORDER BY id DESC LIMIT ?",
-        )
+        )?
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(before_id)
@@ -275,11 +276,11 @@ impl<'a> Messages<'a> {
             _ => "assistant",
         };
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
+        let done = guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
              reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens, config_version) \
              VALUES (?, ?, ?, ?, ?, 'stored', ?, ?, ?, ?, ?)",
-        )
+        )?
         .bind(client_id.get())
         .bind(reply.conversation_id.get())
         .bind(reply.reply_id.as_uuid())
@@ -299,7 +300,7 @@ impl<'a> Messages<'a> {
              WHERE client_id = ? AND conversation_id = ? AND state = 'pending' \
                AND id IN ({placeholders})"
         );
-        let mut update = sqlx::query(&sql)
+        let mut update = guard::query(&sql)?
             .bind(reply_row)
             .bind(client_id.get())
             .bind(reply.conversation_id.get());
@@ -311,13 +312,13 @@ impl<'a> Messages<'a> {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(
+        guard::query(
             "INSERT INTO usage_daily (client_id, day, messages, prompt_tokens, completion_tokens) \
              VALUES (?, UTC_DATE(), ?, ?, ?) ON DUPLICATE KEY UPDATE \
              messages = messages + VALUES(messages), \
              prompt_tokens = prompt_tokens + VALUES(prompt_tokens), \
              completion_tokens = completion_tokens + VALUES(completion_tokens)",
-        )
+        )?
         .bind(client_id.get())
         .bind(answered)
         .bind(u64::from(reply.prompt_tokens.unwrap_or(0)))
@@ -340,10 +341,10 @@ impl<'a> Messages<'a> {
             UserMessageState::Ignored => "ignored",
             other => return Err(Error::Invalid(format!("cannot close a turn as {other:?}"))),
         };
-        sqlx::query(
+        guard::query(
             "UPDATE messages SET state = ? \
              WHERE client_id = ? AND envelope_id = ? AND role = 'user' AND state = 'pending'",
-        )
+        )?
         .bind(state)
         .bind(client_id.get())
         .bind(envelope_id.as_uuid())
@@ -365,10 +366,10 @@ impl<'a> Messages<'a> {
         // The conversation row lock (taken by next_seq) serialises every mailbox write of
         // this conversation, so check-then-assign below cannot race.
         let seq = next_seq(&mut tx, client_id, conversation_id).await?;
-        let done = sqlx::query(
+        let done = guard::query(
             "UPDATE messages SET seq = ?, delivery_status = 'delivered' \
              WHERE client_id = ? AND conversation_id = ? AND envelope_id = ? AND seq IS NULL",
-        )
+        )?
         .bind(seq)
         .bind(client_id.get())
         .bind(conversation_id.get())
@@ -392,10 +393,10 @@ impl<'a> Messages<'a> {
         after: u64,
         limit: u32,
     ) -> Result<Vec<MailboxItem>> {
-        let rows = sqlx::query(
+        let rows = guard::query(
             "SELECT seq, envelope_id, role, content, created_at FROM messages \
              WHERE client_id = ? AND conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
-        )
+        )?
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(after)
@@ -413,10 +414,10 @@ async fn next_seq(
     client_id: ClientId,
     conversation_id: ConversationId,
 ) -> Result<u64> {
-    let done = sqlx::query(
+    let done = guard::query(
         "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = CURRENT_TIMESTAMP(6) \
          WHERE client_id = ? AND id = ?",
-    )
+    )?
     .bind(client_id.get())
     .bind(conversation_id.get())
     .execute(&mut **tx)
@@ -427,7 +428,7 @@ async fn next_seq(
         )));
     }
     let seq: u64 =
-        sqlx::query_scalar("SELECT last_seq FROM conversations WHERE client_id = ? AND id = ?")
+        guard::query_scalar("SELECT last_seq FROM conversations WHERE client_id = ? AND id = ?")?
             .bind(client_id.get())
             .bind(conversation_id.get())
             .fetch_one(&mut **tx)

@@ -10,6 +10,7 @@ mod api_keys;
 mod clients;
 mod configs;
 mod conversations;
+pub mod guard;
 mod messages;
 
 use std::time::Duration;
