@@ -29,6 +29,9 @@ impl ApiError {
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
     pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
     }
@@ -58,10 +61,26 @@ impl ApiError {
 impl From<shared::Error> for ApiError {
     fn from(e: shared::Error) -> Self {
         match e {
-            shared::Error::Invalid(msg) => Self::bad_request("invalid_request", msg),
+            shared::Error::Invalid(msg) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", msg)
+            }
+            shared::Error::Conflict(msg) => Self::new(StatusCode::CONFLICT, "conflict", msg),
+            shared::Error::NotFound(msg) => Self::not_found(msg),
             other => Self::internal(&other),
         }
     }
+}
+
+/// Parses a JSON body into `T`: syntax errors are 400 `malformed_json`; a well-formed
+/// body with a missing, unknown or mistyped field is 422 `validation_failed` (serde's
+/// message names the field).
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.to_string())
+        }
+        _ => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
+    })
 }
 
 impl IntoResponse for ApiError {

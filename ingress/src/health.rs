@@ -13,14 +13,19 @@ use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route("/readyz", get(ready))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
-async fn ready(State(state): State<AppState>) -> Response {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: database, broker and Redis reachable.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "a dependency is unavailable")))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let limit = Duration::from_secs(2);
     let database = matches!(
         tokio::time::timeout(limit, state.db().ping()).await,

@@ -6,6 +6,7 @@
 //! Raw channel payloads never leave the `channels` modules; only envelopes go on to the
 //! broker. Everything is started by [`start`], so tests run ingress in-process on port 0.
 
+mod admin;
 mod channels;
 mod deliver;
 pub mod error;
@@ -19,10 +20,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::MatchedPath;
 use axum::http::{HeaderName, Request};
-use shared::cache::{Cache, Mailboxes};
+use shared::cache::{Cache, Mailboxes, TenantConfigs, broadcast};
 use shared::db::Db;
 use shared::ids::Channel;
 use shared::mq::Broker;
+use shared::secrets::SecretBox;
 use shared::settings::Settings;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,11 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub(crate) use state::AppState;
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <admin::ApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// The header carrying the request id (accepted from the caller, else generated).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -52,14 +59,27 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     broker.declare_topology().await?;
     let publisher = broker.publisher().await?;
     let cache = Cache::connect(&settings.redis).await?;
-    let mailboxes = Mailboxes::start(cache.clone(), shutdown.clone());
+    let mailboxes = Mailboxes::new(cache.clone());
+    let configs = TenantConfigs::new(
+        db.clone(),
+        cache.clone(),
+        Duration::from_secs(settings.tenancy.config_ttl_s),
+    );
+    broadcast::start(
+        cache.clone(),
+        vec![mailboxes.clone(), configs.clone()],
+        shutdown.clone(),
+    );
     let state = AppState::new(
         db.clone(),
         broker.clone(),
         publisher,
         cache,
         mailboxes,
+        configs,
         settings.api.clone(),
+        settings.admin.token.clone(),
+        SecretBox::new(settings.security.encryption_key_bytes()),
         shutdown.clone(),
     );
 
@@ -86,6 +106,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .merge(channels::api::routes())
+        .merge(admin::routes(state.clone()))
         .merge(health::routes())
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use shared::cache::{Cache, Mailboxes};
+use shared::cache::{Cache, Mailboxes, TenantConfigs};
 use shared::db::Db;
 use shared::mq::{Broker, Publisher};
-use shared::settings::ApiSettings;
+use shared::secrets::SecretBox;
+use shared::settings::{ApiSettings, Secret};
 use tokio_util::sync::CancellationToken;
 
+#[allow(clippy::too_many_arguments)] // built once, in `start`
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     inner: Arc<Inner>,
@@ -20,7 +22,10 @@ struct Inner {
     publisher: Publisher,
     cache: Cache,
     mailboxes: Arc<Mailboxes>,
+    configs: Arc<TenantConfigs>,
     api: ApiSettings,
+    admin_token: Secret<String>,
+    secrets: SecretBox,
     shutdown: CancellationToken,
 }
 
@@ -31,7 +36,10 @@ impl AppState {
         publisher: Publisher,
         cache: Cache,
         mailboxes: Arc<Mailboxes>,
+        configs: Arc<TenantConfigs>,
         api: ApiSettings,
+        admin_token: Secret<String>,
+        secrets: SecretBox,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -41,7 +49,10 @@ impl AppState {
                 publisher,
                 cache,
                 mailboxes,
+                configs,
                 api,
+                admin_token,
+                secrets,
                 shutdown,
             }),
         }
@@ -61,8 +72,17 @@ impl AppState {
     pub(crate) fn mailboxes(&self) -> &Mailboxes {
         &self.inner.mailboxes
     }
+    pub(crate) fn configs(&self) -> &TenantConfigs {
+        &self.inner.configs
+    }
     pub(crate) fn api(&self) -> &ApiSettings {
         &self.inner.api
+    }
+    pub(crate) fn admin_token(&self) -> &str {
+        self.inner.admin_token.expose()
+    }
+    pub(crate) fn secrets(&self) -> &SecretBox {
+        &self.inner.secrets
     }
     pub(crate) fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown

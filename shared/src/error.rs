@@ -17,8 +17,14 @@ pub enum Error {
     NotConfirmed(String),
     #[error("redis: {0}")]
     Redis(String),
+    /// The request is invalid; the message says which field and why.
     #[error("{0}")]
     Invalid(String),
+    /// It would duplicate something unique (a slug, a mode key).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
     /// A statement on a tenant table without a tenant predicate (a bug, never retried).
     #[error("refused a statement not scoped to one tenant: {0}")]
     Unscoped(String),
@@ -44,6 +50,8 @@ impl Error {
             Self::Settings(_)
             | Self::Migration(_)
             | Self::Invalid(_)
+            | Self::Conflict(_)
+            | Self::NotFound(_)
             | Self::Unscoped(_)
             | Self::Crypto(_) => false,
         }

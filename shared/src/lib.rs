@@ -19,6 +19,7 @@ pub mod error;
 pub mod ids;
 pub mod mq;
 pub mod pii;
+pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -55,8 +55,40 @@ pub struct Settings {
     pub whatsapp: WhatsappSettings,
     pub admin: AdminSettings,
     pub security: SecuritySettings,
+    pub tenancy: TenancySettings,
+    pub plans: PlansSettings,
     pub worker: WorkerSettings,
     pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TenancySettings {
+    pub inactive_notice: String,
+    pub config_ttl_s: u64,
+}
+
+/// One plan's message rate.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct PlanLimits {
+    pub messages_per_minute: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PlansSettings {
+    pub starter: PlanLimits,
+    pub growth: PlanLimits,
+    pub enterprise: PlanLimits,
+}
+
+impl PlansSettings {
+    pub fn limits(&self, plan: crate::db::Plan) -> &PlanLimits {
+        match plan {
+            crate::db::Plan::Starter => &self.starter,
+            crate::db::Plan::Growth => &self.growth,
+            crate::db::Plan::Enterprise => &self.enterprise,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -404,6 +436,28 @@ impl Settings {
                 "the development default is refused in production".into(),
             );
         }
+        for (name, plan) in [
+            ("starter", &self.plans.starter),
+            ("growth", &self.plans.growth),
+            ("enterprise", &self.plans.enterprise),
+        ] {
+            check(
+                plan.messages_per_minute > 0,
+                &format!("plans.{name}.messages_per_minute"),
+                "must be positive".into(),
+            );
+            check(plan.burst > 0, &format!("plans.{name}.burst"), "must be positive".into());
+        }
+        check(
+            (1..=3600).contains(&self.tenancy.config_ttl_s),
+            "tenancy.config_ttl_s",
+            "must be 1..=3600 seconds".into(),
+        );
+        check(
+            self.tenancy.inactive_notice.len() <= 2000,
+            "tenancy.inactive_notice",
+            "must be at most 2000 characters".into(),
+        );
         check(
             self.worker.drain_timeout_s > 0,
             "worker.drain_timeout_s",

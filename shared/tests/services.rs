@@ -242,8 +242,9 @@ async fn repositories_never_cross_tenants() {
 async fn an_announcement_wakes_a_watcher_registered_before_it() {
     let env = TestEnv::start(&[]).await;
     let shutdown = CancellationToken::new();
-    let listener = Mailboxes::start(env.cache.clone(), shutdown.clone());
-    let announcer = Mailboxes::start(env.cache.clone(), shutdown.clone());
+    let listener = Mailboxes::new(env.cache.clone());
+    let announcer = Mailboxes::new(env.cache.clone());
+    shared::cache::broadcast::start(env.cache.clone(), vec![listener.clone()], shutdown.clone());
     let key = MailboxKey::new(ClientId::new(1), Channel::Api, "conv");
     let watch = listener.watch(&key);
     // The subscription may still be connecting: announce until it wakes (each try is

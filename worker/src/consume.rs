@@ -118,10 +118,19 @@ impl Dispatcher {
         let moved = match error.disposition(delivery.attempt, topology.retry_delays()) {
             Disposition::Retry(rung) => {
                 tracing::warn!(error = %error, rung = rung.0, "turn failed; retrying later");
-                self.ctx.publisher.retry(delivery, rung).await
+                metrics::counter!("chatfleet_retries_total").increment(1);
+                self.ctx
+                    .publisher
+                    .retry(delivery, rung, delivery.attempt + 1)
+                    .await
+            }
+            Disposition::Delay(rung) => {
+                tracing::info!(reason = %error, rung = rung.0, "turn delayed");
+                self.ctx.publisher.retry(delivery, rung, delivery.attempt).await
             }
             Disposition::DeadLetter(reason) => {
                 tracing::error!(reason = %reason, "turn failed; dead-lettering");
+                metrics::counter!("chatfleet_dead_letters_total").increment(1);
                 let moved = self
                     .ctx
                     .publisher

@@ -23,13 +23,18 @@ pub enum TurnError {
     /// Database, broker or Redis.
     #[error(transparent)]
     Infra(#[from] shared::Error),
+    /// The tenant is over its plan's message rate; try again after this long.
+    #[error("tenant over its plan's message rate; next slot in {0:?}")]
+    RateLimited(Duration),
 }
 
 /// What to do with a delivery whose turn failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    /// Try again after the delay of this rung of the retry ladder.
+    /// Try again after the delay of this rung of the retry ladder (counts as an attempt).
     Retry(RetryRung),
+    /// Wait on this rung without counting an attempt (rate limits: delayed, never dropped).
+    Delay(RetryRung),
     /// Give up: dead-letter with this reason (and close the turn as failed).
     DeadLetter(String),
 }
@@ -40,10 +45,18 @@ impl TurnError {
     /// `Retry-After`); permanent ones, and transient ones past the last rung, are
     /// dead-lettered with the reason.
     pub fn disposition(&self, attempt: u32, ladder: &[Duration]) -> Disposition {
+        if let Self::RateLimited(wait) = self {
+            let rung = ladder
+                .iter()
+                .position(|d| d >= wait)
+                .unwrap_or(ladder.len().saturating_sub(1));
+            return Disposition::Delay(RetryRung(rung));
+        }
         let transient = match self {
             Self::Undecodable(_) | Self::UnknownTenant(_) => false,
             Self::Llm(e) => e.is_transient(),
             Self::Infra(e) => e.is_transient(),
+            Self::RateLimited(_) => true,
         };
         if !transient {
             return Disposition::DeadLetter(self.reason());
@@ -77,6 +90,7 @@ impl TurnError {
             Self::UnknownTenant(id) => format!("unknown_tenant: {id}"),
             Self::Llm(e) => format!("llm: {e}"),
             Self::Infra(e) => format!("infrastructure: {e}"),
+            Self::RateLimited(_) => "rate_limited".to_owned(),
         }
     }
 }
@@ -116,6 +130,16 @@ mod tests {
             e.disposition(1, &ladder()),
             Disposition::Retry(RetryRung(2))
         );
+    }
+
+    #[test]
+    fn rate_limits_delay_without_spending_attempts() {
+        let e = TurnError::RateLimited(Duration::from_secs(5));
+        assert_eq!(e.disposition(1, &ladder()), Disposition::Delay(RetryRung(1)));
+        // Even past the last rung a rate-limited message waits; it is never dead-lettered.
+        assert_eq!(e.disposition(9, &ladder()), Disposition::Delay(RetryRung(1)));
+        let e = TurnError::RateLimited(Duration::from_secs(3600));
+        assert_eq!(e.disposition(1, &ladder()), Disposition::Delay(RetryRung(2)));
     }
 
     #[test]

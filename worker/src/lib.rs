@@ -3,11 +3,14 @@
 //! 1. [`consume`] receives a delivery from `<prefix>.inbound.work` (manual ack, bounded
 //!    prefetch) and queues it behind earlier turns of the same conversation.
 //! 2. The envelope is decoded; an undecodable one is dead-lettered at once.
-//! 3. The tenant's client row, configuration and active agent modes are loaded.
+//! 3. The tenant's client row, configuration and active agent modes are loaded from the
+//!    config cache (in-process, then Redis, then MariaDB; invalidated on every change).
 //! 4. The conversation is found or created, and the user message is recorded once (the
 //!    envelope id is the idempotency key). A turn that was already answered republishes
 //!    its stored reply and stops there.
-//! 5. A tenant that is not active gets no LLM call: the message stays recorded.
+//! 5. A tenant that is not active gets no LLM call: the message stays recorded (and
+//!    gets `tenancy.inactive_notice` when one is set). A tenant over its plan's rate
+//!    waits in the retry ladder.
 //! 6. The last `max_context_turns` turns are read and the prompt is assembled
 //!    ([`prompt`], DESIGN.md §8).
 //! 7. The tenant's `llm_model` is called at its `llm_temperature` ([`llm`]).
@@ -26,9 +29,10 @@ mod turn;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shared::cache::{Cache, TenantConfigs, broadcast};
 use shared::db::Db;
 use shared::mq::{Broker, Publisher, Topology};
-use shared::settings::{LlmSettings, Settings};
+use shared::settings::{LlmSettings, PlansSettings, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::llm::LlmClient;
@@ -36,10 +40,14 @@ use crate::llm::LlmClient;
 /// What every turn needs.
 pub(crate) struct Ctx {
     db: Db,
+    cache: Cache,
+    configs: Arc<TenantConfigs>,
     publisher: Publisher,
     broker: Broker,
     llm: LlmClient,
     llm_settings: LlmSettings,
+    plans: PlansSettings,
+    inactive_notice: String,
 }
 
 impl Ctx {
@@ -55,12 +63,23 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let broker = Broker::connect(&settings.amqp, "chatfleet-worker").await?;
     broker.declare_topology().await?;
     let publisher = broker.publisher().await?;
+    let cache = Cache::connect(&settings.redis).await?;
+    let configs = TenantConfigs::new(
+        db.clone(),
+        cache.clone(),
+        Duration::from_secs(settings.tenancy.config_ttl_s),
+    );
+    broadcast::start(cache.clone(), vec![configs.clone()], shutdown.clone());
     let ctx = Arc::new(Ctx {
         db: db.clone(),
+        cache,
+        configs,
         publisher,
         broker: broker.clone(),
         llm: LlmClient::new(&settings.llm),
         llm_settings: settings.llm.clone(),
+        plans: settings.plans.clone(),
+        inactive_notice: settings.tenancy.inactive_notice.clone(),
     });
     consume::run(
         ctx,

@@ -18,9 +18,8 @@ use crate::prompt;
 pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     let client_id = env.client_id;
     let tenant = ctx
-        .db
-        .configs()
-        .load_tenant(client_id)
+        .configs
+        .get(client_id)
         .await?
         .ok_or(TurnError::UnknownTenant(client_id))?;
     let conversation_id = ctx
@@ -60,12 +59,27 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     }
 
     if tenant.client.status != ClientStatus::Active {
-        tracing::info!(status = ?tenant.client.status, "tenant not active; message recorded, not answered");
-        ctx.db
-            .messages()
-            .close_unanswered(client_id, env.id, UserMessageState::Ignored)
-            .await?;
-        return Ok(());
+        tracing::info!(status = ?tenant.client.status, "tenant not active; no LLM call");
+        if ctx.inactive_notice.is_empty() {
+            ctx.db
+                .messages()
+                .close_unanswered(client_id, env.id, UserMessageState::Ignored)
+                .await?;
+            return Ok(());
+        }
+        let notice = Answer {
+            kind: ReplyKind::Fallback,
+            text: ctx.inactive_notice.clone(),
+            prompt_tokens: None,
+            completion_tokens: None,
+        };
+        return reply(ctx, env, conversation_id, recorded.message_id, tenant.config.config_version, notice).await;
+    }
+
+    let limits = ctx.plans.limits(tenant.client.plan);
+    if let Some(wait) = ctx.cache.take_message_token(client_id, limits).await? {
+        metrics::counter!("chatfleet_rate_limited_total").increment(1);
+        return Err(TurnError::RateLimited(wait));
     }
 
     let config = &tenant.config;
@@ -97,35 +111,62 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
         "llm answered"
     );
 
+    let answer = Answer {
+        kind: ReplyKind::Bot,
+        text: completion.text,
+        prompt_tokens: completion.prompt_tokens,
+        completion_tokens: completion.completion_tokens,
+    };
+    reply(ctx, env, conversation_id, recorded.message_id, config.config_version, answer).await
+}
+
+/// What to say back.
+struct Answer {
+    kind: ReplyKind,
+    text: String,
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+}
+
+/// Stores the answer to user message `message_id` (only if it is still unanswered), then
+/// publishes it with a confirm.
+async fn reply(
+    ctx: &Ctx,
+    env: &Envelope,
+    conversation_id: ConversationId,
+    message_id: u64,
+    config_version: u64,
+    answer: Answer,
+) -> Result<()> {
     let reply = Reply {
         v: ENVELOPE_VERSION,
         id: ReplyId::random(),
         in_reply_to: vec![env.id],
-        client_id,
+        client_id: env.client_id,
         channel: env.channel,
         external_id: env.external_id.clone(),
         channel_account: env.channel_account.clone(),
         conversation_id,
-        kind: ReplyKind::Bot,
-        text: Pii::new(completion.text.clone()),
-        config_version: config.config_version,
+        kind: answer.kind,
+        text: Pii::new(answer.text.clone()),
+        config_version,
         created_at: Utc::now(),
     };
     let stored = ctx
         .db
         .messages()
         .store_reply(
-            client_id,
+            env.client_id,
             &NewReply {
                 conversation_id,
                 reply_id: reply.id,
                 kind: reply.kind,
-                text: completion.text,
-                answers: vec![recorded.message_id],
-                prompt_tokens: completion.prompt_tokens,
-                completion_tokens: completion.completion_tokens,
+                text: answer.text,
+                answers: vec![message_id],
+                prompt_tokens: answer.prompt_tokens,
+                completion_tokens: answer.completion_tokens,
                 estimated_prompt_tokens: None,
-                config_version: config.config_version,
+                config_version,
             },
         )
         .await?;

@@ -64,11 +64,22 @@ impl Platform {
         }
     }
 
+    /// Stops ingress and worker; each must finish draining within 30 s.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let _ = self.worker.await;
-        let _ = self.ingress.await;
-        self.env.teardown().await;
+        let limit = Duration::from_secs(30);
+        tokio::time::timeout(limit, self.worker)
+            .await
+            .expect("the worker stopped within 30 s of shutdown")
+            .expect("worker task")
+            .expect("worker ran cleanly");
+        tokio::time::timeout(limit, self.ingress)
+            .await
+            .expect("ingress stopped within 30 s of shutdown")
+            .expect("ingress task");
+        tokio::time::timeout(limit, self.env.teardown())
+            .await
+            .expect("teardown finished within 30 s");
     }
 
     /// POSTs a message; returns status and body.

@@ -59,7 +59,14 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId>
     Ok(client_id)
 }
 
-async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+/// Send a message into a conversation (202 once the broker confirmed it).
+#[utoipa::path(post, path = "/api/v1/messages", security(("api_key" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "the same key is the same message")),
+    request_body(content = Object, description = "{ conversation_id, text, metadata? }"),
+    responses((status = 202, description = "{ message_id, conversation_id }"),
+        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
+        (status = 413, body = crate::admin::ErrorBody), (status = 503, body = crate::admin::ErrorBody)))]
+pub(crate) async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
     let client_id = authenticate(&state, &headers).await?;
     let max_text = state.api().max_text_bytes;
     // Room for the JSON around a maximal text and its metadata; a larger body is refused
@@ -157,6 +164,13 @@ async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         replay: None,
         metadata,
     };
+    // The conversation exists from the first accepted message on, so a poll can tell an
+    // unknown conversation (404) from one whose reply is still coming.
+    state
+        .db()
+        .conversations()
+        .get_or_create(client_id, Channel::Api, &conversation_id)
+        .await?;
     state
         .publisher()
         .publish_envelope(&envelope)
@@ -170,7 +184,13 @@ async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         .into_response())
 }
 
-async fn poll(
+/// Long-poll a conversation's messages after a cursor.
+#[utoipa::path(get, path = "/api/v1/conversations/{conversation_id}/messages", security(("api_key" = [])),
+    params(("conversation_id" = String, Path), ("after" = Option<String>, Query, description = "cursor"),
+        ("wait" = Option<u64>, Query, description = "seconds to wait, at most 30")),
+    responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
+        (status = 204, description = "nothing new within `wait`"), (status = 404, body = crate::admin::ErrorBody)))]
+pub(crate) async fn poll(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(conversation_id): Path<String>,
@@ -188,5 +208,14 @@ async fn poll(
         query.get("wait").map(String::as_str),
         state.api().max_wait_s,
     )?;
+    if state
+        .db()
+        .conversations()
+        .find(client_id, Channel::Api, &conversation_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("no such conversation"));
+    }
     longpoll::poll(&state, client_id, Channel::Api, &conversation_id, params).await
 }

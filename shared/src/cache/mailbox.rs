@@ -1,6 +1,7 @@
 //! Wakes long-polls on every ingress replica when a conversation's mailbox grows.
 //!
-//! Each process holds **one** Redis subscription (not one per waiting poll) and an
+//! Each process holds **one** Redis subscription ([`super::broadcast`]; not one per
+//! waiting poll) and an
 //! in-process table of waiters keyed by [`MailboxKey`]. A deliverer that stored a reply
 //! calls [`Mailboxes::announce`]; every replica's subscriber wakes the polls waiting on
 //! that key, which then read the database (the source of truth) again.
@@ -13,16 +14,13 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
-use deadpool_redis::redis;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
-use tokio_util::sync::CancellationToken;
 
 use super::Cache;
+use super::broadcast::Listener;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId};
 
@@ -72,15 +70,13 @@ impl MailboxWatch {
 }
 
 impl Mailboxes {
-    /// Starts the process's subscription; it runs until `shutdown`.
-    pub fn start(cache: Cache, shutdown: CancellationToken) -> Arc<Self> {
-        let this = Arc::new(Self {
+    /// The notifier; it hears other replicas once registered with
+    /// [`super::broadcast::start`].
+    pub fn new(cache: Cache) -> Arc<Self> {
+        Arc::new(Self {
             cache,
             waiters: Mutex::new(Waiters::default()),
-        });
-        let subscriber = this.clone();
-        tokio::spawn(async move { subscriber.subscribe_forever(shutdown).await });
-        this
+        })
     }
 
     /// Registers interest in `key`.
@@ -133,44 +129,17 @@ impl Mailboxes {
             n.notify_waiters();
         }
     }
+}
 
-    async fn subscribe_forever(self: Arc<Self>, shutdown: CancellationToken) {
-        let channel = self.cache.keys().mailbox_channel();
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.cache.client.get_async_pubsub().await {
-                Ok(mut pubsub) => {
-                    if let Err(e) = pubsub.subscribe(&channel).await {
-                        tracing::warn!(error = %e, "mailbox subscription failed");
-                    } else {
-                        backoff = Duration::from_millis(100);
-                        // Anything announced while we were not subscribed: re-read.
-                        self.wake_all();
-                        let mut messages = pubsub.on_message();
-                        loop {
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                msg = messages.next() => match msg {
-                                    Some(msg) => {
-                                        let payload: redis::RedisResult<String> = msg.get_payload();
-                                        if let Ok(key) = payload {
-                                            self.wake(&MailboxKey(key));
-                                        }
-                                    }
-                                    None => break,
-                                },
-                            }
-                        }
-                        tracing::warn!("mailbox subscription lost; re-subscribing");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot open the mailbox subscription"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+impl Listener for Mailboxes {
+    fn channel(&self) -> String {
+        self.cache.keys().mailbox_channel()
+    }
+    fn on_message(&self, payload: &str) {
+        self.wake(&MailboxKey(payload.to_owned()));
+    }
+    /// Anything announced while we were not subscribed: wake everyone to re-read.
+    fn on_subscribed(&self) {
+        self.wake_all();
     }
 }

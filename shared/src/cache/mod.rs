@@ -4,12 +4,16 @@
 //! Every key and pub/sub channel starts with `redis.prefix`; every tenant's key also
 //! carries the tenant id, and is only reachable through [`Keys::tenant`].
 
+pub mod broadcast;
 mod mailbox;
+mod rate_limit;
+mod tenant_config;
 
 use deadpool_redis::redis;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime};
 
 pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes};
+pub use tenant_config::{Source as ConfigSource, TenantConfigs};
 
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
@@ -127,6 +131,11 @@ impl Keys {
     pub fn mailbox_channel(&self) -> String {
         format!("{}:mailbox", self.prefix)
     }
+
+    /// The pub/sub channel that announces configuration changes to every process.
+    pub fn config_channel(&self) -> String {
+        format!("{}:config", self.prefix)
+    }
 }
 
 /// The keys of one tenant: `<prefix>:t:<client_id>:…`.
@@ -139,6 +148,9 @@ pub struct TenantKeys<'a> {
 impl TenantKeys<'_> {
     pub fn config(&self) -> String {
         format!("{}:t:{}:config", self.prefix, self.client_id)
+    }
+    pub fn rate_bucket(&self) -> String {
+        format!("{}:t:{}:rate", self.prefix, self.client_id)
     }
 }
 

@@ -36,9 +36,14 @@ impl<'a> ApiKeys<'a> {
     }
 
     pub async fn create(&self, client_id: ClientId, name: &str) -> Result<NewApiKey> {
-        let mut rng = rand::rng();
-        let prefix: String = hex::encode(rng.random::<[u8; 6]>());
-        let secret: String = hex::encode(rng.random::<[u8; 32]>());
+        // The thread-local generator must not live across an await (it is not Send).
+        let (prefix, secret) = {
+            let mut rng = rand::rng();
+            (
+                hex::encode(rng.random::<[u8; 6]>()),
+                hex::encode(rng.random::<[u8; 32]>()),
+            )
+        };
         let hash = Sha256::digest(secret.as_bytes());
         let done = guard::query(
             "INSERT INTO api_keys (client_id, prefix, secret_hash, name) VALUES (?, ?, ?, ?)",
@@ -96,5 +101,38 @@ impl<'a> ApiKeys<'a> {
         } else {
             Ok(None)
         }
+    }
+}
+
+/// An API key as listed (never the secret).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: u64,
+    pub prefix: String,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ApiKeys<'_> {
+    pub async fn list(&self, client_id: ClientId) -> Result<Vec<ApiKeyInfo>> {
+        let rows = guard::query(
+            "SELECT id, prefix, name, created_at, revoked_at FROM api_keys \
+             WHERE client_id = ? ORDER BY id ASC",
+        )?
+        .bind(client_id.get())
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiKeyInfo {
+                    id: r.try_get("id")?,
+                    prefix: r.try_get("prefix")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                })
+            })
+            .collect()
     }
 }

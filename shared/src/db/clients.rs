@@ -11,7 +11,7 @@ use super::guard;
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Plan {
     Starter,
@@ -39,7 +39,7 @@ impl Plan {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientStatus {
     Active,
@@ -48,18 +48,28 @@ pub enum ClientStatus {
 }
 
 impl ClientStatus {
-    fn parse(s: &str) -> Result<Self> {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
         match s {
             "active" => Ok(Self::Active),
             "suspended" => Ok(Self::Suspended),
             "cancelled" => Ok(Self::Cancelled),
-            other => Err(Error::Invalid(format!("unknown client status {other:?}"))),
+            other => Err(Error::Invalid(format!(
+                "unknown status {other:?} (expected active, suspended or cancelled)"
+            ))),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Client {
+    #[schema(value_type = u64)]
     pub id: ClientId,
     pub slug: String,
     pub name: String,
@@ -68,6 +78,17 @@ pub struct Client {
     pub plan: Plan,
     pub status: ClientStatus,
     pub created_at: DateTime<Utc>,
+}
+
+/// A partial update of a tenant (admin `PATCH`).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientPatch {
+    pub name: Option<String>,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+    pub plan: Option<Plan>,
+    pub status: Option<ClientStatus>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +179,59 @@ impl<'a> Clients<'a> {
             .fetch_optional(self.pool)
             .await?;
         row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// Tenants by ascending id, after `after_id`, at most `limit`.
+    pub async fn list(&self, after_id: u64, limit: u32) -> Result<Vec<Client>> {
+        let rows = guard::query(&format!(
+            "SELECT {COLUMNS} FROM clients WHERE id > ? ORDER BY id ASC LIMIT ?"
+        ))?
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Applies a partial update and bumps the configuration version (status, plan and
+    /// name shape every turn, so caches must notice). `None` for an unknown tenant.
+    pub async fn update(&self, client_id: ClientId, patch: &ClientPatch) -> Result<Option<Client>> {
+        if let Some(name) = &patch.name
+            && (name.trim().is_empty() || name.len() > 255)
+        {
+            return Err(Error::Invalid("name must be 1-255 characters".into()));
+        }
+        if patch.timezone.as_ref().is_some_and(|t| t.is_empty() || t.len() > 64) {
+            return Err(Error::Invalid("timezone must be 1-64 characters".into()));
+        }
+        if patch.locale.as_ref().is_some_and(|l| l.is_empty() || l.len() > 16) {
+            return Err(Error::Invalid("locale must be 1-16 characters".into()));
+        }
+        let mut tx = self.pool.begin().await?;
+        let done = guard::query(
+            "UPDATE clients SET name = COALESCE(?, name), timezone = COALESCE(?, timezone), \
+             locale = COALESCE(?, locale), plan = COALESCE(?, plan), status = COALESCE(?, status) \
+             WHERE id = ?",
+        )?
+        .bind(patch.name.as_deref().map(str::trim))
+        .bind(&patch.timezone)
+        .bind(&patch.locale)
+        .bind(patch.plan.map(Plan::as_str))
+        .bind(patch.status.map(ClientStatus::as_str))
+        .bind(client_id.get())
+        .execute(&mut *tx)
+        .await?;
+        let exists: Option<u64> = guard::query_scalar("SELECT id FROM clients WHERE id = ?")?
+            .bind(client_id.get())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let _ = done;
+        super::configs::bump_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        self.get(client_id).await
     }
 
     /// Resolves a public slug to its tenant (how channels that name the tenant find it).

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::ClientId;
 
 /// The `client_configs` row, with the column names as field names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientConfig {
     pub persona_name: String,
     pub persona_tone: String,
@@ -41,7 +41,8 @@ pub const PERSONA_TONES: [&str; 7] = [
 ];
 
 /// A full replacement of a tenant's configuration (everything but the version).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ConfigUpdate {
     pub persona_name: String,
     pub persona_tone: String,
@@ -115,7 +116,7 @@ impl From<ClientConfig> for ConfigUpdate {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentMode {
     pub module_key: String,
     pub prompt_fragment: String,
@@ -125,8 +126,17 @@ pub struct AgentMode {
 
 pub type NewAgentMode = AgentMode;
 
+/// A partial update of an agent mode (admin `PATCH`).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModePatch {
+    pub prompt_fragment: Option<String>,
+    pub is_active: Option<bool>,
+    pub priority: Option<i32>,
+}
+
 /// Everything the worker needs to answer for a tenant.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantConfig {
     pub client: Client,
     pub config: ClientConfig,
@@ -211,27 +221,116 @@ impl<'a> Configs<'a> {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(Error::Invalid(format!("client {client_id} does not exist")));
+            return Err(Error::NotFound(format!("client {client_id} does not exist")));
         }
         let version = current_version(&mut tx, client_id).await?;
         tx.commit().await?;
         Ok(version)
     }
 
+    /// Every agent mode of the tenant, active or not, in priority order.
+    pub async fn list_modes(&self, client_id: ClientId) -> Result<Vec<AgentMode>> {
+        guard::query(
+            "SELECT module_key, prompt_fragment, is_active, priority FROM agent_modes \
+             WHERE client_id = ? ORDER BY priority ASC, module_key ASC",
+        )?
+        .bind(client_id.get())
+        .fetch_all(self.pool)
+        .await?
+        .iter()
+        .map(mode_from_row)
+        .collect()
+    }
+
+    /// Creates a mode; a taken key is [`Error::Conflict`]. Returns the new version.
+    pub async fn create_mode(&self, client_id: ClientId, mode: &NewAgentMode) -> Result<u64> {
+        validate_mode_key(&mode.module_key)?;
+        validate_fragment(&mode.prompt_fragment)?;
+        let mut tx = self.pool.begin().await?;
+        let inserted = guard::query(
+            "INSERT INTO agent_modes (client_id, module_key, prompt_fragment, is_active, priority) \
+             VALUES (?, ?, ?, ?, ?)",
+        )?
+        .bind(client_id.get())
+        .bind(&mode.module_key)
+        .bind(&mode.prompt_fragment)
+        .bind(mode.is_active)
+        .bind(mode.priority)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => {
+                return Err(Error::Conflict(format!(
+                    "agent mode {:?} already exists",
+                    mode.module_key
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let version = bump_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// Changes a mode's fragment, activity or priority. `None` when there is no such mode.
+    pub async fn update_mode(
+        &self,
+        client_id: ClientId,
+        module_key: &str,
+        patch: &ModePatch,
+    ) -> Result<Option<u64>> {
+        if let Some(fragment) = &patch.prompt_fragment {
+            validate_fragment(fragment)?;
+        }
+        let mut tx = self.pool.begin().await?;
+        let found: Option<u64> = guard::query_scalar(
+            "SELECT id FROM agent_modes WHERE client_id = ? AND module_key = ? FOR UPDATE",
+        )?
+        .bind(client_id.get())
+        .bind(module_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        guard::query(
+            "UPDATE agent_modes SET prompt_fragment = COALESCE(?, prompt_fragment), \
+             is_active = COALESCE(?, is_active), priority = COALESCE(?, priority) \
+             WHERE client_id = ? AND module_key = ?",
+        )?
+        .bind(&patch.prompt_fragment)
+        .bind(patch.is_active)
+        .bind(patch.priority)
+        .bind(client_id.get())
+        .bind(module_key)
+        .execute(&mut *tx)
+        .await?;
+        let version = bump_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
+    /// Deletes a mode. `None` when there is no such mode.
+    pub async fn delete_mode(&self, client_id: ClientId, module_key: &str) -> Result<Option<u64>> {
+        let mut tx = self.pool.begin().await?;
+        let done = guard::query("DELETE FROM agent_modes WHERE client_id = ? AND module_key = ?")?
+            .bind(client_id.get())
+            .bind(module_key)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let version = bump_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        Ok(Some(version))
+    }
+
     /// Creates or replaces an agent mode (unique per tenant and key) and bumps the
     /// configuration version; returns the new version.
     pub async fn upsert_mode(&self, client_id: ClientId, mode: &NewAgentMode) -> Result<u64> {
-        let key_ok = !mode.module_key.is_empty()
-            && mode.module_key.len() <= 64
-            && mode
-                .module_key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-        if !key_ok {
-            return Err(Error::Invalid(
-                "module_key must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into(),
-            ));
-        }
+        validate_mode_key(&mode.module_key)?;
         let mut tx = self.pool.begin().await?;
         let inserted = guard::query(
             "INSERT INTO agent_modes (client_id, module_key, prompt_fragment, is_active, priority) \
@@ -254,16 +353,24 @@ impl<'a> Configs<'a> {
             }
             Err(e) => return Err(e.into()),
         }
-        guard::query(
-            "UPDATE client_configs SET config_version = config_version + 1 WHERE client_id = ?",
-        )?
-        .bind(client_id.get())
-        .execute(&mut *tx)
-        .await?;
-        let version = current_version(&mut tx, client_id).await?;
+        let version = bump_version(&mut tx, client_id).await?;
         tx.commit().await?;
         Ok(version)
     }
+}
+
+/// Bumps a tenant's configuration version inside `tx`; returns the new version.
+pub(super) async fn bump_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    client_id: ClientId,
+) -> Result<u64> {
+    guard::query(
+        "UPDATE client_configs SET config_version = config_version + 1 WHERE client_id = ?",
+    )?
+    .bind(client_id.get())
+    .execute(&mut **tx)
+    .await?;
+    current_version(tx, client_id).await
 }
 
 async fn current_version(
@@ -276,6 +383,33 @@ async fn current_version(
             .fetch_one(&mut **tx)
             .await?;
     Ok(version)
+}
+
+/// Longest prompt fragment of one agent mode.
+pub const MAX_FRAGMENT: usize = 8000;
+
+fn validate_fragment(fragment: &str) -> Result<()> {
+    if fragment.trim().is_empty() || fragment.len() > MAX_FRAGMENT {
+        return Err(Error::Invalid(format!(
+            "prompt_fragment must be 1-{MAX_FRAGMENT} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_mode_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(
+            "module_key must be 1-64 characters of a-z, A-Z, 0-9, '_', '-' or '.'".into(),
+        ))
+    }
 }
 
 fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {

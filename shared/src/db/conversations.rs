@@ -1,10 +1,30 @@
 //! Conversations: one per tenant, channel and channel-side key (`external_id`).
 
-use sqlx::mysql::MySqlPool;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::mysql::{MySqlPool, MySqlRow};
 
 use super::guard;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId, ConversationId};
+
+/// A conversation as the admin API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConversationSummary {
+    #[schema(value_type = u64)]
+    pub id: ConversationId,
+    #[schema(value_type = String, example = "api")]
+    pub channel: Channel,
+    pub external_id: String,
+    pub status: String,
+    pub mode: String,
+    pub created_at: DateTime<Utc>,
+    pub last_message_at: Option<DateTime<Utc>>,
+}
+
+const SUMMARY: &str =
+    "id, channel, external_id, status, mode, created_at, last_message_at FROM conversations";
 
 /// Who answers a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +81,37 @@ impl<'a> Conversations<'a> {
         Ok(id.map(ConversationId::new))
     }
 
+    /// Conversations by ascending id after `after_id`, at most `limit`.
+    pub async fn list(
+        &self,
+        client_id: ClientId,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>> {
+        let rows = guard::query(&format!(
+            "SELECT {SUMMARY} WHERE client_id = ? AND id > ? ORDER BY id ASC LIMIT ?"
+        ))?
+        .bind(client_id.get())
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter().map(summary).collect()
+    }
+
+    pub async fn get(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+    ) -> Result<Option<ConversationSummary>> {
+        let row = guard::query(&format!("SELECT {SUMMARY} WHERE client_id = ? AND id = ?"))?
+            .bind(client_id.get())
+            .bind(conversation_id.get())
+            .fetch_optional(self.pool)
+            .await?;
+        row.as_ref().map(summary).transpose()
+    }
+
     pub async fn mode(
         &self,
         client_id: ClientId,
@@ -77,4 +128,21 @@ impl<'a> Conversations<'a> {
             _ => ConversationMode::Bot,
         })
     }
+}
+
+fn summary(r: &MySqlRow) -> Result<ConversationSummary> {
+    let channel: String = r.try_get("channel")?;
+    // A utf8mb4_bin column: the driver hands it over as bytes.
+    let external: Vec<u8> = r.try_get("external_id")?;
+    Ok(ConversationSummary {
+        id: ConversationId::new(r.try_get("id")?),
+        channel: channel
+            .parse()
+            .map_err(|e: crate::ids::UnknownChannel| crate::Error::Invalid(e.to_string()))?,
+        external_id: String::from_utf8_lossy(&external).into_owned(),
+        status: r.try_get("status")?,
+        mode: r.try_get("mode")?,
+        created_at: r.try_get("created_at")?,
+        last_message_at: r.try_get("last_message_at")?,
+    })
 }

@@ -20,7 +20,7 @@ use super::guard;
 use crate::error::{Error, Result};
 use crate::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -117,6 +117,25 @@ pub struct NewReply {
     pub completion_tokens: Option<u32>,
     pub estimated_prompt_tokens: Option<u32>,
     pub config_version: u64,
+}
+
+/// A stored message with its bookkeeping, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StoredMessage {
+    pub id: u64,
+    pub envelope_id: Uuid,
+    #[schema(value_type = String, example = "assistant")]
+    pub role: Role,
+    pub content: String,
+    pub state: String,
+    pub reply_kind: Option<String>,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    pub estimated_prompt_tokens: Option<u32>,
+    pub config_version: Option<u64>,
+    pub seq: Option<u64>,
+    pub delivery_status: Option<String>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// One mailbox entry, as a long-poll returns it.
@@ -383,6 +402,48 @@ impl<'a> Messages<'a> {
         }
         tx.commit().await?;
         Ok(Some(seq))
+    }
+
+    /// The last `limit` messages of a conversation, oldest first.
+    pub async fn in_conversation(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>> {
+        let rows = guard::query(
+            "SELECT id, envelope_id, role, content, state, reply_kind, prompt_tokens, \
+             completion_tokens, estimated_prompt_tokens, config_version, seq, delivery_status, \
+             created_at FROM messages WHERE client_id = ? AND conversation_id = ? \
+             ORDER BY id DESC LIMIT ?",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(StoredMessage {
+                    id: r.try_get("id")?,
+                    envelope_id: r.try_get("envelope_id")?,
+                    role: Role::parse(r.try_get("role")?)?,
+                    content: r.try_get("content")?,
+                    state: r.try_get("state")?,
+                    reply_kind: r.try_get("reply_kind")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                    estimated_prompt_tokens: r.try_get("estimated_prompt_tokens")?,
+                    config_version: r.try_get("config_version")?,
+                    seq: r.try_get("seq")?,
+                    delivery_status: r.try_get("delivery_status")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
     }
 
     /// Mailbox entries after position `after`, ascending, at most `limit`.

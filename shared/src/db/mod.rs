@@ -7,6 +7,7 @@
 //! repositories' plain row types.
 
 mod api_keys;
+mod channel_accounts;
 mod clients;
 mod configs;
 mod conversations;
@@ -18,12 +19,16 @@ use std::time::Duration;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
-pub use api_keys::{ApiKeys, NewApiKey};
-pub use clients::{Client, ClientStatus, Clients, NewClient, Plan};
-pub use configs::{AgentMode, ClientConfig, ConfigUpdate, Configs, NewAgentMode, TenantConfig};
-pub use conversations::{ConversationMode, Conversations};
+pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
+pub use channel_accounts::{ChannelAccount, ChannelAccounts};
+pub use clients::{Client, ClientPatch, ClientStatus, Clients, NewClient, Plan};
+pub use configs::{
+    AgentMode, ClientConfig, ConfigUpdate, Configs, ModePatch, NewAgentMode, PERSONA_TONES, TenantConfig,
+};
+pub use conversations::{ConversationMode, ConversationSummary, Conversations};
 pub use messages::{
-    HistoryTurn, MailboxItem, Messages, NewReply, RecordedUser, Role, StoredReply, UserMessageState,
+    HistoryTurn, MailboxItem, Messages, NewReply, RecordedUser, Role, StoredMessage, StoredReply,
+    UserMessageState,
 };
 
 use crate::error::{Error, Result};
@@ -85,6 +90,9 @@ impl Db {
     }
     pub fn api_keys(&self) -> ApiKeys<'_> {
         ApiKeys::new(&self.pool)
+    }
+    pub fn channel_accounts(&self) -> ChannelAccounts<'_> {
+        ChannelAccounts::new(&self.pool)
     }
     pub fn conversations(&self) -> Conversations<'_> {
         Conversations::new(&self.pool)

@@ -175,9 +175,13 @@ impl Broker {
         })
     }
 
+    /// Closes the connection politely; gives up after 5 s (the broker may be gone).
     pub async fn close(&self) {
         if let Some(conn) = self.live() {
-            let _ = conn.close(200, "shutting down".into()).await;
+            let closing = conn.close(200, "shutting down".into());
+            if tokio::time::timeout(Duration::from_secs(5), closing).await.is_err() {
+                tracing::warn!("broker did not acknowledge the close within 5 s");
+            }
         }
     }
 }

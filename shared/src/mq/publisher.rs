@@ -83,9 +83,10 @@ impl Publisher {
         .await
     }
 
-    /// Sends a delivery to wait on rung `rung` of the retry ladder with `x-attempt` + 1.
-    /// The caller acks the original after this returns.
-    pub async fn retry(&self, delivery: &Delivery, rung: RetryRung) -> Result<()> {
+    /// Sends a delivery to wait on rung `rung` of the retry ladder, to come back as
+    /// attempt `next_attempt` (the same attempt when it was only delayed, +1 when it
+    /// failed). The caller acks the original after this returns.
+    pub async fn retry(&self, delivery: &Delivery, rung: RetryRung, next_attempt: u32) -> Result<()> {
         let queue = self
             .broker
             .topology()
@@ -95,7 +96,7 @@ impl Publisher {
         let mut table = props.headers().clone().unwrap_or_default();
         table.insert(
             headers::ATTEMPT.into(),
-            AMQPValue::LongLongInt(i64::from(delivery.attempt) + 1),
+            AMQPValue::LongLongInt(i64::from(next_attempt)),
         );
         props = props.with_headers(table);
         self.publish("", &queue, &delivery.body, props).await

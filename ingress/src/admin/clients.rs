@@ -1,0 +1,90 @@
+//! `/admin/v1/clients`: create, list, get (by id or slug), update.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use shared::db::{Client, ClientPatch, NewClient, Plan};
+
+use super::{Page, body, resolve};
+use crate::AppState;
+use crate::error::Result;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/v1/clients", get(list).post(create))
+        .route("/admin/v1/clients/{id}", get(get_one).patch(update))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewClientBody {
+    slug: String,
+    name: String,
+    timezone: Option<String>,
+    locale: Option<String>,
+    plan: Option<Plan>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ClientPage {
+    clients: Vec<Client>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next_after: Option<u64>,
+}
+
+/// Create a client (tenant) with the default configuration.
+#[utoipa::path(post, path = "/admin/v1/clients", request_body = NewClientBody, security(("admin_token" = [])),
+    responses((status = 201, body = Client), (status = 409, description = "slug taken", body = super::ErrorBody),
+        (status = 422, description = "invalid field", body = super::ErrorBody)))]
+pub(crate) async fn create(State(state): State<AppState>, raw: Body) -> Result<Response> {
+    let req: NewClientBody = body(raw).await?;
+    let mut new = NewClient::new(&req.slug, &req.name, req.plan.unwrap_or(Plan::Starter))?;
+    if let Some(tz) = req.timezone {
+        new.timezone = tz;
+    }
+    if let Some(locale) = req.locale {
+        new.locale = locale;
+    }
+    let id = state.db().clients().create(&new).await?;
+    let client = resolve(&state, &id.to_string()).await?;
+    Ok((StatusCode::CREATED, Json(client)).into_response())
+}
+
+/// List clients by ascending id.
+#[utoipa::path(get, path = "/admin/v1/clients", params(Page), security(("admin_token" = [])),
+    responses((status = 200, body = ClientPage)))]
+pub(crate) async fn list(State(state): State<AppState>, Query(page): Query<Page>) -> Result<Json<ClientPage>> {
+    let (after, limit) = page.bounds()?;
+    let clients = state.db().clients().list(after, limit).await?;
+    let next_after = (clients.len() == limit as usize).then(|| clients.last().map(|c| c.id.get())).flatten();
+    Ok(Json(ClientPage { clients, next_after }))
+}
+
+/// One client, by numeric id or slug.
+#[utoipa::path(get, path = "/admin/v1/clients/{id}", params(("id" = String, Path, description = "client id or slug")),
+    security(("admin_token" = [])), responses((status = 200, body = Client), (status = 404, body = super::ErrorBody)))]
+pub(crate) async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Client>> {
+    Ok(Json(resolve(&state, &id).await?))
+}
+
+/// Change a client's name, timezone, locale, plan or status. Suspending or cancelling
+/// stops LLM calls for it on every worker from the next message on.
+#[utoipa::path(patch, path = "/admin/v1/clients/{id}", params(("id" = String, Path, description = "client id or slug")),
+    request_body = ClientPatch, security(("admin_token" = [])),
+    responses((status = 200, body = Client), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+pub(crate) async fn update(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Json<Client>> {
+    let client = resolve(&state, &id).await?;
+    let patch: ClientPatch = body(raw).await?;
+    let updated = state
+        .db()
+        .clients()
+        .update(client.id, &patch)
+        .await?
+        .ok_or_else(|| crate::error::ApiError::not_found(format!("no client {id:?}")))?;
+    state.configs().refresh(client.id).await?;
+    Ok(Json(updated))
+}

@@ -1,0 +1,158 @@
+//! `/admin/v1/clients/{id}/channels` and `/api-keys`: how a tenant's channels reach
+//! chatfleet. Channel credentials are sealed before they are stored and never returned;
+//! an API key's secret is shown once, in the creation response.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shared::db::{ApiKeyInfo, ChannelAccount};
+use shared::ids::Channel;
+
+use super::{body, resolve};
+use crate::AppState;
+use crate::error::{ApiError, Result};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/v1/clients/{id}/channels", get(list_channels).post(create_channel))
+        .route("/admin/v1/clients/{id}/channels/{channel_account_id}", delete(delete_channel))
+        .route("/admin/v1/clients/{id}/api-keys", get(list_keys).post(create_key))
+        .route("/admin/v1/clients/{id}/api-keys/{key_id}", delete(revoke_key))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewChannelBody {
+    /// whatsapp | widget | mobile | api
+    #[schema(value_type = String, example = "whatsapp")]
+    channel: Channel,
+    /// The account on the channel's side (WhatsApp `phone_number_id`, widget or app id).
+    external_account_id: String,
+    /// Secrets (WhatsApp `access_token`, `app_secret`, `verify_token`…): encrypted at rest,
+    /// never returned.
+    #[serde(default)]
+    credentials: Option<serde_json::Map<String, Value>>,
+    /// Non-secret settings (`allowed_origins`, `callback_url`…).
+    #[serde(default)]
+    settings: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewKeyBody {
+    name: String,
+}
+
+/// A new API key: `key` is shown here and never again.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CreatedKey {
+    id: u64,
+    prefix: String,
+    key: String,
+}
+
+/// The client's channel accounts (credentials are never shown).
+#[utoipa::path(get, path = "/admin/v1/clients/{id}/channels", params(("id" = String, Path, description = "client id or slug")),
+    security(("admin_token" = [])), responses((status = 200, body = Vec<ChannelAccount>)))]
+pub(crate) async fn list_channels(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<ChannelAccount>>> {
+    let client = resolve(&state, &id).await?;
+    Ok(Json(state.db().channel_accounts().list(client.id).await?))
+}
+
+/// Register a channel account.
+#[utoipa::path(post, path = "/admin/v1/clients/{id}/channels", params(("id" = String, Path, description = "client id or slug")),
+    request_body = NewChannelBody, security(("admin_token" = [])),
+    responses((status = 201, body = ChannelAccount), (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+pub(crate) async fn create_channel(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Response> {
+    let client = resolve(&state, &id).await?;
+    let req: NewChannelBody = body(raw).await?;
+    let external = req.external_account_id.trim();
+    if external.is_empty() || external.len() > 191 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "external_account_id must be 1-191 characters",
+        ));
+    }
+    let sealed = match &req.credentials {
+        Some(creds) if !creds.is_empty() => {
+            let plain = Value::Object(creds.clone()).to_string();
+            Some(state.secrets().seal(client.id, req.channel, plain.as_bytes())?)
+        }
+        _ => None,
+    };
+    let settings = Value::Object(req.settings.unwrap_or_default());
+    let account_id = state
+        .db()
+        .channel_accounts()
+        .create(client.id, req.channel, external, sealed.as_deref(), &settings)
+        .await?;
+    let created = state
+        .db()
+        .channel_accounts()
+        .list(client.id)
+        .await?
+        .into_iter()
+        .find(|a| a.id == account_id)
+        .ok_or_else(|| ApiError::internal(&"created channel account vanished"))?;
+    tracing::info!(client_id = %client.id, channel = %req.channel, "channel account registered");
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Remove a channel account.
+#[utoipa::path(delete, path = "/admin/v1/clients/{id}/channels/{channel_account_id}",
+    params(("id" = String, Path, description = "client id or slug"), ("channel_account_id" = u64, Path)),
+    security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
+pub(crate) async fn delete_channel(State(state): State<AppState>, Path((id, account)): Path<(String, u64)>) -> Result<StatusCode> {
+    let client = resolve(&state, &id).await?;
+    if state.db().channel_accounts().delete(client.id, account).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no channel account {account}")))
+    }
+}
+
+/// The client's API keys (never their secrets).
+#[utoipa::path(get, path = "/admin/v1/clients/{id}/api-keys", params(("id" = String, Path, description = "client id or slug")),
+    security(("admin_token" = [])), responses((status = 200, body = Vec<ApiKeyInfo>)))]
+pub(crate) async fn list_keys(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<ApiKeyInfo>>> {
+    let client = resolve(&state, &id).await?;
+    Ok(Json(state.db().api_keys().list(client.id).await?))
+}
+
+/// Create an API key; the response is the only time its secret is shown.
+#[utoipa::path(post, path = "/admin/v1/clients/{id}/api-keys", params(("id" = String, Path, description = "client id or slug")),
+    request_body = NewKeyBody, security(("admin_token" = [])), responses((status = 201, body = CreatedKey)))]
+pub(crate) async fn create_key(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Response> {
+    let client = resolve(&state, &id).await?;
+    let req: NewKeyBody = body(raw).await?;
+    let name = req.name.trim().to_owned();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "name must be 1-100 characters"));
+    }
+    let key = state.db().api_keys().create(client.id, &name).await?;
+    let created = CreatedKey {
+        id: key.id,
+        prefix: key.prefix.clone(),
+        key: key.key.expose().clone(),
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Revoke an API key (immediately refused everywhere).
+#[utoipa::path(delete, path = "/admin/v1/clients/{id}/api-keys/{key_id}",
+    params(("id" = String, Path, description = "client id or slug"), ("key_id" = u64, Path)),
+    security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
+pub(crate) async fn revoke_key(State(state): State<AppState>, Path((id, key_id)): Path<(String, u64)>) -> Result<StatusCode> {
+    let client = resolve(&state, &id).await?;
+    if state.db().api_keys().revoke(client.id, key_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no active API key {key_id}")))
+    }
+}

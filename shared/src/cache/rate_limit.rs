@@ -1,0 +1,54 @@
+//! Per-tenant message rate limits shared by every replica: a token bucket in Redis,
+//! updated atomically by a Lua script that reads Redis's own clock (so replicas' clocks
+//! do not matter). Capacity = the plan's burst; refill = its messages per minute.
+
+use std::time::Duration;
+
+use deadpool_redis::redis;
+
+use super::{Cache, redis_error};
+use crate::error::Result;
+use crate::ids::ClientId;
+use crate::settings::PlanLimits;
+
+/// Takes one token; returns 0 when granted, else the milliseconds until one is available.
+const TAKE: &str = r"
+local capacity = tonumber(ARGV[1])
+local per_ms = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local ts = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * per_ms)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.ceil((1 - tokens) / per_ms)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / per_ms) + 60000)
+return wait
+";
+
+impl Cache {
+    /// Takes one message from the tenant's bucket: `None` when it may go now, else how
+    /// long until it may.
+    pub async fn take_message_token(
+        &self,
+        client_id: ClientId,
+        limits: &PlanLimits,
+    ) -> Result<Option<Duration>> {
+        let per_ms = f64::from(limits.messages_per_minute) / 60_000.0;
+        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let wait_ms: u64 = redis::Script::new(TAKE)
+            .key(self.keys.tenant(client_id).rate_bucket())
+            .arg(limits.burst.max(1))
+            .arg(per_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms)))
+    }
+}

@@ -1,0 +1,114 @@
+//! Channel accounts: which tenant owns a WhatsApp number, a widget origin list, an API
+//! callback URL. Credentials arrive here already sealed (see `crate::secrets`) and are
+//! never returned by listings.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::mysql::MySqlPool;
+
+use super::{guard, is_duplicate_key};
+use crate::error::{Error, Result};
+use crate::ids::{Channel, ClientId};
+
+/// A channel account as listed: settings yes, credentials never.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ChannelAccount {
+    pub id: u64,
+    #[schema(value_type = String, example = "whatsapp")]
+    pub channel: Channel,
+    pub external_account_id: String,
+    pub settings: serde_json::Value,
+    /// Whether credentials are stored (their content is never shown).
+    pub has_credentials: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+pub struct ChannelAccounts<'a> {
+    pool: &'a MySqlPool,
+}
+
+impl<'a> ChannelAccounts<'a> {
+    pub(super) fn new(pool: &'a MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Stores an account; the same external account on the same channel (even for another
+    /// tenant) is [`Error::Conflict`].
+    pub async fn create(
+        &self,
+        client_id: ClientId,
+        channel: Channel,
+        external_account_id: &str,
+        sealed_credentials: Option<&[u8]>,
+        settings: &serde_json::Value,
+    ) -> Result<u64> {
+        let inserted = guard::query(
+            "INSERT INTO channel_accounts (client_id, channel, external_account_id, \
+             credentials_encrypted, settings_json) VALUES (?, ?, ?, ?, ?)",
+        )?
+        .bind(client_id.get())
+        .bind(channel.as_str())
+        .bind(external_account_id)
+        .bind(sealed_credentials)
+        .bind(settings.to_string())
+        .execute(self.pool)
+        .await;
+        match inserted {
+            Ok(done) => Ok(done.last_insert_id()),
+            Err(e) if is_duplicate_key(&e) => Err(Error::Conflict(format!(
+                "{channel} account {external_account_id:?} is already registered"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list(&self, client_id: ClientId) -> Result<Vec<ChannelAccount>> {
+        let rows = guard::query(
+            "SELECT id, channel, external_account_id, settings_json, \
+             credentials_encrypted IS NOT NULL AS has_credentials, created_at \
+             FROM channel_accounts WHERE client_id = ? ORDER BY id ASC",
+        )?
+        .bind(client_id.get())
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let channel: String = r.try_get("channel")?;
+                // A utf8mb4_bin column: the driver hands it over as bytes.
+                let external: Vec<u8> = r.try_get("external_account_id")?;
+                let settings: String = r.try_get("settings_json")?;
+                Ok(ChannelAccount {
+                    id: r.try_get("id")?,
+                    channel: channel.parse().map_err(|e: crate::ids::UnknownChannel| Error::Invalid(e.to_string()))?,
+                    external_account_id: String::from_utf8_lossy(&external).into_owned(),
+                    settings: serde_json::from_str(&settings).unwrap_or(serde_json::Value::Null),
+                    has_credentials: r.try_get::<i64, _>("has_credentials")? != 0,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete(&self, client_id: ClientId, id: u64) -> Result<bool> {
+        let done = guard::query("DELETE FROM channel_accounts WHERE client_id = ? AND id = ?")?
+            .bind(client_id.get())
+            .bind(id)
+            .execute(self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The sealed credentials of one account, for the channel that uses them.
+    pub async fn sealed_credentials(&self, client_id: ClientId, id: u64) -> Result<Option<Vec<u8>>> {
+        let sealed: Option<Option<Vec<u8>>> = guard::query_scalar(
+            "SELECT credentials_encrypted FROM channel_accounts WHERE client_id = ? AND id = ?",
+        )?
+        .bind(client_id.get())
+        .bind(id)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(sealed.flatten())
+    }
+}
