@@ -32,7 +32,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub(crate) use state::AppState;
+pub(crate) use state::{AppState, Services};
 
 /// The OpenAPI document served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -70,18 +70,18 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         vec![mailboxes.clone(), configs.clone()],
         shutdown.clone(),
     );
-    let state = AppState::new(
-        db.clone(),
-        broker.clone(),
+    let state = AppState::new(Services {
+        db: db.clone(),
+        broker: broker.clone(),
         publisher,
         cache,
         mailboxes,
         configs,
-        settings.api.clone(),
-        settings.admin.token.clone(),
-        SecretBox::new(settings.security.encryption_key_bytes()),
-        shutdown.clone(),
-    );
+        api: settings.api.clone(),
+        admin_token: settings.admin.token.clone(),
+        secrets: SecretBox::new(settings.security.encryption_key_bytes()),
+        shutdown: shutdown.clone(),
+    });
 
     let deliverer = tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Api));
 

@@ -9,52 +9,30 @@ use shared::secrets::SecretBox;
 use shared::settings::{ApiSettings, Secret};
 use tokio_util::sync::CancellationToken;
 
-#[allow(clippy::too_many_arguments)] // built once, in `start`
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    inner: Arc<Inner>,
+    inner: Arc<Services>,
 }
 
+/// Everything handlers and deliverers share; built once, in [`crate::start`].
 #[derive(Debug)]
-struct Inner {
-    db: Db,
-    broker: Broker,
-    publisher: Publisher,
-    cache: Cache,
-    mailboxes: Arc<Mailboxes>,
-    configs: Arc<TenantConfigs>,
-    api: ApiSettings,
-    admin_token: Secret<String>,
-    secrets: SecretBox,
-    shutdown: CancellationToken,
+pub(crate) struct Services {
+    pub db: Db,
+    pub broker: Broker,
+    pub publisher: Publisher,
+    pub cache: Cache,
+    pub mailboxes: Arc<Mailboxes>,
+    pub configs: Arc<TenantConfigs>,
+    pub api: ApiSettings,
+    pub admin_token: Secret<String>,
+    pub secrets: SecretBox,
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
-    pub(crate) fn new(
-        db: Db,
-        broker: Broker,
-        publisher: Publisher,
-        cache: Cache,
-        mailboxes: Arc<Mailboxes>,
-        configs: Arc<TenantConfigs>,
-        api: ApiSettings,
-        admin_token: Secret<String>,
-        secrets: SecretBox,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(services: Services) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                db,
-                broker,
-                publisher,
-                cache,
-                mailboxes,
-                configs,
-                api,
-                admin_token,
-                secrets,
-                shutdown,
-            }),
+            inner: Arc::new(services),
         }
     }
     pub(crate) fn db(&self) -> &Db {

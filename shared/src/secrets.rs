@@ -37,7 +37,13 @@ impl SecretBox {
         let aad = associated_data(client_id, channel);
         let sealed = self
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .map_err(|e| Error::Crypto(e.to_string()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
@@ -51,8 +57,16 @@ impl SecretBox {
         let (nonce, sealed) = stored.split_at(NONCE_LEN);
         let aad = associated_data(client_id, channel);
         self.cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
-            .map_err(|_| Error::Crypto("authentication failed (wrong key, tenant or channel)".into()))
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| {
+                Error::Crypto("authentication failed (wrong key, tenant or channel)".into())
+            })
     }
 }
 
@@ -67,11 +81,24 @@ mod tests {
     #[test]
     fn sealed_credentials_open_only_for_their_tenant_and_channel() {
         let sb = SecretBox::new([7; 32]);
-        let sealed = sb.seal(ClientId::new(1), Channel::Whatsapp, b"EAAG-token").expect("seal");
+        let sealed = sb
+            .seal(ClientId::new(1), Channel::Whatsapp, b"EAAG-token")
+            .expect("seal");
         assert!(!sealed.windows(10).any(|w| w == b"EAAG-token"));
-        assert_eq!(sb.open(ClientId::new(1), Channel::Whatsapp, &sealed).expect("open"), b"EAAG-token");
-        assert!(sb.open(ClientId::new(2), Channel::Whatsapp, &sealed).is_err());
+        assert_eq!(
+            sb.open(ClientId::new(1), Channel::Whatsapp, &sealed)
+                .expect("open"),
+            b"EAAG-token"
+        );
+        assert!(
+            sb.open(ClientId::new(2), Channel::Whatsapp, &sealed)
+                .is_err()
+        );
         assert!(sb.open(ClientId::new(1), Channel::Widget, &sealed).is_err());
-        assert!(SecretBox::new([8; 32]).open(ClientId::new(1), Channel::Whatsapp, &sealed).is_err());
+        assert!(
+            SecretBox::new([8; 32])
+                .open(ClientId::new(1), Channel::Whatsapp, &sealed)
+                .is_err()
+        );
     }
 }

@@ -446,7 +446,11 @@ impl Settings {
                 &format!("plans.{name}.messages_per_minute"),
                 "must be positive".into(),
             );
-            check(plan.burst > 0, &format!("plans.{name}.burst"), "must be positive".into());
+            check(
+                plan.burst > 0,
+                &format!("plans.{name}.burst"),
+                "must be positive".into(),
+            );
         }
         check(
             (1..=3600).contains(&self.tenancy.config_ttl_s),

@@ -126,7 +126,10 @@ impl Dispatcher {
             }
             Disposition::Delay(rung) => {
                 tracing::info!(reason = %error, rung = rung.0, "turn delayed");
-                self.ctx.publisher.retry(delivery, rung, delivery.attempt).await
+                self.ctx
+                    .publisher
+                    .retry(delivery, rung, delivery.attempt)
+                    .await
             }
             Disposition::DeadLetter(reason) => {
                 tracing::error!(reason = %reason, "turn failed; dead-lettering");

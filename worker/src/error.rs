@@ -135,11 +135,20 @@ mod tests {
     #[test]
     fn rate_limits_delay_without_spending_attempts() {
         let e = TurnError::RateLimited(Duration::from_secs(5));
-        assert_eq!(e.disposition(1, &ladder()), Disposition::Delay(RetryRung(1)));
+        assert_eq!(
+            e.disposition(1, &ladder()),
+            Disposition::Delay(RetryRung(1))
+        );
         // Even past the last rung a rate-limited message waits; it is never dead-lettered.
-        assert_eq!(e.disposition(9, &ladder()), Disposition::Delay(RetryRung(1)));
+        assert_eq!(
+            e.disposition(9, &ladder()),
+            Disposition::Delay(RetryRung(1))
+        );
         let e = TurnError::RateLimited(Duration::from_secs(3600));
-        assert_eq!(e.disposition(1, &ladder()), Disposition::Delay(RetryRung(2)));
+        assert_eq!(
+            e.disposition(1, &ladder()),
+            Disposition::Delay(RetryRung(2))
+        );
     }
 
     #[test]

@@ -73,7 +73,15 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
             prompt_tokens: None,
             completion_tokens: None,
         };
-        return reply(ctx, env, conversation_id, recorded.message_id, tenant.config.config_version, notice).await;
+        return reply(
+            ctx,
+            env,
+            conversation_id,
+            recorded.message_id,
+            tenant.config.config_version,
+            notice,
+        )
+        .await;
     }
 
     let limits = ctx.plans.limits(tenant.client.plan);
@@ -117,7 +125,15 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
     };
-    reply(ctx, env, conversation_id, recorded.message_id, config.config_version, answer).await
+    reply(
+        ctx,
+        env,
+        conversation_id,
+        recorded.message_id,
+        config.config_version,
+        answer,
+    )
+    .await
 }
 
 /// What to say back.

@@ -126,7 +126,13 @@ async fn an_unconfirmed_publish_is_a_503_and_stores_nothing() {
         .await
         .expect("query")
     {
-        let stored = p.env.db.messages().in_conversation(t.id, conv, 10).await.expect("read");
+        let stored = p
+            .env
+            .db
+            .messages()
+            .in_conversation(t.id, conv, 10)
+            .await
+            .expect("read");
         assert!(stored.is_empty(), "{stored:?}");
     }
 

@@ -2,6 +2,8 @@
 //! RabbitMQ and Redis, each test on its own database, queue prefix and key prefix, with
 //! the LLM simulator standing in for the model.
 
+mod admin;
 mod api;
+mod config_changes;
 mod failures;
 mod support;

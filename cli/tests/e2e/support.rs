@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+pub use reqwest::Method;
 use shared::testkit::{TestEnv, TestTenant, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,12 +20,18 @@ pub struct Platform {
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     ingress: JoinHandle<()>,
-    worker: JoinHandle<anyhow::Result<()>>,
+    workers: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Platform {
     /// Ingress + one worker, the default provider pointed at a fresh simulator.
     pub async fn start() -> Self {
+        Self::start_with(&[], 1).await
+    }
+
+    /// Ingress + `workers` workers (each with its own connections and caches, like
+    /// separate processes), with extra `CHATFLEET__…` settings.
+    pub async fn start_with(extra: &[(&str, &str)], workers: usize) -> Self {
         shared::testkit::init_tracing();
         let shutdown = CancellationToken::new();
         let sim = LlmSim::start(
@@ -33,23 +41,27 @@ impl Platform {
         )
         .await
         .expect("llm-sim starts");
-        let env = TestEnv::start(&[(
+        let sim_url = sim.base_url();
+        let mut vars = vec![(
             "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
-            &sim.base_url(),
-        )])
-        .await;
+            sim_url.as_str(),
+        )];
+        vars.extend_from_slice(extra);
+        let env = TestEnv::start(&vars).await;
         let running = ingress::start(env.settings.clone(), shutdown.clone())
             .await
             .expect("ingress starts");
-        let worker = tokio::spawn(worker::run(env.settings.clone(), shutdown.clone()));
-        // Ready when the worker and the API deliverer consume their queues.
+        let workers: Vec<_> = (0..workers)
+            .map(|_| tokio::spawn(worker::run(env.settings.clone(), shutdown.clone())))
+            .collect();
+        // Ready when the workers and the API deliverer consume their queues.
         let topology = env.broker.topology().clone();
-        for queue in [
-            topology.inbound_work(),
-            topology.outbound_queue(shared::ids::Channel::Api),
+        for (queue, consumers) in [
+            (topology.inbound_work(), workers.len() as u32),
+            (topology.outbound_queue(shared::ids::Channel::Api), 1),
         ] {
             eventually(WAIT, "consumers to start", || async {
-                (env.broker.queue_stats(&queue).await.ok()?.consumers >= 1).then_some(())
+                (env.broker.queue_stats(&queue).await.ok()?.consumers >= consumers).then_some(())
             })
             .await;
         }
@@ -60,7 +72,7 @@ impl Platform {
             env,
             sim,
             shutdown,
-            worker,
+            workers,
         }
     }
 
@@ -68,11 +80,13 @@ impl Platform {
     pub async fn stop(self) {
         self.shutdown.cancel();
         let limit = Duration::from_secs(30);
-        tokio::time::timeout(limit, self.worker)
-            .await
-            .expect("the worker stopped within 30 s of shutdown")
-            .expect("worker task")
-            .expect("worker ran cleanly");
+        for worker in self.workers {
+            tokio::time::timeout(limit, worker)
+                .await
+                .expect("the worker stopped within 30 s of shutdown")
+                .expect("worker task")
+                .expect("worker ran cleanly");
+        }
         tokio::time::timeout(limit, self.ingress)
             .await
             .expect("ingress stopped within 30 s of shutdown")
@@ -183,6 +197,51 @@ impl Platform {
             (self.sim.requests().len() >= n).then_some(())
         })
         .await;
+    }
+
+    /// An admin API call; returns status and JSON body (`Null` when empty).
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.admin_as(self.env.settings.admin.token.expose(), method, path, body)
+            .await
+    }
+
+    pub async fn admin_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Waits for the reply to the only pending question of `conversation` after `after`.
+    pub async fn ask(
+        &self,
+        key: &str,
+        conversation: &str,
+        text: &str,
+        after: &str,
+    ) -> (Value, String) {
+        let (status, body) = self.send(key, conversation, text, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let (entries, cursor) = self.read_until(key, conversation, after, 2).await;
+        (entries[1].clone(), cursor)
     }
 
     pub async fn tenant(&self, slug: &str) -> TestTenant {

@@ -57,17 +57,28 @@ pub(crate) async fn create(State(state): State<AppState>, raw: Body) -> Result<R
 /// List clients by ascending id.
 #[utoipa::path(get, path = "/admin/v1/clients", params(Page), security(("admin_token" = [])),
     responses((status = 200, body = ClientPage)))]
-pub(crate) async fn list(State(state): State<AppState>, Query(page): Query<Page>) -> Result<Json<ClientPage>> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Query(page): Query<Page>,
+) -> Result<Json<ClientPage>> {
     let (after, limit) = page.bounds()?;
     let clients = state.db().clients().list(after, limit).await?;
-    let next_after = (clients.len() == limit as usize).then(|| clients.last().map(|c| c.id.get())).flatten();
-    Ok(Json(ClientPage { clients, next_after }))
+    let next_after = (clients.len() == limit as usize)
+        .then(|| clients.last().map(|c| c.id.get()))
+        .flatten();
+    Ok(Json(ClientPage {
+        clients,
+        next_after,
+    }))
 }
 
 /// One client, by numeric id or slug.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}", params(("id" = String, Path, description = "client id or slug")),
     security(("admin_token" = [])), responses((status = 200, body = Client), (status = 404, body = super::ErrorBody)))]
-pub(crate) async fn get_one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Client>> {
+pub(crate) async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Client>> {
     Ok(Json(resolve(&state, &id).await?))
 }
 
@@ -76,7 +87,11 @@ pub(crate) async fn get_one(State(state): State<AppState>, Path(id): Path<String
 #[utoipa::path(patch, path = "/admin/v1/clients/{id}", params(("id" = String, Path, description = "client id or slug")),
     request_body = ClientPatch, security(("admin_token" = [])),
     responses((status = 200, body = Client), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
-pub(crate) async fn update(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Json<Client>> {
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Json<Client>> {
     let client = resolve(&state, &id).await?;
     let patch: ClientPatch = body(raw).await?;
     let updated = state

@@ -22,7 +22,10 @@ pub(super) fn routes() -> Router<AppState> {
             "/admin/v1/clients/{id}/config",
             get(get_config).put(put_config).patch(patch_config),
         )
-        .route("/admin/v1/clients/{id}/modes", get(list_modes).post(create_mode))
+        .route(
+            "/admin/v1/clients/{id}/modes",
+            get(list_modes).post(create_mode),
+        )
         .route(
             "/admin/v1/clients/{id}/modes/{module_key}",
             patch(update_mode).delete(delete_mode),
@@ -38,7 +41,11 @@ async fn current(state: &AppState, client_id: ClientId) -> Result<ClientConfig> 
         .ok_or_else(|| ApiError::not_found(format!("client {client_id} has no configuration")))
 }
 
-async fn apply(state: &AppState, client_id: ClientId, update: &ConfigUpdate) -> Result<Json<ClientConfig>> {
+async fn apply(
+    state: &AppState,
+    client_id: ClientId,
+    update: &ConfigUpdate,
+) -> Result<Json<ClientConfig>> {
     state.db().configs().update(client_id, update).await?;
     state.configs().refresh(client_id).await?;
     Ok(Json(current(state, client_id).await?))
@@ -47,7 +54,10 @@ async fn apply(state: &AppState, client_id: ClientId, update: &ConfigUpdate) -> 
 /// The client's configuration.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/config", params(("id" = String, Path, description = "client id or slug")),
     security(("admin_token" = [])), responses((status = 200, body = ClientConfig), (status = 404, body = super::ErrorBody)))]
-pub(crate) async fn get_config(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ClientConfig>> {
+pub(crate) async fn get_config(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ClientConfig>> {
     let client = resolve(&state, &id).await?;
     Ok(Json(current(&state, client.id).await?))
 }
@@ -56,7 +66,11 @@ pub(crate) async fn get_config(State(state): State<AppState>, Path(id): Path<Str
 #[utoipa::path(put, path = "/admin/v1/clients/{id}/config", params(("id" = String, Path, description = "client id or slug")),
     request_body = ConfigUpdate, security(("admin_token" = [])),
     responses((status = 200, body = ClientConfig), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
-pub(crate) async fn put_config(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Json<ClientConfig>> {
+pub(crate) async fn put_config(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Json<ClientConfig>> {
     let client = resolve(&state, &id).await?;
     let update: ConfigUpdate = body(raw).await?;
     apply(&state, client.id, &update).await
@@ -66,7 +80,11 @@ pub(crate) async fn put_config(State(state): State<AppState>, Path(id): Path<Str
 #[utoipa::path(patch, path = "/admin/v1/clients/{id}/config", params(("id" = String, Path, description = "client id or slug")),
     request_body = Object, security(("admin_token" = [])),
     responses((status = 200, body = ClientConfig), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
-pub(crate) async fn patch_config(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Json<ClientConfig>> {
+pub(crate) async fn patch_config(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Json<ClientConfig>> {
     let client = resolve(&state, &id).await?;
     let changes: serde_json::Map<String, Value> = body(raw).await?;
     let mut merged = serde_json::to_value(ConfigUpdate::from(current(&state, client.id).await?))
@@ -84,7 +102,11 @@ pub(crate) async fn patch_config(State(state): State<AppState>, Path(id): Path<S
         }
     }
     let update: ConfigUpdate = serde_json::from_value(merged).map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.to_string())
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            e.to_string(),
+        )
     })?;
     apply(&state, client.id, &update).await
 }
@@ -92,7 +114,10 @@ pub(crate) async fn patch_config(State(state): State<AppState>, Path(id): Path<S
 /// Every agent mode, active or not, highest priority (lowest number) first.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/modes", params(("id" = String, Path, description = "client id or slug")),
     security(("admin_token" = [])), responses((status = 200, body = Vec<AgentMode>)))]
-pub(crate) async fn list_modes(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<AgentMode>>> {
+pub(crate) async fn list_modes(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<AgentMode>>> {
     let client = resolve(&state, &id).await?;
     Ok(Json(state.db().configs().list_modes(client.id).await?))
 }
@@ -101,7 +126,11 @@ pub(crate) async fn list_modes(State(state): State<AppState>, Path(id): Path<Str
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/modes", params(("id" = String, Path, description = "client id or slug")),
     request_body = AgentMode, security(("admin_token" = [])),
     responses((status = 201, body = AgentMode), (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
-pub(crate) async fn create_mode(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Response> {
+pub(crate) async fn create_mode(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     let mode: AgentMode = body(raw).await?;
     state.db().configs().create_mode(client.id, &mode).await?;
@@ -140,7 +169,10 @@ pub(crate) async fn update_mode(
 #[utoipa::path(delete, path = "/admin/v1/clients/{id}/modes/{module_key}",
     params(("id" = String, Path, description = "client id or slug"), ("module_key" = String, Path)),
     security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
-pub(crate) async fn delete_mode(State(state): State<AppState>, Path((id, key)): Path<(String, String)>) -> Result<StatusCode> {
+pub(crate) async fn delete_mode(
+    State(state): State<AppState>,
+    Path((id, key)): Path<(String, String)>,
+) -> Result<StatusCode> {
     let client = resolve(&state, &id).await?;
     state
         .db()

@@ -19,10 +19,22 @@ use crate::error::{ApiError, Result};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/admin/v1/clients/{id}/channels", get(list_channels).post(create_channel))
-        .route("/admin/v1/clients/{id}/channels/{channel_account_id}", delete(delete_channel))
-        .route("/admin/v1/clients/{id}/api-keys", get(list_keys).post(create_key))
-        .route("/admin/v1/clients/{id}/api-keys/{key_id}", delete(revoke_key))
+        .route(
+            "/admin/v1/clients/{id}/channels",
+            get(list_channels).post(create_channel),
+        )
+        .route(
+            "/admin/v1/clients/{id}/channels/{channel_account_id}",
+            delete(delete_channel),
+        )
+        .route(
+            "/admin/v1/clients/{id}/api-keys",
+            get(list_keys).post(create_key),
+        )
+        .route(
+            "/admin/v1/clients/{id}/api-keys/{key_id}",
+            delete(revoke_key),
+        )
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -59,7 +71,10 @@ pub(crate) struct CreatedKey {
 /// The client's channel accounts (credentials are never shown).
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/channels", params(("id" = String, Path, description = "client id or slug")),
     security(("admin_token" = [])), responses((status = 200, body = Vec<ChannelAccount>)))]
-pub(crate) async fn list_channels(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<ChannelAccount>>> {
+pub(crate) async fn list_channels(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ChannelAccount>>> {
     let client = resolve(&state, &id).await?;
     Ok(Json(state.db().channel_accounts().list(client.id).await?))
 }
@@ -68,7 +83,11 @@ pub(crate) async fn list_channels(State(state): State<AppState>, Path(id): Path<
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/channels", params(("id" = String, Path, description = "client id or slug")),
     request_body = NewChannelBody, security(("admin_token" = [])),
     responses((status = 201, body = ChannelAccount), (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
-pub(crate) async fn create_channel(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Response> {
+pub(crate) async fn create_channel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     let req: NewChannelBody = body(raw).await?;
     let external = req.external_account_id.trim();
@@ -82,7 +101,11 @@ pub(crate) async fn create_channel(State(state): State<AppState>, Path(id): Path
     let sealed = match &req.credentials {
         Some(creds) if !creds.is_empty() => {
             let plain = Value::Object(creds.clone()).to_string();
-            Some(state.secrets().seal(client.id, req.channel, plain.as_bytes())?)
+            Some(
+                state
+                    .secrets()
+                    .seal(client.id, req.channel, plain.as_bytes())?,
+            )
         }
         _ => None,
     };
@@ -90,7 +113,13 @@ pub(crate) async fn create_channel(State(state): State<AppState>, Path(id): Path
     let account_id = state
         .db()
         .channel_accounts()
-        .create(client.id, req.channel, external, sealed.as_deref(), &settings)
+        .create(
+            client.id,
+            req.channel,
+            external,
+            sealed.as_deref(),
+            &settings,
+        )
         .await?;
     let created = state
         .db()
@@ -108,9 +137,17 @@ pub(crate) async fn create_channel(State(state): State<AppState>, Path(id): Path
 #[utoipa::path(delete, path = "/admin/v1/clients/{id}/channels/{channel_account_id}",
     params(("id" = String, Path, description = "client id or slug"), ("channel_account_id" = u64, Path)),
     security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
-pub(crate) async fn delete_channel(State(state): State<AppState>, Path((id, account)): Path<(String, u64)>) -> Result<StatusCode> {
+pub(crate) async fn delete_channel(
+    State(state): State<AppState>,
+    Path((id, account)): Path<(String, u64)>,
+) -> Result<StatusCode> {
     let client = resolve(&state, &id).await?;
-    if state.db().channel_accounts().delete(client.id, account).await? {
+    if state
+        .db()
+        .channel_accounts()
+        .delete(client.id, account)
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no channel account {account}")))
@@ -120,7 +157,10 @@ pub(crate) async fn delete_channel(State(state): State<AppState>, Path((id, acco
 /// The client's API keys (never their secrets).
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/api-keys", params(("id" = String, Path, description = "client id or slug")),
     security(("admin_token" = [])), responses((status = 200, body = Vec<ApiKeyInfo>)))]
-pub(crate) async fn list_keys(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Vec<ApiKeyInfo>>> {
+pub(crate) async fn list_keys(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ApiKeyInfo>>> {
     let client = resolve(&state, &id).await?;
     Ok(Json(state.db().api_keys().list(client.id).await?))
 }
@@ -128,12 +168,20 @@ pub(crate) async fn list_keys(State(state): State<AppState>, Path(id): Path<Stri
 /// Create an API key; the response is the only time its secret is shown.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/api-keys", params(("id" = String, Path, description = "client id or slug")),
     request_body = NewKeyBody, security(("admin_token" = [])), responses((status = 201, body = CreatedKey)))]
-pub(crate) async fn create_key(State(state): State<AppState>, Path(id): Path<String>, raw: Body) -> Result<Response> {
+pub(crate) async fn create_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     let req: NewKeyBody = body(raw).await?;
     let name = req.name.trim().to_owned();
     if name.is_empty() || name.len() > 100 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "name must be 1-100 characters"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "name must be 1-100 characters",
+        ));
     }
     let key = state.db().api_keys().create(client.id, &name).await?;
     let created = CreatedKey {
@@ -148,7 +196,10 @@ pub(crate) async fn create_key(State(state): State<AppState>, Path(id): Path<Str
 #[utoipa::path(delete, path = "/admin/v1/clients/{id}/api-keys/{key_id}",
     params(("id" = String, Path, description = "client id or slug"), ("key_id" = u64, Path)),
     security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
-pub(crate) async fn revoke_key(State(state): State<AppState>, Path((id, key_id)): Path<(String, u64)>) -> Result<StatusCode> {
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    Path((id, key_id)): Path<(String, u64)>,
+) -> Result<StatusCode> {
     let client = resolve(&state, &id).await?;
     if state.db().api_keys().revoke(client.id, key_id).await? {
         Ok(StatusCode::NO_CONTENT)

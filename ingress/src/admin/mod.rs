@@ -19,8 +19,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use shared::db::{
-    AgentMode, ApiKeyInfo, ChannelAccount, Client, ClientConfig, ClientPatch, ClientStatus, ConfigUpdate,
-    ConversationSummary, ModePatch, Plan, Role, StoredMessage,
+    AgentMode, ApiKeyInfo, ChannelAccount, Client, ClientConfig, ClientPatch, ClientStatus,
+    ConfigUpdate, ConversationSummary, ModePatch, Plan, Role, StoredMessage,
 };
 use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
@@ -102,8 +102,11 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
     let presented = bearer(request.headers()).unwrap_or("");
     let expected = state.admin_token().as_bytes();
     if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected)) {
-        return ApiError::unauthorized("invalid_admin_token", "send the admin token as Authorization: Bearer <token>")
-            .into_response();
+        return ApiError::unauthorized(
+            "invalid_admin_token",
+            "send the admin token as Authorization: Bearer <token>",
+        )
+        .into_response();
     }
     next.run(request).await
 }
@@ -111,7 +114,13 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
 /// Finds a tenant by numeric id or by slug; 404 when there is none.
 async fn resolve(state: &AppState, id_or_slug: &str) -> Result<Client> {
     let found = match id_or_slug.parse::<u64>() {
-        Ok(id) => state.db().clients().get(shared::ids::ClientId::new(id)).await?,
+        Ok(id) => {
+            state
+                .db()
+                .clients()
+                .get(shared::ids::ClientId::new(id))
+                .await?
+        }
         Err(_) => state.db().clients().by_slug(id_or_slug).await?,
     };
     found.ok_or_else(|| ApiError::not_found(format!("no client {id_or_slug:?}")))
@@ -132,7 +141,11 @@ impl Page {
     fn bounds(&self) -> Result<(u64, u32)> {
         let limit = self.limit.unwrap_or(50);
         if !(1..=200).contains(&limit) {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "limit must be 1-200"));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "limit must be 1-200",
+            ));
         }
         Ok((self.after.unwrap_or(0), limit))
     }

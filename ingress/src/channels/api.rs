@@ -66,7 +66,11 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId>
     responses((status = 202, description = "{ message_id, conversation_id }"),
         (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
         (status = 413, body = crate::admin::ErrorBody), (status = 503, body = crate::admin::ErrorBody)))]
-pub(crate) async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+pub(crate) async fn send(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let client_id = authenticate(&state, &headers).await?;
     let max_text = state.api().max_text_bytes;
     // Room for the JSON around a maximal text and its metadata; a larger body is refused

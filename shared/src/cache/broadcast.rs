@@ -28,7 +28,11 @@ pub fn start(cache: Cache, listeners: Vec<Arc<dyn Listener>>, shutdown: Cancella
     tokio::spawn(async move { subscribe_forever(cache, listeners, shutdown).await });
 }
 
-async fn subscribe_forever(cache: Cache, listeners: Vec<Arc<dyn Listener>>, shutdown: CancellationToken) {
+async fn subscribe_forever(
+    cache: Cache,
+    listeners: Vec<Arc<dyn Listener>>,
+    shutdown: CancellationToken,
+) {
     let channels: Vec<String> = listeners.iter().map(|l| l.channel()).collect();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {

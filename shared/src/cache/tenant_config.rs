@@ -88,7 +88,7 @@ impl TenantConfigs {
             metrics::counter!("chatfleet_config_cache_total", "result" => "local").increment(1);
             return Ok(Some((hit, Source::Local)));
         }
-        if let Some(shared) = self.from_redis(client_id).await? {
+        if let Some(shared) = self.read_redis(client_id).await? {
             let shared = Arc::new(shared);
             if self.keep_locally(client_id, &shared) {
                 metrics::counter!("chatfleet_config_cache_total", "result" => "redis").increment(1);
@@ -100,7 +100,7 @@ impl TenantConfigs {
             return Ok(None);
         };
         let fresh = Arc::new(fresh);
-        self.to_redis(&fresh).await?;
+        self.write_redis(&fresh).await?;
         self.keep_locally(client_id, &fresh);
         Ok(Some((fresh, Source::Database)))
     }
@@ -112,17 +112,22 @@ impl TenantConfigs {
             return Ok(None);
         };
         let version = fresh.config.config_version;
-        self.to_redis(&fresh).await?;
+        self.write_redis(&fresh).await?;
         self.apply_invalidation(client_id, version);
         self.cache
-            .publish(&self.cache.keys().config_channel(), &format!("{client_id}:{version}"))
+            .publish(
+                &self.cache.keys().config_channel(),
+                &format!("{client_id}:{version}"),
+            )
             .await?;
         Ok(Some(version))
     }
 
     /// Caches `config` locally unless a newer version is known. Returns whether it did.
     fn keep_locally(&self, client_id: ClientId, config: &Arc<TenantConfig>) -> bool {
-        let Ok(floors) = self.floors.lock() else { return false };
+        let Ok(floors) = self.floors.lock() else {
+            return false;
+        };
         let floor = floors.get(&client_id).copied().unwrap_or(0);
         if config.config.config_version < floor {
             return false;
@@ -139,7 +144,7 @@ impl TenantConfigs {
         }
     }
 
-    async fn from_redis(&self, client_id: ClientId) -> Result<Option<TenantConfig>> {
+    async fn read_redis(&self, client_id: ClientId) -> Result<Option<TenantConfig>> {
         let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
         let body: Option<String> = redis::cmd("HGET")
             .arg(self.cache.keys().tenant(client_id).config())
@@ -151,7 +156,7 @@ impl TenantConfigs {
         Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
     }
 
-    async fn to_redis(&self, config: &TenantConfig) -> Result<()> {
+    async fn write_redis(&self, config: &TenantConfig) -> Result<()> {
         let body = serde_json::to_string(config).map_err(|e| crate::Error::Redis(e.to_string()))?;
         let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
         let _: i64 = redis::Script::new(SET_IF_NEWER)

@@ -81,7 +81,9 @@ impl<'a> ChannelAccounts<'a> {
                 let settings: String = r.try_get("settings_json")?;
                 Ok(ChannelAccount {
                     id: r.try_get("id")?,
-                    channel: channel.parse().map_err(|e: crate::ids::UnknownChannel| Error::Invalid(e.to_string()))?,
+                    channel: channel
+                        .parse()
+                        .map_err(|e: crate::ids::UnknownChannel| Error::Invalid(e.to_string()))?,
                     external_account_id: String::from_utf8_lossy(&external).into_owned(),
                     settings: serde_json::from_str(&settings).unwrap_or(serde_json::Value::Null),
                     has_credentials: r.try_get::<i64, _>("has_credentials")? != 0,
@@ -101,7 +103,11 @@ impl<'a> ChannelAccounts<'a> {
     }
 
     /// The sealed credentials of one account, for the channel that uses them.
-    pub async fn sealed_credentials(&self, client_id: ClientId, id: u64) -> Result<Option<Vec<u8>>> {
+    pub async fn sealed_credentials(
+        &self,
+        client_id: ClientId,
+        id: u64,
+    ) -> Result<Option<Vec<u8>>> {
         let sealed: Option<Option<Vec<u8>>> = guard::query_scalar(
             "SELECT credentials_encrypted FROM channel_accounts WHERE client_id = ? AND id = ?",
         )?

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
-use super::{client_id_of, is_duplicate_key};
 use super::guard;
+use super::{client_id_of, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 
@@ -157,7 +157,7 @@ impl<'a> Clients<'a> {
         let id = match inserted {
             Ok(done) => client_id_of(done.last_insert_id()),
             Err(e) if is_duplicate_key(&e) => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Conflict(format!(
                     "slug {:?} is already taken",
                     new.slug
                 )));
@@ -201,10 +201,18 @@ impl<'a> Clients<'a> {
         {
             return Err(Error::Invalid("name must be 1-255 characters".into()));
         }
-        if patch.timezone.as_ref().is_some_and(|t| t.is_empty() || t.len() > 64) {
+        if patch
+            .timezone
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.len() > 64)
+        {
             return Err(Error::Invalid("timezone must be 1-64 characters".into()));
         }
-        if patch.locale.as_ref().is_some_and(|l| l.is_empty() || l.len() > 16) {
+        if patch
+            .locale
+            .as_ref()
+            .is_some_and(|l| l.is_empty() || l.len() > 16)
+        {
             return Err(Error::Invalid("locale must be 1-16 characters".into()));
         }
         let mut tx = self.pool.begin().await?;

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
-use super::{Client, is_duplicate_key};
 use super::guard;
+use super::{Client, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 
@@ -221,7 +221,9 @@ impl<'a> Configs<'a> {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("client {client_id} does not exist")));
+            return Err(Error::NotFound(format!(
+                "client {client_id} does not exist"
+            )));
         }
         let version = current_version(&mut tx, client_id).await?;
         tx.commit().await?;
@@ -347,7 +349,7 @@ impl<'a> Configs<'a> {
         match inserted {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => {
-                return Err(Error::Invalid(
+                return Err(Error::Conflict(
                     "agent mode conflicts with an existing one".into(),
                 ));
             }

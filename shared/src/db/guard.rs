@@ -46,7 +46,10 @@ where
 
 /// A statement that resolves *which* tenant a credential belongs to, so it cannot be
 /// scoped to one beforehand. `why` documents the exception at the call site.
-pub(super) fn tenant_lookup<'q>(sql: &'q str, why: &'static str) -> Query<'q, MySql, MySqlArguments> {
+pub(super) fn tenant_lookup<'q>(
+    sql: &'q str,
+    why: &'static str,
+) -> Query<'q, MySql, MySqlArguments> {
     debug_assert!(!why.is_empty());
     sqlx::query(sql)
 }
@@ -61,7 +64,8 @@ pub fn check(sql: &str) -> Result<()> {
     let tenant_refs = words
         .windows(2)
         .filter(|pair| {
-            matches!(pair[0], "from" | "join" | "into" | "update") && TENANT_TABLES.contains(&pair[1])
+            matches!(pair[0], "from" | "join" | "into" | "update")
+                && TENANT_TABLES.contains(&pair[1])
         })
         .count();
     if tenant_refs == 0 {

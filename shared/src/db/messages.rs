@@ -14,9 +14,9 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{MySql, Row, Transaction};
 use uuid::Uuid;
 
+use super::guard;
 use super::is_duplicate_key;
 use crate::envelope::ReplyKind;
-use super::guard;
 use crate::error::{Error, Result};
 use crate::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
 

@@ -23,7 +23,8 @@ pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use channel_accounts::{ChannelAccount, ChannelAccounts};
 pub use clients::{Client, ClientPatch, ClientStatus, Clients, NewClient, Plan};
 pub use configs::{
-    AgentMode, ClientConfig, ConfigUpdate, Configs, ModePatch, NewAgentMode, PERSONA_TONES, TenantConfig,
+    AgentMode, ClientConfig, ConfigUpdate, Configs, ModePatch, NewAgentMode, PERSONA_TONES,
+    TenantConfig,
 };
 pub use conversations::{ConversationMode, ConversationSummary, Conversations};
 pub use messages::{

@@ -179,7 +179,10 @@ impl Broker {
     pub async fn close(&self) {
         if let Some(conn) = self.live() {
             let closing = conn.close(200, "shutting down".into());
-            if tokio::time::timeout(Duration::from_secs(5), closing).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), closing)
+                .await
+                .is_err()
+            {
                 tracing::warn!("broker did not acknowledge the close within 5 s");
             }
         }

@@ -86,7 +86,12 @@ impl Publisher {
     /// Sends a delivery to wait on rung `rung` of the retry ladder, to come back as
     /// attempt `next_attempt` (the same attempt when it was only delayed, +1 when it
     /// failed). The caller acks the original after this returns.
-    pub async fn retry(&self, delivery: &Delivery, rung: RetryRung, next_attempt: u32) -> Result<()> {
+    pub async fn retry(
+        &self,
+        delivery: &Delivery,
+        rung: RetryRung,
+        next_attempt: u32,
+    ) -> Result<()> {
         let queue = self
             .broker
             .topology()
