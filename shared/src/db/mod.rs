@@ -75,7 +75,7 @@ impl Db {
 
     /// Round-trips a trivial query (readiness checks).
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        guard::query("SELECT 1")?.execute(&self.pool).await?;
         Ok(())
     }
 
