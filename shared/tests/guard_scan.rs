@@ -70,5 +70,8 @@ fn every_repository_statement_passes_the_guard() {
             "{name} runs SQL without the guard"
         );
     }
-    assert!(checked >= 40, "only {checked} statements found: is the scan broken?");
+    assert!(
+        checked >= 40,
+        "only {checked} statements found: is the scan broken?"
+    );
 }

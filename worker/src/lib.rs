@@ -11,8 +11,8 @@
 //! 5. A tenant that is not active gets no LLM call: the message stays recorded (and
 //!    gets `tenancy.inactive_notice` when one is set). A tenant over its plan's rate
 //!    waits in the retry ladder.
-//! 6. The last `max_context_turns` turns are read and the prompt is assembled
-//!    ([`prompt`], DESIGN.md §8).
+//! 6. The last `max_context_turns` turns are read and the prompt is assembled within the
+//!    token budget ([`prompt`], DESIGN.md §8).
 //! 7. The tenant's `llm_model` is called at its `llm_temperature` ([`llm`]).
 //! 8. The reply is stored together with the user turn's new state (only if the turn is
 //!    still unanswered: one reply per turn), then published with a confirm to
@@ -48,6 +48,7 @@ pub(crate) struct Ctx {
     llm_settings: LlmSettings,
     plans: PlansSettings,
     inactive_notice: String,
+    tokenizer: prompt::Tokenizer,
 }
 
 impl Ctx {
@@ -80,6 +81,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         llm_settings: settings.llm.clone(),
         plans: settings.plans.clone(),
         inactive_notice: settings.tenancy.inactive_notice.clone(),
+        tokenizer: prompt::Tokenizer::new()?,
     });
     consume::run(
         ctx,

@@ -72,6 +72,7 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
             text: ctx.inactive_notice.clone(),
             prompt_tokens: None,
             completion_tokens: None,
+            estimated_prompt_tokens: None,
         };
         return reply(
             ctx,
@@ -101,9 +102,42 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
             config.max_context_turns,
         )
         .await?;
-    let messages = prompt::assemble(&tenant, &[], &history, &text);
     let (_, model) = ctx.llm.route(&config.llm_model);
     let num_ctx = ctx.llm_settings.context_window(model);
+    let mut budget = num_ctx.saturating_sub(ctx.llm_settings.completion_reserve);
+    if let Some(own) = config.prompt_token_budget {
+        budget = budget.min(own);
+    }
+    let prompt = prompt::assemble(
+        &ctx.tokenizer,
+        budget as usize,
+        &tenant,
+        &[],
+        &history,
+        &text,
+    );
+    if prompt.dropped.any() {
+        let d = prompt.dropped;
+        tracing::info!(
+            budget,
+            history_turns = d.history_turns,
+            knowledge_chunks = d.knowledge_chunks,
+            modes = d.modes,
+            truncated_tokens = d.truncated_tokens,
+            "prompt over budget; dropped parts"
+        );
+        for (part, n) in [
+            ("history_turn", d.history_turns),
+            ("knowledge_chunk", d.knowledge_chunks),
+            ("mode", d.modes),
+        ] {
+            metrics::counter!("chatfleet_prompt_dropped_total", "part" => part).increment(n as u64);
+        }
+        if d.truncated_tokens > 0 {
+            metrics::counter!("chatfleet_prompt_truncated_messages_total").increment(1);
+        }
+    }
+    let estimated = u32::try_from(prompt.tokens).unwrap_or(u32::MAX);
     let started = std::time::Instant::now();
     let completion = ctx
         .llm
@@ -111,7 +145,7 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
             model: config.llm_model.clone(),
             temperature: config.llm_temperature,
             num_ctx,
-            messages,
+            messages: prompt.messages,
         })
         .await?;
     tracing::debug!(
@@ -124,6 +158,7 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
         text: completion.text,
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
+        estimated_prompt_tokens: Some(estimated),
     };
     reply(
         ctx,
@@ -142,6 +177,7 @@ struct Answer {
     text: String,
     prompt_tokens: Option<u32>,
     completion_tokens: Option<u32>,
+    estimated_prompt_tokens: Option<u32>,
 }
 
 /// Stores the answer to user message `message_id` (only if it is still unanswered), then
@@ -181,7 +217,7 @@ async fn reply(
                 answers: vec![message_id],
                 prompt_tokens: answer.prompt_tokens,
                 completion_tokens: answer.completion_tokens,
-                estimated_prompt_tokens: None,
+                estimated_prompt_tokens: answer.estimated_prompt_tokens,
                 config_version,
             },
         )

@@ -86,6 +86,9 @@ impl ConfigUpdate {
         if self.rag_top_k > 50 {
             problems.push("rag_top_k must be 0-50".to_owned());
         }
+        if self.prompt_token_budget.is_some_and(|b| b < 256) {
+            problems.push("prompt_token_budget must be at least 256 tokens when set".to_owned());
+        }
         if self.fallback_message.trim().is_empty() || self.fallback_message.len() > 2000 {
             problems.push("fallback_message must be 1-2000 characters".to_owned());
         }
