@@ -23,6 +23,7 @@ use axum::http::{HeaderName, Request};
 use shared::cache::{Cache, Mailboxes, TenantConfigs, broadcast};
 use shared::db::Db;
 use shared::ids::Channel;
+use shared::knowledge::Knowledge;
 use shared::mq::Broker;
 use shared::secrets::SecretBox;
 use shared::settings::Settings;
@@ -80,6 +81,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         api: settings.api.clone(),
         admin_token: settings.admin.token.clone(),
         secrets: SecretBox::new(settings.security.encryption_key_bytes()),
+        knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
         shutdown: shutdown.clone(),
     });
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use shared::cache::{Cache, Mailboxes, TenantConfigs};
 use shared::db::Db;
+use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher};
 use shared::secrets::SecretBox;
 use shared::settings::{ApiSettings, Secret};
@@ -26,6 +27,7 @@ pub(crate) struct Services {
     pub api: ApiSettings,
     pub admin_token: Secret<String>,
     pub secrets: SecretBox,
+    pub knowledge: Knowledge,
     pub shutdown: CancellationToken,
 }
 
@@ -61,6 +63,9 @@ impl AppState {
     }
     pub(crate) fn secrets(&self) -> &SecretBox {
         &self.inner.secrets
+    }
+    pub(crate) fn knowledge(&self) -> &Knowledge {
+        &self.inner.knowledge
     }
     pub(crate) fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown

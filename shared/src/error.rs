@@ -28,6 +28,12 @@ pub enum Error {
     /// A statement on a tenant table without a tenant predicate (a bug, never retried).
     #[error("refused a statement not scoped to one tenant: {0}")]
     Unscoped(String),
+    /// The embeddings provider failed.
+    #[error("embeddings: {0}")]
+    Embedding(String),
+    /// The vector store (ChromaDB) failed.
+    #[error("vector store: {0}")]
+    Vector(String),
     /// A stored secret could not be decrypted (wrong `security.encryption_key`?).
     #[error("cannot decrypt stored credentials: {0}")]
     Crypto(String),
@@ -46,7 +52,11 @@ impl Error {
                     | sqlx::Error::TypeNotFound { .. }
                     | sqlx::Error::ColumnNotFound(_)
             ),
-            Self::Broker(_) | Self::NotConfirmed(_) | Self::Redis(_) => true,
+            Self::Broker(_)
+            | Self::NotConfirmed(_)
+            | Self::Redis(_)
+            | Self::Embedding(_)
+            | Self::Vector(_) => true,
             Self::Settings(_)
             | Self::Migration(_)
             | Self::Invalid(_)

@@ -17,6 +17,7 @@ pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod knowledge;
 pub mod mq;
 pub mod pii;
 pub mod secrets;

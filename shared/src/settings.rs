@@ -175,6 +175,10 @@ pub struct EmbeddingsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct VectorSettings {
     pub url: String,
+    pub prefix: String,
+    pub timeout_s: u64,
+    pub chunk_chars: usize,
+    pub chunk_overlap: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -413,6 +417,22 @@ impl Settings {
             self.llm.providers.contains_key(&self.embeddings.provider),
             "embeddings.provider",
             format!("{:?} is not one of llm.providers", self.embeddings.provider),
+        );
+        check(
+            self.vector.url.starts_with("http://") || self.vector.url.starts_with("https://"),
+            "vector.url",
+            "must be an http(s) URL".into(),
+        );
+        check(
+            is_name(&self.vector.prefix),
+            "vector.prefix",
+            "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
+        );
+        check(
+            self.vector.chunk_chars >= 100
+                && self.vector.chunk_overlap < self.vector.chunk_chars / 2,
+            "vector.chunk_chars",
+            "must be at least 100, with vector.chunk_overlap under half of it".into(),
         );
         check(
             self.admin.token.expose().len() >= 16,

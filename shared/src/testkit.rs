@@ -56,7 +56,11 @@ impl TestEnv {
             ("CHATFLEET__REDIS__POOL_SIZE".into(), "8".into()),
             ("CHATFLEET__HTTP__BIND".into(), "127.0.0.1:0".into()),
             ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S".into(), "5".into()),
+            ("CHATFLEET__VECTOR__PREFIX".into(), format!("t{id}")),
         ]);
+        if let Ok(url) = std::env::var("CHATFLEET_TEST_CHROMA_URL") {
+            vars.insert("CHATFLEET__VECTOR__URL".into(), url);
+        }
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
@@ -119,6 +123,13 @@ impl TestEnv {
         let url = self.settings.database.url.expose().clone();
         let _ = <sqlx::MySql as sqlx::migrate::MigrateDatabase>::drop_database(&url).await;
     }
+}
+
+/// The ChromaDB of this test run; tests that need one fail without it.
+pub fn require_chroma() -> String {
+    std::env::var("CHATFLEET_TEST_CHROMA_URL").unwrap_or_else(|_| {
+        panic!("CHATFLEET_TEST_CHROMA_URL is not set: run the suite with scripts/test, which installs and starts ChromaDB")
+    })
 }
 
 /// Polls `probe` until it returns `Some`, or panics after `within` naming `what`.

@@ -11,8 +11,9 @@
 //! 5. A tenant that is not active gets no LLM call: the message stays recorded (and
 //!    gets `tenancy.inactive_notice` when one is set). A tenant over its plan's rate
 //!    waits in the retry ladder.
-//! 6. The last `max_context_turns` turns are read and the prompt is assembled within the
-//!    token budget ([`prompt`], DESIGN.md §8).
+//! 6. The last `max_context_turns` turns and the tenant's `rag_top_k` closest knowledge
+//!    chunks are read, and the prompt is assembled within the token budget ([`prompt`],
+//!    DESIGN.md §8).
 //! 7. The tenant's `llm_model` is called at its `llm_temperature` ([`llm`]).
 //! 8. The reply is stored together with the user turn's new state (only if the turn is
 //!    still unanswered: one reply per turn), then published with a confirm to
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use shared::cache::{Cache, TenantConfigs, broadcast};
 use shared::db::Db;
+use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher, Topology};
 use shared::settings::{LlmSettings, PlansSettings, Settings};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +51,7 @@ pub(crate) struct Ctx {
     plans: PlansSettings,
     inactive_notice: String,
     tokenizer: prompt::Tokenizer,
+    knowledge: Knowledge,
 }
 
 impl Ctx {
@@ -82,6 +85,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         plans: settings.plans.clone(),
         inactive_notice: settings.tenancy.inactive_notice.clone(),
         tokenizer: prompt::Tokenizer::new()?,
+        knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
     });
     consume::run(
         ctx,

@@ -108,11 +108,12 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     if let Some(own) = config.prompt_token_budget {
         budget = budget.min(own);
     }
+    let knowledge = retrieve(ctx, client_id, &text, config.rag_top_k).await;
     let prompt = prompt::assemble(
         &ctx.tokenizer,
         budget as usize,
         &tenant,
-        &[],
+        &knowledge,
         &history,
         &text,
     );
@@ -169,6 +170,28 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
         answer,
     )
     .await
+}
+
+/// The tenant's `top_k` knowledge chunks for `query`, best first. Retrieval is an
+/// enhancement: when the embeddings provider or ChromaDB fails, the turn goes on
+/// without knowledge (logged and counted) rather than failing.
+async fn retrieve(
+    ctx: &Ctx,
+    client_id: shared::ids::ClientId,
+    query: &str,
+    top_k: u32,
+) -> Vec<String> {
+    if top_k == 0 {
+        return Vec::new();
+    }
+    match ctx.knowledge.search(client_id, query, top_k).await {
+        Ok(chunks) => chunks,
+        Err(e) => {
+            tracing::warn!(error = %e, "knowledge retrieval failed; answering without it");
+            metrics::counter!("chatfleet_retrieval_failures_total").increment(1);
+            Vec::new()
+        }
+    }
 }
 
 /// What to say back.

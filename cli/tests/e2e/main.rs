@@ -6,4 +6,5 @@ mod admin;
 mod api;
 mod config_changes;
 mod failures;
+mod knowledge;
 mod support;

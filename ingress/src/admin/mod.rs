@@ -10,6 +10,7 @@ mod clients;
 mod config;
 mod conversations;
 mod credentials;
+mod knowledge;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -39,6 +40,7 @@ use crate::error::{ApiError, Result};
         credentials::list_channels, credentials::create_channel, credentials::delete_channel,
         credentials::list_keys, credentials::create_key, credentials::revoke_key,
         conversations::list, conversations::get_one,
+        knowledge::list, knowledge::create, knowledge::remove, knowledge::usage,
         crate::channels::api::send, crate::channels::api::poll,
         crate::health::healthz, crate::health::readyz,
     ),
@@ -48,6 +50,7 @@ use crate::error::{ApiError, Result};
         clients::NewClientBody, clients::ClientPage, credentials::NewChannelBody,
         credentials::NewKeyBody, credentials::CreatedKey, conversations::ConversationPage,
         conversations::ConversationDetail, ErrorBody, ErrorDetail,
+        knowledge::NewDocumentBody, shared::db::KnowledgeDocument, shared::db::UsageDay,
     )),
     modifiers(&BearerAuth),
 )]
@@ -91,6 +94,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .merge(config::routes())
         .merge(credentials::routes())
         .merge(conversations::routes())
+        .merge(knowledge::routes())
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .merge(admin)

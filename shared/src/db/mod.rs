@@ -12,7 +12,9 @@ mod clients;
 mod configs;
 mod conversations;
 pub mod guard;
+mod knowledge;
 mod messages;
+mod usage;
 
 use std::time::Duration;
 
@@ -27,10 +29,12 @@ pub use configs::{
     TenantConfig,
 };
 pub use conversations::{ConversationMode, ConversationSummary, Conversations};
+pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
 pub use messages::{
     HistoryTurn, MailboxItem, Messages, NewReply, RecordedUser, Role, StoredMessage, StoredReply,
     UserMessageState,
 };
+pub use usage::{Usage, UsageDay};
 
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
@@ -94,6 +98,12 @@ impl Db {
     }
     pub fn channel_accounts(&self) -> ChannelAccounts<'_> {
         ChannelAccounts::new(&self.pool)
+    }
+    pub fn knowledge(&self) -> KnowledgeDocuments<'_> {
+        KnowledgeDocuments::new(&self.pool)
+    }
+    pub fn usage(&self) -> Usage<'_> {
+        Usage::new(&self.pool)
     }
     pub fn conversations(&self) -> Conversations<'_> {
         Conversations::new(&self.pool)

@@ -1,0 +1,310 @@
+//! Tenant knowledge against a real ChromaDB: retrieval scoped to its tenant, `rag_top_k`,
+//! deletion, idempotent re-upload, failures that store nothing; usage metering.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::testkit::require_chroma;
+
+use crate::support::{Method, Platform};
+
+fn knowledge_section(system: &str) -> &str {
+    let start = system
+        .find("=== PRODUCT KNOWLEDGE ===\n")
+        .map_or(0, |i| i + 26);
+    let end = system
+        .find("=== ACTIVE CAPABILITIES ===")
+        .unwrap_or(system.len());
+    &system[start..end]
+}
+
+async fn last_system_prompt(p: &Platform) -> String {
+    p.sim.requests().pop().expect("a chat request").messages[0]
+        .content
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_retrieves_only_its_own_knowledge() {
+    require_chroma();
+    let p = Platform::start().await;
+    let a = p.tenant("know-a").await;
+    let b = p.tenant("know-b").await;
+    for (t, marker) in [(&a, "ALPHAKNOW"), (&b, "BRAVOKNOW")] {
+        let (s, _) = p
+            .admin(
+                Method::PATCH,
+                &format!("/admin/v1/clients/{}/config", t.id),
+                Some(json!({ "rag_top_k": 2 })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let content: String = (0..5)
+            .map(|i| {
+                format!(
+                    "Section {i}. The {marker} widget number {i} ships in {} days.\n\n",
+                    i + 2
+                )
+            })
+            .collect::<String>()
+            + &"Unrelated filler about opening hours and parking. ".repeat(60);
+        let (s, doc) = p
+            .admin(Method::POST, &format!("/admin/v1/clients/{}/knowledge", t.id),
+                Some(json!({ "title": format!("{marker} catalogue"), "source": "catalogue.md", "content": content })))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{doc}");
+        assert!(doc["chunk_count"].as_u64().unwrap_or(0) >= 2, "{doc}");
+        // The same content again is the same document.
+        let (s, again) = p
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/clients/{}/knowledge", t.id),
+                Some(json!({ "title": "again", "content": content })),
+            )
+            .await;
+        assert_eq!((s, &again["id"]), (StatusCode::OK, &doc["id"]));
+    }
+
+    let mut cursors = ["0".to_owned(), "0".to_owned()];
+    for (i, (t, mine, other)) in [
+        (&a, "ALPHAKNOW", "BRAVOKNOW"),
+        (&b, "BRAVOKNOW", "ALPHAKNOW"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (_, cursor) = p
+            .ask(
+                &t.api_key,
+                "q",
+                &format!("How long does the {mine} widget take to ship?"),
+                &cursors[i],
+            )
+            .await;
+        cursors[i] = cursor;
+        let system = last_system_prompt(&p).await;
+        let section = knowledge_section(&system);
+        assert!(
+            section.contains(mine),
+            "{mine} missing from its own prompt:\n{system}"
+        );
+        assert!(
+            !system.contains(other),
+            "{other} leaked into {mine}'s prompt"
+        );
+        let chunks = section.lines().filter(|l| l.contains("Section")).count();
+        assert!(
+            chunks >= 1 && section.matches("Section 0.").count() <= 1,
+            "{section}"
+        );
+        let (_, docs) = p
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/clients/{}/knowledge", t.id),
+                None,
+            )
+            .await;
+        assert_eq!(docs.as_array().map(Vec::len), Some(1));
+    }
+
+    // rag_top_k bounds the chunks; 0 skips retrieval.
+    let (s, _) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", a.id),
+            Some(json!({ "rag_top_k": 1 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, cursor) = p
+        .ask(
+            &a.api_key,
+            "q",
+            "ALPHAKNOW widget shipping days?",
+            &cursors[0],
+        )
+        .await;
+    let one = last_system_prompt(&p).await;
+    let few = knowledge_section(&one).trim();
+    assert!(!few.is_empty());
+    let (s, _) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", a.id),
+            Some(json!({ "rag_top_k": 0 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, cursor) = p
+        .ask(&a.api_key, "q", "ALPHAKNOW widget shipping days?", &cursor)
+        .await;
+    assert!(
+        knowledge_section(&last_system_prompt(&p).await)
+            .trim()
+            .is_empty()
+    );
+
+    // Deleting the document removes it from retrieval.
+    let (s, _) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", a.id),
+            Some(json!({ "rag_top_k": 3 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, docs) = p
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/clients/{}/knowledge", a.id),
+            None,
+        )
+        .await;
+    let doc_id = docs[0]["id"].as_u64().expect("id");
+    let (s, _) = p
+        .admin(
+            Method::DELETE,
+            &format!("/admin/v1/clients/{}/knowledge/{doc_id}", a.id),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    p.ask(&a.api_key, "q", "ALPHAKNOW widget shipping days?", &cursor)
+        .await;
+    assert!(
+        !last_system_prompt(&p)
+            .await
+            .contains("ALPHAKNOW widget number")
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_documents_and_failed_embeddings_store_nothing() {
+    require_chroma();
+    let p = Platform::start().await;
+    let t = p.tenant("docs").await;
+    let path = format!("/admin/v1/clients/{}/knowledge", t.id);
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_owned();
+    let (s, b) = p
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({ "title": "empty", "content": "   " })),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "empty_document")
+    );
+    let (s, b) = p
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({ "title": "huge", "content": "x".repeat(5 * 1024 * 1024 + 1) })),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "document_too_large")
+    );
+    p.sim.set_unavailable(true);
+    let (s, b) = p
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({ "title": "t", "content": "Some real text." })),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::BAD_GATEWAY, "embedding_failed")
+    );
+    p.sim.set_unavailable(false);
+    let (_, docs) = p.admin(Method::GET, &path, None).await;
+    assert_eq!(
+        docs.as_array().map(Vec::len),
+        Some(0),
+        "nothing half-stored"
+    );
+    // And the same document can be added once the provider is back.
+    let (s, _) = p
+        .admin(
+            Method::POST,
+            &path,
+            Some(json!({ "title": "t", "content": "Some real text." })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_adds_up_to_the_stored_messages() {
+    let p = Platform::start().await;
+    let t = p.tenant("metered").await;
+    let mut cursor = "0".to_owned();
+    for i in 0..4 {
+        let (_, next) = p
+            .ask(&t.api_key, "c", &format!("question number {i}"), &cursor)
+            .await;
+        cursor = next;
+    }
+    let (s, usage) = p
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/clients/{}/usage", t.id),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{usage}");
+    let days = usage.as_array().expect("days");
+    assert_eq!(days.len(), 1);
+    let conv = p
+        .env
+        .db
+        .conversations()
+        .find(t.id, shared::ids::Channel::Api, "c")
+        .await
+        .expect("find")
+        .expect("conv");
+    let stored = p
+        .env
+        .db
+        .messages()
+        .in_conversation(t.id, conv, 100)
+        .await
+        .expect("messages");
+    let answers: Vec<_> = stored
+        .iter()
+        .filter(|m| m.role == shared::db::Role::Assistant)
+        .collect();
+    assert_eq!(days[0]["messages"].as_u64(), Some(answers.len() as u64));
+    let prompt: u64 = answers
+        .iter()
+        .map(|m| u64::from(m.prompt_tokens.unwrap_or(0)))
+        .sum();
+    let completion: u64 = answers
+        .iter()
+        .map(|m| u64::from(m.completion_tokens.unwrap_or(0)))
+        .sum();
+    assert_eq!(days[0]["prompt_tokens"].as_u64(), Some(prompt));
+    assert_eq!(days[0]["completion_tokens"].as_u64(), Some(completion));
+    assert!(
+        answers
+            .iter()
+            .all(|m| m.estimated_prompt_tokens.unwrap_or(0) > 0),
+        "estimates are recorded"
+    );
+    let (s, _) = p
+        .admin(
+            Method::GET,
+            &format!(
+                "/admin/v1/clients/{}/usage?from=2026-12-31&to=2026-01-01",
+                t.id
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    p.stop().await;
+}

@@ -1,0 +1,211 @@
+//! `/admin/v1/clients/{id}/knowledge` (documents for retrieval) and
+//! `/admin/v1/clients/{id}/usage` (messages and tokens per day).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use chrono::NaiveDate;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use shared::db::{KnowledgeDocument, Registered, UsageDay};
+
+use super::resolve;
+use crate::AppState;
+use crate::error::{ApiError, Result};
+
+/// Largest document accepted.
+const MAX_DOCUMENT_BYTES: usize = 5 * 1024 * 1024;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin/v1/clients/{id}/knowledge", get(list).post(create))
+        .route(
+            "/admin/v1/clients/{id}/knowledge/{document_id}",
+            delete(remove),
+        )
+        .route("/admin/v1/clients/{id}/usage", get(usage))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewDocumentBody {
+    title: String,
+    source: Option<String>,
+    /// Plain text or markdown, at most 5 MiB.
+    content: String,
+}
+
+/// The client's knowledge documents.
+#[utoipa::path(get, path = "/admin/v1/clients/{id}/knowledge", params(("id" = String, Path, description = "client id or slug")),
+    security(("admin_token" = [])), responses((status = 200, body = Vec<KnowledgeDocument>)))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<KnowledgeDocument>>> {
+    let client = resolve(&state, &id).await?;
+    Ok(Json(state.db().knowledge().list(client.id).await?))
+}
+
+/// Add a document: chunked, embedded and stored in the client's own collection.
+/// The same content again answers 200 with the existing document.
+#[utoipa::path(post, path = "/admin/v1/clients/{id}/knowledge", params(("id" = String, Path, description = "client id or slug")),
+    request_body = NewDocumentBody, security(("admin_token" = [])),
+    responses((status = 201, body = KnowledgeDocument), (status = 200, body = KnowledgeDocument),
+        (status = 413, body = super::ErrorBody), (status = 422, body = super::ErrorBody),
+        (status = 502, description = "the embeddings provider or vector store failed; nothing was stored", body = super::ErrorBody)))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    raw: Body,
+) -> Result<Response> {
+    let client = resolve(&state, &id).await?;
+    let bytes = crate::channels::read_body(raw, MAX_DOCUMENT_BYTES + MAX_DOCUMENT_BYTES / 5)
+        .await
+        .map_err(|_| too_large())?;
+    let req: NewDocumentBody = crate::error::parse_json(&bytes)?;
+    if req.content.len() > MAX_DOCUMENT_BYTES {
+        return Err(too_large());
+    }
+    if req.content.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_document",
+            "content must not be empty",
+        ));
+    }
+    let title = req.title.trim();
+    if title.is_empty() || title.len() > 255 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "title must be 1-255 characters",
+        ));
+    }
+    let hash: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
+    let documents = state.db().knowledge();
+    let document_id = match documents
+        .register(client.id, title, req.source.as_deref(), &hash)
+        .await?
+    {
+        Registered::Existing(existing) => {
+            let doc = documents
+                .get(client.id, existing)
+                .await?
+                .ok_or_else(|| ApiError::not_found("document vanished"))?;
+            return Ok((StatusCode::OK, Json(doc)).into_response());
+        }
+        Registered::New(new) => new,
+    };
+    match state
+        .knowledge()
+        .ingest(client.id, document_id, title, &req.content)
+        .await
+    {
+        Ok(chunks) => {
+            documents
+                .set_chunk_count(
+                    client.id,
+                    document_id,
+                    u32::try_from(chunks).unwrap_or(u32::MAX),
+                )
+                .await?;
+        }
+        Err(e) => {
+            // Nothing half-stored: the store cleaned its chunks; drop the catalogue row.
+            documents.delete(client.id, document_id).await?;
+            tracing::error!(error = %e, client_id = %client.id, "knowledge ingestion failed");
+            let code = match e {
+                shared::Error::Embedding(_) => "embedding_failed",
+                _ => "vector_store_failed",
+            };
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                code,
+                "the document could not be indexed; nothing was stored",
+            ));
+        }
+    }
+    let doc = documents
+        .get(client.id, document_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("document vanished"))?;
+    tracing::info!(client_id = %client.id, document_id, chunks = doc.chunk_count, "knowledge document indexed");
+    Ok((StatusCode::CREATED, Json(doc)).into_response())
+}
+
+fn too_large() -> ApiError {
+    ApiError::too_large(
+        "document_too_large",
+        format!("content must be at most {MAX_DOCUMENT_BYTES} bytes"),
+    )
+}
+
+/// Remove a document and its chunks.
+#[utoipa::path(delete, path = "/admin/v1/clients/{id}/knowledge/{document_id}",
+    params(("id" = String, Path, description = "client id or slug"), ("document_id" = u64, Path)),
+    security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Path((id, document_id)): Path<(String, u64)>,
+) -> Result<StatusCode> {
+    let client = resolve(&state, &id).await?;
+    if state
+        .db()
+        .knowledge()
+        .get(client.id, document_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!("no document {document_id}")));
+    }
+    state
+        .knowledge()
+        .delete_document(client.id, document_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not remove document chunks");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "vector_store_failed",
+                "the document's chunks could not be removed; retry",
+            )
+        })?;
+    state
+        .db()
+        .knowledge()
+        .delete(client.id, document_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct UsageRange {
+    /// First day, YYYY-MM-DD (default: 30 days ago).
+    from: Option<NaiveDate>,
+    /// Last day, inclusive (default: today).
+    to: Option<NaiveDate>,
+}
+
+/// Messages answered and tokens spent per day (UTC).
+#[utoipa::path(get, path = "/admin/v1/clients/{id}/usage", params(("id" = String, Path, description = "client id or slug"), UsageRange),
+    security(("admin_token" = [])), responses((status = 200, body = Vec<UsageDay>)))]
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(range): Query<UsageRange>,
+) -> Result<Json<Vec<UsageDay>>> {
+    let client = resolve(&state, &id).await?;
+    let to = range.to.unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let from = range.from.unwrap_or(to - chrono::Duration::days(30));
+    if from > to {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "from must not be after to",
+        ));
+    }
+    Ok(Json(state.db().usage().days(client.id, from, to).await?))
+}

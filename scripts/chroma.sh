@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# ChromaDB for chatfleet: installed with pip into a virtual environment that is reused
+# between runs ($CHATFLEET_VENV, default ~/.cache/chatfleet-venv), started on demand.
+# Sourced by scripts/up and scripts/test.
+set -euo pipefail
+
+CHATFLEET_VENV="${CHATFLEET_VENV:-$HOME/.cache/chatfleet-venv}"
+
+ensure_chroma_installed() {
+  if [ ! -x "$CHATFLEET_VENV/bin/chroma" ]; then
+    echo "installing ChromaDB into $CHATFLEET_VENV (once; about a minute)" >&2
+    python3 -m venv "$CHATFLEET_VENV" || { echo "error: cannot create a Python virtual environment" >&2; return 1; }
+    "$CHATFLEET_VENV/bin/pip" install --quiet --disable-pip-version-check chromadb \
+      || { echo "error: pip could not install chromadb" >&2; return 1; }
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_chroma PORT DATA_DIR: starts ChromaDB in the background, waits until it answers,
+# and sets CHROMA_PID.
+start_chroma() {
+  local port=$1 dir=$2
+  mkdir -p "$dir"
+  ANONYMIZED_TELEMETRY=False "$CHATFLEET_VENV/bin/chroma" run --path "$dir" --host 127.0.0.1 --port "$port" \
+    >"$dir/chroma.log" 2>&1 &
+  CHROMA_PID=$!
+  for _ in $(seq 1 60); do
+    if curl -sf "http://127.0.0.1:$port/api/v2/heartbeat" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$CHROMA_PID" 2>/dev/null; then break; fi
+    sleep 1
+  done
+  echo "error: ChromaDB did not start on port $port; its log:" >&2
+  tail -20 "$dir/chroma.log" >&2 || true
+  return 1
+}

@@ -1,0 +1,58 @@
+//! Usage metering: messages answered and tokens spent, per tenant and day.
+
+use chrono::NaiveDate;
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::mysql::MySqlPool;
+
+use super::guard;
+use crate::error::Result;
+use crate::ids::ClientId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct UsageDay {
+    #[schema(value_type = String, example = "2026-11-27")]
+    pub day: NaiveDate,
+    pub messages: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug)]
+pub struct Usage<'a> {
+    pool: &'a MySqlPool,
+}
+
+impl<'a> Usage<'a> {
+    pub(super) fn new(pool: &'a MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Days from `from` to `to`, inclusive, ascending (days without traffic are absent).
+    pub async fn days(
+        &self,
+        client_id: ClientId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<UsageDay>> {
+        let rows = guard::query(
+            "SELECT day, messages, prompt_tokens, completion_tokens FROM usage_daily \
+             WHERE client_id = ? AND day BETWEEN ? AND ? ORDER BY day ASC",
+        )?
+        .bind(client_id.get())
+        .bind(from)
+        .bind(to)
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageDay {
+                    day: r.try_get("day")?,
+                    messages: r.try_get("messages")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                })
+            })
+            .collect()
+    }
+}
