@@ -1,7 +1,8 @@
 //! The two wire types that cross the broker: the inbound [`Envelope`] (what a channel
 //! received, normalised) and the outbound [`Reply`] (what the bot or an agent says back).
 //!
-//! Both are versioned (`v`) and tolerate unknown fields, so a rolling deploy can run old and
+//! Events ([`Event`]) about conversations go to the events exchange for other systems.
+//! All are versioned (`v`) and tolerate unknown fields, so a rolling deploy can run old and
 //! new processes side by side: a newer producer may add fields an older consumer ignores.
 //! Nothing else is ever serialised onto a queue. Personal data is wrapped in [`Pii`].
 
@@ -175,6 +176,60 @@ pub struct Reply {
 }
 
 impl Reply {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// What happened in a conversation that people or systems outside the bot care about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The conversation was handed to a human agent.
+    Handoff,
+    /// The conversation was handed back to the bot.
+    HandedBack,
+    /// A user message arrived while a human has the conversation (forwarded to agents).
+    UserMessage,
+}
+
+/// An event on `<prefix>.events`, routing key `handoff.<client_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub v: u16,
+    pub id: Uuid,
+    pub kind: EventKind,
+    pub client_id: ClientId,
+    pub conversation_id: ConversationId,
+    pub channel: Channel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope_id: Option<EnvelopeId>,
+    /// The forwarded message's text (`user_message` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Pii<String>>,
+    pub at: DateTime<Utc>,
+}
+
+impl Event {
+    pub fn new(
+        kind: EventKind,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        channel: Channel,
+    ) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            id: Uuid::now_v7(),
+            kind,
+            client_id,
+            conversation_id,
+            channel,
+            envelope_id: None,
+            text: None,
+            at: Utc::now(),
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }

@@ -32,6 +32,7 @@ fn tenant() -> TenantConfig {
             max_context_turns: 20,
             rag_top_k: 5,
             human_handoff_phrase: None,
+            handoff_message: "connecting you".into(),
             config_version: 1,
             fallback_message: "sorry".into(),
             fallback_model: None,

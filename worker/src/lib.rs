@@ -8,7 +8,9 @@
 //! 4. The conversation is found or created, and the user message is recorded once (the
 //!    envelope id is the idempotency key). A turn that was already answered republishes
 //!    its stored reply and stops there.
-//! 5. A tenant that is not active gets no LLM call: the message stays recorded (and
+//! 5. A message matching the tenant's `human_handoff_phrase` hands the conversation to a
+//!    human (event + handoff notice); while a human has it, messages are forwarded as
+//!    events and the bot stays silent. A tenant that is not active gets no LLM call: the message stays recorded (and
 //!    gets `tenancy.inactive_notice` when one is set). A tenant over its plan's rate
 //!    waits in the retry ladder.
 //! 6. The last `max_context_turns` turns and the tenant's `rag_top_k` closest knowledge
@@ -23,6 +25,7 @@
 
 mod consume;
 pub mod error;
+pub mod handoff;
 pub mod llm;
 pub mod prompt;
 mod turn;

@@ -344,6 +344,7 @@ mod tests {
                 max_context_turns: 4,
                 rag_top_k: 0,
                 human_handoff_phrase: None,
+                handoff_message: "connecting you".into(),
                 config_version: 3,
                 fallback_message: "sorry".into(),
                 fallback_model: None,

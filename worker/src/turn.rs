@@ -4,8 +4,8 @@
 //! calls the LLM again.
 
 use chrono::Utc;
-use shared::db::{ClientStatus, NewReply, StoredReply, UserMessageState};
-use shared::envelope::{ENVELOPE_VERSION, Envelope, Reply, ReplyKind};
+use shared::db::{ClientStatus, ConversationMode, NewReply, StoredReply, UserMessageState};
+use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Reply, ReplyKind};
 use shared::ids::{ConversationId, ReplyId};
 use shared::mq::ReplyRoute;
 use shared::pii::Pii;
@@ -13,7 +13,7 @@ use shared::pii::Pii;
 use crate::Ctx;
 use crate::error::{Result, TurnError};
 use crate::llm::ChatRequest;
-use crate::prompt;
+use crate::{handoff, prompt};
 
 pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     let client_id = env.client_id;
@@ -83,6 +83,61 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
             notice,
         )
         .await;
+    }
+
+    if let Some(phrase) = &tenant.config.human_handoff_phrase
+        && handoff::matches(&text, phrase)
+    {
+        tracing::info!("handoff phrase matched; handing the conversation to a human");
+        let conversations = ctx.db.conversations();
+        if conversations
+            .set_mode(client_id, conversation_id, ConversationMode::Human)
+            .await?
+        {
+            let mut event = Event::new(EventKind::Handoff, client_id, conversation_id, env.channel);
+            event.envelope_id = Some(env.id);
+            ctx.publisher.publish_event(&event).await?;
+            metrics::counter!("chatfleet_handoffs_total").increment(1);
+        }
+        let notice = Answer {
+            kind: ReplyKind::HandoffNotice,
+            text: tenant.config.handoff_message.clone(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            estimated_prompt_tokens: None,
+        };
+        return reply(
+            ctx,
+            env,
+            conversation_id,
+            recorded.message_id,
+            tenant.config.config_version,
+            notice,
+        )
+        .await;
+    }
+    if ctx
+        .db
+        .conversations()
+        .mode(client_id, conversation_id)
+        .await?
+        == ConversationMode::Human
+    {
+        // A person has this conversation: the bot stays silent and forwards the message.
+        let mut event = Event::new(
+            EventKind::UserMessage,
+            client_id,
+            conversation_id,
+            env.channel,
+        );
+        event.envelope_id = Some(env.id);
+        event.text = Some(Pii::new(text.clone()));
+        ctx.publisher.publish_event(&event).await?;
+        ctx.db
+            .messages()
+            .close_unanswered(client_id, env.id, UserMessageState::Ignored)
+            .await?;
+        return Ok(());
     }
 
     let limits = ctx.plans.limits(tenant.client.plan);
@@ -246,7 +301,12 @@ async fn reply(
         )
         .await?;
     if !stored {
-        tracing::info!("turn was answered concurrently; dropping this reply");
+        // Answered concurrently, or handed to a human while the LLM was thinking.
+        tracing::info!("turn already answered or handed off; dropping this reply");
+        ctx.db
+            .messages()
+            .close_unanswered(env.client_id, env.id, UserMessageState::Ignored)
+            .await?;
         return Ok(());
     }
     ctx.publisher

@@ -6,5 +6,6 @@ mod admin;
 mod api;
 mod config_changes;
 mod failures;
+mod handoff;
 mod knowledge;
 mod support;

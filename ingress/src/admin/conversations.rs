@@ -1,14 +1,23 @@
 //! `/admin/v1/clients/{id}/conversations`: what the bot said, with token counts and the
-//! `config_version` each reply was produced with.
+//! `config_version` each reply was produced with; human agents write into a conversation,
+//! take it over and hand it back.
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
-use shared::db::{ConversationSummary, StoredMessage};
-use shared::ids::ConversationId;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shared::db::{ConversationMode, ConversationSummary, StoredMessage};
+use shared::envelope::{ENVELOPE_VERSION, Event, EventKind, Reply, ReplyKind};
+use shared::ids::{ClientId, ConversationId, ReplyId};
+use shared::mq::ReplyRoute;
+use shared::pii::Pii;
 
-use super::{Page, resolve};
+use super::{Page, body, resolve};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 
@@ -21,6 +30,18 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/admin/v1/clients/{id}/conversations/{conversation_id}",
             get(get_one),
+        )
+        .route(
+            "/admin/v1/clients/{id}/conversations/{conversation_id}/messages",
+            post(agent_message),
+        )
+        .route(
+            "/admin/v1/clients/{id}/conversations/{conversation_id}/handoff",
+            post(hand_to_human),
+        )
+        .route(
+            "/admin/v1/clients/{id}/conversations/{conversation_id}/resume",
+            post(resume),
         )
 }
 
@@ -87,4 +108,143 @@ pub(crate) async fn get_one(
         conversation: summary,
         messages,
     }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentMessageBody {
+    text: String,
+}
+
+async fn summary(
+    state: &AppState,
+    client_id: ClientId,
+    conversation: u64,
+) -> Result<ConversationSummary> {
+    state
+        .db()
+        .conversations()
+        .get(client_id, ConversationId::new(conversation))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no conversation {conversation}")))
+}
+
+/// Send a message as a human agent; it is delivered like a reply (role `agent`).
+#[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/messages",
+    params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
+    request_body = AgentMessageBody, security(("admin_token" = [])),
+    responses((status = 202, description = "{ message_id }"), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+pub(crate) async fn agent_message(
+    State(state): State<AppState>,
+    Path((id, conversation)): Path<(String, u64)>,
+    raw: Body,
+) -> Result<Response> {
+    let client = resolve(&state, &id).await?;
+    let conv = summary(&state, client.id, conversation).await?;
+    let req: AgentMessageBody = body(raw).await?;
+    let text = req.text.trim().to_owned();
+    if text.is_empty() || text.len() > state.api().max_text_bytes {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "text must be 1-16384 bytes",
+        ));
+    }
+    let reply_id = ReplyId::random();
+    state
+        .db()
+        .messages()
+        .store_agent_message(client.id, conv.id, reply_id, &text)
+        .await?;
+    let version = state
+        .db()
+        .configs()
+        .get(client.id)
+        .await?
+        .map_or(0, |c| c.config_version);
+    let reply = Reply {
+        v: ENVELOPE_VERSION,
+        id: reply_id,
+        in_reply_to: Vec::new(),
+        client_id: client.id,
+        channel: conv.channel,
+        external_id: Pii::new(conv.external_id.clone()),
+        channel_account: None,
+        conversation_id: conv.id,
+        kind: ReplyKind::Agent,
+        text: Pii::new(text),
+        config_version: version,
+        created_at: Utc::now(),
+    };
+    state
+        .publisher()
+        .publish_reply(&reply, ReplyRoute::Channel, None)
+        .await
+        .map_err(|e| ApiError::broker_unavailable(&e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "message_id": reply_id })),
+    )
+        .into_response())
+}
+
+/// Hand the conversation to a human agent: the bot stops answering it.
+#[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/handoff",
+    params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
+    security(("admin_token" = [])), responses((status = 200, body = ConversationSummary), (status = 404, body = super::ErrorBody)))]
+pub(crate) async fn hand_to_human(
+    State(state): State<AppState>,
+    Path((id, conversation)): Path<(String, u64)>,
+) -> Result<Json<ConversationSummary>> {
+    switch(
+        &state,
+        &id,
+        conversation,
+        ConversationMode::Human,
+        EventKind::Handoff,
+    )
+    .await
+}
+
+/// Hand the conversation back to the bot.
+#[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/resume",
+    params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
+    security(("admin_token" = [])), responses((status = 200, body = ConversationSummary), (status = 404, body = super::ErrorBody)))]
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    Path((id, conversation)): Path<(String, u64)>,
+) -> Result<Json<ConversationSummary>> {
+    switch(
+        &state,
+        &id,
+        conversation,
+        ConversationMode::Bot,
+        EventKind::HandedBack,
+    )
+    .await
+}
+
+async fn switch(
+    state: &AppState,
+    id: &str,
+    conversation: u64,
+    mode: ConversationMode,
+    kind: EventKind,
+) -> Result<Json<ConversationSummary>> {
+    let client = resolve(state, id).await?;
+    let conv = summary(state, client.id, conversation).await?;
+    if state
+        .db()
+        .conversations()
+        .set_mode(client.id, conv.id, mode)
+        .await?
+    {
+        let event = Event::new(kind, client.id, conv.id, conv.channel);
+        state
+            .publisher()
+            .publish_event(&event)
+            .await
+            .map_err(|e| ApiError::broker_unavailable(&e))?;
+    }
+    Ok(Json(summary(state, client.id, conversation).await?))
 }

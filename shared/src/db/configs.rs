@@ -22,6 +22,7 @@ pub struct ClientConfig {
     pub max_context_turns: u32,
     pub rag_top_k: u32,
     pub human_handoff_phrase: Option<String>,
+    pub handoff_message: String,
     pub config_version: u64,
     pub fallback_message: String,
     pub fallback_model: Option<String>,
@@ -52,6 +53,7 @@ pub struct ConfigUpdate {
     pub max_context_turns: u32,
     pub rag_top_k: u32,
     pub human_handoff_phrase: Option<String>,
+    pub handoff_message: String,
     pub fallback_message: String,
     pub fallback_model: Option<String>,
     pub prompt_token_budget: Option<u32>,
@@ -86,6 +88,16 @@ impl ConfigUpdate {
         if self.rag_top_k > 50 {
             problems.push("rag_top_k must be 0-50".to_owned());
         }
+        if self
+            .human_handoff_phrase
+            .as_ref()
+            .is_some_and(|p| p.trim().is_empty() || p.len() > 200)
+        {
+            problems.push("human_handoff_phrase must be 1-200 characters, or null".to_owned());
+        }
+        if self.handoff_message.trim().is_empty() || self.handoff_message.len() > 2000 {
+            problems.push("handoff_message must be 1-2000 characters".to_owned());
+        }
         if self.prompt_token_budget.is_some_and(|b| b < 256) {
             problems.push("prompt_token_budget must be at least 256 tokens when set".to_owned());
         }
@@ -111,6 +123,7 @@ impl From<ClientConfig> for ConfigUpdate {
             max_context_turns: c.max_context_turns,
             rag_top_k: c.rag_top_k,
             human_handoff_phrase: c.human_handoff_phrase,
+            handoff_message: c.handoff_message,
             fallback_message: c.fallback_message,
             fallback_model: c.fallback_model,
             prompt_token_budget: c.prompt_token_budget,
@@ -148,7 +161,7 @@ pub struct TenantConfig {
 }
 
 const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_model, \
-    llm_temperature, max_context_turns, rag_top_k, human_handoff_phrase, config_version, \
+    llm_temperature, max_context_turns, rag_top_k, human_handoff_phrase, handoff_message, config_version, \
     fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms";
 
 #[derive(Debug)]
@@ -204,7 +217,7 @@ impl<'a> Configs<'a> {
         let done = guard::query(
             "UPDATE client_configs SET persona_name = ?, persona_tone = ?, persona_language = ?, \
              llm_model = ?, llm_temperature = ?, max_context_turns = ?, rag_top_k = ?, \
-             human_handoff_phrase = ?, fallback_message = ?, fallback_model = ?, \
+             human_handoff_phrase = ?, handoff_message = ?, fallback_message = ?, fallback_model = ?, \
              prompt_token_budget = ?, coalesce_window_ms = ?, config_version = config_version + 1 \
              WHERE client_id = ?",
         )?
@@ -216,6 +229,7 @@ impl<'a> Configs<'a> {
         .bind(update.max_context_turns)
         .bind(update.rag_top_k)
         .bind(&update.human_handoff_phrase)
+        .bind(&update.handoff_message)
         .bind(&update.fallback_message)
         .bind(&update.fallback_model)
         .bind(update.prompt_token_budget)
@@ -427,6 +441,7 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
         max_context_turns: row.try_get("max_context_turns")?,
         rag_top_k: row.try_get("rag_top_k")?,
         human_handoff_phrase: row.try_get("human_handoff_phrase")?,
+        handoff_message: row.try_get("handoff_message")?,
         config_version: row.try_get("config_version")?,
         fallback_message: row.try_get("fallback_message")?,
         fallback_model: row.try_get("fallback_model")?,

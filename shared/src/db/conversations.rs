@@ -112,6 +112,30 @@ impl<'a> Conversations<'a> {
         row.as_ref().map(summary).transpose()
     }
 
+    /// Switches who answers; returns whether the mode changed. Takes the conversation
+    /// row's lock, so it orders against `Messages::store_reply`.
+    pub async fn set_mode(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        mode: ConversationMode,
+    ) -> Result<bool> {
+        let value = match mode {
+            ConversationMode::Bot => "bot",
+            ConversationMode::Human => "human",
+        };
+        let done = guard::query(
+            "UPDATE conversations SET mode = ? WHERE client_id = ? AND id = ? AND mode <> ?",
+        )?
+        .bind(value)
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(value)
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn mode(
         &self,
         client_id: ClientId,

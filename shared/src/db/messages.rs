@@ -283,7 +283,8 @@ impl<'a> Messages<'a> {
 
     /// Stores a reply and marks the user turns it answers as answered, in one
     /// transaction, and counts the usage. Returns `false` (and stores nothing) when those
-    /// turns were already answered: the guard that makes one reply per turn.
+    /// turns were already answered (the guard that makes one reply per turn), or when a
+    /// bot or fallback reply meets a conversation handed to a human.
     pub async fn store_reply(&self, client_id: ClientId, reply: &NewReply) -> Result<bool> {
         if reply.answers.is_empty() {
             return Err(Error::Invalid(
@@ -295,6 +296,21 @@ impl<'a> Messages<'a> {
             _ => "assistant",
         };
         let mut tx = self.pool.begin().await?;
+        // The bot's own answers are only stored while the bot has the conversation: a
+        // handoff that happened during the turn wins (the row lock orders the two).
+        if matches!(reply.kind, ReplyKind::Bot | ReplyKind::Fallback) {
+            let mode: Option<String> = guard::query_scalar(
+                "SELECT mode FROM conversations WHERE client_id = ? AND id = ? FOR UPDATE",
+            )?
+            .bind(client_id.get())
+            .bind(reply.conversation_id.get())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if mode.as_deref() != Some("bot") {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
         let done = guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
              reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens, config_version) \
@@ -346,6 +362,27 @@ impl<'a> Messages<'a> {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Stores a human agent's message (answering no particular turn).
+    pub async fn store_agent_message(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        reply_id: ReplyId,
+        text: &str,
+    ) -> Result<()> {
+        guard::query(
+            "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
+             reply_kind) VALUES (?, ?, ?, 'agent', ?, 'stored', 'agent')",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(reply_id.as_uuid())
+        .bind(text)
+        .execute(self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Marks a still-pending user turn as failed (it was dead-lettered) or ignored.

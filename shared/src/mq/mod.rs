@@ -154,6 +154,49 @@ impl Broker {
         })
     }
 
+    /// Listens to `exchange` for `routing_key` through a private, auto-deleted queue
+    /// (operator tooling and tests watching events).
+    pub async fn tap(&self, exchange: &str, routing_key: &str) -> Result<Consumer> {
+        let ch = self.channel().await?;
+        let queue = ch
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error)?;
+        ch.queue_bind(
+            queue.name().as_str().into(),
+            exchange.into(),
+            routing_key.into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker_error)?;
+        ch.basic_qos(64, BasicQosOptions::default())
+            .await
+            .map_err(broker_error)?;
+        let consumer = ch
+            .basic_consume(
+                queue.name().as_str().into(),
+                "tap".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error)?;
+        Ok(Consumer {
+            inner: consumer,
+            channel: ch,
+        })
+    }
+
     /// Ready messages and consumers of `queue` (passive declare; tooling and tests).
     pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         let ch = self.channel().await?;

@@ -11,7 +11,7 @@ use lapin::{BasicProperties, Confirmation};
 use tokio::sync::RwLock;
 
 use super::{Broker, Delivery, RetryRung, broker_error, headers};
-use crate::envelope::{Envelope, Reply};
+use crate::envelope::{Envelope, Event, Reply};
 use crate::error::{Error, Result};
 
 /// Where a reply goes: its channel's outbound queue, or the dry-run replay queue.
@@ -79,6 +79,26 @@ impl Publisher {
             key,
             &reply.to_json(),
             properties(reply.id.to_string(), request_id, table),
+        )
+        .await
+    }
+
+    /// Publishes a conversation event to `<prefix>.events` as `handoff.<client_id>`.
+    /// Events are facts for other systems: nobody may be bound, so an unroutable event
+    /// is not an error (the publish is not `mandatory`).
+    pub async fn publish_event(&self, event: &Event) -> Result<()> {
+        let mut table = FieldTable::default();
+        table.insert(
+            headers::CLIENT_ID.into(),
+            text(&event.client_id.to_string()),
+        );
+        let props = properties(event.id.to_string(), None, table);
+        self.publish_with(
+            &self.broker.topology().events_exchange(),
+            &format!("handoff.{}", event.client_id),
+            &event.to_json(),
+            props,
+            false,
         )
         .await
     }
@@ -164,13 +184,25 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<()> {
+        self.publish_with(exchange, routing_key, body, props, true)
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+        mandatory: bool,
+    ) -> Result<()> {
         let channel = self.live_channel().await?;
         let confirm = channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory,
                     ..Default::default()
                 },
                 body,
