@@ -308,3 +308,15 @@ async fn usage_adds_up_to_the_stored_messages() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_goes_on_without_knowledge_when_chroma_is_down() {
+    // Nothing listens on port 9: every retrieval fails.
+    let p = Platform::start_with(&[("CHATFLEET__VECTOR__URL", "http://127.0.0.1:9")], 1).await;
+    let t = p.tenant("no-chroma").await;
+    let (reply, _) = p.ask(&t.api_key, "c", "still there?", "0").await;
+    assert_eq!(reply["role"], "assistant");
+    let system = last_system_prompt(&p).await;
+    assert!(knowledge_section(&system).trim().is_empty());
+    p.stop().await;
+}
