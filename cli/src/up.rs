@@ -12,6 +12,15 @@ use shared::settings::{ProviderKind, Settings};
 use tokio_util::sync::CancellationToken;
 use worker::llm::sim::{LlmSim, SimOptions};
 
+/// Prints a line; a closed stdout (`chatfleet up | head`) must not bring the platform
+/// down, so write errors are ignored.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
     /// Always use the LLM simulator, even if an LLM answers.
@@ -64,14 +73,14 @@ pub(crate) async fn run(
     let ingress = ingress::start(settings.clone(), shutdown.clone()).await?;
     let worker = tokio::spawn(worker::run(settings.clone(), shutdown.clone()));
     let base = format!("http://{}", ingress.addr);
-    println!("chatfleet is up: ingress on {base}, one worker. Ctrl-C drains and stops.\n");
-    println!("Demo tenant {DEMO_SLUG:?}, API key (new for this run):\n  {api_key}\n");
-    println!("Send a message:");
-    println!(
+    out!("chatfleet is up: ingress on {base}, one worker. Ctrl-C drains and stops.\n");
+    out!("Demo tenant {DEMO_SLUG:?}, API key (new for this run):\n  {api_key}\n");
+    out!("Send a message:");
+    out!(
         "  curl -s -X POST {base}/api/v1/messages -H 'Authorization: Bearer {api_key}' \\\n    -H 'Content-Type: application/json' -H 'Idempotency-Key: try-1' \\\n    -d '{{\"conversation_id\":\"try-1\",\"text\":\"Hello there\"}}'"
     );
-    println!("Read the conversation (waits up to 20 s for the reply):");
-    println!(
+    out!("Read the conversation (waits up to 20 s for the reply):");
+    out!(
         "  curl -s '{base}/api/v1/conversations/try-1/messages?after=0&wait=20' -H 'Authorization: Bearer {api_key}'"
     );
     worker.await??;

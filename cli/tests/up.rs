@@ -39,7 +39,10 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
             .collect();
         text.join("\n")
     });
-    let (base, key) = tokio::task::spawn_blocking(move || {
+    // Read stdout to the end (a reader that stopped early would close the pipe under
+    // the running process); hand over the base URL and key as soon as they are printed.
+    let (found_tx, found_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut base = None;
         let mut lines = BufReader::new(stdout).lines();
         while let Some(Ok(line)) = lines.next() {
@@ -51,10 +54,14 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
                     .next()
                     .and_then(Result::ok)
                     .map(|k| k.trim().to_owned());
-                return (base, key);
+                let _ = found_tx.send((base.clone(), key));
             }
         }
-        (base, None)
+    });
+    let (base, key) = tokio::task::spawn_blocking(move || {
+        found_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or((None, None))
     })
     .await
     .expect("stdout reader");

@@ -179,43 +179,11 @@ pub(crate) async fn run(
         tracker: TaskTracker::new(),
     });
     let queue = broker.topology().inbound_work();
-    let mut backoff = Duration::from_millis(200);
-    'connect: while !shutdown.is_cancelled() {
-        let mut consumer = match broker.consume(&queue, prefetch, "worker").await {
-            Ok(c) => {
-                tracing::info!(queue = %queue, prefetch, "consuming");
-                backoff = Duration::from_millis(200);
-                c
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot consume; retrying in {backoff:?}");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'connect,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    consumer.cancel().await;
-                    break 'connect;
-                }
-                delivery = consumer.next() => match delivery {
-                    Some(delivery) => {
-                        let envelope = serde_json::from_slice::<Envelope>(&delivery.body)
-                            .map_err(|e| e.to_string());
-                        dispatcher.dispatch(Job { delivery, envelope });
-                    }
-                    None => {
-                        tracing::warn!("lost the inbound consumer; reconnecting");
-                        continue 'connect;
-                    }
-                },
-            }
-        }
+    let mut deliveries = broker.subscribe(&queue, prefetch, "worker", shutdown);
+    while let Some(delivery) = deliveries.next().await {
+        let envelope =
+            serde_json::from_slice::<Envelope>(&delivery.body).map_err(|e| e.to_string());
+        dispatcher.dispatch(Job { delivery, envelope });
     }
     drain(&dispatcher, drain_timeout).await;
 }

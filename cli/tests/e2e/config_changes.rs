@@ -40,21 +40,8 @@ async fn a_config_change_is_seen_by_the_next_message_on_every_worker() {
                 .content
                 .starts_with(&format!("You are {persona}, "))
         );
-        let conv = p
-            .env
-            .db
-            .conversations()
-            .find(t.id, shared::ids::Channel::Api, "c")
-            .await
-            .expect("find")
-            .expect("conversation");
-        let stored = p
-            .env
-            .db
-            .messages()
-            .in_conversation(t.id, conv, 500)
-            .await
-            .expect("messages");
+        let conv = p.conversation(t.id, "c").await;
+        let stored = p.stored(t.id, conv).await;
         let answer = stored
             .iter()
             .rev()
@@ -239,14 +226,7 @@ async fn a_suspended_tenant_gets_no_llm_call_but_keeps_its_messages() {
         StatusCode::ACCEPTED,
         "the channel still gets its acknowledgement"
     );
-    let conv = p
-        .env
-        .db
-        .conversations()
-        .find(t.id, shared::ids::Channel::Api, "c")
-        .await
-        .expect("find")
-        .expect("conv");
+    let conv = p.conversation(t.id, "c").await;
     eventually(WAIT, "the message to be recorded and closed", || async {
         let stored = p
             .env

@@ -122,14 +122,7 @@ async fn a_handoff_during_a_turn_suppresses_its_reply() {
     let (s, _) = p.send(&t.api_key, "c", "a slow question", None).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     p.wait_for_llm_requests(1).await; // the turn is at the LLM now
-    let conv = p
-        .env
-        .db
-        .conversations()
-        .find(t.id, shared::ids::Channel::Api, "c")
-        .await
-        .expect("find")
-        .expect("conv");
+    let conv = p.conversation(t.id, "c").await;
     let (s, _) = p
         .admin(
             Method::POST,
@@ -154,13 +147,7 @@ async fn a_handoff_during_a_turn_suppresses_its_reply() {
     })
     .await;
     assert_eq!(p.sim.served(), 1, "the LLM did answer");
-    let stored = p
-        .env
-        .db
-        .messages()
-        .in_conversation(t.id, conv, 10)
-        .await
-        .expect("messages");
+    let stored = p.stored(t.id, conv).await;
     assert_eq!(stored.len(), 1, "but its reply was not stored: {stored:?}");
     let (entries, cursor) = p.read_until(&t.api_key, "c", "0", 1).await;
     assert_eq!(entries[0]["role"], "user");

@@ -259,21 +259,8 @@ async fn usage_adds_up_to_the_stored_messages() {
     assert_eq!(s, StatusCode::OK, "{usage}");
     let days = usage.as_array().expect("days");
     assert_eq!(days.len(), 1);
-    let conv = p
-        .env
-        .db
-        .conversations()
-        .find(t.id, shared::ids::Channel::Api, "c")
-        .await
-        .expect("find")
-        .expect("conv");
-    let stored = p
-        .env
-        .db
-        .messages()
-        .in_conversation(t.id, conv, 100)
-        .await
-        .expect("messages");
+    let conv = p.conversation(t.id, "c").await;
+    let stored = p.stored(t.id, conv).await;
     let answers: Vec<_> = stored
         .iter()
         .filter(|m| m.role == shared::db::Role::Assistant)

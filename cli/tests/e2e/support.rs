@@ -6,6 +6,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 pub use reqwest::Method;
+use shared::db::StoredMessage;
+use shared::ids::{Channel, ClientId, ConversationId};
 use shared::testkit::{TestEnv, TestTenant, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -58,7 +60,7 @@ impl Platform {
         let topology = env.broker.topology().clone();
         for (queue, consumers) in [
             (topology.inbound_work(), workers.len() as u32),
-            (topology.outbound_queue(shared::ids::Channel::Api), 1),
+            (topology.outbound_queue(Channel::Api), 1),
         ] {
             eventually(WAIT, "consumers to start", || async {
                 (env.broker.queue_stats(&queue).await.ok()?.consumers >= consumers).then_some(())
@@ -242,6 +244,31 @@ impl Platform {
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let (entries, cursor) = self.read_until(key, conversation, after, 2).await;
         (entries[1].clone(), cursor)
+    }
+
+    /// The API conversation `external` of a tenant (it must exist).
+    pub async fn conversation(&self, client: ClientId, external: &str) -> ConversationId {
+        self.env
+            .db
+            .conversations()
+            .find(client, Channel::Api, external)
+            .await
+            .expect("find conversation")
+            .unwrap_or_else(|| panic!("no conversation {external}"))
+    }
+
+    /// What is stored of a conversation, oldest first.
+    pub async fn stored(
+        &self,
+        client: ClientId,
+        conversation: ConversationId,
+    ) -> Vec<StoredMessage> {
+        self.env
+            .db
+            .messages()
+            .in_conversation(client, conversation, 1000)
+            .await
+            .expect("stored messages")
     }
 
     pub async fn tenant(&self, slug: &str) -> TestTenant {

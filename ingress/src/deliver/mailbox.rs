@@ -18,40 +18,14 @@ const PREFETCH: u16 = 64;
 
 pub(crate) async fn run(state: AppState, channel: Channel) {
     let queue = state.broker().topology().outbound_queue(channel);
-    let shutdown = state.shutdown().clone();
-    let mut backoff = Duration::from_millis(200);
-    'connect: while !shutdown.is_cancelled() {
-        let mut consumer = match state
-            .broker()
-            .consume(&queue, PREFETCH, &format!("deliver-{channel}"))
-            .await
-        {
-            Ok(c) => {
-                backoff = Duration::from_millis(200);
-                c
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, %channel, "deliverer cannot consume; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'connect,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    consumer.cancel().await;
-                    break 'connect;
-                }
-                delivery = consumer.next() => match delivery {
-                    Some(d) => deliver(&state, channel, &queue, d).await,
-                    None => continue 'connect,
-                },
-            }
-        }
+    let mut deliveries = state.broker().subscribe(
+        &queue,
+        PREFETCH,
+        &format!("deliver-{channel}"),
+        state.shutdown().clone(),
+    );
+    while let Some(delivery) = deliveries.next().await {
+        deliver(&state, channel, &queue, delivery).await;
     }
 }
 

@@ -6,6 +6,7 @@
 //! died asks the [`Broker`] again and gets a fresh one, without restarting the process.
 
 mod publisher;
+mod subscription;
 mod topology;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 pub use publisher::{Publisher, ReplyRoute};
+pub use subscription::Subscription;
 pub use topology::{RetryRung, Topology};
 
 use crate::error::{Error, Result};
