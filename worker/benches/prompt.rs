@@ -86,6 +86,12 @@ fn bench(c: &mut Criterion) {
         "Where is my order?",
     );
     eprintln!("prompt size: {} tokens", fits.tokens);
+    // Every part new (nothing counted before): the cost of the first turn that sees it.
+    c.bench_function("tokenize ~8k tokens of new content", |b| {
+        let whole: String = knowledge.iter().chain(history.iter().map(|h| &h.content)).cloned().collect();
+        b.iter(|| tokenizer.count_uncached(black_box(&whole)))
+    });
+    // A turn of an ongoing conversation: history, knowledge and modes were counted before.
     c.bench_function("assemble ~8k-token prompt (fits)", |b| {
         b.iter(|| {
             assemble(

@@ -21,9 +21,17 @@ const REPLY_PRIMER: usize = 3;
 const RECOUNT_MARGIN: usize = 64;
 
 /// Counts tokens (cl100k_base). Build one per process: building loads the vocabulary.
+///
+/// Counts of longer texts are remembered (by a 64-bit hash of the text): the same history
+/// turns, knowledge chunks and mode fragments are counted on every turn of a
+/// conversation, and BPE is the expensive part of assembling a prompt.
 pub struct Tokenizer {
     bpe: CoreBPE,
+    counts: moka::sync::Cache<u64, u32>,
 }
+
+/// Texts shorter than this are counted directly (cheaper than a cache lookup).
+const CACHE_FROM_BYTES: usize = 256;
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,10 +43,23 @@ impl Tokenizer {
     pub fn new() -> anyhow::Result<Self> {
         Ok(Self {
             bpe: tiktoken_rs::cl100k_base()?,
+            counts: moka::sync::Cache::builder().max_capacity(200_000).build(),
         })
     }
 
     pub fn count(&self, text: &str) -> usize {
+        if text.len() < CACHE_FROM_BYTES {
+            return self.bpe.encode_ordinary(text).len();
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(text, &mut hasher);
+        let key = std::hash::Hasher::finish(&hasher);
+        self.counts
+            .get_with(key, || u32::try_from(self.bpe.encode_ordinary(text).len()).unwrap_or(u32::MAX)) as usize
+    }
+
+    /// Counts without the cache (benchmarks of cold content).
+    pub fn count_uncached(&self, text: &str) -> usize {
         self.bpe.encode_ordinary(text).len()
     }
 
