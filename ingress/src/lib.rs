@@ -35,6 +35,9 @@ use tower_http::trace::TraceLayer;
 
 pub(crate) use state::{AppState, Services};
 
+/// Signs a WhatsApp webhook body as Meta does (tests, benchmarks).
+pub use channels::whatsapp::signature::sign as sign_whatsapp_webhook;
+
 /// The OpenAPI document served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     <admin::ApiDoc as utoipa::OpenApi>::openapi()
@@ -79,6 +82,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         mailboxes,
         configs,
         api: settings.api.clone(),
+        whatsapp: settings.whatsapp.clone(),
         admin_token: settings.admin.token.clone(),
         secrets: SecretBox::new(settings.security.encryption_key_bytes()),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
@@ -108,6 +112,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .merge(channels::api::routes())
+        .merge(channels::whatsapp::routes())
         .merge(admin::routes(state.clone()))
         .merge(health::routes())
         .with_state(state)

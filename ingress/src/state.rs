@@ -7,7 +7,7 @@ use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher};
 use shared::secrets::SecretBox;
-use shared::settings::{ApiSettings, Secret};
+use shared::settings::{ApiSettings, Secret, WhatsappSettings};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -25,6 +25,7 @@ pub(crate) struct Services {
     pub mailboxes: Arc<Mailboxes>,
     pub configs: Arc<TenantConfigs>,
     pub api: ApiSettings,
+    pub whatsapp: WhatsappSettings,
     pub admin_token: Secret<String>,
     pub secrets: SecretBox,
     pub knowledge: Knowledge,
@@ -54,6 +55,9 @@ impl AppState {
     }
     pub(crate) fn configs(&self) -> &TenantConfigs {
         &self.inner.configs
+    }
+    pub(crate) fn whatsapp(&self) -> &WhatsappSettings {
+        &self.inner.whatsapp
     }
     pub(crate) fn api(&self) -> &ApiSettings {
         &self.inner.api

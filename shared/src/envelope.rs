@@ -73,6 +73,10 @@ pub enum MessageContent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         title: Option<Pii<String>>,
     },
+    /// A kind of message chatfleet cannot read (the bot can say so).
+    Unsupported {
+        original_type: String,
+    },
     Location {
         latitude: f64,
         longitude: f64,
@@ -106,6 +110,9 @@ impl MessageContent {
                 Some(t) => t.expose().clone(),
                 None => payload.clone(),
             },
+            Self::Unsupported { original_type } => {
+                format!("[unsupported message type: {original_type}]")
+            }
             Self::Location {
                 latitude,
                 longitude,

@@ -88,7 +88,11 @@ fn bench(c: &mut Criterion) {
     eprintln!("prompt size: {} tokens", fits.tokens);
     // Every part new (nothing counted before): the cost of the first turn that sees it.
     c.bench_function("tokenize ~8k tokens of new content", |b| {
-        let whole: String = knowledge.iter().chain(history.iter().map(|h| &h.content)).cloned().collect();
+        let whole: String = knowledge
+            .iter()
+            .chain(history.iter().map(|h| &h.content))
+            .cloned()
+            .collect();
         b.iter(|| tokenizer.count_uncached(black_box(&whole)))
     });
     // A turn of an ongoing conversation: history, knowledge and modes were counted before.

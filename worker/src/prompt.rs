@@ -54,8 +54,9 @@ impl Tokenizer {
         let mut hasher = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(text, &mut hasher);
         let key = std::hash::Hasher::finish(&hasher);
-        self.counts
-            .get_with(key, || u32::try_from(self.bpe.encode_ordinary(text).len()).unwrap_or(u32::MAX)) as usize
+        self.counts.get_with(key, || {
+            u32::try_from(self.bpe.encode_ordinary(text).len()).unwrap_or(u32::MAX)
+        }) as usize
     }
 
     /// Counts without the cache (benchmarks of cold content).

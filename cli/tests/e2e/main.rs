@@ -9,3 +9,4 @@ mod failures;
 mod handoff;
 mod knowledge;
 mod support;
+mod whatsapp;

@@ -3,6 +3,7 @@
 //! inside these modules.
 
 pub(crate) mod api;
+pub(crate) mod whatsapp;
 
 use axum::body::{Body, Bytes};
 

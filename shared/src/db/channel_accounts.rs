@@ -93,6 +93,41 @@ impl<'a> ChannelAccounts<'a> {
             .collect()
     }
 
+    /// The tenant and account id that own `external_account_id` on `channel` (how an
+    /// inbound webhook finds its tenant: it cannot start from one).
+    pub async fn owner(
+        &self,
+        channel: Channel,
+        external_account_id: &str,
+    ) -> Result<Option<(ClientId, u64)>> {
+        let row = guard::tenant_lookup(
+            "SELECT client_id, id FROM channel_accounts WHERE channel = ? AND external_account_id = ?",
+            "a channel account identifies its tenant; webhooks name the account, not the tenant",
+        )
+        .bind(channel.as_str())
+        .bind(external_account_id)
+        .fetch_optional(self.pool)
+        .await?;
+        row.map(|r| Ok((ClientId::new(r.try_get("client_id")?), r.try_get("id")?)))
+            .transpose()
+    }
+
+    /// The sealed credentials of every account the tenant has on `channel`.
+    pub async fn sealed_for_channel(
+        &self,
+        client_id: ClientId,
+        channel: Channel,
+    ) -> Result<Vec<Vec<u8>>> {
+        let rows: Vec<Option<Vec<u8>>> = guard::query_scalar(
+            "SELECT credentials_encrypted FROM channel_accounts WHERE client_id = ? AND channel = ? ORDER BY id",
+        )?
+        .bind(client_id.get())
+        .bind(channel.as_str())
+        .fetch_all(self.pool)
+        .await?;
+        Ok(rows.into_iter().flatten().collect())
+    }
+
     pub async fn delete(&self, client_id: ClientId, id: u64) -> Result<bool> {
         let done = guard::query("DELETE FROM channel_accounts WHERE client_id = ? AND id = ?")?
             .bind(client_id.get())
