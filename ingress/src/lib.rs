@@ -89,7 +89,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown: shutdown.clone(),
     });
 
-    let deliverer = tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Api));
+    let deliverers = [
+        tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Api)),
+        tokio::spawn(deliver::whatsapp::run(state.clone())),
+    ];
 
     let app = router(state, Duration::from_secs(settings.http.request_timeout_s));
     let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
@@ -102,7 +105,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         if let Err(e) = served {
             tracing::error!(error = %e, "http server failed");
         }
-        let _ = deliverer.await;
+        for deliverer in deliverers {
+            let _ = deliverer.await;
+        }
         broker.close().await;
         db.close().await;
     });

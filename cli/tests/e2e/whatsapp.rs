@@ -401,3 +401,251 @@ async fn an_unconfirmed_batch_is_a_503_and_metas_retry_is_answered_once() {
     .await;
     p.stop().await;
 }
+
+/// A local stand-in for Meta's Graph API: records every send and answers with the real
+/// shapes, including errors by recipient.
+mod graph {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use axum::{Json, Router};
+    use serde_json::{Value, json};
+
+    /// A recipient whose 24-hour window is closed (error 131047).
+    pub const CLOSED_WINDOW: &str = "15550009999";
+    /// A recipient that hits the throughput limit (130429) once.
+    pub const THROTTLED_ONCE: &str = "15550008888";
+
+    #[derive(Debug, Clone)]
+    pub struct Sent {
+        pub phone_number_id: String,
+        pub authorization: String,
+        pub body: Value,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Graph {
+        pub sent: Arc<Mutex<Vec<Sent>>>,
+    }
+
+    impl Graph {
+        pub async fn start() -> (Self, String) {
+            let graph = Self::default();
+            let app = Router::new()
+                .route("/{version}/{phone}/messages", post(messages))
+                .with_state(graph.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            tokio::spawn(async move { axum::serve(listener, app).await.expect("graph double") });
+            (graph, url)
+        }
+
+        pub fn sent(&self) -> Vec<Sent> {
+            self.sent.lock().expect("lock").clone()
+        }
+
+        pub fn sent_to(&self, to: &str) -> Vec<Sent> {
+            self.sent()
+                .into_iter()
+                .filter(|s| s.body["to"] == to)
+                .collect()
+        }
+    }
+
+    async fn messages(
+        State(graph): State<Graph>,
+        Path((_version, phone)): Path<(String, String)>,
+        headers: HeaderMap,
+        Json(body): Json<Value>,
+    ) -> impl IntoResponse {
+        let to = body["to"].as_str().unwrap_or("").to_owned();
+        let previous = graph.sent_to(&to).len();
+        graph.sent.lock().expect("lock").push(Sent {
+            phone_number_id: phone,
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+            body,
+        });
+        let error = |code: i64, message: &str| {
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": {
+                "message": message, "type": "OAuthException", "code": code,
+                "error_data": { "messaging_product": "whatsapp", "details": message },
+                "fbtrace_id": "Az8or2yhqkZfEZ-_4Qn_Bam" } })),
+            )
+        };
+        if to == CLOSED_WINDOW {
+            return error(131_047, "Re-engagement message");
+        }
+        if to == THROTTLED_ONCE && previous == 0 {
+            return error(130_429, "Rate limit hit");
+        }
+        (
+            StatusCode::OK,
+            Json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{ "input": to, "wa_id": to }],
+            "messages": [{ "id": format!("wamid.out{}", previous + 1) }] })),
+        )
+    }
+}
+
+async fn signed_post(p: &Platform, body: String) -> StatusCode {
+    let signature = ingress::sign_whatsapp_webhook(SECRET, body.as_bytes());
+    post(p, "/whatsapp/webhook", &body, Some(signature)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
+    let (graph, graph_url) = graph::Graph::start().await;
+    let mut vars = settings().to_vec();
+    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
+    let p = Platform::start_with(&vars, 1).await;
+    let t = p.tenant("wa-out").await;
+    register(
+        &p,
+        t.id.get(),
+        "444",
+        json!({ "access_token": "EAAG-tenant-token" }),
+    )
+    .await;
+
+    // A plain reply: the tenant's token, the documented body.
+    let hello = webhook(vec![change(
+        "444",
+        vec![message("wamid.h1", "15550001111", "hello")],
+    )]);
+    assert_eq!(signed_post(&p, hello.clone()).await, StatusCode::OK);
+    eventually(WAIT, "the reply at the Graph API", || async {
+        (!graph.sent_to("15550001111").is_empty()).then_some(())
+    })
+    .await;
+    let sent = graph.sent_to("15550001111");
+    assert_eq!(sent[0].phone_number_id, "444");
+    assert_eq!(sent[0].authorization, "Bearer EAAG-tenant-token");
+    assert_eq!(sent[0].body["messaging_product"], "whatsapp");
+    assert_eq!(sent[0].body["type"], "text");
+    assert!(
+        sent[0].body["text"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("You said: hello")
+    );
+
+    // Meta retries the webhook after we answered: the stored reply is republished and
+    // the deliverer drops it; a later message shows the retry was processed.
+    assert_eq!(signed_post(&p, hello).await, StatusCode::OK);
+    let next = webhook(vec![change(
+        "444",
+        vec![message("wamid.h2", "15550001111", "and now?")],
+    )]);
+    assert_eq!(signed_post(&p, next).await, StatusCode::OK);
+    eventually(WAIT, "the second reply", || async {
+        (graph.sent_to("15550001111").len() >= 2).then_some(())
+    })
+    .await;
+    let sent = graph.sent_to("15550001111");
+    assert_eq!(sent.len(), 2, "each reply sent once");
+    assert!(
+        sent[1].body["text"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("You said: and now?")
+    );
+
+    // A long reply goes out in order, in parts of at most 4096 characters.
+    let long: String = (0..12)
+        .map(|i| format!("Paragraph {i}. {}\n\n", "word ".repeat(150)))
+        .collect();
+    let big = webhook(vec![change(
+        "444",
+        vec![message("wamid.long", "15550002222", &long)],
+    )]);
+    assert_eq!(signed_post(&p, big).await, StatusCode::OK);
+    eventually(WAIT, "the long reply", || async {
+        (graph.sent_to("15550002222").len() >= 3).then_some(())
+    })
+    .await;
+    let parts: Vec<String> = graph
+        .sent_to("15550002222")
+        .iter()
+        .map(|s| s.body["text"]["body"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(parts.iter().all(|p| p.chars().count() <= 4096));
+    let joined = parts.join(" ");
+    let order: Vec<usize> = (0..12)
+        .map(|i| {
+            joined
+                .find(&format!("Paragraph {i}."))
+                .expect("every paragraph sent")
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "parts in order");
+
+    // 131047: marked failed, not retried. 130429: retried, then sent.
+    let closed = webhook(vec![change(
+        "444",
+        vec![message("wamid.c1", graph::CLOSED_WINDOW, "late reply")],
+    )]);
+    let throttled = webhook(vec![change(
+        "444",
+        vec![message("wamid.t1", graph::THROTTLED_ONCE, "busy?")],
+    )]);
+    assert_eq!(signed_post(&p, closed).await, StatusCode::OK);
+    assert_eq!(signed_post(&p, throttled).await, StatusCode::OK);
+    eventually(WAIT, "the throttled reply to get through", || async {
+        (graph.sent_to(graph::THROTTLED_ONCE).len() == 2).then_some(())
+    })
+    .await;
+    let conv = p
+        .env
+        .db
+        .conversations()
+        .find(t.id, Channel::Whatsapp, graph::CLOSED_WINDOW)
+        .await
+        .expect("find")
+        .expect("conv");
+    let failed = eventually(WAIT, "the closed-window reply marked failed", || async {
+        let stored = p
+            .env
+            .db
+            .messages()
+            .in_conversation(t.id, conv, 10)
+            .await
+            .ok()?;
+        stored
+            .into_iter()
+            .find(|m| m.delivery_status.as_deref() == Some("failed"))
+    })
+    .await;
+    assert_eq!(failed.role, shared::db::Role::Assistant);
+    assert_eq!(
+        graph.sent_to(graph::CLOSED_WINDOW).len(),
+        1,
+        "no retry of a closed window"
+    );
+    let conv = p
+        .env
+        .db
+        .conversations()
+        .find(t.id, Channel::Whatsapp, graph::THROTTLED_ONCE)
+        .await
+        .expect("find")
+        .expect("conv");
+    let stored = p.stored(t.id, conv).await;
+    assert!(
+        stored
+            .iter()
+            .any(|m| m.delivery_status.as_deref() == Some("sent"))
+    );
+    p.stop().await;
+}

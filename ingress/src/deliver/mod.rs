@@ -1,3 +1,4 @@
 //! Outbound deliverers: one consumer per channel's `<prefix>.outbound.<channel>` queue.
 
 pub(crate) mod mailbox;
+pub(crate) mod whatsapp;

@@ -385,6 +385,45 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
+    /// The delivery status of a stored reply (`None`: not sent yet, or unknown reply).
+    pub async fn delivery_status(
+        &self,
+        client_id: ClientId,
+        reply_id: ReplyId,
+    ) -> Result<Option<String>> {
+        let status: Option<Option<String>> = guard::query_scalar(
+            "SELECT delivery_status FROM messages WHERE client_id = ? AND envelope_id = ?",
+        )?
+        .bind(client_id.get())
+        .bind(reply_id.as_uuid())
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(status.flatten())
+    }
+
+    /// Records the outcome of sending a reply through a provider: its status (`sent`,
+    /// `failed`) and the provider's id of the (last) message sent.
+    pub async fn record_delivery(
+        &self,
+        client_id: ClientId,
+        reply_id: ReplyId,
+        status: &str,
+        channel_message_id: Option<&str>,
+    ) -> Result<()> {
+        guard::query(
+            "UPDATE messages SET delivery_status = ?, \
+             channel_message_id = COALESCE(?, channel_message_id) \
+             WHERE client_id = ? AND envelope_id = ?",
+        )?
+        .bind(status)
+        .bind(channel_message_id)
+        .bind(client_id.get())
+        .bind(reply_id.as_uuid())
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Marks a still-pending user turn as failed (it was dead-lettered) or ignored.
     pub async fn close_unanswered(
         &self,

@@ -1,0 +1,225 @@
+//! The WhatsApp deliverer: sends each reply on `<prefix>.outbound.whatsapp` through the
+//! Graph API (`POST {graph_base_url}/{api_version}/{phone_number_id}/messages`) with the
+//! tenant's access token, decrypted only in memory for the call.
+//!
+//! - A reply that was sent before (its delivery status is set) is never sent again.
+//! - Replies over 4096 characters go out as several messages, split at paragraph, then
+//!   sentence, then word boundaries, in order.
+//! - Errors are decided by Graph's `error.code`, not the HTTP status alone: 131047 (the
+//!   24-hour window is closed) and 131026 (undeliverable) mark the reply failed without a
+//!   retry; 130429 / 131056 (throughput limits), 5xx and timeouts are retried with
+//!   backoff, then handed back to the queue; anything else (190: bad token…) is
+//!   dead-lettered with the reason.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shared::envelope::Reply;
+use shared::ids::Channel;
+use shared::mq::Delivery;
+
+use crate::AppState;
+
+/// Unacked replies held at once.
+const PREFETCH: u16 = 32;
+/// Longest text of one WhatsApp message.
+const MAX_CHARS: usize = 4096;
+/// In-process tries of a transient failure before the message goes back to the queue.
+const TRIES: u32 = 4;
+
+pub(crate) async fn run(state: AppState) {
+    let queue = state.broker().topology().outbound_queue(Channel::Whatsapp);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap_or_default();
+    let mut deliveries = state.broker().subscribe(
+        &queue,
+        PREFETCH,
+        "deliver-whatsapp",
+        state.shutdown().clone(),
+    );
+    while let Some(delivery) = deliveries.next().await {
+        deliver(&state, &http, &queue, delivery).await;
+    }
+}
+
+/// How one send attempt ended.
+enum Outcome {
+    Sent(String),
+    /// No point retrying; the reply is marked failed.
+    Failed(String),
+    Transient(String),
+    Permanent(String),
+}
+
+async fn deliver(state: &AppState, http: &reqwest::Client, queue: &str, delivery: Delivery) {
+    let reply: Reply = match serde_json::from_slice(&delivery.body) {
+        Ok(r) => r,
+        Err(e) => {
+            return dead_letter(state, queue, &delivery, &format!("undecodable reply: {e}")).await;
+        }
+    };
+    let span = tracing::info_span!("deliver", channel = "whatsapp", client_id = %reply.client_id, reply_id = %reply.id);
+    let _guard = span.enter();
+    let messages = state.db().messages();
+    match messages.delivery_status(reply.client_id, reply.id).await {
+        Ok(Some(status)) => {
+            tracing::info!(%status, "already sent; dropped");
+            let _ = delivery.ack().await;
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => return requeue(&delivery, &e.to_string()).await,
+    }
+    let Some(phone_number_id) = reply.channel_account.clone() else {
+        return dead_letter(
+            state,
+            queue,
+            &delivery,
+            "reply has no channel_account (phone_number_id)",
+        )
+        .await;
+    };
+    let token = match access_token(state, &reply, &phone_number_id).await {
+        Ok(t) => t,
+        Err(reason) => return dead_letter(state, queue, &delivery, &reason).await,
+    };
+    let settings = state.whatsapp();
+    let url = format!(
+        "{}/{}/{}/messages",
+        settings.graph_base_url.trim_end_matches('/'),
+        settings.api_version,
+        phone_number_id
+    );
+    let mut last_id = None;
+    for part in shared::knowledge::chunks(reply.text.expose(), MAX_CHARS, 0) {
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            match send(http, &url, &token, reply.external_id.expose(), &part).await {
+                Outcome::Transient(reason) if tries < TRIES => {
+                    tracing::warn!(%reason, tries, "WhatsApp send failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 << tries)).await;
+                }
+                other => break other,
+            }
+        };
+        match outcome {
+            Outcome::Sent(id) => last_id = Some(id),
+            Outcome::Failed(reason) => {
+                tracing::warn!(%reason, "WhatsApp refused the message; marked failed");
+                metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "failed").increment(1);
+                if messages
+                    .record_delivery(reply.client_id, reply.id, "failed", None)
+                    .await
+                    .is_ok()
+                {
+                    let _ = delivery.ack().await;
+                }
+                return;
+            }
+            Outcome::Transient(reason) => return requeue(&delivery, &reason).await,
+            Outcome::Permanent(reason) => {
+                let _ = messages
+                    .record_delivery(reply.client_id, reply.id, "failed", None)
+                    .await;
+                return dead_letter(state, queue, &delivery, &reason).await;
+            }
+        }
+    }
+    match messages
+        .record_delivery(reply.client_id, reply.id, "sent", last_id.as_deref())
+        .await
+    {
+        Ok(()) => {
+            metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "sent").increment(1);
+            let _ = delivery.ack().await;
+        }
+        Err(e) => requeue(&delivery, &e.to_string()).await,
+    }
+}
+
+/// The tenant's access token for the number, checked to belong to the reply's tenant.
+async fn access_token(
+    state: &AppState,
+    reply: &Reply,
+    phone_number_id: &str,
+) -> Result<String, String> {
+    let accounts = state.db().channel_accounts();
+    let owner = accounts
+        .owner(Channel::Whatsapp, phone_number_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some((client_id, account_id)) = owner.filter(|(c, _)| *c == reply.client_id) else {
+        return Err("the phone number is not the reply's tenant's".into());
+    };
+    let sealed = accounts
+        .sealed_credentials(client_id, account_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the WhatsApp account has no credentials")?;
+    let plain = state
+        .secrets()
+        .open(client_id, Channel::Whatsapp, &sealed)
+        .map_err(|e| e.to_string())?;
+    let creds: Value = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
+    creds
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| "the WhatsApp account has no access_token".into())
+}
+
+async fn send(http: &reqwest::Client, url: &str, token: &str, to: &str, text: &str) -> Outcome {
+    let body = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "text",
+        "text": { "body": text },
+    });
+    let response = match http.post(url).bearer_auth(token).json(&body).send().await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Transient(format!("Graph API unreachable: {e}")),
+    };
+    let status = response.status();
+    let parsed: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return match parsed["messages"][0]["id"].as_str() {
+            Some(id) => Outcome::Sent(id.to_owned()),
+            None => Outcome::Transient("Graph API answered without a message id".into()),
+        };
+    }
+    let code = parsed["error"]["code"].as_i64();
+    let message = parsed["error"]["message"].as_str().unwrap_or("").to_owned();
+    let reason = format!(
+        "Graph API {status}, error {}: {message}",
+        code.map_or("?".to_owned(), |c| c.to_string())
+    );
+    match code {
+        Some(131_047 | 131_026) => Outcome::Failed(reason),
+        Some(130_429 | 131_056) => Outcome::Transient(reason),
+        _ if status.is_server_error() => Outcome::Transient(reason),
+        _ => Outcome::Permanent(reason),
+    }
+}
+
+async fn requeue(delivery: &Delivery, reason: &str) {
+    tracing::warn!(%reason, "WhatsApp delivery failed for now; back to the queue");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = delivery.requeue().await;
+}
+
+async fn dead_letter(state: &AppState, queue: &str, delivery: &Delivery, reason: &str) {
+    tracing::error!(%reason, "WhatsApp delivery dead-lettered");
+    if state
+        .publisher()
+        .dead_letter(delivery, queue, reason)
+        .await
+        .is_ok()
+    {
+        let _ = delivery.ack().await;
+    }
+}
