@@ -198,9 +198,13 @@ pub enum EventKind {
     HandedBack,
     /// A user message arrived while a human has the conversation (forwarded to agents).
     UserMessage,
+    /// The channel reported a reply's delivery status (`status`: sent, delivered, read,
+    /// failed).
+    Delivery,
 }
 
-/// An event on `<prefix>.events`, routing key `handoff.<client_id>`.
+/// An event on `<prefix>.events`, routing key `handoff.<client_id>`, or
+/// `delivery.<status>.<client_id>` for delivery statuses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub v: u16,
@@ -214,6 +218,12 @@ pub struct Event {
     /// The forwarded message's text (`user_message` events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<Pii<String>>,
+    /// The delivery status (`delivery` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The channel's id of the message the status is about (`delivery` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_message_id: Option<String>,
     pub at: DateTime<Utc>,
 }
 
@@ -233,7 +243,21 @@ impl Event {
             channel,
             envelope_id: None,
             text: None,
+            status: None,
+            channel_message_id: None,
             at: Utc::now(),
+        }
+    }
+
+    /// The routing key on the events exchange.
+    pub fn routing_key(&self) -> String {
+        match self.kind {
+            EventKind::Delivery => format!(
+                "delivery.{}.{}",
+                self.status.as_deref().unwrap_or("unknown"),
+                self.client_id
+            ),
+            _ => format!("handoff.{}", self.client_id),
         }
     }
 

@@ -494,7 +494,7 @@ mod graph {
             Json(json!({
             "messaging_product": "whatsapp",
             "contacts": [{ "input": to, "wa_id": to }],
-            "messages": [{ "id": format!("wamid.out{}", previous + 1) }] })),
+            "messages": [{ "id": format!("wamid.out-{to}-{}", previous + 1) }] })),
         )
     }
 }
@@ -539,6 +539,73 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
             .as_str()
             .unwrap_or("")
             .ends_with("You said: hello")
+    );
+
+    // Statuses move the stored reply forward only, and are announced.
+    let conv = p
+        .env
+        .db
+        .conversations()
+        .find(t.id, Channel::Whatsapp, "15550001111")
+        .await
+        .expect("find")
+        .expect("conv");
+    eventually(WAIT, "the reply recorded as sent", || async {
+        let stored = p
+            .env
+            .db
+            .messages()
+            .in_conversation(t.id, conv, 10)
+            .await
+            .ok()?;
+        stored
+            .iter()
+            .any(|m| m.delivery_status.as_deref() == Some("sent"))
+            .then_some(())
+    })
+    .await;
+    let mut events = p
+        .env
+        .broker
+        .tap(
+            &p.env.broker.topology().events_exchange(),
+            &format!("delivery.*.{}", t.id),
+        )
+        .await
+        .expect("tap");
+    for status in ["delivered", "sent", "read"] {
+        let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": { "display_phone_number": "1", "phone_number_id": "444" },
+            "statuses": [{ "id": "wamid.out-15550001111-1", "status": status, "timestamp": "1750263773", "recipient_id": "15550001111" }] } }] }] });
+        assert_eq!(signed_post(&p, body.to_string()).await, StatusCode::OK);
+    }
+    let mut announced = Vec::new();
+    while announced.len() < 2 {
+        let d = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("an event")
+            .expect("event");
+        let event: shared::envelope::Event = serde_json::from_slice(&d.body).expect("event json");
+        announced.push(event.status.unwrap_or_default());
+    }
+    assert_eq!(
+        announced,
+        ["delivered", "read"],
+        "an out-of-order 'sent' changes nothing"
+    );
+    let conv = p
+        .env
+        .db
+        .conversations()
+        .find(t.id, Channel::Whatsapp, "15550001111")
+        .await
+        .expect("find")
+        .expect("conv");
+    let stored = p.stored(t.id, conv).await;
+    assert!(
+        stored
+            .iter()
+            .any(|m| m.delivery_status.as_deref() == Some("read"))
     );
 
     // Meta retries the webhook after we answered: the stored reply is republished and

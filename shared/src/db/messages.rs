@@ -135,6 +135,8 @@ pub struct StoredMessage {
     pub config_version: Option<u64>,
     pub seq: Option<u64>,
     pub delivery_status: Option<String>,
+    /// The channel's id of the message (WhatsApp wamid), when it has one.
+    pub channel_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -424,6 +426,43 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
+    /// Applies a status the channel reported for the message it knows as
+    /// `channel_message_id`. Statuses only move forward (sent → delivered → read; failed
+    /// at any point), since providers may report them out of order. Returns the
+    /// conversation of the reply that changed, if one did.
+    pub async fn apply_delivery_status(
+        &self,
+        client_id: ClientId,
+        channel_message_id: &str,
+        status: &str,
+    ) -> Result<Option<ConversationId>> {
+        let done = guard::query(
+            "UPDATE messages SET delivery_status = ? \
+             WHERE client_id = ? AND channel_message_id = ? AND role IN ('assistant', 'agent') \
+               AND (delivery_status IS NULL OR ? = 'failed' \
+                    OR FIELD(delivery_status, 'sent', 'delivered', 'read') \
+                       < FIELD(?, 'sent', 'delivered', 'read'))",
+        )?
+        .bind(status)
+        .bind(client_id.get())
+        .bind(channel_message_id)
+        .bind(status)
+        .bind(status)
+        .execute(self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let conversation: Option<u64> = guard::query_scalar(
+            "SELECT conversation_id FROM messages WHERE client_id = ? AND channel_message_id = ? LIMIT 1",
+        )?
+        .bind(client_id.get())
+        .bind(channel_message_id)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(conversation.map(ConversationId::new))
+    }
+
     /// Marks a still-pending user turn as failed (it was dead-lettered) or ignored.
     pub async fn close_unanswered(
         &self,
@@ -490,7 +529,7 @@ impl<'a> Messages<'a> {
         let rows = guard::query(
             "SELECT id, envelope_id, role, content, state, reply_kind, prompt_tokens, \
              completion_tokens, estimated_prompt_tokens, config_version, seq, delivery_status, \
-             created_at FROM messages WHERE client_id = ? AND conversation_id = ? \
+             channel_message_id, created_at FROM messages WHERE client_id = ? AND conversation_id = ? \
              ORDER BY id DESC LIMIT ?",
         )?
         .bind(client_id.get())
@@ -514,6 +553,7 @@ impl<'a> Messages<'a> {
                     config_version: r.try_get("config_version")?,
                     seq: r.try_get("seq")?,
                     delivery_status: r.try_get("delivery_status")?,
+                    channel_message_id: r.try_get("channel_message_id")?,
                     created_at: r.try_get("created_at")?,
                 })
             })

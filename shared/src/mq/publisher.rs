@@ -83,7 +83,7 @@ impl Publisher {
         .await
     }
 
-    /// Publishes a conversation event to `<prefix>.events` as `handoff.<client_id>`.
+    /// Publishes a conversation event to `<prefix>.events` (see [`Event::routing_key`]).
     /// Events are facts for other systems: nobody may be bound, so an unroutable event
     /// is not an error (the publish is not `mandatory`).
     pub async fn publish_event(&self, event: &Event) -> Result<()> {
@@ -95,7 +95,7 @@ impl Publisher {
         let props = properties(event.id.to_string(), None, table);
         self.publish_with(
             &self.broker.topology().events_exchange(),
-            &format!("handoff.{}", event.client_id),
+            &event.routing_key(),
             &event.to_json(),
             props,
             false,

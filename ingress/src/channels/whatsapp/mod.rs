@@ -9,7 +9,8 @@
 //!   after every envelope of the batch is confirmed by the broker (503 otherwise: Meta
 //!   retries). A validly signed payload that cannot be routed — unknown
 //!   `phone_number_id`, unparseable shape — is kept in the dead-letter queue and answered
-//!   200, so Meta does not retry it forever.
+//!   200, so Meta does not retry it forever. `statuses[]` update the stored reply's
+//!   delivery status (forward only) and are announced as `delivery.<status>.<client_id>`.
 //! - `GET/POST /whatsapp/webhook/{client_slug}`: the same with the tenant's own Meta app
 //!   (`verify_token`, `app_secret` from its WhatsApp channel account); a payload signed
 //!   for one tenant is never accepted for another's numbers.
@@ -27,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use serde_json::Value;
-use shared::envelope::{ENVELOPE_VERSION, Envelope, Sender, Trace};
+use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Sender, Trace};
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::pii::Pii;
 use subtle::ConstantTimeEq;
@@ -208,6 +209,9 @@ async fn accept(state: &AppState, app: &App, headers: &HeaderMap, body: Body) ->
                 continue;
             }
         };
+        for status in &value.statuses {
+            apply_status(state, client_id, status).await?;
+        }
         for message in &value.messages {
             let Some(inbound) = message.normalise(&value.contacts) else {
                 continue;
@@ -248,6 +252,43 @@ async fn accept(state: &AppState, app: &App, headers: &HeaderMap, body: Body) ->
     metrics::counter!("chatfleet_inbound_accepted_total", "channel" => "whatsapp")
         .increment(envelopes.len() as u64);
     Ok(StatusCode::OK.into_response())
+}
+
+/// Records a delivery status of one of our messages and announces it as
+/// `delivery.<status>.<client_id>`.
+async fn apply_status(
+    state: &AppState,
+    client_id: ClientId,
+    status: &payload::WaStatus,
+) -> Result<()> {
+    if !matches!(
+        status.status.as_str(),
+        "sent" | "delivered" | "read" | "failed"
+    ) {
+        return Ok(());
+    }
+    let changed = state
+        .db()
+        .messages()
+        .apply_delivery_status(client_id, &status.id, &status.status)
+        .await?;
+    tracing::debug!(status = %status.status, changed = changed.is_some(), "delivery status");
+    if let Some(conversation_id) = changed {
+        let mut event = Event::new(
+            EventKind::Delivery,
+            client_id,
+            conversation_id,
+            Channel::Whatsapp,
+        );
+        event.status = Some(status.status.clone());
+        event.channel_message_id = Some(status.id.clone());
+        state
+            .publisher()
+            .publish_event(&event)
+            .await
+            .map_err(|e| ApiError::broker_unavailable(&e))?;
+    }
+    Ok(())
 }
 
 /// Keeps a validly signed payload that cannot be routed in the dead-letter queue.

@@ -33,6 +33,17 @@ pub(super) struct ChangeValue {
     pub contacts: Vec<Contact>,
     #[serde(default)]
     pub messages: Vec<WaMessage>,
+    #[serde(default)]
+    pub statuses: Vec<WaStatus>,
+}
+
+/// A delivery status of a message we sent (`statuses[]`).
+#[derive(Debug, Deserialize)]
+pub(super) struct WaStatus {
+    /// The wamid of our message.
+    pub id: String,
+    /// sent | delivered | read | failed (others are ignored).
+    pub status: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +161,84 @@ impl WaMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON, biased towards the webhook's own keys so the parser gets deep.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("entry".to_owned()),
+            Just("changes".to_owned()),
+            Just("value".to_owned()),
+            Just("field".to_owned()),
+            Just("messages".to_owned()),
+            Just("metadata".to_owned()),
+            Just("phone_number_id".to_owned()),
+            Just("type".to_owned()),
+            Just("from".to_owned()),
+            Just("id".to_owned()),
+            Just("text".to_owned()),
+            Just("body".to_owned()),
+            Just("interactive".to_owned()),
+            Just("location".to_owned()),
+            Just("contacts".to_owned()),
+            "[a-z_]{1,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,12}".prop_map(Value::from),
+            prop_oneof![
+                Just("text"),
+                Just("image"),
+                Just("interactive"),
+                Just("location"),
+                Just("reaction"),
+                Just("messages")
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// What the webhook handler does with a body, minus the I/O.
+    fn parse_all(raw: &[u8]) -> usize {
+        let Ok(webhook) = serde_json::from_slice::<Webhook>(raw) else {
+            return 0;
+        };
+        let mut n = 0;
+        for change in webhook.entry.into_iter().flat_map(|e| e.changes) {
+            if let Ok(value) = serde_json::from_value::<ChangeValue>(change.value) {
+                n += value
+                    .messages
+                    .iter()
+                    .filter_map(|m| m.normalise(&value.contacts))
+                    .count();
+                n += value.statuses.len();
+            }
+        }
+        n
+    }
+
+    proptest! {
+        #[test]
+        fn the_parser_never_panics_on_arbitrary_json(value in json_value()) {
+            parse_all(value.to_string().as_bytes());
+        }
+
+        #[test]
+        fn the_parser_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            parse_all(&bytes);
+        }
+    }
 
     fn inbound(fixture: &str) -> Vec<Inbound> {
         let webhook: Webhook = serde_json::from_str(fixture).expect("fixture parses");
