@@ -187,6 +187,7 @@ pub struct WhatsappSettings {
     pub api_version: String,
     pub app_secret: Secret<String>,
     pub verify_token: Secret<String>,
+    pub messages_per_second: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -417,6 +418,11 @@ impl Settings {
             self.llm.providers.contains_key(&self.embeddings.provider),
             "embeddings.provider",
             format!("{:?} is not one of llm.providers", self.embeddings.provider),
+        );
+        check(
+            self.whatsapp.messages_per_second > 0,
+            "whatsapp.messages_per_second",
+            "must be positive".into(),
         );
         check(
             self.vector.url.starts_with("http://") || self.vector.url.starts_with("https://"),

@@ -421,6 +421,7 @@ mod graph {
 
     #[derive(Debug, Clone)]
     pub struct Sent {
+        pub at: std::time::Instant,
         pub phone_number_id: String,
         pub authorization: String,
         pub body: Value,
@@ -466,6 +467,7 @@ mod graph {
         let to = body["to"].as_str().unwrap_or("").to_owned();
         let previous = graph.sent_to(&to).len();
         graph.sent.lock().expect("lock").push(Sent {
+            at: std::time::Instant::now(),
             phone_number_id: phone,
             authorization: headers
                 .get("authorization")
@@ -713,6 +715,43 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
         stored
             .iter()
             .any(|m| m.delivery_status.as_deref() == Some("sent"))
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbers_send_rate_is_limited() {
+    let (graph, graph_url) = graph::Graph::start().await;
+    let mut vars = settings().to_vec();
+    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
+    vars.push(("CHATFLEET__WHATSAPP__MESSAGES_PER_SECOND", "2"));
+    let p = Platform::start_with(&vars, 1).await;
+    let t = p.tenant("wa-rate").await;
+    register(&p, t.id.get(), "555", json!({ "access_token": "token" })).await;
+    let users: Vec<String> = (0..6).map(|i| format!("1555000070{i}")).collect();
+    let batch = webhook(vec![change(
+        "555",
+        users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| message(&format!("wamid.rate{i}"), u, "hi"))
+            .collect(),
+    )]);
+    assert_eq!(signed_post(&p, batch).await, StatusCode::OK);
+    eventually(WAIT, "six replies sent", || async {
+        (graph.sent().len() == 6).then_some(())
+    })
+    .await;
+    let times: Vec<std::time::Instant> = graph.sent().iter().map(|s| s.at).collect();
+    let span = times
+        .iter()
+        .max()
+        .expect("max")
+        .duration_since(*times.iter().min().expect("min"));
+    // Two at once, then two a second: the last four need at least 1.5 s.
+    assert!(
+        span >= std::time::Duration::from_millis(1500),
+        "six sends within {span:?}"
     );
     p.stop().await;
 }

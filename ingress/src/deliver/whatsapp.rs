@@ -5,6 +5,8 @@
 //! - A reply that was sent before (its delivery status is set) is never sent again.
 //! - Replies over 4096 characters go out as several messages, split at paragraph, then
 //!   sentence, then word boundaries, in order.
+//! - Each number sends at most `whatsapp.messages_per_second` (a Redis token bucket
+//!   shared by every deliverer replica).
 //! - Errors are decided by Graph's `error.code`, not the HTTP status alone: 131047 (the
 //!   24-hour window is closed) and 131026 (undeliverable) mark the reply failed without a
 //!   retry; 130429 / 131056 (throughput limits), 5xx and timeouts are retried with
@@ -94,6 +96,22 @@ async fn deliver(state: &AppState, http: &reqwest::Client, queue: &str, delivery
     );
     let mut last_id = None;
     for part in shared::knowledge::chunks(reply.text.expose(), MAX_CHARS, 0) {
+        // The number's throughput limit, shared across replicas: wait for a slot.
+        loop {
+            match state
+                .cache()
+                .take_send_token(
+                    reply.client_id,
+                    &phone_number_id,
+                    settings.messages_per_second,
+                )
+                .await
+            {
+                Ok(None) => break,
+                Ok(Some(wait)) => tokio::time::sleep(wait).await,
+                Err(e) => return requeue(&delivery, &e.to_string()).await,
+            }
+        }
         let mut tries = 0;
         let outcome = loop {
             tries += 1;

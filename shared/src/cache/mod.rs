@@ -152,6 +152,10 @@ impl TenantKeys<'_> {
     pub fn rate_bucket(&self) -> String {
         format!("{}:t:{}:rate", self.prefix, self.client_id)
     }
+    /// The send-rate bucket of one of the tenant's channel accounts.
+    pub fn send_bucket(&self, account: &str) -> String {
+        format!("{}:t:{}:send:{account}", self.prefix, self.client_id)
+    }
 }
 
 fn redis_error(e: impl std::fmt::Display) -> Error {

@@ -40,12 +40,33 @@ impl Cache {
         client_id: ClientId,
         limits: &PlanLimits,
     ) -> Result<Option<Duration>> {
-        let per_ms = f64::from(limits.messages_per_minute) / 60_000.0;
+        let key = self.keys.tenant(client_id).rate_bucket();
+        self.take(
+            &key,
+            limits.burst,
+            f64::from(limits.messages_per_minute) / 60.0,
+        )
+        .await
+    }
+
+    /// Takes one send from the bucket of a tenant's channel account (e.g. a WhatsApp
+    /// number's throughput limit, shared by every deliverer replica).
+    pub async fn take_send_token(
+        &self,
+        client_id: ClientId,
+        account: &str,
+        per_second: u32,
+    ) -> Result<Option<Duration>> {
+        let key = self.keys.tenant(client_id).send_bucket(account);
+        self.take(&key, per_second, f64::from(per_second)).await
+    }
+
+    async fn take(&self, key: &str, capacity: u32, per_second: f64) -> Result<Option<Duration>> {
         let mut conn = self.pool.get().await.map_err(redis_error)?;
         let wait_ms: u64 = redis::Script::new(TAKE)
-            .key(self.keys.tenant(client_id).rate_bucket())
-            .arg(limits.burst.max(1))
-            .arg(per_ms)
+            .key(key)
+            .arg(capacity.max(1))
+            .arg(per_second / 1000.0)
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
