@@ -57,13 +57,24 @@ async fn main() {
     let tenant = env.tenant("bench").await;
     env.db
         .channel_accounts()
-        .create(tenant.id, shared::ids::Channel::Whatsapp, "777", None, &json!({}))
+        .create(
+            tenant.id,
+            shared::ids::Channel::Whatsapp,
+            "777",
+            None,
+            &json!({}),
+        )
         .await
         .expect("channel account");
     let shutdown = CancellationToken::new();
-    let running = ingress::start(env.settings.clone(), shutdown.clone()).await.expect("ingress");
+    let running = ingress::start(env.settings.clone(), shutdown.clone())
+        .await
+        .expect("ingress");
     let url = format!("http://{}/whatsapp/webhook", running.addr);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("client");
 
     // Warm up connections and caches.
     for i in 0..200 {
@@ -97,7 +108,9 @@ async fn main() {
     for i in 0..count {
         tokio::time::sleep_until(start + per * i as u32).await;
         let (http, url) = (http.clone(), url.clone());
-        tasks.push(tokio::spawn(async move { post(&http, &url, 100_000 + i).await }));
+        tasks.push(tokio::spawn(
+            async move { post(&http, &url, 100_000 + i).await },
+        ));
     }
     let mut latencies = Vec::with_capacity(count);
     for t in tasks {

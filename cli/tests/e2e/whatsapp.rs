@@ -661,6 +661,15 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "parts in order");
 
     // 131047: marked failed, not retried. 130429: retried, then sent.
+    let mut failures = p
+        .env
+        .broker
+        .tap(
+            &p.env.broker.topology().events_exchange(),
+            &format!("delivery.failed.{}", t.id),
+        )
+        .await
+        .expect("tap");
     let closed = webhook(vec![change(
         "444",
         vec![message("wamid.c1", graph::CLOSED_WINDOW, "late reply")],
@@ -701,6 +710,16 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
         graph.sent_to(graph::CLOSED_WINDOW).len(),
         1,
         "no retry of a closed window"
+    );
+    let announced = tokio::time::timeout(WAIT, failures.next())
+        .await
+        .expect("a delivery.failed event")
+        .expect("event");
+    let event: shared::envelope::Event =
+        serde_json::from_slice(&announced.body).expect("event json");
+    assert_eq!(
+        (event.kind, event.status.as_deref()),
+        (shared::envelope::EventKind::Delivery, Some("failed"))
     );
     let conv = p
         .env

@@ -9,14 +9,14 @@
 //!   shared by every deliverer replica).
 //! - Errors are decided by Graph's `error.code`, not the HTTP status alone: 131047 (the
 //!   24-hour window is closed) and 131026 (undeliverable) mark the reply failed without a
-//!   retry; 130429 / 131056 (throughput limits), 5xx and timeouts are retried with
+//!   retry and announce `delivery.failed.<client_id>`; 130429 / 131056 (throughput limits), 5xx and timeouts are retried with
 //!   backoff, then handed back to the queue; anything else (190: bad token…) is
 //!   dead-lettered with the reason.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shared::envelope::Reply;
+use shared::envelope::{Event, EventKind, Reply};
 use shared::ids::Channel;
 use shared::mq::Delivery;
 
@@ -128,13 +128,23 @@ async fn deliver(state: &AppState, http: &reqwest::Client, queue: &str, delivery
             Outcome::Failed(reason) => {
                 tracing::warn!(%reason, "WhatsApp refused the message; marked failed");
                 metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "failed").increment(1);
-                if messages
+                if let Err(e) = messages
                     .record_delivery(reply.client_id, reply.id, "failed", None)
                     .await
-                    .is_ok()
                 {
-                    let _ = delivery.ack().await;
+                    return requeue(&delivery, &e.to_string()).await;
                 }
+                let mut event = Event::new(
+                    EventKind::Delivery,
+                    reply.client_id,
+                    reply.conversation_id,
+                    Channel::Whatsapp,
+                );
+                event.status = Some("failed".into());
+                if let Err(e) = state.publisher().publish_event(&event).await {
+                    tracing::warn!(error = %e, "could not announce the failed delivery");
+                }
+                let _ = delivery.ack().await;
                 return;
             }
             Outcome::Transient(reason) => return requeue(&delivery, &reason).await,
