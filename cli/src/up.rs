@@ -107,7 +107,7 @@ async fn demo_tenant(db: &Db) -> anyhow::Result<String> {
             config.persona_tone = "friendly".into();
             db.configs().update(id, &config).await?;
             db.configs()
-                .upsert_mode(
+                .create_mode(
                     id,
                     &AgentMode {
                         module_key: "support".into(),

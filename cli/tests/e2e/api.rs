@@ -30,7 +30,7 @@ async fn configure(p: &Platform, client: ClientId, turns: u32) {
         ("disabled", "MODE-DISABLED", false, 1),
     ] {
         configs
-            .upsert_mode(
+            .create_mode(
                 client,
                 &AgentMode {
                     module_key: key.into(),

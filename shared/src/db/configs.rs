@@ -345,37 +345,6 @@ impl<'a> Configs<'a> {
         tx.commit().await?;
         Ok(Some(version))
     }
-
-    /// Creates or replaces an agent mode (unique per tenant and key) and bumps the
-    /// configuration version; returns the new version.
-    pub async fn upsert_mode(&self, client_id: ClientId, mode: &NewAgentMode) -> Result<u64> {
-        validate_mode_key(&mode.module_key)?;
-        let mut tx = self.pool.begin().await?;
-        let inserted = guard::query(
-            "INSERT INTO agent_modes (client_id, module_key, prompt_fragment, is_active, priority) \
-             VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE prompt_fragment = VALUES(prompt_fragment), \
-             is_active = VALUES(is_active), priority = VALUES(priority)",
-        )?
-        .bind(client_id.get())
-        .bind(&mode.module_key)
-        .bind(&mode.prompt_fragment)
-        .bind(mode.is_active)
-        .bind(mode.priority)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_duplicate_key(&e) => {
-                return Err(Error::Conflict(
-                    "agent mode conflicts with an existing one".into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let version = bump_version(&mut tx, client_id).await?;
-        tx.commit().await?;
-        Ok(version)
-    }
 }
 
 /// Bumps a tenant's configuration version inside `tx`; returns the new version.
