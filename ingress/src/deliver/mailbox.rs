@@ -10,6 +10,7 @@ use shared::cache::MailboxKey;
 use shared::envelope::Reply;
 use shared::ids::Channel;
 use shared::mq::Delivery;
+use tracing::Instrument;
 
 use crate::AppState;
 
@@ -47,30 +48,33 @@ async fn deliver(state: &AppState, channel: Channel, queue: &str, delivery: Deli
         }
     };
     let span = tracing::info_span!("deliver", %channel, client_id = %reply.client_id, reply_id = %reply.id);
-    let _guard = span.enter();
-    let placed = state
-        .db()
-        .messages()
-        .deliver_to_mailbox(reply.client_id, reply.conversation_id, reply.id)
-        .await;
-    match placed {
-        Ok(Some(_)) => {
-            let key = MailboxKey::new(reply.client_id, channel, reply.external_id.expose());
-            if let Err(e) = state.mailboxes().announce(&key).await {
-                // Pollers still see it on their next read; only the wake-up was lost.
-                tracing::warn!(error = %e, "could not announce the reply");
+    async {
+        let placed = state
+            .db()
+            .messages()
+            .deliver_to_mailbox(reply.client_id, reply.conversation_id, reply.id)
+            .await;
+        match placed {
+            Ok(Some(_)) => {
+                let key = MailboxKey::new(reply.client_id, channel, reply.external_id.expose());
+                if let Err(e) = state.mailboxes().announce(&key).await {
+                    // Pollers still see it on their next read; only the wake-up was lost.
+                    tracing::warn!(error = %e, "could not announce the reply");
+                }
+                tracing::info!("delivered");
             }
-            tracing::info!("delivered");
+            Ok(None) => tracing::info!("already delivered; dropped"),
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery failed; requeueing");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = delivery.requeue().await;
+                return;
+            }
         }
-        Ok(None) => tracing::info!("already delivered; dropped"),
-        Err(e) => {
-            tracing::warn!(error = %e, "delivery failed; requeueing");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery.requeue().await;
-            return;
+        if let Err(e) = delivery.ack().await {
+            tracing::warn!(error = %e, "ack failed; the reply will be redelivered and dropped");
         }
     }
-    if let Err(e) = delivery.ack().await {
-        tracing::warn!(error = %e, "ack failed; the reply will be redelivered and dropped");
-    }
+    .instrument(span)
+    .await
 }

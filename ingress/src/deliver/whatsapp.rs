@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use shared::envelope::{Event, EventKind, Reply};
 use shared::ids::Channel;
 use shared::mq::Delivery;
+use tracing::Instrument;
 
 use crate::AppState;
 
@@ -63,109 +64,112 @@ async fn deliver(state: &AppState, http: &reqwest::Client, queue: &str, delivery
         }
     };
     let span = tracing::info_span!("deliver", channel = "whatsapp", client_id = %reply.client_id, reply_id = %reply.id);
-    let _guard = span.enter();
-    let messages = state.db().messages();
-    match messages.delivery_status(reply.client_id, reply.id).await {
-        Ok(Some(status)) => {
-            tracing::info!(%status, "already sent; dropped");
-            let _ = delivery.ack().await;
-            return;
-        }
-        Ok(None) => {}
-        Err(e) => return requeue(&delivery, &e.to_string()).await,
-    }
-    let Some(phone_number_id) = reply.channel_account.clone() else {
-        return dead_letter(
-            state,
-            queue,
-            &delivery,
-            "reply has no channel_account (phone_number_id)",
-        )
-        .await;
-    };
-    let token = match access_token(state, &reply, &phone_number_id).await {
-        Ok(t) => t,
-        Err(reason) => return dead_letter(state, queue, &delivery, &reason).await,
-    };
-    let settings = state.whatsapp();
-    let url = format!(
-        "{}/{}/{}/messages",
-        settings.graph_base_url.trim_end_matches('/'),
-        settings.api_version,
-        phone_number_id
-    );
-    let mut last_id = None;
-    for part in shared::knowledge::chunks(reply.text.expose(), MAX_CHARS, 0) {
-        // The number's throughput limit, shared across replicas: wait for a slot.
-        loop {
-            match state
-                .cache()
-                .take_send_token(
-                    reply.client_id,
-                    &phone_number_id,
-                    settings.messages_per_second,
-                )
-                .await
-            {
-                Ok(None) => break,
-                Ok(Some(wait)) => tokio::time::sleep(wait).await,
-                Err(e) => return requeue(&delivery, &e.to_string()).await,
-            }
-        }
-        let mut tries = 0;
-        let outcome = loop {
-            tries += 1;
-            match send(http, &url, &token, reply.external_id.expose(), &part).await {
-                Outcome::Transient(reason) if tries < TRIES => {
-                    tracing::warn!(%reason, tries, "WhatsApp send failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(250 << tries)).await;
-                }
-                other => break other,
-            }
-        };
-        match outcome {
-            Outcome::Sent(id) => last_id = Some(id),
-            Outcome::Failed(reason) => {
-                tracing::warn!(%reason, "WhatsApp refused the message; marked failed");
-                metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "failed").increment(1);
-                if let Err(e) = messages
-                    .record_delivery(reply.client_id, reply.id, "failed", None)
-                    .await
-                {
-                    return requeue(&delivery, &e.to_string()).await;
-                }
-                let mut event = Event::new(
-                    EventKind::Delivery,
-                    reply.client_id,
-                    reply.conversation_id,
-                    Channel::Whatsapp,
-                );
-                event.status = Some("failed".into());
-                if let Err(e) = state.publisher().publish_event(&event).await {
-                    tracing::warn!(error = %e, "could not announce the failed delivery");
-                }
+    async {
+        let messages = state.db().messages();
+        match messages.delivery_status(reply.client_id, reply.id).await {
+            Ok(Some(status)) => {
+                tracing::info!(%status, "already sent; dropped");
                 let _ = delivery.ack().await;
                 return;
             }
-            Outcome::Transient(reason) => return requeue(&delivery, &reason).await,
-            Outcome::Permanent(reason) => {
-                let _ = messages
-                    .record_delivery(reply.client_id, reply.id, "failed", None)
-                    .await;
-                return dead_letter(state, queue, &delivery, &reason).await;
+            Ok(None) => {}
+            Err(e) => return requeue(&delivery, &e.to_string()).await,
+        }
+        let Some(phone_number_id) = reply.channel_account.clone() else {
+            return dead_letter(
+                state,
+                queue,
+                &delivery,
+                "reply has no channel_account (phone_number_id)",
+            )
+            .await;
+        };
+        let token = match access_token(state, &reply, &phone_number_id).await {
+            Ok(t) => t,
+            Err(reason) => return dead_letter(state, queue, &delivery, &reason).await,
+        };
+        let settings = state.whatsapp();
+        let url = format!(
+            "{}/{}/{}/messages",
+            settings.graph_base_url.trim_end_matches('/'),
+            settings.api_version,
+            phone_number_id
+        );
+        let mut last_id = None;
+        for part in shared::knowledge::chunks(reply.text.expose(), MAX_CHARS, 0) {
+            // The number's throughput limit, shared across replicas: wait for a slot.
+            loop {
+                match state
+                    .cache()
+                    .take_send_token(
+                        reply.client_id,
+                        &phone_number_id,
+                        settings.messages_per_second,
+                    )
+                    .await
+                {
+                    Ok(None) => break,
+                    Ok(Some(wait)) => tokio::time::sleep(wait).await,
+                    Err(e) => return requeue(&delivery, &e.to_string()).await,
+                }
+            }
+            let mut tries = 0;
+            let outcome = loop {
+                tries += 1;
+                match send(http, &url, &token, reply.external_id.expose(), &part).await {
+                    Outcome::Transient(reason) if tries < TRIES => {
+                        tracing::warn!(%reason, tries, "WhatsApp send failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(250 << tries)).await;
+                    }
+                    other => break other,
+                }
+            };
+            match outcome {
+                Outcome::Sent(id) => last_id = Some(id),
+                Outcome::Failed(reason) => {
+                    tracing::warn!(%reason, "WhatsApp refused the message; marked failed");
+                    metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "failed").increment(1);
+                    if let Err(e) = messages
+                        .record_delivery(reply.client_id, reply.id, "failed", None)
+                        .await
+                    {
+                        return requeue(&delivery, &e.to_string()).await;
+                    }
+                    let mut event = Event::new(
+                        EventKind::Delivery,
+                        reply.client_id,
+                        reply.conversation_id,
+                        Channel::Whatsapp,
+                    );
+                    event.status = Some("failed".into());
+                    if let Err(e) = state.publisher().publish_event(&event).await {
+                        tracing::warn!(error = %e, "could not announce the failed delivery");
+                    }
+                    let _ = delivery.ack().await;
+                    return;
+                }
+                Outcome::Transient(reason) => return requeue(&delivery, &reason).await,
+                Outcome::Permanent(reason) => {
+                    let _ = messages
+                        .record_delivery(reply.client_id, reply.id, "failed", None)
+                        .await;
+                    return dead_letter(state, queue, &delivery, &reason).await;
+                }
             }
         }
-    }
-    match messages
-        .record_delivery(reply.client_id, reply.id, "sent", last_id.as_deref())
-        .await
-    {
-        Ok(()) => {
-            metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "sent").increment(1);
-            let _ = delivery.ack().await;
+        match messages
+            .record_delivery(reply.client_id, reply.id, "sent", last_id.as_deref())
+            .await
+        {
+            Ok(()) => {
+                metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "sent").increment(1);
+                let _ = delivery.ack().await;
+            }
+            Err(e) => requeue(&delivery, &e.to_string()).await,
         }
-        Err(e) => requeue(&delivery, &e.to_string()).await,
     }
+    .instrument(span)
+    .await
 }
 
 /// The tenant's access token for the number, checked to belong to the reply's tenant.

@@ -265,12 +265,11 @@ impl Consumer {
 
     /// Stops receiving new deliveries; in-flight ones can still be acked.
     pub async fn cancel(&self) {
-        if let Some(tag) = Some(self.inner.tag()) {
-            let _ = self
-                .channel
-                .basic_cancel(tag.as_str().into(), Default::default())
-                .await;
-        }
+        let tag = self.inner.tag();
+        let _ = self
+            .channel
+            .basic_cancel(tag.as_str().into(), Default::default())
+            .await;
     }
 }
 
