@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::MatchedPath;
 use axum::http::{HeaderName, Request};
-use shared::cache::{Cache, Mailboxes, TenantConfigs, broadcast};
+use shared::cache::{AccountOwners, Cache, Mailboxes, TenantConfigs, broadcast};
 use shared::db::Db;
 use shared::ids::Channel;
 use shared::knowledge::Knowledge;
@@ -69,9 +69,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         cache.clone(),
         Duration::from_secs(settings.tenancy.config_ttl_s),
     );
+    let owners = AccountOwners::new(db.clone(), cache.clone());
     broadcast::start(
         cache.clone(),
-        vec![mailboxes.clone(), configs.clone()],
+        vec![mailboxes.clone(), configs.clone(), owners.clone()],
         shutdown.clone(),
     );
     let state = AppState::new(Services {
@@ -81,6 +82,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         cache,
         mailboxes,
         configs,
+        owners,
         api: settings.api.clone(),
         whatsapp: settings.whatsapp.clone(),
         admin_token: settings.admin.token.clone(),

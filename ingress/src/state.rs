@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use shared::cache::{Cache, Mailboxes, TenantConfigs};
+use shared::cache::{AccountOwners, Cache, Mailboxes, TenantConfigs};
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher};
@@ -24,6 +24,7 @@ pub(crate) struct Services {
     pub cache: Cache,
     pub mailboxes: Arc<Mailboxes>,
     pub configs: Arc<TenantConfigs>,
+    pub owners: Arc<AccountOwners>,
     pub api: ApiSettings,
     pub whatsapp: WhatsappSettings,
     pub admin_token: Secret<String>,
@@ -58,6 +59,9 @@ impl AppState {
     }
     pub(crate) fn whatsapp(&self) -> &WhatsappSettings {
         &self.inner.whatsapp
+    }
+    pub(crate) fn owners(&self) -> &AccountOwners {
+        &self.inner.owners
     }
     pub(crate) fn api(&self) -> &ApiSettings {
         &self.inner.api

@@ -57,6 +57,11 @@ impl TestEnv {
             ("CHATFLEET__HTTP__BIND".into(), "127.0.0.1:0".into()),
             ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S".into(), "5".into()),
             ("CHATFLEET__VECTOR__PREFIX".into(), format!("t{id}")),
+            // Tests never reach Meta: a closed local port unless a test brings a double.
+            (
+                "CHATFLEET__WHATSAPP__GRAPH_BASE_URL".into(),
+                "http://127.0.0.1:9".into(),
+            ),
         ]);
         if let Ok(url) = std::env::var("CHATFLEET_TEST_CHROMA_URL") {
             vars.insert("CHATFLEET__VECTOR__URL".into(), url);

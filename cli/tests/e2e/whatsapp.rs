@@ -352,6 +352,60 @@ async fn unroutable_payloads_are_kept_and_tenants_apps_stay_their_own() {
             .expect("find")
             .is_none()
     );
+
+    // A's number is routed (and cached) ... until the account is removed: from then on
+    // it is unroutable on every replica, whatever was cached.
+    let routed = webhook(vec![change(
+        "111",
+        vec![message("wamid.a9", "15550000012", "still a")],
+    )]);
+    assert_eq!(
+        post(
+            &p,
+            "/whatsapp/webhook",
+            &routed,
+            Some(ingress::sign_whatsapp_webhook(SECRET, routed.as_bytes()))
+        )
+        .await,
+        StatusCode::OK
+    );
+    p.wait_for_llm_requests(2).await;
+    let (_, accounts) = p
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/clients/{}/channels", a.id),
+            None,
+        )
+        .await;
+    let account = accounts[0]["id"].as_u64().expect("account id");
+    let (s, _) = p
+        .admin(
+            Method::DELETE,
+            &format!("/admin/v1/clients/{}/channels/{account}", a.id),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let after = webhook(vec![change(
+        "111",
+        vec![message("wamid.a10", "15550000012", "gone?")],
+    )]);
+    assert_eq!(
+        post(
+            &p,
+            "/whatsapp/webhook",
+            &after,
+            Some(ingress::sign_whatsapp_webhook(SECRET, after.as_bytes()))
+        )
+        .await,
+        StatusCode::OK
+    );
+    eventually(
+        WAIT,
+        "the removed number's payload in the dead-letter queue",
+        || async { (dead_count().await == 3).then_some(()) },
+    )
+    .await;
     p.stop().await;
 }
 

@@ -129,6 +129,7 @@ pub(crate) async fn create_channel(
         .into_iter()
         .find(|a| a.id == account_id)
         .ok_or_else(|| ApiError::internal(&"created channel account vanished"))?;
+    state.owners().changed().await?;
     tracing::info!(client_id = %client.id, channel = %req.channel, "channel account registered");
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -148,6 +149,7 @@ pub(crate) async fn delete_channel(
         .delete(client.id, account)
         .await?
     {
+        state.owners().changed().await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no channel account {account}")))

@@ -109,17 +109,25 @@ async fn deliver(state: &AppState, http: &reqwest::Client, queue: &str, delivery
                     .await
                 {
                     Ok(None) => break,
-                    Ok(Some(wait)) => tokio::time::sleep(wait).await,
+                    Ok(Some(wait)) => {
+                        if !pause(state, wait).await {
+                            return requeue(&delivery, "shutting down").await;
+                        }
+                    }
                     Err(e) => return requeue(&delivery, &e.to_string()).await,
                 }
             }
             let mut tries = 0;
             let outcome = loop {
                 tries += 1;
-                match send(http, &url, &token, reply.external_id.expose(), &part).await {
-                    Outcome::Transient(reason) if tries < TRIES => {
+                let attempt = tokio::select! {
+                    _ = state.shutdown().cancelled() => Outcome::Transient("shutting down".into()),
+                    sent = send(http, &url, &token, reply.external_id.expose(), &part) => sent,
+                };
+                match attempt {
+                    Outcome::Transient(reason) if tries < TRIES && !state.shutdown().is_cancelled() => {
                         tracing::warn!(%reason, tries, "WhatsApp send failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(250 << tries)).await;
+                        pause(state, Duration::from_millis(250 << tries)).await;
                     }
                     other => break other,
                 }
@@ -235,6 +243,14 @@ async fn send(http: &reqwest::Client, url: &str, token: &str, to: &str, text: &s
         Some(130_429 | 131_056) => Outcome::Transient(reason),
         _ if status.is_server_error() => Outcome::Transient(reason),
         _ => Outcome::Permanent(reason),
+    }
+}
+
+/// Sleeps `wait`, or less when shutdown comes first; returns whether it slept it all.
+async fn pause(state: &AppState, wait: Duration) -> bool {
+    tokio::select! {
+        _ = state.shutdown().cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
     }
 }
 

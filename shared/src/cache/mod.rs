@@ -4,6 +4,7 @@
 //! Every key and pub/sub channel starts with `redis.prefix`; every tenant's key also
 //! carries the tenant id, and is only reachable through [`Keys::tenant`].
 
+mod accounts;
 pub mod broadcast;
 mod mailbox;
 mod rate_limit;
@@ -12,6 +13,7 @@ mod tenant_config;
 use deadpool_redis::redis;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime};
 
+pub use accounts::AccountOwners;
 pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes};
 pub use tenant_config::{Source as ConfigSource, TenantConfigs};
 
@@ -130,6 +132,11 @@ impl Keys {
     /// The pub/sub channel that announces new mailbox entries to every ingress replica.
     pub fn mailbox_channel(&self) -> String {
         format!("{}:mailbox", self.prefix)
+    }
+
+    /// The pub/sub channel that announces channel-account changes to every process.
+    pub fn accounts_channel(&self) -> String {
+        format!("{}:accounts", self.prefix)
     }
 
     /// The pub/sub channel that announces configuration changes to every process.

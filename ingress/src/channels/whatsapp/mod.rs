@@ -188,8 +188,7 @@ async fn accept(state: &AppState, app: &App, headers: &HeaderMap, body: Body) ->
         };
         let phone_number_id = value.metadata.phone_number_id.clone();
         let owner = state
-            .db()
-            .channel_accounts()
+            .owners()
             .owner(Channel::Whatsapp, &phone_number_id)
             .await?;
         let client_id = match (owner, app.only) {
