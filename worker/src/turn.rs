@@ -67,13 +67,7 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
                 .await?;
             return Ok(());
         }
-        let notice = Answer {
-            kind: ReplyKind::Fallback,
-            text: ctx.inactive_notice.clone(),
-            prompt_tokens: None,
-            completion_tokens: None,
-            estimated_prompt_tokens: None,
-        };
+        let notice = Answer::notice(ReplyKind::Fallback, ctx.inactive_notice.clone());
         return reply(
             ctx,
             env,
@@ -99,13 +93,10 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
             ctx.publisher.publish_event(&event).await?;
             metrics::counter!("chatfleet_handoffs_total").increment(1);
         }
-        let notice = Answer {
-            kind: ReplyKind::HandoffNotice,
-            text: tenant.config.handoff_message.clone(),
-            prompt_tokens: None,
-            completion_tokens: None,
-            estimated_prompt_tokens: None,
-        };
+        let notice = Answer::notice(
+            ReplyKind::HandoffNotice,
+            tenant.config.handoff_message.clone(),
+        );
         return reply(
             ctx,
             env,
@@ -256,6 +247,19 @@ struct Answer {
     prompt_tokens: Option<u32>,
     completion_tokens: Option<u32>,
     estimated_prompt_tokens: Option<u32>,
+}
+
+impl Answer {
+    /// A fixed text from the tenant's configuration (no LLM, no tokens).
+    fn notice(kind: ReplyKind, text: String) -> Self {
+        Self {
+            kind,
+            text,
+            prompt_tokens: None,
+            completion_tokens: None,
+            estimated_prompt_tokens: None,
+        }
+    }
 }
 
 /// Stores the answer to user message `message_id` (only if it is still unanswered), then
