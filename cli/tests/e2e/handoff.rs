@@ -6,33 +6,16 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shared::envelope::{Event, EventKind};
+use shared::envelope::EventKind;
 use shared::testkit::eventually;
 
-use crate::support::{Method, Platform, WAIT};
-
-async fn next_event(consumer: &mut shared::mq::Consumer) -> Event {
-    let delivery = tokio::time::timeout(WAIT, consumer.next())
-        .await
-        .expect("an event in time")
-        .expect("event");
-    delivery.ack().await.expect("ack");
-    serde_json::from_slice(&delivery.body).expect("an event")
-}
+use crate::support::{Method, Platform, WAIT, next_event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_phrase_hands_over_and_the_agent_takes_it_from_there() {
     let p = Platform::start().await;
     let t = p.tenant("helpdesk").await;
-    let mut events = p
-        .env
-        .broker
-        .tap(
-            &p.env.broker.topology().events_exchange(),
-            &format!("handoff.{}", t.id),
-        )
-        .await
-        .expect("tap events");
+    let mut events = p.events(&format!("handoff.{}", t.id)).await;
     let (s, _) = p
         .admin(Method::PATCH, &format!("/admin/v1/clients/{}/config", t.id),
             Some(json!({ "human_handoff_phrase": "talk to a human", "handoff_message": "A person will answer shortly." })))

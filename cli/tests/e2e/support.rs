@@ -246,6 +246,15 @@ impl Platform {
         (entries[1].clone(), cursor)
     }
 
+    /// Listens to the events exchange for `routing_key` (wildcards allowed).
+    pub async fn events(&self, routing_key: &str) -> shared::mq::Consumer {
+        self.env
+            .broker
+            .tap(&self.env.broker.topology().events_exchange(), routing_key)
+            .await
+            .expect("tap events")
+    }
+
     /// The API conversation `external` of a tenant (it must exist).
     pub async fn conversation(&self, client: ClientId, external: &str) -> ConversationId {
         self.env
@@ -274,4 +283,14 @@ impl Platform {
     pub async fn tenant(&self, slug: &str) -> TestTenant {
         self.env.tenant(slug).await
     }
+}
+
+/// The next event a tap received, within [`WAIT`].
+pub async fn next_event(consumer: &mut shared::mq::Consumer) -> shared::envelope::Event {
+    let delivery = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("an event in time")
+        .expect("event");
+    delivery.ack().await.expect("ack");
+    serde_json::from_slice(&delivery.body).expect("an event")
 }

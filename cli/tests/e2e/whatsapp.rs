@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use shared::ids::Channel;
 use shared::testkit::eventually;
 
-use crate::support::{Method, Platform, WAIT};
+use crate::support::{Method, Platform, WAIT, next_event};
 
 const SECRET: &str = "platform-app-secret";
 const VERIFY: &str = "platform-verify-token";
@@ -194,16 +194,7 @@ async fn a_batch_is_routed_to_its_tenants_and_retries_are_one_turn() {
         "222",
         vec![message("wamid.b2", "15550000003", "later of b")],
     )]);
-    assert_eq!(
-        post(
-            &p,
-            "/whatsapp/webhook",
-            &later,
-            Some(ingress::sign_whatsapp_webhook(SECRET, later.as_bytes()))
-        )
-        .await,
-        StatusCode::OK
-    );
+    assert_eq!(signed_post(&p, later.clone()).await, StatusCode::OK);
     p.wait_for_llm_requests(4).await;
     let conv = conversations
         .find(b.id, Channel::Whatsapp, "15550000003")
@@ -269,16 +260,7 @@ async fn unroutable_payloads_are_kept_and_tenants_apps_stay_their_own() {
         "999",
         vec![message("wamid.x", "15550000009", "who am I talking to")],
     )]);
-    assert_eq!(
-        post(
-            &p,
-            "/whatsapp/webhook",
-            &unknown,
-            Some(ingress::sign_whatsapp_webhook(SECRET, unknown.as_bytes()))
-        )
-        .await,
-        StatusCode::OK
-    );
+    assert_eq!(signed_post(&p, unknown.clone()).await, StatusCode::OK);
     eventually(
         WAIT,
         "the unroutable payload in the dead-letter queue",
@@ -359,16 +341,7 @@ async fn unroutable_payloads_are_kept_and_tenants_apps_stay_their_own() {
         "111",
         vec![message("wamid.a9", "15550000012", "still a")],
     )]);
-    assert_eq!(
-        post(
-            &p,
-            "/whatsapp/webhook",
-            &routed,
-            Some(ingress::sign_whatsapp_webhook(SECRET, routed.as_bytes()))
-        )
-        .await,
-        StatusCode::OK
-    );
+    assert_eq!(signed_post(&p, routed.clone()).await, StatusCode::OK);
     p.wait_for_llm_requests(2).await;
     let (_, accounts) = p
         .admin(
@@ -390,16 +363,7 @@ async fn unroutable_payloads_are_kept_and_tenants_apps_stay_their_own() {
         "111",
         vec![message("wamid.a10", "15550000012", "gone?")],
     )]);
-    assert_eq!(
-        post(
-            &p,
-            "/whatsapp/webhook",
-            &after,
-            Some(ingress::sign_whatsapp_webhook(SECRET, after.as_bytes()))
-        )
-        .await,
-        StatusCode::OK
-    );
+    assert_eq!(signed_post(&p, after.clone()).await, StatusCode::OK);
     eventually(
         WAIT,
         "the removed number's payload in the dead-letter queue",
@@ -620,15 +584,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
             .then_some(())
     })
     .await;
-    let mut events = p
-        .env
-        .broker
-        .tap(
-            &p.env.broker.topology().events_exchange(),
-            &format!("delivery.*.{}", t.id),
-        )
-        .await
-        .expect("tap");
+    let mut events = p.events(&format!("delivery.*.{}", t.id)).await;
     for status in ["delivered", "sent", "read"] {
         let body = json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{ "field": "messages", "value": {
             "messaging_product": "whatsapp", "metadata": { "display_phone_number": "1", "phone_number_id": "444" },
@@ -637,12 +593,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     }
     let mut announced = Vec::new();
     while announced.len() < 2 {
-        let d = tokio::time::timeout(WAIT, events.next())
-            .await
-            .expect("an event")
-            .expect("event");
-        let event: shared::envelope::Event = serde_json::from_slice(&d.body).expect("event json");
-        announced.push(event.status.unwrap_or_default());
+        announced.push(next_event(&mut events).await.status.unwrap_or_default());
     }
     assert_eq!(
         announced,
@@ -715,15 +666,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "parts in order");
 
     // 131047: marked failed, not retried. 130429: retried, then sent.
-    let mut failures = p
-        .env
-        .broker
-        .tap(
-            &p.env.broker.topology().events_exchange(),
-            &format!("delivery.failed.{}", t.id),
-        )
-        .await
-        .expect("tap");
+    let mut failures = p.events(&format!("delivery.failed.{}", t.id)).await;
     let closed = webhook(vec![change(
         "444",
         vec![message("wamid.c1", graph::CLOSED_WINDOW, "late reply")],
@@ -765,12 +708,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
         1,
         "no retry of a closed window"
     );
-    let announced = tokio::time::timeout(WAIT, failures.next())
-        .await
-        .expect("a delivery.failed event")
-        .expect("event");
-    let event: shared::envelope::Event =
-        serde_json::from_slice(&announced.body).expect("event json");
+    let event = next_event(&mut failures).await;
     assert_eq!(
         (event.kind, event.status.as_deref()),
         (shared::envelope::EventKind::Delivery, Some("failed"))

@@ -186,15 +186,17 @@ async fn access_token(
     reply: &Reply,
     phone_number_id: &str,
 ) -> Result<String, String> {
-    let accounts = state.db().channel_accounts();
-    let owner = accounts
+    let owner = state
+        .owners()
         .owner(Channel::Whatsapp, phone_number_id)
         .await
         .map_err(|e| e.to_string())?;
     let Some((client_id, account_id)) = owner.filter(|(c, _)| *c == reply.client_id) else {
         return Err("the phone number is not the reply's tenant's".into());
     };
-    let sealed = accounts
+    let sealed = state
+        .db()
+        .channel_accounts()
         .sealed_credentials(client_id, account_id)
         .await
         .map_err(|e| e.to_string())?
