@@ -33,6 +33,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use channels::session::SessionKeys;
+
 pub(crate) use state::{AppState, Services};
 
 /// Signs a WhatsApp webhook body as Meta does (tests, benchmarks).
@@ -85,6 +87,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         owners,
         api: settings.api.clone(),
         whatsapp: settings.whatsapp.clone(),
+        mobile: settings.mobile.clone(),
+        sessions: SessionKeys::derive(settings.security.encryption_key.expose().as_bytes()),
+        session_ttl: Duration::from_secs(settings.sessions.ttl_s),
         admin_token: settings.admin.token.clone(),
         secrets: SecretBox::new(settings.security.encryption_key_bytes()),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
@@ -93,6 +98,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
     let deliverers = [
         tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Api)),
+        tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Widget)),
+        tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Mobile)),
         tokio::spawn(deliver::whatsapp::run(state.clone())),
     ];
 
@@ -120,6 +127,8 @@ fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .merge(channels::api::routes())
         .merge(channels::whatsapp::routes())
+        .merge(channels::widget::routes())
+        .merge(channels::mobile::routes())
         .merge(admin::routes(state.clone()))
         .merge(health::routes())
         .with_state(state)

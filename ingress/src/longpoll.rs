@@ -9,8 +9,9 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use shared::cache::MailboxKey;
-use shared::ids::{Channel, ClientId, ConversationId};
+use shared::cache::{MailboxKey, PollSlot};
+use shared::db::MailboxItem;
+use shared::ids::{ClientId, ConversationId};
 
 use crate::AppState;
 use crate::error::{ApiError, Result};
@@ -56,44 +57,96 @@ impl PollParams {
     }
 }
 
-/// Answers a poll of the mailbox of (`client_id`, `channel`, `external_id`).
-pub(crate) async fn poll(
+/// The `wait` of a widget or mobile poll: seconds, clamped to `max_wait_s` (those clients
+/// cannot be expected to know the server's limit); not a number → 400.
+pub(crate) fn clamped_wait(raw: Option<&str>, max_wait_s: u64) -> Result<Duration> {
+    match raw {
+        None | Some("") => Ok(Duration::ZERO),
+        Some(raw) => raw
+            .parse::<u64>()
+            .map(|w| Duration::from_secs(w.min(max_wait_s)))
+            .map_err(|_| {
+                ApiError::bad_request("invalid_wait", "wait must be a whole number of seconds")
+            }),
+    }
+}
+
+/// How a poll ended.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    /// Entries after the cursor, ascending (at most one page).
+    Items(Vec<MailboxItem>),
+    /// Nothing new within the wait (or the process is shutting down): 204.
+    Nothing,
+    /// A newer poll of the same session took over (widget and mobile sessions).
+    Superseded,
+}
+
+/// Waits for entries after `after` in a conversation's mailbox, for at most `wait`.
+/// With a `slot`, ends early as [`Polled::Superseded`] once a newer poll of the same
+/// session claimed it.
+pub(crate) async fn wait_for(
     state: &AppState,
+    key: &MailboxKey,
     client_id: ClientId,
-    channel: Channel,
-    external_id: &str,
+    conversation_id: ConversationId,
     params: PollParams,
-) -> Result<Response> {
+    slot: Option<&PollSlot>,
+) -> Result<Polled> {
     let deadline = tokio::time::Instant::now() + params.wait;
-    let watch = state
-        .mailboxes()
-        .watch(&MailboxKey::new(client_id, channel, external_id));
-    let mut conversation: Option<ConversationId> = None;
+    let watch = state.mailboxes().watch(key);
+    let mut read = true;
     loop {
         let changed = watch.changed();
-        if conversation.is_none() {
-            conversation = state
-                .db()
-                .conversations()
-                .find(client_id, channel, external_id)
-                .await?;
-        }
-        if let Some(conversation_id) = conversation {
+        let contested = slot.map(PollSlot::contested);
+        if read {
             let items = state
                 .db()
                 .messages()
                 .mailbox_after(client_id, conversation_id, params.after, PAGE)
                 .await?;
-            if let Some(last) = items.last() {
-                let cursor = last.seq.to_string();
-                return Ok(Json(json!({ "messages": items, "cursor": cursor })).into_response());
+            if !items.is_empty() {
+                return Ok(Polled::Items(items));
             }
         }
+        let contested = async {
+            match contested {
+                Some(c) => c.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = changed => {}
-            _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
-            _ = state.shutdown().cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+            _ = changed => read = true,
+            _ = contested => {
+                // Another claim of the slot, or the echo of our own: only a newer
+                // generation ends this poll. The mailbox did not change.
+                if let Some(slot) = slot
+                    && state.mailboxes().superseded(slot).await?
+                {
+                    return Ok(Polled::Superseded);
+                }
+                read = false;
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(Polled::Nothing),
+            _ = state.shutdown().cancelled() => return Ok(Polled::Nothing),
         }
+    }
+}
+
+/// The JSON answer for polled entries, with `cursor` naming the last one.
+pub(crate) fn answer(polled: Polled, cursor: impl Fn(u64) -> String) -> Response {
+    match polled {
+        Polled::Items(items) => {
+            let last = items.last().map_or(0, |i| i.seq);
+            Json(json!({ "messages": items, "cursor": cursor(last) })).into_response()
+        }
+        Polled::Nothing => StatusCode::NO_CONTENT.into_response(),
+        Polled::Superseded => ApiError::new(
+            StatusCode::CONFLICT,
+            "poll_superseded",
+            "a newer poll of this session took over",
+        )
+        .into_response(),
     }
 }
 
@@ -110,6 +163,21 @@ mod tests {
         let e = PollParams::parse(Some("abc"), None, 30).expect_err("bad cursor");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let e = PollParams::parse(None, Some("31"), 30).expect_err("too long");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn session_waits_are_clamped() {
+        assert_eq!(
+            clamped_wait(Some("300"), 30).expect("clamped"),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            clamped_wait(Some("5"), 30).expect("as asked"),
+            Duration::from_secs(5)
+        );
+        assert_eq!(clamped_wait(None, 30).expect("default"), Duration::ZERO);
+        let e = clamped_wait(Some("-1"), 30).expect_err("not a number");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
     }
 }

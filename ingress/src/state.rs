@@ -7,8 +7,10 @@ use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher};
 use shared::secrets::SecretBox;
-use shared::settings::{ApiSettings, Secret, WhatsappSettings};
+use shared::settings::{ApiSettings, MobileSettings, Secret, WhatsappSettings};
 use tokio_util::sync::CancellationToken;
+
+use crate::channels::session::SessionKeys;
 
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
@@ -27,6 +29,10 @@ pub(crate) struct Services {
     pub owners: Arc<AccountOwners>,
     pub api: ApiSettings,
     pub whatsapp: WhatsappSettings,
+    pub mobile: MobileSettings,
+    /// Widget and mobile session tokens and cursors.
+    pub sessions: SessionKeys,
+    pub session_ttl: std::time::Duration,
     pub admin_token: Secret<String>,
     pub secrets: SecretBox,
     pub knowledge: Knowledge,
@@ -56,6 +62,15 @@ impl AppState {
     }
     pub(crate) fn configs(&self) -> &TenantConfigs {
         &self.inner.configs
+    }
+    pub(crate) fn mobile(&self) -> &MobileSettings {
+        &self.inner.mobile
+    }
+    pub(crate) fn sessions(&self) -> &SessionKeys {
+        &self.inner.sessions
+    }
+    pub(crate) fn session_ttl(&self) -> std::time::Duration {
+        self.inner.session_ttl
     }
     pub(crate) fn whatsapp(&self) -> &WhatsappSettings {
         &self.inner.whatsapp

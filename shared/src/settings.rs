@@ -53,12 +53,28 @@ pub struct Settings {
     pub embeddings: EmbeddingsSettings,
     pub vector: VectorSettings,
     pub whatsapp: WhatsappSettings,
+    pub sessions: SessionSettings,
+    pub mobile: MobileSettings,
     pub admin: AdminSettings,
     pub security: SecuritySettings,
     pub tenancy: TenancySettings,
     pub plans: PlansSettings,
     pub worker: WorkerSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// Widget and mobile sessions.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionSettings {
+    pub ttl_s: u64,
+}
+
+/// The mobile channel's push notifications.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MobileSettings {
+    pub push_url: String,
+    pub push_timeout_s: u64,
+    pub push_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +134,7 @@ pub struct AmqpSettings {
     pub retry_delays_s: Vec<u64>,
     pub archive_max_age: String,
     pub confirm_timeout_s: u64,
+    pub publish_channels: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -355,9 +372,36 @@ impl Settings {
             ),
         );
         check(
+            (60..=30 * 86_400).contains(&self.sessions.ttl_s),
+            "sessions.ttl_s",
+            format!("must be 60 s to 30 days, got {}", self.sessions.ttl_s),
+        );
+        check(
+            (self.mobile.push_url.starts_with("http://")
+                || self.mobile.push_url.starts_with("https://"))
+                && self.mobile.push_url.contains("{project_id}"),
+            "mobile.push_url",
+            "must be an http(s) URL containing {project_id}".into(),
+        );
+        check(
+            self.mobile.push_timeout_s > 0,
+            "mobile.push_timeout_s",
+            "must be positive".into(),
+        );
+        check(
+            (1..=10).contains(&self.mobile.push_attempts),
+            "mobile.push_attempts",
+            format!("must be 1..=10, got {}", self.mobile.push_attempts),
+        );
+        check(
             self.amqp.confirm_timeout_s > 0,
             "amqp.confirm_timeout_s",
             "must be positive".into(),
+        );
+        check(
+            (1..=64).contains(&self.amqp.publish_channels),
+            "amqp.publish_channels",
+            format!("must be 1..=64, not {}", self.amqp.publish_channels),
         );
         check(
             self.redis.url.expose().starts_with("redis://")

@@ -8,5 +8,7 @@ mod config_changes;
 mod failures;
 mod handoff;
 mod knowledge;
+mod mobile;
 mod support;
 mod whatsapp;
+mod widget;

@@ -61,6 +61,8 @@ impl Platform {
         for (queue, consumers) in [
             (topology.inbound_work(), workers.len() as u32),
             (topology.outbound_queue(Channel::Api), 1),
+            (topology.outbound_queue(Channel::Widget), 1),
+            (topology.outbound_queue(Channel::Mobile), 1),
         ] {
             eventually(WAIT, "consumers to start", || async {
                 (env.broker.queue_stats(&queue).await.ok()?.consumers >= consumers).then_some(())
@@ -282,6 +284,130 @@ impl Platform {
 
     pub async fn tenant(&self, slug: &str) -> TestTenant {
         self.env.tenant(slug).await
+    }
+
+    /// Another ingress replica on its own port (its own connections, caches and Redis
+    /// subscription, like a separate process); stops with the platform.
+    pub async fn another_ingress(&self) -> String {
+        let running = ingress::start(self.env.settings.clone(), self.shutdown.clone())
+            .await
+            .expect("second ingress starts");
+        format!("http://{}", running.addr)
+    }
+
+    /// A tenant whose website at `origin` may embed the widget.
+    pub async fn widget_tenant(&self, slug: &str, origin: &str) -> TestTenant {
+        let tenant = self.tenant(slug).await;
+        self.env
+            .db
+            .channel_accounts()
+            .create(
+                tenant.id,
+                Channel::Widget,
+                &format!("{slug}-site"),
+                None,
+                &json!({ "allowed_origins": [origin] }),
+            )
+            .await
+            .expect("widget account");
+        tenant
+    }
+
+    /// Opens a widget session from `origin`; returns status and body.
+    pub async fn widget_session(
+        &self,
+        base: &str,
+        origin: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{base}/widget/v1/sessions"))
+            .header("origin", origin)
+            .json(&body)
+            .send()
+            .await
+            .expect("session request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends a widget or mobile message with a session token.
+    pub async fn session_send(
+        &self,
+        base: &str,
+        channel: &str,
+        token: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{base}/{channel}/v1/messages"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("send request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// One widget or mobile long-poll; returns status and body (`Null` on 204).
+    pub async fn session_poll(
+        &self,
+        base: &str,
+        channel: &str,
+        token: &str,
+        after: &str,
+        wait_s: u64,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{base}/{channel}/v1/messages"))
+            .query(&[("after", after), ("wait", &wait_s.to_string())])
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("poll request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Long-polls a session until `count` more entries arrived; returns them and the cursor.
+    pub async fn session_read(
+        &self,
+        base: &str,
+        channel: &str,
+        token: &str,
+        after: &str,
+        count: usize,
+    ) -> (Vec<Value>, String) {
+        let mut seen = Vec::new();
+        let mut cursor = after.to_owned();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen.len() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "session mailbox stayed at {} of {count} entries",
+                seen.len()
+            );
+            let (status, page) = self.session_poll(base, channel, token, &cursor, 5).await;
+            match status {
+                StatusCode::OK => {
+                    cursor = page["cursor"].as_str().expect("cursor").to_owned();
+                    seen.extend(
+                        page["messages"]
+                            .as_array()
+                            .expect("messages")
+                            .iter()
+                            .cloned(),
+                    );
+                }
+                StatusCode::NO_CONTENT => {}
+                other => panic!("poll answered {other}: {page}"),
+            }
+        }
+        (seen, cursor)
     }
 }
 

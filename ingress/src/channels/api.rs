@@ -16,11 +16,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::{Value, json};
+use shared::cache::MailboxKey;
 use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::pii::Pii;
 
-use super::{bearer, json_object, read_body, request_id, traceparent};
+use super::{bearer, json_object, message_text, read_body, request_id, traceparent};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::longpoll::{self, PollParams};
@@ -89,27 +90,7 @@ pub(crate) async fn send(
             ));
         }
     };
-    let text = match fields.remove("text") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s,
-        Some(Value::String(_)) | None | Some(Value::Null) => {
-            return Err(ApiError::bad_request(
-                "missing_text",
-                "text is required and must not be empty",
-            ));
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_text",
-                "text must be a string",
-            ));
-        }
-    };
-    if text.len() > max_text {
-        return Err(ApiError::too_large(
-            "text_too_large",
-            format!("text must be at most {max_text} bytes"),
-        ));
-    }
+    let text = message_text(&mut fields, max_text)?;
     let metadata = match fields.remove("metadata") {
         None | Some(Value::Null) => None,
         Some(Value::Object(map)) => {
@@ -212,14 +193,13 @@ pub(crate) async fn poll(
         query.get("wait").map(String::as_str),
         state.api().max_wait_s,
     )?;
-    if state
+    let conversation = state
         .db()
         .conversations()
         .find(client_id, Channel::Api, &conversation_id)
         .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found("no such conversation"));
-    }
-    longpoll::poll(&state, client_id, Channel::Api, &conversation_id, params).await
+        .ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    let key = MailboxKey::new(client_id, Channel::Api, &conversation_id);
+    let polled = longpoll::wait_for(&state, &key, client_id, conversation, params, None).await?;
+    Ok(longpoll::answer(polled, |seq| seq.to_string()))
 }

@@ -3,7 +3,11 @@
 //! inside these modules.
 
 pub(crate) mod api;
+mod chat;
+pub(crate) mod mobile;
+pub(crate) mod session;
 pub(crate) mod whatsapp;
+pub(crate) mod widget;
 
 use axum::body::{Body, Bytes};
 
@@ -31,6 +35,37 @@ pub(crate) fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_
             "the body must be a JSON object",
         )),
     }
+}
+
+/// The required `text` of a message body: a non-empty string of at most `max_bytes`
+/// (400 / 413 otherwise).
+pub(crate) fn message_text(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+    max_bytes: usize,
+) -> Result<String> {
+    use serde_json::Value;
+    let text = match fields.remove("text") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s,
+        Some(Value::String(_) | Value::Null) | None => {
+            return Err(ApiError::bad_request(
+                "missing_text",
+                "text is required and must not be empty",
+            ));
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_text",
+                "text must be a string",
+            ));
+        }
+    };
+    if text.len() > max_bytes {
+        return Err(ApiError::too_large(
+            "text_too_large",
+            format!("text must be at most {max_bytes} bytes"),
+        ));
+    }
+    Ok(text)
 }
 
 /// The bearer token of the `Authorization` header.

@@ -1,6 +1,6 @@
-//! The mailbox deliverer (API channel; the widget and mobile channels reuse it): puts
-//! each reply into its conversation's mailbox, wakes the long-polls on every replica,
-//! then acks. Replies are handled one at a time in queue order, so a conversation's
+//! The mailbox deliverer of the API, widget and mobile channels: puts each reply into
+//! its conversation's mailbox, wakes the long-polls on every replica (and, for mobile,
+//! sends a push notification in the background: see [`super::push`]), then acks. Replies are handled one at a time in queue order, so a conversation's
 //! replies enter its mailbox in the order they were published; a reply id that was
 //! delivered before is dropped (at-least-once in, exactly-once into the mailbox).
 
@@ -25,12 +25,19 @@ pub(crate) async fn run(state: AppState, channel: Channel) {
         &format!("deliver-{channel}"),
         state.shutdown().clone(),
     );
+    let http = reqwest::Client::new();
     while let Some(delivery) = deliveries.next().await {
-        deliver(&state, channel, &queue, delivery).await;
+        deliver(&state, &http, channel, &queue, delivery).await;
     }
 }
 
-async fn deliver(state: &AppState, channel: Channel, queue: &str, delivery: Delivery) {
+async fn deliver(
+    state: &AppState,
+    http: &reqwest::Client,
+    channel: Channel,
+    queue: &str,
+    delivery: Delivery,
+) {
     let reply: Reply = match serde_json::from_slice(&delivery.body) {
         Ok(r) => r,
         Err(e) => {
@@ -60,6 +67,9 @@ async fn deliver(state: &AppState, channel: Channel, queue: &str, delivery: Deli
                 if let Err(e) = state.mailboxes().announce(&key).await {
                     // Pollers still see it on their next read; only the wake-up was lost.
                     tracing::warn!(error = %e, "could not announce the reply");
+                }
+                if channel == Channel::Mobile {
+                    super::push::notify(state, http, &reply);
                 }
                 tracing::info!("delivered");
             }

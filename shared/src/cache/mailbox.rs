@@ -10,6 +10,10 @@
 //! read and the wait still wakes it. A lost subscription is re-established, and on every
 //! (re)subscribe all waiters are woken to re-read: an announcement missed while
 //! disconnected costs a database read, never a lost message.
+//!
+//! A session may hold one long-poll at a time ([`Mailboxes::claim_poll_slot`]): the
+//! newest claim wins on any replica, and an earlier poll learns it was superseded through
+//! the same announcements (a generation counter in Redis decides who is newest).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,6 +27,10 @@ use super::Cache;
 use super::broadcast::Listener;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId};
+
+/// How long Redis remembers a session's poll generation after its last claim (longer
+/// than any poll waits).
+const POLL_SLOT_TTL_S: u64 = 120;
 
 /// Identifies one conversation's mailbox without putting the channel-side key (a phone
 /// number, say) on the wire: the external id is hashed.
@@ -128,6 +136,64 @@ impl Mailboxes {
         for n in all {
             n.notify_waiters();
         }
+    }
+}
+
+/// The one long-poll a session may hold; see [`Mailboxes::claim_poll_slot`].
+#[derive(Debug)]
+pub struct PollSlot {
+    redis_key: String,
+    generation: u64,
+    watch: MailboxWatch,
+}
+
+impl PollSlot {
+    /// Resolves when another poll may have claimed the slot; then ask
+    /// [`Mailboxes::superseded`].
+    pub fn contested(&self) -> Pin<Box<Notified<'_>>> {
+        self.watch.changed()
+    }
+}
+
+impl Mailboxes {
+    /// Claims the single long-poll slot of a session: any earlier poll of the same session,
+    /// on any replica, is woken and finds itself [`superseded`](Self::superseded).
+    pub async fn claim_poll_slot(
+        &self,
+        client_id: ClientId,
+        channel: Channel,
+        session_id: &str,
+    ) -> Result<PollSlot> {
+        let redis_key = self
+            .cache
+            .keys()
+            .tenant(client_id)
+            .poll_slot(channel, session_id);
+        let key = MailboxKey::new(client_id, channel, &format!("poll-slot\0{session_id}"));
+        // Watch first, so a claim racing this one still wakes it. Every poll of the
+        // session (here too) is woken by the published claim, after the new generation
+        // is stored.
+        let watch = self.watch(&key);
+        let generation = self
+            .cache
+            .increment_and_publish(
+                &redis_key,
+                POLL_SLOT_TTL_S,
+                &self.cache.keys().mailbox_channel(),
+                &key.0,
+            )
+            .await?;
+        Ok(PollSlot {
+            redis_key,
+            generation,
+            watch,
+        })
+    }
+
+    /// Whether a newer poll of the same session claimed the slot.
+    pub async fn superseded(&self, slot: &PollSlot) -> Result<bool> {
+        let current = self.cache.counter(&slot.redis_key).await?;
+        Ok(current.is_some_and(|c| c != slot.generation))
     }
 }
 

@@ -14,7 +14,7 @@ use deadpool_redis::redis;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime};
 
 pub use accounts::AccountOwners;
-pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes};
+pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes, PollSlot};
 pub use tenant_config::{Source as ConfigSource, TenantConfigs};
 
 use crate::error::{Error, Result};
@@ -80,6 +80,42 @@ impl Cache {
             .await
             .map_err(redis_error)?;
         Ok(())
+    }
+
+    /// Increments the counter at `key`, (re)sets its expiry and publishes `payload` on
+    /// `channel`, in one round trip; returns the new value.
+    async fn increment_and_publish(
+        &self,
+        key: &str,
+        ttl_s: u64,
+        channel: &str,
+        payload: &str,
+    ) -> Result<u64> {
+        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let (value, _, _): (u64, i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg(key)
+            .cmd("EXPIRE")
+            .arg(key)
+            .arg(ttl_s)
+            .cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(value)
+    }
+
+    /// The counter at `key`, if it exists.
+    async fn counter(&self, key: &str) -> Result<Option<u64>> {
+        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)
     }
 
     /// Deletes every key under this cache's prefix (test clean-up; never FLUSHDB).
@@ -158,6 +194,13 @@ impl TenantKeys<'_> {
     }
     pub fn rate_bucket(&self) -> String {
         format!("{}:t:{}:rate", self.prefix, self.client_id)
+    }
+    /// The generation of a session's long-poll slot.
+    pub fn poll_slot(&self, channel: crate::ids::Channel, session_id: &str) -> String {
+        format!(
+            "{}:t:{}:poll:{}:{session_id}",
+            self.prefix, self.client_id, channel
+        )
     }
     /// The send-rate bucket of one of the tenant's channel accounts.
     pub fn send_bucket(&self, account: &str) -> String {

@@ -11,6 +11,7 @@ mod channel_accounts;
 mod clients;
 mod configs;
 mod conversations;
+mod devices;
 pub mod guard;
 mod knowledge;
 mod messages;
@@ -29,6 +30,7 @@ pub use configs::{
     TenantConfig,
 };
 pub use conversations::{ConversationMode, ConversationSummary, Conversations};
+pub use devices::Devices;
 pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
 pub use messages::{
     HistoryTurn, MailboxItem, Messages, NewReply, RecordedUser, Role, StoredMessage, StoredReply,
@@ -110,6 +112,9 @@ impl Db {
     }
     pub fn messages(&self) -> Messages<'_> {
         Messages::new(&self.pool)
+    }
+    pub fn devices(&self) -> Devices<'_> {
+        Devices::new(&self.pool)
     }
 }
 

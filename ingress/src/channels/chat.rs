@@ -1,0 +1,166 @@
+//! What the widget and mobile channels share once a session is open: sending a message
+//! and long-polling the conversation, both authenticated by the session token.
+//!
+//! - send `{ text, client_message_id? }` → 202 `{ message_id }` once the broker confirmed
+//!   it. The same `client_message_id` in the same conversation is the same message id,
+//!   so a retried send is stored and answered once.
+//! - poll `?after=<cursor>&wait=<s>` → 200 `{ messages, cursor }` with everything after
+//!   the cursor, or 204 after `wait` seconds (clamped to `api.max_wait_s`). One poll per
+//!   session: a newer poll takes over and the older one ends with 409 `poll_superseded`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Value, json};
+use shared::cache::MailboxKey;
+use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
+use shared::ids::{Channel, EnvelopeId};
+use shared::pii::Pii;
+
+use super::session::SessionClaims;
+use super::{bearer, json_object, message_text, read_body, request_id, traceparent};
+use crate::AppState;
+use crate::error::{ApiError, Result};
+use crate::longpoll::{self, PollParams};
+
+/// Longest `client_message_id`.
+const MAX_CLIENT_MESSAGE_ID: usize = 128;
+
+/// The session behind the request's bearer token. A browser request from another origin
+/// than the session's is refused (403).
+pub(super) fn authenticate(
+    state: &AppState,
+    channel: Channel,
+    headers: &HeaderMap,
+) -> Result<SessionClaims> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_session",
+            "send the session token as Authorization: Bearer <token>",
+        )
+    })?;
+    let claims = state.sessions().verify(token, channel)?;
+    if let (Some(expected), Some(origin)) = (&claims.origin, headers.get(header::ORIGIN))
+        && origin.as_bytes() != expected.as_bytes()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this session belongs to another origin",
+        ));
+    }
+    tracing::Span::current().record("client_id", tracing::field::display(claims.client_id));
+    Ok(claims)
+}
+
+pub(super) async fn send(
+    state: &AppState,
+    channel: Channel,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let claims = authenticate(state, channel, headers)?;
+    let max_text = state.api().max_text_bytes;
+    let bytes = read_body(body, max_text * 2 + 1024).await?;
+    let mut fields = json_object(&bytes)?;
+    let text = message_text(&mut fields, max_text)?;
+    let id = match fields.remove("client_message_id") {
+        None | Some(Value::Null) => EnvelopeId::random(),
+        Some(Value::String(c)) if !c.is_empty() && c.len() <= MAX_CLIENT_MESSAGE_ID => {
+            // Scoped by conversation: two visitors' widgets may well pick the same ids.
+            EnvelopeId::deterministic(
+                claims.client_id,
+                channel,
+                &format!("{}\u{0}{c}", claims.external_id),
+            )
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_client_message_id",
+                format!("client_message_id must be a string of 1-{MAX_CLIENT_MESSAGE_ID} bytes"),
+            ));
+        }
+    };
+    let envelope = Envelope {
+        v: ENVELOPE_VERSION,
+        id,
+        client_id: claims.client_id,
+        channel,
+        external_id: Pii::new(claims.external_id.clone()),
+        sender: Sender {
+            id: Pii::new(claims.external_id.clone()),
+            name: None,
+        },
+        message: MessageContent::text(text),
+        channel_message_id: None,
+        channel_account: None,
+        received_at: Utc::now(),
+        trace: Trace {
+            request_id: request_id(headers),
+            traceparent: traceparent(headers),
+        },
+        replay: None,
+        metadata: None,
+    };
+    state
+        .publisher()
+        .publish_envelope(&envelope)
+        .await
+        .map_err(|e| ApiError::broker_unavailable(&e))?;
+    tracing::info!(envelope_id = %envelope.id, "accepted");
+    metrics::counter!("chatfleet_inbound_accepted_total", "channel" => channel.as_str())
+        .increment(1);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "message_id": envelope.id })),
+    )
+        .into_response())
+}
+
+pub(super) async fn poll(
+    state: &AppState,
+    channel: Channel,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Response> {
+    let claims = authenticate(state, channel, headers)?;
+    let params = PollParams {
+        after: state.sessions().position(
+            claims.conversation_id,
+            query.get("after").map(String::as_str),
+        )?,
+        wait: longpoll::clamped_wait(
+            query.get("wait").map(String::as_str),
+            state.api().max_wait_s,
+        )?,
+    };
+    // Only a waiting poll holds the session's slot; a quick look never ends another.
+    let slot = if params.wait.is_zero() {
+        None
+    } else {
+        Some(
+            state
+                .mailboxes()
+                .claim_poll_slot(claims.client_id, channel, &claims.session_id.to_string())
+                .await?,
+        )
+    };
+    let key = MailboxKey::new(claims.client_id, channel, &claims.external_id);
+    let polled = longpoll::wait_for(
+        state,
+        &key,
+        claims.client_id,
+        claims.conversation_id,
+        params,
+        slot.as_ref(),
+    )
+    .await?;
+    let conversation = claims.conversation_id;
+    Ok(longpoll::answer(polled, |seq| {
+        state.sessions().cursor(conversation, seq)
+    }))
+}

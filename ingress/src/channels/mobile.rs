@@ -1,0 +1,150 @@
+//! The mobile app channel.
+//!
+//! - `POST /mobile/v1/sessions` with `X-App-Key` `{ device_id, push_token? }` → 201
+//!   `{ session_id, token, expires_at }`. The app key identifies the tenant's app: it is
+//!   the external account id of the tenant's mobile channel account. It ships inside the
+//!   app, so it is an identifier rather than a secret; the per-device session token is
+//!   what authenticates later requests. The device id keys the conversation, so a
+//!   device that opens a new session resumes its conversation.
+//! - `PUT /mobile/v1/push-token` `{ push_token }` (null removes it) → 204: replies are
+//!   then also sent as push notifications (see `deliver::push`).
+//! - `POST /mobile/v1/messages`, `GET /mobile/v1/messages`: see [`super::chat`].
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use shared::ids::{Channel, ClientId};
+use uuid::Uuid;
+
+use super::session::SessionClaims;
+use super::{chat, json_object, read_body};
+use crate::AppState;
+use crate::error::{ApiError, Result};
+
+/// Longest device id (the `conversations.external_id` column).
+const MAX_DEVICE_ID: usize = 191;
+/// Longest push token (FCM registration tokens are a few hundred bytes).
+const MAX_PUSH_TOKEN: usize = 4096;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/mobile/v1/sessions", post(open_session))
+        .route("/mobile/v1/push-token", put(set_push_token))
+        .route("/mobile/v1/messages", post(send).get(poll))
+}
+
+async fn app_owner(state: &AppState, headers: &HeaderMap) -> Result<ClientId> {
+    let key = headers
+        .get("x-app-key")
+        .and_then(|k| k.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 191)
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing_app_key", "send the app key as X-App-Key")
+        })?;
+    let owner = state.owners().owner(Channel::Mobile, key).await?;
+    owner
+        .map(|(client_id, _)| client_id)
+        .ok_or_else(|| ApiError::unauthorized("invalid_app_key", "the app key is not registered"))
+}
+
+fn push_token(value: Option<Value>) -> Result<Option<String>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_PUSH_TOKEN => Ok(Some(t)),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_push_token",
+            format!("push_token must be a string of 1-{MAX_PUSH_TOKEN} bytes, or null"),
+        )),
+    }
+}
+
+async fn open_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let client_id = app_owner(&state, &headers).await?;
+    let bytes = read_body(body, 16 * 1024).await?;
+    let mut fields = json_object(&bytes)?;
+    let device_id = match fields.remove("device_id") {
+        Some(Value::String(d)) if !d.trim().is_empty() && d.len() <= MAX_DEVICE_ID => d,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_device_id",
+                format!("device_id must be a non-empty string of at most {MAX_DEVICE_ID} bytes"),
+            ));
+        }
+    };
+    let token = push_token(fields.remove("push_token"))?;
+    let conversation_id = state
+        .db()
+        .conversations()
+        .get_or_create(client_id, Channel::Mobile, &device_id)
+        .await?;
+    if let Some(token) = token {
+        state
+            .db()
+            .devices()
+            .set_push_token(client_id, &device_id, Some(&token))
+            .await?;
+    }
+    let claims = SessionClaims {
+        client_id,
+        channel: Channel::Mobile,
+        session_id: Uuid::now_v7(),
+        conversation_id,
+        external_id: device_id,
+        origin: None,
+        expires: chrono::Utc::now().timestamp() + state.session_ttl().as_secs() as i64,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "session_id": claims.session_id,
+            "token": state.sessions().issue(&claims),
+            "expires_at": claims.expires_at(),
+        })),
+    )
+        .into_response())
+}
+
+async fn set_push_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let claims = chat::authenticate(&state, Channel::Mobile, &headers)?;
+    let bytes = read_body(body, 16 * 1024).await?;
+    let mut fields = json_object(&bytes)?;
+    if !fields.contains_key("push_token") {
+        return Err(ApiError::bad_request(
+            "missing_push_token",
+            "push_token is required (null removes it)",
+        ));
+    }
+    let token = push_token(fields.remove("push_token"))?;
+    state
+        .db()
+        .devices()
+        .set_push_token(claims.client_id, &claims.external_id, token.as_deref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+    chat::send(&state, Channel::Mobile, &headers, body).await
+}
+
+async fn poll(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    chat::poll(&state, Channel::Mobile, &headers, &query).await
+}
