@@ -43,6 +43,18 @@ ensure_services() {
   fi
 }
 
+# Headless Chromium and ChromeDriver for the widget's browser test (Debian packages).
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
+  echo "installing chromium and chromium-driver (once)" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null \
+    || { $sudo apt-get update >/dev/null && $sudo apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; } \
+    || { echo "error: cannot install chromium and chromium-driver with apt-get" >&2; return 1; }
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   ensure_services && echo "MariaDB, RabbitMQ and Redis are up"
 fi

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use clap::Args;
+use serde_json::json;
 use shared::db::{AgentMode, ConfigUpdate, Db, NewClient, Plan};
+use shared::ids::{Channel, ClientId};
 use shared::mq::Broker;
 use shared::settings::{ProviderKind, Settings};
 use tokio_util::sync::CancellationToken;
@@ -39,8 +41,7 @@ pub(crate) async fn run(
     let broker = Broker::connect(&settings.amqp, "chatfleet-up").await?;
     broker.declare_topology().await?;
     broker.close().await;
-    let api_key = demo_tenant(&db).await?;
-    db.close().await;
+    let (client_id, api_key) = demo_tenant(&db).await?;
 
     if args.sim || !llm_answers(&settings).await {
         let sim = LlmSim::start(
@@ -73,6 +74,8 @@ pub(crate) async fn run(
     let ingress = ingress::start(settings.clone(), shutdown.clone()).await?;
     let worker = tokio::spawn(worker::run(settings.clone(), shutdown.clone()));
     let base = format!("http://{}", ingress.addr);
+    demo_widget(&db, client_id, ingress.addr.port()).await?;
+    db.close().await;
     out!("chatfleet is up: ingress on {base}, one worker. Ctrl-C drains and stops.\n");
     out!("Demo tenant {DEMO_SLUG:?}, API key (new for this run):\n  {api_key}\n");
     out!("Send a message:");
@@ -83,13 +86,15 @@ pub(crate) async fn run(
     out!(
         "  curl -s '{base}/api/v1/conversations/try-1/messages?after=0&wait=20' -H 'Authorization: Bearer {api_key}'"
     );
+    out!("Chat in the browser through the website widget: {base}/widget/demo?client={DEMO_SLUG}");
     worker.await??;
     ingress.task.await?;
     Ok(())
 }
 
-/// Makes sure the demo tenant exists with a recognisable persona; returns a new API key.
-async fn demo_tenant(db: &Db) -> anyhow::Result<String> {
+/// Makes sure the demo tenant exists with a recognisable persona; returns it and a new
+/// API key.
+async fn demo_tenant(db: &Db) -> anyhow::Result<(ClientId, String)> {
     let client_id = match db.clients().by_slug(DEMO_SLUG).await? {
         Some(client) => client.id,
         None => {
@@ -121,7 +126,30 @@ async fn demo_tenant(db: &Db) -> anyhow::Result<String> {
         }
     };
     let key = db.api_keys().create(client_id, "chatfleet up").await?;
-    Ok(key.key.expose().clone())
+    Ok((client_id, key.key.expose().clone()))
+}
+
+/// Lets the demo page of this ingress (on `port`) embed the demo tenant's widget.
+async fn demo_widget(db: &Db, client_id: ClientId, port: u16) -> anyhow::Result<()> {
+    let origins = json!({ "allowed_origins": [
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ]});
+    match db
+        .channel_accounts()
+        .create(
+            client_id,
+            Channel::Widget,
+            &format!("demo-site-{port}"),
+            None,
+            &origins,
+        )
+        .await
+    {
+        Ok(_) | Err(shared::Error::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Whether the default provider answers its model listing within 2 s.

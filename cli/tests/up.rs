@@ -104,6 +104,16 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
         "[llama3.1:8b] You are Ava, an AI assistant for Demo Shop. | You said: Hello there"
     );
 
+    // The printed demo page may open widget sessions for the demo tenant.
+    let session = http
+        .post(format!("{base}/widget/v1/sessions"))
+        .header("origin", base.as_str())
+        .json(&serde_json::json!({ "client": "demo" }))
+        .send()
+        .await
+        .expect("widget session");
+    assert_eq!(session.status(), reqwest::StatusCode::CREATED);
+
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

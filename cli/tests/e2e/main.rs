@@ -4,6 +4,7 @@
 
 mod admin;
 mod api;
+mod browser;
 mod config_changes;
 mod failures;
 mod handoff;
