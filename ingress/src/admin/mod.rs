@@ -43,6 +43,9 @@ use crate::error::{ApiError, Result};
         conversations::hand_to_human, conversations::resume,
         knowledge::list, knowledge::create, knowledge::remove, knowledge::usage,
         crate::channels::api::send, crate::channels::api::poll,
+        crate::channels::widget::open_session, crate::channels::widget::send, crate::channels::widget::poll,
+        crate::channels::mobile::open_session, crate::channels::mobile::set_push_token,
+        crate::channels::mobile::send, crate::channels::mobile::poll,
         crate::health::healthz, crate::health::readyz,
     ),
     components(schemas(
@@ -84,6 +87,10 @@ impl utoipa::Modify for BearerAuth {
         );
         components.add_security_scheme(
             "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }

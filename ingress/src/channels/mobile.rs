@@ -64,7 +64,13 @@ fn push_token(value: Option<Value>) -> Result<Option<String>> {
     }
 }
 
-async fn open_session(
+/// Open a session for a device of the tenant's app.
+#[utoipa::path(post, path = "/mobile/v1/sessions", tag = "mobile",
+    params(("X-App-Key" = String, Header, description = "the app's key")),
+    request_body(content = Object, description = "{ device_id, push_token? }"),
+    responses((status = 201, description = "{ session_id, token, expires_at }"),
+        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody)))]
+pub(crate) async fn open_session(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
@@ -114,7 +120,12 @@ async fn open_session(
         .into_response())
 }
 
-async fn set_push_token(
+/// Register (or with null remove) the device's push token.
+#[utoipa::path(put, path = "/mobile/v1/push-token", tag = "mobile", security(("session_token" = [])),
+    request_body(content = Object, description = "{ push_token: string | null }"),
+    responses((status = 204, description = "stored"),
+        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody)))]
+pub(crate) async fn set_push_token(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
@@ -137,11 +148,29 @@ async fn set_push_token(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+/// Send the device user's message (202 once the broker confirmed it).
+#[utoipa::path(post, path = "/mobile/v1/messages", tag = "mobile", security(("session_token" = [])),
+    request_body(content = Object, description = "{ text, client_message_id? }"),
+    responses((status = 202, description = "{ message_id }"),
+        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
+        (status = 413, body = crate::admin::ErrorBody), (status = 503, body = crate::admin::ErrorBody)))]
+pub(crate) async fn send(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     chat::send(&state, Channel::Mobile, &headers, body).await
 }
 
-async fn poll(
+/// Long-poll the device's conversation after a cursor.
+#[utoipa::path(get, path = "/mobile/v1/messages", tag = "mobile", security(("session_token" = [])),
+    params(("after" = Option<String>, Query, description = "cursor from an earlier answer"),
+        ("wait" = Option<u64>, Query, description = "seconds to wait, clamped to 30")),
+    responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
+        (status = 204, description = "nothing new within `wait`"),
+        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
+        (status = 409, body = crate::admin::ErrorBody, description = "a newer poll of this session took over")))]
+pub(crate) async fn poll(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,

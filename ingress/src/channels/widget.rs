@@ -84,7 +84,12 @@ async fn preflight() -> Response {
 }
 
 /// Open a widget session (the page's origin must be allowed for the tenant).
-async fn open_session(
+#[utoipa::path(post, path = "/widget/v1/sessions", tag = "widget",
+    request_body(content = Object, description = "{ client: slug, visitor_id? }"),
+    responses((status = 201, description = "{ session_id, token, expires_at, visitor_id }"),
+        (status = 400, body = crate::admin::ErrorBody), (status = 403, body = crate::admin::ErrorBody),
+        (status = 404, body = crate::admin::ErrorBody)))]
+pub(crate) async fn open_session(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
@@ -176,11 +181,30 @@ fn valid_visitor_id(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-async fn send(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response> {
+/// Send a visitor's message (202 once the broker confirmed it).
+#[utoipa::path(post, path = "/widget/v1/messages", tag = "widget", security(("session_token" = [])),
+    request_body(content = Object, description = "{ text, client_message_id? }"),
+    responses((status = 202, description = "{ message_id }"),
+        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
+        (status = 403, body = crate::admin::ErrorBody), (status = 413, body = crate::admin::ErrorBody),
+        (status = 503, body = crate::admin::ErrorBody)))]
+pub(crate) async fn send(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
     chat::send(&state, Channel::Widget, &headers, body).await
 }
 
-async fn poll(
+/// Long-poll the session's conversation after a cursor.
+#[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", security(("session_token" = [])),
+    params(("after" = Option<String>, Query, description = "cursor from an earlier answer"),
+        ("wait" = Option<u64>, Query, description = "seconds to wait, clamped to 30")),
+    responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
+        (status = 204, description = "nothing new within `wait`"),
+        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
+        (status = 409, body = crate::admin::ErrorBody, description = "a newer poll of this session took over")))]
+pub(crate) async fn poll(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
