@@ -134,7 +134,6 @@ pub struct AmqpSettings {
     pub retry_delays_s: Vec<u64>,
     pub archive_max_age: String,
     pub confirm_timeout_s: u64,
-    pub publish_channels: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -398,11 +397,7 @@ impl Settings {
             "amqp.confirm_timeout_s",
             "must be positive".into(),
         );
-        check(
-            (1..=64).contains(&self.amqp.publish_channels),
-            "amqp.publish_channels",
-            format!("must be 1..=64, not {}", self.amqp.publish_channels),
-        );
+
         check(
             self.redis.url.expose().starts_with("redis://")
                 || self.redis.url.expose().starts_with("rediss://"),

@@ -53,7 +53,6 @@ struct Inner {
     name: String,
     topology: Topology,
     confirm_timeout: Duration,
-    publish_channels: u16,
     current: StdMutex<Option<Arc<Connection>>>,
     reconnect: tokio::sync::Mutex<()>,
 }
@@ -67,7 +66,6 @@ impl Broker {
                 name: name.to_owned(),
                 topology: Topology::new(settings),
                 confirm_timeout: Duration::from_secs(settings.confirm_timeout_s),
-                publish_channels: settings.publish_channels,
                 current: StdMutex::new(None),
                 reconnect: tokio::sync::Mutex::new(()),
             }),
@@ -134,12 +132,7 @@ impl Broker {
 
     /// A publisher whose every publish waits for the broker's confirm.
     pub async fn publisher(&self) -> Result<Publisher> {
-        Publisher::new(
-            self.clone(),
-            self.inner.publish_channels,
-            self.inner.confirm_timeout,
-        )
-        .await
+        Publisher::new(self.clone(), self.inner.confirm_timeout).await
     }
 
     /// Consumes `queue` with manual acks and at most `prefetch` unacked deliveries.

@@ -3,8 +3,6 @@
 //! binding) is an error rather than a silent drop. Callers answer 2xx or ack a delivery
 //! only after these methods return `Ok`.
 
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -23,47 +21,23 @@ pub enum ReplyRoute {
     Replay,
 }
 
-/// A confirming publisher on a few channels of its own, shared by many tasks (publishes
-/// are pipelined: each task waits only for its own confirm). Envelopes pick their
-/// channel by conversation, so one conversation's envelopes are published in order;
-/// everything else takes the next channel round-robin.
+/// A confirming publisher on its own channel, shared by many tasks (publishes are
+/// pipelined: each task waits only for its own confirm).
 #[derive(Debug)]
 pub struct Publisher {
     broker: Broker,
-    channels: Vec<RwLock<lapin::Channel>>,
-    next: AtomicUsize,
+    channel: RwLock<lapin::Channel>,
     confirm_timeout: Duration,
 }
 
 impl Publisher {
-    pub(super) async fn new(
-        broker: Broker,
-        channels: u16,
-        confirm_timeout: Duration,
-    ) -> Result<Self> {
-        let mut opened = Vec::with_capacity(usize::from(channels));
-        for _ in 0..channels.max(1) {
-            opened.push(RwLock::new(open_confirming(&broker).await?));
-        }
+    pub(super) async fn new(broker: Broker, confirm_timeout: Duration) -> Result<Self> {
+        let channel = open_confirming(&broker).await?;
         Ok(Self {
             broker,
-            channels: opened,
-            next: AtomicUsize::new(0),
+            channel: RwLock::new(channel),
             confirm_timeout,
         })
-    }
-
-    /// The channel for one conversation's envelopes: always the same one.
-    fn channel_for(&self, envelope: &Envelope) -> usize {
-        let mut hasher = std::hash::DefaultHasher::new();
-        envelope.client_id.hash(&mut hasher);
-        envelope.channel.hash(&mut hasher);
-        envelope.external_id.expose().hash(&mut hasher);
-        (hasher.finish() % self.channels.len() as u64) as usize
-    }
-
-    fn next_channel(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len()
     }
 
     /// Publishes an envelope to the inbound exchange (`<channel>.<client_id>`).
@@ -74,13 +48,11 @@ impl Publisher {
             Some(envelope.trace.request_id.as_str()),
             envelope_headers(envelope, 1),
         );
-        self.publish_on(
-            self.channel_for(envelope),
+        self.publish(
             &topology.inbound_exchange(),
             &format!("{}.{}", envelope.channel, envelope.client_id),
             &envelope.to_json(),
             props,
-            true,
         )
         .await
     }
@@ -121,8 +93,7 @@ impl Publisher {
             text(&event.client_id.to_string()),
         );
         let props = properties(event.id.to_string(), None, table);
-        self.publish_on(
-            self.next_channel(),
+        self.publish_with(
             &self.broker.topology().events_exchange(),
             &event.routing_key(),
             &event.to_json(),
@@ -213,27 +184,19 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<()> {
-        self.publish_on(
-            self.next_channel(),
-            exchange,
-            routing_key,
-            body,
-            props,
-            true,
-        )
-        .await
+        self.publish_with(exchange, routing_key, body, props, true)
+            .await
     }
 
-    async fn publish_on(
+    async fn publish_with(
         &self,
-        slot: usize,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         props: BasicProperties,
         mandatory: bool,
     ) -> Result<()> {
-        let channel = self.live_channel(slot).await?;
+        let channel = self.live_channel().await?;
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -267,14 +230,14 @@ impl Publisher {
     }
 
     /// The publishing channel, re-opened (with confirms) if it or its connection died.
-    async fn live_channel(&self, slot: usize) -> Result<lapin::Channel> {
+    async fn live_channel(&self) -> Result<lapin::Channel> {
         {
-            let ch = self.channels[slot].read().await;
+            let ch = self.channel.read().await;
             if ch.status().connected() {
                 return Ok(ch.clone());
             }
         }
-        let mut ch = self.channels[slot].write().await;
+        let mut ch = self.channel.write().await;
         if !ch.status().connected() {
             *ch = open_confirming(&self.broker).await?;
         }
