@@ -2,6 +2,8 @@
 //!
 //! - `up`: everything in one process for a local try-out (migrations, topology, a demo
 //!   tenant, ingress and worker, and the LLM simulator when no LLM answers).
+//! - `worker`, `ingress`: run one process of the fleet (what the `worker` and `ingress`
+//!   binaries do), so one binary can run every role.
 //! - `migrate`: create the database if needed and apply migrations.
 //! - `tenant create|api-key`: make tenants without the admin API.
 //! - `llm-sim`: the LLM test double (Ollama and OpenAI wire formats).
@@ -31,6 +33,10 @@ struct Cli {
 enum Command {
     /// Run the whole platform in this process (local try-out).
     Up(up::UpArgs),
+    /// Run a worker (as the `worker` binary does): consume until SIGTERM, then drain.
+    Worker,
+    /// Run ingress (as the `ingress` binary does): serve until SIGTERM, then drain.
+    Ingress,
     /// Create the database if needed and apply pending migrations.
     Migrate,
     /// Manage tenants.
@@ -59,6 +65,13 @@ async fn main() -> anyhow::Result<()> {
     cancel_on_signals(shutdown.clone());
     match cli.command {
         Command::Up(args) => up::run(settings, args, shutdown).await,
+        Command::Worker => worker::run(settings, shutdown).await,
+        Command::Ingress => {
+            let running = ingress::start(settings, shutdown).await?;
+            tracing::info!(addr = %running.addr, "ingress listening");
+            running.task.await?;
+            Ok(())
+        }
         Command::Migrate => {
             Db::migrate(&settings.database).await?;
             println!("migrations applied");

@@ -148,6 +148,8 @@ pub struct LlmSettings {
     pub default_provider: String,
     pub default_context_window: u32,
     pub completion_reserve: u32,
+    pub breaker_failures: u32,
+    pub breaker_cooldown_s: u64,
     #[serde(default)]
     pub context_windows: BTreeMap<String, u32>,
     pub providers: BTreeMap<String, ProviderSettings>,
@@ -226,6 +228,8 @@ impl SecuritySettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub drain_timeout_s: u64,
+    pub lock_ttl_s: u64,
+    pub lock_wait_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -526,6 +530,21 @@ impl Settings {
             self.tenancy.inactive_notice.len() <= 2000,
             "tenancy.inactive_notice",
             "must be at most 2000 characters".into(),
+        );
+        check(
+            self.worker.lock_ttl_s >= 3,
+            "worker.lock_ttl_s",
+            format!("must be at least 3 seconds, got {}", self.worker.lock_ttl_s),
+        );
+        check(
+            self.worker.lock_wait_s > 0,
+            "worker.lock_wait_s",
+            "must be positive".into(),
+        );
+        check(
+            self.llm.breaker_failures > 0,
+            "llm.breaker_failures",
+            "must be positive".into(),
         );
         check(
             self.worker.drain_timeout_s > 0,

@@ -22,6 +22,8 @@ const REDIS_HINT: &str = "start Redis with: redis-server --daemonize yes --bind 
 #[derive(Debug)]
 pub struct TestEnv {
     pub settings: Settings,
+    /// The `CHATFLEET__…` variables behind `settings`, to start processes with.
+    pub vars: HashMap<String, String>,
     pub db: Db,
     pub broker: Broker,
     pub cache: Cache,
@@ -72,7 +74,7 @@ impl TestEnv {
         let settings = Settings::load_from(Sources {
             env: "test".into(),
             config_dir: PathBuf::from("/nonexistent"),
-            vars,
+            vars: vars.clone(),
         })
         .expect("test settings are valid");
         let db = Db::migrate(&settings.database)
@@ -90,6 +92,7 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("Redis is not usable ({e}); {REDIS_HINT}"));
         Self {
             settings,
+            vars,
             db,
             broker,
             cache,

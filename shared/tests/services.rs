@@ -199,7 +199,7 @@ async fn repositories_never_cross_tenants() {
     );
     assert!(
         messages
-            .history(b.id, conv_a, u64::MAX, 10)
+            .history(b.id, conv_a, 10)
             .await
             .expect("history")
             .is_empty()

@@ -1,8 +1,10 @@
 //! The consume loop: receives deliveries from `<prefix>.inbound.work` (manual acks,
 //! prefetch = the bound on in-flight turns), runs the turns of one conversation strictly
-//! one after another in arrival order (different conversations run concurrently), applies
-//! each failure's [`Disposition`], re-opens a lost broker connection, and drains on
-//! shutdown.
+//! one after another in arrival order (different conversations run concurrently; across
+//! workers the conversation lock in `turn` keeps them apart), hands the deliveries that
+//! queued up behind a turn to the next turn together, applies each failure's
+//! [`Disposition`] to every delivery of the batch, re-opens a lost broker connection, and
+//! drains on shutdown.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,6 +13,7 @@ use std::time::Duration;
 use shared::db::UserMessageState;
 use shared::envelope::Envelope;
 use shared::mq::{Broker, Delivery};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -18,6 +21,9 @@ use tracing::Instrument;
 use crate::Ctx;
 use crate::error::{Disposition, TurnError};
 use crate::turn;
+
+/// Most deliveries of one conversation handled by one turn.
+const MAX_BATCH: usize = 32;
 
 /// A delivery with its decoded envelope (or why it could not be decoded).
 struct Job {
@@ -28,8 +34,16 @@ struct Job {
 /// Runs the turns of each conversation in order, one at a time.
 struct Dispatcher {
     ctx: Arc<Ctx>,
-    queues: Mutex<HashMap<String, VecDeque<Job>>>,
+    queues: Mutex<HashMap<String, Waiting>>,
     tracker: TaskTracker,
+}
+
+/// Deliveries queued behind the running turn of one conversation.
+#[derive(Default)]
+struct Waiting {
+    jobs: VecDeque<Job>,
+    /// Told of each arrival, so a turn waiting for its lock can record them at once.
+    arrived: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -48,58 +62,122 @@ impl Dispatcher {
                 return;
             };
             if let Some(waiting) = queues.get_mut(&key) {
-                waiting.push_back(job);
+                waiting.jobs.push_back(job);
+                waiting.arrived.notify_one();
                 return;
             }
-            queues.insert(key.clone(), VecDeque::new());
+            queues.insert(key.clone(), Waiting::default());
         }
         let this = self.clone();
         self.tracker.spawn(async move {
-            let mut next = Some(job);
-            while let Some(job) = next {
-                this.process(job).await;
-                next = match this.queues.lock() {
-                    Ok(mut queues) => match queues.get_mut(&key).and_then(VecDeque::pop_front) {
-                        Some(job) => Some(job),
-                        None => {
-                            queues.remove(&key);
-                            None
-                        }
-                    },
-                    Err(_) => None,
-                };
+            let mut batch = vec![job];
+            while !batch.is_empty() {
+                this.process(&key, batch).await;
+                // Whatever queued up behind this turn is handled together next.
+                batch = this.take_queued(&key, MAX_BATCH);
+                if batch.is_empty()
+                    && let Ok(mut queues) = this.queues.lock()
+                    && queues.get(&key).is_some_and(|w| w.jobs.is_empty())
+                {
+                    queues.remove(&key);
+                } else if batch.is_empty() {
+                    // Queued between the two locks: go round again.
+                    batch = this.take_queued(&key, MAX_BATCH);
+                }
             }
         });
+    }
+
+    /// Up to `max` deliveries waiting behind the running turn of conversation `key`.
+    fn take_queued(&self, key: &str, max: usize) -> Vec<Job> {
+        match self.queues.lock() {
+            Ok(mut queues) => queues
+                .get_mut(key)
+                .map(|w| {
+                    let n = w.jobs.len().min(max);
+                    w.jobs.drain(..n).collect()
+                })
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
     }
 
     fn in_flight(&self) -> usize {
         self.queues
             .lock()
-            .map(|q| q.values().map(|w| w.len() + 1).sum())
+            .map(|q| q.values().map(|w| w.jobs.len() + 1).sum())
             .unwrap_or(0)
     }
 
-    async fn process(&self, job: Job) {
-        let Job { delivery, envelope } = job;
-        let span = match &envelope {
+    /// Runs one turn for deliveries of one conversation (or dead-letters an undecodable
+    /// one), then settles every delivery of the batch.
+    async fn process(&self, key: &str, batch: Vec<Job>) {
+        let first = &batch[0];
+        let span = match &first.envelope {
             Ok(env) => tracing::info_span!(
                 "turn",
                 request_id = %env.trace.request_id,
                 client_id = %env.client_id,
                 channel = %env.channel,
                 envelope_id = %env.id,
-                attempt = delivery.attempt,
+                attempt = first.delivery.attempt,
+                deliveries = batch.len(),
             ),
-            Err(_) => tracing::info_span!("turn", attempt = delivery.attempt),
+            Err(_) => tracing::info_span!("turn", attempt = first.delivery.attempt),
         };
+        let undecodable = first.envelope.as_ref().err().cloned();
+        let envelopes: Vec<Envelope> = batch
+            .iter()
+            .filter_map(|j| j.envelope.as_ref().ok().cloned())
+            .collect();
+        // Deliveries that queue up while the turn waits (its lock, its debounce window)
+        // join it: the turn records their messages and answers them too.
+        let batch = Mutex::new(batch);
+        let arrived = self
+            .queues
+            .lock()
+            .ok()
+            .and_then(|q| q.get(key).map(|w| w.arrived.clone()))
+            .unwrap_or_default();
+        let pull = || {
+            let more = self.take_queued(key, MAX_BATCH);
+            let envelopes = more
+                .iter()
+                .filter_map(|j| j.envelope.as_ref().ok().cloned())
+                .collect();
+            if let Ok(mut b) = batch.lock() {
+                b.extend(more);
+            }
+            envelopes
+        };
+        let outcome = async {
+            match undecodable {
+                None => {
+                    let intake = turn::Intake {
+                        take: &pull,
+                        arrived: &arrived,
+                    };
+                    turn::handle(&self.ctx, envelopes, &intake).await
+                }
+                Some(e) => Err(TurnError::Undecodable(e)),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let batch = batch.into_inner().unwrap_or_default();
         async {
-            let outcome = match &envelope {
-                Ok(env) => turn::handle(&self.ctx, env).await,
-                Err(e) => Err(TurnError::Undecodable(e.clone())),
-            };
             match outcome {
-                Ok(()) => self.ack(&delivery).await,
-                Err(e) => self.fail(&delivery, envelope.as_ref().ok(), e).await,
+                Ok(()) => {
+                    for job in &batch {
+                        self.ack(&job.delivery).await;
+                    }
+                }
+                Err(e) => {
+                    for job in &batch {
+                        self.fail(&job.delivery, job.envelope.as_ref().ok(), &e)
+                            .await;
+                    }
+                }
             }
         }
         .instrument(span)
@@ -113,7 +191,7 @@ impl Dispatcher {
         }
     }
 
-    async fn fail(&self, delivery: &Delivery, envelope: Option<&Envelope>, error: TurnError) {
+    async fn fail(&self, delivery: &Delivery, envelope: Option<&Envelope>, error: &TurnError) {
         let topology = self.ctx.topology();
         let moved = match error.disposition(delivery.attempt, topology.retry_delays()) {
             Disposition::Retry(rung) => {
@@ -134,6 +212,11 @@ impl Dispatcher {
             Disposition::DeadLetter(reason) => {
                 tracing::error!(reason = %reason, "turn failed; dead-lettering");
                 metrics::counter!("chatfleet_dead_letters_total").increment(1);
+                if let Some(env) = envelope
+                    && let Err(e) = turn::give_up(&self.ctx, env).await
+                {
+                    tracing::warn!(error = %e, "could not send the fallback message");
+                }
                 let moved = self
                     .ctx
                     .publisher

@@ -23,6 +23,9 @@ pub enum TurnError {
     /// Database, broker or Redis.
     #[error(transparent)]
     Infra(#[from] shared::Error),
+    /// Another worker held the conversation for longer than `worker.lock_wait_s`.
+    #[error("the conversation is busy on another worker")]
+    ConversationBusy,
     /// The tenant is over its plan's message rate; try again after this long.
     #[error("tenant over its plan's message rate; next slot in {0:?}")]
     RateLimited(Duration),
@@ -45,6 +48,9 @@ impl TurnError {
     /// `Retry-After`); permanent ones, and transient ones past the last rung, are
     /// dead-lettered with the reason.
     pub fn disposition(&self, attempt: u32, ladder: &[Duration]) -> Disposition {
+        if let Self::ConversationBusy = self {
+            return Disposition::Delay(RetryRung(0));
+        }
         if let Self::RateLimited(wait) = self {
             let rung = ladder
                 .iter()
@@ -56,7 +62,7 @@ impl TurnError {
             Self::Undecodable(_) | Self::UnknownTenant(_) => false,
             Self::Llm(e) => e.is_transient(),
             Self::Infra(e) => e.is_transient(),
-            Self::RateLimited(_) => true,
+            Self::RateLimited(_) | Self::ConversationBusy => true,
         };
         if !transient {
             return Disposition::DeadLetter(self.reason());
@@ -91,6 +97,7 @@ impl TurnError {
             Self::Llm(e) => format!("llm: {e}"),
             Self::Infra(e) => format!("infrastructure: {e}"),
             Self::RateLimited(_) => "rate_limited".to_owned(),
+            Self::ConversationBusy => "conversation_busy".to_owned(),
         }
     }
 }

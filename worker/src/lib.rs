@@ -1,13 +1,16 @@
 //! The chatfleet worker. The journey of a message through it:
 //!
 //! 1. [`consume`] receives a delivery from `<prefix>.inbound.work` (manual ack, bounded
-//!    prefetch) and queues it behind earlier turns of the same conversation.
+//!    prefetch) and queues it behind earlier turns of the same conversation; what queued
+//!    up meanwhile is handled together.
 //! 2. The envelope is decoded; an undecodable one is dead-lettered at once.
 //! 3. The tenant's client row, configuration and active agent modes are loaded from the
 //!    config cache (in-process, then Redis, then MariaDB; invalidated on every change).
 //! 4. The conversation is found or created, and the user message is recorded once (the
-//!    envelope id is the idempotency key). A turn that was already answered republishes
-//!    its stored reply and stops there.
+//!    envelope id is the idempotency key). Then the worker takes the conversation's lock
+//!    in Redis (no other worker runs a turn of it meanwhile); a message that was already
+//!    answered has its stored reply republished. The turn answers every unanswered
+//!    message of the conversation at once, after the tenant's debounce window.
 //! 5. A message matching the tenant's `human_handoff_phrase` hands the conversation to a
 //!    human (event + handoff notice); while a human has it, messages are forwarded as
 //!    events and the bot stays silent. A tenant that is not active gets no LLM call: the message stays recorded (and
@@ -33,7 +36,7 @@ mod turn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::cache::{Cache, TenantConfigs, broadcast};
+use shared::cache::{Cache, ConversationLocks, TenantConfigs, broadcast};
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher, Topology};
@@ -47,6 +50,8 @@ pub(crate) struct Ctx {
     db: Db,
     cache: Cache,
     configs: Arc<TenantConfigs>,
+    locks: Arc<ConversationLocks>,
+    lock_wait: Duration,
     publisher: Publisher,
     broker: Broker,
     llm: LlmClient,
@@ -76,11 +81,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         cache.clone(),
         Duration::from_secs(settings.tenancy.config_ttl_s),
     );
-    broadcast::start(cache.clone(), vec![configs.clone()], shutdown.clone());
+    let locks = ConversationLocks::new(
+        cache.clone(),
+        Duration::from_secs(settings.worker.lock_ttl_s),
+    );
+    broadcast::start(
+        cache.clone(),
+        vec![configs.clone(), locks.clone()],
+        shutdown.clone(),
+    );
     let ctx = Arc::new(Ctx {
         db: db.clone(),
         cache,
         configs,
+        locks,
+        lock_wait: Duration::from_secs(settings.worker.lock_wait_s),
         publisher,
         broker: broker.clone(),
         llm: LlmClient::new(&settings.llm),

@@ -1,22 +1,52 @@
-//! One user turn, from envelope to published reply (steps 3–9 of the journey in
-//! `lib.rs`). Idempotent on the envelope id: a redelivered envelope that was already
-//! answered republishes the stored reply (the deliverer drops duplicates) and never
-//! calls the LLM again.
+//! One turn, from envelopes to published reply (steps 3–9 of the journey in `lib.rs`).
+//! Idempotent on the envelope id: a redelivered envelope that was already answered
+//! republishes the stored reply (the deliverers drop duplicates) and never calls the LLM
+//! again. A turn answers every unanswered message of its conversation at once, under the
+//! conversation's lock, so messages that arrived while another turn ran are answered
+//! together by the next one, each prompt holding every earlier exchange.
+
+use std::time::Duration;
 
 use chrono::Utc;
-use shared::db::{ClientStatus, ConversationMode, NewReply, StoredReply, UserMessageState};
+use shared::db::{
+    ClientStatus, ConversationMode, NewReply, PendingTurn, StoredReply, TenantConfig,
+    UserMessageState,
+};
 use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Reply, ReplyKind};
-use shared::ids::{ConversationId, ReplyId};
+use shared::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
 use shared::mq::ReplyRoute;
 use shared::pii::Pii;
+use tokio::sync::Notify;
 
 use crate::Ctx;
 use crate::error::{Result, TurnError};
 use crate::llm::ChatRequest;
 use crate::{handoff, prompt};
 
-pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
-    let client_id = env.client_id;
+/// Most user messages answered together as one turn.
+const MAX_COALESCED: u32 = 50;
+/// How many debounce windows a burst that keeps coming may hold its turn back.
+const MAX_DEBOUNCE_WINDOWS: u32 = 10;
+
+/// Handles the deliveries of one conversation that are at hand (`envs`, in arrival
+/// order): records each user message, then — holding the conversation's lock, so no
+/// other worker runs a turn of it meanwhile — answers every unanswered message of the
+/// conversation as one turn.
+/// Deliveries of the same conversation that arrive on this worker while its turn runs:
+/// the turn records their messages (while it waits for the lock or a debounce window)
+/// and answers them too; the caller settles them with the turn.
+pub(crate) struct Intake<'a> {
+    /// Takes the deliveries that arrived so far.
+    pub take: &'a (dyn Fn() -> Vec<Envelope> + Sync),
+    /// Notified at each arrival.
+    pub arrived: &'a Notify,
+}
+
+pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'_>) -> Result<()> {
+    let Some(first) = envs.first().cloned() else {
+        return Ok(());
+    };
+    let client_id = first.client_id;
     let tenant = ctx
         .configs
         .get(client_id)
@@ -25,71 +55,192 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     let conversation_id = ctx
         .db
         .conversations()
-        .get_or_create(client_id, env.channel, env.external_id.expose())
+        .get_or_create(client_id, first.channel, first.external_id.expose())
         .await?;
-    let text = env.message.as_prompt_text();
+    let mut answered = Vec::new();
+    for env in &envs {
+        if let Some(stored) = record(ctx, conversation_id, env).await? {
+            answered.push((env.clone(), stored));
+        }
+    }
+
+    // Waiting for another worker's turn: record what arrives here meanwhile, so that
+    // turn or ours answers it.
+    let acquire = ctx.locks.acquire(client_id, conversation_id, ctx.lock_wait);
+    tokio::pin!(acquire);
+    let lock = loop {
+        tokio::select! {
+            lock = &mut acquire => break lock?.ok_or(TurnError::ConversationBusy)?,
+            _ = intake.arrived.notified() => {
+                take_in(ctx, conversation_id, &mut envs, intake).await?;
+            }
+        }
+    };
+    let outcome = async {
+        for (env, stored) in answered {
+            // Stored but maybe never published (a crash in between): publish again; the
+            // deliverers drop a reply id they delivered before.
+            tracing::info!("turn already answered; republishing its reply");
+            let reply = reply_from_stored(&env, conversation_id, stored);
+            ctx.publisher
+                .publish_reply(&reply, ReplyRoute::Channel, Some(&env.trace.request_id))
+                .await?;
+        }
+        answer_pending(ctx, &tenant, &mut envs, intake, conversation_id).await
+    }
+    .await;
+    if let Err(e) = ctx.locks.release(lock).await {
+        // It expires on its own after worker.lock_ttl_s.
+        tracing::warn!(error = %e, "could not release the conversation lock");
+    }
+    outcome
+}
+
+/// Records a user message once; returns its stored reply when it was already answered.
+async fn record(
+    ctx: &Ctx,
+    conversation_id: ConversationId,
+    env: &Envelope,
+) -> Result<Option<StoredReply>> {
     let recorded = ctx
         .db
         .messages()
         .record_user(
-            client_id,
+            env.client_id,
             conversation_id,
             env.id,
-            &text,
+            &env.message.as_prompt_text(),
             env.channel_message_id.as_deref(),
         )
         .await?;
-    match recorded.state {
-        UserMessageState::Pending => {}
-        UserMessageState::Answered => {
-            if let Some(stored) = recorded.reply {
-                // Stored but maybe never published (a crash in between): publish again.
-                tracing::info!("turn already answered; republishing its reply");
-                let reply = reply_from_stored(env, conversation_id, stored);
-                ctx.publisher
-                    .publish_reply(&reply, ReplyRoute::Channel, Some(&env.trace.request_id))
-                    .await?;
-            }
-            return Ok(());
+    Ok(match (recorded.state, recorded.reply) {
+        (UserMessageState::Answered, Some(stored)) => Some(stored),
+        _ => None,
+    })
+}
+
+/// Records the messages of deliveries that arrived on this worker meanwhile (an already
+/// answered one needs nothing more: its reply was published when it was stored).
+async fn take_in(
+    ctx: &Ctx,
+    conversation_id: ConversationId,
+    envs: &mut Vec<Envelope>,
+    intake: &Intake<'_>,
+) -> Result<()> {
+    for env in (intake.take)() {
+        record(ctx, conversation_id, &env).await?;
+        envs.push(env);
+    }
+    Ok(())
+}
+
+/// The conversation's unanswered user messages — after recording those of deliveries
+/// that queued up on this worker meanwhile — once the tenant's debounce window
+/// (`coalesce_window_ms` after the latest of them) has passed without a new one.
+async fn settled_pending(
+    ctx: &Ctx,
+    tenant: &TenantConfig,
+    envs: &mut Vec<Envelope>,
+    intake: &Intake<'_>,
+    conversation_id: ConversationId,
+) -> Result<Vec<PendingTurn>> {
+    let client_id = tenant.client.id;
+    let window = Duration::from_millis(u64::from(tenant.config.coalesce_window_ms));
+    take_in(ctx, conversation_id, envs, intake).await?;
+    let mut pending = ctx
+        .db
+        .messages()
+        .pending(client_id, conversation_id, MAX_COALESCED)
+        .await?;
+    // A burst that never ends is answered after this long anyway.
+    let give_up_at = tokio::time::Instant::now() + window * MAX_DEBOUNCE_WINDOWS;
+    while let Some(latest) = pending.last() {
+        if window.is_zero() || pending.len() >= MAX_COALESCED as usize {
+            break;
         }
-        UserMessageState::Failed | UserMessageState::Ignored => {
-            tracing::info!(state = ?recorded.state, "turn already closed; nothing to do");
-            return Ok(());
+        let Ok(wait) = (latest.created_at + window - Utc::now()).to_std() else {
+            break; // quiet for a whole window
+        };
+        let wake = (tokio::time::Instant::now() + wait).min(give_up_at);
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            // Recorded as it arrives, so the messages keep their arrival order.
+            _ = intake.arrived.notified() => {}
+        }
+        take_in(ctx, conversation_id, envs, intake).await?;
+        pending = ctx
+            .db
+            .messages()
+            .pending(client_id, conversation_id, MAX_COALESCED)
+            .await?;
+        if tokio::time::Instant::now() >= give_up_at {
+            break;
         }
     }
+    Ok(pending)
+}
+
+/// One turn: answers every unanswered message of the conversation together.
+async fn answer_pending(
+    ctx: &Ctx,
+    tenant: &TenantConfig,
+    envs: &mut Vec<Envelope>,
+    intake: &Intake<'_>,
+    conversation_id: ConversationId,
+) -> Result<()> {
+    let client_id = tenant.client.id;
+    let pending = settled_pending(ctx, tenant, envs, intake, conversation_id).await?;
+    let envs: &[Envelope] = envs;
+    let Some(last) = pending.last() else {
+        // Everything was answered by an earlier turn (perhaps on another worker).
+        return Ok(());
+    };
+    // The delivery that carried the latest message speaks for the turn (trace, account).
+    let env = envs
+        .iter()
+        .find(|e| e.id == last.envelope_id)
+        .or_else(|| envs.last())
+        .expect("a batch is never empty");
+    let turn = Turn {
+        conversation_id,
+        message_ids: pending.iter().map(|p| p.message_id).collect(),
+        envelope_ids: pending.iter().map(|p| p.envelope_id).collect(),
+        config_version: tenant.config.config_version,
+    };
+    if pending.len() > 1 {
+        tracing::info!(
+            messages = pending.len(),
+            "answering several messages as one turn"
+        );
+        metrics::counter!("chatfleet_coalesced_messages_total").increment(pending.len() as u64);
+    }
+    let text = pending
+        .iter()
+        .map(|p| p.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n\n");
 
     if tenant.client.status != ClientStatus::Active {
         tracing::info!(status = ?tenant.client.status, "tenant not active; no LLM call");
         if ctx.inactive_notice.is_empty() {
-            ctx.db
-                .messages()
-                .close_unanswered(client_id, env.id, UserMessageState::Ignored)
-                .await?;
-            return Ok(());
+            return close_all(ctx, client_id, &turn, UserMessageState::Ignored).await;
         }
         let notice = Answer::notice(ReplyKind::Fallback, ctx.inactive_notice.clone());
-        return reply(
-            ctx,
-            env,
-            conversation_id,
-            recorded.message_id,
-            tenant.config.config_version,
-            notice,
-        )
-        .await;
+        return reply(ctx, env, &turn, notice).await;
     }
 
     if let Some(phrase) = &tenant.config.human_handoff_phrase
-        && handoff::matches(&text, phrase)
+        && pending.iter().any(|p| handoff::matches(&p.text, phrase))
     {
         tracing::info!("handoff phrase matched; handing the conversation to a human");
-        let conversations = ctx.db.conversations();
-        if conversations
+        if ctx
+            .db
+            .conversations()
             .set_mode(client_id, conversation_id, ConversationMode::Human)
             .await?
         {
             let mut event = Event::new(EventKind::Handoff, client_id, conversation_id, env.channel);
-            event.envelope_id = Some(env.id);
+            event.envelope_id = Some(last.envelope_id);
             ctx.publisher.publish_event(&event).await?;
             metrics::counter!("chatfleet_handoffs_total").increment(1);
         }
@@ -97,15 +248,7 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
             ReplyKind::HandoffNotice,
             tenant.config.handoff_message.clone(),
         );
-        return reply(
-            ctx,
-            env,
-            conversation_id,
-            recorded.message_id,
-            tenant.config.config_version,
-            notice,
-        )
-        .await;
+        return reply(ctx, env, &turn, notice).await;
     }
     if ctx
         .db
@@ -114,21 +257,19 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
         .await?
         == ConversationMode::Human
     {
-        // A person has this conversation: the bot stays silent and forwards the message.
-        let mut event = Event::new(
-            EventKind::UserMessage,
-            client_id,
-            conversation_id,
-            env.channel,
-        );
-        event.envelope_id = Some(env.id);
-        event.text = Some(Pii::new(text.clone()));
-        ctx.publisher.publish_event(&event).await?;
-        ctx.db
-            .messages()
-            .close_unanswered(client_id, env.id, UserMessageState::Ignored)
-            .await?;
-        return Ok(());
+        // A person has this conversation: the bot stays silent and forwards the messages.
+        for p in &pending {
+            let mut event = Event::new(
+                EventKind::UserMessage,
+                client_id,
+                conversation_id,
+                env.channel,
+            );
+            event.envelope_id = Some(p.envelope_id);
+            event.text = Some(Pii::new(p.text.clone()));
+            ctx.publisher.publish_event(&event).await?;
+        }
+        return close_all(ctx, client_id, &turn, UserMessageState::Ignored).await;
     }
 
     let limits = ctx.plans.limits(tenant.client.plan);
@@ -141,12 +282,7 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     let history = ctx
         .db
         .messages()
-        .history(
-            client_id,
-            conversation_id,
-            recorded.message_id,
-            config.max_context_turns,
-        )
+        .history(client_id, conversation_id, config.max_context_turns)
         .await?;
     let (_, model) = ctx.llm.route(&config.llm_model);
     let num_ctx = ctx.llm_settings.context_window(model);
@@ -158,7 +294,7 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     let prompt = prompt::assemble(
         &ctx.tokenizer,
         budget as usize,
-        &tenant,
+        tenant,
         &knowledge,
         &history,
         &text,
@@ -186,15 +322,22 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
     }
     let estimated = u32::try_from(prompt.tokens).unwrap_or(u32::MAX);
     let started = std::time::Instant::now();
-    let completion = ctx
-        .llm
-        .chat(ChatRequest {
-            model: config.llm_model.clone(),
-            temperature: config.llm_temperature,
-            num_ctx,
-            messages: prompt.messages,
-        })
-        .await?;
+    let request = |model: &str| ChatRequest {
+        model: model.to_owned(),
+        temperature: config.llm_temperature,
+        num_ctx,
+        messages: prompt.messages.clone(),
+    };
+    let completion = match ctx.llm.chat(request(&config.llm_model)).await {
+        Ok(c) => c,
+        Err(e) if e.is_transient() && config.fallback_model.is_some() => {
+            let fallback = config.fallback_model.as_deref().unwrap_or_default();
+            tracing::warn!(error = %e, fallback, "primary model failed; asking the fallback model");
+            metrics::counter!("chatfleet_llm_fallbacks_total").increment(1);
+            ctx.llm.chat(request(fallback)).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "llm answered"
@@ -207,26 +350,72 @@ pub(crate) async fn handle(ctx: &Ctx, env: &Envelope) -> Result<()> {
         completion_tokens: completion.completion_tokens,
         estimated_prompt_tokens: Some(estimated),
     };
-    reply(
-        ctx,
-        env,
+    reply(ctx, env, &turn, answer).await
+}
+
+/// After the last attempt failed: the user gets the tenant's fallback message for the
+/// delivery's message (if it is still unanswered), so nobody waits forever in silence.
+pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
+    let client_id = env.client_id;
+    let Some(tenant) = ctx.configs.get(client_id).await? else {
+        return Ok(());
+    };
+    let conversation_id = ctx
+        .db
+        .conversations()
+        .get_or_create(client_id, env.channel, env.external_id.expose())
+        .await?;
+    let recorded = ctx
+        .db
+        .messages()
+        .record_user(
+            client_id,
+            conversation_id,
+            env.id,
+            &env.message.as_prompt_text(),
+            env.channel_message_id.as_deref(),
+        )
+        .await?;
+    if recorded.state != UserMessageState::Pending || tenant.config.fallback_message.is_empty() {
+        return Ok(());
+    }
+    let turn = Turn {
         conversation_id,
-        recorded.message_id,
-        config.config_version,
-        answer,
-    )
-    .await
+        message_ids: vec![recorded.message_id],
+        envelope_ids: vec![env.id],
+        config_version: tenant.config.config_version,
+    };
+    let notice = Answer::notice(ReplyKind::Fallback, tenant.config.fallback_message.clone());
+    reply(ctx, env, &turn, notice).await
+}
+
+/// The user messages one reply answers.
+struct Turn {
+    conversation_id: ConversationId,
+    message_ids: Vec<u64>,
+    envelope_ids: Vec<EnvelopeId>,
+    config_version: u64,
+}
+
+async fn close_all(
+    ctx: &Ctx,
+    client_id: ClientId,
+    turn: &Turn,
+    state: UserMessageState,
+) -> Result<()> {
+    for id in &turn.envelope_ids {
+        ctx.db
+            .messages()
+            .close_unanswered(client_id, *id, state)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The tenant's `top_k` knowledge chunks for `query`, best first. Retrieval is an
 /// enhancement: when the embeddings provider or ChromaDB fails, the turn goes on
 /// without knowledge (logged and counted) rather than failing.
-async fn retrieve(
-    ctx: &Ctx,
-    client_id: shared::ids::ClientId,
-    query: &str,
-    top_k: u32,
-) -> Vec<String> {
+async fn retrieve(ctx: &Ctx, client_id: ClientId, query: &str, top_k: u32) -> Vec<String> {
     if top_k == 0 {
         return Vec::new();
     }
@@ -262,28 +451,21 @@ impl Answer {
     }
 }
 
-/// Stores the answer to user message `message_id` (only if it is still unanswered), then
-/// publishes it with a confirm.
-async fn reply(
-    ctx: &Ctx,
-    env: &Envelope,
-    conversation_id: ConversationId,
-    message_id: u64,
-    config_version: u64,
-    answer: Answer,
-) -> Result<()> {
+/// Stores the answer to the turn's messages (only if they are all still unanswered),
+/// then publishes it with a confirm.
+async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result<()> {
     let reply = Reply {
         v: ENVELOPE_VERSION,
         id: ReplyId::random(),
-        in_reply_to: vec![env.id],
+        in_reply_to: turn.envelope_ids.clone(),
         client_id: env.client_id,
         channel: env.channel,
         external_id: env.external_id.clone(),
         channel_account: env.channel_account.clone(),
-        conversation_id,
+        conversation_id: turn.conversation_id,
         kind: answer.kind,
         text: Pii::new(answer.text.clone()),
-        config_version,
+        config_version: turn.config_version,
         created_at: Utc::now(),
     };
     let stored = ctx
@@ -292,26 +474,22 @@ async fn reply(
         .store_reply(
             env.client_id,
             &NewReply {
-                conversation_id,
+                conversation_id: turn.conversation_id,
                 reply_id: reply.id,
                 kind: reply.kind,
                 text: answer.text,
-                answers: vec![message_id],
+                answers: turn.message_ids.clone(),
                 prompt_tokens: answer.prompt_tokens,
                 completion_tokens: answer.completion_tokens,
                 estimated_prompt_tokens: answer.estimated_prompt_tokens,
-                config_version,
+                config_version: turn.config_version,
             },
         )
         .await?;
     if !stored {
         // Answered concurrently, or handed to a human while the LLM was thinking.
         tracing::info!("turn already answered or handed off; dropping this reply");
-        ctx.db
-            .messages()
-            .close_unanswered(env.client_id, env.id, UserMessageState::Ignored)
-            .await?;
-        return Ok(());
+        return close_all(ctx, env.client_id, turn, UserMessageState::Ignored).await;
     }
     ctx.publisher
         .publish_reply(&reply, ReplyRoute::Channel, Some(&env.trace.request_id))

@@ -22,6 +22,8 @@ fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
         default_provider: "main".into(),
         default_context_window: 4096,
         completion_reserve: 512,
+        breaker_failures: 5,
+        breaker_cooldown_s: 30,
         context_windows: BTreeMap::new(),
         providers: BTreeMap::from([
             ("main".to_owned(), provider.clone()),

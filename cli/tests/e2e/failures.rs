@@ -181,7 +181,24 @@ async fn a_turn_that_never_succeeds_ends_in_the_dead_letter_queue() {
     .await;
     // First try plus one per rung of the test ladder (1 s, 2 s).
     assert_eq!(p.sim.requests().len(), 3);
-    let (entries, _) = p.read_until(&t.api_key, "c", "0", 1).await;
-    assert_eq!(entries.len(), 1, "the user message is kept, unanswered");
+    // The user is not left in silence: the tenant's fallback message answers.
+    let (entries, _) = p.read_until(&t.api_key, "c", "0", 2).await;
+    assert_eq!(entries[0]["text"], "hello?");
+    assert_eq!(
+        entries[1]["text"],
+        "Sorry, I cannot answer right now. Please try again in a moment."
+    );
+    let mut dead_letters = p
+        .env
+        .broker
+        .consume(&dead, 1, "test")
+        .await
+        .expect("read the dead letters");
+    let dead_letter = tokio::time::timeout(WAIT, dead_letters.next())
+        .await
+        .expect("a dead letter in time")
+        .expect("a dead letter");
+    let reason = dead_letter.headers()[shared::mq::headers::DEAD_REASON].clone();
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
     p.stop().await;
 }

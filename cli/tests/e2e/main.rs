@@ -6,6 +6,7 @@ mod admin;
 mod api;
 mod browser;
 mod config_changes;
+mod delivery;
 mod failures;
 mod handoff;
 mod knowledge;

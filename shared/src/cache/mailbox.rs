@@ -15,16 +15,15 @@
 //! newest claim wins on any replica, and an earlier poll learns it was superseded through
 //! the same announcements (a generation counter in Redis decides who is newest).
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 use super::Cache;
 use super::broadcast::Listener;
+use super::wakeups::{Wakeups, Watch};
 use crate::error::Result;
 use crate::ids::{Channel, ClientId};
 
@@ -52,90 +51,31 @@ impl MailboxKey {
 #[derive(Debug)]
 pub struct Mailboxes {
     cache: Cache,
-    waiters: Mutex<Waiters>,
-}
-
-#[derive(Debug, Default)]
-struct Waiters {
-    by_key: HashMap<MailboxKey, Weak<Notify>>,
-    prune_at: usize,
+    wakeups: Wakeups,
 }
 
 /// A registration to be woken when a mailbox may have new entries.
-#[derive(Debug, Clone)]
-pub struct MailboxWatch {
-    notify: Arc<Notify>,
-}
-
-impl MailboxWatch {
-    /// Resolves at the next announcement after this call. Create it *before* reading.
-    pub fn changed(&self) -> Pin<Box<Notified<'_>>> {
-        let mut notified = Box::pin(self.notify.notified());
-        // Registers the waiter now, so a wake-up before the first poll is not lost.
-        notified.as_mut().enable();
-        notified
-    }
-}
+pub type MailboxWatch = Watch;
 
 impl Mailboxes {
     /// The notifier; it hears other replicas once registered with
     /// [`super::broadcast::start`].
     pub fn new(cache: Cache) -> Arc<Self> {
+        let channel = cache.keys().mailbox_channel();
         Arc::new(Self {
+            wakeups: Wakeups::new(cache.clone(), channel),
             cache,
-            waiters: Mutex::new(Waiters::default()),
         })
     }
 
     /// Registers interest in `key`.
     pub fn watch(&self, key: &MailboxKey) -> MailboxWatch {
-        let mut waiters = match self.waiters.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(notify) = waiters.by_key.get(key).and_then(Weak::upgrade) {
-            return MailboxWatch { notify };
-        }
-        let notify = Arc::new(Notify::new());
-        waiters.by_key.insert(key.clone(), Arc::downgrade(&notify));
-        if waiters.by_key.len() > waiters.prune_at {
-            waiters.by_key.retain(|_, w| w.strong_count() > 0);
-            waiters.prune_at = (waiters.by_key.len() * 2).max(1024);
-        }
-        MailboxWatch { notify }
+        self.wakeups.watch(&key.0)
     }
 
     /// Tells every replica that `key`'s mailbox has new entries.
     pub async fn announce(&self, key: &MailboxKey) -> Result<()> {
-        // Wake local waiters at once; the subscription will wake them again harmlessly.
-        self.wake(key);
-        self.cache
-            .publish(&self.cache.keys().mailbox_channel(), &key.0)
-            .await
-    }
-
-    fn wake(&self, key: &MailboxKey) {
-        let notify = match self.waiters.lock() {
-            Ok(w) => w.by_key.get(key).and_then(Weak::upgrade),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .by_key
-                .get(key)
-                .and_then(Weak::upgrade),
-        };
-        if let Some(n) = notify {
-            n.notify_waiters();
-        }
-    }
-
-    fn wake_all(&self) {
-        let all: Vec<Arc<Notify>> = match self.waiters.lock() {
-            Ok(w) => w.by_key.values().filter_map(Weak::upgrade).collect(),
-            Err(_) => Vec::new(),
-        };
-        for n in all {
-            n.notify_waiters();
-        }
+        self.wakeups.announce(&key.0).await
     }
 }
 
@@ -176,12 +116,7 @@ impl Mailboxes {
         let watch = self.watch(&key);
         let generation = self
             .cache
-            .increment_and_publish(
-                &redis_key,
-                POLL_SLOT_TTL_S,
-                &self.cache.keys().mailbox_channel(),
-                &key.0,
-            )
+            .increment_and_publish(&redis_key, POLL_SLOT_TTL_S, &self.wakeups.channel(), &key.0)
             .await?;
         Ok(PollSlot {
             redis_key,
@@ -199,13 +134,13 @@ impl Mailboxes {
 
 impl Listener for Mailboxes {
     fn channel(&self) -> String {
-        self.cache.keys().mailbox_channel()
+        self.wakeups.channel()
     }
     fn on_message(&self, payload: &str) {
-        self.wake(&MailboxKey(payload.to_owned()));
+        self.wakeups.on_message(payload);
     }
     /// Anything announced while we were not subscribed: wake everyone to re-read.
     fn on_subscribed(&self) {
-        self.wake_all();
+        self.wakeups.on_subscribed();
     }
 }

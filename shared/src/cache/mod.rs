@@ -6,14 +6,17 @@
 
 mod accounts;
 pub mod broadcast;
+mod conversation_lock;
 mod mailbox;
 mod rate_limit;
 mod tenant_config;
+mod wakeups;
 
 use deadpool_redis::redis;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime};
 
 pub use accounts::AccountOwners;
+pub use conversation_lock::{ConversationLock, ConversationLocks};
 pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes, PollSlot};
 pub use tenant_config::{Source as ConfigSource, TenantConfigs};
 
@@ -170,6 +173,11 @@ impl Keys {
         format!("{}:mailbox", self.prefix)
     }
 
+    /// The pub/sub channel that announces released conversation locks to every worker.
+    pub fn locks_channel(&self) -> String {
+        format!("{}:locks", self.prefix)
+    }
+
     /// The pub/sub channel that announces channel-account changes to every process.
     pub fn accounts_channel(&self) -> String {
         format!("{}:accounts", self.prefix)
@@ -200,6 +208,15 @@ impl TenantKeys<'_> {
         format!(
             "{}:t:{}:poll:{}:{session_id}",
             self.prefix, self.client_id, channel
+        )
+    }
+    /// The lock that serialises one conversation's turns across workers.
+    pub fn conversation_lock(&self, conversation_id: crate::ids::ConversationId) -> String {
+        format!(
+            "{}:t:{}:lock:{}",
+            self.prefix,
+            self.client_id,
+            conversation_id.get()
         )
     }
     /// The send-rate bucket of one of the tenant's channel accounts.

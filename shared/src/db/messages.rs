@@ -88,6 +88,15 @@ pub struct RecordedUser {
     pub reply: Option<StoredReply>,
 }
 
+/// A user turn still waiting for its answer.
+#[derive(Debug, Clone)]
+pub struct PendingTurn {
+    pub message_id: u64,
+    pub envelope_id: EnvelopeId,
+    pub text: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A reply as stored, enough to publish it again.
 #[derive(Debug, Clone)]
 pub struct StoredReply {
@@ -246,13 +255,45 @@ impl<'a> Messages<'a> {
         }))
     }
 
-    /// The last `limit` turns of the conversation recorded before message `before_id`,
-    /// oldest first.
+    /// The conversation's unanswered user turns in mailbox order, at most `limit`: what
+    /// the next turn answers (several at once when they arrived while one was running).
+    pub async fn pending(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        limit: u32,
+    ) -> Result<Vec<PendingTurn>> {
+        let rows = guard::query(
+            "SELECT id, envelope_id, content, created_at FROM messages \
+             WHERE client_id = ? AND conversation_id = ? AND role = 'user' AND state = 'pending' \
+             ORDER BY seq ASC LIMIT ?",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingTurn {
+                    message_id: r.try_get("id")?,
+                    envelope_id: EnvelopeId::from_uuid(r.try_get("envelope_id")?),
+                    text: r.try_get("content")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The last `limit` messages of the conversation that are not waiting for an answer
+    /// (answered or closed user messages, replies, agent messages), oldest first: the
+    /// history before the turn that answers the pending ones. Each question is placed
+    /// right before its answer, even when it arrived while an earlier question was being
+    /// answered (it is ordered by its reply's position).
     pub async fn history(
         &self,
         client_id: ClientId,
         conversation_id: ConversationId,
-        before_id: u64,
         limit: u32,
     ) -> Result<Vec<HistoryTurn>> {
         if limit == 0 {
@@ -260,13 +301,13 @@ impl<'a> Messages<'a> {
         }
         let rows = guard::query(
             "SELECT role, content FROM messages \
-             WHERE client_id = ? AND conversation_id = ? AND id < ? \
+             WHERE client_id = ? AND conversation_id = ? \
                AND role IN ('user', 'assistant', 'agent') \
-             ORDER BY id DESC LIMIT ?",
+               AND NOT (role = 'user' AND state = 'pending') \
+             ORDER BY COALESCE(reply_message_id, id) DESC, id DESC LIMIT ?",
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .bind(before_id)
         .bind(limit)
         .fetch_all(self.pool)
         .await?;

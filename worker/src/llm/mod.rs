@@ -5,6 +5,7 @@
 //! model (so `meta-llama/Llama-3.1-8B` still works on an OpenAI-compatible server).
 //! Each provider has a concurrency limit; errors say whether retrying may help.
 
+mod breaker;
 mod ollama;
 mod openai;
 pub mod sim;
@@ -64,15 +65,30 @@ pub enum LlmError {
     },
     #[error("LLM answer could not be read: {0}")]
     Malformed(String),
+    /// The provider's circuit breaker is open after repeated failures.
+    #[error("LLM provider {0} is failing; its circuit breaker is open")]
+    CircuitOpen(String),
 }
 
 impl LlmError {
     /// Whether the same call may succeed later (overload, outage, timeout).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable(_) | Self::Timeout(_) => true,
+            Self::Unreachable(_) | Self::Timeout(_) | Self::CircuitOpen(_) => true,
             Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
             Self::Malformed(_) => false,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "unreachable",
+            Self::Timeout(_) => "timeout",
+            Self::Status { status: 429, .. } => "rate_limited",
+            Self::Status { .. } => "status",
+            Self::Malformed(_) => "malformed",
+            Self::CircuitOpen(_) => "circuit_open",
         }
     }
 
@@ -88,6 +104,7 @@ impl LlmError {
 struct Provider {
     settings: ProviderSettings,
     limit: Semaphore,
+    breaker: breaker::Breaker,
 }
 
 /// All configured providers, sharing one HTTP client.
@@ -118,6 +135,10 @@ impl LlmClient {
                     Provider {
                         settings: p.clone(),
                         limit: Semaphore::new(p.max_concurrency),
+                        breaker: breaker::Breaker::new(
+                            settings.breaker_failures,
+                            Duration::from_secs(settings.breaker_cooldown_s),
+                        ),
                     },
                 )
             })
@@ -151,6 +172,9 @@ impl LlmClient {
             .get(name)
             .ok_or_else(|| LlmError::Unreachable(format!("no provider named {name:?}")))?;
         request.model = model.to_owned();
+        if !provider.breaker.admit(std::time::Instant::now()) {
+            return Err(LlmError::CircuitOpen(name.to_owned()));
+        }
         let _permit = provider
             .limit
             .acquire()
@@ -167,9 +191,27 @@ impl LlmClient {
                 }
             }
         };
-        tokio::time::timeout(timeout, call)
+        let outcome = tokio::time::timeout(timeout, call)
             .await
-            .map_err(|_| LlmError::Timeout(timeout))?
+            .map_err(|_| LlmError::Timeout(timeout))
+            .and_then(|r| r);
+        match &outcome {
+            Ok(_) => provider.breaker.succeeded(),
+            Err(e) if e.is_transient() => {
+                metrics::counter!("chatfleet_llm_errors_total", "provider" => name.to_owned(), "kind" => e.kind())
+                    .increment(1);
+                if provider.breaker.failed(std::time::Instant::now()) {
+                    tracing::warn!(provider = name, "LLM circuit breaker opened");
+                    metrics::counter!("chatfleet_llm_breaker_opened_total", "provider" => name.to_owned())
+                        .increment(1);
+                }
+            }
+            Err(e) => {
+                metrics::counter!("chatfleet_llm_errors_total", "provider" => name.to_owned(), "kind" => e.kind())
+                    .increment(1);
+            }
+        }
+        outcome
     }
 }
 

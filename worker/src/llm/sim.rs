@@ -69,6 +69,8 @@ struct Shared {
     options: Mutex<SimOptionsState>,
     recorded: Mutex<Vec<RecordedChat>>,
     unavailable: AtomicBool,
+    /// Models answered 503 whatever the error rate.
+    failing_models: Mutex<Vec<String>>,
     served: AtomicU64,
 }
 
@@ -144,6 +146,13 @@ impl LlmSim {
     }
 
     /// Changes the simulated latency.
+    /// Makes every request for `model` fail with 503 (a provider down for one model).
+    pub fn fail_model(&self, model: &str) {
+        if let Ok(mut m) = self.shared.failing_models.lock() {
+            m.push(model.to_owned());
+        }
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         if let Ok(mut o) = self.shared.options.lock() {
             o.latency = latency;
@@ -204,12 +213,18 @@ fn count_tokens(messages: &[ChatMessage]) -> u64 {
 }
 
 /// Waits the configured latency; `Err` with a 503 when the request should fail.
-async fn gate(shared: &Shared) -> Result<(), Response> {
+async fn gate(shared: &Shared, model: &str) -> Result<(), Response> {
     let options = shared.options.lock().map(|o| o.clone()).unwrap_or_default();
     if !options.latency.is_zero() {
         tokio::time::sleep(options.latency).await;
     }
-    let fail = shared.unavailable.load(Ordering::SeqCst)
+    let model_down = shared
+        .failing_models
+        .lock()
+        .map(|m| m.iter().any(|f| f == model))
+        .unwrap_or(false);
+    let fail = model_down
+        || shared.unavailable.load(Ordering::SeqCst)
         || (options.error_rate > 0.0 && rand::rng().random_bool(options.error_rate.min(1.0)));
     if fail {
         let mut response = (
@@ -260,7 +275,7 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
         req.stream,
         &req.messages,
     );
-    if let Err(r) = gate(&shared).await {
+    if let Err(r) = gate(&shared, &req.model).await {
         return r;
     }
     shared.served.fetch_add(1, Ordering::SeqCst);
@@ -317,7 +332,7 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
         req.stream,
         &req.messages,
     );
-    if let Err(r) = gate(&shared).await {
+    if let Err(r) = gate(&shared, &req.model).await {
         return r;
     }
     shared.served.fetch_add(1, Ordering::SeqCst);
@@ -416,7 +431,7 @@ async fn ollama_embed(State(shared): State<Arc<Shared>>, body: axum::body::Bytes
     let Ok(req) = serde_json::from_slice::<EmbedRequest>(&body) else {
         return bad_request("invalid embed request");
     };
-    if let Err(r) = gate(&shared).await {
+    if let Err(r) = gate(&shared, "").await {
         return r;
     }
     let embeddings: Vec<Vec<f32>> = req.input.into_vec().iter().map(|t| embed(t)).collect();
@@ -427,7 +442,7 @@ async fn openai_embed(State(shared): State<Arc<Shared>>, body: axum::body::Bytes
     let Ok(req) = serde_json::from_slice::<EmbedRequest>(&body) else {
         return bad_request("invalid embeddings request");
     };
-    if let Err(r) = gate(&shared).await {
+    if let Err(r) = gate(&shared, "").await {
         return r;
     }
     let inputs = req.input.into_vec();
