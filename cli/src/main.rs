@@ -4,6 +4,7 @@
 //!   tenant, ingress and worker, and the LLM simulator when no LLM answers).
 //! - `worker`, `ingress`: run one process of the fleet (what the `worker` and `ingress`
 //!   binaries do), so one binary can run every role.
+//! - `chaos`: break a fleet of its own while driving messages, then check the guarantees.
 //! - `migrate`: create the database if needed and apply migrations.
 //! - `tenant create|api-key`: make tenants without the admin API.
 //! - `llm-sim`: the LLM test double (Ollama and OpenAI wire formats).
@@ -11,6 +12,7 @@
 // A command-line tool talks to its user on stdout.
 #![allow(clippy::print_stdout)]
 
+mod chaos;
 mod tenant;
 mod up;
 
@@ -37,6 +39,9 @@ enum Command {
     Worker,
     /// Run ingress (as the `ingress` binary does): serve until SIGTERM, then drain.
     Ingress,
+    /// Run a fleet of its own, break it while driving messages through it, and check that
+    /// no message was lost, duplicated or answered out of order.
+    Chaos(chaos::ChaosArgs),
     /// Create the database if needed and apply pending migrations.
     Migrate,
     /// Manage tenants.
@@ -66,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(settings, args, shutdown).await,
         Command::Worker => worker::run(settings, shutdown).await,
+        Command::Chaos(args) => chaos::run(settings, args).await,
         Command::Ingress => {
             let running = ingress::start(settings, shutdown).await?;
             tracing::info!(addr = %running.addr, "ingress listening");

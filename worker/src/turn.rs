@@ -57,11 +57,8 @@ pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'
         .conversations()
         .get_or_create(client_id, first.channel, first.external_id.expose())
         .await?;
-    let mut answered = Vec::new();
     for env in &envs {
-        if let Some(stored) = record(ctx, conversation_id, env).await? {
-            answered.push((env.clone(), stored));
-        }
+        record(ctx, conversation_id, env).await?;
     }
 
     // Waiting for another worker's turn: record what arrives here meanwhile, so that
@@ -77,15 +74,7 @@ pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'
         }
     };
     let outcome = async {
-        for (env, stored) in answered {
-            // Stored but maybe never published (a crash in between): publish again; the
-            // deliverers drop a reply id they delivered before.
-            tracing::info!("turn already answered; republishing its reply");
-            let reply = reply_from_stored(&env, conversation_id, stored);
-            ctx.publisher
-                .publish_reply(&reply, ReplyRoute::Channel, Some(&env.trace.request_id))
-                .await?;
-        }
+        relay_unpublished(ctx, &first, conversation_id).await?;
         answer_pending(ctx, &tenant, &mut envs, intake, conversation_id).await
     }
     .await;
@@ -96,14 +85,9 @@ pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'
     outcome
 }
 
-/// Records a user message once; returns its stored reply when it was already answered.
-async fn record(
-    ctx: &Ctx,
-    conversation_id: ConversationId,
-    env: &Envelope,
-) -> Result<Option<StoredReply>> {
-    let recorded = ctx
-        .db
+/// Records a user message once (the API, widget and mobile channels did at acceptance).
+async fn record(ctx: &Ctx, conversation_id: ConversationId, env: &Envelope) -> Result<()> {
+    ctx.db
         .messages()
         .record_user(
             env.client_id,
@@ -113,10 +97,47 @@ async fn record(
             env.channel_message_id.as_deref(),
         )
         .await?;
-    Ok(match (recorded.state, recorded.reply) {
-        (UserMessageState::Answered, Some(stored)) => Some(stored),
-        _ => None,
-    })
+    Ok(())
+}
+
+/// The outbox: publishes, in order, the conversation's stored replies that the broker
+/// never confirmed (a worker died between storing and publishing, or the broker was
+/// down), before this turn publishes anything. The deliverers drop a reply id they
+/// delivered before, so publishing one twice is harmless.
+async fn relay_unpublished(
+    ctx: &Ctx,
+    env: &Envelope,
+    conversation_id: ConversationId,
+) -> Result<()> {
+    for (stored, answers) in ctx
+        .db
+        .messages()
+        .unpublished(env.client_id, conversation_id)
+        .await?
+    {
+        tracing::info!(reply_id = %stored.id, "publishing a stored reply the broker never confirmed");
+        let mut reply = reply_from_stored(env, conversation_id, stored);
+        reply.in_reply_to = answers;
+        publish(ctx, &reply, &env.trace.request_id).await?;
+    }
+    Ok(())
+}
+
+/// Publishes a stored reply with a confirm and records the confirm.
+async fn publish(ctx: &Ctx, reply: &Reply, request_id: &str) -> Result<()> {
+    ctx.publisher
+        .publish_reply(reply, ReplyRoute::Channel, Some(request_id))
+        .await?;
+    if let Err(e) = ctx
+        .db
+        .messages()
+        .mark_published(reply.client_id, reply.id)
+        .await
+    {
+        // Published again by the next turn; the deliverers drop the repeat.
+        tracing::warn!(error = %e, "could not record a published reply");
+    }
+    Ok(())
 }
 
 /// Records the messages of deliveries that arrived on this worker meanwhile (an already
@@ -491,10 +512,7 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
         tracing::info!("turn already answered or handed off; dropping this reply");
         return close_all(ctx, env.client_id, turn, UserMessageState::Ignored).await;
     }
-    ctx.publisher
-        .publish_reply(&reply, ReplyRoute::Channel, Some(&env.trace.request_id))
-        .await?;
-    Ok(())
+    publish(ctx, &reply, &env.trace.request_id).await
 }
 
 fn reply_from_stored(

@@ -230,3 +230,37 @@ async fn sigterm_drains_fifty_in_flight_turns() {
     assert_eq!(p.sim.requests().len(), 50, "no turn ran twice");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_and_the_queue_keeps_flowing() {
+    let p = Platform::start().await;
+    let t = p.tenant("shop").await;
+    let publisher = p.env.broker.publisher().await.expect("publisher");
+    publisher
+        .publish_inbound_raw(&format!("api.{}", t.id), b"\x00 not an envelope {")
+        .await
+        .expect("published");
+    let dead = p.env.broker.topology().dead_queue();
+    let mut dead_letters = p
+        .env
+        .broker
+        .consume(&dead, 1, "test")
+        .await
+        .expect("consume");
+    let poison = tokio::time::timeout(WAIT, dead_letters.next())
+        .await
+        .expect("dead-lettered in time")
+        .expect("a dead letter");
+    let reason = poison.headers()[shared::mq::headers::DEAD_REASON].clone();
+    assert!(reason.starts_with("undecodable"), "{reason}");
+    assert_eq!(poison.attempt, 1, "dead-lettered at once, not retried");
+    // The next message is answered as usual.
+    let (reply, _) = p.ask(&t.api_key, "c", "still there?", "0").await;
+    assert!(
+        reply["text"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("You said: still there?")
+    );
+    p.stop().await;
+}

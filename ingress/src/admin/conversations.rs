@@ -176,11 +176,17 @@ pub(crate) async fn agent_message(
         config_version: version,
         created_at: Utc::now(),
     };
+    // Unconfirmed, it stays in the outbox: the conversation's next turn publishes it.
     state
         .publisher()
         .publish_reply(&reply, ReplyRoute::Channel, None)
         .await
         .map_err(|e| ApiError::broker_unavailable(&e))?;
+    state
+        .db()
+        .messages()
+        .mark_published(client.id, reply_id)
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message_id": reply_id })),

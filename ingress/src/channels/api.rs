@@ -21,7 +21,9 @@ use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::pii::Pii;
 
-use super::{bearer, json_object, message_text, read_body, request_id, traceparent};
+use super::{
+    bearer, json_object, message_text, read_body, record_and_publish, request_id, traceparent,
+};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::longpoll::{self, PollParams};
@@ -151,16 +153,12 @@ pub(crate) async fn send(
     };
     // The conversation exists from the first accepted message on, so a poll can tell an
     // unknown conversation (404) from one whose reply is still coming.
-    state
+    let conversation = state
         .db()
         .conversations()
         .get_or_create(client_id, Channel::Api, &conversation_id)
         .await?;
-    state
-        .publisher()
-        .publish_envelope(&envelope)
-        .await
-        .map_err(|e| ApiError::broker_unavailable(&e))?;
+    record_and_publish(&state, conversation, &envelope).await?;
     tracing::info!(envelope_id = %envelope.id, "accepted");
     Ok((
         StatusCode::ACCEPTED,

@@ -22,7 +22,9 @@ use shared::ids::{Channel, EnvelopeId};
 use shared::pii::Pii;
 
 use super::session::SessionClaims;
-use super::{bearer, json_object, message_text, read_body, request_id, traceparent};
+use super::{
+    bearer, json_object, message_text, read_body, record_and_publish, request_id, traceparent,
+};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::longpoll::{self, PollParams};
@@ -106,11 +108,7 @@ pub(super) async fn send(
         replay: None,
         metadata: None,
     };
-    state
-        .publisher()
-        .publish_envelope(&envelope)
-        .await
-        .map_err(|e| ApiError::broker_unavailable(&e))?;
+    record_and_publish(state, claims.conversation_id, &envelope).await?;
     tracing::info!(envelope_id = %envelope.id, "accepted");
     metrics::counter!("chatfleet_inbound_accepted_total", "channel" => channel.as_str())
         .increment(1);

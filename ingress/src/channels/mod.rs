@@ -68,6 +68,46 @@ pub(crate) fn message_text(
     Ok(text)
 }
 
+/// Records an accepted user message, then publishes its envelope with a confirm (503
+/// otherwise). Recording first gives the message its place in the conversation at
+/// acceptance: whichever worker runs the next turn finds every earlier message in the
+/// database, in the order the client's requests were accepted, even while their
+/// deliveries are still in flight (or on a worker that just died). The envelope id is
+/// the idempotency key, so a retried request records nothing new. When the broker cannot
+/// confirm, a message this request recorded is withdrawn again (unless a turn already
+/// answered it): the 503 means "not accepted", and nothing of it stays.
+pub(crate) async fn record_and_publish(
+    state: &crate::AppState,
+    conversation_id: shared::ids::ConversationId,
+    envelope: &shared::envelope::Envelope,
+) -> Result<()> {
+    let recorded = state
+        .db()
+        .messages()
+        .record_user(
+            envelope.client_id,
+            conversation_id,
+            envelope.id,
+            &envelope.message.as_prompt_text(),
+            envelope.channel_message_id.as_deref(),
+        )
+        .await?;
+    let Err(e) = state.publisher().publish_envelope(envelope).await else {
+        return Ok(());
+    };
+    if recorded.newly_recorded
+        && let Err(withdraw) = state
+            .db()
+            .messages()
+            .withdraw(envelope.client_id, envelope.id)
+            .await
+    {
+        // It stays pending and is answered with the conversation's next turn.
+        tracing::warn!(error = %withdraw, "could not withdraw an unconfirmed message");
+    }
+    Err(ApiError::broker_unavailable(&e))
+}
+
 /// The bearer token of the `Authorization` header.
 pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers

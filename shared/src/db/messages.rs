@@ -146,6 +146,8 @@ pub struct StoredMessage {
     pub delivery_status: Option<String>,
     /// The channel's id of the message (WhatsApp wamid), when it has one.
     pub channel_message_id: Option<String>,
+    /// For an answered user message: the id of the reply that answered it.
+    pub answered_by: Option<u64>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -354,10 +356,13 @@ impl<'a> Messages<'a> {
                 return Ok(false);
             }
         }
+        // The reply's mailbox position is taken now, under the conversation's row lock:
+        // mailbox order is the order turns stored their replies in.
+        let seq = next_seq(&mut tx, client_id, reply.conversation_id).await?;
         let done = guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
-             reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens, config_version) \
-             VALUES (?, ?, ?, ?, ?, 'stored', ?, ?, ?, ?, ?)",
+             reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens, config_version, \
+             seq) VALUES (?, ?, ?, ?, ?, 'stored', ?, ?, ?, ?, ?, ?)",
         )?
         .bind(client_id.get())
         .bind(reply.conversation_id.get())
@@ -369,6 +374,7 @@ impl<'a> Messages<'a> {
         .bind(reply.completion_tokens)
         .bind(reply.estimated_prompt_tokens)
         .bind(reply.config_version)
+        .bind(seq)
         .execute(&mut *tx)
         .await?;
         let reply_row = done.last_insert_id();
@@ -415,17 +421,77 @@ impl<'a> Messages<'a> {
         reply_id: ReplyId,
         text: &str,
     ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let seq = next_seq(&mut tx, client_id, conversation_id).await?;
         guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
-             reply_kind) VALUES (?, ?, ?, 'agent', ?, 'stored', 'agent')",
+             reply_kind, seq) VALUES (?, ?, ?, 'agent', ?, 'stored', 'agent', ?)",
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(reply_id.as_uuid())
         .bind(text)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that the broker confirmed a reply (see [`Messages::unpublished`]).
+    pub async fn mark_published(&self, client_id: ClientId, reply_id: ReplyId) -> Result<()> {
+        guard::query(
+            "UPDATE messages SET published_at = CURRENT_TIMESTAMP(6) \
+             WHERE client_id = ? AND envelope_id = ? AND published_at IS NULL",
+        )?
+        .bind(client_id.get())
+        .bind(reply_id.as_uuid())
         .execute(self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The conversation's stored replies the broker has not confirmed (the outbox), in
+    /// mailbox order, with the envelopes each answers.
+    pub async fn unpublished(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+    ) -> Result<Vec<(StoredReply, Vec<EnvelopeId>)>> {
+        let rows = guard::query(
+            "SELECT id, envelope_id, reply_kind, content, config_version, created_at FROM messages \
+             WHERE client_id = ? AND conversation_id = ? AND role IN ('assistant', 'agent') \
+               AND published_at IS NULL ORDER BY seq ASC",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .fetch_all(self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let row_id: u64 = r.try_get("id")?;
+            let answers: Vec<Uuid> = guard::query_scalar(
+                "SELECT envelope_id FROM messages WHERE client_id = ? AND reply_message_id = ? \
+                 ORDER BY seq ASC",
+            )?
+            .bind(client_id.get())
+            .bind(row_id)
+            .fetch_all(self.pool)
+            .await?;
+            out.push((
+                StoredReply {
+                    id: ReplyId::from_uuid(r.try_get("envelope_id")?),
+                    kind: parse_kind(r.try_get::<Option<String>, _>("reply_kind")?.as_deref())?,
+                    text: r.try_get("content")?,
+                    config_version: r
+                        .try_get::<Option<u64>, _>("config_version")?
+                        .unwrap_or_default(),
+                    created_at: r.try_get("created_at")?,
+                },
+                answers.into_iter().map(EnvelopeId::from_uuid).collect(),
+            ));
+        }
+        Ok(out)
     }
 
     /// The delivery status of a stored reply (`None`: not sent yet, or unknown reply).
@@ -504,6 +570,20 @@ impl<'a> Messages<'a> {
         Ok(conversation.map(ConversationId::new))
     }
 
+    /// Removes a user message that is still unanswered (one whose acceptance failed after
+    /// it was recorded). Returns whether it was removed.
+    pub async fn withdraw(&self, client_id: ClientId, envelope_id: EnvelopeId) -> Result<bool> {
+        let done = guard::query(
+            "DELETE FROM messages \
+             WHERE client_id = ? AND envelope_id = ? AND role = 'user' AND state = 'pending'",
+        )?
+        .bind(client_id.get())
+        .bind(envelope_id.as_uuid())
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks a still-pending user turn as failed (it was dead-lettered) or ignored.
     pub async fn close_unanswered(
         &self,
@@ -528,36 +608,39 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
-    /// Puts a stored reply into its conversation's mailbox. Returns the mailbox position,
-    /// or `None` when the reply had been delivered before (a redelivered or republished
-    /// reply), so a deliverer never shows one reply twice.
+    /// Marks a stored reply delivered to its mailbox (its position was taken when it was
+    /// stored). Returns the position the first time, `None` when the reply had been
+    /// delivered before (a redelivered or republished reply), so a deliverer announces
+    /// one reply once.
     pub async fn deliver_to_mailbox(
         &self,
         client_id: ClientId,
         conversation_id: ConversationId,
         reply_id: ReplyId,
     ) -> Result<Option<u64>> {
-        let mut tx = self.pool.begin().await?;
-        // The conversation row lock (taken by next_seq) serialises every mailbox write of
-        // this conversation, so check-then-assign below cannot race.
-        let seq = next_seq(&mut tx, client_id, conversation_id).await?;
         let done = guard::query(
-            "UPDATE messages SET seq = ?, delivery_status = 'delivered' \
-             WHERE client_id = ? AND conversation_id = ? AND envelope_id = ? AND seq IS NULL",
+            "UPDATE messages SET delivery_status = 'delivered' \
+             WHERE client_id = ? AND conversation_id = ? AND envelope_id = ? \
+               AND seq IS NOT NULL AND delivery_status IS NULL",
         )?
-        .bind(seq)
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(reply_id.as_uuid())
-        .execute(&mut *tx)
+        .execute(self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            // Already delivered (or unknown): give the position back.
-            tx.rollback().await?;
-            return Ok(None);
+            return Ok(None); // delivered before, or unknown
         }
-        tx.commit().await?;
-        Ok(Some(seq))
+        let seq: Option<u64> = guard::query_scalar(
+            "SELECT seq FROM messages WHERE client_id = ? AND conversation_id = ? AND envelope_id = ?",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(reply_id.as_uuid())
+        .fetch_optional(self.pool)
+        .await?
+        .flatten();
+        Ok(seq)
     }
 
     /// The last `limit` messages of a conversation, oldest first.
@@ -570,7 +653,8 @@ impl<'a> Messages<'a> {
         let rows = guard::query(
             "SELECT id, envelope_id, role, content, state, reply_kind, prompt_tokens, \
              completion_tokens, estimated_prompt_tokens, config_version, seq, delivery_status, \
-             channel_message_id, created_at FROM messages WHERE client_id = ? AND conversation_id = ? \
+             channel_message_id, reply_message_id, created_at FROM messages \
+             WHERE client_id = ? AND conversation_id = ? \
              ORDER BY id DESC LIMIT ?",
         )?
         .bind(client_id.get())
@@ -592,6 +676,7 @@ impl<'a> Messages<'a> {
                     completion_tokens: r.try_get("completion_tokens")?,
                     estimated_prompt_tokens: r.try_get("estimated_prompt_tokens")?,
                     config_version: r.try_get("config_version")?,
+                    answered_by: r.try_get("reply_message_id")?,
                     seq: r.try_get("seq")?,
                     delivery_status: r.try_get("delivery_status")?,
                     channel_message_id: r.try_get("channel_message_id")?,

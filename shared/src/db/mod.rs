@@ -79,6 +79,12 @@ impl Db {
         Ok(db)
     }
 
+    /// Drops the whole database `settings` names (throw-away runs: tests, chaos runs).
+    pub async fn drop_database(settings: &DatabaseSettings) -> Result<()> {
+        sqlx::MySql::drop_database(settings.url.expose()).await?;
+        Ok(())
+    }
+
     /// Round-trips a trivial query (readiness checks).
     pub async fn ping(&self) -> Result<()> {
         guard::query("SELECT 1")?.execute(&self.pool).await?;

@@ -57,6 +57,23 @@ impl Publisher {
         .await
     }
 
+    /// Publishes raw bytes to the inbound exchange as if they were an envelope: operator
+    /// tooling re-injecting stored payloads, and tests sending poison messages.
+    pub async fn publish_inbound_raw(&self, routing_key: &str, body: &[u8]) -> Result<()> {
+        let props = properties(
+            uuid::Uuid::now_v7().to_string(),
+            None,
+            FieldTable::default(),
+        );
+        self.publish(
+            &self.broker.topology().inbound_exchange(),
+            routing_key,
+            body,
+            props,
+        )
+        .await
+    }
+
     /// Publishes a reply to the outbound exchange.
     pub async fn publish_reply(
         &self,

@@ -1,0 +1,485 @@
+//! `chatfleet chaos`: proves the delivery guarantees by breaking things.
+//!
+//! It runs a fleet of its own — `--ingress` ingress and `--workers` worker processes of
+//! this binary, on a fresh database, queue prefix and Redis prefix, against an in-process
+//! LLM double that fails `--error-rate` of its calls after `--latency-ms` — and drives
+//! `--messages` messages over `--conversations` API conversations (each conversation
+//! sends in order, sometimes in bursts, through either ingress, retrying a 503 with the
+//! same Idempotency-Key as a real client would). Meanwhile it SIGKILLs a random worker
+//! every `--kill-every-s` seconds (and starts a new one), and, unless `--short`, restarts
+//! RabbitMQ once, restarts Redis once and makes the database unreachable for
+//! `--db-outage-s` seconds (through a TCP proxy in front of it).
+//!
+//! When every accepted message is answered or dead-lettered it checks, from the database,
+//! the dead-letter queue and the LLM double's log:
+//! - accepted = answered + dead-lettered (with a reason);
+//! - no duplicate replies (every stored reply answers something, and reached the channel
+//!   once);
+//! - no reply out of order within its conversation;
+//! - every LLM prompt held all earlier messages of its conversation.
+//!
+//! It prints the figures and exits non-zero on any violation.
+
+mod checks;
+mod proxy;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use shared::cache::Cache;
+use shared::db::{ClientPatch, ConfigUpdate, Db, NewClient, Plan};
+use shared::mq::Broker;
+use shared::settings::{Secret, Settings};
+use tokio_util::sync::CancellationToken;
+use worker::llm::sim::{LlmSim, SimOptions};
+
+use proxy::DbProxy;
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ChaosArgs {
+    /// Messages to send in all.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Conversations they are spread over.
+    #[arg(long, default_value_t = 400)]
+    conversations: usize,
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    #[arg(long, default_value_t = 2)]
+    ingress: usize,
+    /// Fraction of LLM calls that fail (503).
+    #[arg(long, default_value_t = 0.1)]
+    error_rate: f64,
+    /// LLM latency, in milliseconds.
+    #[arg(long, default_value_t = 150)]
+    latency_ms: u64,
+    /// Seconds between worker kills (SIGKILL, then a new worker).
+    #[arg(long, default_value_t = 4)]
+    kill_every_s: u64,
+    /// How long the database is unreachable.
+    #[arg(long, default_value_t = 5)]
+    db_outage_s: u64,
+    /// About two minutes: fewer messages, worker kills and redelivery only (no broker,
+    /// Redis or database faults).
+    #[arg(long)]
+    short: bool,
+    /// Keep the run's database, queues and keys for inspection.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// One fleet process and how to start it again.
+struct Fleet {
+    exe: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    workers: Vec<Child>,
+    ingress: Vec<Child>,
+    ingress_urls: Vec<String>,
+}
+
+impl Fleet {
+    fn spawn(&self, role: &str, extra: &[(String, String)]) -> anyhow::Result<Child> {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg(role)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in self.env.iter().chain(extra) {
+            command.env(k, v);
+        }
+        Ok(command.spawn()?)
+    }
+
+    fn spawn_worker(&mut self) -> anyhow::Result<()> {
+        let child = self.spawn("worker", &[])?;
+        self.workers.push(child);
+        Ok(())
+    }
+
+    fn kill_random_worker(&mut self) -> anyhow::Result<()> {
+        if self.workers.is_empty() {
+            return Ok(());
+        }
+        let i = rand::random_range(0..self.workers.len());
+        let mut victim = self.workers.swap_remove(i);
+        victim.kill()?;
+        victim.wait()?;
+        self.spawn_worker()
+    }
+
+    /// SIGTERM to everything, then waits (each drains).
+    fn stop(&mut self) {
+        for child in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What the driver got accepted, per conversation in sending order.
+type Accepted = HashMap<usize, Vec<(usize, String)>>;
+
+pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<()> {
+    let args = if args.short {
+        ChaosArgs {
+            messages: args.messages.min(1_500),
+            conversations: args.conversations.min(100),
+            ..args
+        }
+    } else {
+        args
+    };
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.error_rate),
+        "--error-rate must be in 0.0..1.0"
+    );
+    anyhow::ensure!(
+        args.workers > 0 && args.ingress > 0,
+        "need workers and ingress"
+    );
+    let started = Instant::now();
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let prefix = format!("chaos{id}");
+    let stop = CancellationToken::new();
+
+    // A fresh database behind a proxy the run can cut, its own queues and keys.
+    let db_url = reqwest::Url::parse(settings.database.url.expose())?;
+    let upstream = format!(
+        "{}:{}",
+        db_url.host_str().unwrap_or("127.0.0.1"),
+        db_url.port().unwrap_or(3306)
+    );
+    let mut direct = db_url.clone();
+    direct.set_path(&format!("/chatfleet_chaos_{id}"));
+    let mut run_settings = settings.clone();
+    run_settings.database.url = Secret::new(direct.to_string());
+    run_settings.amqp.prefix = prefix.clone();
+    run_settings.redis.prefix = prefix.clone();
+    let db = Db::migrate(&run_settings.database).await?;
+    let broker = Broker::connect(&run_settings.amqp, "chatfleet-chaos").await?;
+    broker.declare_topology().await?;
+    let proxy = DbProxy::start(upstream, stop.clone()).await?;
+    let mut proxied = direct.clone();
+    proxied.set_host(Some("127.0.0.1"))?;
+    let _ = proxied.set_port(Some(proxy.addr.port()));
+
+    let client_id = db
+        .clients()
+        .create(&NewClient::new("chaos", "Chaos Test", Plan::Enterprise)?)
+        .await?;
+    db.clients()
+        .update(
+            client_id,
+            &ClientPatch {
+                name: None,
+                timezone: None,
+                locale: None,
+                plan: Some(Plan::Enterprise),
+                status: None,
+            },
+        )
+        .await?;
+    let mut config: ConfigUpdate = db
+        .configs()
+        .get(client_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no configuration"))?
+        .into();
+    config.max_context_turns = 100;
+    config.rag_top_k = 0;
+    db.configs().update(client_id, &config).await?;
+    let api_key = db
+        .api_keys()
+        .create(client_id, "chaos")
+        .await?
+        .key
+        .expose()
+        .clone();
+
+    let sim = LlmSim::start(
+        "127.0.0.1:0".parse()?,
+        SimOptions {
+            latency: Duration::from_millis(args.latency_ms),
+            error_rate: args.error_rate,
+        },
+        stop.clone(),
+    )
+    .await?;
+
+    let env: Vec<(String, String)> = [
+        ("CHATFLEET__DATABASE__URL", proxied.to_string()),
+        ("CHATFLEET__DATABASE__MAX_CONNECTIONS", "16".into()),
+        ("CHATFLEET__AMQP__PREFIX", prefix.clone()),
+        ("CHATFLEET__AMQP__RETRY_DELAYS_S", "1,2,4,8,15".into()),
+        ("CHATFLEET__REDIS__PREFIX", prefix.clone()),
+        (
+            "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+            sim.base_url(),
+        ),
+        ("CHATFLEET__WORKER__LOCK_TTL_S", "5".into()),
+        ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S", "10".into()),
+        ("CHATFLEET__TELEMETRY__FILTER", "error".into()),
+        ("RUST_LOG", "error".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut fleet = Fleet {
+        exe: std::env::current_exe()?,
+        env,
+        workers: Vec::new(),
+        ingress: Vec::new(),
+        ingress_urls: Vec::new(),
+    };
+    for _ in 0..args.ingress {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = fleet.spawn(
+            "ingress",
+            &[("CHATFLEET__HTTP__BIND".into(), format!("127.0.0.1:{port}"))],
+        )?;
+        fleet.ingress.push(child);
+        fleet.ingress_urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    for _ in 0..args.workers {
+        fleet.spawn_worker()?;
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    wait_ready(&http, &fleet.ingress_urls).await?;
+    eprintln!(
+        "chaos {id}: {} ingress, {} workers, LLM double {} ms / {:.0}% errors; sending {} messages over {} conversations{}",
+        args.ingress,
+        args.workers,
+        args.latency_ms,
+        args.error_rate * 100.0,
+        args.messages,
+        args.conversations,
+        if args.short {
+            " (short: worker kills only)"
+        } else {
+            ""
+        }
+    );
+
+    // Drive, and break things meanwhile.
+    let sent = Arc::new(AtomicU64::new(0));
+    let driver = tokio::spawn(drive(
+        http.clone(),
+        fleet.ingress_urls.clone(),
+        api_key.clone(),
+        args.messages,
+        args.conversations,
+        sent.clone(),
+    ));
+    let fleet = Arc::new(tokio::sync::Mutex::new(fleet));
+    let faults = tokio::spawn(break_things(
+        fleet.clone(),
+        proxy.clone(),
+        args.clone(),
+        sent.clone(),
+        stop.clone(),
+    ));
+    let accepted = driver.await??;
+    stop.cancel();
+    let faults = faults.await??;
+    let accepted_total: usize = accepted.values().map(Vec::len).sum();
+    eprintln!(
+        "all {accepted_total} messages accepted after {:.0?}; waiting for every turn to settle",
+        started.elapsed()
+    );
+
+    let settled = checks::wait_settled(&db, client_id, &accepted, Duration::from_secs(600)).await;
+    let mut fleet = Arc::try_unwrap(fleet)
+        .map_err(|_| anyhow::anyhow!("the fault task still holds the fleet"))?
+        .into_inner();
+    tokio::task::spawn_blocking(move || fleet.stop()).await?;
+    let report = checks::run(&db, &broker, client_id, &accepted, &sim.requests()).await?;
+    println!("chaos run {id} ({:.0?}):", started.elapsed());
+    println!("  faults:               {faults}");
+    println!(
+        "  LLM calls:            {} ({} refused by the double)",
+        sim.requests().len(),
+        sim.requests().len() as u64 - sim.served()
+    );
+    print!("{report}");
+    if let Err(e) = &settled {
+        println!("  NOT SETTLED:          {e}");
+    }
+    if !args.keep {
+        let cache = Cache::connect(&run_settings.redis).await?;
+        let _ = cache.delete_prefixed().await;
+        let _ = broker.delete_topology().await;
+        broker.close().await;
+        db.close().await;
+        let _ = Db::drop_database(&run_settings.database).await;
+    }
+    if report.violations() > 0 || settled.is_err() {
+        anyhow::bail!("chaos run {id}: guarantees violated");
+    }
+    println!("  verdict:              all guarantees held");
+    Ok(())
+}
+
+async fn wait_ready(http: &reqwest::Client, urls: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for url in urls {
+        loop {
+            let ready = http
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{url} never became ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Sends every conversation's messages in order (bursts of up to five back to back,
+/// else a short pause), each through either ingress; a 503 or a dropped connection is
+/// retried with the same Idempotency-Key, as a client would.
+async fn drive(
+    http: reqwest::Client,
+    ingress: Vec<String>,
+    key: String,
+    messages: usize,
+    conversations: usize,
+    sent: Arc<AtomicU64>,
+) -> anyhow::Result<Accepted> {
+    let per = messages.div_ceil(conversations);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..conversations {
+        let count = per.min(messages.saturating_sub(c * per));
+        if count == 0 {
+            break;
+        }
+        let (http, ingress, key, sent) = (http.clone(), ingress.clone(), key.clone(), sent.clone());
+        tasks.spawn(async move {
+            // Spread the starts so the load ramps up.
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..2_000))).await;
+            let mut accepted = Vec::with_capacity(count);
+            let mut burst = 0;
+            for m in 0..count {
+                let text = format!("c{c} m{m}");
+                let idempotency = format!("chaos-c{c}-m{m}");
+                let mut tries = 0u32;
+                let message_id = loop {
+                    let base = &ingress[(c + m + tries as usize) % ingress.len()];
+                    let response = http
+                        .post(format!("{base}/api/v1/messages"))
+                        .bearer_auth(&key)
+                        .header("idempotency-key", &idempotency)
+                        .json(&serde_json::json!({ "conversation_id": format!("c{c}"), "text": text }))
+                        .send()
+                        .await;
+                    if let Ok(r) = response
+                        && r.status() == reqwest::StatusCode::ACCEPTED
+                        && let Ok(body) = r.json::<serde_json::Value>().await
+                    {
+                        break body["message_id"].as_str().unwrap_or_default().to_owned();
+                    }
+                    tries += 1;
+                    anyhow::ensure!(tries < 300, "c{c} m{m} was never accepted");
+                    tokio::time::sleep(Duration::from_millis(200 + 100 * u64::from(tries.min(10)))).await;
+                };
+                accepted.push((m, message_id));
+                sent.fetch_add(1, Ordering::Relaxed);
+                if burst > 0 {
+                    burst -= 1;
+                } else if rand::random_bool(0.1) {
+                    burst = rand::random_range(2..5);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(100..1_500))).await;
+                }
+            }
+            anyhow::Ok((c, accepted))
+        });
+    }
+    let mut all = Accepted::new();
+    while let Some(done) = tasks.join_next().await {
+        let (c, accepted) = done??;
+        all.insert(c, accepted);
+    }
+    Ok(all)
+}
+
+/// Kills a worker every few seconds; unless short, restarts RabbitMQ at a fifth of the
+/// messages, Redis at two fifths and cuts the database at three fifths. Returns a summary.
+async fn break_things(
+    fleet: Arc<tokio::sync::Mutex<Fleet>>,
+    proxy: DbProxy,
+    args: ChaosArgs,
+    sent: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> anyhow::Result<String> {
+    let total = args.messages as u64;
+    let mut kills = 0;
+    let mut done = Vec::new();
+    let mut broker_at = (!args.short).then_some(total / 5);
+    let mut redis_at = (!args.short).then_some(total * 2 / 5);
+    let mut db_at = (!args.short).then_some(total * 3 / 5);
+    let mut next_kill = Instant::now() + Duration::from_secs(args.kill_every_s);
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let progress = sent.load(Ordering::Relaxed);
+        if Instant::now() >= next_kill {
+            fleet.lock().await.kill_random_worker()?;
+            kills += 1;
+            next_kill = Instant::now() + Duration::from_secs(args.kill_every_s);
+        }
+        if broker_at.is_some_and(|at| progress >= at) {
+            broker_at = None;
+            eprintln!("restarting RabbitMQ");
+            shell("rabbitmqctl -q stop_app && rabbitmqctl -q start_app")?;
+            done.push("RabbitMQ restarted");
+        }
+        if redis_at.is_some_and(|at| progress >= at) {
+            redis_at = None;
+            eprintln!("restarting Redis");
+            shell(
+                "redis-cli -h 127.0.0.1 shutdown nosave; sleep 1; mkdir -p /var/lib/redis /var/log/redis; \
+                 redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no \
+                 --dir /var/lib/redis --logfile /var/log/redis/ci.log",
+            )?;
+            done.push("Redis restarted");
+        }
+        if db_at.is_some_and(|at| progress >= at) {
+            db_at = None;
+            eprintln!("database unreachable for {} s", args.db_outage_s);
+            proxy.cut().await;
+            tokio::time::sleep(Duration::from_secs(args.db_outage_s)).await;
+            proxy.restore();
+            done.push("database cut off");
+        }
+    }
+    Ok(format!(
+        "{kills} worker kills{}{}",
+        if done.is_empty() { "" } else { ", " },
+        done.join(", ")
+    ))
+}
+
+fn shell(script: &str) -> anyhow::Result<()> {
+    let status = Command::new("sh").args(["-c", script]).status()?;
+    anyhow::ensure!(status.success(), "`{script}` failed: {status}");
+    Ok(())
+}
