@@ -127,8 +127,10 @@ impl Fleet {
         }
         let i = rand::random_range(0..self.workers.len());
         let mut victim = self.workers.swap_remove(i);
-        victim.kill()?;
-        victim.wait()?;
+        let killed = victim.kill();
+        let reaped = victim.wait();
+        killed?;
+        reaped?;
         self.spawn_worker()
     }
 
