@@ -19,6 +19,7 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
         .env("CHATFLEET__AMQP__PREFIX", &s.amqp.prefix)
         .env("CHATFLEET__REDIS__PREFIX", &s.redis.prefix)
         .env("CHATFLEET__HTTP__BIND", "127.0.0.1:0")
+        .env("CHATFLEET__WORKER__METRICS_BIND", "127.0.0.1:0")
         // Nothing listens there: `up` must fall back to the simulator.
         .env(
             "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",

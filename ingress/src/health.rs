@@ -1,4 +1,5 @@
-//! `/healthz` (the process is alive) and `/readyz` (its broker, database and Redis answer).
+//! `/healthz` (the process is alive), `/readyz` (its broker, database and Redis answer)
+//! and `/metrics` (Prometheus text format).
 
 use std::time::Duration;
 
@@ -15,6 +16,19 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The process's metrics, in the Prometheus text format.
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            shared::prometheus::CONTENT_TYPE,
+        )],
+        shared::prometheus::render(),
+    )
+        .into_response()
 }
 
 /// Liveness: the process answers.

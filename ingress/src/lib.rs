@@ -60,6 +60,7 @@ pub struct Running {
 /// Connects to the database, broker and Redis, declares the topology, starts the
 /// outbound deliverers and serves HTTP on `http.bind` until `shutdown`.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    shared::prometheus::install();
     let db = Db::connect(&settings.database).await?;
     let broker = Broker::connect(&settings.amqp, "chatfleet-ingress").await?;
     broker.declare_topology().await?;

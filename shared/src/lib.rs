@@ -20,6 +20,7 @@ pub mod ids;
 pub mod knowledge;
 pub mod mq;
 pub mod pii;
+pub mod prometheus;
 pub mod secrets;
 pub mod settings;
 pub mod shutdown;

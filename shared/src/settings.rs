@@ -230,6 +230,7 @@ pub struct WorkerSettings {
     pub drain_timeout_s: u64,
     pub lock_ttl_s: u64,
     pub lock_wait_s: u64,
+    pub metrics_bind: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -58,6 +58,10 @@ impl TestEnv {
             ("CHATFLEET__REDIS__POOL_SIZE".into(), "8".into()),
             ("CHATFLEET__HTTP__BIND".into(), "127.0.0.1:0".into()),
             ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S".into(), "5".into()),
+            (
+                "CHATFLEET__WORKER__METRICS_BIND".into(),
+                "127.0.0.1:0".into(),
+            ),
             ("CHATFLEET__VECTOR__PREFIX".into(), format!("t{id}")),
             // Tests never reach Meta: a closed local port unless a test brings a double.
             (

@@ -125,6 +125,8 @@ impl Dispatcher {
             ),
             Err(_) => tracing::info_span!("turn", attempt = first.delivery.attempt),
         };
+        let in_flight = metrics::gauge!("chatfleet_turns_in_flight");
+        in_flight.increment(1.0);
         let undecodable = first.envelope.as_ref().err().cloned();
         let envelopes: Vec<Envelope> = batch
             .iter()
@@ -182,6 +184,7 @@ impl Dispatcher {
         }
         .instrument(span)
         .await;
+        in_flight.decrement(1.0);
     }
 
     async fn ack(&self, delivery: &Delivery) {

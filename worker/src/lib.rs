@@ -30,6 +30,7 @@ mod consume;
 pub mod error;
 pub mod handoff;
 pub mod llm;
+mod ops;
 pub mod prompt;
 mod turn;
 
@@ -71,6 +72,7 @@ impl Ctx {
 /// Runs a worker until `shutdown` fires, then drains in-flight turns (up to
 /// `worker.drain_timeout_s`) and returns. Expects migrations to have been applied.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    shared::prometheus::install();
     let db = Db::connect(&settings.database).await?;
     let broker = Broker::connect(&settings.amqp, "chatfleet-worker").await?;
     broker.declare_topology().await?;
@@ -105,6 +107,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tokenizer: prompt::Tokenizer::new()?,
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
     });
+    let ops = ops::serve(ctx.clone(), settings.worker.metrics_bind, shutdown.clone()).await?;
+    tracing::info!(addr = %ops, "metrics, health and readiness served");
     consume::run(
         ctx,
         broker.clone(),

@@ -512,7 +512,12 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
         tracing::info!("turn already answered or handed off; dropping this reply");
         return close_all(ctx, env.client_id, turn, UserMessageState::Ignored).await;
     }
-    publish(ctx, &reply, &env.trace.request_id).await
+    publish(ctx, &reply, &env.trace.request_id).await?;
+    // Ingress receipt of the message this turn answered last → its reply on the broker.
+    let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
+    metrics::histogram!("chatfleet_end_to_end_seconds", "channel" => env.channel.as_str())
+        .record(end_to_end.as_secs_f64());
+    Ok(())
 }
 
 fn reply_from_stored(

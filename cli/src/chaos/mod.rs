@@ -252,6 +252,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
             sim.base_url(),
         ),
         ("CHATFLEET__WORKER__LOCK_TTL_S", "5".into()),
+        ("CHATFLEET__WORKER__METRICS_BIND", "127.0.0.1:0".into()),
         ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S", "10".into()),
         ("CHATFLEET__TELEMETRY__FILTER", "warn".into()),
         ("RUST_LOG", "warn".into()),

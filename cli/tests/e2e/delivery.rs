@@ -3,36 +3,14 @@
 //! reply nor a duplicate, the fallback model and message stand in for a failing LLM, and
 //! SIGTERM drains in-flight turns.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 use shared::testkit::eventually;
 
-use crate::support::{Method, Platform, WAIT};
-
-/// A `chatfleet worker` process on the platform's database, broker and Redis.
-fn worker_process(p: &Platform, extra: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
-    command
-        .arg("worker")
-        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in &p.env.vars {
-        command.env(k, v);
-    }
-    command.env(
-        "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
-        p.sim.base_url(),
-    );
-    for (k, v) in extra {
-        command.env(k, v);
-    }
-    command.spawn().expect("chatfleet worker starts")
-}
+use crate::support::{Method, Platform, WAIT, worker_process};
 
 async fn consumers(p: &Platform) -> u32 {
     let queue = p.env.broker.topology().inbound_work();

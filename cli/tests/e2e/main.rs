@@ -11,6 +11,7 @@ mod failures;
 mod handoff;
 mod knowledge;
 mod mobile;
+mod operations;
 mod support;
 mod whatsapp;
 mod widget;

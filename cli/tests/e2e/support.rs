@@ -1,5 +1,6 @@
 //! Starts the platform for one test and offers the HTTP calls tests make.
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -419,4 +420,26 @@ pub async fn next_event(consumer: &mut shared::mq::Consumer) -> shared::envelope
         .expect("event");
     delivery.ack().await.expect("ack");
     serde_json::from_slice(&delivery.body).expect("an event")
+}
+
+/// A `chatfleet worker` process on the platform's database, broker and Redis.
+pub fn worker_process(p: &Platform, extra: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
+    command
+        .arg("worker")
+        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in &p.env.vars {
+        command.env(k, v);
+    }
+    command.env(
+        "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+        p.sim.base_url(),
+    );
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    command.spawn().expect("chatfleet worker starts")
 }

@@ -160,6 +160,7 @@ pub(crate) async fn send(
         .await?;
     record_and_publish(&state, conversation, &envelope).await?;
     tracing::info!(envelope_id = %envelope.id, "accepted");
+    metrics::counter!("chatfleet_inbound_accepted_total", "channel" => "api").increment(1);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message_id": envelope.id, "conversation_id": conversation_id })),

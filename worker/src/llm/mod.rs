@@ -181,6 +181,7 @@ impl LlmClient {
             .await
             .map_err(|_| LlmError::Unreachable("provider closed".into()))?;
         let timeout = Duration::from_secs(provider.settings.timeout_s);
+        let started = std::time::Instant::now();
         let call = async {
             match provider.settings.kind {
                 ProviderKind::Ollama => {
@@ -196,7 +197,18 @@ impl LlmClient {
             .map_err(|_| LlmError::Timeout(timeout))
             .and_then(|r| r);
         match &outcome {
-            Ok(_) => provider.breaker.succeeded(),
+            Ok(completion) => {
+                provider.breaker.succeeded();
+                metrics::histogram!("chatfleet_llm_seconds", "provider" => name.to_owned())
+                    .record(started.elapsed().as_secs_f64());
+                for (kind, tokens) in [
+                    ("prompt", completion.prompt_tokens),
+                    ("completion", completion.completion_tokens),
+                ] {
+                    metrics::counter!("chatfleet_llm_tokens_total", "provider" => name.to_owned(), "kind" => kind)
+                        .increment(u64::from(tokens.unwrap_or(0)));
+                }
+            }
             Err(e) if e.is_transient() => {
                 metrics::counter!("chatfleet_llm_errors_total", "provider" => name.to_owned(), "kind" => e.kind())
                     .increment(1);

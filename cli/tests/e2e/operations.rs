@@ -1,0 +1,70 @@
+//! What operators scrape and probe: `/metrics` in the Prometheus format on ingress and on
+//! every worker, with bounded labels, and the worker's `/healthz` and `/readyz`.
+
+use reqwest::StatusCode;
+use shared::testkit::eventually;
+
+use crate::support::{Platform, WAIT, worker_process};
+
+#[tokio::test]
+async fn ingress_and_workers_serve_metrics_health_and_readiness() {
+    let p = Platform::start_with(&[], 0).await;
+    let t = p.tenant("shop").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut worker = worker_process(&p, &[("CHATFLEET__WORKER__METRICS_BIND", bind.as_str())]);
+    let ops = format!("http://{bind}");
+    let get = |url: String| {
+        let http = p.http.clone();
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            Some((r.status(), r.text().await.unwrap_or_default()))
+        }
+    };
+    eventually(WAIT, "the worker's operations endpoint", || {
+        get(format!("{ops}/healthz"))
+    })
+    .await;
+    let (status, body) = get(format!("{ops}/readyz")).await.expect("readyz");
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (reply, _) = p.ask(&t.api_key, "c", "hello", "0").await;
+    assert!(
+        reply["text"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("You said: hello")
+    );
+
+    let (status, worker_metrics) = get(format!("{ops}/metrics")).await.expect("metrics");
+    assert_eq!(status, StatusCode::OK);
+    for series in [
+        "chatfleet_end_to_end_seconds_bucket{channel=\"api\",le=\"",
+        "chatfleet_end_to_end_seconds_count{channel=\"api\"} 1",
+        "chatfleet_llm_seconds_count{provider=\"ollama\"} 1",
+        "chatfleet_llm_tokens_total{provider=\"ollama\",kind=\"prompt\"}",
+        "chatfleet_turns_in_flight 0",
+        "chatfleet_queue_depth{queue=\"inbound.work\"}",
+        "chatfleet_config_cache_total{result=",
+    ] {
+        assert!(
+            worker_metrics.contains(series),
+            "no {series} in:\n{worker_metrics}"
+        );
+    }
+    let (_, ingress_metrics) = get(format!("{}/metrics", p.base)).await.expect("metrics");
+    assert!(
+        ingress_metrics.contains("chatfleet_inbound_accepted_total{channel=\"api\"}"),
+        "{ingress_metrics}"
+    );
+    // Tenants are never labels: per-tenant figures come from usage_daily.
+    for text in [&worker_metrics, &ingress_metrics] {
+        assert!(!text.contains("client_id"), "{text}");
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    p.stop().await;
+}

@@ -1,0 +1,90 @@
+//! The worker's operations endpoint on `worker.metrics_bind`: `/metrics` (Prometheus
+//! text format), `/healthz` (the process answers) and `/readyz` (its broker, database and
+//! Redis answer) — what an orchestrator probes and a Prometheus scrapes. It also samples
+//! the work queue's depth for the `chatfleet_queue_depth` gauge.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::Ctx;
+
+/// Serves until `shutdown`; returns the bound address (port 0: any free port).
+pub(crate) async fn serve(
+    ctx: Arc<Ctx>,
+    bind: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    tokio::spawn(watch_queue(ctx.clone(), shutdown.clone()));
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(ctx);
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the operations endpoint stopped");
+        }
+    });
+    Ok(addr)
+}
+
+/// Every 10 s: the depth and consumers of the work queue (what autoscalers watch).
+async fn watch_queue(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let queue = ctx.topology().inbound_work();
+    loop {
+        if let Ok(stats) = ctx.broker.queue_stats(&queue).await {
+            metrics::gauge!("chatfleet_queue_depth", "queue" => "inbound.work")
+                .set(stats.messages as f64);
+            metrics::gauge!("chatfleet_queue_consumers", "queue" => "inbound.work")
+                .set(f64::from(stats.consumers));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, shared::prometheus::CONTENT_TYPE)],
+        shared::prometheus::render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
+    let limit = Duration::from_secs(2);
+    let database = matches!(tokio::time::timeout(limit, ctx.db.ping()).await, Ok(Ok(())));
+    let redis = matches!(
+        tokio::time::timeout(limit, ctx.cache.ping()).await,
+        Ok(Ok(()))
+    );
+    let broker = ctx.broker.is_connected();
+    let status = if database && redis && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    (
+        status,
+        axum::Json(serde_json::json!({
+            "database": word(database), "redis": word(redis), "broker": word(broker),
+        })),
+    )
+        .into_response()
+}
