@@ -5,6 +5,7 @@
 //! - `worker`, `ingress`: run one process of the fleet (what the `worker` and `ingress`
 //!   binaries do), so one binary can run every role.
 //! - `chaos`: break a fleet of its own while driving messages, then check the guarantees.
+//! - `queues`: depth, unacked, consumers and rates of every queue of the deployment.
 //! - `migrate`: create the database if needed and apply migrations.
 //! - `tenant create|api-key`: make tenants without the admin API.
 //! - `llm-sim`: the LLM test double (Ollama and OpenAI wire formats).
@@ -13,6 +14,7 @@
 #![allow(clippy::print_stdout)]
 
 mod chaos;
+mod queues;
 mod tenant;
 mod up;
 
@@ -42,6 +44,8 @@ enum Command {
     /// Run a fleet of its own, break it while driving messages through it, and check that
     /// no message was lost, duplicated or answered out of order.
     Chaos(chaos::ChaosArgs),
+    /// Every queue of this deployment: ready and unacked messages, consumers, rates.
+    Queues(queues::QueuesArgs),
     /// Create the database if needed and apply pending migrations.
     Migrate,
     /// Manage tenants.
@@ -72,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(settings, args, shutdown).await,
         Command::Worker => worker::run(settings, shutdown).await,
         Command::Chaos(args) => chaos::run(settings, args).await,
+        Command::Queues(args) => queues::run(&settings, args).await,
         Command::Ingress => {
             let running = ingress::start(settings, shutdown).await?;
             tracing::info!(addr = %running.addr, "ingress listening");

@@ -1,0 +1,63 @@
+//! `chatfleet queues` as an operator runs it: a real process against the local broker.
+
+use std::process::Command;
+
+use serde_json::Value;
+use shared::testkit::TestEnv;
+
+fn queues(env: &TestEnv, prefix: Option<&str>) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
+    command
+        .args(["queues", "--json"])
+        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
+        .env("RUST_LOG", "off");
+    for (k, v) in &env.vars {
+        command.env(k, v);
+    }
+    if let Some(p) = prefix {
+        command.env("CHATFLEET__AMQP__PREFIX", p);
+    }
+    command.output().expect("chatfleet queues runs")
+}
+
+#[tokio::test]
+async fn queues_lists_every_queue_with_its_depth_and_consumers() {
+    let env = TestEnv::start(&[]).await;
+    let publisher = env.broker.publisher().await.expect("publisher");
+    for _ in 0..3 {
+        publisher
+            .publish_inbound_raw("api.1", b"{}")
+            .await
+            .expect("published");
+    }
+    let out = queues(&env, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["queue"].as_str()).collect();
+    assert_eq!(names, env.broker.topology().queues());
+    let work = rows
+        .iter()
+        .find(|r| r["queue"] == env.broker.topology().inbound_work())
+        .expect("the work queue");
+    assert_eq!(
+        (work["ready"].as_u64(), work["consumers"].as_u64()),
+        (Some(3), Some(0))
+    );
+
+    // A prefix nothing runs with is said plainly.
+    let out = queues(&env, Some("nothingrunshere"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no chatfleet queues with prefix"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.teardown().await;
+}
