@@ -5,6 +5,8 @@
 //! - `worker`, `ingress`: run one process of the fleet (what the `worker` and `ingress`
 //!   binaries do), so one binary can run every role.
 //! - `chaos`: break a fleet of its own while driving messages, then check the guarantees.
+//! - `dlq list|show|requeue|purge`: the dead-letter queue, filtered by tenant, reason,
+//!   channel, time or id.
 //! - `queues`: depth, unacked, consumers and rates of every queue of the deployment.
 //! - `migrate`: create the database if needed and apply migrations.
 //! - `tenant create|api-key`: make tenants without the admin API.
@@ -14,6 +16,7 @@
 #![allow(clippy::print_stdout)]
 
 mod chaos;
+mod dlq;
 mod queues;
 mod tenant;
 mod up;
@@ -44,6 +47,9 @@ enum Command {
     /// Run a fleet of its own, break it while driving messages through it, and check that
     /// no message was lost, duplicated or answered out of order.
     Chaos(chaos::ChaosArgs),
+    /// The dead-letter queue: list, show, requeue, purge.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Every queue of this deployment: ready and unacked messages, consumers, rates.
     Queues(queues::QueuesArgs),
     /// Create the database if needed and apply pending migrations.
@@ -77,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker => worker::run(settings, shutdown).await,
         Command::Chaos(args) => chaos::run(settings, args).await,
         Command::Queues(args) => queues::run(&settings, args).await,
+        Command::Dlq(command) => dlq::run(&settings, command).await,
         Command::Ingress => {
             let running = ingress::start(settings, shutdown).await?;
             tracing::info!(addr = %running.addr, "ingress listening");

@@ -263,6 +263,12 @@ impl Consumer {
         }
     }
 
+    /// Closes the consumer's channel: every delivery it received and did not ack goes
+    /// back to the queue (operator tooling browsing a queue).
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+
     /// Stops receiving new deliveries; in-flight ones can still be acked.
     pub async fn cancel(&self) {
         let tag = self.inner.tag();
@@ -313,6 +319,34 @@ impl Delivery {
     }
 
     /// The string headers (numbers are rendered as text).
+    /// The broker's record of the queues this message was dead-lettered from
+    /// (`x-death`: the retry ladder's rungs it waited on): (queue, reason, count).
+    pub fn death_history(&self) -> Vec<(String, String, u64)> {
+        let Some(AMQPValue::FieldArray(deaths)) = self
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|t| t.inner().get("x-death").cloned())
+        else {
+            return Vec::new();
+        };
+        deaths
+            .as_slice()
+            .iter()
+            .filter_map(|d| match d {
+                AMQPValue::FieldTable(t) => {
+                    let field = |k: &str| t.inner().get(k).and_then(value_text);
+                    Some((
+                        field("queue").unwrap_or_default(),
+                        field("reason").unwrap_or_default(),
+                        field("count").and_then(|c| c.parse().ok()).unwrap_or(1),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn headers(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         if let Some(table) = self.properties.headers() {

@@ -74,6 +74,23 @@ impl Publisher {
         .await
     }
 
+    /// Publishes raw bytes to the outbound exchange under a channel's routing key: operator
+    /// tooling putting a dead-lettered reply back on its way.
+    pub async fn publish_outbound_raw(&self, routing_key: &str, body: &[u8]) -> Result<()> {
+        let props = properties(
+            uuid::Uuid::now_v7().to_string(),
+            None,
+            FieldTable::default(),
+        );
+        self.publish(
+            &self.broker.topology().outbound_exchange(),
+            routing_key,
+            body,
+            props,
+        )
+        .await
+    }
+
     /// Publishes a reply to the outbound exchange.
     pub async fn publish_reply(
         &self,
