@@ -5,6 +5,7 @@
 //! - `worker`, `ingress`: run one process of the fleet (what the `worker` and `ingress`
 //!   binaries do), so one binary can run every role.
 //! - `chaos`: break a fleet of its own while driving messages, then check the guarantees.
+//! - `replay`: re-run archived envelopes, as a dry run beside the original replies, or live.
 //! - `dlq list|show|requeue|purge`: the dead-letter queue, filtered by tenant, reason,
 //!   channel, time or id.
 //! - `queues`: depth, unacked, consumers and rates of every queue of the deployment.
@@ -18,6 +19,7 @@
 mod chaos;
 mod dlq;
 mod queues;
+mod replay;
 mod tenant;
 mod up;
 
@@ -47,6 +49,8 @@ enum Command {
     /// Run a fleet of its own, break it while driving messages through it, and check that
     /// no message was lost, duplicated or answered out of order.
     Chaos(chaos::ChaosArgs),
+    /// Re-run archived envelopes: dry-run (compare with today's configuration) or live.
+    Replay(replay::ReplayArgs),
     /// The dead-letter queue: list, show, requeue, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Chaos(args) => chaos::run(settings, args).await,
         Command::Queues(args) => queues::run(&settings, args).await,
         Command::Dlq(command) => dlq::run(&settings, command).await,
+        Command::Replay(args) => replay::run(&settings, args).await,
         Command::Ingress => {
             let running = ingress::start(settings, shutdown).await?;
             tracing::info!(addr = %running.addr, "ingress listening");

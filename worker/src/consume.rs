@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shared::db::UserMessageState;
-use shared::envelope::Envelope;
+use shared::envelope::{Envelope, ReplayMode};
 use shared::mq::{Broker, Delivery};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,13 @@ use tracing::Instrument;
 use crate::Ctx;
 use crate::error::{Disposition, TurnError};
 use crate::turn;
+
+/// Whether an envelope is a dry-run replay (see `turn::dry_run`).
+fn dry_run(env: &Envelope) -> bool {
+    env.replay
+        .as_ref()
+        .is_some_and(|r| r.mode == ReplayMode::DryRun)
+}
 
 /// Most deliveries of one conversation handled by one turn.
 const MAX_BATCH: usize = 32;
@@ -49,6 +56,10 @@ struct Waiting {
 impl Dispatcher {
     fn dispatch(self: &Arc<Self>, job: Job) {
         let key = match &job.envelope {
+            // A dry-run replay touches no conversation: it runs on its own.
+            Ok(env) if dry_run(env) => {
+                format!("replay-{}", uuid::Uuid::new_v4())
+            }
             Ok(env) => format!(
                 "{}\u{1f}{}\u{1f}{}",
                 env.client_id,
@@ -153,15 +164,17 @@ impl Dispatcher {
             envelopes
         };
         let outcome = async {
-            match undecodable {
-                None => {
+            let replay = envelopes.first().filter(|e| dry_run(e));
+            match (undecodable, replay) {
+                (None, Some(env)) => turn::dry_run(&self.ctx, env).await,
+                (None, None) => {
                     let intake = turn::Intake {
                         take: &pull,
                         arrived: &arrived,
                     };
                     turn::handle(&self.ctx, envelopes, &intake).await
                 }
-                Some(e) => Err(TurnError::Undecodable(e)),
+                (Some(e), _) => Err(TurnError::Undecodable(e)),
             }
         }
         .instrument(span.clone())
@@ -215,6 +228,8 @@ impl Dispatcher {
             Disposition::DeadLetter(reason) => {
                 tracing::error!(reason = %reason, "turn failed; dead-lettering");
                 metrics::counter!("chatfleet_dead_letters_total").increment(1);
+                // A dry-run replay never touches the conversation it replays.
+                let envelope = envelope.filter(|e| !dry_run(e));
                 if let Some(env) = envelope
                     && let Err(e) = turn::give_up(&self.ctx, env).await
                 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use shared::db::{
-    ClientStatus, ConversationMode, NewReply, PendingTurn, StoredReply, TenantConfig,
+    ClientStatus, ConversationMode, HistoryTurn, NewReply, PendingTurn, StoredReply, TenantConfig,
     UserMessageState,
 };
 use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Reply, ReplyKind};
@@ -299,26 +299,40 @@ async fn answer_pending(
         return Err(TurnError::RateLimited(wait));
     }
 
-    let config = &tenant.config;
     let history = ctx
         .db
         .messages()
-        .history(client_id, conversation_id, config.max_context_turns)
+        .history(client_id, conversation_id, tenant.config.max_context_turns)
         .await?;
+    let answer = ask_llm(ctx, tenant, &history, &text).await?;
+    reply(ctx, env, &turn, answer).await
+}
+
+/// Assembles the prompt (DESIGN.md §8) from the tenant's configuration, its knowledge,
+/// `history` and the question, and asks the tenant's model (its fallback model when
+/// the primary fails transiently).
+async fn ask_llm(
+    ctx: &Ctx,
+    tenant: &TenantConfig,
+    history: &[HistoryTurn],
+    text: &str,
+) -> Result<Answer> {
+    let client_id = tenant.client.id;
+    let config = &tenant.config;
     let (_, model) = ctx.llm.route(&config.llm_model);
     let num_ctx = ctx.llm_settings.context_window(model);
     let mut budget = num_ctx.saturating_sub(ctx.llm_settings.completion_reserve);
     if let Some(own) = config.prompt_token_budget {
         budget = budget.min(own);
     }
-    let knowledge = retrieve(ctx, client_id, &text, config.rag_top_k).await;
+    let knowledge = retrieve(ctx, client_id, text, config.rag_top_k).await;
     let prompt = prompt::assemble(
         &ctx.tokenizer,
         budget as usize,
         tenant,
         &knowledge,
-        &history,
-        &text,
+        history,
+        text,
     );
     if prompt.dropped.any() {
         let d = prompt.dropped;
@@ -364,14 +378,68 @@ async fn answer_pending(
         "llm answered"
     );
 
-    let answer = Answer {
+    Ok(Answer {
         kind: ReplyKind::Bot,
         text: completion.text,
         prompt_tokens: completion.prompt_tokens,
         completion_tokens: completion.completion_tokens,
         estimated_prompt_tokens: Some(estimated),
+    })
+}
+
+/// A dry-run replay (`chatfleet replay --mode dry-run`): the turn as it would run today —
+/// today's configuration, the conversation's history before the original message — with
+/// nothing stored, no lock, no rate limit and no channel: the reply goes to the replay
+/// queue, for the operator to compare with the original.
+pub(crate) async fn dry_run(ctx: &Ctx, env: &Envelope) -> Result<()> {
+    let client_id = env.client_id;
+    let tenant = ctx
+        .configs
+        .get(client_id)
+        .await?
+        .ok_or(TurnError::UnknownTenant(client_id))?;
+    let messages = ctx.db.messages();
+    let conversation = ctx
+        .db
+        .conversations()
+        .find(client_id, env.channel, env.external_id.expose())
+        .await?;
+    let history = match conversation {
+        Some(conversation_id) => {
+            let before = messages
+                .user_message_id(client_id, env.id)
+                .await?
+                .unwrap_or(u64::MAX);
+            messages
+                .history_before(
+                    client_id,
+                    conversation_id,
+                    before,
+                    tenant.config.max_context_turns,
+                )
+                .await?
+        }
+        None => Vec::new(),
     };
-    reply(ctx, env, &turn, answer).await
+    let answer = ask_llm(ctx, &tenant, &history, &env.message.as_prompt_text()).await?;
+    let reply = Reply {
+        v: ENVELOPE_VERSION,
+        id: ReplyId::random(),
+        in_reply_to: vec![env.id],
+        client_id,
+        channel: env.channel,
+        external_id: env.external_id.clone(),
+        channel_account: env.channel_account.clone(),
+        conversation_id: conversation.unwrap_or(ConversationId::new(0)),
+        kind: answer.kind,
+        text: Pii::new(answer.text),
+        config_version: tenant.config.config_version,
+        created_at: Utc::now(),
+    };
+    ctx.publisher
+        .publish_reply(&reply, ReplyRoute::Replay, Some(&env.trace.request_id))
+        .await?;
+    Ok(())
 }
 
 /// After the last attempt failed: the user gets the tenant's fallback message for the

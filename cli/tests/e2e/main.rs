@@ -12,6 +12,7 @@ mod handoff;
 mod knowledge;
 mod mobile;
 mod operations;
+mod replay;
 mod support;
 mod whatsapp;
 mod widget;

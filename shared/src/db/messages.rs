@@ -326,6 +326,59 @@ impl<'a> Messages<'a> {
         Ok(turns)
     }
 
+    /// The history a dry-run replay of user message `before_id` sees: like
+    /// [`Messages::history`], limited to messages recorded before it.
+    pub async fn history_before(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        before_id: u64,
+        limit: u32,
+    ) -> Result<Vec<HistoryTurn>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = guard::query(
+            "SELECT role, content FROM messages \
+             WHERE client_id = ? AND conversation_id = ? AND id < ? \
+               AND role IN ('user', 'assistant', 'agent') \
+               AND NOT (role = 'user' AND state = 'pending') \
+             ORDER BY COALESCE(reply_message_id, id) DESC, id DESC LIMIT ?",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(before_id)
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?;
+        let mut turns = rows
+            .iter()
+            .map(|r| {
+                Ok(HistoryTurn {
+                    role: Role::parse(r.try_get("role")?)?,
+                    content: r.try_get("content")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        turns.reverse();
+        Ok(turns)
+    }
+
+    /// The row id of the user message an envelope recorded, if it was recorded.
+    pub async fn user_message_id(
+        &self,
+        client_id: ClientId,
+        envelope_id: EnvelopeId,
+    ) -> Result<Option<u64>> {
+        Ok(guard::query_scalar(
+            "SELECT id FROM messages WHERE client_id = ? AND envelope_id = ? AND role = 'user'",
+        )?
+        .bind(client_id.get())
+        .bind(envelope_id.as_uuid())
+        .fetch_optional(self.pool)
+        .await?)
+    }
+
     /// Stores a reply and marks the user turns it answers as answered, in one
     /// transaction, and counts the usage. Returns `false` (and stores nothing) when those
     /// turns were already answered (the guard that makes one reply per turn), or when a

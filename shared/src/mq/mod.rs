@@ -156,6 +156,34 @@ impl Broker {
         })
     }
 
+    /// Reads the archive stream from the first message stored at or after `from`
+    /// (`x-stream-offset` by timestamp). Ack each delivery; the stream keeps it anyway.
+    pub async fn read_archive(&self, from: chrono::DateTime<chrono::Utc>) -> Result<Consumer> {
+        let queue = self.topology().archive();
+        let ch = self.channel().await?;
+        ch.basic_qos(500, BasicQosOptions::default())
+            .await
+            .map_err(broker_error)?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-stream-offset".into(),
+            AMQPValue::Timestamp(u64::try_from(from.timestamp()).unwrap_or_default()),
+        );
+        let consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                format!("replay-{}", uuid::Uuid::new_v4().simple()).into(),
+                BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .map_err(|e| Error::Broker(format!("reading {queue}: {e}")))?;
+        Ok(Consumer {
+            inner: consumer,
+            channel: ch,
+        })
+    }
+
     /// Listens to `exchange` for `routing_key` through a private, auto-deleted queue
     /// (operator tooling and tests watching events).
     pub async fn tap(&self, exchange: &str, routing_key: &str) -> Result<Consumer> {

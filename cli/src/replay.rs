@@ -1,0 +1,265 @@
+//! `chatfleet replay`: re-runs archived envelopes against today's configuration.
+//!
+//! The archive stream holds every envelope and reply for `amqp.archive_max_age`; replay
+//! reads it from `--from` (by timestamp), keeps the envelopes that match the filters and
+//! pairs each with the reply it originally got.
+//!
+//! - `--mode dry-run`: each envelope goes to the workers marked as a dry run: they answer
+//!   it with today's configuration and prompt and the conversation's history before it,
+//!   store nothing, take no lock and call no channel; the reply comes back on
+//!   `<prefix>.outbound.replay`, and the original and new replies are printed side by
+//!   side, then `N replayed, M changed, K failed`.
+//! - `--mode live`: the envelopes are processed for real again. Already answered ones are
+//!   skipped by the workers (their ids are idempotency keys) unless `--force` gives them
+//!   new ids, which makes them new messages.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use shared::envelope::{Envelope, Replay, ReplayMode, Reply};
+use shared::ids::EnvelopeId;
+use shared::mq::Broker;
+use shared::settings::Settings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    DryRun,
+    Live,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// Replay envelopes received at or after this time (RFC 3339).
+    #[arg(long)]
+    from: DateTime<Utc>,
+    /// … and at or before this time (default: now).
+    #[arg(long)]
+    to: Option<DateTime<Utc>>,
+    /// Only this tenant (id).
+    #[arg(long)]
+    client: Option<u64>,
+    /// Only this conversation (its id in the channel: API conversation id, phone…).
+    #[arg(long)]
+    conversation: Option<String>,
+    #[arg(long)]
+    channel: Option<String>,
+    /// At most this many envelopes.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Live mode: give the envelopes new ids, so answered ones are answered again.
+    #[arg(long)]
+    force: bool,
+    /// One JSON object per envelope (and a summary object) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the dry-run replies, in seconds.
+    #[arg(long, default_value_t = 120)]
+    wait_s: u64,
+}
+
+/// Envelopes in archive order, and the text each envelope's original reply had.
+async fn read_archive(
+    broker: &Broker,
+    args: &ReplayArgs,
+) -> anyhow::Result<(Vec<Envelope>, HashMap<EnvelopeId, String>)> {
+    let to = args.to.unwrap_or_else(Utc::now);
+    let mut archive = broker.read_archive(args.from).await?;
+    let mut envelopes = Vec::new();
+    let mut replies = HashMap::new();
+    // The stream has no end: a quiet second means we read up to now.
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), archive.next()).await {
+        let _ = d.ack().await;
+        if d.routing_key == "replay" {
+            continue; // an earlier dry run's answer
+        }
+        if let Ok(reply) = serde_json::from_slice::<Reply>(&d.body) {
+            for id in &reply.in_reply_to {
+                replies.insert(*id, reply.text.expose().clone());
+            }
+            continue;
+        }
+        let Ok(env) = serde_json::from_slice::<Envelope>(&d.body) else {
+            continue;
+        };
+        let wanted = env.replay.is_none()
+            && env.received_at >= args.from
+            && env.received_at <= to
+            && args.client.is_none_or(|c| env.client_id.get() == c)
+            && args
+                .channel
+                .as_deref()
+                .is_none_or(|c| env.channel.as_str() == c)
+            && args
+                .conversation
+                .as_deref()
+                .is_none_or(|c| env.external_id.expose() == c);
+        if wanted && !envelopes.iter().any(|e: &Envelope| e.id == env.id) {
+            envelopes.push(env);
+        }
+    }
+    archive.close().await;
+    if let Some(limit) = args.limit {
+        envelopes.truncate(limit);
+    }
+    Ok((envelopes, replies))
+}
+
+fn progress(n: usize, hidden: bool, what: &str) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    let broker = Broker::connect(&settings.amqp, "chatfleet-replay").await?;
+    let (envelopes, originals) = read_archive(&broker, &args).await?;
+    let publisher = broker.publisher().await?;
+    let replay_id = uuid::Uuid::now_v7();
+    if args.mode == Mode::Live {
+        let bar = progress(envelopes.len(), args.json, "re-injecting");
+        for env in &envelopes {
+            let mut env = env.clone();
+            if args.force {
+                env.id = EnvelopeId::random();
+            }
+            env.replay = Some(Replay {
+                replay_id,
+                mode: ReplayMode::Live,
+            });
+            publisher.publish_envelope(&env).await?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let summary = format!(
+            "{} re-injected{}",
+            envelopes.len(),
+            if args.force {
+                " as new messages"
+            } else {
+                " (the workers skip those already answered)"
+            }
+        );
+        if args.json {
+            println!(
+                "{}",
+                json!({ "summary": summary, "replayed": envelopes.len() })
+            );
+        } else {
+            println!("{summary}");
+        }
+        broker.close().await;
+        return Ok(());
+    }
+
+    // Dry run: listen for the answers first, then send.
+    let mut answers = broker
+        .consume(&broker.topology().replay_queue(), 256, "replay")
+        .await?;
+    let ours: HashSet<EnvelopeId> = envelopes.iter().map(|e| e.id).collect();
+    let bar = progress(envelopes.len(), args.json, "replaying");
+    for env in &envelopes {
+        let mut env = env.clone();
+        env.replay = Some(Replay {
+            replay_id,
+            mode: ReplayMode::DryRun,
+        });
+        publisher.publish_envelope(&env).await?;
+    }
+    let mut new_replies: HashMap<EnvelopeId, String> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_s);
+    while new_replies.len() < ours.len() {
+        let Ok(Some(d)) = tokio::time::timeout_at(deadline, answers.next()).await else {
+            break;
+        };
+        match serde_json::from_slice::<Reply>(&d.body) {
+            Ok(reply) if reply.in_reply_to.iter().any(|id| ours.contains(id)) => {
+                let _ = d.ack().await;
+                for id in &reply.in_reply_to {
+                    new_replies.insert(*id, reply.text.expose().clone());
+                }
+                bar.set_position(new_replies.len() as u64);
+            }
+            // Another operator's replay: leave it for them.
+            _ => {
+                let _ = d.requeue().await;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    answers.close().await;
+    broker.close().await;
+
+    let (mut changed, mut failed) = (0, 0);
+    for env in &envelopes {
+        let before = originals.get(&env.id);
+        let after = new_replies.get(&env.id);
+        let differs = after.is_some() && before != after;
+        changed += usize::from(differs);
+        failed += usize::from(after.is_none());
+        if args.json {
+            println!(
+                "{}",
+                json!({
+                    "envelope_id": env.id,
+                    "client_id": env.client_id,
+                    "channel": env.channel.as_str(),
+                    "conversation": env.external_id.expose(),
+                    "received_at": env.received_at,
+                    "message": env.message.as_prompt_text(),
+                    "original_reply": before,
+                    "replayed_reply": after,
+                    "changed": differs,
+                })
+            );
+            continue;
+        }
+        println!(
+            "── {} {} · client {} · {} · {}",
+            env.channel.as_str(),
+            env.external_id.expose(),
+            env.client_id,
+            env.received_at.format("%Y-%m-%d %H:%M:%S"),
+            if after.is_none() {
+                "NO ANSWER"
+            } else if differs {
+                "CHANGED"
+            } else {
+                "same"
+            }
+        );
+        println!("   user:   {}", env.message.as_prompt_text());
+        let show = |r: Option<&String>| {
+            r.map_or("(none)".to_owned(), |t| t.replace('\n', "\n           "))
+        };
+        if differs {
+            println!(" - before: {}", show(before));
+            println!(" + after:  {}", show(after));
+        } else {
+            println!("   reply:  {}", show(after.or(before)));
+        }
+    }
+    let summary = format!(
+        "{} replayed, {changed} changed, {failed} failed",
+        envelopes.len()
+    );
+    if args.json {
+        let v: Value = json!({ "summary": summary, "replayed": envelopes.len(), "changed": changed, "failed": failed });
+        println!("{v}");
+    } else {
+        println!("{summary}");
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! `chatfleet replay` against a running platform: a dry run answers archived messages
+//! with today's configuration beside the original replies and stores nothing; a live
+//! replay skips what was answered unless forced.
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::testkit::eventually;
+
+use crate::support::{Method, Platform, WAIT};
+
+/// Runs `chatfleet replay` (off the test's runtime thread: the in-process worker must
+/// keep running meanwhile).
+async fn replay(p: &Platform, args: &[&str]) -> Vec<Value> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
+    command
+        .arg("replay")
+        .args(args)
+        .arg("--json")
+        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
+        .env("RUST_LOG", "off");
+    for (k, v) in &p.env.vars {
+        command.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("runner")
+        .expect("chatfleet replay runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dry_run_shows_todays_answer_beside_the_original_and_stores_nothing() {
+    let p = Platform::start().await;
+    let t = p.tenant("shop").await;
+    let from = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let (original, cursor) = p.ask(&t.api_key, "c", "hello there", "0").await;
+    let (status, body) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", t.id),
+            Some(json!({ "persona_name": "Zed" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let client = t.id.to_string();
+    let lines = replay(
+        &p,
+        &[
+            "--from", &from, "--mode", "dry-run", "--client", &client, "--wait-s", "30",
+        ],
+    )
+    .await;
+    let (entries, summary) = lines.split_at(lines.len() - 1);
+    assert_eq!(entries.len(), 1, "{lines:?}");
+    let e = &entries[0];
+    assert_eq!(e["message"], "hello there");
+    assert_eq!(e["original_reply"], original["text"]);
+    let replayed = e["replayed_reply"].as_str().expect("a replayed reply");
+    assert!(
+        replayed.contains("Zed") && replayed.ends_with("You said: hello there"),
+        "{replayed}"
+    );
+    assert_eq!(e["changed"], true);
+    assert_eq!(summary[0]["summary"], "1 replayed, 1 changed, 0 failed");
+    // Nothing was stored or sent: the conversation still holds the two messages.
+    let conversation = p.conversation(t.id, "c").await;
+    assert_eq!(p.stored(t.id, conversation).await.len(), 2);
+    assert!(p.poll(&t.api_key, "c", &cursor, 1).await.is_none());
+
+    // Live: the answered message is skipped...
+    let lines = replay(
+        &p,
+        &["--from", &from, "--mode", "live", "--client", &client],
+    )
+    .await;
+    assert_eq!(lines[0]["replayed"], 1);
+    let work = p.env.broker.topology().inbound_work();
+    eventually(WAIT, "the work queue to drain", || async {
+        (p.env.broker.queue_stats(&work).await.ok()?.messages == 0).then_some(())
+    })
+    .await;
+    assert!(
+        p.poll(&t.api_key, "c", &cursor, 2).await.is_none(),
+        "answered twice"
+    );
+    // ...unless forced, which makes it a new message with a new answer.
+    replay(
+        &p,
+        &[
+            "--from", &from, "--mode", "live", "--client", &client, "--force",
+        ],
+    )
+    .await;
+    let (entries, _) = p.read_until(&t.api_key, "c", &cursor, 2).await;
+    assert_eq!(entries[0]["text"], "hello there");
+    assert!(entries[1]["text"].as_str().unwrap_or("").contains("Zed"));
+    p.stop().await;
+}
