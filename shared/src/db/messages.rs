@@ -298,36 +298,12 @@ impl<'a> Messages<'a> {
         conversation_id: ConversationId,
         limit: u32,
     ) -> Result<Vec<HistoryTurn>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let rows = guard::query(
-            "SELECT role, content FROM messages \
-             WHERE client_id = ? AND conversation_id = ? \
-               AND role IN ('user', 'assistant', 'agent') \
-               AND NOT (role = 'user' AND state = 'pending') \
-             ORDER BY COALESCE(reply_message_id, id) DESC, id DESC LIMIT ?",
-        )?
-        .bind(client_id.get())
-        .bind(conversation_id.get())
-        .bind(limit)
-        .fetch_all(self.pool)
-        .await?;
-        let mut turns = rows
-            .iter()
-            .map(|r| {
-                Ok(HistoryTurn {
-                    role: Role::parse(r.try_get("role")?)?,
-                    content: r.try_get("content")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        turns.reverse();
-        Ok(turns)
+        self.history_before(client_id, conversation_id, u64::MAX, limit)
+            .await
     }
 
-    /// The history a dry-run replay of user message `before_id` sees: like
-    /// [`Messages::history`], limited to messages recorded before it.
+    /// [`Messages::history`] as it was when user message `before_id` arrived (what a
+    /// dry-run replay of it sees): only messages recorded before it.
     pub async fn history_before(
         &self,
         client_id: ClientId,
