@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+use shared::db::Db;
+use shared::envelope::Envelope;
 use shared::mq::{Broker, Delivery, headers};
 use shared::settings::Settings;
 
@@ -28,7 +30,8 @@ pub(crate) enum DlqCommand {
     /// Everything about one dead letter: reason, attempt history, headers and body.
     Show { id: String },
     /// Puts the matching dead letters back on their original path (the work queue for
-    /// envelopes, the channel's outbound queue for replies), as fresh first attempts.
+    /// envelopes, the channel's outbound queue for replies), as fresh first attempts. A
+    /// message that got the fallback message is answered for real this time.
     Requeue {
         #[command(flatten)]
         filter: Filter,
@@ -105,6 +108,7 @@ fn summary(d: &Delivery) -> Value {
 }
 
 pub(crate) async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
+    let db = Db::connect(&settings.database).await?;
     let broker = Broker::connect(&settings.amqp, "chatfleet-dlq").await?;
     let queue = broker.topology().dead_queue();
     let mut consumer = broker.consume(&queue, MAX_BROWSE, "dlq").await?;
@@ -118,13 +122,19 @@ pub(crate) async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Res
             break;
         }
     }
-    let outcome = act(&broker, &letters, command).await;
+    let outcome = act(&db, &broker, &letters, command).await;
     consumer.close().await;
     broker.close().await;
+    db.close().await;
     outcome
 }
 
-async fn act(broker: &Broker, letters: &[Delivery], command: DlqCommand) -> anyhow::Result<()> {
+async fn act(
+    db: &Db,
+    broker: &Broker,
+    letters: &[Delivery],
+    command: DlqCommand,
+) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { filter, json } => {
             let chosen: Vec<&Delivery> = letters.iter().filter(|d| filter.matches(d)).collect();
@@ -170,6 +180,13 @@ async fn act(broker: &Broker, letters: &[Delivery], command: DlqCommand) -> anyh
                     .cloned()
                     .unwrap_or_default();
                 let put_back = if from == topology.inbound_work() {
+                    // The user got the fallback message when it was dead-lettered: reopen
+                    // the message so this time it gets a real answer.
+                    if let Ok(env) = serde_json::from_slice::<Envelope>(&d.body) {
+                        db.messages()
+                            .reopen_after_fallback(env.client_id, env.id)
+                            .await?;
+                    }
                     publisher.publish_inbound_raw(&d.routing_key, &d.body).await
                 } else if let Some(channel) =
                     from.strip_prefix(&format!("{}.outbound.", topology.prefix()))

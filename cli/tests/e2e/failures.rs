@@ -1,16 +1,16 @@
 //! Bad input and failing dependencies: clear errors, nothing lost, nothing half-stored.
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use shared::testkit::eventually;
 
-use crate::support::{Platform, WAIT};
+use crate::support::{Platform, WAIT, chatfleet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_stable_error_codes() {
     let p = Platform::start().await;
     let t = p.tenant("strict").await;
-    let code = |body: &serde_json::Value| body["error"]["code"].as_str().unwrap_or("").to_owned();
+    let code = |body: &Value| body["error"]["code"].as_str().unwrap_or("").to_owned();
 
     let (s, b) = p
         .send("cfk_000000000000_".to_owned().as_str(), "c", "hi", None)
@@ -200,5 +200,64 @@ async fn a_turn_that_never_succeeds_ends_in_the_dead_letter_queue() {
         .expect("a dead letter");
     let reason = dead_letter.headers()[shared::mq::headers::DEAD_REASON].clone();
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_requeued_after_the_fix_is_answered_once() {
+    let p = Platform::start().await;
+    let t = p.tenant("outage").await;
+    p.sim.set_unavailable(true);
+    let (s, _) = p.send(&t.api_key, "c", "is my order late?", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    // Every attempt fails: the user gets the fallback message, the envelope a dead letter.
+    let (entries, cursor) = p.read_until(&t.api_key, "c", "0", 2).await;
+    assert!(
+        entries[1]["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Sorry")
+    );
+    let dead = p.env.broker.topology().dead_queue();
+    eventually(WAIT, "the dead letter", || async {
+        (p.env.broker.queue_stats(&dead).await.ok()?.messages == 1).then_some(())
+    })
+    .await;
+    let (ok, listed) = chatfleet(&p, &["dlq", "list", "--json"]).await;
+    assert!(ok);
+    let letter: Value = serde_json::from_str(listed.lines().next().expect("one")).expect("json");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gave up after 3 attempts"),
+        "{letter}"
+    );
+
+    // The LLM is back: requeued, the message gets its real answer, once.
+    p.sim.set_unavailable(false);
+    let (ok, out) = chatfleet(&p, &["dlq", "requeue"]).await;
+    assert!(ok && out.contains("requeued 1"), "{out}");
+    let (answer, cursor) = p.read_until(&t.api_key, "c", &cursor, 1).await;
+    assert!(
+        answer[0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("You said: is my order late?"),
+        "{answer:?}"
+    );
+    assert!(
+        p.poll(&t.api_key, "c", &cursor, 2).await.is_none(),
+        "answered twice"
+    );
+    assert_eq!(
+        p.env
+            .broker
+            .queue_stats(&dead)
+            .await
+            .expect("stats")
+            .messages,
+        0
+    );
     p.stop().await;
 }

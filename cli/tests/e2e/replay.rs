@@ -2,38 +2,22 @@
 //! with today's configuration beside the original replies and stores nothing; a live
 //! replay skips what was answered unless forced.
 
-use std::process::Command;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shared::testkit::eventually;
 
-use crate::support::{Method, Platform, WAIT};
+use crate::support::{Method, Platform, WAIT, chatfleet};
 
-/// Runs `chatfleet replay` (off the test's runtime thread: the in-process worker must
-/// keep running meanwhile).
+/// Runs `chatfleet replay … --json`; its JSON lines.
 async fn replay(p: &Platform, args: &[&str]) -> Vec<Value> {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
-    command
-        .arg("replay")
-        .args(args)
-        .arg("--json")
-        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
-        .env("RUST_LOG", "off");
-    for (k, v) in &p.env.vars {
-        command.env(k, v);
-    }
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("runner")
-        .expect("chatfleet replay runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let args: Vec<&str> = ["replay"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--json"])
+        .collect();
+    let (ok, out) = chatfleet(p, &args).await;
+    assert!(ok, "chatfleet replay failed");
+    out.lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }

@@ -443,3 +443,28 @@ pub fn worker_process(p: &Platform, extra: &[(&str, &str)]) -> Child {
     }
     command.spawn().expect("chatfleet worker starts")
 }
+
+/// Runs the `chatfleet` command line on the platform's settings, off the test's runtime
+/// thread (in-process workers keep running meanwhile); returns success and stdout.
+pub async fn chatfleet(p: &Platform, args: &[&str]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
+    command
+        .args(args)
+        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null());
+    for (k, v) in &p.env.vars {
+        command.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("runner")
+        .expect("chatfleet runs");
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -613,6 +613,29 @@ impl<'a> Messages<'a> {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Makes a user message that only got the tenant's fallback message (its turn was
+    /// dead-lettered after the last attempt) unanswered again, so the next turn answers it
+    /// for real: what `chatfleet dlq requeue` does before putting it back on the work
+    /// queue. Returns whether it was reopened.
+    pub async fn reopen_after_fallback(
+        &self,
+        client_id: ClientId,
+        envelope_id: EnvelopeId,
+    ) -> Result<bool> {
+        let done = guard::query(
+            "UPDATE messages u JOIN messages r \
+               ON r.client_id = u.client_id AND r.id = u.reply_message_id \
+             SET u.state = 'pending', u.reply_message_id = NULL \
+             WHERE u.client_id = ? AND u.envelope_id = ? AND u.role = 'user' \
+               AND u.state = 'answered' AND r.reply_kind = 'fallback'",
+        )?
+        .bind(client_id.get())
+        .bind(envelope_id.as_uuid())
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Marks a still-pending user turn as failed (it was dead-lettered) or ignored.
     pub async fn close_unanswered(
         &self,
