@@ -1,10 +1,48 @@
 //! What operators scrape and probe: `/metrics` in the Prometheus format on ingress and on
 //! every worker, with bounded labels, and the worker's `/healthz` and `/readyz`.
 
+use std::collections::BTreeMap;
+
 use reqwest::StatusCode;
 use shared::testkit::eventually;
 
 use crate::support::{Platform, WAIT, worker_process};
+
+/// Parses the Prometheus text format: `# HELP` / `# TYPE` comments and
+/// `name{labels} value` samples; panics on any other line.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "bad comment: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "unterminated labels in {line}");
+        }
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        out.insert(series.to_owned(), value);
+    }
+    out
+}
 
 #[tokio::test]
 async fn ingress_and_workers_serve_metrics_health_and_readiness() {
@@ -31,6 +69,9 @@ async fn ingress_and_workers_serve_metrics_health_and_readiness() {
     let (status, body) = get(format!("{ops}/readyz")).await.expect("readyz");
     assert_eq!(status, StatusCode::OK, "{body}");
 
+    let accepted = "chatfleet_inbound_accepted_total{channel=\"api\"}";
+    let before = get(format!("{}/metrics", p.base)).await.expect("metrics").1;
+    let before = samples(&before).get(accepted).copied().unwrap_or(0.0);
     let (reply, _) = p.ask(&t.api_key, "c", "hello", "0").await;
     assert!(
         reply["text"]
@@ -56,10 +97,11 @@ async fn ingress_and_workers_serve_metrics_health_and_readiness() {
         );
     }
     let (_, ingress_metrics) = get(format!("{}/metrics", p.base)).await.expect("metrics");
-    assert!(
-        ingress_metrics.contains("chatfleet_inbound_accepted_total{channel=\"api\"}"),
-        "{ingress_metrics}"
-    );
+    // Both parse as Prometheus text, and the counter moved with the message (the
+    // recorder is per process: other tests of this binary may move it too).
+    samples(&worker_metrics);
+    let after = samples(&ingress_metrics)[accepted];
+    assert!(after - before >= 1.0, "{before} → {after}");
     // Tenants are never labels: per-tenant figures come from usage_daily.
     for text in [&worker_metrics, &ingress_metrics] {
         assert!(!text.contains("client_id"), "{text}");
