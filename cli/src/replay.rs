@@ -20,8 +20,9 @@ use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
+use shared::db::Db;
 use shared::envelope::{Envelope, Replay, ReplayMode, Reply};
-use shared::ids::EnvelopeId;
+use shared::ids::{ClientId, EnvelopeId};
 use shared::mq::Broker;
 use shared::settings::Settings;
 
@@ -39,9 +40,9 @@ pub(crate) struct ReplayArgs {
     /// … and at or before this time (default: now).
     #[arg(long)]
     to: Option<DateTime<Utc>>,
-    /// Only this tenant (id).
+    /// Only this tenant (slug or id).
     #[arg(long)]
-    client: Option<u64>,
+    client: Option<String>,
     /// Only this conversation (its id in the channel: API conversation id, phone…).
     #[arg(long)]
     conversation: Option<String>,
@@ -67,6 +68,7 @@ pub(crate) struct ReplayArgs {
 async fn read_archive(
     broker: &Broker,
     args: &ReplayArgs,
+    client: Option<ClientId>,
 ) -> anyhow::Result<(Vec<Envelope>, HashMap<EnvelopeId, String>)> {
     let to = args.to.unwrap_or_else(Utc::now);
     let mut archive = broker.read_archive(args.from).await?;
@@ -90,7 +92,7 @@ async fn read_archive(
         let wanted = env.replay.is_none()
             && env.received_at >= args.from
             && env.received_at <= to
-            && args.client.is_none_or(|c| env.client_id.get() == c)
+            && client.is_none_or(|c| env.client_id == c)
             && args
                 .channel
                 .as_deref()
@@ -124,8 +126,20 @@ fn progress(n: usize, hidden: bool, what: &str) -> ProgressBar {
 }
 
 pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    let client = match &args.client {
+        None => None,
+        Some(c) => match c.parse::<u64>() {
+            Ok(id) => Some(ClientId::new(id)),
+            Err(_) => {
+                let db = Db::connect(&settings.database).await?;
+                let found = db.clients().by_slug(c).await?;
+                db.close().await;
+                Some(found.ok_or_else(|| anyhow::anyhow!("no client {c:?}"))?.id)
+            }
+        },
+    };
     let broker = Broker::connect(&settings.amqp, "chatfleet-replay").await?;
-    let (envelopes, originals) = read_archive(&broker, &args).await?;
+    let (envelopes, originals) = read_archive(&broker, &args, client).await?;
     let publisher = broker.publisher().await?;
     let replay_id = uuid::Uuid::now_v7();
     if args.mode == Mode::Live {

@@ -37,7 +37,7 @@ async fn a_dry_run_shows_todays_answer_beside_the_original_and_stores_nothing() 
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let client = t.id.to_string();
+    let client = t.slug.clone();
     let lines = replay(
         &p,
         &[
