@@ -36,8 +36,15 @@ fn dlq(env: &TestEnv, args: &[&str], stdin: &str) -> (bool, String, String) {
     )
 }
 
-async fn depth(env: &TestEnv, queue: &str) -> u32 {
-    env.broker.queue_stats(queue).await.expect("stats").messages
+/// Waits until `queue` holds `n` ready messages (messages handed back by a closed
+/// channel reach the queue a moment after the command exits).
+async fn settle(env: &TestEnv, queue: &str, n: u32) {
+    shared::testkit::eventually(
+        Duration::from_secs(10),
+        &format!("{n} in {queue}"),
+        || async { (env.broker.queue_stats(queue).await.ok()?.messages == n).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -83,7 +90,7 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() {
         .collect();
     assert_eq!(letters.len(), 2, "{out}");
     // Browsing takes nothing away.
-    assert_eq!(depth(&env, &topology.dead_queue()).await, 2);
+    settle(&env, &topology.dead_queue(), 2).await;
     let (_, out, _) = dlq(&env, &["list", "--json", "--reason", "gave up"], "");
     let gave_up: Value = serde_json::from_str(out.lines().next().expect("one")).expect("json");
     assert_eq!(out.lines().count(), 1);
@@ -101,15 +108,15 @@ async fn dead_letters_are_listed_shown_requeued_and_purged() {
     assert!(ok, "{err}");
     assert!(out.contains("requeued 1, left 1"), "{out}");
     assert!(err.contains("not an envelope or a reply"), "{err}");
-    assert_eq!(depth(&env, &topology.inbound_work()).await, 1);
-    assert_eq!(depth(&env, &topology.dead_queue()).await, 1);
+    settle(&env, &topology.inbound_work(), 1).await;
+    settle(&env, &topology.dead_queue(), 1).await;
 
     // Purge asks first; "n" keeps it, --yes deletes it.
     let (_, out, _) = dlq(&env, &["purge"], "n\n");
     assert!(out.contains("nothing deleted"), "{out}");
-    assert_eq!(depth(&env, &topology.dead_queue()).await, 1);
+    settle(&env, &topology.dead_queue(), 1).await;
     let (ok, out, _) = dlq(&env, &["purge", "--yes"], "");
     assert!(ok && out.contains("purged 1"), "{out}");
-    assert_eq!(depth(&env, &topology.dead_queue()).await, 0);
+    settle(&env, &topology.dead_queue(), 0).await;
     env.teardown().await;
 }
