@@ -8,6 +8,7 @@
 //! - `replay`: re-run archived envelopes, as a dry run beside the original replies, or live.
 //! - `dlq list|show|requeue|purge`: the dead-letter queue, filtered by tenant, reason,
 //!   channel, time or id.
+//! - `bench --ceiling`: the broker's own rate on this machine.
 //! - `queues`: depth, unacked, consumers and rates of every queue of the deployment.
 //! - `migrate`: create the database if needed and apply migrations.
 //! - `tenant create|api-key`: make tenants without the admin API.
@@ -16,6 +17,7 @@
 // A command-line tool talks to its user on stdout.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod chaos;
 mod dlq;
 mod queues;
@@ -54,6 +56,8 @@ enum Command {
     /// The dead-letter queue: list, show, requeue, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Benchmarks: `--ceiling` measures the broker's own rate on this machine.
+    Bench(bench::BenchArgs),
     /// Every queue of this deployment: ready and unacked messages, consumers, rates.
     Queues(queues::QueuesArgs),
     /// Create the database if needed and apply pending migrations.
@@ -87,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Worker => worker::run(settings, shutdown).await,
         Command::Chaos(args) => chaos::run(settings, args).await,
         Command::Queues(args) => queues::run(&settings, args).await,
+        Command::Bench(args) => bench::run(&settings, args).await,
         Command::Dlq(command) => dlq::run(&settings, command).await,
         Command::Replay(args) => replay::run(&settings, args).await,
         Command::Ingress => {

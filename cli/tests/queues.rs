@@ -61,3 +61,37 @@ async fn queues_lists_every_queue_with_its_depth_and_consumers() {
     );
     env.teardown().await;
 }
+
+#[tokio::test]
+async fn bench_ceiling_measures_the_broker_and_cleans_up() {
+    let env = TestEnv::start(&[]).await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
+    command
+        .args(["bench", "--ceiling", "--messages", "500", "--json"])
+        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
+        .env("RUST_LOG", "off");
+    for (k, v) in &env.vars {
+        command.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("runner")
+        .expect("chatfleet bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["ceiling"]["messages"], 500);
+    for rate in ["publish_per_s", "consume_per_s"] {
+        assert!(
+            report["ceiling"][rate].as_f64().unwrap_or(0.0) > 0.0,
+            "{report}"
+        );
+    }
+    // The throw-away queue is gone.
+    let leftover = format!("{}.bench.ceiling", env.broker.topology().prefix());
+    assert!(env.broker.queue_stats(&leftover).await.is_err());
+    env.teardown().await;
+}

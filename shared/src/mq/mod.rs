@@ -5,6 +5,7 @@
 //! Connections are re-established on demand: a publisher or consumer whose connection
 //! died asks the [`Broker`] again and gets a fresh one, without restarting the process.
 
+mod ceiling;
 mod publisher;
 mod subscription;
 mod topology;
@@ -18,6 +19,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
+pub use ceiling::Ceiling;
 pub use publisher::{Publisher, ReplyRoute};
 pub use subscription::Subscription;
 pub use topology::{RetryRung, Topology};
