@@ -20,6 +20,7 @@
 mod bench;
 mod chaos;
 mod dlq;
+mod fleet;
 mod queues;
 mod replay;
 mod tenant;

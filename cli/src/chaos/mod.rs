@@ -21,26 +21,22 @@
 //! It prints the figures and exits non-zero on any violation.
 
 mod checks;
-mod proxy;
+pub(crate) mod proxy;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use shared::cache::Cache;
-use shared::db::{ClientPatch, ConfigUpdate, Db, NewClient, Plan};
-use shared::mq::Broker;
-use shared::settings::{Secret, Settings};
+use shared::settings::Settings;
 use tokio_util::sync::CancellationToken;
-use worker::llm::sim::{LlmSim, SimOptions};
+use worker::llm::sim::SimOptions;
 
 use proxy::DbProxy;
 
-/// The fleet's retry ladder, in seconds: short, so the run settles in minutes.
-const LADDER: [u64; 5] = [1, 2, 4, 8, 15];
+use crate::fleet::{self, Fleet};
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ChaosArgs {
@@ -81,72 +77,6 @@ pub(crate) struct ChaosArgs {
     faults: Vec<String>,
 }
 
-/// One fleet process and how to start it again.
-struct Fleet {
-    exe: std::path::PathBuf,
-    log_dir: Option<std::path::PathBuf>,
-    spawned: usize,
-    env: Vec<(String, String)>,
-    workers: Vec<Child>,
-    ingress: Vec<Child>,
-    ingress_urls: Vec<String>,
-}
-
-impl Fleet {
-    fn spawn(&self, role: &str, extra: &[(String, String)]) -> anyhow::Result<Child> {
-        let mut command = Command::new(&self.exe);
-        let (out, err) = match &self.log_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                let file = std::fs::File::create(dir.join(format!("{role}-{}.log", self.spawned)))?;
-                (Stdio::from(file.try_clone()?), Stdio::from(file))
-            }
-            None => (Stdio::null(), Stdio::null()),
-        };
-        command
-            .arg(role)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for (k, v) in self.env.iter().chain(extra) {
-            command.env(k, v);
-        }
-        Ok(command.spawn()?)
-    }
-
-    fn spawn_worker(&mut self) -> anyhow::Result<()> {
-        self.spawned += 1;
-        let child = self.spawn("worker", &[])?;
-        self.workers.push(child);
-        Ok(())
-    }
-
-    fn kill_random_worker(&mut self) -> anyhow::Result<()> {
-        if self.workers.is_empty() {
-            return Ok(());
-        }
-        let i = rand::random_range(0..self.workers.len());
-        let mut victim = self.workers.swap_remove(i);
-        let killed = victim.kill();
-        let reaped = victim.wait();
-        killed?;
-        reaped?;
-        self.spawn_worker()
-    }
-
-    /// SIGTERM to everything, then waits (each drains).
-    fn stop(&mut self) {
-        for child in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for child in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
-            let _ = child.wait();
-        }
-    }
-}
-
 /// What the driver got accepted, per conversation in sending order.
 type Accepted = HashMap<usize, Vec<(usize, String)>>;
 
@@ -169,124 +99,34 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         "need workers and ingress"
     );
     let started = Instant::now();
-    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let prefix = format!("chaos{id}");
-    let stop = CancellationToken::new();
-
-    // A fresh database behind a proxy the run can cut, its own queues and keys.
-    let db_url = reqwest::Url::parse(settings.database.url.expose())?;
-    let upstream = format!(
-        "{}:{}",
-        db_url.host_str().unwrap_or("127.0.0.1"),
-        db_url.port().unwrap_or(3306)
-    );
-    let mut direct = db_url.clone();
-    direct.set_path(&format!("/chatfleet_chaos_{id}"));
-    let mut run_settings = settings.clone();
-    run_settings.database.url = Secret::new(direct.to_string());
-    run_settings.amqp.prefix = prefix.clone();
-    run_settings.amqp.retry_delays_s = LADDER.to_vec();
-    run_settings.redis.prefix = prefix.clone();
-    let db = Db::migrate(&run_settings.database).await?;
-    let broker = Broker::connect(&run_settings.amqp, "chatfleet-chaos").await?;
-    broker.declare_topology().await?;
-    let proxy = DbProxy::start(upstream, stop.clone()).await?;
-    let mut proxied = direct.clone();
-    proxied.set_host(Some("127.0.0.1"))?;
-    let _ = proxied.set_port(Some(proxy.addr.port()));
-
-    let client_id = db
-        .clients()
-        .create(&NewClient::new("chaos", "Chaos Test", Plan::Enterprise)?)
-        .await?;
-    db.clients()
-        .update(
-            client_id,
-            &ClientPatch {
-                name: None,
-                timezone: None,
-                locale: None,
-                plan: Some(Plan::Enterprise),
-                status: None,
+    let harness = fleet::start(
+        &settings,
+        fleet::Options {
+            name: "chaos",
+            workers: args.workers,
+            ingress: args.ingress,
+            sim: SimOptions {
+                latency: Duration::from_millis(args.latency_ms),
+                error_rate: args.error_rate,
             },
-        )
-        .await?;
-    let mut config: ConfigUpdate = db
-        .configs()
-        .get(client_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no configuration"))?
-        .into();
-    config.max_context_turns = 100;
-    config.rag_top_k = 0;
-    db.configs().update(client_id, &config).await?;
-    let api_key = db
-        .api_keys()
-        .create(client_id, "chaos")
-        .await?
-        .key
-        .expose()
-        .clone();
-
-    let sim = LlmSim::start(
-        "127.0.0.1:0".parse()?,
-        SimOptions {
-            latency: Duration::from_millis(args.latency_ms),
-            error_rate: args.error_rate,
+            log_dir: args.log_dir.clone(),
+            env: Vec::new(),
         },
-        stop.clone(),
     )
     .await?;
-
-    let env: Vec<(String, String)> = [
-        ("CHATFLEET__DATABASE__URL", proxied.to_string()),
-        ("CHATFLEET__DATABASE__MAX_CONNECTIONS", "16".into()),
-        ("CHATFLEET__AMQP__PREFIX", prefix.clone()),
-        (
-            "CHATFLEET__AMQP__RETRY_DELAYS_S",
-            LADDER.map(|d| d.to_string()).join(","),
-        ),
-        ("CHATFLEET__REDIS__PREFIX", prefix.clone()),
-        (
-            "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
-            sim.base_url(),
-        ),
-        ("CHATFLEET__WORKER__LOCK_TTL_S", "5".into()),
-        ("CHATFLEET__WORKER__METRICS_BIND", "127.0.0.1:0".into()),
-        ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S", "10".into()),
-        ("CHATFLEET__TELEMETRY__FILTER", "warn".into()),
-        ("RUST_LOG", "warn".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let mut fleet = Fleet {
-        exe: std::env::current_exe()?,
-        log_dir: args.log_dir.clone(),
-        spawned: 0,
-        env,
-        workers: Vec::new(),
-        ingress: Vec::new(),
-        ingress_urls: Vec::new(),
-    };
-    for _ in 0..args.ingress {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = fleet.spawn(
-            "ingress",
-            &[("CHATFLEET__HTTP__BIND".into(), format!("127.0.0.1:{port}"))],
-        )?;
-        fleet.ingress.push(child);
-        fleet.ingress_urls.push(format!("http://127.0.0.1:{port}"));
-    }
-    for _ in 0..args.workers {
-        fleet.spawn_worker()?;
-    }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    wait_ready(&http, &fleet.ingress_urls).await?;
+    let fleet::Harness {
+        id,
+        db,
+        broker,
+        settings: run_settings,
+        client_id,
+        api_key,
+        sim,
+        proxy,
+        fleet,
+        http,
+        stop,
+    } = harness;
     eprintln!(
         "chaos {id}: {} ingress, {} workers, LLM double {} ms / {:.0}% errors; sending {} messages over {} conversations{}",
         args.ingress,
@@ -350,36 +190,12 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         println!("  still open:           {still_open} (nothing moved for 90 s)");
     }
     if !args.keep {
-        let cache = Cache::connect(&run_settings.redis).await?;
-        let _ = cache.delete_prefixed().await;
-        let _ = broker.delete_topology().await;
-        broker.close().await;
-        db.close().await;
-        let _ = Db::drop_database(&run_settings.database).await;
+        fleet::clean_up(&run_settings, &broker, &db).await?;
     }
     if report.violations() > 0 {
         anyhow::bail!("chaos run {id}: guarantees violated");
     }
     println!("  verdict:              all guarantees held");
-    Ok(())
-}
-
-async fn wait_ready(http: &reqwest::Client, urls: &[String]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for url in urls {
-        loop {
-            let ready = http
-                .get(format!("{url}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "{url} never became ready");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
     Ok(())
 }
 

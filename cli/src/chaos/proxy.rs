@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
-pub(super) struct DbProxy {
+pub(crate) struct DbProxy {
     pub addr: SocketAddr,
     down: Arc<AtomicBool>,
     connections: Arc<Mutex<JoinSet<()>>>,
@@ -20,7 +20,7 @@ pub(super) struct DbProxy {
 
 impl DbProxy {
     /// Listens on a free local port and forwards to `upstream` until `stop`.
-    pub async fn start(upstream: String, stop: CancellationToken) -> anyhow::Result<Self> {
+    pub(crate) async fn start(upstream: String, stop: CancellationToken) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let proxy = Self {
             addr: listener.local_addr()?,

@@ -1,0 +1,273 @@
+//! A fleet of chatfleet processes of its own, for `chatfleet chaos` and `chatfleet bench`:
+//! a fresh database (reached through a TCP proxy the run can cut), its own queue and
+//! Redis prefix, an enterprise tenant with an API key, an in-process LLM double, and
+//! `ingress` / `worker` processes of this very binary.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shared::cache::Cache;
+use shared::db::{ClientPatch, ConfigUpdate, Db, NewClient, Plan};
+use shared::ids::ClientId;
+use shared::mq::Broker;
+use shared::settings::{Secret, Settings};
+use tokio_util::sync::CancellationToken;
+use worker::llm::sim::{LlmSim, SimOptions};
+
+use crate::chaos::proxy::DbProxy;
+
+/// The fleet's retry ladder, in seconds: short, so runs settle in minutes.
+pub(crate) const LADDER: [u64; 5] = [1, 2, 4, 8, 15];
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Names the run's database (`chatfleet_<name>_<id>`) and prefix (`<name><id>`).
+    pub name: &'static str,
+    pub workers: usize,
+    pub ingress: usize,
+    pub sim: SimOptions,
+    pub log_dir: Option<std::path::PathBuf>,
+    /// More `CHATFLEET__…` settings for every process.
+    pub env: Vec<(String, String)>,
+}
+
+/// A running fleet and everything it runs on.
+pub(crate) struct Harness {
+    pub id: String,
+    pub db: Db,
+    pub broker: Broker,
+    pub settings: Settings,
+    pub client_id: ClientId,
+    pub api_key: String,
+    pub sim: LlmSim,
+    pub proxy: DbProxy,
+    pub fleet: Fleet,
+    pub http: reqwest::Client,
+    /// Stops the proxy and the LLM double (after the fleet).
+    pub stop: CancellationToken,
+}
+
+pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Result<Harness> {
+    let name = options.name;
+    let stop = CancellationToken::new();
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let prefix = format!("{name}{id}");
+
+    // A fresh database behind a proxy the run can cut, its own queues and keys.
+    let db_url = reqwest::Url::parse(settings.database.url.expose())?;
+    let upstream = format!(
+        "{}:{}",
+        db_url.host_str().unwrap_or("127.0.0.1"),
+        db_url.port().unwrap_or(3306)
+    );
+    let mut direct = db_url.clone();
+    direct.set_path(&format!("/chatfleet_{name}_{id}"));
+    let mut run_settings = settings.clone();
+    run_settings.database.url = Secret::new(direct.to_string());
+    run_settings.amqp.prefix = prefix.clone();
+    run_settings.amqp.retry_delays_s = LADDER.to_vec();
+    run_settings.redis.prefix = prefix.clone();
+    let db = Db::migrate(&run_settings.database).await?;
+    let broker = Broker::connect(&run_settings.amqp, "chatfleet-fleet").await?;
+    broker.declare_topology().await?;
+    let proxy = DbProxy::start(upstream, stop.clone()).await?;
+    let mut proxied = direct.clone();
+    proxied.set_host(Some("127.0.0.1"))?;
+    let _ = proxied.set_port(Some(proxy.addr.port()));
+
+    let client_id = db
+        .clients()
+        .create(&NewClient::new(name, "Fleet Test", Plan::Enterprise)?)
+        .await?;
+    db.clients()
+        .update(
+            client_id,
+            &ClientPatch {
+                name: None,
+                timezone: None,
+                locale: None,
+                plan: Some(Plan::Enterprise),
+                status: None,
+            },
+        )
+        .await?;
+    let mut config: ConfigUpdate = db
+        .configs()
+        .get(client_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no configuration"))?
+        .into();
+    config.max_context_turns = 100;
+    config.rag_top_k = 0;
+    db.configs().update(client_id, &config).await?;
+    let api_key = db
+        .api_keys()
+        .create(client_id, name)
+        .await?
+        .key
+        .expose()
+        .clone();
+
+    let sim = LlmSim::start("127.0.0.1:0".parse()?, options.sim.clone(), stop.clone()).await?;
+
+    let env: Vec<(String, String)> = [
+        ("CHATFLEET__DATABASE__URL", proxied.to_string()),
+        ("CHATFLEET__DATABASE__MAX_CONNECTIONS", "16".into()),
+        ("CHATFLEET__AMQP__PREFIX", prefix.clone()),
+        (
+            "CHATFLEET__AMQP__RETRY_DELAYS_S",
+            LADDER.map(|d| d.to_string()).join(","),
+        ),
+        ("CHATFLEET__REDIS__PREFIX", prefix.clone()),
+        (
+            "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+            sim.base_url(),
+        ),
+        ("CHATFLEET__WORKER__LOCK_TTL_S", "5".into()),
+        ("CHATFLEET__WORKER__METRICS_BIND", "127.0.0.1:0".into()),
+        ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S", "10".into()),
+        ("CHATFLEET__TELEMETRY__FILTER", "warn".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .chain(options.env.iter().cloned())
+    .collect();
+    let mut fleet = Fleet {
+        exe: std::env::current_exe()?,
+        log_dir: options.log_dir.clone(),
+        spawned: 0,
+        env,
+        workers: Vec::new(),
+        ingress: Vec::new(),
+        ingress_urls: Vec::new(),
+    };
+    for _ in 0..options.ingress {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = fleet.spawn(
+            "ingress",
+            &[("CHATFLEET__HTTP__BIND".into(), format!("127.0.0.1:{port}"))],
+        )?;
+        fleet.ingress.push(child);
+        fleet.ingress_urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    for _ in 0..options.workers {
+        fleet.spawn_worker()?;
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    wait_ready(&http, &fleet.ingress_urls).await?;
+    Ok(Harness {
+        id,
+        db,
+        broker,
+        settings: run_settings,
+        client_id,
+        api_key,
+        sim,
+        proxy,
+        fleet,
+        http,
+        stop,
+    })
+}
+
+/// Removes a run's database, queues and keys.
+pub(crate) async fn clean_up(settings: &Settings, broker: &Broker, db: &Db) -> anyhow::Result<()> {
+    let cache = Cache::connect(&settings.redis).await?;
+    let _ = cache.delete_prefixed().await;
+    let _ = broker.delete_topology().await;
+    broker.close().await;
+    db.close().await;
+    let _ = Db::drop_database(&settings.database).await;
+    Ok(())
+}
+
+async fn wait_ready(http: &reqwest::Client, urls: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for url in urls {
+        loop {
+            let ready = http
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{url} never became ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// One fleet process and how to start it again.
+pub(crate) struct Fleet {
+    pub exe: std::path::PathBuf,
+    log_dir: Option<std::path::PathBuf>,
+    spawned: usize,
+    env: Vec<(String, String)>,
+    pub workers: Vec<Child>,
+    ingress: Vec<Child>,
+    pub ingress_urls: Vec<String>,
+}
+
+impl Fleet {
+    fn spawn(&self, role: &str, extra: &[(String, String)]) -> anyhow::Result<Child> {
+        let mut command = Command::new(&self.exe);
+        let (out, err) = match &self.log_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let file = std::fs::File::create(dir.join(format!("{role}-{}.log", self.spawned)))?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        command
+            .arg(role)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in self.env.iter().chain(extra) {
+            command.env(k, v);
+        }
+        Ok(command.spawn()?)
+    }
+
+    pub(crate) fn spawn_worker(&mut self) -> anyhow::Result<()> {
+        self.spawned += 1;
+        let child = self.spawn("worker", &[])?;
+        self.workers.push(child);
+        Ok(())
+    }
+
+    pub(crate) fn kill_random_worker(&mut self) -> anyhow::Result<()> {
+        if self.workers.is_empty() {
+            return Ok(());
+        }
+        let i = rand::random_range(0..self.workers.len());
+        let mut victim = self.workers.swap_remove(i);
+        let killed = victim.kill();
+        let reaped = victim.wait();
+        killed?;
+        reaped?;
+        self.spawn_worker()
+    }
+
+    /// SIGTERM to everything, then waits (each drains).
+    pub(crate) fn stop(&mut self) {
+        for child in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
+            let _ = child.wait();
+        }
+    }
+}
