@@ -65,9 +65,17 @@ async fn queues_lists_every_queue_with_its_depth_and_consumers() {
 #[tokio::test]
 async fn bench_ceiling_measures_the_broker_and_cleans_up() {
     let env = TestEnv::start(&[]).await;
+    let report = std::env::temp_dir().join(format!("cf-ceiling-{}.json", env.id));
     let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
     command
-        .args(["bench", "--ceiling", "--messages", "500", "--json"])
+        .args([
+            "bench",
+            "--ceiling-only",
+            "--ceiling-messages",
+            "500",
+            "--json",
+        ])
+        .arg(&report)
         .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
         .env("RUST_LOG", "off");
     for (k, v) in &env.vars {
@@ -82,7 +90,8 @@ async fn bench_ceiling_measures_the_broker_and_cleans_up() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("the report")).expect("JSON");
     assert_eq!(report["ceiling"]["messages"], 500);
     for rate in ["publish_per_s", "consume_per_s"] {
         assert!(

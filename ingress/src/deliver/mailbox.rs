@@ -1,8 +1,9 @@
-//! The mailbox deliverer of the API, widget and mobile channels: puts each reply into
-//! its conversation's mailbox, wakes the long-polls on every replica (and, for mobile,
-//! sends a push notification in the background: see [`super::push`]), then acks. Replies are handled one at a time in queue order, so a conversation's
-//! replies enter its mailbox in the order they were published; a reply id that was
-//! delivered before is dropped (at-least-once in, exactly-once into the mailbox).
+//! The mailbox deliverer of the API, widget and mobile channels: marks each reply
+//! delivered to its conversation's mailbox, wakes the long-polls on every replica (and,
+//! for mobile, sends a push notification in the background: see [`super::push`]), then
+//! acks. A reply's mailbox position was fixed when it was stored, so deliveries run
+//! concurrently (up to the prefetch) without reordering anything; a reply id that was
+//! delivered before is dropped (at-least-once in, exactly-once announced).
 
 use std::time::Duration;
 
@@ -26,9 +27,14 @@ pub(crate) async fn run(state: AppState, channel: Channel) {
         state.shutdown().clone(),
     );
     let http = reqwest::Client::new();
+    let mut running = tokio::task::JoinSet::new();
     while let Some(delivery) = deliveries.next().await {
-        deliver(&state, &http, channel, &queue, delivery).await;
+        let (state, http, queue) = (state.clone(), http.clone(), queue.clone());
+        running.spawn(async move { deliver(&state, &http, channel, &queue, delivery).await });
+        // The prefetch bounds the deliveries in flight; reap the finished ones.
+        while running.try_join_next().is_some() {}
     }
+    while running.join_next().await.is_some() {}
 }
 
 async fn deliver(
