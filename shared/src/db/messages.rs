@@ -769,9 +769,11 @@ async fn next_seq(
     client_id: ClientId,
     conversation_id: ConversationId,
 ) -> Result<u64> {
+    // LAST_INSERT_ID(expr) hands the new value back with the UPDATE itself: one round
+    // trip, under the row lock the UPDATE takes.
     let done = guard::query(
-        "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = CURRENT_TIMESTAMP(6) \
-         WHERE client_id = ? AND id = ?",
+        "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
+         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ?",
     )?
     .bind(client_id.get())
     .bind(conversation_id.get())
@@ -782,13 +784,7 @@ async fn next_seq(
             "conversation {conversation_id} does not belong to client {client_id}"
         )));
     }
-    let seq: u64 =
-        guard::query_scalar("SELECT last_seq FROM conversations WHERE client_id = ? AND id = ?")?
-            .bind(client_id.get())
-            .bind(conversation_id.get())
-            .fetch_one(&mut **tx)
-            .await?;
-    Ok(seq)
+    Ok(done.last_insert_id())
 }
 
 fn mailbox_item(row: &MySqlRow) -> Result<MailboxItem> {
