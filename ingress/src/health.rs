@@ -1,8 +1,6 @@
 //! `/healthz` (the process is alive), `/readyz` (its broker, database and Redis answer)
 //! and `/metrics` (Prometheus text format).
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -40,26 +38,11 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
 /// Readiness: database, broker and Redis reachable.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "a dependency is unavailable")))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    let limit = Duration::from_secs(2);
-    let database = matches!(
-        tokio::time::timeout(limit, state.db().ping()).await,
-        Ok(Ok(()))
-    );
-    let redis = matches!(
-        tokio::time::timeout(limit, state.cache().ping()).await,
-        Ok(Ok(()))
-    );
-    let broker = state.broker().is_connected();
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let body = Json(json!({
-        "database": word(database),
-        "redis": word(redis),
-        "broker": word(broker),
-    }));
-    let status = if database && redis && broker {
+    let (ready, body) = shared::readiness::check(state.db(), state.cache(), state.broker()).await;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, body).into_response()
+    (status, Json(body)).into_response()
 }

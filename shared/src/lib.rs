@@ -21,6 +21,7 @@ pub mod knowledge;
 pub mod mq;
 pub mod pii;
 pub mod prometheus;
+pub mod readiness;
 pub mod secrets;
 pub mod settings;
 pub mod shutdown;

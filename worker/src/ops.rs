@@ -67,24 +67,11 @@ async fn metrics() -> Response {
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
-    let limit = Duration::from_secs(2);
-    let database = matches!(tokio::time::timeout(limit, ctx.db.ping()).await, Ok(Ok(())));
-    let redis = matches!(
-        tokio::time::timeout(limit, ctx.cache.ping()).await,
-        Ok(Ok(()))
-    );
-    let broker = ctx.broker.is_connected();
-    let status = if database && redis && broker {
+    let (ready, body) = shared::readiness::check(&ctx.db, &ctx.cache, &ctx.broker).await;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    (
-        status,
-        axum::Json(serde_json::json!({
-            "database": word(database), "redis": word(redis), "broker": word(broker),
-        })),
-    )
-        .into_response()
+    (status, axum::Json(body)).into_response()
 }
