@@ -2,25 +2,20 @@
 //! makes them: a worker giving up on an envelope, ingress parking an unroutable webhook.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use shared::testkit::TestEnv;
 
 fn dlq(env: &TestEnv, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
+    let mut command = env.command(env!("CARGO_BIN_EXE_chatfleet"));
     command
         .arg("dlq")
         .args(args)
-        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
-        .env("RUST_LOG", "off")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, v) in &env.vars {
-        command.env(k, v);
-    }
     let mut child = command.spawn().expect("chatfleet dlq runs");
     child
         .stdin

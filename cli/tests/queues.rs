@@ -1,19 +1,11 @@
 //! `chatfleet queues` as an operator runs it: a real process against the local broker.
 
-use std::process::Command;
-
 use serde_json::Value;
 use shared::testkit::TestEnv;
 
 fn queues(env: &TestEnv, prefix: Option<&str>) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
-    command
-        .args(["queues", "--json"])
-        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
-        .env("RUST_LOG", "off");
-    for (k, v) in &env.vars {
-        command.env(k, v);
-    }
+    let mut command = env.command(env!("CARGO_BIN_EXE_chatfleet"));
+    command.args(["queues", "--json"]);
     if let Some(p) = prefix {
         command.env("CHATFLEET__AMQP__PREFIX", p);
     }
@@ -66,7 +58,7 @@ async fn queues_lists_every_queue_with_its_depth_and_consumers() {
 async fn bench_ceiling_measures_the_broker_and_cleans_up() {
     let env = TestEnv::start(&[]).await;
     let report = std::env::temp_dir().join(format!("cf-ceiling-{}.json", env.id));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
+    let mut command = env.command(env!("CARGO_BIN_EXE_chatfleet"));
     command
         .args([
             "bench",
@@ -75,12 +67,7 @@ async fn bench_ceiling_measures_the_broker_and_cleans_up() {
             "500",
             "--json",
         ])
-        .arg(&report)
-        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
-        .env("RUST_LOG", "off");
-    for (k, v) in &env.vars {
-        command.env(k, v);
-    }
+        .arg(&report);
     let out = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("runner")

@@ -104,6 +104,17 @@ impl TestEnv {
         }
     }
 
+    /// A command running `program` (a chatfleet binary) with exactly this environment's
+    /// settings (no config directory) and logging off unless the caller sets `RUST_LOG`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut command = std::process::Command::new(program);
+        command
+            .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
+            .env("RUST_LOG", "off")
+            .envs(&self.vars);
+        command
+    }
+
     /// A new active tenant with a fresh API key.
     pub async fn tenant(&self, slug: &str) -> TestTenant {
         let client = NewClient::new(slug, &format!("{slug} Shop"), Plan::Starter).expect("slug");

@@ -1,6 +1,6 @@
 //! Starts the platform for one test and offers the HTTP calls tests make.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -424,16 +424,12 @@ pub async fn next_event(consumer: &mut shared::mq::Consumer) -> shared::envelope
 
 /// A `chatfleet worker` process on the platform's database, broker and Redis.
 pub fn worker_process(p: &Platform, extra: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
+    let mut command = p.env.command(env!("CARGO_BIN_EXE_chatfleet"));
     command
         .arg("worker")
-        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    for (k, v) in &p.env.vars {
-        command.env(k, v);
-    }
     command.env(
         "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
         p.sim.base_url(),
@@ -447,15 +443,8 @@ pub fn worker_process(p: &Platform, extra: &[(&str, &str)]) -> Child {
 /// Runs the `chatfleet` command line on the platform's settings, off the test's runtime
 /// thread (in-process workers keep running meanwhile); returns success and stdout.
 pub async fn chatfleet(p: &Platform, args: &[&str]) -> (bool, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chatfleet"));
-    command
-        .args(args)
-        .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::null());
-    for (k, v) in &p.env.vars {
-        command.env(k, v);
-    }
+    let mut command = p.env.command(env!("CARGO_BIN_EXE_chatfleet"));
+    command.args(args).stdin(Stdio::null());
     let out = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("runner")
