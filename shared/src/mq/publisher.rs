@@ -60,16 +60,10 @@ impl Publisher {
     /// Publishes raw bytes to the inbound exchange as if they were an envelope: operator
     /// tooling re-injecting stored payloads, and tests sending poison messages.
     pub async fn publish_inbound_raw(&self, routing_key: &str, body: &[u8]) -> Result<()> {
-        let props = properties(
-            uuid::Uuid::now_v7().to_string(),
-            None,
-            FieldTable::default(),
-        );
-        self.publish(
+        self.publish_raw(
             &self.broker.topology().inbound_exchange(),
             routing_key,
             body,
-            props,
         )
         .await
     }
@@ -77,18 +71,23 @@ impl Publisher {
     /// Publishes raw bytes to the outbound exchange under a channel's routing key: operator
     /// tooling putting a dead-lettered reply back on its way.
     pub async fn publish_outbound_raw(&self, routing_key: &str, body: &[u8]) -> Result<()> {
+        self.publish_raw(
+            &self.broker.topology().outbound_exchange(),
+            routing_key,
+            body,
+        )
+        .await
+    }
+
+    /// Publishes bytes that come from outside this process's own types, under a new
+    /// message id and no headers.
+    async fn publish_raw(&self, exchange: &str, routing_key: &str, body: &[u8]) -> Result<()> {
         let props = properties(
             uuid::Uuid::now_v7().to_string(),
             None,
             FieldTable::default(),
         );
-        self.publish(
-            &self.broker.topology().outbound_exchange(),
-            routing_key,
-            body,
-            props,
-        )
-        .await
+        self.publish(exchange, routing_key, body, props).await
     }
 
     /// Publishes a reply to the outbound exchange.
