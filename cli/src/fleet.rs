@@ -30,6 +30,8 @@ pub(crate) struct Options {
     pub log_dir: Option<std::path::PathBuf>,
     /// More `CHATFLEET__…` settings for every process.
     pub env: Vec<(String, String)>,
+    /// Reach the database through a proxy the run can cut (chaos); otherwise directly.
+    pub db_proxy: bool,
 }
 
 /// A running fleet and everything it runs on.
@@ -41,7 +43,8 @@ pub(crate) struct Harness {
     pub client_id: ClientId,
     pub api_key: String,
     pub sim: LlmSim,
-    pub proxy: DbProxy,
+    /// With [`Options::db_proxy`].
+    pub proxy: Option<DbProxy>,
     pub fleet: Fleet,
     pub http: reqwest::Client,
     /// Stops the proxy and the LLM double (after the fleet).
@@ -71,10 +74,15 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
     let db = Db::migrate(&run_settings.database).await?;
     let broker = Broker::connect(&run_settings.amqp, "chatfleet-fleet").await?;
     broker.declare_topology().await?;
-    let proxy = DbProxy::start(upstream, stop.clone()).await?;
-    let mut proxied = direct.clone();
-    proxied.set_host(Some("127.0.0.1"))?;
-    let _ = proxied.set_port(Some(proxy.addr.port()));
+    let (proxy, process_url) = if options.db_proxy {
+        let proxy = DbProxy::start(upstream, stop.clone()).await?;
+        let mut proxied = direct.clone();
+        proxied.set_host(Some("127.0.0.1"))?;
+        let _ = proxied.set_port(Some(proxy.addr.port()));
+        (Some(proxy), proxied)
+    } else {
+        (None, direct.clone())
+    };
 
     let client_id = db
         .clients()
@@ -112,7 +120,7 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
     let sim = LlmSim::start("127.0.0.1:0".parse()?, options.sim.clone(), stop.clone()).await?;
 
     let env: Vec<(String, String)> = [
-        ("CHATFLEET__DATABASE__URL", proxied.to_string()),
+        ("CHATFLEET__DATABASE__URL", process_url.to_string()),
         ("CHATFLEET__DATABASE__MAX_CONNECTIONS", "16".into()),
         ("CHATFLEET__AMQP__PREFIX", prefix.clone()),
         (
@@ -125,7 +133,6 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
             sim.base_url(),
         ),
         ("CHATFLEET__WORKER__LOCK_TTL_S", "5".into()),
-        ("CHATFLEET__WORKER__METRICS_BIND", "127.0.0.1:0".into()),
         ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S", "10".into()),
         ("CHATFLEET__TELEMETRY__FILTER", "warn".into()),
         ("RUST_LOG", "warn".into()),
@@ -140,13 +147,12 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
         spawned: 0,
         env,
         workers: Vec::new(),
+        worker_metrics: Vec::new(),
         ingress: Vec::new(),
         ingress_urls: Vec::new(),
     };
     for _ in 0..options.ingress {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let child = fleet.spawn(
             "ingress",
             &[("CHATFLEET__HTTP__BIND".into(), format!("127.0.0.1:{port}"))],
@@ -174,6 +180,13 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
         http,
         stop,
     })
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Removes a run's database, queues and keys.
@@ -213,6 +226,8 @@ pub(crate) struct Fleet {
     spawned: usize,
     env: Vec<(String, String)>,
     pub workers: Vec<Child>,
+    /// Each worker's `/metrics`, in the order of `workers`.
+    pub worker_metrics: Vec<String>,
     ingress: Vec<Child>,
     pub ingress_urls: Vec<String>,
 }
@@ -241,8 +256,17 @@ impl Fleet {
 
     pub(crate) fn spawn_worker(&mut self) -> anyhow::Result<()> {
         self.spawned += 1;
-        let child = self.spawn("worker", &[])?;
+        let port = free_port()?;
+        let child = self.spawn(
+            "worker",
+            &[(
+                "CHATFLEET__WORKER__METRICS_BIND".into(),
+                format!("127.0.0.1:{port}"),
+            )],
+        )?;
         self.workers.push(child);
+        self.worker_metrics
+            .push(format!("http://127.0.0.1:{port}/metrics"));
         Ok(())
     }
 
@@ -252,6 +276,7 @@ impl Fleet {
         }
         let i = rand::random_range(0..self.workers.len());
         let mut victim = self.workers.swap_remove(i);
+        self.worker_metrics.swap_remove(i);
         let killed = victim.kill();
         let reaped = victim.wait();
         killed?;

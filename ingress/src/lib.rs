@@ -20,7 +20,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::MatchedPath;
 use axum::http::{HeaderName, Request};
-use shared::cache::{AccountOwners, Cache, Mailboxes, TenantConfigs, broadcast};
+use shared::cache::{
+    AccountOwners, ApiKeyOwners, Cache, ConversationIds, Mailboxes, TenantConfigs, broadcast,
+};
 use shared::db::Db;
 use shared::ids::Channel;
 use shared::knowledge::Knowledge;
@@ -73,9 +75,15 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         Duration::from_secs(settings.tenancy.config_ttl_s),
     );
     let owners = AccountOwners::new(db.clone(), cache.clone());
+    let api_keys = ApiKeyOwners::new(db.clone(), cache.clone());
     broadcast::start(
         cache.clone(),
-        vec![mailboxes.clone(), configs.clone(), owners.clone()],
+        vec![
+            mailboxes.clone(),
+            configs.clone(),
+            owners.listener(),
+            api_keys.listener(),
+        ],
         shutdown.clone(),
     );
     let state = AppState::new(Services {
@@ -86,6 +94,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         mailboxes,
         configs,
         owners,
+        api_keys,
+        conversations: ConversationIds::new(db.clone()),
         api: settings.api.clone(),
         whatsapp: settings.whatsapp.clone(),
         mobile: settings.mobile.clone(),

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use shared::cache::{AccountOwners, Cache, Mailboxes, TenantConfigs};
+use shared::cache::{
+    AccountOwners, ApiKeyOwners, Cache, ConversationIds, Mailboxes, TenantConfigs,
+};
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher};
@@ -27,6 +29,8 @@ pub(crate) struct Services {
     pub mailboxes: Arc<Mailboxes>,
     pub configs: Arc<TenantConfigs>,
     pub owners: Arc<AccountOwners>,
+    pub api_keys: Arc<ApiKeyOwners>,
+    pub conversations: Arc<ConversationIds>,
     pub api: ApiSettings,
     pub whatsapp: WhatsappSettings,
     pub mobile: MobileSettings,
@@ -77,6 +81,12 @@ impl AppState {
     }
     pub(crate) fn owners(&self) -> &AccountOwners {
         &self.inner.owners
+    }
+    pub(crate) fn api_keys(&self) -> &ApiKeyOwners {
+        &self.inner.api_keys
+    }
+    pub(crate) fn conversations(&self) -> &ConversationIds {
+        &self.inner.conversations
     }
     pub(crate) fn api(&self) -> &ApiSettings {
         &self.inner.api

@@ -98,6 +98,14 @@ async fn a_user_turn_is_recorded_once_and_answered_once() {
     assert!(!again.newly_recorded);
     assert_eq!(again.message_id, first.message_id);
     assert_eq!(again.state, UserMessageState::Pending);
+    // Inserting first (as a channel accepting it does) finds the same recording, and
+    // takes no mailbox position (the reply below gets position 2).
+    let accepted = messages
+        .accept_user(t.id, conv, envelope, "hi", None)
+        .await
+        .expect("accept again");
+    assert!(!accepted.newly_recorded);
+    assert_eq!(accepted.message_id, first.message_id);
 
     let reply = |id: ReplyId| NewReply {
         conversation_id: conv,

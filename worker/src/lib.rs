@@ -26,6 +26,7 @@
 //! 9. Only then is the delivery acked. A failure's [`error::Disposition`] decides between
 //!    the retry ladder and the dead-letter queue.
 
+mod confirms;
 mod consume;
 pub mod error;
 pub mod handoff;
@@ -37,7 +38,7 @@ mod turn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::cache::{Cache, ConversationLocks, TenantConfigs, broadcast};
+use shared::cache::{Cache, ConversationIds, ConversationLocks, TenantConfigs, broadcast};
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher, Topology};
@@ -50,10 +51,12 @@ use crate::llm::LlmClient;
 pub(crate) struct Ctx {
     db: Db,
     cache: Cache,
+    conversations: Arc<ConversationIds>,
     configs: Arc<TenantConfigs>,
     locks: Arc<ConversationLocks>,
     lock_wait: Duration,
     publisher: Publisher,
+    confirms: confirms::Confirms,
     broker: Broker,
     llm: LlmClient,
     llm_settings: LlmSettings,
@@ -92,13 +95,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         vec![configs.clone(), locks.clone()],
         shutdown.clone(),
     );
+    let (confirms, confirms_writer) = confirms::Confirms::start(db.clone());
     let ctx = Arc::new(Ctx {
         db: db.clone(),
+        conversations: ConversationIds::new(db.clone()),
         cache,
         configs,
         locks,
         lock_wait: Duration::from_secs(settings.worker.lock_wait_s),
         publisher,
+        confirms,
         broker: broker.clone(),
         llm: LlmClient::new(&settings.llm),
         llm_settings: settings.llm.clone(),
@@ -117,6 +123,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown,
     )
     .await;
+    confirms_writer.finish().await;
     broker.close().await;
     db.close().await;
     Ok(())

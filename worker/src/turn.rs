@@ -47,22 +47,33 @@ pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'
         return Ok(());
     };
     let client_id = first.client_id;
+    // Ingress receipt → this turn started: the broker and the worker's own queue.
+    observe(
+        "queued",
+        (Utc::now() - first.received_at)
+            .to_std()
+            .unwrap_or_default(),
+    );
     let tenant = ctx
         .configs
         .get(client_id)
         .await?
         .ok_or(TurnError::UnknownTenant(client_id))?;
-    let conversation_id = ctx
-        .db
-        .conversations()
-        .get_or_create(client_id, first.channel, first.external_id.expose())
-        .await?;
-    for env in &envs {
-        record(ctx, conversation_id, env).await?;
-    }
+    let conversation_id = timed("record", async {
+        let conversation_id = ctx
+            .conversations
+            .get_or_create(client_id, first.channel, first.external_id.expose())
+            .await?;
+        for env in &envs {
+            record(ctx, conversation_id, env).await?;
+        }
+        Ok::<_, TurnError>(conversation_id)
+    })
+    .await?;
 
     // Waiting for another worker's turn: record what arrives here meanwhile, so that
     // turn or ours answers it.
+    let waiting = std::time::Instant::now();
     let acquire = ctx.locks.acquire(client_id, conversation_id, ctx.lock_wait);
     tokio::pin!(acquire);
     let lock = loop {
@@ -73,8 +84,9 @@ pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'
             }
         }
     };
+    observe("lock", waiting.elapsed());
     let outcome = async {
-        relay_unpublished(ctx, &first, conversation_id).await?;
+        timed("relay", relay_unpublished(ctx, &first, conversation_id)).await?;
         answer_pending(ctx, &tenant, &mut envs, intake, conversation_id).await
     }
     .await;
@@ -83,6 +95,22 @@ pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'
         tracing::warn!(error = %e, "could not release the conversation lock");
     }
     outcome
+}
+
+/// Runs one stage of a turn, timing it (see [`observe`]).
+async fn timed<T>(stage: &'static str, work: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = work.await;
+    observe(stage, started.elapsed());
+    out
+}
+
+/// Where a turn's time goes: `chatfleet_turn_stage_seconds{stage}` — queued (ingress
+/// receipt → turn start), record, lock, relay, pending, history, llm (with retrieval and
+/// prompt assembly), store, publish.
+fn observe(stage: &'static str, elapsed: Duration) {
+    metrics::histogram!("chatfleet_turn_stage_seconds", "stage" => stage)
+        .record(elapsed.as_secs_f64());
 }
 
 /// Records a user message once (the API, widget and mobile channels did at acceptance).
@@ -123,20 +151,12 @@ async fn relay_unpublished(
     Ok(())
 }
 
-/// Publishes a stored reply with a confirm and records the confirm.
+/// Publishes a stored reply with a confirm and queues the confirm's record.
 async fn publish(ctx: &Ctx, reply: &Reply, request_id: &str) -> Result<()> {
     ctx.publisher
         .publish_reply(reply, ReplyRoute::Channel, Some(request_id))
         .await?;
-    if let Err(e) = ctx
-        .db
-        .messages()
-        .mark_published(reply.client_id, reply.id)
-        .await
-    {
-        // Published again by the next turn; the deliverers drop the repeat.
-        tracing::warn!(error = %e, "could not record a published reply");
-    }
+    ctx.confirms.record(reply.client_id, reply.id);
     Ok(())
 }
 
@@ -210,7 +230,11 @@ async fn answer_pending(
     conversation_id: ConversationId,
 ) -> Result<()> {
     let client_id = tenant.client.id;
-    let pending = settled_pending(ctx, tenant, envs, intake, conversation_id).await?;
+    let pending = timed(
+        "pending",
+        settled_pending(ctx, tenant, envs, intake, conversation_id),
+    )
+    .await?;
     let envs: &[Envelope] = envs;
     let Some(last) = pending.last() else {
         // Everything was answered by an earlier turn (perhaps on another worker).
@@ -299,12 +323,14 @@ async fn answer_pending(
         return Err(TurnError::RateLimited(wait));
     }
 
-    let history = ctx
-        .db
-        .messages()
-        .history(client_id, conversation_id, tenant.config.max_context_turns)
-        .await?;
-    let answer = ask_llm(ctx, tenant, &history, &text).await?;
+    let history = timed(
+        "history",
+        ctx.db
+            .messages()
+            .history(client_id, conversation_id, tenant.config.max_context_turns),
+    )
+    .await?;
+    let answer = timed("llm", ask_llm(ctx, tenant, &history, &text)).await?;
     reply(ctx, env, &turn, answer).await
 }
 
@@ -450,8 +476,7 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
         return Ok(());
     };
     let conversation_id = ctx
-        .db
-        .conversations()
+        .conversations
         .get_or_create(client_id, env.channel, env.external_id.expose())
         .await?;
     let recorded = ctx
@@ -557,10 +582,9 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
         config_version: turn.config_version,
         created_at: Utc::now(),
     };
-    let stored = ctx
-        .db
-        .messages()
-        .store_reply(
+    let stored = timed(
+        "store",
+        ctx.db.messages().store_reply(
             env.client_id,
             &NewReply {
                 conversation_id: turn.conversation_id,
@@ -573,14 +597,15 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
                 estimated_prompt_tokens: answer.estimated_prompt_tokens,
                 config_version: turn.config_version,
             },
-        )
-        .await?;
+        ),
+    )
+    .await?;
     if !stored {
         // Answered concurrently, or handed to a human while the LLM was thinking.
         tracing::info!("turn already answered or handed off; dropping this reply");
         return close_all(ctx, env.client_id, turn, UserMessageState::Ignored).await;
     }
-    publish(ctx, &reply, &env.trace.request_id).await?;
+    timed("publish", publish(ctx, &reply, &env.trace.request_id)).await?;
     // Ingress receipt of the message this turn answered last → its reply on the broker.
     let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
     metrics::histogram!("chatfleet_end_to_end_seconds", "channel" => env.channel.as_str())

@@ -111,6 +111,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
             },
             log_dir: args.log_dir.clone(),
             env: Vec::new(),
+            db_proxy: true,
         },
     )
     .await?;
@@ -127,6 +128,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         http,
         stop,
     } = harness;
+    let proxy = proxy.ok_or_else(|| anyhow::anyhow!("the chaos fleet runs behind a proxy"))?;
     eprintln!(
         "chaos {id}: {} ingress, {} workers, LLM double {} ms / {:.0}% errors; sending {} messages over {} conversations{}",
         args.ingress,

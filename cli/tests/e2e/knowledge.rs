@@ -242,12 +242,28 @@ async fn bad_documents_and_failed_embeddings_store_nothing() {
 async fn usage_adds_up_to_the_stored_messages() {
     let p = Platform::start().await;
     let t = p.tenant("metered").await;
-    let mut cursor = "0".to_owned();
+    // Several conversations: a day's usage is kept in several rows (by conversation),
+    // and the figures are their sums.
+    let mut answers = Vec::new();
     for i in 0..4 {
-        let (_, next) = p
-            .ask(&t.api_key, "c", &format!("question number {i}"), &cursor)
+        let conversation = format!("c{i}");
+        let (_, cursor) = p
+            .ask(
+                &t.api_key,
+                &conversation,
+                &format!("question number {i}"),
+                "0",
+            )
             .await;
-        cursor = next;
+        p.ask(&t.api_key, &conversation, "and a follow-up", &cursor)
+            .await;
+        let conv = p.conversation(t.id, &conversation).await;
+        answers.extend(
+            p.stored(t.id, conv)
+                .await
+                .into_iter()
+                .filter(|m| m.role == shared::db::Role::Assistant),
+        );
     }
     let (s, usage) = p
         .admin(
@@ -259,12 +275,7 @@ async fn usage_adds_up_to_the_stored_messages() {
     assert_eq!(s, StatusCode::OK, "{usage}");
     let days = usage.as_array().expect("days");
     assert_eq!(days.len(), 1);
-    let conv = p.conversation(t.id, "c").await;
-    let stored = p.stored(t.id, conv).await;
-    let answers: Vec<_> = stored
-        .iter()
-        .filter(|m| m.role == shared::db::Role::Assistant)
-        .collect();
+    assert_eq!(answers.len(), 8);
     assert_eq!(days[0]["messages"].as_u64(), Some(answers.len() as u64));
     let prompt: u64 = answers
         .iter()

@@ -185,7 +185,7 @@ pub(crate) async fn agent_message(
     state
         .db()
         .messages()
-        .mark_published(client.id, reply_id)
+        .mark_published(client.id, &[reply_id])
         .await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -203,7 +203,7 @@ pub(crate) async fn revoke_key(
     Path((id, key_id)): Path<(String, u64)>,
 ) -> Result<StatusCode> {
     let client = resolve(&state, &id).await?;
-    if state.db().api_keys().revoke(client.id, key_id).await? {
+    if state.api_keys().revoke(client.id, key_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no active API key {key_id}")))

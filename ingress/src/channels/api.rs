@@ -50,14 +50,9 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId>
             "send the API key as Authorization: Bearer <key>",
         )
     })?;
-    let client_id = state
-        .db()
-        .api_keys()
-        .authenticate(key)
-        .await?
-        .ok_or_else(|| {
-            ApiError::unauthorized("invalid_api_key", "the API key is unknown or revoked")
-        })?;
+    let client_id = state.api_keys().authenticate(key).await?.ok_or_else(|| {
+        ApiError::unauthorized("invalid_api_key", "the API key is unknown or revoked")
+    })?;
     tracing::Span::current().record("client_id", tracing::field::display(client_id));
     Ok(client_id)
 }
@@ -154,7 +149,6 @@ pub(crate) async fn send(
     // The conversation exists from the first accepted message on, so a poll can tell an
     // unknown conversation (404) from one whose reply is still coming.
     let conversation = state
-        .db()
         .conversations()
         .get_or_create(client_id, Channel::Api, &conversation_id)
         .await?;
@@ -193,7 +187,6 @@ pub(crate) async fn poll(
         state.api().max_wait_s,
     )?;
     let conversation = state
-        .db()
         .conversations()
         .find(client_id, Channel::Api, &conversation_id)
         .await?

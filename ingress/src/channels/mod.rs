@@ -84,7 +84,7 @@ pub(crate) async fn record_and_publish(
     let recorded = state
         .db()
         .messages()
-        .record_user(
+        .accept_user(
             envelope.client_id,
             conversation_id,
             envelope.id,

@@ -12,7 +12,10 @@
 //!   retry and announce `delivery.failed.<client_id>`; 130429 / 131056 (throughput limits), 5xx and timeouts are retried with
 //!   backoff, then handed back to the queue; anything else (190: bad token…) is
 //!   dead-lettered with the reason.
+//! - Replies to one recipient go out one after another, in queue order; different
+//!   recipients' replies go out concurrently ([`LANES`] lanes, by recipient).
 
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -24,7 +27,9 @@ use tracing::Instrument;
 use crate::AppState;
 
 /// Unacked replies held at once.
-const PREFETCH: u16 = 32;
+const PREFETCH: u16 = 64;
+/// Recipients served concurrently.
+const LANES: usize = 16;
 /// Longest text of one WhatsApp message.
 const MAX_CHARS: usize = 4096;
 /// In-process tries of a transient failure before the message goes back to the queue.
@@ -42,9 +47,42 @@ pub(crate) async fn run(state: AppState) {
         "deliver-whatsapp",
         state.shutdown().clone(),
     );
-    while let Some(delivery) = deliveries.next().await {
-        deliver(&state, &http, &queue, delivery).await;
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..LANES {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        lanes.push(tx);
+        let (state, http, queue) = (state.clone(), http.clone(), queue.clone());
+        senders.spawn(async move {
+            while let Some(delivery) = rx.recv().await {
+                deliver(&state, &http, &queue, delivery).await;
+            }
+        });
     }
+    // The prefetch bounds the replies held across all lanes.
+    while let Some(delivery) = deliveries.next().await {
+        if lanes[lane(&delivery.body)].send(delivery).is_err() {
+            break;
+        }
+    }
+    drop(lanes);
+    while senders.join_next().await.is_some() {}
+}
+
+/// The lane of a reply: the same for every reply to one recipient of one tenant (an
+/// undecodable one takes lane 0, where it is dead-lettered).
+fn lane(body: &[u8]) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Recipient {
+        client_id: u64,
+        external_id: String,
+    }
+    let Ok(to) = serde_json::from_slice::<Recipient>(body) else {
+        return 0;
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (to.client_id, to.external_id).hash(&mut hasher);
+    (hasher.finish() % LANES as u64) as usize
 }
 
 /// How one send attempt ended.

@@ -5,18 +5,20 @@
 //! tenant is never routed to the old one from a stale entry.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::Cache;
 use super::broadcast::Listener;
+use super::invalidated::InvalidatedCache;
 use crate::db::Db;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId};
 
+/// An account's owner (tenant, account row id), or `None` for an unknown account.
+type Owner = Option<(ClientId, u64)>;
+
 pub struct AccountOwners {
     db: Db,
-    cache: Cache,
-    owners: moka::sync::Cache<(Channel, String), Option<(ClientId, u64)>>,
+    owners: Arc<InvalidatedCache<(Channel, String), Owner>>,
 }
 
 impl std::fmt::Debug for AccountOwners {
@@ -27,15 +29,16 @@ impl std::fmt::Debug for AccountOwners {
 
 impl AccountOwners {
     pub fn new(db: Db, cache: Cache) -> Arc<Self> {
+        let channel = cache.keys().accounts_channel();
         Arc::new(Self {
             db,
-            cache,
-            owners: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                // A safety net only: changes are broadcast.
-                .time_to_live(Duration::from_secs(300))
-                .build(),
+            owners: Arc::new(InvalidatedCache::new(cache, channel)),
         })
+    }
+
+    /// What keeps this cache in step with the other processes (for [`super::broadcast`]).
+    pub fn listener(&self) -> Arc<dyn Listener> {
+        self.owners.clone()
     }
 
     /// The tenant and account id owning `external_account_id` on `channel`.
@@ -43,7 +46,7 @@ impl AccountOwners {
         &self,
         channel: Channel,
         external_account_id: &str,
-    ) -> Result<Option<(ClientId, u64)>> {
+    ) -> Result<Owner> {
         let key = (channel, external_account_id.to_owned());
         if let Some(hit) = self.owners.get(&key) {
             return Ok(hit);
@@ -59,21 +62,6 @@ impl AccountOwners {
 
     /// After an account was added or removed: every process forgets what it knew.
     pub async fn changed(&self) -> Result<()> {
-        self.owners.invalidate_all();
-        self.cache
-            .publish(&self.cache.keys().accounts_channel(), "changed")
-            .await
-    }
-}
-
-impl Listener for AccountOwners {
-    fn channel(&self) -> String {
-        self.cache.keys().accounts_channel()
-    }
-    fn on_message(&self, _payload: &str) {
-        self.owners.invalidate_all();
-    }
-    fn on_subscribed(&self) {
-        self.owners.invalidate_all();
+        self.owners.changed().await
     }
 }

@@ -5,8 +5,11 @@
 //! carries the tenant id, and is only reachable through [`Keys::tenant`].
 
 mod accounts;
+mod api_keys;
 pub mod broadcast;
 mod conversation_lock;
+mod conversations;
+mod invalidated;
 mod mailbox;
 mod rate_limit;
 mod tenant_config;
@@ -16,7 +19,9 @@ use deadpool_redis::redis;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime};
 
 pub use accounts::AccountOwners;
+pub use api_keys::ApiKeyOwners;
 pub use conversation_lock::{ConversationLock, ConversationLocks};
+pub use conversations::ConversationIds;
 pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes, PollSlot};
 pub use tenant_config::{Source as ConfigSource, TenantConfigs};
 
@@ -181,6 +186,11 @@ impl Keys {
     /// The pub/sub channel that announces channel-account changes to every process.
     pub fn accounts_channel(&self) -> String {
         format!("{}:accounts", self.prefix)
+    }
+
+    /// The pub/sub channel that announces API key revocations to every process.
+    pub fn api_keys_channel(&self) -> String {
+        format!("{}:api-keys", self.prefix)
     }
 
     /// The pub/sub channel that announces configuration changes to every process.

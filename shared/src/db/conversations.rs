@@ -44,13 +44,17 @@ impl<'a> Conversations<'a> {
     }
 
     /// The conversation for this key, created on first use. Safe under concurrency: the
-    /// unique key decides, and `LAST_INSERT_ID(id)` returns the existing row's id.
+    /// unique key decides, and `LAST_INSERT_ID(id)` returns the existing row's id. An
+    /// existing conversation (every message after the first) costs one read, not a write.
     pub async fn get_or_create(
         &self,
         client_id: ClientId,
         channel: Channel,
         external_id: &str,
     ) -> Result<ConversationId> {
+        if let Some(found) = self.find(client_id, channel, external_id).await? {
+            return Ok(found);
+        }
         let done = guard::query(
             "INSERT INTO conversations (client_id, channel, external_id) VALUES (?, ?, ?) \
              ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)",

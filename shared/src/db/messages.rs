@@ -173,7 +173,8 @@ impl<'a> Messages<'a> {
     }
 
     /// Records a user turn once. A second call with the same envelope id changes nothing
-    /// and reports the first recording's state (and its reply, if answered).
+    /// and reports the first recording's state (and its reply, if answered). Looks first:
+    /// for a worker, whose messages were mostly recorded at acceptance already.
     pub async fn record_user(
         &self,
         client_id: ClientId,
@@ -185,6 +186,27 @@ impl<'a> Messages<'a> {
         if let Some(found) = self.find_user(client_id, envelope_id).await? {
             return Ok(found);
         }
+        self.accept_user(
+            client_id,
+            conversation_id,
+            envelope_id,
+            content,
+            channel_message_id,
+        )
+        .await
+    }
+
+    /// [`Messages::record_user`] for a message that is most likely new (a channel
+    /// accepting it): inserts first, and looks for the earlier recording only when the
+    /// envelope id turns out to be taken.
+    pub async fn accept_user(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        envelope_id: EnvelopeId,
+        content: &str,
+        channel_message_id: Option<&str>,
+    ) -> Result<RecordedUser> {
         let mut tx = self.pool.begin().await?;
         let seq = next_seq(&mut tx, client_id, conversation_id).await?;
         let inserted = guard::query(
@@ -210,7 +232,7 @@ impl<'a> Messages<'a> {
                 })
             }
             Err(e) if is_duplicate_key(&e) => {
-                // Recorded concurrently by another delivery of the same envelope.
+                // Recorded before, or concurrently by another delivery of the envelope.
                 tx.rollback().await?;
                 self.find_user(client_id, envelope_id)
                     .await?
@@ -370,24 +392,28 @@ impl<'a> Messages<'a> {
             _ => "assistant",
         };
         let mut tx = self.pool.begin().await?;
-        // The bot's own answers are only stored while the bot has the conversation: a
-        // handoff that happened during the turn wins (the row lock orders the two).
-        if matches!(reply.kind, ReplyKind::Bot | ReplyKind::Fallback) {
-            let mode: Option<String> = guard::query_scalar(
-                "SELECT mode FROM conversations WHERE client_id = ? AND id = ? FOR UPDATE",
+        // The reply's mailbox position is taken now, under the conversation's row lock:
+        // mailbox order is the order turns stored their replies in. The bot's own answers
+        // are only stored while the bot has the conversation: a handoff that happened
+        // during the turn wins (the row lock orders the two).
+        let seq = if matches!(reply.kind, ReplyKind::Bot | ReplyKind::Fallback) {
+            let done = guard::query(
+                "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
+                 last_message_at = CURRENT_TIMESTAMP(6) \
+                 WHERE client_id = ? AND id = ? AND mode = 'bot'",
             )?
             .bind(client_id.get())
             .bind(reply.conversation_id.get())
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-            if mode.as_deref() != Some("bot") {
+            if done.rows_affected() == 0 {
                 tx.rollback().await?;
                 return Ok(false);
             }
-        }
-        // The reply's mailbox position is taken now, under the conversation's row lock:
-        // mailbox order is the order turns stored their replies in.
-        let seq = next_seq(&mut tx, client_id, reply.conversation_id).await?;
+            done.last_insert_id()
+        } else {
+            next_seq(&mut tx, client_id, reply.conversation_id).await?
+        };
         let done = guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
              reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens, config_version, \
@@ -426,13 +452,14 @@ impl<'a> Messages<'a> {
             return Ok(false);
         }
         guard::query(
-            "INSERT INTO usage_daily (client_id, day, messages, prompt_tokens, completion_tokens) \
-             VALUES (?, UTC_DATE(), ?, ?, ?) ON DUPLICATE KEY UPDATE \
+            "INSERT INTO usage_daily (client_id, day, shard, messages, prompt_tokens, \
+             completion_tokens) VALUES (?, UTC_DATE(), ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
              messages = messages + VALUES(messages), \
              prompt_tokens = prompt_tokens + VALUES(prompt_tokens), \
              completion_tokens = completion_tokens + VALUES(completion_tokens)",
         )?
         .bind(client_id.get())
+        .bind(reply.conversation_id.get() % super::usage::SHARDS)
         .bind(answered)
         .bind(u64::from(reply.prompt_tokens.unwrap_or(0)))
         .bind(u64::from(reply.completion_tokens.unwrap_or(0)))
@@ -467,16 +494,22 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
-    /// Records that the broker confirmed a reply (see [`Messages::unpublished`]).
-    pub async fn mark_published(&self, client_id: ClientId, reply_id: ReplyId) -> Result<()> {
-        guard::query(
+    /// Records that the broker confirmed these replies of one tenant (see
+    /// [`Messages::unpublished`]): one statement for a whole batch of confirms.
+    pub async fn mark_published(&self, client_id: ClientId, reply_ids: &[ReplyId]) -> Result<()> {
+        if reply_ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders = vec!["?"; reply_ids.len()].join(", ");
+        let sql = format!(
             "UPDATE messages SET published_at = CURRENT_TIMESTAMP(6) \
-             WHERE client_id = ? AND envelope_id = ? AND published_at IS NULL",
-        )?
-        .bind(client_id.get())
-        .bind(reply_id.as_uuid())
-        .execute(self.pool)
-        .await?;
+             WHERE client_id = ? AND envelope_id IN ({placeholders}) AND published_at IS NULL"
+        );
+        let mut update = guard::query(&sql)?.bind(client_id.get());
+        for id in reply_ids {
+            update = update.bind(id.as_uuid());
+        }
+        update.execute(self.pool).await?;
         Ok(())
     }
 
@@ -489,7 +522,7 @@ impl<'a> Messages<'a> {
     ) -> Result<Vec<(StoredReply, Vec<EnvelopeId>)>> {
         let rows = guard::query(
             "SELECT id, envelope_id, reply_kind, content, config_version, created_at FROM messages \
-             WHERE client_id = ? AND conversation_id = ? AND role IN ('assistant', 'agent') \
+             WHERE client_id = ? AND conversation_id = ? AND state = 'stored' \
                AND published_at IS NULL ORDER BY seq ASC",
         )?
         .bind(client_id.get())
@@ -670,8 +703,9 @@ impl<'a> Messages<'a> {
         conversation_id: ConversationId,
         reply_id: ReplyId,
     ) -> Result<Option<u64>> {
+        // LAST_INSERT_ID(seq) hands the position back with the UPDATE itself.
         let done = guard::query(
-            "UPDATE messages SET delivery_status = 'delivered' \
+            "UPDATE messages SET delivery_status = 'delivered', seq = LAST_INSERT_ID(seq) \
              WHERE client_id = ? AND conversation_id = ? AND envelope_id = ? \
                AND seq IS NOT NULL AND delivery_status IS NULL",
         )?
@@ -683,16 +717,7 @@ impl<'a> Messages<'a> {
         if done.rows_affected() == 0 {
             return Ok(None); // delivered before, or unknown
         }
-        let seq: Option<u64> = guard::query_scalar(
-            "SELECT seq FROM messages WHERE client_id = ? AND conversation_id = ? AND envelope_id = ?",
-        )?
-        .bind(client_id.get())
-        .bind(conversation_id.get())
-        .bind(reply_id.as_uuid())
-        .fetch_optional(self.pool)
-        .await?
-        .flatten();
-        Ok(seq)
+        Ok(Some(done.last_insert_id()))
     }
 
     /// The last `limit` messages of a conversation, oldest first.

@@ -1,4 +1,6 @@
-//! Usage metering: messages answered and tokens spent, per tenant and day.
+//! Usage metering: messages answered and tokens spent, per tenant and day. A day is
+//! kept in [`SHARDS`] rows per tenant (picked by conversation), so concurrent turns of one
+//! tenant do not queue on one row's lock; reads sum them.
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -8,6 +10,9 @@ use sqlx::mysql::MySqlPool;
 use super::guard;
 use crate::error::Result;
 use crate::ids::ClientId;
+
+/// Rows per tenant and day.
+pub(super) const SHARDS: u64 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageDay {
@@ -36,8 +41,10 @@ impl<'a> Usage<'a> {
         to: NaiveDate,
     ) -> Result<Vec<UsageDay>> {
         let rows = guard::query(
-            "SELECT day, messages, prompt_tokens, completion_tokens FROM usage_daily \
-             WHERE client_id = ? AND day BETWEEN ? AND ? ORDER BY day ASC",
+            "SELECT day, CAST(SUM(messages) AS UNSIGNED) AS messages, \
+             CAST(SUM(prompt_tokens) AS UNSIGNED) AS prompt_tokens, \
+             CAST(SUM(completion_tokens) AS UNSIGNED) AS completion_tokens FROM usage_daily \
+             WHERE client_id = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day ASC",
         )?
         .bind(client_id.get())
         .bind(from)

@@ -1,10 +1,12 @@
 //! `chatfleet bench`: what the platform adds to the LLM's own time, measured end to end.
 //!
 //! It starts a fleet of its own (one ingress, `--workers` workers, the LLM double with
-//! `--llm-latency-ms`), sends API messages at `--rate` per second for `--duration` over
-//! `--conversations` conversations, and long-polls every conversation: a message's
-//! end-to-end latency runs from just before its send to the moment its answer is
-//! visible to the channel (a reply answering several messages answers each of them).
+//! `--llm-latency-ms`), sends messages at `--rate` per second for `--duration` over
+//! `--conversations` conversations, and watches the answers arrive: on the API channel
+//! by long-polling every conversation, on WhatsApp (`--channel whatsapp`: signed
+//! webhooks in) at a Graph API double ([`graph`]) that the replies are sent to. A
+//! message's end-to-end latency runs from just before its send to the moment its answer
+//! is visible to the channel (a reply answering several messages answers each of them).
 //! Platform overhead = end to end − the double's latency. Prints a table (and writes
 //! JSON with `--json <file>`): offered and achieved rate, latency and overhead
 //! percentiles, worker RSS and CPU, dead letters and errors. `--ceiling` first measures
@@ -24,6 +26,12 @@ use worker::llm::sim::SimOptions;
 
 use crate::fleet;
 
+mod graph;
+
+/// The bench tenant's WhatsApp number and the app secret its webhooks are signed with.
+const PHONE_NUMBER_ID: &str = "100000000000001";
+const APP_SECRET: &str = "bench-app-secret";
+
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
     /// Messages offered per second.
@@ -39,8 +47,9 @@ pub(crate) struct BenchArgs {
     /// The LLM double's latency, in milliseconds.
     #[arg(long, default_value_t = 0)]
     llm_latency_ms: u64,
-    /// The channel driven (the API channel).
-    #[arg(long, default_value = "api", value_parser = ["api"])]
+    /// The channel driven: api (send + long-poll) or whatsapp (signed webhooks in,
+    /// replies sent to a Graph API double).
+    #[arg(long, default_value = "api", value_parser = ["api", "whatsapp"])]
     channel: String,
     /// Measure the broker's own ceiling first.
     #[arg(long)]
@@ -94,11 +103,22 @@ fn usage(pid: u32) -> Option<(u64, f64)> {
     Some((rss, ticks / 100.0))
 }
 
-/// Send times and answer times of every accepted message, by message id.
+/// Send times and answer times of every accepted message, by its number `k` (the bench
+/// sends "message {k}").
 #[derive(Default)]
 struct Timings {
-    sent: HashMap<String, Instant>,
-    answered: HashMap<String, Instant>,
+    sent: HashMap<u64, Instant>,
+    answered: HashMap<u64, Instant>,
+}
+
+/// The bench messages a text names ("message 12\n\nmessage 14": 12 and 14).
+fn bench_messages(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.split("message ").skip(1).filter_map(|rest| {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..digits].parse().ok()
+    })
 }
 
 pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
@@ -122,6 +142,9 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
     }
 
     let latency = Duration::from_millis(args.llm_latency_ms);
+    let whatsapp = args.channel == "whatsapp";
+    let graph_stop = tokio_util::sync::CancellationToken::new();
+    let (graph_url, graph_replies) = graph::start(graph_stop.clone()).await?;
     let harness = fleet::start(
         settings,
         fleet::Options {
@@ -133,6 +156,7 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
                 error_rate: 0.0,
             },
             log_dir: None,
+            db_proxy: false,
             env: vec![
                 ("CHATFLEET__AMQP__PREFETCH".into(), "2048".into()),
                 // The bench measures the platform, not the tenant's plan.
@@ -144,10 +168,39 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
                     "CHATFLEET__PLANS__ENTERPRISE__BURST".into(),
                     "10000000".into(),
                 ),
+                // Nor Meta's per-number throughput.
+                (
+                    "CHATFLEET__WHATSAPP__MESSAGES_PER_SECOND".into(),
+                    "1000000".into(),
+                ),
+                ("CHATFLEET__WHATSAPP__APP_SECRET".into(), APP_SECRET.into()),
+                ("CHATFLEET__WHATSAPP__GRAPH_BASE_URL".into(), graph_url),
             ],
         },
     )
     .await?;
+    if whatsapp {
+        let credentials =
+            shared::secrets::SecretBox::new(harness.settings.security.encryption_key_bytes())
+                .seal(
+                    harness.client_id,
+                    shared::ids::Channel::Whatsapp,
+                    json!({ "access_token": "bench-token" })
+                        .to_string()
+                        .as_bytes(),
+                )?;
+        harness
+            .db
+            .channel_accounts()
+            .create(
+                harness.client_id,
+                shared::ids::Channel::Whatsapp,
+                PHONE_NUMBER_ID,
+                Some(&credentials),
+                &json!({}),
+            )
+            .await?;
+    }
     let base = harness.fleet.ingress_urls[0].clone();
     let worker_pids: Vec<u32> = harness.fleet.workers.iter().map(|w| w.id()).collect();
     let before: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
@@ -171,41 +224,54 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         });
     }
 
-    eprintln!(
-        "bench {}: {} msg/s for {:?} over {} conversations, {} worker(s), LLM double {} ms",
-        harness.id, args.rate, args.duration, args.conversations, args.workers, args.llm_latency_ms
+    let scenario = format!(
+        "{} {} msg/s for {:?} over {} conversations, {} worker(s), LLM double {} ms",
+        args.channel,
+        args.rate,
+        args.duration,
+        args.conversations,
+        args.workers,
+        args.llm_latency_ms
     );
+    eprintln!("bench {}: {scenario}", harness.id);
     let total = (u64::from(args.rate) * args.duration.as_secs()) as usize;
     let started = tokio::time::Instant::now();
     let per = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let mut sends = tokio::task::JoinSet::new();
+    if whatsapp {
+        tokio::spawn(watch_graph(graph_replies, timings.clone()));
+    }
     for k in 0..total {
         tokio::time::sleep_until(started + per * k as u32).await;
         let c = k % args.conversations;
-        let (client, url, key, times, errs) = (
-            http.clone(),
-            format!("{base}/api/v1/messages"),
-            harness.api_key.clone(),
-            timings.clone(),
-            errors.clone(),
-        );
-        sends.spawn(async move {
-            let sent = Instant::now();
-            let r = client
-                .post(url)
-                .bearer_auth(&key)
+        let request = if whatsapp {
+            let body = webhook(c, k);
+            http.post(format!("{base}/whatsapp/webhook"))
+                .header("content-type", "application/json")
+                .header(
+                    "x-hub-signature-256",
+                    ingress::sign_whatsapp_webhook(APP_SECRET, body.as_bytes()),
+                )
+                .body(body)
+        } else {
+            http.post(format!("{base}/api/v1/messages"))
+                .bearer_auth(&harness.api_key)
                 .json(
                     &json!({ "conversation_id": format!("b{c}"), "text": format!("message {k}") }),
                 )
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
-                    if let Ok(body) = r.json::<Value>().await
-                        && let Some(id) = body["message_id"].as_str()
-                        && let Ok(mut t) = times.lock()
-                    {
-                        t.sent.insert(id.to_owned(), sent);
+        };
+        let accepted = if whatsapp {
+            reqwest::StatusCode::OK
+        } else {
+            reqwest::StatusCode::ACCEPTED
+        };
+        let (times, errs) = (timings.clone(), errors.clone());
+        sends.spawn(async move {
+            let sent = Instant::now();
+            match request.send().await {
+                Ok(r) if r.status() == accepted => {
+                    if let Ok(mut t) = times.lock() {
+                        t.sent.insert(k as u64, sent);
                     }
                 }
                 _ => {
@@ -214,7 +280,7 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
             }
         });
         // Each conversation's reader starts once its first message was sent.
-        if k < args.conversations {
+        if !whatsapp && k < args.conversations {
             let (http, base, key, timings, stop) = (
                 http.clone(),
                 base.clone(),
@@ -255,6 +321,7 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
+    let stages = turn_stages(&http, &harness.fleet.worker_metrics).await;
     stop.cancel();
     pollers.abort_all();
     let dead = harness
@@ -290,6 +357,7 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         })
     };
     report["run"] = json!({
+        "channel": args.channel,
         "offered_per_s": args.rate,
         "duration_s": args.duration.as_secs(),
         "conversations": args.conversations,
@@ -303,14 +371,12 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         "overhead_ms": row(&overhead),
         "worker_peak_rss_mib": peak_rss.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
         "worker_cpu_cores": cpu / wall,
+        "turn_stage_mean_ms": stages.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "dead_letters": dead,
         "errors": errors.load(std::sync::atomic::Ordering::Relaxed),
     });
     let r = &report["run"];
-    println!(
-        "bench {} ({} msg/s offered, {:?}, {} conversations, {} worker(s), LLM {} ms):",
-        harness.id, args.rate, args.duration, args.conversations, args.workers, args.llm_latency_ms
-    );
+    println!("bench {} ({scenario}):", harness.id);
     println!(
         "  sent / accepted / answered:  {total} / {accepted} / {answered}  ({:.0} answered/s)",
         r["achieved_per_s"].as_f64().unwrap_or(0.0)
@@ -334,6 +400,12 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         r["errors"]
     );
 
+    if !stages.is_empty() {
+        let line: Vec<String> = stages.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+        println!("  turn stages, mean ms:        {}", line.join("  "));
+    }
+
+    graph_stop.cancel();
     let fleet::Harness {
         db,
         broker,
@@ -354,6 +426,54 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
     Ok(())
 }
 
+/// Mean time per turn stage (ms) over every worker, from their
+/// `chatfleet_turn_stage_seconds` sums and counts, in the order a turn runs them.
+async fn turn_stages(http: &reqwest::Client, urls: &[String]) -> Vec<(String, f64)> {
+    const ORDER: [&str; 9] = [
+        "queued", "record", "lock", "relay", "pending", "history", "llm", "store", "publish",
+    ];
+    let mut totals: HashMap<String, (f64, f64)> = HashMap::new();
+    for url in urls {
+        let Ok(text) = http
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+        else {
+            continue;
+        };
+        let Ok(text) = text.text().await else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("chatfleet_turn_stage_seconds_") else {
+                continue;
+            };
+            let (Some((kind, rest)), Some(value)) = (
+                rest.split_once("{stage=\""),
+                line.rsplit_once(' ')
+                    .and_then(|(_, v)| v.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            let stage = rest.split('"').next().unwrap_or_default().to_owned();
+            let entry = totals.entry(stage).or_default();
+            match kind {
+                "sum" => entry.0 += value,
+                "count" => entry.1 += value,
+                _ => {}
+            }
+        }
+    }
+    ORDER
+        .iter()
+        .filter_map(|stage| {
+            let (sum, count) = totals.get(*stage)?;
+            (*count > 0.0).then(|| ((*stage).to_owned(), sum / count * 1e3))
+        })
+        .collect()
+}
+
 fn write(args: &BenchArgs, report: &Value) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
@@ -372,7 +492,7 @@ async fn read_conversation(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut cursor = "0".to_owned();
-    let mut waiting: Vec<String> = Vec::new();
+    let mut waiting: Vec<u64> = Vec::new();
     while !stop.is_cancelled() {
         let r = http
             .get(format!(
@@ -394,18 +514,60 @@ async fn read_conversation(
         };
         cursor = page["cursor"].as_str().unwrap_or(&cursor).to_owned();
         for entry in page["messages"].as_array().into_iter().flatten() {
-            let id = entry["id"].as_str().unwrap_or_default().to_owned();
+            let text = entry["text"].as_str().unwrap_or_default();
             match entry["role"].as_str() {
-                Some("user") => waiting.push(id),
+                Some("user") => waiting.extend(bench_messages(text)),
                 Some("assistant") => {
                     if let Ok(mut t) = timings.lock() {
-                        for w in waiting.drain(..) {
-                            t.answered.insert(w, seen);
+                        for k in waiting.drain(..) {
+                            t.answered.insert(k, seen);
                         }
                     }
                 }
                 _ => {}
             }
         }
+    }
+}
+
+/// Notes the answer time of every bench message a reply at the Graph API double names.
+async fn watch_graph(
+    mut replies: tokio::sync::mpsc::UnboundedReceiver<graph::Received>,
+    timings: Arc<Mutex<Timings>>,
+) {
+    while let Some(reply) = replies.recv().await {
+        let said = reply.text.rsplit_once("You said: ").map_or("", |(_, s)| s);
+        if let Ok(mut t) = timings.lock() {
+            for k in bench_messages(said) {
+                t.answered.entry(k).or_insert(reply.at);
+            }
+        }
+    }
+}
+
+/// A signed-ready WhatsApp webhook carrying bench message `k` from conversation `c`'s
+/// number, as Meta sends it.
+fn webhook(c: usize, k: usize) -> String {
+    let from = format!("1555{c:07}");
+    json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": "15550000000", "phone_number_id": PHONE_NUMBER_ID },
+            "contacts": [{ "profile": { "name": "Bench" }, "wa_id": from }],
+            "messages": [{ "from": from, "id": format!("wamid.bench-in-{k}"),
+                "timestamp": chrono::Utc::now().timestamp().to_string(),
+                "type": "text", "text": { "body": format!("message {k}") } }] } }] }] })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_name_the_messages_they_answer() {
+        let said: Vec<u64> = bench_messages("message 12\n\nmessage 140").collect();
+        assert_eq!(said, [12, 140]);
+        assert_eq!(bench_messages("no numbers here").count(), 0);
     }
 }

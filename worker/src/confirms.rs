@@ -1,0 +1,149 @@
+//! Recording publisher confirms in batches. Once the broker confirmed a reply, its row
+//! is marked published, so the next turn of the conversation does not relay it again
+//! (the outbox, `turn::relay_unpublished`). A mark is only a saving: a reply left
+//! unmarked — by a crash before the batch was written — is published once more and
+//! dropped by the deliverer that already delivered it. So the marks of many turns are
+//! written together, one statement per tenant and batch, instead of one commit each.
+
+use std::collections::HashMap;
+
+use shared::db::Db;
+use shared::ids::{ClientId, ReplyId};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Most marks written by one batch.
+const MAX_BATCH: usize = 512;
+
+/// The sending side: [`Confirms::record`] never waits for the database.
+#[derive(Clone)]
+pub(crate) struct Confirms {
+    tx: mpsc::UnboundedSender<(ClientId, ReplyId)>,
+}
+
+/// The task writing the marks; [`Writer::finish`] writes what is left and stops it.
+pub(crate) struct Writer {
+    done: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Confirms {
+    pub(crate) fn start(db: Db) -> (Self, Writer) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let done = CancellationToken::new();
+        let stop = done.clone();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            loop {
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    () = stop.cancelled() => {
+                        while let Ok(mark) = rx.try_recv() {
+                            batch.push(mark);
+                        }
+                        write(&db, &mut batch).await;
+                        break;
+                    }
+                }
+                write(&db, &mut batch).await;
+            }
+        });
+        (Self { tx }, Writer { done, task })
+    }
+
+    /// Queues the mark of a confirmed reply.
+    pub(crate) fn record(&self, client_id: ClientId, reply_id: ReplyId) {
+        // Only fails once the writer stopped (shutdown): the reply is relayed again.
+        let _ = self.tx.send((client_id, reply_id));
+    }
+}
+
+impl Writer {
+    pub(crate) async fn finish(self) {
+        self.done.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn write(db: &Db, batch: &mut Vec<(ClientId, ReplyId)>) {
+    let mut by_tenant: HashMap<ClientId, Vec<ReplyId>> = HashMap::new();
+    for (client_id, reply_id) in batch.drain(..) {
+        by_tenant.entry(client_id).or_default().push(reply_id);
+    }
+    for (client_id, replies) in by_tenant {
+        if let Err(e) = db.messages().mark_published(client_id, &replies).await {
+            // Relayed again by the conversation's next turn; the deliverers drop repeats.
+            tracing::warn!(error = %e, replies = replies.len(), "could not record published replies");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::db::NewReply;
+    use shared::envelope::ReplyKind;
+    use shared::ids::{Channel, EnvelopeId};
+    use shared::testkit::TestEnv;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn finishing_writes_every_queued_mark() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("marks").await;
+        let messages = env.db.messages();
+        let conv = env
+            .db
+            .conversations()
+            .get_or_create(t.id, Channel::Api, "c")
+            .await
+            .expect("conversation");
+        let mut replies = Vec::new();
+        for i in 0..3 {
+            let user = messages
+                .record_user(t.id, conv, EnvelopeId::random(), &format!("q{i}"), None)
+                .await
+                .expect("record");
+            let reply = NewReply {
+                conversation_id: conv,
+                reply_id: ReplyId::random(),
+                kind: ReplyKind::Bot,
+                text: format!("a{i}"),
+                answers: vec![user.message_id],
+                prompt_tokens: None,
+                completion_tokens: None,
+                estimated_prompt_tokens: None,
+                config_version: 1,
+            };
+            assert!(messages.store_reply(t.id, &reply).await.expect("store"));
+            replies.push(reply.reply_id);
+        }
+        assert_eq!(
+            messages
+                .unpublished(t.id, conv)
+                .await
+                .expect("outbox")
+                .len(),
+            3
+        );
+        let (confirms, writer) = Confirms::start(env.db.clone());
+        for reply_id in replies {
+            confirms.record(t.id, reply_id);
+        }
+        writer.finish().await;
+        assert!(
+            messages
+                .unpublished(t.id, conv)
+                .await
+                .expect("outbox")
+                .is_empty(),
+            "every confirmed reply is marked"
+        );
+        env.teardown().await;
+    }
+}
