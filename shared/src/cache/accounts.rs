@@ -42,11 +42,7 @@ impl AccountOwners {
     }
 
     /// The tenant and account id owning `external_account_id` on `channel`.
-    pub async fn owner(
-        &self,
-        channel: Channel,
-        external_account_id: &str,
-    ) -> Result<Owner> {
+    pub async fn owner(&self, channel: Channel, external_account_id: &str) -> Result<Owner> {
         let key = (channel, external_account_id.to_owned());
         if let Some(hit) = self.owners.get(&key) {
             return Ok(hit);
