@@ -60,6 +60,9 @@ pub(crate) struct BenchArgs {
     /// Messages for the ceiling.
     #[arg(long, default_value_t = 20_000)]
     ceiling_messages: usize,
+    /// Database connections of each fleet process (`database.max_connections`).
+    #[arg(long, default_value_t = 16)]
+    db_connections: u32,
     /// Runs of the scenario; with more than one, the report adds each figure's median.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -216,10 +219,10 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
                     "CHATFLEET__PLANS__ENTERPRISE__BURST".into(),
                     "10000000".into(),
                 ),
-                // Turns waiting for the LLM by the hundred: room for their statements
-                // (the fleet's 16 made them queue for a connection; two processes x 48
-                // stay inside MariaDB's default 151).
-                ("CHATFLEET__DATABASE__MAX_CONNECTIONS".into(), "48".into()),
+                (
+                    "CHATFLEET__DATABASE__MAX_CONNECTIONS".into(),
+                    args.db_connections.to_string(),
+                ),
                 // Nor the provider's concurrency cap: the double has none.
                 (
                     "CHATFLEET__LLM__PROVIDERS__OLLAMA__MAX_CONCURRENCY".into(),
