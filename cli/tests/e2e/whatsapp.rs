@@ -372,7 +372,13 @@ async fn unroutable_payloads_are_kept_and_tenants_apps_stay_their_own() {
         || async {
             let (ok, out) = chatfleet(
                 &p,
-                &["dlq", "list", "--json", "--reason", "unknown phone_number_id"],
+                &[
+                    "dlq",
+                    "list",
+                    "--json",
+                    "--reason",
+                    "unknown phone_number_id",
+                ],
             )
             .await;
             (ok && out.lines().count() == 2).then_some(())
