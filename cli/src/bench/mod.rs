@@ -270,7 +270,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         .build()?;
     let timings = Arc::new(Mutex::new(Timings::default()));
     let stop = tokio_util::sync::CancellationToken::new();
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Refused or failed sends, by what happened: an HTTP status, "timeout" or "connect".
+    let errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
     let mut pollers = tokio::task::JoinSet::new();
     let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let peak_in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -333,8 +334,16 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
                         t.sent.insert(k as u64, sent);
                     }
                 }
-                _ => {
-                    errs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                outcome => {
+                    let kind = match outcome {
+                        Ok(r) => r.status().as_u16().to_string(),
+                        Err(e) if e.is_timeout() => "timeout".to_owned(),
+                        Err(e) if e.is_connect() => "connect".to_owned(),
+                        Err(_) => "other".to_owned(),
+                    };
+                    if let Ok(mut errs) = errs.lock() {
+                        *errs.entry(kind).or_default() += 1;
+                    }
                 }
             }
         });
@@ -433,7 +442,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "peak_turns_in_flight": peak_in_flight.load(std::sync::atomic::Ordering::Relaxed),
         "turn_stage_mean_ms": stages.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "dead_letters": dead,
-        "errors": errors.load(std::sync::atomic::Ordering::Relaxed),
+        "errors": errors.lock().map(|e| e.values().sum::<u64>()).unwrap_or_default(),
+        "error_kinds": errors.lock().map(|e| e.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
     });
 
     graph_stop.cancel();
@@ -483,12 +493,17 @@ fn print(label: &str, r: &Value) {
         );
     }
     println!(
-        "  worker peak RSS {:.0} MiB, CPU {:.2} cores, peak turns in flight {}; dead letters {}; errors {}",
+        "  worker peak RSS {:.0} MiB, CPU {:.2} cores, peak turns in flight {}; dead letters {}; errors {} {}",
         f(&r["worker_peak_rss_mib"]),
         f(&r["worker_cpu_cores"]),
         r["peak_turns_in_flight"],
         r["dead_letters"],
-        r["errors"]
+        r["errors"],
+        r["error_kinds"]
+            .as_str()
+            .filter(|k| !k.is_empty())
+            .map(|k| format!("({k})"))
+            .unwrap_or_default()
     );
     let stages: Vec<String> = r["turn_stage_mean_ms"]
         .as_array()
