@@ -147,7 +147,6 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
         spawned: 0,
         env,
         workers: Vec::new(),
-        worker_metrics: Vec::new(),
         ingress: Vec::new(),
         ingress_urls: Vec::new(),
     };
@@ -225,11 +224,15 @@ pub(crate) struct Fleet {
     log_dir: Option<std::path::PathBuf>,
     spawned: usize,
     env: Vec<(String, String)>,
-    pub workers: Vec<Child>,
-    /// Each worker's `/metrics`, in the order of `workers`.
-    pub worker_metrics: Vec<String>,
+    pub workers: Vec<Worker>,
     ingress: Vec<Child>,
     pub ingress_urls: Vec<String>,
+}
+
+/// A worker process and the address of its `/metrics`.
+pub(crate) struct Worker {
+    pub child: Child,
+    pub metrics: String,
 }
 
 impl Fleet {
@@ -264,9 +267,10 @@ impl Fleet {
                 format!("127.0.0.1:{port}"),
             )],
         )?;
-        self.workers.push(child);
-        self.worker_metrics
-            .push(format!("http://127.0.0.1:{port}/metrics"));
+        self.workers.push(Worker {
+            child,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+        });
         Ok(())
     }
 
@@ -275,8 +279,7 @@ impl Fleet {
             return Ok(());
         }
         let i = rand::random_range(0..self.workers.len());
-        let mut victim = self.workers.swap_remove(i);
-        self.worker_metrics.swap_remove(i);
+        let mut victim = self.workers.swap_remove(i).child;
         let killed = victim.kill();
         let reaped = victim.wait();
         killed?;
@@ -286,12 +289,14 @@ impl Fleet {
 
     /// SIGTERM to everything, then waits (each drains).
     pub(crate) fn stop(&mut self) {
-        for child in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
+        let workers = self.workers.iter_mut().map(|w| &mut w.child);
+        let children: Vec<&mut Child> = workers.chain(self.ingress.iter_mut()).collect();
+        for child in &children {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
         }
-        for child in self.workers.iter_mut().chain(self.ingress.iter_mut()) {
+        for child in children {
             let _ = child.wait();
         }
     }

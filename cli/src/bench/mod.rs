@@ -262,7 +262,13 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
             .await?;
     }
     let base = harness.fleet.ingress_urls[0].clone();
-    let worker_pids: Vec<u32> = harness.fleet.workers.iter().map(|w| w.id()).collect();
+    let worker_pids: Vec<u32> = harness.fleet.workers.iter().map(|w| w.child.id()).collect();
+    let worker_metrics: Vec<String> = harness
+        .fleet
+        .workers
+        .iter()
+        .map(|w| w.metrics.clone())
+        .collect();
     let before: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.conversations + 64)
@@ -277,11 +283,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     let peak_in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
     {
         let (pids, peak, stop) = (worker_pids.clone(), peak_rss.clone(), stop.clone());
-        let (http, metrics, in_flight) = (
-            http.clone(),
-            harness.fleet.worker_metrics.clone(),
-            peak_in_flight.clone(),
-        );
+        let (http, metrics, in_flight) =
+            (http.clone(), worker_metrics.clone(), peak_in_flight.clone());
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let rss: u64 = pids.iter().filter_map(|p| usage(*p)).map(|u| u.0).sum();
@@ -389,7 +392,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
-    let stages = turn_stages(&http, &harness.fleet.worker_metrics).await;
+    let stages = turn_stages(&http, &worker_metrics).await;
     stop.cancel();
     pollers.abort_all();
     let dead = harness
@@ -424,6 +427,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
             "p99": percentile(v, 0.99), "max": v.last().copied().unwrap_or(f64::NAN),
         })
     };
+    let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
     let run = json!({
         "channel": args.channel,
         "offered_per_s": args.rate,
@@ -442,8 +446,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "peak_turns_in_flight": peak_in_flight.load(std::sync::atomic::Ordering::Relaxed),
         "turn_stage_mean_ms": stages.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "dead_letters": dead,
-        "errors": errors.lock().map(|e| e.values().sum::<u64>()).unwrap_or_default(),
-        "error_kinds": errors.lock().map(|e| e.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
+        "errors": errors.values().sum::<u64>(),
+        "error_kinds": errors.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", "),
     });
 
     graph_stop.cancel();
@@ -557,14 +561,27 @@ fn median_of(values: &[&Value]) -> Value {
     }
 }
 
+/// The Prometheus text of every worker that answered.
+async fn scrape(http: &reqwest::Client, urls: &[String]) -> Vec<String> {
+    let mut texts = Vec::with_capacity(urls.len());
+    for url in urls {
+        if let Ok(r) = http
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            && let Ok(text) = r.text().await
+        {
+            texts.push(text);
+        }
+    }
+    texts
+}
+
 /// Turns in flight on every worker now (their `chatfleet_turns_in_flight` gauges).
 async fn turns_in_flight(http: &reqwest::Client, urls: &[String]) -> u64 {
     let mut total = 0.0;
-    for url in urls {
-        let Ok(r) = http.get(url).send().await else {
-            continue;
-        };
-        let Ok(text) = r.text().await else { continue };
+    for text in scrape(http, urls).await {
         total += text
             .lines()
             .find_map(|l| l.strip_prefix("chatfleet_turns_in_flight "))
@@ -581,18 +598,7 @@ async fn turn_stages(http: &reqwest::Client, urls: &[String]) -> Vec<(String, f6
         "queued", "record", "lock", "relay", "pending", "history", "llm", "store", "publish",
     ];
     let mut totals: HashMap<String, (f64, f64)> = HashMap::new();
-    for url in urls {
-        let Ok(text) = http
-            .get(url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-        else {
-            continue;
-        };
-        let Ok(text) = text.text().await else {
-            continue;
-        };
+    for text in scrape(http, urls).await {
         for line in text.lines() {
             let Some(rest) = line.strip_prefix("chatfleet_turn_stage_seconds_") else {
                 continue;

@@ -50,18 +50,19 @@ pub(crate) async fn run(state: AppState) {
     let mut lanes = Vec::with_capacity(LANES);
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..LANES {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Delivery, Decoded)>();
         lanes.push(tx);
         let (state, http, queue) = (state.clone(), http.clone(), queue.clone());
         senders.spawn(async move {
-            while let Some(delivery) = rx.recv().await {
-                deliver(&state, &http, &queue, delivery).await;
+            while let Some((delivery, reply)) = rx.recv().await {
+                deliver(&state, &http, &queue, delivery, reply).await;
             }
         });
     }
     // The prefetch bounds the replies held across all lanes.
     while let Some(delivery) = deliveries.next().await {
-        if lanes[lane(&delivery.body)].send(delivery).is_err() {
+        let reply: Decoded = serde_json::from_slice(&delivery.body);
+        if lanes[lane(&reply)].send((delivery, reply)).is_err() {
             break;
         }
     }
@@ -69,19 +70,17 @@ pub(crate) async fn run(state: AppState) {
     while senders.join_next().await.is_some() {}
 }
 
+/// A delivery's reply, decoded once, before it is given a lane.
+type Decoded = Result<Reply, serde_json::Error>;
+
 /// The lane of a reply: the same for every reply to one recipient of one tenant (an
 /// undecodable one takes lane 0, where it is dead-lettered).
-fn lane(body: &[u8]) -> usize {
-    #[derive(serde::Deserialize)]
-    struct Recipient {
-        client_id: u64,
-        external_id: String,
-    }
-    let Ok(to) = serde_json::from_slice::<Recipient>(body) else {
+fn lane(reply: &Decoded) -> usize {
+    let Ok(reply) = reply else {
         return 0;
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (to.client_id, to.external_id).hash(&mut hasher);
+    (reply.client_id, reply.external_id.expose()).hash(&mut hasher);
     (hasher.finish() % LANES as u64) as usize
 }
 
@@ -94,8 +93,14 @@ enum Outcome {
     Permanent(String),
 }
 
-async fn deliver(state: &AppState, http: &reqwest::Client, queue: &str, delivery: Delivery) {
-    let reply: Reply = match serde_json::from_slice(&delivery.body) {
+async fn deliver(
+    state: &AppState,
+    http: &reqwest::Client,
+    queue: &str,
+    delivery: Delivery,
+    reply: Decoded,
+) {
+    let reply = match reply {
         Ok(r) => r,
         Err(e) => {
             return dead_letter(state, queue, &delivery, &format!("undecodable reply: {e}")).await;

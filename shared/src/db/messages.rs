@@ -397,20 +397,11 @@ impl<'a> Messages<'a> {
         // are only stored while the bot has the conversation: a handoff that happened
         // during the turn wins (the row lock orders the two).
         let seq = if matches!(reply.kind, ReplyKind::Bot | ReplyKind::Fallback) {
-            let done = guard::query(
-                "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
-                 last_message_at = CURRENT_TIMESTAMP(6) \
-                 WHERE client_id = ? AND id = ? AND mode = 'bot'",
-            )?
-            .bind(client_id.get())
-            .bind(reply.conversation_id.get())
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
+            let Some(seq) = take_seq(&mut tx, client_id, reply.conversation_id, true).await? else {
                 tx.rollback().await?;
                 return Ok(false);
-            }
-            done.last_insert_id()
+            };
+            seq
         } else {
             next_seq(&mut tx, client_id, reply.conversation_id).await?
         };
@@ -794,22 +785,39 @@ async fn next_seq(
     client_id: ClientId,
     conversation_id: ConversationId,
 ) -> Result<u64> {
+    take_seq(tx, client_id, conversation_id, false)
+        .await?
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "conversation {conversation_id} does not belong to client {client_id}"
+            ))
+        })
+}
+
+/// Takes the conversation's next mailbox position under its row lock (held until the
+/// transaction ends); `None` when the conversation is not the tenant's or, with
+/// `bot_only`, when a human has it.
+async fn take_seq(
+    tx: &mut Transaction<'_, MySql>,
+    client_id: ClientId,
+    conversation_id: ConversationId,
+    bot_only: bool,
+) -> Result<Option<u64>> {
     // LAST_INSERT_ID(expr) hands the new value back with the UPDATE itself: one round
     // trip, under the row lock the UPDATE takes.
-    let done = guard::query(
+    let sql = if bot_only {
         "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
-         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ?",
-    )?
-    .bind(client_id.get())
-    .bind(conversation_id.get())
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::Invalid(format!(
-            "conversation {conversation_id} does not belong to client {client_id}"
-        )));
-    }
-    Ok(done.last_insert_id())
+         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ? AND mode = 'bot'"
+    } else {
+        "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
+         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ?"
+    };
+    let done = guard::query(sql)?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .execute(&mut **tx)
+        .await?;
+    Ok((done.rows_affected() > 0).then(|| done.last_insert_id()))
 }
 
 fn mailbox_item(row: &MySqlRow) -> Result<MailboxItem> {
