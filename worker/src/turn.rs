@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use shared::db::{
-    ClientStatus, ConversationMode, HistoryTurn, NewReply, PendingTurn, StoredReply, TenantConfig,
+    ClientStatus, ConversationMode, HistoryTurn, NewReply, Pending, StoredReply, TenantConfig,
     UserMessageState,
 };
 use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Reply, ReplyKind};
@@ -59,38 +59,59 @@ pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'
         .get(client_id)
         .await?
         .ok_or(TurnError::UnknownTenant(client_id))?;
-    let conversation_id = timed("record", async {
-        let conversation_id = ctx
-            .conversations
-            .get_or_create(client_id, first.channel, first.external_id.expose())
-            .await?;
-        for env in &envs {
-            record(ctx, conversation_id, env).await?;
+    let conversation_id = ctx
+        .conversations
+        .get_or_create(client_id, first.channel, first.external_id.expose())
+        .await?;
+    // The first try for the lock goes out with the recording of the messages at hand
+    // (one round trip of latency instead of two when the conversation is free).
+    let waiting = std::time::Instant::now();
+    let (recorded, first_try) = tokio::join!(
+        timed("record", async {
+            for env in &envs {
+                record(ctx, conversation_id, env).await?;
+            }
+            Ok::<_, TurnError>(())
+        }),
+        ctx.locks.acquire(client_id, conversation_id, Duration::ZERO),
+    );
+    let first_try = first_try?;
+    if let Err(e) = recorded {
+        if let Some(lock) = first_try {
+            release(ctx, lock).await;
         }
-        Ok::<_, TurnError>(conversation_id)
-    })
-    .await?;
+        return Err(e);
+    }
 
     // Waiting for another worker's turn: record what arrives here meanwhile, so that
     // turn or ours answers it.
-    let waiting = std::time::Instant::now();
-    let acquire = ctx.locks.acquire(client_id, conversation_id, ctx.lock_wait);
-    tokio::pin!(acquire);
-    let lock = loop {
-        tokio::select! {
-            lock = &mut acquire => break lock?.ok_or(TurnError::ConversationBusy)?,
-            _ = intake.arrived.notified() => {
-                take_in(ctx, conversation_id, &mut envs, intake).await?;
+    let lock = match first_try {
+        Some(lock) => lock,
+        None => {
+            let acquire = ctx.locks.acquire(client_id, conversation_id, ctx.lock_wait);
+            tokio::pin!(acquire);
+            loop {
+                tokio::select! {
+                    lock = &mut acquire => break lock?.ok_or(TurnError::ConversationBusy)?,
+                    _ = intake.arrived.notified() => {
+                        take_in(ctx, conversation_id, &mut envs, intake).await?;
+                    }
+                }
             }
         }
     };
     observe("lock", waiting.elapsed());
     let outcome = answer_pending(ctx, &tenant, &first, &mut envs, intake, conversation_id).await;
+    release(ctx, lock).await;
+    outcome
+}
+
+/// Releases a conversation's lock; a failure is only logged, since the lock expires on
+/// its own after `worker.lock_ttl_s`.
+async fn release(ctx: &Ctx, lock: shared::cache::ConversationLock) {
     if let Err(e) = ctx.locks.release(lock).await {
-        // It expires on its own after worker.lock_ttl_s.
         tracing::warn!(error = %e, "could not release the conversation lock");
     }
-    outcome
 }
 
 /// Runs one stage of a turn, timing it (see [`observe`]).
@@ -102,8 +123,8 @@ async fn timed<T>(stage: &'static str, work: impl Future<Output = T>) -> T {
 }
 
 /// Where a turn's time goes: `chatfleet_turn_stage_seconds{stage}` — queued (ingress
-/// receipt → turn start), record, lock, relay, pending, history, llm (with retrieval and
-/// prompt assembly), store, publish.
+/// receipt → turn start), record, lock (from its first try, which runs with record),
+/// relay, pending, history, llm (with retrieval and prompt assembly), store, publish.
 fn observe(stage: &'static str, elapsed: Duration) {
     metrics::histogram!("chatfleet_turn_stage_seconds", "stage" => stage)
         .record(elapsed.as_secs_f64());
@@ -180,7 +201,7 @@ async fn settled_pending(
     envs: &mut Vec<Envelope>,
     intake: &Intake<'_>,
     conversation_id: ConversationId,
-) -> Result<Vec<PendingTurn>> {
+) -> Result<Pending> {
     let client_id = tenant.client.id;
     let window = Duration::from_millis(u64::from(tenant.config.coalesce_window_ms));
     take_in(ctx, conversation_id, envs, intake).await?;
@@ -191,8 +212,8 @@ async fn settled_pending(
         .await?;
     // A burst that never ends is answered after this long anyway.
     let give_up_at = tokio::time::Instant::now() + window * MAX_DEBOUNCE_WINDOWS;
-    while let Some(latest) = pending.last() {
-        if window.is_zero() || pending.len() >= MAX_COALESCED as usize {
+    while let Some(latest) = pending.turns.last() {
+        if window.is_zero() || pending.turns.len() >= MAX_COALESCED as usize {
             break;
         }
         let Ok(wait) = (latest.created_at + window - Utc::now()).to_std() else {
@@ -228,23 +249,15 @@ async fn answer_pending(
 ) -> Result<()> {
     let client_id = tenant.client.id;
     // Under the lock no other turn changes the conversation, so what a turn reads does
-    // not depend on the order it reads it in: the outbox relay, the pending messages,
-    // the mode and the history (which leaves pending messages out) go at once, each on
-    // a connection of its own — one round trip of latency instead of four.
-    let (_, pending, mode, history) = tokio::try_join!(
+    // not depend on the order it reads it in: the outbox relay, the pending messages
+    // (with the mode) and the history (which leaves pending messages out) go at once,
+    // each on a connection of its own — one round trip of latency instead of three.
+    let (_, Pending { mode, turns: pending }, history) = tokio::try_join!(
         timed("relay", relay_unpublished(ctx, first, conversation_id)),
         timed(
             "pending",
             settled_pending(ctx, tenant, envs, intake, conversation_id),
         ),
-        async {
-            Ok::<_, TurnError>(
-                ctx.db
-                    .conversations()
-                    .mode(client_id, conversation_id)
-                    .await?,
-            )
-        },
         timed("history", async {
             Ok::<_, TurnError>(
                 ctx.db

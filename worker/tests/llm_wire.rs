@@ -128,3 +128,21 @@ async fn outages_are_transient_errors_with_retry_after() {
         "{err}"
     );
 }
+
+/// The bench subtracts what the double actually held a request, not the nominal latency.
+#[tokio::test]
+async fn the_simulator_reports_how_long_it_actually_held_requests() {
+    let sim = sim().await;
+    assert_eq!(sim.mean_hold(), None, "no latency, nothing held");
+    let client = LlmClient::new(&settings(&sim.base_url(), ProviderKind::Ollama, false));
+    client.chat(request("m")).await.expect("chat");
+    assert_eq!(sim.mean_hold(), None, "a zero latency holds nothing");
+    let latency = std::time::Duration::from_millis(30);
+    sim.set_latency(latency);
+    let started = std::time::Instant::now();
+    client.chat(request("m")).await.expect("chat");
+    client.chat(request("m")).await.expect("chat");
+    let held = sim.mean_hold().expect("held");
+    assert!(held >= latency, "{held:?}");
+    assert!(held * 2 <= started.elapsed(), "{held:?}");
+}

@@ -80,8 +80,19 @@ async fn ingress_and_workers_serve_metrics_health_and_readiness() {
             .ends_with("You said: hello")
     );
 
-    let (status, worker_metrics) = get(format!("{ops}/metrics")).await.expect("metrics");
-    assert_eq!(status, StatusCode::OK);
+    // The reply is visible before the worker has acked and settled its turn: poll.
+    let worker_metrics = eventually(WAIT, "the worker's turn settled", || {
+        let metrics = get(format!("{ops}/metrics"));
+        async move {
+            metrics
+                .await
+                .filter(|(status, body)| {
+                    *status == StatusCode::OK && body.contains("chatfleet_turns_in_flight 0")
+                })
+                .map(|(_, body)| body)
+        }
+    })
+    .await;
     for series in [
         "chatfleet_end_to_end_seconds_bucket{channel=\"api\",le=\"",
         "chatfleet_end_to_end_seconds_count{channel=\"api\"} 1",

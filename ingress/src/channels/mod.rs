@@ -68,44 +68,66 @@ pub(crate) fn message_text(
     Ok(text)
 }
 
-/// Records an accepted user message, then publishes its envelope with a confirm (503
-/// otherwise). Recording first gives the message its place in the conversation at
-/// acceptance: whichever worker runs the next turn finds every earlier message in the
-/// database, in the order the client's requests were accepted, even while their
-/// deliveries are still in flight (or on a worker that just died). The envelope id is
-/// the idempotency key, so a retried request records nothing new. When the broker cannot
-/// confirm, a message this request recorded is withdrawn again (unless a turn already
-/// answered it): the 503 means "not accepted", and nothing of it stays.
+/// Records an accepted user message and publishes its envelope with a confirm, both at
+/// once (503 unless the broker confirmed). Recording gives the message its place in the
+/// conversation at acceptance: whichever worker runs the next turn finds every earlier
+/// message in the database, in the order the client's requests were accepted, even while
+/// their deliveries are still in flight (or on a worker that just died). The two run
+/// concurrently, so the client waits for one database commit or one broker confirm, not
+/// both in turn; a worker that receives the envelope before the record committed records
+/// it itself (the envelope id is the idempotency key, so whichever comes second records
+/// nothing new, and a retried request neither). When the broker cannot confirm, a message
+/// this request recorded is withdrawn again (unless a turn already answered it): the 503
+/// means "not accepted", and nothing of it stays. When the broker confirmed but the
+/// record failed, the record is tried once more before answering, so a 202 still means
+/// "has its place"; failing that, the caller gets a 503 and the message, already on its
+/// way, is recorded by its worker (a retry with the same `Idempotency-Key` is the same
+/// message).
 pub(crate) async fn record_and_publish(
     state: &crate::AppState,
     conversation_id: shared::ids::ConversationId,
     envelope: &shared::envelope::Envelope,
 ) -> Result<()> {
-    let recorded = state
-        .db()
-        .messages()
-        .accept_user(
-            envelope.client_id,
-            conversation_id,
-            envelope.id,
-            &envelope.message.as_prompt_text(),
-            envelope.channel_message_id.as_deref(),
-        )
-        .await?;
-    let Err(e) = state.publisher().publish_envelope(envelope).await else {
-        return Ok(());
-    };
-    if recorded.newly_recorded
-        && let Err(withdraw) = state
+    let text = envelope.message.as_prompt_text();
+    let record = || async {
+        state
             .db()
             .messages()
-            .withdraw(envelope.client_id, envelope.id)
+            .accept_user(
+                envelope.client_id,
+                conversation_id,
+                envelope.id,
+                &text,
+                envelope.channel_message_id.as_deref(),
+            )
             .await
-    {
-        // It stays pending and is answered with the conversation's next turn.
-        tracing::warn!(error = %withdraw, "could not withdraw an unconfirmed message");
+    };
+    let (recorded, published) = tokio::join!(
+        record(),
+        state.publisher().publish_envelope(envelope)
+    );
+    match (recorded, published) {
+        (Ok(_), Ok(())) => Ok(()),
+        (Err(first), Ok(())) => {
+            tracing::warn!(error = %first, "recording an accepted message failed; trying once more");
+            record().await?;
+            Ok(())
+        }
+        (recorded, Err(e)) => {
+            if let Ok(recorded) = recorded
+                && recorded.newly_recorded
+                && let Err(withdraw) = state
+                    .db()
+                    .messages()
+                    .withdraw(envelope.client_id, envelope.id)
+                    .await
+            {
+                // It stays pending and is answered with the conversation's next turn.
+                tracing::warn!(error = %withdraw, "could not withdraw an unconfirmed message");
+            }
+            Err(ApiError::broker_unavailable(&e))
+        }
     }
-    Err(ApiError::broker_unavailable(&e))
 }
 
 /// The bearer token of the `Authorization` header.

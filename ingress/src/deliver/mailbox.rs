@@ -1,9 +1,9 @@
 //! The mailbox deliverer of the API, widget and mobile channels: marks each reply
-//! delivered to its conversation's mailbox, wakes the long-polls on every replica (and,
-//! for mobile, sends a push notification in the background: see [`super::push`]), then
-//! acks. A reply's mailbox position was fixed when it was stored, so deliveries run
+//! delivered to its conversation's mailbox while it wakes the long-polls on every replica
+//! (and, for mobile, sends a push notification in the background: see [`super::push`]),
+//! then acks. A reply's mailbox position was fixed when it was stored, so deliveries run
 //! concurrently (up to the prefetch) without reordering anything; a reply id that was
-//! delivered before is dropped (at-least-once in, exactly-once announced).
+//! delivered before is dropped (at-least-once in, one push per reply).
 
 use std::time::Duration;
 
@@ -62,18 +62,21 @@ async fn deliver(
     };
     let span = tracing::info_span!("deliver", %channel, client_id = %reply.client_id, reply_id = %reply.id);
     async {
-        let placed = state
-            .db()
-            .messages()
-            .deliver_to_mailbox(reply.client_id, reply.conversation_id, reply.id)
-            .await;
+        // The reply is in the mailbox since the worker stored it (its position too):
+        // the long-polls are woken while the delivery is recorded, not after its commit.
+        // A redelivered reply wakes them once more, which is harmless: they read again.
+        let key = MailboxKey::new(reply.client_id, channel, reply.external_id.expose());
+        let messages = state.db().messages();
+        let (placed, announced) = tokio::join!(
+            messages.deliver_to_mailbox(reply.client_id, reply.conversation_id, reply.id),
+            state.mailboxes().announce(&key)
+        );
+        if let Err(e) = announced {
+            // Pollers still see it on their next read; only the wake-up was lost.
+            tracing::warn!(error = %e, "could not announce the reply");
+        }
         match placed {
             Ok(Some(_)) => {
-                let key = MailboxKey::new(reply.client_id, channel, reply.external_id.expose());
-                if let Err(e) = state.mailboxes().announce(&key).await {
-                    // Pollers still see it on their next read; only the wake-up was lost.
-                    tracing::warn!(error = %e, "could not announce the reply");
-                }
                 if channel == Channel::Mobile {
                     super::push::notify(state, http, &reply);
                 }

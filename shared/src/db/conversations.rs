@@ -33,6 +33,16 @@ pub enum ConversationMode {
     Human,
 }
 
+impl ConversationMode {
+    /// The `conversations.mode` column (anything but `human` is the bot's).
+    pub(super) fn parse(column: &str) -> Self {
+        match column {
+            "human" => Self::Human,
+            _ => Self::Bot,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Conversations<'a> {
     pool: &'a MySqlPool,
@@ -138,23 +148,6 @@ impl<'a> Conversations<'a> {
         .execute(self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    pub async fn mode(
-        &self,
-        client_id: ClientId,
-        conversation_id: ConversationId,
-    ) -> Result<ConversationMode> {
-        let mode: Option<String> =
-            guard::query_scalar("SELECT mode FROM conversations WHERE client_id = ? AND id = ?")?
-                .bind(client_id.get())
-                .bind(conversation_id.get())
-                .fetch_optional(self.pool)
-                .await?;
-        Ok(match mode.as_deref() {
-            Some("human") => ConversationMode::Human,
-            _ => ConversationMode::Bot,
-        })
     }
 }
 

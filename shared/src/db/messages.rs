@@ -14,6 +14,7 @@ use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::{MySql, Row, Transaction};
 use uuid::Uuid;
 
+use super::ConversationMode;
 use super::guard;
 use super::is_duplicate_key;
 use crate::envelope::ReplyKind;
@@ -95,6 +96,13 @@ pub struct PendingTurn {
     pub envelope_id: EnvelopeId,
     pub text: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// A conversation's unanswered user turns, and who has the conversation.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub mode: ConversationMode,
+    pub turns: Vec<PendingTurn>,
 }
 
 /// A reply as stored, enough to publish it again.
@@ -280,33 +288,43 @@ impl<'a> Messages<'a> {
     }
 
     /// The conversation's unanswered user turns in mailbox order, at most `limit`: what
-    /// the next turn answers (several at once when they arrived while one was running).
+    /// the next turn answers (several at once when they arrived while one was running);
+    /// with who has the conversation, read in the same statement.
     pub async fn pending(
         &self,
         client_id: ClientId,
         conversation_id: ConversationId,
         limit: u32,
-    ) -> Result<Vec<PendingTurn>> {
+    ) -> Result<Pending> {
         let rows = guard::query(
-            "SELECT id, envelope_id, content, created_at FROM messages \
-             WHERE client_id = ? AND conversation_id = ? AND role = 'user' AND state = 'pending' \
-             ORDER BY seq ASC LIMIT ?",
+            "SELECT c.mode, m.id, m.envelope_id, m.content, m.created_at FROM conversations c \
+             LEFT JOIN messages m ON m.client_id = c.client_id AND m.conversation_id = c.id \
+               AND m.role = 'user' AND m.state = 'pending' \
+             WHERE c.client_id = ? AND c.id = ? ORDER BY m.seq ASC LIMIT ?",
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(limit)
         .fetch_all(self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PendingTurn {
-                    message_id: r.try_get("id")?,
-                    envelope_id: EnvelopeId::from_uuid(r.try_get("envelope_id")?),
-                    text: r.try_get("content")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        let mode = match rows.first() {
+            Some(r) => ConversationMode::parse(r.try_get("mode")?),
+            None => ConversationMode::Bot,
+        };
+        let mut turns = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // The one row of a conversation with nothing pending has no message.
+            let Some(message_id) = r.try_get::<Option<u64>, _>("id")? else {
+                continue;
+            };
+            turns.push(PendingTurn {
+                message_id,
+                envelope_id: EnvelopeId::from_uuid(r.try_get("envelope_id")?),
+                text: r.try_get("content")?,
+                created_at: r.try_get("created_at")?,
+            });
+        }
+        Ok(Pending { mode, turns })
     }
 
     /// The last `limit` messages of the conversation that are not waiting for an answer

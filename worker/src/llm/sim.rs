@@ -72,6 +72,9 @@ struct Shared {
     /// Models answered 503 whatever the error rate.
     failing_models: Mutex<Vec<String>>,
     served: AtomicU64,
+    /// Time actually spent waiting out the latency (the timer rounds up), and how often.
+    held_micros: AtomicU64,
+    holds: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -145,7 +148,6 @@ impl LlmSim {
         self.shared.unavailable.store(unavailable, Ordering::SeqCst);
     }
 
-    /// Changes the simulated latency.
     /// Makes every request for `model` fail with 503 (a provider down for one model).
     pub fn fail_model(&self, model: &str) {
         if let Ok(mut m) = self.shared.failing_models.lock() {
@@ -153,6 +155,7 @@ impl LlmSim {
         }
     }
 
+    /// Changes the simulated latency.
     pub fn set_latency(&self, latency: Duration) {
         if let Ok(mut o) = self.shared.options.lock() {
             o.latency = latency;
@@ -162,6 +165,16 @@ impl LlmSim {
     /// Number of successful chat answers.
     pub fn served(&self) -> u64 {
         self.shared.served.load(Ordering::SeqCst)
+    }
+
+    /// How long a request was actually held, on average, when a latency was set: a
+    /// little more than the latency, since timers round up to the next millisecond and
+    /// wake when the scheduler gets to them. `None` before the first such request.
+    pub fn mean_hold(&self) -> Option<Duration> {
+        let holds = self.shared.holds.load(Ordering::Relaxed);
+        (holds > 0).then(|| {
+            Duration::from_micros(self.shared.held_micros.load(Ordering::Relaxed) / holds)
+        })
     }
 
     pub fn stop(&self) {
@@ -216,7 +229,11 @@ fn count_tokens(messages: &[ChatMessage]) -> u64 {
 async fn gate(shared: &Shared, model: &str) -> Result<(), Response> {
     let options = shared.options.lock().map(|o| o.clone()).unwrap_or_default();
     if !options.latency.is_zero() {
+        let started = std::time::Instant::now();
         tokio::time::sleep(options.latency).await;
+        let held = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        shared.held_micros.fetch_add(held, Ordering::Relaxed);
+        shared.holds.fetch_add(1, Ordering::Relaxed);
     }
     let model_down = shared
         .failing_models
