@@ -17,6 +17,16 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
         .env("CHATFLEET_CONFIG_DIR", "/nonexistent")
         .env("CHATFLEET__DATABASE__URL", s.database.url.expose())
         .env("CHATFLEET__AMQP__PREFIX", &s.amqp.prefix)
+        // The test's own retry ladder, so its teardown removes every queue `up` declares.
+        .env(
+            "CHATFLEET__AMQP__RETRY_DELAYS_S",
+            s.amqp
+                .retry_delays_s
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        )
         .env("CHATFLEET__REDIS__PREFIX", &s.redis.prefix)
         .env("CHATFLEET__HTTP__BIND", "127.0.0.1:0")
         .env("CHATFLEET__WORKER__METRICS_BIND", "127.0.0.1:0")
@@ -127,6 +137,13 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
     let stderr = banner.join().expect("stderr reader");
     assert!(stderr.contains("USING THE LLM SIMULATOR"), "{stderr}");
     assert!(exited.success(), "exit {exited:?}\n{stderr}");
+    // `up` declared the test's topology and nothing else (a default rung the test's
+    // ladder lacks would outlive the teardown).
+    let default_rung = format!("{}.retry.600s", s.amqp.prefix);
+    assert!(
+        env.broker.queue_stats(&default_rung).await.is_err(),
+        "{default_rung} was declared"
+    );
     env.teardown().await;
 }
 

@@ -73,7 +73,8 @@ pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'
             }
             Ok::<_, TurnError>(())
         }),
-        ctx.locks.acquire(client_id, conversation_id, Duration::ZERO),
+        ctx.locks
+            .acquire(client_id, conversation_id, Duration::ZERO),
     );
     let first_try = first_try?;
     if let Err(e) = recorded {
@@ -252,7 +253,14 @@ async fn answer_pending(
     // not depend on the order it reads it in: the outbox relay, the pending messages
     // (with the mode) and the history (which leaves pending messages out) go at once,
     // each on a connection of its own — one round trip of latency instead of three.
-    let (_, Pending { mode, turns: pending }, history) = tokio::try_join!(
+    let (
+        _,
+        Pending {
+            mode,
+            turns: pending,
+        },
+        history,
+    ) = tokio::try_join!(
         timed("relay", relay_unpublished(ctx, first, conversation_id)),
         timed(
             "pending",

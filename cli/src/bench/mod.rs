@@ -419,12 +419,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     e2e.sort_by(f64::total_cmp);
     // What the double actually held each call (its timer rounds up and wakes when the
     // bench process gets the CPU) is the LLM's time, not the platform's.
-    let held_ms = harness
-        .sim
-        .mean_hold()
-        .unwrap_or(latency)
-        .as_secs_f64()
-        * 1e3;
+    let held_ms = harness.sim.mean_hold().unwrap_or(latency).as_secs_f64() * 1e3;
     let overhead: Vec<f64> = e2e.iter().map(|v| (v - held_ms).max(0.0)).collect();
     let cpu: f64 = after.iter().map(|a| a.1).sum::<f64>() - before.iter().map(|b| b.1).sum::<f64>();
     let wall = started.elapsed().as_secs_f64();

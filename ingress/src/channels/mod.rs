@@ -102,10 +102,8 @@ pub(crate) async fn record_and_publish(
             )
             .await
     };
-    let (recorded, published) = tokio::join!(
-        record(),
-        state.publisher().publish_envelope(envelope)
-    );
+    let (recorded, published) =
+        tokio::join!(record(), state.publisher().publish_envelope(envelope));
     match (recorded, published) {
         (Ok(_), Ok(())) => Ok(()),
         (Err(first), Ok(())) => {

@@ -34,8 +34,7 @@ pub use devices::Devices;
 pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
 pub use messages::{
     HistoryTurn, MailboxItem, Messages, NewReply, Pending, PendingTurn, RecordedUser, Role,
-    StoredMessage,
-    StoredReply, UserMessageState,
+    StoredMessage, StoredReply, UserMessageState,
 };
 pub use usage::{Usage, UsageDay};
 

@@ -172,9 +172,8 @@ impl LlmSim {
     /// wake when the scheduler gets to them. `None` before the first such request.
     pub fn mean_hold(&self) -> Option<Duration> {
         let holds = self.shared.holds.load(Ordering::Relaxed);
-        (holds > 0).then(|| {
-            Duration::from_micros(self.shared.held_micros.load(Ordering::Relaxed) / holds)
-        })
+        (holds > 0)
+            .then(|| Duration::from_micros(self.shared.held_micros.load(Ordering::Relaxed) / holds))
     }
 
     pub fn stop(&self) {
