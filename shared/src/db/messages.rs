@@ -170,6 +170,9 @@ pub struct MailboxItem {
     pub created_at: DateTime<Utc>,
 }
 
+/// How often a reply transaction runs before a deadlock is reported.
+const DEADLOCK_ATTEMPTS: u32 = 3;
+
 #[derive(Debug)]
 pub struct Messages<'a> {
     pool: &'a MySqlPool,
@@ -405,6 +408,22 @@ impl<'a> Messages<'a> {
                 "a reply must answer at least one message".into(),
             ));
         }
+        // A small transaction among many is InnoDB's usual deadlock victim (against the
+        // batched confirm marks, say); rolled back whole, it is simply run again.
+        let mut attempt = 1;
+        loop {
+            match self.try_store_reply(client_id, reply).await {
+                Err(e) if super::is_deadlock(&e) && attempt < DEADLOCK_ATTEMPTS => {
+                    tracing::debug!(attempt, "storing a reply met a deadlock; running it again");
+                    metrics::counter!("chatfleet_db_deadlock_retries_total").increment(1);
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn try_store_reply(&self, client_id: ClientId, reply: &NewReply) -> Result<bool> {
         let role = match reply.kind {
             ReplyKind::Agent => "agent",
             _ => "assistant",

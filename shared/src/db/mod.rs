@@ -130,6 +130,68 @@ fn is_duplicate_key(err: &sqlx::Error) -> bool {
         && db.message().contains("Duplicate entry"))
 }
 
+/// InnoDB chose this transaction as a deadlock's victim and rolled it back
+/// (ER_LOCK_DEADLOCK, SQLSTATE 40001): running it again is the prescribed answer.
+fn is_deadlock(err: &Error) -> bool {
+    matches!(err, Error::Database(sqlx::Error::Database(db))
+        if db.code().as_deref() == Some("40001"))
+}
+
 fn client_id_of(raw: u64) -> ClientId {
     ClientId::new(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Channel;
+    use crate::testkit::TestEnv;
+
+    async fn touch(
+        tx: &mut sqlx::Transaction<'static, sqlx::MySql>,
+        client_id: ClientId,
+        conversation: crate::ids::ConversationId,
+    ) -> Result<()> {
+        guard::query(
+            "UPDATE conversations SET last_seq = last_seq WHERE client_id = ? AND id = ?",
+        )?
+        .bind(client_id.get())
+        .bind(conversation.get())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// What `Messages::store_reply` runs again: a real deadlock's victim, and only it.
+    #[tokio::test]
+    async fn a_deadlock_victim_is_told_apart_from_other_failures() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("deadlock").await;
+        let conversations = env.db.conversations();
+        let a = conversations
+            .get_or_create(t.id, Channel::Api, "a")
+            .await
+            .expect("a");
+        let b = conversations
+            .get_or_create(t.id, Channel::Api, "b")
+            .await
+            .expect("b");
+        let (mut one, mut two) = (
+            env.db.pool.begin().await.expect("begin"),
+            env.db.pool.begin().await.expect("begin"),
+        );
+        touch(&mut one, t.id, a).await.expect("one locks a");
+        touch(&mut two, t.id, b).await.expect("two locks b");
+        // Each now wants the other's row: InnoDB rolls one of them back.
+        let (first, second) = tokio::join!(touch(&mut one, t.id, b), touch(&mut two, t.id, a));
+        let victims = [&first, &second]
+            .into_iter()
+            .filter(|r| r.as_ref().is_err_and(is_deadlock))
+            .count();
+        assert_eq!(victims, 1, "{first:?} {second:?}");
+        assert!(first.is_ok() || second.is_ok());
+        drop((one, two));
+        assert!(!is_deadlock(&Error::Invalid("not a deadlock".into())));
+        env.teardown().await;
+    }
 }
