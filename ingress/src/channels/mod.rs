@@ -68,57 +68,61 @@ pub(crate) fn message_text(
     Ok(text)
 }
 
-/// Records an accepted user message and publishes its envelope with a confirm, both at
-/// once (503 unless the broker confirmed). Recording gives the message its place in the
+/// Records an accepted user message and publishes its envelope with a confirm (503
+/// unless the broker confirmed). Recording gives the message its place in the
 /// conversation at acceptance: whichever worker runs the next turn finds every earlier
 /// message in the database, in the order the client's requests were accepted, even while
-/// their deliveries are still in flight (or on a worker that just died). The two run
-/// concurrently, so the client waits for one database commit or one broker confirm, not
-/// both in turn; a worker that receives the envelope before the record committed records
-/// it itself (the envelope id is the idempotency key, so whichever comes second records
-/// nothing new, and a retried request neither). When the broker cannot confirm, a message
-/// this request recorded is withdrawn again (unless a turn already answered it): the 503
-/// means "not accepted", and nothing of it stays. When the broker confirmed but the
-/// record failed, the record is tried once more before answering, so a 202 still means
-/// "has its place"; failing that, the caller gets a 503 and the message, already on its
-/// way, is recorded by its worker (a retry with the same `Idempotency-Key` is the same
-/// message).
+/// their deliveries are still in flight (or on a worker that just died).
+///
+/// The message is inserted first, then its commit and the publish run at once, so the
+/// client waits for one commit or one broker confirm, not both in turn. A worker that
+/// receives the envelope before the commit waits for it (its look for the message is a
+/// locking read) rather than racing it. The envelope id is the idempotency key: a retried
+/// request records nothing new. When the broker cannot confirm, a message this request
+/// recorded is withdrawn again (unless a turn already answered it): the 503 means "not
+/// accepted", and nothing of it stays. When the broker confirmed but the commit failed,
+/// the record is tried once more before answering, so a 202 still means "has its
+/// place"; failing that, the caller gets a 503 and the message, already on its way, is
+/// recorded by its worker (a retry with the same `Idempotency-Key` is the same message).
 pub(crate) async fn record_and_publish(
     state: &crate::AppState,
     conversation_id: shared::ids::ConversationId,
     envelope: &shared::envelope::Envelope,
 ) -> Result<()> {
     let text = envelope.message.as_prompt_text();
-    let record = || async {
-        state
-            .db()
-            .messages()
-            .accept_user(
-                envelope.client_id,
-                conversation_id,
-                envelope.id,
-                &text,
-                envelope.channel_message_id.as_deref(),
-            )
-            .await
-    };
-    let (recorded, published) =
-        tokio::join!(record(), state.publisher().publish_envelope(envelope));
+    let messages = state.db().messages();
+    let accepting = messages
+        .start_accepting(
+            envelope.client_id,
+            conversation_id,
+            envelope.id,
+            &text,
+            envelope.channel_message_id.as_deref(),
+        )
+        .await?;
+    let (recorded, published) = tokio::join!(
+        accepting.commit(),
+        state.publisher().publish_envelope(envelope)
+    );
     match (recorded, published) {
         (Ok(_), Ok(())) => Ok(()),
         (Err(first), Ok(())) => {
             tracing::warn!(error = %first, "recording an accepted message failed; trying once more");
-            record().await?;
+            messages
+                .accept_user(
+                    envelope.client_id,
+                    conversation_id,
+                    envelope.id,
+                    &text,
+                    envelope.channel_message_id.as_deref(),
+                )
+                .await?;
             Ok(())
         }
         (recorded, Err(e)) => {
             if let Ok(recorded) = recorded
                 && recorded.newly_recorded
-                && let Err(withdraw) = state
-                    .db()
-                    .messages()
-                    .withdraw(envelope.client_id, envelope.id)
-                    .await
+                && let Err(withdraw) = messages.withdraw(envelope.client_id, envelope.id).await
             {
                 // It stays pending and is answered with the conversation's next turn.
                 tracing::warn!(error = %withdraw, "could not withdraw an unconfirmed message");

@@ -101,6 +101,7 @@ pub struct PendingTurn {
 /// A conversation's unanswered user turns, and who has the conversation.
 #[derive(Debug, Clone)]
 pub struct Pending {
+    /// Who has the conversation; read only when there are turns (otherwise `Bot`).
     pub mode: ConversationMode,
     pub turns: Vec<PendingTurn>,
 }
@@ -170,6 +171,25 @@ pub struct MailboxItem {
     pub created_at: DateTime<Utc>,
 }
 
+/// A user message being accepted (see [`Messages::start_accepting`]): inserted, or
+/// found recorded before, and not yet committed. Dropped without
+/// [`Accepting::commit`], it is rolled back.
+#[derive(Debug)]
+pub struct Accepting {
+    tx: Option<Transaction<'static, MySql>>,
+    recorded: RecordedUser,
+}
+
+impl Accepting {
+    /// Makes the recording durable; what it recorded (or found recorded before).
+    pub async fn commit(self) -> Result<RecordedUser> {
+        if let Some(tx) = self.tx {
+            tx.commit().await?;
+        }
+        Ok(self.recorded)
+    }
+}
+
 /// How often a reply transaction runs before a deadlock is reported.
 const DEADLOCK_ATTEMPTS: u32 = 3;
 
@@ -185,7 +205,11 @@ impl<'a> Messages<'a> {
 
     /// Records a user turn once. A second call with the same envelope id changes nothing
     /// and reports the first recording's state (and its reply, if answered). Looks first:
-    /// for a worker, whose messages were mostly recorded at acceptance already.
+    /// for a worker, whose messages were mostly recorded at acceptance already. The look
+    /// is a locking read, so it waits for a recording of the envelope that is still being
+    /// committed (a channel records while it publishes, and the worker may already hold
+    /// the delivery) and then finds it, instead of missing it, taking a position under
+    /// the conversation's row lock and inserting only to meet a duplicate key.
     pub async fn record_user(
         &self,
         client_id: ClientId,
@@ -218,6 +242,30 @@ impl<'a> Messages<'a> {
         content: &str,
         channel_message_id: Option<&str>,
     ) -> Result<RecordedUser> {
+        self.start_accepting(
+            client_id,
+            conversation_id,
+            envelope_id,
+            content,
+            channel_message_id,
+        )
+        .await?
+        .commit()
+        .await
+    }
+
+    /// [`Messages::accept_user`] up to its commit: the message is inserted at its
+    /// position and [`Accepting::commit`] makes it durable. Meanwhile a worker's
+    /// [`Messages::record_user`] of the same envelope waits for the outcome instead of
+    /// racing it, so a channel can publish the envelope while it commits.
+    pub async fn start_accepting(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        envelope_id: EnvelopeId,
+        content: &str,
+        channel_message_id: Option<&str>,
+    ) -> Result<Accepting> {
         let mut tx = self.pool.begin().await?;
         let seq = next_seq(&mut tx, client_id, conversation_id).await?;
         let inserted = guard::query(
@@ -233,21 +281,23 @@ impl<'a> Messages<'a> {
         .execute(&mut *tx)
         .await;
         match inserted {
-            Ok(done) => {
-                tx.commit().await?;
-                Ok(RecordedUser {
+            Ok(done) => Ok(Accepting {
+                tx: Some(tx),
+                recorded: RecordedUser {
                     message_id: done.last_insert_id(),
                     newly_recorded: true,
                     state: UserMessageState::Pending,
                     reply: None,
-                })
-            }
+                },
+            }),
             Err(e) if is_duplicate_key(&e) => {
                 // Recorded before, or concurrently by another delivery of the envelope.
                 tx.rollback().await?;
-                self.find_user(client_id, envelope_id)
+                let recorded = self
+                    .find_user(client_id, envelope_id)
                     .await?
-                    .ok_or(Error::Database(e))
+                    .ok_or(Error::Database(e))?;
+                Ok(Accepting { tx: None, recorded })
             }
             Err(e) => Err(e.into()),
         }
@@ -258,12 +308,16 @@ impl<'a> Messages<'a> {
         client_id: ClientId,
         envelope_id: EnvelopeId,
     ) -> Result<Option<RecordedUser>> {
+        // A locking read: it waits for a transaction that inserted this envelope's
+        // message and has not committed yet. Outside a transaction its shared locks
+        // last for this statement only.
         let row = guard::query(
             "SELECT u.id, u.state, r.envelope_id AS reply_id, r.reply_kind, r.content AS reply_text, \
              r.config_version AS reply_config_version, r.created_at AS reply_created_at \
              FROM messages u LEFT JOIN messages r \
                ON r.client_id = u.client_id AND r.id = u.reply_message_id \
-             WHERE u.client_id = ? AND u.envelope_id = ? AND u.role = 'user'",
+             WHERE u.client_id = ? AND u.envelope_id = ? AND u.role = 'user' \
+             LOCK IN SHARE MODE",
         )?
         .bind(client_id.get())
         .bind(envelope_id.as_uuid())
@@ -292,18 +346,24 @@ impl<'a> Messages<'a> {
 
     /// The conversation's unanswered user turns in mailbox order, at most `limit`: what
     /// the next turn answers (several at once when they arrived while one was running);
-    /// with who has the conversation, read in the same statement.
+    /// with who has the conversation, read in the same statement (when anything is
+    /// pending).
     pub async fn pending(
         &self,
         client_id: ClientId,
         conversation_id: ConversationId,
         limit: u32,
     ) -> Result<Pending> {
+        // The mode rides along on each row (a subquery on the conversation's primary
+        // key): joining the conversation in instead makes MariaDB sort through a
+        // temporary table, at twice the cost. With nothing pending there is no row and
+        // no mode to read, and none is needed: there is no turn to answer.
         let rows = guard::query(
-            "SELECT c.mode, m.id, m.envelope_id, m.content, m.created_at FROM conversations c \
-             LEFT JOIN messages m ON m.client_id = c.client_id AND m.conversation_id = c.id \
-               AND m.role = 'user' AND m.state = 'pending' \
-             WHERE c.client_id = ? AND c.id = ? ORDER BY m.seq ASC LIMIT ?",
+            "SELECT (SELECT c.mode FROM conversations c \
+                     WHERE c.client_id = m.client_id AND c.id = m.conversation_id) AS mode, \
+               m.id, m.envelope_id, m.content, m.created_at FROM messages m \
+             WHERE m.client_id = ? AND m.conversation_id = ? AND m.role = 'user' \
+               AND m.state = 'pending' ORDER BY m.seq ASC LIMIT ?",
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
@@ -316,12 +376,8 @@ impl<'a> Messages<'a> {
         };
         let mut turns = Vec::with_capacity(rows.len());
         for r in &rows {
-            // The one row of a conversation with nothing pending has no message.
-            let Some(message_id) = r.try_get::<Option<u64>, _>("id")? else {
-                continue;
-            };
             turns.push(PendingTurn {
-                message_id,
+                message_id: r.try_get("id")?,
                 envelope_id: EnvelopeId::from_uuid(r.try_get("envelope_id")?),
                 text: r.try_get("content")?,
                 created_at: r.try_get("created_at")?,
@@ -883,5 +939,84 @@ fn parse_kind(s: Option<&str>) -> Result<ReplyKind> {
         Some("handoff_notice") => Ok(ReplyKind::HandoffNotice),
         Some("fallback") => Ok(ReplyKind::Fallback),
         Some(other) => Err(Error::Invalid(format!("unknown reply kind {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ids::Channel;
+    use crate::testkit::{TestEnv, eventually};
+
+    /// The statements of this test's database that wait for a lock.
+    async fn waiting(pool: &MySqlPool) -> Vec<String> {
+        guard::query_scalar(
+            "SELECT t.trx_query FROM information_schema.INNODB_TRX t \
+             JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+             WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()",
+        )
+        .expect("guarded")
+        .fetch_all(pool)
+        .await
+        .expect("lock waits")
+    }
+
+    /// A worker that holds a delivery while its channel is still committing the message
+    /// (they record and publish at once) waits for that commit in its read and finds
+    /// the message, instead of missing it, taking a position and inserting only to meet
+    /// the duplicate key.
+    #[tokio::test]
+    async fn recording_waits_for_a_recording_in_flight_instead_of_racing_it() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("in-flight").await;
+        let conversation = env
+            .db
+            .conversations()
+            .get_or_create(t.id, Channel::Api, "c")
+            .await
+            .expect("conversation");
+        let envelope = EnvelopeId::random();
+        // The channel's recording, inserted and not yet committed.
+        let mut channel = env.db.pool.begin().await.expect("begin");
+        let inserted = guard::query(
+            "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, \
+             state, seq) VALUES (?, ?, ?, 'user', 'hello', 'pending', 1)",
+        )
+        .expect("guarded")
+        .bind(t.id.get())
+        .bind(conversation.get())
+        .bind(envelope.as_uuid())
+        .execute(&mut *channel)
+        .await
+        .expect("insert")
+        .last_insert_id();
+
+        let pool = env.db.pool.clone();
+        let client_id = t.id;
+        let worker = tokio::spawn(async move {
+            Messages::new(&pool)
+                .record_user(client_id, conversation, envelope, "hello", None)
+                .await
+        });
+        let waiting = eventually(Duration::from_secs(10), "the worker to wait", || async {
+            let waiting = waiting(&env.db.pool).await;
+            (!waiting.is_empty()).then_some(waiting)
+        })
+        .await;
+        assert_eq!(waiting.len(), 1, "{waiting:?}");
+        assert!(
+            waiting[0].trim_start().starts_with("SELECT"),
+            "the worker waits in {:?}, not in its read",
+            waiting[0]
+        );
+
+        channel.commit().await.expect("commit");
+        let recorded = worker.await.expect("worker").expect("recorded");
+        assert_eq!(recorded.message_id, inserted);
+        assert!(!recorded.newly_recorded);
+        assert_eq!(recorded.state, UserMessageState::Pending);
+        env.teardown().await;
     }
 }
