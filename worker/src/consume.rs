@@ -287,6 +287,7 @@ pub(crate) async fn run(
         dispatcher.dispatch(Job { delivery, envelope });
     }
     drain(&dispatcher, drain_timeout).await;
+    deliveries.close().await;
 }
 
 async fn drain(dispatcher: &Dispatcher, timeout: Duration) {

@@ -116,7 +116,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let ops = ops::serve(ctx.clone(), settings.worker.metrics_bind, shutdown.clone()).await?;
     tracing::info!(addr = %ops, "metrics, health and readiness served");
     consume::run(
-        ctx,
+        ctx.clone(),
         broker.clone(),
         settings.amqp.prefetch,
         Duration::from_secs(settings.worker.drain_timeout_s),
@@ -124,6 +124,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     )
     .await;
     confirms_writer.finish().await;
+    ctx.publisher.close().await;
     broker.close().await;
     db.close().await;
     Ok(())

@@ -35,6 +35,7 @@ pub(crate) async fn run(state: AppState, channel: Channel) {
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+    deliveries.close().await;
 }
 
 async fn deliver(

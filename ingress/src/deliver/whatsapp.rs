@@ -68,6 +68,7 @@ pub(crate) async fn run(state: AppState) {
     }
     drop(lanes);
     while senders.join_next().await.is_some() {}
+    deliveries.close().await;
 }
 
 /// A delivery's reply, decoded once, before it is given a lane.

@@ -129,7 +129,9 @@ impl Broker {
     /// Deletes every queue and exchange of this prefix. Test clean-up and tooling only.
     pub async fn delete_topology(&self) -> Result<()> {
         let ch = self.channel().await?;
-        self.inner.topology.delete(&ch).await
+        let deleted = self.inner.topology.delete(&ch).await;
+        let _ = ch.close(200, "deleted".into()).await;
+        deleted
     }
 
     /// A publisher whose every publish waits for the broker's confirm.

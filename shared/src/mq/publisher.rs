@@ -262,6 +262,15 @@ impl Publisher {
         }
     }
 
+    /// Closes the publishing channel once the process is done publishing, waiting for
+    /// the broker (see [`super::Subscription::close`] for why not merely drop it).
+    pub async fn close(&self) {
+        let ch = self.channel.read().await;
+        if ch.status().connected() {
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+
     /// The publishing channel, re-opened (with confirms) if it or its connection died.
     async fn live_channel(&self) -> Result<lapin::Channel> {
         {

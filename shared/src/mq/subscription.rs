@@ -1,7 +1,8 @@
 //! A consumer that survives its connection: [`Subscription::next`] re-opens the consumer
 //! (with backoff) whenever the broker connection or channel is lost, and ends only when
 //! the shutdown token fires, cancelling the consumer so in-flight deliveries can still be
-//! acked while nothing new arrives.
+//! acked while nothing new arrives. Once they are settled, [`Subscription::close`]
+//! closes its channel before the process closes the connection.
 
 use std::time::Duration;
 
@@ -83,6 +84,16 @@ impl Subscription {
                     }
                 },
             }
+        }
+    }
+
+    /// Closes the consumer's channel (after the deliveries it handed out were settled)
+    /// and waits for the broker's answer. A channel merely dropped closes in the
+    /// background, and when the connection closes at the same moment lapin takes the
+    /// two for a protocol error and logs the connection as failed.
+    pub async fn close(mut self) {
+        if let Some(consumer) = self.current.take() {
+            consumer.close().await;
         }
     }
 }
