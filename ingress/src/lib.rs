@@ -114,7 +114,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tokio::spawn(deliver::whatsapp::run(state.clone())),
     ];
 
-    let publisher_of = state.clone();
+    // Kept to close the publisher's channel once the deliverers are done.
+    let closing = state.clone();
     let app = router(state, Duration::from_secs(settings.http.request_timeout_s));
     let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
     let addr = listener.local_addr()?;
@@ -129,7 +130,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         for deliverer in deliverers {
             let _ = deliverer.await;
         }
-        publisher_of.publisher().close().await;
+        closing.publisher().close().await;
         broker.close().await;
         db.close().await;
     });

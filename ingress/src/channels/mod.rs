@@ -91,15 +91,16 @@ pub(crate) async fn record_and_publish(
 ) -> Result<()> {
     let text = envelope.message.as_prompt_text();
     let messages = state.db().messages();
-    let accepting = messages
-        .start_accepting(
+    let start_accepting = || {
+        messages.start_accepting(
             envelope.client_id,
             conversation_id,
             envelope.id,
             &text,
             envelope.channel_message_id.as_deref(),
         )
-        .await?;
+    };
+    let accepting = start_accepting().await?;
     let (recorded, published) = tokio::join!(
         accepting.commit(),
         state.publisher().publish_envelope(envelope)
@@ -108,15 +109,7 @@ pub(crate) async fn record_and_publish(
         (Ok(_), Ok(())) => Ok(()),
         (Err(first), Ok(())) => {
             tracing::warn!(error = %first, "recording an accepted message failed; trying once more");
-            messages
-                .accept_user(
-                    envelope.client_id,
-                    conversation_id,
-                    envelope.id,
-                    &text,
-                    envelope.channel_message_id.as_deref(),
-                )
-                .await?;
+            start_accepting().await?.commit().await?;
             Ok(())
         }
         (recorded, Err(e)) => {

@@ -964,7 +964,7 @@ mod tests {
     }
 
     /// A worker that holds a delivery while its channel is still committing the message
-    /// (they record and publish at once) waits for that commit in its read and finds
+    /// (the channel commits while it publishes) waits for that commit in its read and finds
     /// the message, instead of missing it, taking a position and inserting only to meet
     /// the duplicate key.
     #[tokio::test]
