@@ -44,6 +44,9 @@ use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// How long a pooled connection may sit idle before it is pinged on its way out.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+
 /// A pool of connections to the chatfleet database.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -58,6 +61,19 @@ impl Db {
             .max_connections(settings.max_connections)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out by default: a round trip per
+            // statement on the busiest path. Only a connection that sat idle long enough
+            // for the server to have gone away (a restart, `wait_timeout`) is checked;
+            // a busy one that broke fails its statement, which every caller handles.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.charset("utf8mb4").timezone(Some("+00:00".into())))
             .await
             .map_err(|e| {
