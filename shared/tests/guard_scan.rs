@@ -75,3 +75,51 @@ fn every_repository_statement_passes_the_guard() {
         "only {checked} statements found: is the scan broken?"
     );
 }
+
+/// The write procedures (`migrations/`) hold the same guard: each takes the tenant id
+/// first, as `p_client_id`, and every statement of its body that touches a tenant table
+/// is tied to it, by the rules the data layer's own statements pass.
+#[test]
+fn every_procedure_statement_passes_the_guard() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let (mut procedures, mut checked) = (0, 0);
+    for entry in std::fs::read_dir(&dir).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let source = std::fs::read_to_string(&path).expect("migration");
+        // Comments out, so a statement is only what the server runs.
+        let sql: String = source
+            .lines()
+            .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for definition in sql.split("CREATE PROCEDURE").skip(1) {
+            procedures += 1;
+            let (name, rest) = definition.split_once('(').expect("a parameter list");
+            let name = name.trim();
+            let first_parameter = rest.split_whitespace().nth(1);
+            assert_eq!(
+                first_parameter,
+                Some("p_client_id"),
+                "{name}: the tenant id must come first"
+            );
+            for statement in rest.split(';') {
+                let lower = statement.to_ascii_lowercase();
+                let start = ["select ", "update ", "insert ", "delete "]
+                    .iter()
+                    .filter_map(|verb| lower.find(verb))
+                    .min();
+                let Some(start) = start else { continue };
+                let statement = statement[start..].replace("p_client_id", "?");
+                if let Err(e) = shared::db::guard::check(&statement) {
+                    panic!("{name}: {e}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(procedures >= 2, "only {procedures} procedures found");
+    assert!(
+        checked >= 6,
+        "only {checked} procedure statements found: is the scan broken?"
+    );
+}

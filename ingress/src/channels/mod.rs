@@ -74,55 +74,37 @@ pub(crate) fn message_text(
 /// message in the database, in the order the client's requests were accepted, even while
 /// their deliveries are still in flight (or on a worker that just died).
 ///
-/// The message is inserted first, then its commit and the publish run at once, so the
-/// client waits for one commit or one broker confirm, not both in turn. A worker that
-/// receives the envelope before the commit waits for it (its look for the message is a
-/// locking read) rather than racing it. The envelope id is the idempotency key: a retried
-/// request records nothing new. When the broker cannot confirm, a message this request
-/// recorded is withdrawn again (unless a turn already answered it): the 503 means "not
-/// accepted", and nothing of it stays. When the broker confirmed but the commit failed,
-/// the record is tried once more before answering, so a 202 still means "has its
-/// place"; failing that, the caller gets a 503 and the message, already on its way, is
-/// recorded by its worker (a retry with the same `Idempotency-Key` is the same message).
+/// The record is committed (one round trip) before the envelope is published, so a
+/// worker never holds a delivery whose message is not in the database yet. The envelope
+/// id is the idempotency key: a retried request records nothing new. When the database
+/// fails, nothing is published (503). When the broker cannot confirm, a message this
+/// request recorded is withdrawn again (unless a turn already answered it): the 503
+/// means "not accepted", and nothing of it stays.
 pub(crate) async fn record_and_publish(
     state: &crate::AppState,
     conversation_id: shared::ids::ConversationId,
     envelope: &shared::envelope::Envelope,
 ) -> Result<()> {
-    let text = envelope.message.as_prompt_text();
     let messages = state.db().messages();
-    let start_accepting = || {
-        messages.start_accepting(
+    let recorded = messages
+        .accept_user(
             envelope.client_id,
             conversation_id,
             envelope.id,
-            &text,
+            &envelope.message.as_prompt_text(),
             envelope.channel_message_id.as_deref(),
         )
-    };
-    let accepting = start_accepting().await?;
-    let (recorded, published) = tokio::join!(
-        accepting.commit(),
-        state.publisher().publish_envelope(envelope)
-    );
-    match (recorded, published) {
-        (Ok(_), Ok(())) => Ok(()),
-        (Err(first), Ok(())) => {
-            tracing::warn!(error = %first, "recording an accepted message failed; trying once more");
-            start_accepting().await?.commit().await?;
-            Ok(())
+        .await?;
+    if let Err(e) = state.publisher().publish_envelope(envelope).await {
+        if recorded.newly_recorded
+            && let Err(withdraw) = messages.withdraw(envelope.client_id, envelope.id).await
+        {
+            // It stays pending and is answered with the conversation's next turn.
+            tracing::warn!(error = %withdraw, "could not withdraw an unconfirmed message");
         }
-        (recorded, Err(e)) => {
-            if let Ok(recorded) = recorded
-                && recorded.newly_recorded
-                && let Err(withdraw) = messages.withdraw(envelope.client_id, envelope.id).await
-            {
-                // It stays pending and is answered with the conversation's next turn.
-                tracing::warn!(error = %withdraw, "could not withdraw an unconfirmed message");
-            }
-            Err(ApiError::broker_unavailable(&e))
-        }
+        return Err(ApiError::broker_unavailable(&e));
     }
+    Ok(())
 }
 
 /// The bearer token of the `Authorization` header.

@@ -4,7 +4,10 @@
 //!
 //! - `SELECT` / `UPDATE` / `DELETE`: a `client_id = ?` predicate after `WHERE`, and a
 //!   `client_id` condition for every further tenant table joined in;
-//! - `INSERT`: a `client_id` column.
+//! - `INSERT`: a `client_id` column;
+//! - `CALL`: a bound first argument, the tenant id (the write procedures in `migrations/`
+//!   take it first and tie their own statements to it; `tests/guard_scan.rs` checks
+//!   their bodies with these same rules).
 //!
 //! It is a syntactic check over chatfleet's own SQL (no user input ever reaches a
 //! statement's text), cheap next to the round trip it guards. The one statement that
@@ -68,6 +71,12 @@ pub fn check(sql: &str) -> Result<()> {
                 && TENANT_TABLES.contains(&pair[1])
         })
         .count();
+    if words.first() == Some(&"call") {
+        return match lower.split_once('(') {
+            Some((_, args)) if args.trim_start().starts_with('?') => Ok(()),
+            _ => Err(unscoped(sql)),
+        };
+    }
     if tenant_refs == 0 {
         return Ok(());
     }
@@ -95,13 +104,14 @@ pub fn check(sql: &str) -> Result<()> {
         }
         _ => false,
     };
-    if scoped {
-        Ok(())
-    } else {
-        let mut shown: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-        shown.truncate(160);
-        Err(Error::Unscoped(shown))
-    }
+    if scoped { Ok(()) } else { Err(unscoped(sql)) }
+}
+
+/// The refusal, showing the start of the statement.
+fn unscoped(sql: &str) -> Error {
+    let mut shown: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    shown.truncate(160);
+    Error::Unscoped(shown)
 }
 
 #[cfg(test)]
@@ -119,6 +129,7 @@ mod tests {
              AND r.id = u.reply_message_id WHERE u.client_id = ? AND u.envelope_id = ?",
             "SELECT id, slug FROM clients WHERE slug = ?",
             "SELECT 1",
+            "CALL store_reply(?, ?, ?)",
         ] {
             check(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
@@ -137,6 +148,9 @@ mod tests {
              WHERE u.client_id = ?",
             // client_id compared with something other than a bound tenant id.
             "SELECT id FROM messages WHERE client_id > 0",
+            // A procedure takes the tenant id first, bound.
+            "CALL store_reply(7, ?)",
+            "CALL store_reply()",
         ] {
             assert!(check(sql).is_err(), "accepted: {sql}");
         }

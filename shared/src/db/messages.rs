@@ -171,25 +171,6 @@ pub struct MailboxItem {
     pub created_at: DateTime<Utc>,
 }
 
-/// A user message being accepted (see [`Messages::start_accepting`]): inserted, or
-/// found recorded before, and not yet committed. Dropped without
-/// [`Accepting::commit`], it is rolled back.
-#[derive(Debug)]
-pub struct Accepting {
-    tx: Option<Transaction<'static, MySql>>,
-    recorded: RecordedUser,
-}
-
-impl Accepting {
-    /// Makes the recording durable; what it recorded (or found recorded before).
-    pub async fn commit(self) -> Result<RecordedUser> {
-        if let Some(tx) = self.tx {
-            tx.commit().await?;
-        }
-        Ok(self.recorded)
-    }
-}
-
 /// How often a reply transaction runs before a deadlock is reported.
 const DEADLOCK_ATTEMPTS: u32 = 3;
 
@@ -232,8 +213,9 @@ impl<'a> Messages<'a> {
     }
 
     /// [`Messages::record_user`] for a message that is most likely new (a channel
-    /// accepting it): inserts first, and looks for the earlier recording only when the
-    /// envelope id turns out to be taken.
+    /// accepting it): inserts first (at its mailbox position, committed when this
+    /// returns), and looks for the earlier recording only when the envelope id turns out
+    /// to be taken.
     pub async fn accept_user(
         &self,
         client_id: ClientId,
@@ -242,64 +224,30 @@ impl<'a> Messages<'a> {
         content: &str,
         channel_message_id: Option<&str>,
     ) -> Result<RecordedUser> {
-        self.start_accepting(
-            client_id,
-            conversation_id,
-            envelope_id,
-            content,
-            channel_message_id,
-        )
-        .await?
-        .commit()
-        .await
-    }
-
-    /// [`Messages::accept_user`] up to its commit: the message is inserted at its
-    /// position and [`Accepting::commit`] makes it durable. Meanwhile a worker's
-    /// [`Messages::record_user`] of the same envelope waits for the outcome instead of
-    /// racing it, so a channel can publish the envelope while it commits.
-    pub async fn start_accepting(
-        &self,
-        client_id: ClientId,
-        conversation_id: ConversationId,
-        envelope_id: EnvelopeId,
-        content: &str,
-        channel_message_id: Option<&str>,
-    ) -> Result<Accepting> {
-        let mut tx = self.pool.begin().await?;
-        let seq = next_seq(&mut tx, client_id, conversation_id).await?;
-        let inserted = guard::query(
-            "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, \
-             channel_message_id, state, seq) VALUES (?, ?, ?, 'user', ?, ?, 'pending', ?)",
-        )?
-        .bind(client_id.get())
-        .bind(conversation_id.get())
-        .bind(envelope_id.as_uuid())
-        .bind(content)
-        .bind(channel_message_id)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await;
+        // One round trip: the position and the insert in one transaction
+        // (migrations/20261128000001_write_procedures.sql).
+        let inserted = guard::query_scalar("CALL accept_user_message(?, ?, ?, ?, ?)")?
+            .bind(client_id.get())
+            .bind(conversation_id.get())
+            .bind(envelope_id.as_uuid())
+            .bind(content)
+            .bind(channel_message_id)
+            .fetch_all(self.pool)
+            .await;
         match inserted {
-            Ok(done) => Ok(Accepting {
-                tx: Some(tx),
-                recorded: RecordedUser {
-                    message_id: done.last_insert_id(),
-                    newly_recorded: true,
-                    state: UserMessageState::Pending,
-                    reply: None,
-                },
+            Ok(ids) => Ok(RecordedUser {
+                message_id: single(ids, "accept_user_message")?,
+                newly_recorded: true,
+                state: UserMessageState::Pending,
+                reply: None,
             }),
             Err(e) if is_duplicate_key(&e) => {
                 // Recorded before, or concurrently by another delivery of the envelope.
-                tx.rollback().await?;
-                let recorded = self
-                    .find_user(client_id, envelope_id)
+                self.find_user(client_id, envelope_id)
                     .await?
-                    .ok_or(Error::Database(e))?;
-                Ok(Accepting { tx: None, recorded })
+                    .ok_or(Error::Database(e))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(signalled(e)),
         }
     }
 
@@ -309,8 +257,9 @@ impl<'a> Messages<'a> {
         envelope_id: EnvelopeId,
     ) -> Result<Option<RecordedUser>> {
         // A locking read: it waits for a transaction that inserted this envelope's
-        // message and has not committed yet. Outside a transaction its shared locks
-        // last for this statement only.
+        // message and has not committed yet (another worker's delivery of the same
+        // envelope), instead of missing it and meeting the duplicate key later. Outside
+        // a transaction its shared locks last for this statement only.
         let row = guard::query(
             "SELECT u.id, u.state, r.envelope_id AS reply_id, r.reply_kind, r.content AS reply_text, \
              r.config_version AS reply_config_version, r.created_at AS reply_created_at \
@@ -484,73 +433,40 @@ impl<'a> Messages<'a> {
             ReplyKind::Agent => "agent",
             _ => "assistant",
         };
-        let mut tx = self.pool.begin().await?;
-        // The reply's mailbox position is taken now, under the conversation's row lock:
-        // mailbox order is the order turns stored their replies in. The bot's own answers
-        // are only stored while the bot has the conversation: a handoff that happened
-        // during the turn wins (the row lock orders the two).
-        let seq = if matches!(reply.kind, ReplyKind::Bot | ReplyKind::Fallback) {
-            let Some(seq) = take_seq(&mut tx, client_id, reply.conversation_id, true).await? else {
-                tx.rollback().await?;
-                return Ok(false);
-            };
-            seq
-        } else {
-            next_seq(&mut tx, client_id, reply.conversation_id).await?
-        };
-        let done = guard::query(
-            "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
-             reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens, config_version, \
-             seq) VALUES (?, ?, ?, ?, ?, 'stored', ?, ?, ?, ?, ?, ?)",
-        )?
-        .bind(client_id.get())
-        .bind(reply.conversation_id.get())
-        .bind(reply.reply_id.as_uuid())
-        .bind(role)
-        .bind(&reply.text)
-        .bind(kind_str(reply.kind))
-        .bind(reply.prompt_tokens)
-        .bind(reply.completion_tokens)
-        .bind(reply.estimated_prompt_tokens)
-        .bind(reply.config_version)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?;
-        let reply_row = done.last_insert_id();
-        let placeholders = vec!["?"; reply.answers.len()].join(", ");
-        let sql = format!(
-            "UPDATE messages SET state = 'answered', reply_message_id = ? \
-             WHERE client_id = ? AND conversation_id = ? AND state = 'pending' \
-               AND id IN ({placeholders})"
-        );
-        let mut update = guard::query(&sql)?
-            .bind(reply_row)
-            .bind(client_id.get())
-            .bind(reply.conversation_id.get());
-        for id in &reply.answers {
-            update = update.bind(*id);
+        // The bot's own answers are only stored while the bot has the conversation: a
+        // handoff that happened during the turn wins (the conversation's row lock orders
+        // the two). One round trip: the mailbox position, the reply, the answered marks
+        // and the usage in one transaction (migrations/20261128000001_write_procedures.sql).
+        let bot_only = matches!(reply.kind, ReplyKind::Bot | ReplyKind::Fallback);
+        let answers = reply
+            .answers
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let outcome: Vec<String> =
+            guard::query_scalar("CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")?
+                .bind(client_id.get())
+                .bind(reply.conversation_id.get())
+                .bind(reply.reply_id.as_uuid())
+                .bind(role)
+                .bind(&reply.text)
+                .bind(kind_str(reply.kind))
+                .bind(bot_only)
+                .bind(reply.prompt_tokens)
+                .bind(reply.completion_tokens)
+                .bind(reply.estimated_prompt_tokens)
+                .bind(reply.config_version)
+                .bind(answers)
+                .bind(reply.conversation_id.get() % super::usage::SHARDS)
+                .fetch_all(self.pool)
+                .await
+                .map_err(signalled)?;
+        match single(outcome, "store_reply")?.as_str() {
+            "stored" => Ok(true),
+            "not_bot" | "answered_before" => Ok(false),
+            other => Err(Error::Invalid(format!("store_reply answered {other:?}"))),
         }
-        let answered = update.execute(&mut *tx).await?.rows_affected();
-        if answered == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        guard::query(
-            "INSERT INTO usage_daily (client_id, day, shard, messages, prompt_tokens, \
-             completion_tokens) VALUES (?, UTC_DATE(), ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
-             messages = messages + VALUES(messages), \
-             prompt_tokens = prompt_tokens + VALUES(prompt_tokens), \
-             completion_tokens = completion_tokens + VALUES(completion_tokens)",
-        )?
-        .bind(client_id.get())
-        .bind(reply.conversation_id.get() % super::usage::SHARDS)
-        .bind(answered)
-        .bind(u64::from(reply.prompt_tokens.unwrap_or(0)))
-        .bind(u64::from(reply.completion_tokens.unwrap_or(0)))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     /// Stores a human agent's message (answering no particular turn).
@@ -872,45 +788,28 @@ impl<'a> Messages<'a> {
 }
 
 /// Takes the next mailbox position of a conversation, locking its row until the
-/// transaction ends.
+/// transaction ends (what the write procedures do first, for a human agent's message).
 async fn next_seq(
     tx: &mut Transaction<'_, MySql>,
     client_id: ClientId,
     conversation_id: ConversationId,
 ) -> Result<u64> {
-    take_seq(tx, client_id, conversation_id, false)
-        .await?
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "conversation {conversation_id} does not belong to client {client_id}"
-            ))
-        })
-}
-
-/// Takes the conversation's next mailbox position under its row lock (held until the
-/// transaction ends); `None` when the conversation is not the tenant's or, with
-/// `bot_only`, when a human has it.
-async fn take_seq(
-    tx: &mut Transaction<'_, MySql>,
-    client_id: ClientId,
-    conversation_id: ConversationId,
-    bot_only: bool,
-) -> Result<Option<u64>> {
     // LAST_INSERT_ID(expr) hands the new value back with the UPDATE itself: one round
     // trip, under the row lock the UPDATE takes.
-    let sql = if bot_only {
+    let done = guard::query(
         "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
-         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ? AND mode = 'bot'"
-    } else {
-        "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
-         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ?"
-    };
-    let done = guard::query(sql)?
-        .bind(client_id.get())
-        .bind(conversation_id.get())
-        .execute(&mut **tx)
-        .await?;
-    Ok((done.rows_affected() > 0).then(|| done.last_insert_id()))
+         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ?",
+    )?
+    .bind(client_id.get())
+    .bind(conversation_id.get())
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::Invalid(format!(
+            "conversation {conversation_id} does not belong to client {client_id}"
+        )));
+    }
+    Ok(done.last_insert_id())
 }
 
 fn mailbox_item(row: &MySqlRow) -> Result<MailboxItem> {
@@ -921,6 +820,28 @@ fn mailbox_item(row: &MySqlRow) -> Result<MailboxItem> {
         text: row.try_get("content")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// The one row a write procedure ends with.
+fn single<T>(rows: Vec<T>, procedure: &str) -> Result<T> {
+    let mut rows = rows.into_iter();
+    match (rows.next(), rows.next()) {
+        (Some(row), None) => Ok(row),
+        _ => Err(Error::Invalid(format!(
+            "{procedure} did not answer with exactly one row"
+        ))),
+    }
+}
+
+/// A write procedure's refusal (SQLSTATE 45000: a conversation that is not the
+/// tenant's) as the invalid request it is; any other failure as it came.
+fn signalled(err: sqlx::Error) -> Error {
+    match &err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("45000") => {
+            Error::Invalid(db.message().to_owned())
+        }
+        _ => Error::Database(err),
+    }
 }
 
 const fn kind_str(kind: ReplyKind) -> &'static str {
@@ -1017,6 +938,148 @@ mod tests {
         assert_eq!(recorded.message_id, inserted);
         assert!(!recorded.newly_recorded);
         assert_eq!(recorded.state, UserMessageState::Pending);
+        env.teardown().await;
+    }
+
+    /// The write procedures (one round trip each) keep every character of a message,
+    /// answer exactly the messages they are given, count them, and refuse what the
+    /// statements they replaced refused.
+    #[tokio::test]
+    async fn the_write_procedures_store_exactly_what_they_are_given() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("procedures").await;
+        let other = env.tenant("procedures-other").await;
+        let conversations = env.db.conversations();
+        let conversation = conversations
+            .get_or_create(t.id, Channel::Api, "c")
+            .await
+            .expect("conversation");
+        let messages = env.db.messages();
+        let text = "Grüße 👋 — 你好, O'Brien \\ \"quoted\"";
+        let mut ids = Vec::new();
+        for content in [text, "second", "third"] {
+            let recorded = messages
+                .accept_user(
+                    t.id,
+                    conversation,
+                    EnvelopeId::random(),
+                    content,
+                    Some("wamid.Ä👋"),
+                )
+                .await
+                .expect("accepted");
+            assert!(recorded.newly_recorded);
+            ids.push(recorded.message_id);
+        }
+        let mailbox = messages
+            .mailbox_after(t.id, conversation, 0, 10)
+            .await
+            .expect("mailbox");
+        assert_eq!(mailbox.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(mailbox[0].text, text, "every character kept");
+
+        // Answers the first and the third: the second stays pending.
+        let reply = |kind, answers: Vec<u64>| NewReply {
+            conversation_id: conversation,
+            reply_id: ReplyId::random(),
+            kind,
+            text: format!("re: {text}"),
+            answers,
+            prompt_tokens: Some(7),
+            completion_tokens: None,
+            estimated_prompt_tokens: Some(9),
+            config_version: 3,
+        };
+        assert!(
+            messages
+                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[0], ids[2]]))
+                .await
+                .expect("stored")
+        );
+        let pending = messages
+            .pending(t.id, conversation, 10)
+            .await
+            .expect("pending");
+        assert_eq!(
+            pending
+                .turns
+                .iter()
+                .map(|p| p.message_id)
+                .collect::<Vec<_>>(),
+            [ids[1]]
+        );
+        let history = messages
+            .history(t.id, conversation, 10)
+            .await
+            .expect("history");
+        assert_eq!(
+            history.last().map(|h| h.content.as_str()),
+            Some(&*format!("re: {text}"))
+        );
+        let today = Utc::now().date_naive();
+        let usage = env
+            .db
+            .usage()
+            .days(t.id, today, today)
+            .await
+            .expect("usage");
+        assert_eq!(
+            usage
+                .iter()
+                .map(|d| (d.messages, d.prompt_tokens))
+                .collect::<Vec<_>>(),
+            [(2, 7)]
+        );
+
+        // Answered before: nothing stored.
+        assert!(
+            !messages
+                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[0]]))
+                .await
+                .expect("refused")
+        );
+        // A human has the conversation: the bot's reply is dropped, an agent's is kept.
+        conversations
+            .set_mode(t.id, conversation, ConversationMode::Human)
+            .await
+            .expect("handoff");
+        assert!(
+            !messages
+                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[1]]))
+                .await
+                .expect("dropped")
+        );
+        assert_eq!(
+            messages
+                .mailbox_after(t.id, conversation, 0, 10)
+                .await
+                .expect("mailbox")
+                .len(),
+            4,
+            "three questions and one answer"
+        );
+        assert!(
+            messages
+                .store_reply(t.id, &reply(ReplyKind::Agent, vec![ids[1]]))
+                .await
+                .expect("an agent's reply")
+        );
+
+        // Another tenant's conversation: refused, whatever the id.
+        let refused = messages
+            .accept_user(other.id, conversation, EnvelopeId::random(), "x", None)
+            .await;
+        assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+        let refused = messages
+            .store_reply(other.id, &reply(ReplyKind::Agent, vec![ids[1]]))
+            .await;
+        assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+        assert!(
+            !messages
+                .store_reply(other.id, &reply(ReplyKind::Bot, vec![ids[1]]))
+                .await
+                .expect("not the tenant's")
+        );
         env.teardown().await;
     }
 }

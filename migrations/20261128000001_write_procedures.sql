@@ -1,0 +1,117 @@
+-- The two transactions on every message's path, each as one round trip: accepting a
+-- user message (was BEGIN, position, INSERT, COMMIT: four) and storing the reply that
+-- answers it (was BEGIN, position, INSERT, mark answered, usage, COMMIT: six). Under load
+-- the database's cost is per statement sent (network, dispatch, a thread woken per
+-- round trip), not per row written, so this is where a message's cost went.
+--
+-- Both take the conversation's row lock first, as the statements they replace did: the
+-- mailbox position is handed out under it, so positions are gapless in commit order, and
+-- any two writers of one conversation queue on that row instead of deadlocking on the
+-- messages they touch.
+--
+-- Isolation: each takes the tenant id first (`p_client_id`) and ties every statement on
+-- a tenant table to it; shared/tests/guard_scan.rs checks these bodies like the data
+-- layer's own statements. Failures roll the whole transaction back and reach the caller
+-- unchanged (duplicate entry, deadlock); a conversation that is not the tenant's is
+-- SQLSTATE 45000.
+
+CREATE PROCEDURE accept_user_message(
+    IN p_client_id          BIGINT UNSIGNED,
+    IN p_conversation_id    BIGINT UNSIGNED,
+    IN p_envelope_id        BINARY(16),
+    IN p_content            MEDIUMTEXT CHARACTER SET utf8mb4,
+    IN p_channel_message_id VARCHAR(255) CHARACTER SET utf8mb4)
+MODIFIES SQL DATA
+BEGIN
+    DECLARE v_seq BIGINT UNSIGNED;
+    DECLARE v_message_id BIGINT UNSIGNED;
+    DECLARE EXIT HANDLER FOR SQLEXCEPTION
+    BEGIN
+        ROLLBACK;
+        RESIGNAL;
+    END;
+    START TRANSACTION;
+    UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1),
+        last_message_at = CURRENT_TIMESTAMP(6)
+        WHERE client_id = p_client_id AND id = p_conversation_id;
+    IF ROW_COUNT() = 0 THEN
+        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the conversation is not the tenant''s';
+    END IF;
+    SET v_seq = LAST_INSERT_ID();
+    INSERT INTO messages (client_id, conversation_id, envelope_id, role, content,
+        channel_message_id, state, seq)
+        VALUES (p_client_id, p_conversation_id, p_envelope_id, 'user', p_content,
+        p_channel_message_id, 'pending', v_seq);
+    SET v_message_id = LAST_INSERT_ID();
+    COMMIT;
+    SELECT v_message_id AS message_id;
+END;
+
+-- Outcome (one row, column `outcome`): 'stored'; 'not_bot' when a bot or fallback reply
+-- (`p_bot_only`) meets a conversation a human has (or no conversation of the tenant);
+-- 'answered_before' when none of `p_answers` (the user messages' ids, comma-separated)
+-- is still pending. Only 'stored' keeps anything.
+CREATE PROCEDURE store_reply(
+    IN p_client_id               BIGINT UNSIGNED,
+    IN p_conversation_id         BIGINT UNSIGNED,
+    IN p_reply_id                BINARY(16),
+    IN p_role                    VARCHAR(16),
+    IN p_content                 MEDIUMTEXT CHARACTER SET utf8mb4,
+    IN p_reply_kind              VARCHAR(16),
+    IN p_bot_only                BOOLEAN,
+    IN p_prompt_tokens           INT UNSIGNED,
+    IN p_completion_tokens       INT UNSIGNED,
+    IN p_estimated_prompt_tokens INT UNSIGNED,
+    IN p_config_version          BIGINT UNSIGNED,
+    IN p_answers                 TEXT,
+    IN p_usage_shard             TINYINT UNSIGNED)
+MODIFIES SQL DATA
+store: BEGIN
+    DECLARE v_seq BIGINT UNSIGNED;
+    DECLARE v_reply_row BIGINT UNSIGNED;
+    DECLARE v_answered BIGINT UNSIGNED;
+    DECLARE EXIT HANDLER FOR SQLEXCEPTION
+    BEGIN
+        ROLLBACK;
+        RESIGNAL;
+    END;
+    START TRANSACTION;
+    UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1),
+        last_message_at = CURRENT_TIMESTAMP(6)
+        WHERE client_id = p_client_id AND id = p_conversation_id
+          AND (NOT p_bot_only OR mode = 'bot');
+    IF ROW_COUNT() = 0 THEN
+        ROLLBACK;
+        IF NOT p_bot_only THEN
+            SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the conversation is not the tenant''s';
+        END IF;
+        SELECT 'not_bot' AS outcome;
+        LEAVE store;
+    END IF;
+    SET v_seq = LAST_INSERT_ID();
+    INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state,
+        reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens,
+        config_version, seq)
+        VALUES (p_client_id, p_conversation_id, p_reply_id, p_role, p_content, 'stored',
+        p_reply_kind, p_prompt_tokens, p_completion_tokens, p_estimated_prompt_tokens,
+        p_config_version, v_seq);
+    SET v_reply_row = LAST_INSERT_ID();
+    UPDATE messages SET state = 'answered', reply_message_id = v_reply_row
+        WHERE client_id = p_client_id AND conversation_id = p_conversation_id
+          AND state = 'pending' AND FIND_IN_SET(id, p_answers) > 0;
+    SET v_answered = ROW_COUNT();
+    IF v_answered = 0 THEN
+        ROLLBACK;
+        SELECT 'answered_before' AS outcome;
+        LEAVE store;
+    END IF;
+    INSERT INTO usage_daily (client_id, day, shard, messages, prompt_tokens,
+        completion_tokens)
+        VALUES (p_client_id, UTC_DATE(), p_usage_shard, v_answered,
+        IFNULL(p_prompt_tokens, 0), IFNULL(p_completion_tokens, 0))
+        ON DUPLICATE KEY UPDATE messages = messages + VALUES(messages),
+        prompt_tokens = prompt_tokens + VALUES(prompt_tokens),
+        completion_tokens = completion_tokens + VALUES(completion_tokens);
+    COMMIT;
+    SELECT 'stored' AS outcome;
+END;
