@@ -225,7 +225,7 @@ impl<'a> Messages<'a> {
         channel_message_id: Option<&str>,
     ) -> Result<RecordedUser> {
         // One round trip: the position and the insert in one transaction
-        // (migrations/20261128000001_write_procedures.sql).
+        // (migrations/20261128000002_write_procedures.sql).
         let inserted = guard::query_scalar("CALL accept_user_message(?, ?, ?, ?, ?)")?
             .bind(client_id.get())
             .bind(conversation_id.get())
@@ -339,7 +339,8 @@ impl<'a> Messages<'a> {
     /// (answered or closed user messages, replies, agent messages), oldest first: the
     /// history before the turn that answers the pending ones. Each question is placed
     /// right before its answer, even when it arrived while an earlier question was being
-    /// answered (it is ordered by its reply's position).
+    /// answered (it is ordered by its reply's position: `history_seq`, kept as messages
+    /// are written, so only `limit` rows are read however long the conversation).
     pub async fn history(
         &self,
         client_id: ClientId,
@@ -363,11 +364,10 @@ impl<'a> Messages<'a> {
             return Ok(Vec::new());
         }
         let rows = guard::query(
-            "SELECT role, content FROM messages \
-             WHERE client_id = ? AND conversation_id = ? AND id < ? \
-               AND role IN ('user', 'assistant', 'agent') \
-               AND NOT (role = 'user' AND state = 'pending') \
-             ORDER BY COALESCE(reply_message_id, id) DESC, id DESC LIMIT ?",
+            "SELECT role, content FROM messages FORCE INDEX (ix_messages_history) \
+             WHERE client_id = ? AND conversation_id = ? AND history_seq IS NOT NULL \
+               AND id < ? AND role IN ('user', 'assistant', 'agent') \
+             ORDER BY history_seq DESC, id DESC LIMIT ?",
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
@@ -436,7 +436,7 @@ impl<'a> Messages<'a> {
         // The bot's own answers are only stored while the bot has the conversation: a
         // handoff that happened during the turn wins (the conversation's row lock orders
         // the two). One round trip: the mailbox position, the reply, the answered marks
-        // and the usage in one transaction (migrations/20261128000001_write_procedures.sql).
+        // and the usage in one transaction (migrations/20261128000002_write_procedures.sql).
         let bot_only = matches!(reply.kind, ReplyKind::Bot | ReplyKind::Fallback);
         let answers = reply
             .answers
@@ -481,12 +481,13 @@ impl<'a> Messages<'a> {
         let seq = next_seq(&mut tx, client_id, conversation_id).await?;
         guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
-             reply_kind, seq) VALUES (?, ?, ?, 'agent', ?, 'stored', 'agent', ?)",
+             reply_kind, seq, history_seq) VALUES (?, ?, ?, 'agent', ?, 'stored', 'agent', ?, ?)",
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(reply_id.as_uuid())
         .bind(text)
+        .bind(seq)
         .bind(seq)
         .execute(&mut *tx)
         .await?;
@@ -658,7 +659,7 @@ impl<'a> Messages<'a> {
         let done = guard::query(
             "UPDATE messages u JOIN messages r \
                ON r.client_id = u.client_id AND r.id = u.reply_message_id \
-             SET u.state = 'pending', u.reply_message_id = NULL \
+             SET u.state = 'pending', u.reply_message_id = NULL, u.history_seq = NULL \
              WHERE u.client_id = ? AND u.envelope_id = ? AND u.role = 'user' \
                AND u.state = 'answered' AND r.reply_kind = 'fallback'",
         )?
@@ -682,7 +683,7 @@ impl<'a> Messages<'a> {
             other => return Err(Error::Invalid(format!("cannot close a turn as {other:?}"))),
         };
         guard::query(
-            "UPDATE messages SET state = ? \
+            "UPDATE messages SET state = ?, history_seq = COALESCE(seq, 0) \
              WHERE client_id = ? AND envelope_id = ? AND role = 'user' AND state = 'pending'",
         )?
         .bind(state)
@@ -1080,6 +1081,137 @@ mod tests {
                 .await
                 .expect("not the tenant's")
         );
+        env.teardown().await;
+    }
+
+    /// The history keeps each question right before its answer, however the questions
+    /// and answers interleaved, places closed and agent messages where they happened,
+    /// leaves pending questions out, and returns the newest `limit` messages. The dry-run
+    /// replay's view stops before the message replayed.
+    #[tokio::test]
+    async fn history_keeps_questions_before_their_answers_in_turn_order() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("history").await;
+        let conversation = env
+            .db
+            .conversations()
+            .get_or_create(t.id, Channel::Api, "h")
+            .await
+            .expect("conversation");
+        let messages = env.db.messages();
+        let ask = |text: &'static str| {
+            let messages = env.db.messages();
+            async move {
+                let envelope = EnvelopeId::random();
+                let recorded = messages
+                    .accept_user(t.id, conversation, envelope, text, None)
+                    .await
+                    .expect("accepted");
+                (recorded.message_id, envelope)
+            }
+        };
+        let answer = |text: &str, answers: Vec<u64>| NewReply {
+            conversation_id: conversation,
+            reply_id: ReplyId::random(),
+            kind: ReplyKind::Bot,
+            text: text.into(),
+            answers,
+            prompt_tokens: None,
+            completion_tokens: None,
+            estimated_prompt_tokens: None,
+            config_version: 1,
+        };
+        let (q1, _) = ask("q1").await;
+        // q2 arrives while q1 is being answered; q3 is ignored (a reaction, say).
+        let (q2, _) = ask("q2").await;
+        let (_, q3) = ask("q3").await;
+        messages
+            .close_unanswered(t.id, q3, UserMessageState::Ignored)
+            .await
+            .expect("ignored");
+        assert!(
+            messages
+                .store_reply(t.id, &answer("a1", vec![q1]))
+                .await
+                .expect("a1")
+        );
+        messages
+            .store_agent_message(t.id, conversation, ReplyId::random(), "agent says")
+            .await
+            .expect("agent");
+        assert!(
+            messages
+                .store_reply(t.id, &answer("a2", vec![q2]))
+                .await
+                .expect("a2")
+        );
+        let (q4, _) = ask("q4").await;
+        let (q5, _) = ask("q5").await;
+        assert!(
+            messages
+                .store_reply(t.id, &answer("a45", vec![q4, q5]))
+                .await
+                .expect("a45")
+        );
+        let (q6, _) = ask("q6, still pending").await;
+
+        let contents =
+            |turns: Vec<HistoryTurn>| turns.into_iter().map(|h| h.content).collect::<Vec<_>>();
+        let all = messages
+            .history(t.id, conversation, 100)
+            .await
+            .expect("history");
+        assert_eq!(
+            contents(all),
+            [
+                "q3",
+                "q1",
+                "a1",
+                "agent says",
+                "q2",
+                "a2",
+                "q4",
+                "q5",
+                "a45"
+            ]
+        );
+        let newest = messages
+            .history(t.id, conversation, 4)
+            .await
+            .expect("newest");
+        assert_eq!(contents(newest), ["a2", "q4", "q5", "a45"]);
+        let before_q4 = messages
+            .history_before(t.id, conversation, q4, 100)
+            .await
+            .expect("before q4");
+        assert_eq!(
+            contents(before_q4),
+            ["q3", "q1", "a1", "agent says", "q2", "a2"]
+        );
+
+        // A fallback reopened for a real answer leaves the history until it is answered.
+        let (q7, q7_envelope) = ask("q7").await;
+        let fallback = NewReply {
+            kind: ReplyKind::Fallback,
+            ..answer("sorry", vec![q6, q7])
+        };
+        assert!(
+            messages
+                .store_reply(t.id, &fallback)
+                .await
+                .expect("fallback")
+        );
+        assert!(
+            messages
+                .reopen_after_fallback(t.id, q7_envelope)
+                .await
+                .expect("reopened")
+        );
+        let newest = messages
+            .history(t.id, conversation, 2)
+            .await
+            .expect("newest");
+        assert_eq!(contents(newest), ["q6, still pending", "sorry"]);
         env.teardown().await;
     }
 }

@@ -91,12 +91,14 @@ store: BEGIN
     SET v_seq = LAST_INSERT_ID();
     INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state,
         reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens,
-        config_version, seq)
+        config_version, seq, history_seq)
         VALUES (p_client_id, p_conversation_id, p_reply_id, p_role, p_content, 'stored',
         p_reply_kind, p_prompt_tokens, p_completion_tokens, p_estimated_prompt_tokens,
-        p_config_version, v_seq);
+        p_config_version, v_seq, v_seq);
     SET v_reply_row = LAST_INSERT_ID();
-    UPDATE messages SET state = 'answered', reply_message_id = v_reply_row
+    -- The questions join the history right before their answer (history_order.sql).
+    UPDATE messages SET state = 'answered', reply_message_id = v_reply_row,
+        history_seq = v_seq
         WHERE client_id = p_client_id AND conversation_id = p_conversation_id
           AND state = 'pending' AND FIND_IN_SET(id, p_answers) > 0;
     SET v_answered = ROW_COUNT();
