@@ -14,6 +14,12 @@
 -- layer's own statements. Failures roll the whole transaction back and reach the caller
 -- unchanged (duplicate entry, deadlock); a conversation that is not the tenant's is
 -- SQLSTATE 45000.
+--
+-- Privileges: the user that runs `chatfleet migrate` needs CREATE ROUTINE (procedures,
+-- unlike functions and triggers, need nothing more with binary logging on). The
+-- procedures run with the caller's privileges (SQL SECURITY INVOKER), so the fleet's
+-- user needs EXECUTE on them besides its table privileges, and dropping the migrating
+-- user breaks nothing.
 
 CREATE PROCEDURE accept_user_message(
     IN p_client_id          BIGINT UNSIGNED,
@@ -22,6 +28,7 @@ CREATE PROCEDURE accept_user_message(
     IN p_content            MEDIUMTEXT CHARACTER SET utf8mb4,
     IN p_channel_message_id VARCHAR(255) CHARACTER SET utf8mb4)
 MODIFIES SQL DATA
+SQL SECURITY INVOKER
 BEGIN
     DECLARE v_seq BIGINT UNSIGNED;
     DECLARE v_message_id BIGINT UNSIGNED;
@@ -66,6 +73,7 @@ CREATE PROCEDURE store_reply(
     IN p_answers                 TEXT,
     IN p_usage_shard             TINYINT UNSIGNED)
 MODIFIES SQL DATA
+SQL SECURITY INVOKER
 store: BEGIN
     DECLARE v_seq BIGINT UNSIGNED;
     DECLARE v_reply_row BIGINT UNSIGNED;
