@@ -330,12 +330,20 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
             reqwest::StatusCode::ACCEPTED
         };
         let (times, errs) = (timings.clone(), errors.clone());
+        // A conversation's reader starts polling once its first message was accepted:
+        // before that the conversation does not exist (404), and a reader that backed
+        // off would add its pause to the first answer's latency.
+        let (first_accepted, accepted_signal) = tokio::sync::oneshot::channel::<()>();
+        let first_accepted = (!whatsapp && k < args.conversations).then_some(first_accepted);
         sends.spawn(async move {
             let sent = Instant::now();
             match request.send().await {
                 Ok(r) if r.status() == accepted => {
                     if let Ok(mut t) = times.lock() {
                         t.sent.insert(k as u64, sent);
+                    }
+                    if let Some(first) = first_accepted {
+                        let _ = first.send(());
                     }
                 }
                 outcome => {
@@ -360,14 +368,11 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
                 timings.clone(),
                 stop.clone(),
             );
-            pollers.spawn(read_conversation(
-                http,
-                base,
-                key,
-                format!("b{c}"),
-                timings,
-                stop,
-            ));
+            pollers.spawn(async move {
+                // Refused: poll anyway (404 until a later message is accepted).
+                let _ = accepted_signal.await;
+                read_conversation(http, base, key, format!("b{c}"), timings, stop).await;
+            });
         }
     }
     while sends.join_next().await.is_some() {}
@@ -663,10 +668,15 @@ async fn read_conversation(
             .await;
         let seen = Instant::now();
         let Ok(r) = r else { continue };
-        if r.status() != reqwest::StatusCode::OK {
-            // 404 until the first message was accepted; 204 after a quiet wait.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
+        match r.status() {
+            reqwest::StatusCode::OK => {}
+            // A quiet wait: poll again at once.
+            reqwest::StatusCode::NO_CONTENT => continue,
+            // 404 while none of its messages was accepted yet.
+            _ => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
         }
         let Ok(page) = r.json::<Value>().await else {
             continue;
