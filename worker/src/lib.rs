@@ -22,7 +22,10 @@
 //! 7. The tenant's `llm_model` is called at its `llm_temperature` ([`llm`]).
 //! 8. The reply is stored together with the user turn's new state (only if the turn is
 //!    still unanswered: one reply per turn), then published with a confirm to
-//!    `<prefix>.outbound` with the channel as routing key.
+//!    `<prefix>.outbound` with the channel as routing key. A stored reply is in its
+//!    conversation's mailbox already (API, widget, mobile), so the long-polls waiting on
+//!    it are woken at once, while it is published, not after the channel's deliverer got
+//!    it.
 //! 9. Only then is the delivery acked. A failure's [`error::Disposition`] decides between
 //!    the retry ladder and the dead-letter queue.
 
@@ -38,7 +41,9 @@ mod turn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::cache::{Cache, ConversationIds, ConversationLocks, TenantConfigs, broadcast};
+use shared::cache::{
+    Cache, ConversationIds, ConversationLocks, Mailboxes, TenantConfigs, broadcast,
+};
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher, Topology};
@@ -54,6 +59,8 @@ pub(crate) struct Ctx {
     conversations: Arc<ConversationIds>,
     configs: Arc<TenantConfigs>,
     locks: Arc<ConversationLocks>,
+    /// Wakes long-polls on every ingress replica (the worker has no polls of its own).
+    mailboxes: Arc<Mailboxes>,
     lock_wait: Duration,
     publisher: Publisher,
     confirms: confirms::Confirms,
@@ -99,6 +106,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let ctx = Arc::new(Ctx {
         db: db.clone(),
         conversations: ConversationIds::new(db.clone()),
+        mailboxes: Mailboxes::new(cache.clone()),
         cache,
         configs,
         locks,

@@ -8,12 +8,13 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use shared::cache::MailboxKey;
 use shared::db::{
     ClientStatus, ConversationMode, HistoryTurn, NewReply, Pending, StoredReply, TenantConfig,
     UserMessageState,
 };
 use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Reply, ReplyKind};
-use shared::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
+use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId, ReplyId};
 use shared::mq::ReplyRoute;
 use shared::pii::Pii;
 use tokio::sync::Notify;
@@ -632,12 +633,30 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
         tracing::info!("turn already answered or handed off; dropping this reply");
         return close_all(ctx, env.client_id, turn, UserMessageState::Ignored).await;
     }
-    timed("publish", publish(ctx, &reply, &env.trace.request_id)).await?;
+    let (published, ()) = tokio::join!(
+        timed("publish", publish(ctx, &reply, &env.trace.request_id)),
+        wake_polls(ctx, &reply),
+    );
+    published?;
     // Ingress receipt of the message this turn answered last → its reply on the broker.
     let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
     metrics::histogram!("chatfleet_end_to_end_seconds", "channel" => env.channel.as_str())
         .record(end_to_end.as_secs_f64());
     Ok(())
+}
+
+/// Wakes the long-polls of the reply's mailbox on every ingress replica: the stored
+/// reply is readable there since its commit, so a poll need not wait for the broker to
+/// carry it to the channel's deliverer (which wakes them again, harmlessly, when it marks
+/// the reply delivered). A lost wake-up only costs that wait; it is logged.
+async fn wake_polls(ctx: &Ctx, reply: &Reply) {
+    if reply.channel == Channel::Whatsapp {
+        return; // No mailbox: the deliverer sends it to the Graph API.
+    }
+    let key = MailboxKey::new(reply.client_id, reply.channel, reply.external_id.expose());
+    if let Err(e) = ctx.mailboxes.announce(&key).await {
+        tracing::warn!(error = %e, "could not wake the reply's long-polls");
+    }
 }
 
 fn reply_from_stored(
