@@ -188,9 +188,9 @@ impl<'a> Messages<'a> {
     /// and reports the first recording's state (and its reply, if answered). Looks first:
     /// for a worker, whose messages were mostly recorded at acceptance already. The look
     /// is a locking read, so it waits for a recording of the envelope that is still being
-    /// committed (a channel records while it publishes, and the worker may already hold
-    /// the delivery) and then finds it, instead of missing it, taking a position under
-    /// the conversation's row lock and inserting only to meet a duplicate key.
+    /// committed (by another delivery of the same envelope, on another worker) and then
+    /// finds it, instead of missing it, taking a position under the conversation's row
+    /// lock and inserting only to meet a duplicate key.
     pub async fn record_user(
         &self,
         client_id: ClientId,
@@ -885,10 +885,10 @@ mod tests {
         .expect("lock waits")
     }
 
-    /// A worker that holds a delivery while its channel is still committing the message
-    /// (the channel commits while it publishes) waits for that commit in its read and finds
-    /// the message, instead of missing it, taking a position and inserting only to meet
-    /// the duplicate key.
+    /// A worker that holds a delivery while the message is still being committed
+    /// elsewhere (another delivery of the envelope) waits for that commit in its read and
+    /// finds the message, instead of missing it, taking a position and inserting only to
+    /// meet the duplicate key.
     #[tokio::test]
     async fn recording_waits_for_a_recording_in_flight_instead_of_racing_it() {
         let env = TestEnv::start(&[]).await;
@@ -900,8 +900,8 @@ mod tests {
             .await
             .expect("conversation");
         let envelope = EnvelopeId::random();
-        // The channel's recording, inserted and not yet committed.
-        let mut channel = env.db.pool.begin().await.expect("begin");
+        // The other recording, inserted and not yet committed.
+        let mut other = env.db.pool.begin().await.expect("begin");
         let inserted = guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, \
              state, seq) VALUES (?, ?, ?, 'user', 'hello', 'pending', 1)",
@@ -910,7 +910,7 @@ mod tests {
         .bind(t.id.get())
         .bind(conversation.get())
         .bind(envelope.as_uuid())
-        .execute(&mut *channel)
+        .execute(&mut *other)
         .await
         .expect("insert")
         .last_insert_id();
@@ -934,7 +934,7 @@ mod tests {
             waiting[0]
         );
 
-        channel.commit().await.expect("commit");
+        other.commit().await.expect("commit");
         let recorded = worker.await.expect("worker").expect("recorded");
         assert_eq!(recorded.message_id, inserted);
         assert!(!recorded.newly_recorded);
