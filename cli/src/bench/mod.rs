@@ -448,6 +448,9 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "accepted": accepted,
         "answered": answered,
         "achieved_per_s": answered as f64 / send_window.as_secs_f64(),
+        // One LLM call per turn: fewer than answered messages when turns answered
+        // several at once (messages that arrived while their conversation's turn ran).
+        "llm_calls": harness.sim.served(),
         "end_to_end_ms": row(&e2e),
         "overhead_ms": row(&overhead),
         "worker_peak_rss_mib": peak_rss.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
@@ -488,11 +491,13 @@ fn print(label: &str, r: &Value) {
         f(&r["llm_mean_hold_ms"])
     );
     println!(
-        "  sent / accepted / answered:  {} / {} / {}  ({:.0} answered/s)",
+        "  sent / accepted / answered:  {} / {} / {}  ({:.0} answered/s; {} turns, {:.2} messages each)",
         r["sent"],
         r["accepted"],
         r["answered"],
-        f(&r["achieved_per_s"])
+        f(&r["achieved_per_s"]),
+        r["llm_calls"],
+        f(&r["answered"]) / f(&r["llm_calls"])
     );
     for (name, v) in [
         ("end to end (ms)", &r["end_to_end_ms"]),
