@@ -126,7 +126,8 @@ async fn timed<T>(stage: &'static str, work: impl Future<Output = T>) -> T {
 
 /// Where a turn's time goes: `chatfleet_turn_stage_seconds{stage}` — queued (ingress
 /// receipt → turn start), record, lock (from its first try, which runs with record),
-/// relay, pending, history, llm (with retrieval and prompt assembly), store, publish.
+/// reads (the turn's first read, the outbox relayed, the debounce window), llm (with
+/// retrieval and prompt assembly), store, publish.
 fn observe(stage: &'static str, elapsed: Duration) {
     metrics::histogram!("chatfleet_turn_stage_seconds", "stage" => stage)
         .record(elapsed.as_secs_f64());
@@ -155,13 +156,9 @@ async fn relay_unpublished(
     ctx: &Ctx,
     env: &Envelope,
     conversation_id: ConversationId,
+    unpublished: Vec<(StoredReply, Vec<EnvelopeId>)>,
 ) -> Result<()> {
-    for (stored, answers) in ctx
-        .db
-        .messages()
-        .unpublished(env.client_id, conversation_id)
-        .await?
-    {
+    for (stored, answers) in unpublished {
         tracing::info!(reply_id = %stored.id, "publishing a stored reply the broker never confirmed");
         let mut reply = reply_from_stored(env, conversation_id, stored);
         reply.in_reply_to = answers;
@@ -194,24 +191,20 @@ async fn take_in(
     Ok(())
 }
 
-/// The conversation's unanswered user messages — after recording those of deliveries
-/// that queued up on this worker meanwhile — once the tenant's debounce window
-/// (`coalesce_window_ms` after the latest of them) has passed without a new one.
+/// The conversation's unanswered user messages (`pending`, as the turn first read them)
+/// once the tenant's debounce window (`coalesce_window_ms` after the latest of them) has
+/// passed without a new one; messages of deliveries that queue up on this worker
+/// meanwhile are recorded and join them.
 async fn settled_pending(
     ctx: &Ctx,
     tenant: &TenantConfig,
     envs: &mut Vec<Envelope>,
     intake: &Intake<'_>,
     conversation_id: ConversationId,
+    mut pending: Pending,
 ) -> Result<Pending> {
     let client_id = tenant.client.id;
     let window = Duration::from_millis(u64::from(tenant.config.coalesce_window_ms));
-    take_in(ctx, conversation_id, envs, intake).await?;
-    let mut pending = ctx
-        .db
-        .messages()
-        .pending(client_id, conversation_id, MAX_COALESCED)
-        .await?;
     // A burst that never ends is answered after this long anyway.
     let give_up_at = tokio::time::Instant::now() + window * MAX_DEBOUNCE_WINDOWS;
     while let Some(latest) = pending.turns.last() {
@@ -251,31 +244,34 @@ async fn answer_pending(
 ) -> Result<()> {
     let client_id = tenant.client.id;
     // Under the lock no other turn changes the conversation, so what a turn reads does
-    // not depend on the order it reads it in: the outbox relay, the pending messages
-    // (with the mode) and the history (which leaves pending messages out) go at once,
-    // each on a connection of its own — one round trip of latency instead of three.
+    // not depend on the order it reads it in: the outbox, the pending messages (with the
+    // mode) and the history come in one statement, after the messages of deliveries
+    // that queued up on this worker meanwhile are recorded.
+    let reads = async {
+        take_in(ctx, conversation_id, envs, intake).await?;
+        let opened = ctx
+            .db
+            .messages()
+            .open_turn(
+                client_id,
+                conversation_id,
+                MAX_COALESCED,
+                tenant.config.max_context_turns,
+            )
+            .await?;
+        let (_, pending) = tokio::try_join!(
+            relay_unpublished(ctx, first, conversation_id, opened.unpublished),
+            settled_pending(ctx, tenant, envs, intake, conversation_id, opened.pending),
+        )?;
+        Ok::<_, TurnError>((pending, opened.history))
+    };
     let (
-        _,
         Pending {
             mode,
             turns: pending,
         },
         history,
-    ) = tokio::try_join!(
-        timed("relay", relay_unpublished(ctx, first, conversation_id)),
-        timed(
-            "pending",
-            settled_pending(ctx, tenant, envs, intake, conversation_id),
-        ),
-        timed("history", async {
-            Ok::<_, TurnError>(
-                ctx.db
-                    .messages()
-                    .history(client_id, conversation_id, tenant.config.max_context_turns)
-                    .await?,
-            )
-        }),
-    )?;
+    ) = timed("reads", reads).await?;
     let envs: &[Envelope] = envs;
     let Some(last) = pending.last() else {
         // Everything was answered by an earlier turn (perhaps on another worker).

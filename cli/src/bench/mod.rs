@@ -609,8 +609,8 @@ async fn turns_in_flight(http: &reqwest::Client, urls: &[String]) -> u64 {
 /// Mean time per turn stage (ms) over every worker, from their
 /// `chatfleet_turn_stage_seconds` sums and counts, in the order a turn runs them.
 async fn turn_stages(http: &reqwest::Client, urls: &[String]) -> Vec<(String, f64)> {
-    const ORDER: [&str; 9] = [
-        "queued", "record", "lock", "relay", "pending", "history", "llm", "store", "publish",
+    const ORDER: [&str; 7] = [
+        "queued", "record", "lock", "reads", "llm", "store", "publish",
     ];
     let mut totals: HashMap<String, (f64, f64)> = HashMap::new();
     for text in scrape(http, urls).await {

@@ -106,6 +106,17 @@ pub struct Pending {
     pub turns: Vec<PendingTurn>,
 }
 
+/// What a turn reads first, in one statement (see [`Messages::open_turn`]).
+#[derive(Debug, Clone)]
+pub struct OpenTurn {
+    /// Stored replies the broker never confirmed, in mailbox order, with the envelopes
+    /// each answers: the outbox to publish before anything new.
+    pub unpublished: Vec<(StoredReply, Vec<EnvelopeId>)>,
+    pub pending: Pending,
+    /// The history before the pending messages, oldest first.
+    pub history: Vec<HistoryTurn>,
+}
+
 /// A reply as stored, enough to publish it again.
 #[derive(Debug, Clone)]
 pub struct StoredReply {
@@ -319,20 +330,86 @@ impl<'a> Messages<'a> {
         .bind(limit)
         .fetch_all(self.pool)
         .await?;
-        let mode = match rows.first() {
-            Some(r) => ConversationMode::parse(r.try_get("mode")?),
-            None => ConversationMode::Bot,
+        pending_of(&rows.iter().collect::<Vec<_>>())
+    }
+
+    /// Everything a turn reads once it holds the conversation's lock, in one statement:
+    /// the outbox ([`Messages::unpublished`]), the pending messages with the mode
+    /// ([`Messages::pending`], at most `pending_limit`) and the history
+    /// ([`Messages::history`], at most `history_limit`). Under the lock nothing else
+    /// changes any of them, so reading them together is reading them in any order; one
+    /// round trip and one connection checkout instead of three.
+    pub async fn open_turn(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        pending_limit: u32,
+        history_limit: u32,
+    ) -> Result<OpenTurn> {
+        // Each part keeps its own order and limit; `part`, `k1` and `k2` sort the rows
+        // back into them (a UNION promises no order of its own). Literals in unsigned
+        // columns are cast, or MariaDB widens the column to DECIMAL.
+        let rows = guard::query(
+            "(SELECT 'relay' AS part, m.id, m.envelope_id, m.role, m.content, m.created_at, \
+                m.reply_kind, m.config_version, NULL AS mode, m.seq AS k1, \
+                CAST(0 AS UNSIGNED) AS k2 FROM messages m \
+              WHERE m.client_id = ? AND m.conversation_id = ? AND m.state = 'stored' \
+                AND m.published_at IS NULL) \
+             UNION ALL \
+             (SELECT 'pending', m.id, m.envelope_id, m.role, m.content, m.created_at, NULL, \
+                CAST(NULL AS UNSIGNED), \
+                (SELECT c.mode FROM conversations c \
+                 WHERE c.client_id = m.client_id AND c.id = m.conversation_id), \
+                m.seq, CAST(0 AS UNSIGNED) FROM messages m \
+              WHERE m.client_id = ? AND m.conversation_id = ? AND m.role = 'user' \
+                AND m.state = 'pending' ORDER BY m.seq ASC LIMIT ?) \
+             UNION ALL \
+             (SELECT 'history', m.id, NULL, m.role, m.content, NULL, NULL, \
+                CAST(NULL AS UNSIGNED), NULL, \
+                m.history_seq, m.id FROM messages m FORCE INDEX (ix_messages_history) \
+              WHERE m.client_id = ? AND m.conversation_id = ? AND m.history_seq IS NOT NULL \
+                AND m.role IN ('user', 'assistant', 'agent') \
+              ORDER BY m.history_seq DESC, m.id DESC LIMIT ?)",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(pending_limit)
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(history_limit)
+        .fetch_all(self.pool)
+        .await?;
+        let mut keyed = rows
+            .iter()
+            .map(|r| {
+                let part: String = r.try_get("part")?;
+                let key: (Option<u64>, u64) = (r.try_get("k1")?, r.try_get("k2")?);
+                Ok((part, key, r))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        keyed.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let part = |name: &str| {
+            keyed
+                .iter()
+                .filter(|(p, _, _)| p == name)
+                .map(|(_, _, r)| *r)
+                .collect::<Vec<_>>()
         };
-        let mut turns = Vec::with_capacity(rows.len());
-        for r in &rows {
-            turns.push(PendingTurn {
-                message_id: r.try_get("id")?,
-                envelope_id: EnvelopeId::from_uuid(r.try_get("envelope_id")?),
-                text: r.try_get("content")?,
-                created_at: r.try_get("created_at")?,
-            });
+        let mut unpublished = Vec::new();
+        for r in part("relay") {
+            let answers = self.answers_of(client_id, r.try_get("id")?).await?;
+            unpublished.push((stored_reply(r)?, answers));
         }
-        Ok(Pending { mode, turns })
+        Ok(OpenTurn {
+            unpublished,
+            pending: pending_of(&part("pending"))?,
+            history: part("history")
+                .into_iter()
+                .map(history_turn)
+                .collect::<Result<_>>()?,
+        })
     }
 
     /// The last `limit` messages of the conversation that are not waiting for an answer
@@ -375,15 +452,7 @@ impl<'a> Messages<'a> {
         .bind(limit)
         .fetch_all(self.pool)
         .await?;
-        let mut turns = rows
-            .iter()
-            .map(|r| {
-                Ok(HistoryTurn {
-                    role: Role::parse(r.try_get("role")?)?,
-                    content: r.try_get("content")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut turns = rows.iter().map(history_turn).collect::<Result<Vec<_>>>()?;
         turns.reverse();
         Ok(turns)
     }
@@ -532,29 +601,23 @@ impl<'a> Messages<'a> {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let row_id: u64 = r.try_get("id")?;
-            let answers: Vec<Uuid> = guard::query_scalar(
-                "SELECT envelope_id FROM messages WHERE client_id = ? AND reply_message_id = ? \
-                 ORDER BY seq ASC",
-            )?
-            .bind(client_id.get())
-            .bind(row_id)
-            .fetch_all(self.pool)
-            .await?;
-            out.push((
-                StoredReply {
-                    id: ReplyId::from_uuid(r.try_get("envelope_id")?),
-                    kind: parse_kind(r.try_get::<Option<String>, _>("reply_kind")?.as_deref())?,
-                    text: r.try_get("content")?,
-                    config_version: r
-                        .try_get::<Option<u64>, _>("config_version")?
-                        .unwrap_or_default(),
-                    created_at: r.try_get("created_at")?,
-                },
-                answers.into_iter().map(EnvelopeId::from_uuid).collect(),
-            ));
+            let answers = self.answers_of(client_id, r.try_get("id")?).await?;
+            out.push((stored_reply(r)?, answers));
         }
         Ok(out)
+    }
+
+    /// The envelopes of the user messages a stored reply (row `reply_row`) answers.
+    async fn answers_of(&self, client_id: ClientId, reply_row: u64) -> Result<Vec<EnvelopeId>> {
+        let answers: Vec<Uuid> = guard::query_scalar(
+            "SELECT envelope_id FROM messages WHERE client_id = ? AND reply_message_id = ? \
+             ORDER BY seq ASC",
+        )?
+        .bind(client_id.get())
+        .bind(reply_row)
+        .fetch_all(self.pool)
+        .await?;
+        Ok(answers.into_iter().map(EnvelopeId::from_uuid).collect())
     }
 
     /// The delivery status of a stored reply (`None`: not sent yet, or unknown reply).
@@ -819,6 +882,45 @@ fn mailbox_item(row: &MySqlRow) -> Result<MailboxItem> {
         id: row.try_get("envelope_id")?,
         role: Role::parse(row.try_get("role")?)?,
         text: row.try_get("content")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Pending rows (with the conversation's `mode` on each) as a [`Pending`].
+fn pending_of(rows: &[&MySqlRow]) -> Result<Pending> {
+    let mode = match rows.first() {
+        Some(r) => ConversationMode::parse(r.try_get("mode")?),
+        None => ConversationMode::Bot,
+    };
+    let turns = rows
+        .iter()
+        .map(|r| {
+            Ok(PendingTurn {
+                message_id: r.try_get("id")?,
+                envelope_id: EnvelopeId::from_uuid(r.try_get("envelope_id")?),
+                text: r.try_get("content")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Pending { mode, turns })
+}
+
+fn history_turn(row: &MySqlRow) -> Result<HistoryTurn> {
+    Ok(HistoryTurn {
+        role: Role::parse(row.try_get("role")?)?,
+        content: row.try_get("content")?,
+    })
+}
+
+fn stored_reply(row: &MySqlRow) -> Result<StoredReply> {
+    Ok(StoredReply {
+        id: ReplyId::from_uuid(row.try_get("envelope_id")?),
+        kind: parse_kind(row.try_get::<Option<String>, _>("reply_kind")?.as_deref())?,
+        text: row.try_get("content")?,
+        config_version: row
+            .try_get::<Option<u64>, _>("config_version")?
+            .unwrap_or_default(),
         created_at: row.try_get("created_at")?,
     })
 }
@@ -1212,6 +1314,108 @@ mod tests {
             .await
             .expect("newest");
         assert_eq!(contents(newest), ["q6, still pending", "sorry"]);
+        env.teardown().await;
+    }
+
+    /// A turn's one-statement read returns what the three separate reads return, each
+    /// part in its own order and within its own limit, and nothing of another
+    /// conversation.
+    #[tokio::test]
+    async fn a_turns_one_read_matches_its_three_reads() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("open-turn").await;
+        let conversations = env.db.conversations();
+        let messages = env.db.messages();
+        let (mine, other) = (
+            conversations
+                .get_or_create(t.id, Channel::Api, "mine")
+                .await
+                .expect("mine"),
+            conversations
+                .get_or_create(t.id, Channel::Api, "other")
+                .await
+                .expect("other"),
+        );
+        let ask = |conversation, text: String| {
+            let messages = env.db.messages();
+            async move {
+                messages
+                    .accept_user(t.id, conversation, EnvelopeId::random(), &text, None)
+                    .await
+                    .expect("accepted")
+                    .message_id
+            }
+        };
+        let answer = |conversation, text: String, answers| NewReply {
+            conversation_id: conversation,
+            reply_id: ReplyId::random(),
+            kind: ReplyKind::Bot,
+            text,
+            answers,
+            prompt_tokens: None,
+            completion_tokens: None,
+            estimated_prompt_tokens: None,
+            config_version: 1,
+        };
+        for conversation in [mine, other] {
+            for i in 0..3 {
+                let q = ask(conversation, format!("q{i} {conversation}")).await;
+                let reply = answer(conversation, format!("a{i} {conversation}"), vec![q]);
+                assert!(messages.store_reply(t.id, &reply).await.expect("stored"));
+                // The first two were confirmed by the broker; the last one was not.
+                if i < 2 {
+                    messages
+                        .mark_published(t.id, &[reply.reply_id])
+                        .await
+                        .expect("marked");
+                }
+            }
+            for i in 0..3 {
+                ask(conversation, format!("p{i} {conversation}")).await;
+            }
+        }
+
+        let opened = messages.open_turn(t.id, mine, 2, 4).await.expect("opened");
+        let unpublished = messages.unpublished(t.id, mine).await.expect("unpublished");
+        let pending = messages.pending(t.id, mine, 2).await.expect("pending");
+        let history = messages.history(t.id, mine, 4).await.expect("history");
+        let ids = |u: &[(StoredReply, Vec<EnvelopeId>)]| {
+            u.iter()
+                .map(|(r, a)| (r.id, r.text.clone(), a.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&opened.unpublished), ids(&unpublished));
+        assert_eq!(opened.unpublished.len(), 1);
+        let texts = |p: &Pending| p.turns.iter().map(|t| t.text.clone()).collect::<Vec<_>>();
+        assert_eq!(texts(&opened.pending), texts(&pending));
+        assert_eq!(
+            texts(&opened.pending),
+            [format!("p0 {mine}"), format!("p1 {mine}")]
+        );
+        assert_eq!(opened.pending.mode, ConversationMode::Bot);
+        assert_eq!(opened.history, history);
+        assert_eq!(
+            opened
+                .history
+                .iter()
+                .map(|h| h.content.clone())
+                .collect::<Vec<_>>(),
+            [
+                format!("q1 {mine}"),
+                format!("a1 {mine}"),
+                format!("q2 {mine}"),
+                format!("a2 {mine}"),
+            ]
+        );
+
+        // Nothing pending: no mode to read, and none needed.
+        let quiet = conversations
+            .get_or_create(t.id, Channel::Api, "quiet")
+            .await
+            .expect("quiet");
+        let opened = messages.open_turn(t.id, quiet, 2, 4).await.expect("opened");
+        assert!(opened.unpublished.is_empty() && opened.pending.turns.is_empty());
+        assert!(opened.history.is_empty());
         env.teardown().await;
     }
 }
