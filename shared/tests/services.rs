@@ -207,7 +207,7 @@ async fn repositories_never_cross_tenants() {
     );
     assert!(
         messages
-            .history(b.id, conv_a, 10)
+            .history_before(b.id, conv_a, u64::MAX, 10)
             .await
             .expect("history")
             .is_empty()

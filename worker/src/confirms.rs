@@ -123,27 +123,21 @@ mod tests {
             assert!(messages.store_reply(t.id, &reply).await.expect("store"));
             replies.push(reply.reply_id);
         }
-        assert_eq!(
+        // The outbox, as a turn reads it.
+        let outbox = || async {
             messages
-                .unpublished(t.id, conv)
+                .open_turn(t.id, conv, 0, 0)
                 .await
                 .expect("outbox")
-                .len(),
-            3
-        );
+                .unpublished
+        };
+        assert_eq!(outbox().await.len(), 3);
         let (confirms, writer) = Confirms::start(env.db.clone());
         for reply_id in replies {
             confirms.record(t.id, reply_id);
         }
         writer.finish().await;
-        assert!(
-            messages
-                .unpublished(t.id, conv)
-                .await
-                .expect("outbox")
-                .is_empty(),
-            "every confirmed reply is marked"
-        );
+        assert!(outbox().await.is_empty(), "every confirmed reply is marked");
         env.teardown().await;
     }
 }

@@ -334,9 +334,9 @@ impl<'a> Messages<'a> {
     }
 
     /// Everything a turn reads once it holds the conversation's lock, in one statement:
-    /// the outbox ([`Messages::unpublished`]), the pending messages with the mode
-    /// ([`Messages::pending`], at most `pending_limit`) and the history
-    /// ([`Messages::history`], at most `history_limit`). Under the lock nothing else
+    /// the outbox (stored replies the broker never confirmed), the pending messages with
+    /// the mode ([`Messages::pending`], at most `pending_limit`) and the history
+    /// ([`Messages::history_before`] the newest message, at most `history_limit`). Under the lock nothing else
     /// changes any of them, so reading them together is reading them in any order; one
     /// round trip and one connection checkout instead of three.
     pub async fn open_turn(
@@ -412,24 +412,14 @@ impl<'a> Messages<'a> {
         })
     }
 
-    /// The last `limit` messages of the conversation that are not waiting for an answer
-    /// (answered or closed user messages, replies, agent messages), oldest first: the
-    /// history before the turn that answers the pending ones. Each question is placed
-    /// right before its answer, even when it arrived while an earlier question was being
-    /// answered (it is ordered by its reply's position: `history_seq`, kept as messages
-    /// are written, so only `limit` rows are read however long the conversation).
-    pub async fn history(
-        &self,
-        client_id: ClientId,
-        conversation_id: ConversationId,
-        limit: u32,
-    ) -> Result<Vec<HistoryTurn>> {
-        self.history_before(client_id, conversation_id, u64::MAX, limit)
-            .await
-    }
-
-    /// [`Messages::history`] as it was when user message `before_id` arrived (what a
-    /// dry-run replay of it sees): only messages recorded before it.
+    /// The last `limit` messages of the conversation recorded before user message
+    /// `before_id` that are not waiting for an answer (answered or closed user messages,
+    /// replies, agent messages), oldest first: the history a dry-run replay of that
+    /// message sees (a turn reads its history with [`Messages::open_turn`]). Each
+    /// question is placed right before its answer, even when it arrived while an earlier
+    /// question was being answered (it is ordered by its reply's position:
+    /// `history_seq`, kept as messages are written, so only `limit` rows are read however
+    /// long the conversation).
     pub async fn history_before(
         &self,
         client_id: ClientId,
@@ -564,8 +554,9 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
-    /// Records that the broker confirmed these replies of one tenant (see
-    /// [`Messages::unpublished`]): one statement for a whole batch of confirms.
+    /// Records that the broker confirmed these replies of one tenant (the outbox of
+    /// [`Messages::open_turn`] leaves them out): one statement for a whole batch of
+    /// confirms.
     pub async fn mark_published(&self, client_id: ClientId, reply_ids: &[ReplyId]) -> Result<()> {
         if reply_ids.is_empty() {
             return Ok(());
@@ -581,30 +572,6 @@ impl<'a> Messages<'a> {
         }
         update.execute(self.pool).await?;
         Ok(())
-    }
-
-    /// The conversation's stored replies the broker has not confirmed (the outbox), in
-    /// mailbox order, with the envelopes each answers.
-    pub async fn unpublished(
-        &self,
-        client_id: ClientId,
-        conversation_id: ConversationId,
-    ) -> Result<Vec<(StoredReply, Vec<EnvelopeId>)>> {
-        let rows = guard::query(
-            "SELECT id, envelope_id, reply_kind, content, config_version, created_at FROM messages \
-             WHERE client_id = ? AND conversation_id = ? AND state = 'stored' \
-               AND published_at IS NULL ORDER BY seq ASC",
-        )?
-        .bind(client_id.get())
-        .bind(conversation_id.get())
-        .fetch_all(self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let answers = self.answers_of(client_id, r.try_get("id")?).await?;
-            out.push((stored_reply(r)?, answers));
-        }
-        Ok(out)
     }
 
     /// The envelopes of the user messages a stored reply (row `reply_row`) answers.
@@ -1112,9 +1079,10 @@ mod tests {
             [ids[1]]
         );
         let history = messages
-            .history(t.id, conversation, 10)
+            .open_turn(t.id, conversation, 0, 10)
             .await
-            .expect("history");
+            .expect("history")
+            .history;
         assert_eq!(
             history.last().map(|h| h.content.as_str()),
             Some(&*format!("re: {text}"))
@@ -1260,9 +1228,10 @@ mod tests {
         let contents =
             |turns: Vec<HistoryTurn>| turns.into_iter().map(|h| h.content).collect::<Vec<_>>();
         let all = messages
-            .history(t.id, conversation, 100)
+            .open_turn(t.id, conversation, 0, 100)
             .await
-            .expect("history");
+            .expect("history")
+            .history;
         assert_eq!(
             contents(all),
             [
@@ -1278,9 +1247,10 @@ mod tests {
             ]
         );
         let newest = messages
-            .history(t.id, conversation, 4)
+            .open_turn(t.id, conversation, 0, 4)
             .await
-            .expect("newest");
+            .expect("newest")
+            .history;
         assert_eq!(contents(newest), ["a2", "q4", "q5", "a45"]);
         let before_q4 = messages
             .history_before(t.id, conversation, q4, 100)
@@ -1310,9 +1280,10 @@ mod tests {
                 .expect("reopened")
         );
         let newest = messages
-            .history(t.id, conversation, 2)
+            .open_turn(t.id, conversation, 0, 2)
             .await
-            .expect("newest");
+            .expect("newest")
+            .history;
         assert_eq!(contents(newest), ["q6, still pending", "sorry"]);
         env.teardown().await;
     }
@@ -1339,11 +1310,12 @@ mod tests {
         let ask = |conversation, text: String| {
             let messages = env.db.messages();
             async move {
-                messages
-                    .accept_user(t.id, conversation, EnvelopeId::random(), &text, None)
+                let envelope = EnvelopeId::random();
+                let recorded = messages
+                    .accept_user(t.id, conversation, envelope, &text, None)
                     .await
-                    .expect("accepted")
-                    .message_id
+                    .expect("accepted");
+                (recorded.message_id, envelope)
             }
         };
         let answer = |conversation, text: String, answers| NewReply {
@@ -1357,9 +1329,10 @@ mod tests {
             estimated_prompt_tokens: None,
             config_version: 1,
         };
+        let mut unconfirmed = std::collections::HashMap::new();
         for conversation in [mine, other] {
             for i in 0..3 {
-                let q = ask(conversation, format!("q{i} {conversation}")).await;
+                let (q, envelope) = ask(conversation, format!("q{i} {conversation}")).await;
                 let reply = answer(conversation, format!("a{i} {conversation}"), vec![q]);
                 assert!(messages.store_reply(t.id, &reply).await.expect("stored"));
                 // The first two were confirmed by the broker; the last one was not.
@@ -1368,6 +1341,8 @@ mod tests {
                         .mark_published(t.id, &[reply.reply_id])
                         .await
                         .expect("marked");
+                } else {
+                    unconfirmed.insert(conversation, (reply.reply_id, reply.text, vec![envelope]));
                 }
             }
             for i in 0..3 {
@@ -1376,16 +1351,20 @@ mod tests {
         }
 
         let opened = messages.open_turn(t.id, mine, 2, 4).await.expect("opened");
-        let unpublished = messages.unpublished(t.id, mine).await.expect("unpublished");
         let pending = messages.pending(t.id, mine, 2).await.expect("pending");
-        let history = messages.history(t.id, mine, 4).await.expect("history");
-        let ids = |u: &[(StoredReply, Vec<EnvelopeId>)]| {
-            u.iter()
+        let history = messages
+            .history_before(t.id, mine, u64::MAX, 4)
+            .await
+            .expect("history");
+        let unconfirmed = unconfirmed.remove(&mine).expect("mine's unconfirmed reply");
+        assert_eq!(
+            opened
+                .unpublished
+                .iter()
                 .map(|(r, a)| (r.id, r.text.clone(), a.clone()))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(ids(&opened.unpublished), ids(&unpublished));
-        assert_eq!(opened.unpublished.len(), 1);
+                .collect::<Vec<_>>(),
+            [unconfirmed]
+        );
         let texts = |p: &Pending| p.turns.iter().map(|t| t.text.clone()).collect::<Vec<_>>();
         assert_eq!(texts(&opened.pending), texts(&pending));
         assert_eq!(
