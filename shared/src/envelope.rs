@@ -180,6 +180,11 @@ pub struct Reply {
     pub text: Pii<String>,
     pub config_version: u64,
     pub created_at: DateTime<Utc>,
+    /// The worker already woke the long-polls of the reply's mailbox (it is readable
+    /// there from its commit), so the deliverer need not; absent (false) from other
+    /// producers and from older workers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub polls_woken: bool,
 }
 
 impl Reply {

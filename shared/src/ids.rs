@@ -119,6 +119,13 @@ pub enum Channel {
 impl Channel {
     pub const ALL: [Channel; 4] = [Self::Whatsapp, Self::Widget, Self::Mobile, Self::Api];
 
+    /// Whether the channel's ingress records a user message (commits it at its mailbox
+    /// position) before it publishes the envelope: the API, widget and mobile channels
+    /// do; WhatsApp leaves recording to the worker.
+    pub const fn records_at_acceptance(self) -> bool {
+        !matches!(self, Self::Whatsapp)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Whatsapp => "whatsapp",

@@ -4,8 +4,11 @@
 //! unmarked — by a crash before the batch was written — is published once more and
 //! dropped by the deliverer that already delivered it. So the marks of many turns are
 //! written together, one statement per tenant and batch, instead of one commit each.
+//! Until its batch is written, a confirmed reply is remembered here, so the next turn of
+//! its conversation (which often starts first) does not relay it again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use shared::db::Db;
 use shared::ids::{ClientId, ReplyId};
@@ -20,7 +23,11 @@ const MAX_BATCH: usize = 512;
 #[derive(Clone)]
 pub(crate) struct Confirms {
     tx: mpsc::UnboundedSender<(ClientId, ReplyId)>,
+    unwritten: Unwritten,
 }
+
+/// Confirmed replies whose marks are queued or being written.
+type Unwritten = Arc<Mutex<HashSet<ReplyId>>>;
 
 /// The task writing the marks; [`Writer::finish`] writes what is left and stops it.
 pub(crate) struct Writer {
@@ -33,6 +40,8 @@ impl Confirms {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let done = CancellationToken::new();
         let stop = done.clone();
+        let unwritten = Unwritten::default();
+        let written = unwritten.clone();
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             loop {
@@ -46,20 +55,29 @@ impl Confirms {
                         while let Ok(mark) = rx.try_recv() {
                             batch.push(mark);
                         }
-                        write(&db, &mut batch).await;
+                        write(&db, &mut batch, &written).await;
                         break;
                     }
                 }
-                write(&db, &mut batch).await;
+                write(&db, &mut batch, &written).await;
             }
         });
-        (Self { tx }, Writer { done, task })
+        (Self { tx, unwritten }, Writer { done, task })
     }
 
     /// Queues the mark of a confirmed reply.
     pub(crate) fn record(&self, client_id: ClientId, reply_id: ReplyId) {
-        // Only fails once the writer stopped (shutdown): the reply is relayed again.
-        let _ = self.tx.send((client_id, reply_id));
+        // Remembered before it is queued, so the writer's removal comes after.
+        lock(&self.unwritten).insert(reply_id);
+        if self.tx.send((client_id, reply_id)).is_err() {
+            // The writer stopped (shutdown): the reply is relayed again.
+            lock(&self.unwritten).remove(&reply_id);
+        }
+    }
+
+    /// Whether the broker confirmed this reply and its mark is not written yet.
+    pub(crate) fn confirmed(&self, reply_id: ReplyId) -> bool {
+        lock(&self.unwritten).contains(&reply_id)
     }
 }
 
@@ -70,7 +88,13 @@ impl Writer {
     }
 }
 
-async fn write(db: &Db, batch: &mut Vec<(ClientId, ReplyId)>) {
+fn lock(unwritten: &Unwritten) -> std::sync::MutexGuard<'_, HashSet<ReplyId>> {
+    unwritten
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn write(db: &Db, batch: &mut Vec<(ClientId, ReplyId)>, unwritten: &Unwritten) {
     let mut by_tenant: HashMap<ClientId, Vec<ReplyId>> = HashMap::new();
     for (client_id, reply_id) in batch.drain(..) {
         by_tenant.entry(client_id).or_default().push(reply_id);
@@ -79,6 +103,10 @@ async fn write(db: &Db, batch: &mut Vec<(ClientId, ReplyId)>) {
         if let Err(e) = db.messages().mark_published(client_id, &replies).await {
             // Relayed again by the conversation's next turn; the deliverers drop repeats.
             tracing::warn!(error = %e, replies = replies.len(), "could not record published replies");
+        }
+        let mut unwritten = lock(unwritten);
+        for reply_id in &replies {
+            unwritten.remove(reply_id);
         }
     }
 }
@@ -123,21 +151,36 @@ mod tests {
             assert!(messages.store_reply(t.id, &reply).await.expect("store"));
             replies.push(reply.reply_id);
         }
-        // The outbox, as a turn reads it.
-        let outbox = || async {
+        // The outbox, as a turn reads it, leaving out the replies `known` confirmed.
+        let messages = &messages;
+        let outbox = |known: Option<ReplyId>| async move {
             messages
-                .open_turn(t.id, conv, 0, 0)
+                .open_turn(t.id, conv, 0, 0, |id| Some(id) == known)
                 .await
                 .expect("outbox")
                 .unpublished
         };
-        assert_eq!(outbox().await.len(), 3);
+        assert_eq!(outbox(None).await.len(), 3);
+        let relayed = outbox(Some(replies[1])).await;
+        let relayed: Vec<ReplyId> = relayed.iter().map(|(r, _)| r.id).collect();
+        assert_eq!(
+            relayed,
+            [replies[0], replies[2]],
+            "a known confirm is not relayed"
+        );
         let (confirms, writer) = Confirms::start(env.db.clone());
-        for reply_id in replies {
-            confirms.record(t.id, reply_id);
+        for reply_id in &replies {
+            confirms.record(t.id, *reply_id);
         }
         writer.finish().await;
-        assert!(outbox().await.is_empty(), "every confirmed reply is marked");
+        assert!(
+            outbox(None).await.is_empty(),
+            "every confirmed reply is marked"
+        );
+        assert!(
+            !replies.iter().any(|r| confirms.confirmed(*r)),
+            "written marks are forgotten"
+        );
         env.teardown().await;
     }
 }

@@ -133,8 +133,14 @@ fn observe(stage: &'static str, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
-/// Records a user message once (the API, widget and mobile channels did at acceptance).
+/// Records a user message once. A message its channel recorded at acceptance (committed
+/// before its envelope was published) needs nothing: the turn reads it with the
+/// conversation's other pending messages. A replayed envelope is recorded like any
+/// other (a forced live replay carries a new id; the original may be long gone).
 async fn record(ctx: &Ctx, conversation_id: ConversationId, env: &Envelope) -> Result<()> {
+    if env.channel.records_at_acceptance() && env.replay.is_none() {
+        return Ok(());
+    }
     ctx.db
         .messages()
         .record_user(
@@ -257,6 +263,7 @@ async fn answer_pending(
                 conversation_id,
                 MAX_COALESCED,
                 tenant.config.max_context_turns,
+                |reply_id| ctx.confirms.confirmed(reply_id),
             )
             .await?;
         let (_, pending) = tokio::try_join!(
@@ -485,6 +492,7 @@ pub(crate) async fn dry_run(ctx: &Ctx, env: &Envelope) -> Result<()> {
         text: Pii::new(answer.text),
         config_version: tenant.config.config_version,
         created_at: Utc::now(),
+        polls_woken: false,
     };
     ctx.publisher
         .publish_reply(&reply, ReplyRoute::Replay, Some(&env.trace.request_id))
@@ -592,7 +600,7 @@ impl Answer {
 /// Stores the answer to the turn's messages (only if they are all still unanswered),
 /// then publishes it with a confirm.
 async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result<()> {
-    let reply = Reply {
+    let mut reply = Reply {
         v: ENVELOPE_VERSION,
         id: ReplyId::random(),
         in_reply_to: turn.envelope_ids.clone(),
@@ -605,6 +613,7 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
         text: Pii::new(answer.text.clone()),
         config_version: turn.config_version,
         created_at: Utc::now(),
+        polls_woken: false,
     };
     let stored = timed(
         "store",
@@ -629,11 +638,8 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
         tracing::info!("turn already answered or handed off; dropping this reply");
         return close_all(ctx, env.client_id, turn, UserMessageState::Ignored).await;
     }
-    let (published, ()) = tokio::join!(
-        timed("publish", publish(ctx, &reply, &env.trace.request_id)),
-        wake_polls(ctx, &reply),
-    );
-    published?;
+    reply.polls_woken = wake_polls(ctx, &reply).await;
+    timed("publish", publish(ctx, &reply, &env.trace.request_id)).await?;
     // Ingress receipt of the message this turn answered last → its reply on the broker.
     let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
     metrics::histogram!("chatfleet_end_to_end_seconds", "channel" => env.channel.as_str())
@@ -643,15 +649,19 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
 
 /// Wakes the long-polls of the reply's mailbox on every ingress replica: the stored
 /// reply is readable there since its commit, so a poll need not wait for the broker to
-/// carry it to the channel's deliverer (which wakes them again, harmlessly, when it marks
-/// the reply delivered). A lost wake-up only costs that wait; it is logged.
-async fn wake_polls(ctx: &Ctx, reply: &Reply) {
+/// carry it to the channel's deliverer. Returns whether it did; the reply says so, and
+/// its deliverer wakes them only when the worker could not (the failure is logged).
+async fn wake_polls(ctx: &Ctx, reply: &Reply) -> bool {
     if reply.channel == Channel::Whatsapp {
-        return; // No mailbox: the deliverer sends it to the Graph API.
+        return false; // No mailbox: the deliverer sends it to the Graph API.
     }
     let key = MailboxKey::new(reply.client_id, reply.channel, reply.external_id.expose());
-    if let Err(e) = ctx.mailboxes.announce(&key).await {
-        tracing::warn!(error = %e, "could not wake the reply's long-polls");
+    match ctx.mailboxes.announce(&key).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not wake the reply's long-polls");
+            false
+        }
     }
 }
 
@@ -673,5 +683,6 @@ fn reply_from_stored(
         text: Pii::new(stored.text),
         config_version: stored.config_version,
         created_at: stored.created_at,
+        polls_woken: false,
     }
 }

@@ -175,6 +175,7 @@ pub(crate) async fn agent_message(
         text: Pii::new(text),
         config_version: version,
         created_at: Utc::now(),
+        polls_woken: false,
     };
     // Unconfirmed, it stays in the outbox: the conversation's next turn publishes it.
     state

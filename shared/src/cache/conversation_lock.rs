@@ -12,8 +12,8 @@
 //! database stores a reply only while all the turns it answers are unanswered, so a turn
 //! that lost its lock (a stall longer than the TTL) cannot answer twice.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use deadpool_redis::redis;
@@ -32,12 +32,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-/// Deletes the lock only if it still holds our token.
+/// Deletes the lock only if it still holds our token, and announces the release on the
+/// locks channel (`ARGV[2]`) either way: one round trip.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
 end
+redis.call('PUBLISH', ARGV[2], KEYS[1])
 return 0";
+
+/// The scripts, hashed once per process.
+static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
+static RELEASE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE));
 
 /// The process's conversation locks.
 #[derive(Debug)]
@@ -138,14 +144,16 @@ impl ConversationLocks {
     pub async fn release(&self, lock: ConversationLock) -> Result<()> {
         lock.renewal.cancel();
         let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
-        let _: i64 = redis::Script::new(RELEASE)
+        let _: i64 = RELEASE_SCRIPT
             .key(&lock.key)
             .arg(&lock.token)
+            .arg(self.wakeups.channel())
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        drop(conn);
-        self.wakeups.announce(&lock.key).await
+        // The subscription wakes them again: harmless, they try again.
+        self.wakeups.wake(&lock.key);
+        Ok(())
     }
 
     fn held(&self, key: String, token: String) -> ConversationLock {
@@ -184,7 +192,7 @@ impl ConversationLocks {
 
 async fn renew(cache: &Cache, key: &str, token: &str, ttl: Duration) -> Result<bool> {
     let mut conn = cache.pool.get().await.map_err(redis_error)?;
-    let renewed: i64 = redis::Script::new(RENEW)
+    let renewed: i64 = RENEW_SCRIPT
         .key(key)
         .arg(token)
         .arg(ttl.as_millis() as u64)

@@ -2,6 +2,7 @@
 //! updated atomically by a Lua script that reads Redis's own clock (so replicas' clocks
 //! do not matter). Capacity = the plan's burst; refill = its messages per minute.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_redis::redis;
@@ -31,6 +32,9 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / per_ms) + 60000)
 return wait
 ";
+
+/// [`TAKE`], hashed once per process.
+static TAKE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(TAKE));
 
 impl Cache {
     /// Takes one message from the tenant's bucket: `None` when it may go now, else how
@@ -63,7 +67,7 @@ impl Cache {
 
     async fn take(&self, key: &str, capacity: u32, per_second: f64) -> Result<Option<Duration>> {
         let mut conn = self.pool.get().await.map_err(redis_error)?;
-        let wait_ms: u64 = redis::Script::new(TAKE)
+        let wait_ms: u64 = TAKE_SCRIPT
             .key(key)
             .arg(capacity.max(1))
             .arg(per_second / 1000.0)

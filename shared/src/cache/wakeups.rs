@@ -87,7 +87,9 @@ impl Wakeups {
         self.cache.publish(&self.channel, key).await
     }
 
-    fn wake(&self, key: &str) {
+    /// Wakes `key`'s waiters in this process only (for callers that announce to the
+    /// other replicas themselves).
+    pub(super) fn wake(&self, key: &str) {
         let notify = match self.waiters.lock() {
             Ok(w) => w.by_key.get(key).and_then(Weak::upgrade),
             Err(poisoned) => poisoned

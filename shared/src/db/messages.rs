@@ -338,13 +338,16 @@ impl<'a> Messages<'a> {
     /// the mode ([`Messages::pending`], at most `pending_limit`) and the history
     /// ([`Messages::history_before`] the newest message, at most `history_limit`). Under the lock nothing else
     /// changes any of them, so reading them together is reading them in any order; one
-    /// round trip and one connection checkout instead of three.
+    /// round trip and one connection checkout instead of three. The outbox leaves out the
+    /// replies the caller knows were `confirmed` though their mark is not written yet
+    /// (marks are written in batches, after the next turn may have started).
     pub async fn open_turn(
         &self,
         client_id: ClientId,
         conversation_id: ConversationId,
         pending_limit: u32,
         history_limit: u32,
+        confirmed: impl Fn(ReplyId) -> bool,
     ) -> Result<OpenTurn> {
         // Each part keeps its own order and limit; `part`, `k1` and `k2` sort the rows
         // back into them (a UNION promises no order of its own). Literals in unsigned
@@ -399,8 +402,12 @@ impl<'a> Messages<'a> {
         };
         let mut unpublished = Vec::new();
         for r in part("relay") {
+            let reply = stored_reply(r)?;
+            if confirmed(reply.id) {
+                continue;
+            }
             let answers = self.answers_of(client_id, r.try_get("id")?).await?;
-            unpublished.push((stored_reply(r)?, answers));
+            unpublished.push((reply, answers));
         }
         Ok(OpenTurn {
             unpublished,
@@ -796,6 +803,27 @@ impl<'a> Messages<'a> {
         Ok(out)
     }
 
+    /// Marks a batch of one tenant's stored replies delivered to their mailboxes (a reply
+    /// delivered before, or not stored, is left as it is): one statement for many
+    /// deliveries, where nothing depends on which of them were new.
+    pub async fn mark_delivered(&self, client_id: ClientId, reply_ids: &[ReplyId]) -> Result<()> {
+        if reply_ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE messages SET delivery_status = 'delivered' \
+             WHERE client_id = ? AND envelope_id IN ({}) \
+               AND seq IS NOT NULL AND delivery_status IS NULL",
+            vec!["?"; reply_ids.len()].join(", ")
+        );
+        let mut update = guard::query(&sql)?.bind(client_id.get());
+        for id in reply_ids {
+            update = update.bind(id.as_uuid());
+        }
+        update.execute(self.pool).await?;
+        Ok(())
+    }
+
     /// Mailbox entries after position `after`, ascending, at most `limit`.
     pub async fn mailbox_after(
         &self,
@@ -1079,7 +1107,7 @@ mod tests {
             [ids[1]]
         );
         let history = messages
-            .open_turn(t.id, conversation, 0, 10)
+            .open_turn(t.id, conversation, 0, 10, |_| false)
             .await
             .expect("history")
             .history;
@@ -1228,7 +1256,7 @@ mod tests {
         let contents =
             |turns: Vec<HistoryTurn>| turns.into_iter().map(|h| h.content).collect::<Vec<_>>();
         let all = messages
-            .open_turn(t.id, conversation, 0, 100)
+            .open_turn(t.id, conversation, 0, 100, |_| false)
             .await
             .expect("history")
             .history;
@@ -1247,7 +1275,7 @@ mod tests {
             ]
         );
         let newest = messages
-            .open_turn(t.id, conversation, 0, 4)
+            .open_turn(t.id, conversation, 0, 4, |_| false)
             .await
             .expect("newest")
             .history;
@@ -1280,7 +1308,7 @@ mod tests {
                 .expect("reopened")
         );
         let newest = messages
-            .open_turn(t.id, conversation, 0, 2)
+            .open_turn(t.id, conversation, 0, 2, |_| false)
             .await
             .expect("newest")
             .history;
@@ -1350,7 +1378,10 @@ mod tests {
             }
         }
 
-        let opened = messages.open_turn(t.id, mine, 2, 4).await.expect("opened");
+        let opened = messages
+            .open_turn(t.id, mine, 2, 4, |_| false)
+            .await
+            .expect("opened");
         let pending = messages.pending(t.id, mine, 2).await.expect("pending");
         let history = messages
             .history_before(t.id, mine, u64::MAX, 4)
@@ -1392,7 +1423,10 @@ mod tests {
             .get_or_create(t.id, Channel::Api, "quiet")
             .await
             .expect("quiet");
-        let opened = messages.open_turn(t.id, quiet, 2, 4).await.expect("opened");
+        let opened = messages
+            .open_turn(t.id, quiet, 2, 4, |_| false)
+            .await
+            .expect("opened");
         assert!(opened.unpublished.is_empty() && opened.pending.turns.is_empty());
         assert!(opened.history.is_empty());
         env.teardown().await;

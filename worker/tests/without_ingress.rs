@@ -1,0 +1,214 @@
+//! A worker handed API envelopes with no ingress (and so no deliverer) running: the
+//! tests do the API channel's part themselves, recording a message before publishing it.
+//!
+//! - A stored reply wakes its conversation's long-polls from the worker itself, as soon
+//!   as it is committed: a poll does not wait for the broker to carry the reply to the
+//!   channel's deliverer.
+//! - The worker trusts the API channel's recording: an envelope whose message is not in
+//!   the database (the channel withdrew it when the broker could not confirm, and told
+//!   the client 503) is not recorded again and gets no answer.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use shared::cache::{MailboxKey, Mailboxes, broadcast};
+use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
+use shared::ids::{Channel, ConversationId, EnvelopeId};
+use shared::mq::Publisher;
+use shared::pii::Pii;
+use shared::testkit::{TestEnv, TestTenant, eventually};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use worker::llm::sim::{LlmSim, SimOptions};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Services, a tenant with an API conversation `c`, and a publisher; the worker is
+/// started by [`Fixture::start_worker`].
+struct Fixture {
+    shutdown: CancellationToken,
+    env: TestEnv,
+    tenant: TestTenant,
+    conversation: ConversationId,
+    publisher: Publisher,
+}
+
+impl Fixture {
+    async fn start(slug: &str) -> Self {
+        shared::testkit::init_tracing();
+        let shutdown = CancellationToken::new();
+        let sim = LlmSim::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            SimOptions::default(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("llm-sim starts");
+        let sim_url = sim.base_url();
+        let env = TestEnv::start(&[(
+            "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+            sim_url.as_str(),
+        )])
+        .await;
+        let tenant = env.tenant(slug).await;
+        let conversation = env
+            .db
+            .conversations()
+            .get_or_create(tenant.id, Channel::Api, "c")
+            .await
+            .expect("conversation");
+        let publisher = env.broker.publisher().await.expect("publisher");
+        Self {
+            shutdown,
+            env,
+            tenant,
+            conversation,
+            publisher,
+        }
+    }
+
+    fn start_worker(&self) -> JoinHandle<anyhow::Result<()>> {
+        tokio::spawn(worker::run(
+            self.env.settings.clone(),
+            self.shutdown.clone(),
+        ))
+    }
+
+    /// An envelope of conversation `c`, as the API channel builds it.
+    fn envelope(&self, text: &str) -> Envelope {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            id: EnvelopeId::random(),
+            client_id: self.tenant.id,
+            channel: Channel::Api,
+            external_id: Pii::new("c".to_owned()),
+            sender: Sender {
+                id: Pii::new("c".to_owned()),
+                name: None,
+            },
+            message: MessageContent::text(text),
+            channel_message_id: None,
+            channel_account: None,
+            received_at: Utc::now(),
+            trace: Trace {
+                request_id: "without-ingress-test".into(),
+                traceparent: None,
+            },
+            replay: None,
+            metadata: None,
+        }
+    }
+
+    /// What the API channel does with an accepted message: records it, then publishes.
+    async fn accept(&self, envelope: &Envelope) {
+        let text = envelope.message.as_prompt_text();
+        self.env
+            .db
+            .messages()
+            .accept_user(self.tenant.id, self.conversation, envelope.id, &text, None)
+            .await
+            .expect("recorded");
+        self.publish(envelope).await;
+    }
+
+    async fn publish(&self, envelope: &Envelope) {
+        self.publisher
+            .publish_envelope(envelope)
+            .await
+            .expect("published");
+    }
+
+    async fn outbound_waiting(&self) -> Option<u32> {
+        let outbound = self.env.broker.topology().outbound_queue(Channel::Api);
+        Some(self.env.broker.queue_stats(&outbound).await.ok()?.messages)
+    }
+
+    async fn stop(self, worker: JoinHandle<anyhow::Result<()>>) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, worker)
+            .await
+            .expect("the worker stopped")
+            .expect("worker task")
+            .expect("worker ran cleanly");
+        self.publisher.close().await;
+        self.env.teardown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_stored_reply_wakes_its_long_polls_before_any_deliverer_has_it() {
+    let f = Fixture::start("wake").await;
+    // A poll's view of the mailbox, as an ingress replica has it. Subscribing wakes every
+    // watcher once (to re-read after a gap): wait for that before the real test.
+    let mailboxes = Mailboxes::new(f.env.cache.clone());
+    let key = MailboxKey::new(f.tenant.id, Channel::Api, "c");
+    let watch = mailboxes.watch(&key);
+    let subscribed = watch.changed();
+    broadcast::start(
+        f.env.cache.clone(),
+        vec![mailboxes.clone()],
+        f.shutdown.clone(),
+    );
+    tokio::time::timeout(WAIT, subscribed)
+        .await
+        .expect("the subscription is up");
+
+    let woken = watch.changed();
+    let worker = f.start_worker();
+    f.accept(&f.envelope("hello")).await;
+
+    tokio::time::timeout(WAIT, woken)
+        .await
+        .expect("the worker woke the conversation's long-polls");
+    let mailbox = f
+        .env
+        .db
+        .messages()
+        .mailbox_after(f.tenant.id, f.conversation, 0, 10)
+        .await
+        .expect("mailbox");
+    assert_eq!(mailbox.len(), 2, "the question and its answer are readable");
+    // The reply is still on its way to a deliverer that does not exist.
+    eventually(WAIT, "the reply to wait in the outbound queue", || async {
+        (f.outbound_waiting().await? == 1).then_some(())
+    })
+    .await;
+    f.stop(worker).await;
+}
+
+#[tokio::test]
+async fn an_api_message_the_channel_did_not_record_is_not_answered() {
+    let f = Fixture::start("withdrawn").await;
+    let worker = f.start_worker();
+    // Withdrawn after the broker failed to confirm, but its envelope got through.
+    let withdrawn = f.envelope("never accepted");
+    f.publish(&withdrawn).await;
+    // The next message of the conversation, accepted as usual: its turn runs after the
+    // first delivery's (one conversation's deliveries are handled in order).
+    let accepted = f.envelope("accepted");
+    f.accept(&accepted).await;
+
+    eventually(WAIT, "the accepted message's reply", || async {
+        (f.outbound_waiting().await? == 1).then_some(())
+    })
+    .await;
+    let messages = f
+        .env
+        .db
+        .messages()
+        .in_conversation(f.tenant.id, f.conversation, 10)
+        .await
+        .expect("messages");
+    let envelopes: Vec<_> = messages.iter().map(|m| m.envelope_id).collect();
+    assert_eq!(
+        messages.len(),
+        2,
+        "the accepted question and its answer only"
+    );
+    assert_eq!(&envelopes[0], accepted.id.as_uuid());
+    assert!(
+        !envelopes.contains(withdrawn.id.as_uuid()),
+        "the withdrawn message stays withdrawn"
+    );
+    f.stop(worker).await;
+}
