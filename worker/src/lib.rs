@@ -3,11 +3,14 @@
 //! 1. [`consume`] receives a delivery from `<prefix>.inbound.work` (manual ack, bounded
 //!    prefetch) and queues it behind earlier turns of the same conversation; what queued
 //!    up meanwhile is handled together.
-//! 2. The envelope is decoded; an undecodable one is dead-lettered at once.
+//! 2. The envelope is decoded; an undecodable one is dead-lettered at once. A delivery
+//!    whose message an earlier turn here already answered is acked at once
+//!    ([`answered`]).
 //! 3. The tenant's client row, configuration and active agent modes are loaded from the
 //!    config cache (in-process, then Redis, then MariaDB; invalidated on every change).
 //! 4. The conversation is found or created, and the user message is recorded once (the
-//!    envelope id is the idempotency key). Then the worker takes the conversation's lock
+//!    envelope id is the idempotency key; the API, widget and mobile channels recorded
+//!    it at acceptance). Then the worker takes the conversation's lock
 //!    in Redis (no other worker runs a turn of it meanwhile); a message that was already
 //!    answered has its stored reply republished. The turn answers every unanswered
 //!    message of the conversation at once, after the tenant's debounce window.
@@ -24,11 +27,12 @@
 //!    still unanswered: one reply per turn), then published with a confirm to
 //!    `<prefix>.outbound` with the channel as routing key. A stored reply is in its
 //!    conversation's mailbox already (API, widget, mobile), so the long-polls waiting on
-//!    it are woken at once, while it is published, not after the channel's deliverer got
-//!    it.
+//!    it are woken at once, before it is published, not after the channel's deliverer
+//!    got it.
 //! 9. Only then is the delivery acked. A failure's [`error::Disposition`] decides between
 //!    the retry ladder and the dead-letter queue.
 
+mod answered;
 mod confirms;
 mod consume;
 pub mod error;
@@ -64,6 +68,7 @@ pub(crate) struct Ctx {
     lock_wait: Duration,
     publisher: Publisher,
     confirms: confirms::Confirms,
+    answered: answered::Answered,
     broker: Broker,
     llm: LlmClient,
     llm_settings: LlmSettings,
@@ -113,6 +118,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         lock_wait: Duration::from_secs(settings.worker.lock_wait_s),
         publisher,
         confirms,
+        answered: answered::Answered::new(),
         broker: broker.clone(),
         llm: LlmClient::new(&settings.llm),
         llm_settings: settings.llm.clone(),

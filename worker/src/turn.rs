@@ -44,6 +44,11 @@ pub(crate) struct Intake<'a> {
 }
 
 pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'_>) -> Result<()> {
+    if ctx.answered.all(&envs) {
+        // Answered by an earlier turn here while these deliveries were on their way.
+        metrics::counter!("chatfleet_deliveries_answered_ahead_total").increment(envs.len() as u64);
+        return Ok(());
+    }
     let Some(first) = envs.first().cloned() else {
         return Ok(());
     };
@@ -640,6 +645,7 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
     }
     reply.polls_woken = wake_polls(ctx, &reply).await;
     timed("publish", publish(ctx, &reply, &env.trace.request_id)).await?;
+    ctx.answered.remember(&turn.envelope_ids);
     // Ingress receipt of the message this turn answered last → its reply on the broker.
     let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
     metrics::histogram!("chatfleet_end_to_end_seconds", "channel" => env.channel.as_str())

@@ -7,11 +7,13 @@
 //! - The worker trusts the API channel's recording: an envelope whose message is not in
 //!   the database (the channel withdrew it when the broker could not confirm, and told
 //!   the client 503) is not recorded again and gets no answer.
+//! - A delivery whose message an earlier turn on the worker answered is acked at once,
+//!   without waiting for the conversation's lock.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use shared::cache::{MailboxKey, Mailboxes, broadcast};
+use shared::cache::{ConversationLocks, MailboxKey, Mailboxes, broadcast};
 use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
 use shared::ids::{Channel, ConversationId, EnvelopeId};
 use shared::mq::Publisher;
@@ -35,6 +37,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start(slug: &str) -> Self {
+        Self::start_with(slug, &[]).await
+    }
+
+    /// With `CHATFLEET__…` overrides.
+    async fn start_with(slug: &str, extra: &[(&str, &str)]) -> Self {
         shared::testkit::init_tracing();
         let shutdown = CancellationToken::new();
         let sim = LlmSim::start(
@@ -45,11 +52,12 @@ impl Fixture {
         .await
         .expect("llm-sim starts");
         let sim_url = sim.base_url();
-        let env = TestEnv::start(&[(
+        let mut vars = vec![(
             "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
             sim_url.as_str(),
-        )])
-        .await;
+        )];
+        vars.extend_from_slice(extra);
+        let env = TestEnv::start(&vars).await;
         let tenant = env.tenant(slug).await;
         let conversation = env
             .db
@@ -76,14 +84,18 @@ impl Fixture {
 
     /// An envelope of conversation `c`, as the API channel builds it.
     fn envelope(&self, text: &str) -> Envelope {
+        self.envelope_in("c", text)
+    }
+
+    fn envelope_in(&self, external_id: &str, text: &str) -> Envelope {
         Envelope {
             v: ENVELOPE_VERSION,
             id: EnvelopeId::random(),
             client_id: self.tenant.id,
             channel: Channel::Api,
-            external_id: Pii::new("c".to_owned()),
+            external_id: Pii::new(external_id.to_owned()),
             sender: Sender {
-                id: Pii::new("c".to_owned()),
+                id: Pii::new(external_id.to_owned()),
                 name: None,
             },
             message: MessageContent::text(text),
@@ -101,14 +113,26 @@ impl Fixture {
 
     /// What the API channel does with an accepted message: records it, then publishes.
     async fn accept(&self, envelope: &Envelope) {
+        self.record(envelope).await;
+        self.publish(envelope).await;
+    }
+
+    /// The API channel's recording of a message, in its conversation.
+    async fn record(&self, envelope: &Envelope) {
+        let conversation = self
+            .env
+            .db
+            .conversations()
+            .get_or_create(self.tenant.id, Channel::Api, envelope.external_id.expose())
+            .await
+            .expect("conversation");
         let text = envelope.message.as_prompt_text();
         self.env
             .db
             .messages()
-            .accept_user(self.tenant.id, self.conversation, envelope.id, &text, None)
+            .accept_user(self.tenant.id, conversation, envelope.id, &text, None)
             .await
             .expect("recorded");
-        self.publish(envelope).await;
     }
 
     async fn publish(&self, envelope: &Envelope) {
@@ -210,5 +234,40 @@ async fn an_api_message_the_channel_did_not_record_is_not_answered() {
         !envelopes.contains(withdrawn.id.as_uuid()),
         "the withdrawn message stays withdrawn"
     );
+    f.stop(worker).await;
+}
+
+#[tokio::test]
+async fn a_delivery_answered_ahead_of_it_is_acked_without_the_lock() {
+    // Two deliveries held at once: two stuck ones would hold up everything behind them.
+    let f = Fixture::start_with("ahead", &[("CHATFLEET__AMQP__PREFETCH", "2")]).await;
+    // Three messages accepted; only the first one's delivery is on its way yet.
+    let envelopes: Vec<Envelope> = (0..3).map(|i| f.envelope(&format!("m{i}"))).collect();
+    f.accept(&envelopes[0]).await;
+    for later in &envelopes[1..] {
+        f.record(later).await;
+    }
+    let worker = f.start_worker();
+    eventually(WAIT, "one reply answering all three", || async {
+        (f.outbound_waiting().await? == 1).then_some(())
+    })
+    .await;
+    // Someone else holds the conversation now: deliveries that took the whole turn would
+    // wait for the lock (a minute), and fill the worker's prefetch meanwhile.
+    let locks = ConversationLocks::new(f.env.cache.clone(), Duration::from_secs(60));
+    let _held = locks
+        .acquire(f.tenant.id, f.conversation, WAIT)
+        .await
+        .expect("redis")
+        .expect("the turn released the lock");
+    for later in &envelopes[1..] {
+        f.publish(later).await;
+    }
+    // Another conversation's message gets through behind them only if they were acked.
+    f.accept(&f.envelope_in("d", "elsewhere")).await;
+    eventually(WAIT, "the other conversation's reply", || async {
+        (f.outbound_waiting().await? == 2).then_some(())
+    })
+    .await;
     f.stop(worker).await;
 }
