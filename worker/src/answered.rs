@@ -4,8 +4,10 @@
 //! delivery arrives, its message is answered and the reply confirmed by the broker, so
 //! it is acked at once, without the conversation's lock or a database read.
 //!
-//! Only a shortcut: an envelope not remembered here (answered by another worker, or
-//! forgotten) takes the whole turn, which finds it answered and does nothing.
+//! Only final answers are remembered: a message that got the tenant's fallback message
+//! is reopened when an operator requeues its dead letter, and must then take the whole
+//! turn. And only a shortcut: an envelope not remembered here (answered by another
+//! worker, or forgotten) takes the whole turn, which finds it answered and does nothing.
 
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ impl Answered {
         )
     }
 
-    /// Remembers the envelopes of messages whose reply the broker confirmed.
+    /// Remembers the envelopes of messages whose final reply the broker confirmed.
     pub(crate) fn remember(&self, envelope_ids: &[EnvelopeId]) {
         for id in envelope_ids {
             self.0.insert(*id, ());

@@ -645,7 +645,10 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
     }
     reply.polls_woken = wake_polls(ctx, &reply).await;
     timed("publish", publish(ctx, &reply, &env.trace.request_id)).await?;
-    ctx.answered.remember(&turn.envelope_ids);
+    // A fallback answer is not final: `chatfleet dlq requeue` reopens its messages.
+    if reply.kind != ReplyKind::Fallback {
+        ctx.answered.remember(&turn.envelope_ids);
+    }
     // Ingress receipt of the message this turn answered last → its reply on the broker.
     let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
     metrics::histogram!("chatfleet_end_to_end_seconds", "channel" => env.channel.as_str())
