@@ -4,7 +4,9 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Method, Platform};
+use shared::testkit::eventually;
+
+use crate::support::{Method, Platform, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_life_cycle_through_the_admin_api() {
@@ -323,6 +325,22 @@ async fn a_tenant_life_cycle_through_the_admin_api() {
     assert_eq!(answer["config_version"], now["config_version"]);
     assert!(answer["prompt_tokens"].as_u64().unwrap_or(0) > 0);
     assert!(answer["completion_tokens"].as_u64().unwrap_or(0) > 0);
+    // The API deliverer marks the reply delivered (in a batch, once it is readable).
+    eventually(WAIT, "the reply marked delivered", || async {
+        let (_, detail) = p
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/clients/{id}/conversations/{}", conv["id"]),
+                None,
+            )
+            .await;
+        let messages = detail["messages"].as_array()?.clone();
+        messages
+            .iter()
+            .any(|m| m["role"] == "assistant" && m["delivery_status"] == "delivered")
+            .then_some(())
+    })
+    .await;
 
     let (s, _) = p
         .admin(
