@@ -303,18 +303,24 @@ async fn a_tenant_life_cycle_through_the_admin_api() {
         .await;
     let conv = &convs["conversations"][0];
     assert_eq!(conv["external_id"], "table-4");
-    let (_, detail) = p
-        .admin(
-            Method::GET,
-            &format!("/admin/v1/clients/{id}/conversations/{}", conv["id"]),
-            None,
-        )
-        .await;
-    let messages = detail["messages"].as_array().expect("messages");
-    let answer = messages
-        .iter()
-        .find(|m| m["role"] == "assistant")
-        .expect("assistant message");
+    // The answer, once the API deliverer marked it delivered (in a batch, after it is
+    // readable).
+    let answer = eventually(WAIT, "the reply marked delivered", || async {
+        let (_, detail) = p
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/clients/{id}/conversations/{}", conv["id"]),
+                None,
+            )
+            .await;
+        let messages = detail["messages"].as_array().expect("messages");
+        let answer = messages
+            .iter()
+            .find(|m| m["role"] == "assistant")
+            .expect("assistant message");
+        (answer["delivery_status"] == "delivered").then(|| answer.clone())
+    })
+    .await;
     let (_, now) = p
         .admin(Method::GET, &format!("/admin/v1/clients/{id}/config"), None)
         .await;
@@ -325,22 +331,6 @@ async fn a_tenant_life_cycle_through_the_admin_api() {
     assert_eq!(answer["config_version"], now["config_version"]);
     assert!(answer["prompt_tokens"].as_u64().unwrap_or(0) > 0);
     assert!(answer["completion_tokens"].as_u64().unwrap_or(0) > 0);
-    // The API deliverer marks the reply delivered (in a batch, once it is readable).
-    eventually(WAIT, "the reply marked delivered", || async {
-        let (_, detail) = p
-            .admin(
-                Method::GET,
-                &format!("/admin/v1/clients/{id}/conversations/{}", conv["id"]),
-                None,
-            )
-            .await;
-        let messages = detail["messages"].as_array()?.clone();
-        messages
-            .iter()
-            .any(|m| m["role"] == "assistant" && m["delivery_status"] == "delivered")
-            .then_some(())
-    })
-    .await;
 
     let (s, _) = p
         .admin(

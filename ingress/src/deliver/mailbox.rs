@@ -140,10 +140,10 @@ async fn deliver(
         // is harmless: they read again.
         let key = MailboxKey::new(reply.client_id, channel, reply.external_id.expose());
         let wake = async {
-            match reply.polls_woken {
-                true => Ok(()),
-                false => state.mailboxes().announce(&key).await,
+            if reply.polls_woken {
+                return Ok(());
             }
+            state.mailboxes().announce(&key).await
         };
         let place = async {
             if channel == Channel::Mobile {

@@ -565,13 +565,31 @@ impl<'a> Messages<'a> {
     /// [`Messages::open_turn`] leaves them out): one statement for a whole batch of
     /// confirms.
     pub async fn mark_published(&self, client_id: ClientId, reply_ids: &[ReplyId]) -> Result<()> {
+        self.mark_replies(
+            client_id,
+            reply_ids,
+            "published_at = CURRENT_TIMESTAMP(6)",
+            "published_at IS NULL",
+        )
+        .await
+    }
+
+    /// `UPDATE messages SET {set}` for a batch of one tenant's replies, those still
+    /// matching `only`: one statement for many marks.
+    async fn mark_replies(
+        &self,
+        client_id: ClientId,
+        reply_ids: &[ReplyId],
+        set: &str,
+        only: &str,
+    ) -> Result<()> {
         if reply_ids.is_empty() {
             return Ok(());
         }
         let placeholders = vec!["?"; reply_ids.len()].join(", ");
         let sql = format!(
-            "UPDATE messages SET published_at = CURRENT_TIMESTAMP(6) \
-             WHERE client_id = ? AND envelope_id IN ({placeholders}) AND published_at IS NULL"
+            "UPDATE messages SET {set} \
+             WHERE client_id = ? AND envelope_id IN ({placeholders}) AND {only}"
         );
         let mut update = guard::query(&sql)?.bind(client_id.get());
         for id in reply_ids {
@@ -807,21 +825,13 @@ impl<'a> Messages<'a> {
     /// delivered before, or not stored, is left as it is): one statement for many
     /// deliveries, where nothing depends on which of them were new.
     pub async fn mark_delivered(&self, client_id: ClientId, reply_ids: &[ReplyId]) -> Result<()> {
-        if reply_ids.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "UPDATE messages SET delivery_status = 'delivered' \
-             WHERE client_id = ? AND envelope_id IN ({}) \
-               AND seq IS NOT NULL AND delivery_status IS NULL",
-            vec!["?"; reply_ids.len()].join(", ")
-        );
-        let mut update = guard::query(&sql)?.bind(client_id.get());
-        for id in reply_ids {
-            update = update.bind(id.as_uuid());
-        }
-        update.execute(self.pool).await?;
-        Ok(())
+        self.mark_replies(
+            client_id,
+            reply_ids,
+            "delivery_status = 'delivered'",
+            "seq IS NOT NULL AND delivery_status IS NULL",
+        )
+        .await
     }
 
     /// Mailbox entries after position `after`, ascending, at most `limit`.
