@@ -287,6 +287,11 @@ impl Fleet {
         self.spawn_worker()
     }
 
+    /// The ingress processes' ids.
+    pub(crate) fn ingress_pids(&self) -> Vec<u32> {
+        self.ingress.iter().map(Child::id).collect()
+    }
+
     /// SIGTERM to everything, then waits (each drains).
     pub(crate) fn stop(&mut self) {
         let workers = self.workers.iter_mut().map(|w| &mut w.child);

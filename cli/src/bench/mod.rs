@@ -10,7 +10,8 @@
 //! Platform overhead = end to end − the time the double actually held the call (its
 //! mean: a little over `--llm-latency-ms`, since timers round up). Prints a table (and writes
 //! JSON with `--json <file>`): offered and achieved rate, latency and overhead
-//! percentiles, worker RSS and CPU, dead letters and errors. `--ceiling` first measures
+//! percentiles, worker RSS and CPU, CPU by process (the fleet's, the bench's own and the
+//! local services', [`cpu`]), dead letters and errors. `--ceiling` first measures
 //! the broker's own rate with the same client library, so every figure has a yardstick;
 //! `--ceiling-only` measures just that.
 
@@ -27,6 +28,7 @@ use worker::llm::sim::SimOptions;
 
 use crate::fleet;
 
+mod cpu;
 mod graph;
 
 /// The bench tenant's WhatsApp number and the app secret its webhooks are signed with.
@@ -102,12 +104,7 @@ fn usage(pid: u32) -> Option<(u64, f64)> {
         .trim()
         .parse()
         .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((rss, ticks / 100.0))
+    Some((rss, cpu::cpu_seconds(pid)?))
 }
 
 /// Send times and answer times of every accepted message, by its number `k` (the bench
@@ -270,7 +267,9 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         .iter()
         .map(|w| w.metrics.clone())
         .collect();
+    let processes = cpu::Processes::watch(harness.fleet.ingress_pids(), worker_pids.clone());
     let before: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
+    let cpu_before = processes.cpu_seconds();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.conversations + 64)
         .timeout(Duration::from_secs(60))
@@ -398,6 +397,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
+    let cpu_after = processes.cpu_seconds();
     let stages = turn_stages(&http, &worker_metrics).await;
     stop.cancel();
     pollers.abort_all();
@@ -455,6 +455,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "overhead_ms": row(&overhead),
         "worker_peak_rss_mib": peak_rss.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
         "worker_cpu_cores": cpu / wall,
+        "cpu_by_process": processes.report(&cpu_before, &cpu_after, wall, answered),
         "peak_turns_in_flight": peak_in_flight.load(std::sync::atomic::Ordering::Relaxed),
         "turn_stage_mean_ms": stages.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "dead_letters": dead,
@@ -524,6 +525,19 @@ fn print(label: &str, r: &Value) {
             .map(|k| format!("({k})"))
             .unwrap_or_default()
     );
+    if let Some(by_process) = r["cpu_by_process"].as_object() {
+        let shares: Vec<String> = by_process
+            .iter()
+            .map(|(name, v)| {
+                format!(
+                    "{name} {:.2} ({:.2})",
+                    f(&v["cores"]),
+                    f(&v["ms_per_answered"])
+                )
+            })
+            .collect();
+        println!("  CPU, cores (ms per answer):  {}", shares.join("  "));
+    }
     let stages: Vec<String> = r["turn_stage_mean_ms"]
         .as_array()
         .into_iter()
