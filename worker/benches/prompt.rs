@@ -53,6 +53,20 @@ fn tenant() -> TenantConfig {
     }
 }
 
+/// 20 history turns, user and assistant in turn, with `text(i)` as the i-th.
+fn turns(text: impl Fn(usize) -> String) -> Vec<HistoryTurn> {
+    (0..20)
+        .map(|i| HistoryTurn {
+            role: if i % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            },
+            content: text(i),
+        })
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let tokenizer = Tokenizer::new().expect("tokenizer");
     let tenant = tenant();
@@ -64,19 +78,12 @@ fn bench(c: &mut Criterion) {
             )
         })
         .collect();
-    let history: Vec<HistoryTurn> = (0..20)
-        .map(|i| HistoryTurn {
-            role: if i % 2 == 0 {
-                Role::User
-            } else {
-                Role::Assistant
-            },
-            content: format!(
-                "Turn {i}: {}",
-                "I would like to know more about the delivery options. ".repeat(20)
-            ),
-        })
-        .collect();
+    let history = turns(|i| {
+        format!(
+            "Turn {i}: {}",
+            "I would like to know more about the delivery options. ".repeat(20)
+        )
+    });
     let fits = assemble(
         &tokenizer,
         1_000_000,
@@ -104,6 +111,25 @@ fn bench(c: &mut Criterion) {
                 &tenant,
                 &knowledge,
                 &history,
+                "Where is my order?",
+            )
+        })
+    });
+    // A chat-sized turn: 20 short history turns, no knowledge, no modes (the common case,
+    // and every text in it is short).
+    let chat = turns(|i| format!("Turn {i}: could you tell me when my order {i} arrives?"));
+    let plain = TenantConfig {
+        modes: Vec::new(),
+        ..tenant.clone()
+    };
+    c.bench_function("assemble a chat of 20 short turns", |b| {
+        b.iter(|| {
+            assemble(
+                &tokenizer,
+                black_box(8192),
+                &plain,
+                &[],
+                &chat,
                 "Where is my order?",
             )
         })
