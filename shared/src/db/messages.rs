@@ -7,6 +7,11 @@
 //! - the mailbox order (`seq`): the order a channel's reader sees, handed out under the
 //!   conversation row's lock at commit time, so a reader that saw position N has seen
 //!   every position below N (no gaps, no duplicates across polls).
+//!
+//! The message path's statements name their index (`FORCE INDEX`). The table has nine,
+//! and on every execution MariaDB's range optimizer estimates each usable one by diving
+//! into it; naming the one that serves the statement measured 27–67 µs of server CPU
+//! less per statement (of 100–220), and the plan cannot change under load.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,6 +20,7 @@ use sqlx::{MySql, Row, Transaction};
 use uuid::Uuid;
 
 use super::ConversationMode;
+use super::direct::DirectPool;
 use super::guard;
 use super::is_duplicate_key;
 use crate::envelope::ReplyKind;
@@ -188,11 +194,13 @@ const DEADLOCK_ATTEMPTS: u32 = 3;
 #[derive(Debug)]
 pub struct Messages<'a> {
     pool: &'a MySqlPool,
+    /// The message path's single statements (no release ping).
+    direct: &'a DirectPool,
 }
 
 impl<'a> Messages<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a MySqlPool, direct: &'a DirectPool) -> Self {
+        Self { pool, direct }
     }
 
     /// Records a user turn once. A second call with the same envelope id changes nothing
@@ -237,14 +245,15 @@ impl<'a> Messages<'a> {
     ) -> Result<RecordedUser> {
         // One round trip: the position and the insert in one transaction
         // (migrations/20261128000002_write_procedures.sql).
-        let inserted = guard::query_scalar("CALL accept_user_message(?, ?, ?, ?, ?)")?
+        let call = guard::query_scalar("CALL accept_user_message(?, ?, ?, ?, ?)")?
             .bind(client_id.get())
             .bind(conversation_id.get())
             .bind(envelope_id.as_uuid())
             .bind(content)
-            .bind(channel_message_id)
-            .fetch_all(self.pool)
-            .await;
+            .bind(channel_message_id);
+        let mut lease = self.direct.lease().await?;
+        let inserted = call.fetch_all(lease.conn()).await;
+        let inserted = lease.settle(inserted);
         match inserted {
             Ok(ids) => Ok(RecordedUser {
                 message_id: single(ids, "accept_user_message")?,
@@ -280,10 +289,12 @@ impl<'a> Messages<'a> {
              LOCK IN SHARE MODE",
         )?
         .bind(client_id.get())
-        .bind(envelope_id.as_uuid())
-        .fetch_optional(self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
+        .bind(envelope_id.as_uuid());
+        let mut lease = self.direct.lease().await?;
+        let found = row.fetch_optional(lease.conn()).await;
+        let Some(row) = lease.settle(found)? else {
+            return Ok(None);
+        };
         let reply = match row.try_get::<Option<Uuid>, _>("reply_id")? {
             Some(id) => Some(StoredReply {
                 id: ReplyId::from_uuid(id),
@@ -321,15 +332,17 @@ impl<'a> Messages<'a> {
         let rows = guard::query(
             "SELECT (SELECT c.mode FROM conversations c \
                      WHERE c.client_id = m.client_id AND c.id = m.conversation_id) AS mode, \
-               m.id, m.envelope_id, m.content, m.created_at FROM messages m \
+               m.id, m.envelope_id, m.content, m.created_at \
+             FROM messages m FORCE INDEX (ix_messages_open) \
              WHERE m.client_id = ? AND m.conversation_id = ? AND m.role = 'user' \
                AND m.state = 'pending' ORDER BY m.seq ASC LIMIT ?",
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .bind(limit)
-        .fetch_all(self.pool)
-        .await?;
+        .bind(limit);
+        let mut lease = self.direct.lease().await?;
+        let read = rows.fetch_all(lease.conn()).await;
+        let rows = lease.settle(read)?;
         pending_of(&rows.iter().collect::<Vec<_>>())
     }
 
@@ -355,7 +368,7 @@ impl<'a> Messages<'a> {
         let rows = guard::query(
             "(SELECT 'relay' AS part, m.id, m.envelope_id, m.role, m.content, m.created_at, \
                 m.reply_kind, m.config_version, NULL AS mode, m.seq AS k1, \
-                CAST(0 AS UNSIGNED) AS k2 FROM messages m \
+                CAST(0 AS UNSIGNED) AS k2 FROM messages m FORCE INDEX (ix_messages_open) \
               WHERE m.client_id = ? AND m.conversation_id = ? AND m.state = 'stored' \
                 AND m.published_at IS NULL) \
              UNION ALL \
@@ -363,7 +376,7 @@ impl<'a> Messages<'a> {
                 CAST(NULL AS UNSIGNED), \
                 (SELECT c.mode FROM conversations c \
                  WHERE c.client_id = m.client_id AND c.id = m.conversation_id), \
-                m.seq, CAST(0 AS UNSIGNED) FROM messages m \
+                m.seq, CAST(0 AS UNSIGNED) FROM messages m FORCE INDEX (ix_messages_open) \
               WHERE m.client_id = ? AND m.conversation_id = ? AND m.role = 'user' \
                 AND m.state = 'pending' ORDER BY m.seq ASC LIMIT ?) \
              UNION ALL \
@@ -381,9 +394,10 @@ impl<'a> Messages<'a> {
         .bind(pending_limit)
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .bind(history_limit)
-        .fetch_all(self.pool)
-        .await?;
+        .bind(history_limit);
+        let mut lease = self.direct.lease().await?;
+        let read = rows.fetch_all(lease.conn()).await;
+        let rows = lease.settle(read)?;
         let mut keyed = rows
             .iter()
             .map(|r| {
@@ -510,24 +524,23 @@ impl<'a> Messages<'a> {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let outcome: Vec<String> =
-            guard::query_scalar("CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")?
-                .bind(client_id.get())
-                .bind(reply.conversation_id.get())
-                .bind(reply.reply_id.as_uuid())
-                .bind(role)
-                .bind(&reply.text)
-                .bind(kind_str(reply.kind))
-                .bind(bot_only)
-                .bind(reply.prompt_tokens)
-                .bind(reply.completion_tokens)
-                .bind(reply.estimated_prompt_tokens)
-                .bind(reply.config_version)
-                .bind(answers)
-                .bind(reply.conversation_id.get() % super::usage::SHARDS)
-                .fetch_all(self.pool)
-                .await
-                .map_err(signalled)?;
+        let call = guard::query_scalar("CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")?
+            .bind(client_id.get())
+            .bind(reply.conversation_id.get())
+            .bind(reply.reply_id.as_uuid())
+            .bind(role)
+            .bind(&reply.text)
+            .bind(kind_str(reply.kind))
+            .bind(bot_only)
+            .bind(reply.prompt_tokens)
+            .bind(reply.completion_tokens)
+            .bind(reply.estimated_prompt_tokens)
+            .bind(reply.config_version)
+            .bind(answers)
+            .bind(reply.conversation_id.get() % super::usage::SHARDS);
+        let mut lease = self.direct.lease().await?;
+        let outcome = call.fetch_all(lease.conn()).await;
+        let outcome: Vec<String> = lease.settle(outcome).map_err(signalled)?;
         match single(outcome, "store_reply")?.as_str() {
             "stored" => Ok(true),
             "not_bot" | "answered_before" => Ok(false),
@@ -588,14 +601,16 @@ impl<'a> Messages<'a> {
         }
         let placeholders = vec!["?"; reply_ids.len()].join(", ");
         let sql = format!(
-            "UPDATE messages SET {set} \
+            "UPDATE messages FORCE INDEX (uq_messages_envelope) SET {set} \
              WHERE client_id = ? AND envelope_id IN ({placeholders}) AND {only}"
         );
         let mut update = guard::query(&sql)?.bind(client_id.get());
         for id in reply_ids {
             update = update.bind(id.as_uuid());
         }
-        update.execute(self.pool).await?;
+        let mut lease = self.direct.lease().await?;
+        let done = update.execute(lease.conn()).await;
+        lease.settle(done)?;
         Ok(())
     }
 
@@ -843,15 +858,17 @@ impl<'a> Messages<'a> {
         limit: u32,
     ) -> Result<Vec<MailboxItem>> {
         let rows = guard::query(
-            "SELECT seq, envelope_id, role, content, created_at FROM messages \
+            "SELECT seq, envelope_id, role, content, created_at \
+             FROM messages FORCE INDEX (uq_messages_seq) \
              WHERE client_id = ? AND conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(after)
-        .bind(limit)
-        .fetch_all(self.pool)
-        .await?;
+        .bind(limit);
+        let mut lease = self.direct.lease().await?;
+        let read = rows.fetch_all(lease.conn()).await;
+        let rows = lease.settle(read)?;
         rows.iter().map(mailbox_item).collect()
     }
 }
@@ -1022,10 +1039,10 @@ mod tests {
         .expect("insert")
         .last_insert_id();
 
-        let pool = env.db.pool.clone();
+        let db = env.db.clone();
         let client_id = t.id;
         let worker = tokio::spawn(async move {
-            Messages::new(&pool)
+            db.messages()
                 .record_user(client_id, conversation, envelope, "hello", None)
                 .await
         });

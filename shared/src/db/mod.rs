@@ -12,6 +12,7 @@ mod clients;
 mod configs;
 mod conversations;
 mod devices;
+mod direct;
 pub mod guard;
 mod knowledge;
 mod messages;
@@ -44,21 +45,26 @@ use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// How long a pooled connection may sit idle before it is pinged on its way out.
-const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+use direct::{DirectPool, IDLE_BEFORE_PING};
 
-/// A pool of connections to the chatfleet database.
+/// The pools of connections to the chatfleet database: the message path's single
+/// statements ([`direct`]) and everything else (transactions, admin, migrations).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: MySqlPool,
+    direct: DirectPool,
 }
 
 impl Db {
     /// Connects to an existing database. Run [`Db::migrate`] (or `chatfleet migrate`) first.
+    ///
+    /// `database.max_connections` is split: the message path's statements get up to that
+    /// many, everything else up to half as many (at least two), each opened on demand.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self> {
         let options: MySqlConnectOptions = settings.url.expose().parse()?;
+        let options = options.charset("utf8mb4").timezone(Some("+00:00".into()));
         let pool = MySqlPoolOptions::new()
-            .max_connections(settings.max_connections)
+            .max_connections((settings.max_connections / 2).max(2))
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             // sqlx pings every connection it hands out by default: a round trip per
@@ -74,13 +80,14 @@ impl Db {
                     Ok(true)
                 })
             })
-            .connect_with(options.charset("utf8mb4").timezone(Some("+00:00".into())))
+            .connect_with(options.clone())
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot connect to the database (is MariaDB up, and was `chatfleet migrate` run?)");
                 Error::Database(e)
             })?;
-        Ok(Self { pool })
+        let direct = DirectPool::new(options, settings.max_connections);
+        Ok(Self { pool, direct })
     }
 
     /// Creates the database when it does not exist, then applies pending migrations.
@@ -108,6 +115,7 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        self.direct.close();
         self.pool.close().await;
     }
 
@@ -133,7 +141,7 @@ impl Db {
         Conversations::new(&self.pool)
     }
     pub fn messages(&self) -> Messages<'_> {
-        Messages::new(&self.pool)
+        Messages::new(&self.pool, &self.direct)
     }
     pub fn devices(&self) -> Devices<'_> {
         Devices::new(&self.pool)
