@@ -1,8 +1,9 @@
 //! Where the machine's CPU went during a run: the fleet's own processes, the bench
 //! process (its load generator, long-polls and the LLM double) and the local services
-//! the fleet uses (MariaDB, RabbitMQ, Redis), each as cores busy and as CPU milliseconds
-//! per answered message. On a shared machine this says which process a saturated run
-//! ran out of CPU in, and what one message costs each of them.
+//! the fleet uses (MariaDB, RabbitMQ, Redis), each as cores busy, CPU milliseconds per
+//! answered message and thread switches per answered message (every hop between
+//! processes or threads wakes one). On a shared machine this says which process a
+//! saturated run ran out of CPU in, and what one message costs each of them.
 
 use std::fs;
 
@@ -39,20 +40,30 @@ impl Processes {
         Self { groups }
     }
 
-    /// CPU seconds each group has used so far (a process that is gone counts nothing).
-    pub(super) fn cpu_seconds(&self) -> Vec<f64> {
+    /// What each group has used so far (a process that is gone counts nothing).
+    pub(super) fn sample(&self) -> Vec<Usage> {
         self.groups
             .iter()
-            .map(|(_, pids)| pids.iter().filter_map(|p| cpu_seconds(*p)).sum())
+            .map(|(_, pids)| {
+                pids.iter()
+                    .map(|p| Usage {
+                        cpu_seconds: cpu_seconds(*p).unwrap_or_default(),
+                        switches: switches(*p),
+                    })
+                    .fold(Usage::default(), |sum, u| Usage {
+                        cpu_seconds: sum.cpu_seconds + u.cpu_seconds,
+                        switches: sum.switches + u.switches,
+                    })
+            })
             .collect()
     }
 
-    /// Each group's cores busy over `wall` seconds and CPU ms per answered message,
-    /// between two samples of [`Self::cpu_seconds`].
+    /// Each group's cores busy over `wall` seconds, CPU ms and thread switches per
+    /// answered message, between two [`Self::sample`]s.
     pub(super) fn report(
         &self,
-        before: &[f64],
-        after: &[f64],
+        before: &[Usage],
+        after: &[Usage],
         wall: f64,
         answered: usize,
     ) -> serde_json::Value {
@@ -61,18 +72,27 @@ impl Processes {
             .iter()
             .zip(before.iter().zip(after))
             .map(|((group, _), (b, a))| {
-                let used = (a - b).max(0.0);
+                let used = (a.cpu_seconds - b.cpu_seconds).max(0.0);
+                let switches = a.switches.saturating_sub(b.switches) as f64;
                 (
                     (*group).to_owned(),
                     serde_json::json!({
                         "cores": used / wall,
                         "ms_per_answered": used * 1e3 / per_message,
+                        "switches_per_answered": switches / per_message,
                     }),
                 )
             })
             .collect::<serde_json::Map<_, _>>()
             .into()
     }
+}
+
+/// CPU time and thread switches a group of processes used so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Usage {
+    cpu_seconds: f64,
+    switches: u64,
 }
 
 /// Every process's pid and command name.
@@ -87,6 +107,23 @@ fn running_processes() -> Vec<(u32, String)> {
             Some((pid, comm.trim_end().to_owned()))
         })
         .collect()
+}
+
+/// Context switches (voluntary and not) of every thread of a process.
+fn switches(pid: u32) -> u64 {
+    let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    threads
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// User plus system CPU time of a process (all its threads), in seconds.
@@ -115,10 +152,17 @@ mod tests {
             spins = std::hint::black_box(spins + 1);
         }
         let watched = Processes::watch(Vec::new(), Vec::new());
-        let now = watched.cpu_seconds();
-        let report = watched.report(&vec![0.0; now.len()], &now, 1.0, 10);
+        let now = watched.sample();
+        let report = watched.report(&vec![Usage::default(); now.len()], &now, 1.0, 10);
         assert!(cpu_seconds(me).expect("still running") > started);
         assert!(report["bench"]["cores"].as_f64().expect("a number") > 0.0);
+        // Its threads were switched out at least once (the test harness waits on them).
+        assert!(
+            report["bench"]["switches_per_answered"]
+                .as_f64()
+                .expect("a number")
+                > 0.0
+        );
         assert_eq!(report["ingress"]["cores"].as_f64(), Some(0.0));
         assert!(report.get("mariadb").is_some() && report.get("redis").is_some());
     }

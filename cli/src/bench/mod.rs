@@ -269,7 +269,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         .collect();
     let processes = cpu::Processes::watch(harness.fleet.ingress_pids(), worker_pids.clone());
     let before: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
-    let cpu_before = processes.cpu_seconds();
+    let cpu_before = processes.sample();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.conversations + 64)
         .timeout(Duration::from_secs(60))
@@ -397,7 +397,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
-    let cpu_after = processes.cpu_seconds();
+    let cpu_after = processes.sample();
     let stages = turn_stages(&http, &worker_metrics).await;
     stop.cancel();
     pollers.abort_all();
@@ -530,13 +530,17 @@ fn print(label: &str, r: &Value) {
             .iter()
             .map(|(name, v)| {
                 format!(
-                    "{name} {:.2} ({:.2})",
+                    "{name} {:.2} ({:.2}; {:.0})",
                     f(&v["cores"]),
-                    f(&v["ms_per_answered"])
+                    f(&v["ms_per_answered"]),
+                    f(&v["switches_per_answered"])
                 )
             })
             .collect();
-        println!("  CPU, cores (ms per answer):  {}", shares.join("  "));
+        println!(
+            "  CPU, cores (ms and thread switches per answer):  {}",
+            shares.join("  ")
+        );
     }
     let stages: Vec<String> = r["turn_stage_mean_ms"]
         .as_array()
