@@ -12,6 +12,7 @@
 //!
 //! This crate depends on no other workspace crate.
 
+pub mod batching;
 pub mod cache;
 pub mod db;
 pub mod envelope;

@@ -5,10 +5,12 @@
 //! dropped by the deliverer that already delivered it. So the marks of many turns are
 //! written together, one statement per tenant and batch, instead of one commit each.
 //! Until its batch is written, a confirmed reply is remembered here, so the next turn of
-//! its conversation (which often starts first) does not relay it again.
+//! its conversation (which often starts first) does not relay it again. A batch gathers
+//! for [`LINGER`] after its first mark, so light load writes few statements too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use shared::db::Db;
 use shared::ids::{ClientId, ReplyId};
@@ -18,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Most marks written by one batch.
 const MAX_BATCH: usize = 512;
+/// How long a batch gathers marks after its first.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// The sending side: [`Confirms::record`] never waits for the database.
 #[derive(Clone)]
@@ -46,7 +50,7 @@ impl Confirms {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             loop {
                 tokio::select! {
-                    n = rx.recv_many(&mut batch, MAX_BATCH) => {
+                    n = shared::batching::gather(&mut rx, &mut batch, MAX_BATCH, LINGER) => {
                         if n == 0 {
                             break;
                         }

@@ -23,8 +23,12 @@ use crate::AppState;
 /// Unacked replies held at once.
 const PREFETCH: u16 = 64;
 
-/// Most marks written by one statement.
-const MAX_MARKS: usize = 256;
+/// Most marks written by one statement: half the prefetch, so deliveries keep flowing
+/// while a batch gathers.
+const MAX_MARKS: usize = PREFETCH as usize / 2;
+/// How long a batch gathers marks after its first (a delivery's ack waits for its mark;
+/// the reply was readable since the worker stored it).
+const LINGER: Duration = Duration::from_millis(100);
 
 /// A reply to mark delivered, and who waits for the mark's commit.
 struct Mark {
@@ -34,8 +38,8 @@ struct Mark {
 }
 
 /// Writes the delivery marks of replies whose deliverer needs nothing back: whatever
-/// queued up while the previous statement ran goes in the next, one per tenant. A
-/// delivery is acked only once its mark is committed.
+/// queued up while the previous statement ran, or within [`LINGER`] of the first, goes in
+/// the next, one per tenant. A delivery is acked only once its mark is committed.
 #[derive(Clone)]
 struct Marks {
     tx: mpsc::UnboundedSender<Mark>,
@@ -47,7 +51,7 @@ impl Marks {
         let (tx, mut rx) = mpsc::unbounded_channel::<Mark>();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_MARKS);
-            while rx.recv_many(&mut batch, MAX_MARKS).await > 0 {
+            while shared::batching::gather(&mut rx, &mut batch, MAX_MARKS, LINGER).await > 0 {
                 let mut by_tenant: HashMap<ClientId, Vec<Mark>> = HashMap::new();
                 for mark in batch.drain(..) {
                     by_tenant.entry(mark.client_id).or_default().push(mark);
