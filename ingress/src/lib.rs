@@ -88,6 +88,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     );
     let state = AppState::new(Services {
         db: db.clone(),
+        acceptor: channels::accepting::Acceptor::start(db.clone()),
         broker: broker.clone(),
         publisher,
         cache,

@@ -12,6 +12,7 @@ use shared::secrets::SecretBox;
 use shared::settings::{ApiSettings, MobileSettings, Secret, WhatsappSettings};
 use tokio_util::sync::CancellationToken;
 
+use crate::channels::accepting::Acceptor;
 use crate::channels::session::SessionKeys;
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub(crate) struct AppState {
 #[derive(Debug)]
 pub(crate) struct Services {
     pub db: Db,
+    /// Commits accepted messages in rounds.
+    pub acceptor: Acceptor,
     pub broker: Broker,
     pub publisher: Publisher,
     pub cache: Cache,
@@ -51,6 +54,9 @@ impl AppState {
     }
     pub(crate) fn db(&self) -> &Db {
         &self.inner.db
+    }
+    pub(crate) fn acceptor(&self) -> &Acceptor {
+        &self.inner.acceptor
     }
     pub(crate) fn broker(&self) -> &Broker {
         &self.inner.broker

@@ -2,6 +2,7 @@
 //! the tenant, validates the payload and publishes envelopes. Raw channel payloads stay
 //! inside these modules.
 
+pub(crate) mod accepting;
 pub(crate) mod api;
 mod chat;
 pub(crate) mod mobile;
@@ -86,13 +87,14 @@ pub(crate) async fn record_and_publish(
     envelope: &shared::envelope::Envelope,
 ) -> Result<()> {
     let messages = state.db().messages();
-    let recorded = messages
-        .accept_user(
+    let recorded = state
+        .acceptor()
+        .accept(
             envelope.client_id,
             conversation_id,
             envelope.id,
-            &envelope.message.as_prompt_text(),
-            envelope.channel_message_id.as_deref(),
+            envelope.message.as_prompt_text(),
+            envelope.channel_message_id.clone(),
         )
         .await?;
     if let Err(e) = state.publisher().publish_envelope(envelope).await {

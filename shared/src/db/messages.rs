@@ -95,6 +95,15 @@ pub struct RecordedUser {
     pub reply: Option<StoredReply>,
 }
 
+/// A user message a channel is accepting ([`Messages::accept_users`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NewUserMessage<'a> {
+    pub conversation_id: ConversationId,
+    pub envelope_id: EnvelopeId,
+    pub content: &'a str,
+    pub channel_message_id: Option<&'a str>,
+}
+
 /// A user turn still waiting for its answer.
 #[derive(Debug, Clone)]
 pub struct PendingTurn {
@@ -269,6 +278,50 @@ impl<'a> Messages<'a> {
             }
             Err(e) => Err(signalled(e)),
         }
+    }
+
+    /// Accepts several new user messages of one tenant in one transaction, in the order
+    /// given (messages of one conversation take consecutive positions in that order), and
+    /// returns their row ids in that order. Any failure — one of the envelopes recorded
+    /// before, a deadlock — leaves nothing written; the caller then takes them one by
+    /// one with [`Messages::accept_user`] (migrations/20261128000004_accept_batch.sql).
+    pub async fn accept_users(
+        &self,
+        client_id: ClientId,
+        batch: &[NewUserMessage<'_>],
+    ) -> Result<Vec<u64>> {
+        let entries: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "c": m.conversation_id.get(),
+                    "e": m.envelope_id.as_uuid().simple().to_string(),
+                    "t": m.content,
+                    "m": m.channel_message_id,
+                })
+            })
+            .collect();
+        let call = guard::query_scalar("CALL accept_user_messages(?, ?)")?
+            .bind(client_id.get())
+            .bind(serde_json::Value::Array(entries).to_string());
+        let mut lease = self.direct.lease().await?;
+        let ids = call.fetch_all(lease.conn()).await;
+        let ids: Vec<String> = lease.settle(ids).map_err(signalled)?;
+        let ids = single(ids, "accept_user_messages")?
+            .split(',')
+            .map(|id| {
+                id.parse::<u64>()
+                    .map_err(|_| Error::Invalid(format!("accept_user_messages answered {id:?}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if ids.len() != batch.len() {
+            return Err(Error::Invalid(format!(
+                "accept_user_messages recorded {} of {} messages",
+                ids.len(),
+                batch.len()
+            )));
+        }
+        Ok(ids)
     }
 
     async fn find_user(
@@ -1069,6 +1122,109 @@ mod tests {
     /// The write procedures (one round trip each) keep every character of a message,
     /// answer exactly the messages they are given, count them, and refuse what the
     /// statements they replaced refused.
+    /// A channel's batch: one transaction, positions in the batch's order per
+    /// conversation, every character kept; a batch meeting a recorded envelope (or
+    /// another tenant's conversation) writes nothing and takes no position.
+    #[tokio::test]
+    async fn a_batch_of_accepted_messages_is_written_whole_or_not_at_all() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("batch").await;
+        let other = env.tenant("batch-other").await;
+        let conversations = env.db.conversations();
+        let a = conversations
+            .get_or_create(t.id, Channel::Api, "a")
+            .await
+            .expect("a");
+        let b = conversations
+            .get_or_create(t.id, Channel::Api, "b")
+            .await
+            .expect("b");
+        let foreign = conversations
+            .get_or_create(other.id, Channel::Api, "a")
+            .await
+            .expect("foreign");
+        let messages = &env.db.messages();
+        let text = "Grüße 👋 — 你好, O'Brien \\ \"quoted\"";
+        let envelopes: Vec<EnvelopeId> = (0..3).map(|_| EnvelopeId::random()).collect();
+        let batch = |conversation_id, envelope_id, content| NewUserMessage {
+            conversation_id,
+            envelope_id,
+            content,
+            channel_message_id: None,
+        };
+        let ids = messages
+            .accept_users(
+                t.id,
+                &[
+                    batch(a, envelopes[0], text),
+                    NewUserMessage {
+                        channel_message_id: Some("wamid.Ä👋"),
+                        ..batch(b, envelopes[1], "to b")
+                    },
+                    batch(a, envelopes[2], "second to a"),
+                ],
+            )
+            .await
+            .expect("accepted");
+        assert_eq!(ids.len(), 3);
+        assert!(
+            ids[0] < ids[1] && ids[1] < ids[2],
+            "row ids in order: {ids:?}"
+        );
+        let mailbox = |conversation| async move {
+            messages
+                .mailbox_after(t.id, conversation, 0, 10)
+                .await
+                .expect("mailbox")
+                .into_iter()
+                .map(|m| (m.seq, m.text))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            mailbox(a).await,
+            [(1, text.to_owned()), (2, "second to a".to_owned())]
+        );
+        assert_eq!(mailbox(b).await, [(1, "to b".to_owned())]);
+        let found = messages
+            .record_user(t.id, b, envelopes[1], "ignored", None)
+            .await
+            .expect("found");
+        assert_eq!((found.message_id, found.newly_recorded), (ids[1], false));
+
+        // A recorded envelope in the batch: nothing of it is written.
+        let fresh = EnvelopeId::random();
+        let duplicate = messages
+            .accept_users(
+                t.id,
+                &[batch(a, fresh, "new"), batch(a, envelopes[0], "again")],
+            )
+            .await;
+        assert!(duplicate.is_err(), "{duplicate:?}");
+        // Another tenant's conversation: refused, nothing written.
+        let refused = messages
+            .accept_users(
+                t.id,
+                &[
+                    batch(a, fresh, "new"),
+                    batch(foreign, EnvelopeId::random(), "x"),
+                ],
+            )
+            .await;
+        assert!(matches!(refused, Err(Error::Invalid(_))), "{refused:?}");
+        assert_eq!(mailbox(a).await.len(), 2, "nothing of either batch written");
+        let next = messages
+            .accept_user(t.id, a, fresh, "new", None)
+            .await
+            .expect("accepted alone");
+        assert!(next.newly_recorded);
+        assert_eq!(
+            mailbox(a).await.last().map(|(seq, _)| *seq),
+            Some(3),
+            "no position was taken by the failed batches"
+        );
+        env.teardown().await;
+    }
+
     #[tokio::test]
     async fn the_write_procedures_store_exactly_what_they_are_given() {
         let env = TestEnv::start(&[]).await;

@@ -34,8 +34,8 @@ pub use conversations::{ConversationMode, ConversationSummary, Conversations};
 pub use devices::Devices;
 pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
 pub use messages::{
-    HistoryTurn, MailboxItem, Messages, NewReply, OpenTurn, Pending, PendingTurn, RecordedUser,
-    Role, StoredMessage, StoredReply, UserMessageState,
+    HistoryTurn, MailboxItem, Messages, NewReply, NewUserMessage, OpenTurn, Pending, PendingTurn,
+    RecordedUser, Role, StoredMessage, StoredReply, UserMessageState,
 };
 pub use usage::{Usage, UsageDay};
 
