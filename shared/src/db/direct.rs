@@ -53,8 +53,18 @@ impl DirectPool {
         Self { pool }
     }
 
+    /// Runs one statement on a leased connection and settles the lease with its outcome.
+    pub(super) async fn run<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut MySqlConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut lease = self.lease().await?;
+        let outcome = statement(lease.conn()).await;
+        lease.settle(outcome)
+    }
+
     /// A connection for one statement; [`Lease::settle`] it with the statement's outcome.
-    pub(super) async fn lease(&self) -> Result<Lease, sqlx::Error> {
+    async fn lease(&self) -> Result<Lease, sqlx::Error> {
         let mut conn = self.pool.get().await.map_err(|e| match e {
             managed::PoolError::Backend(e) => e,
             managed::PoolError::Timeout(_) => sqlx::Error::PoolTimedOut,
@@ -77,12 +87,12 @@ pub(super) struct Pooled {
 }
 
 /// A connection out of the pool for one statement.
-pub(super) struct Lease {
+struct Lease {
     conn: managed::Object<Manager>,
 }
 
 impl Lease {
-    pub(super) fn conn(&mut self) -> &mut MySqlConnection {
+    fn conn(&mut self) -> &mut MySqlConnection {
         &mut self.conn.raw
     }
 
@@ -90,7 +100,7 @@ impl Lease {
     /// sent) leaves the connection ready for the next statement; anything else (a broken
     /// socket, a protocol error) closes it when it goes back. A lease dropped unsettled
     /// (its statement's future was dropped half-way) is closed too.
-    pub(super) fn settle<T>(mut self, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+    fn settle<T>(mut self, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         self.conn.settled = matches!(outcome, Ok(_) | Err(sqlx::Error::Database(_)));
         outcome
     }
@@ -146,9 +156,8 @@ mod tests {
     }
 
     async fn scalar(pool: &DirectPool, query: Scalar) -> Result<i64, sqlx::Error> {
-        let mut lease = pool.lease().await?;
-        let value = query.fetch_one(lease.conn()).await;
-        lease.settle(value)
+        pool.run(async move |conn| query.fetch_one(conn).await)
+            .await
     }
 
     /// The point of the pool: a connection goes back and out again without a ping.
@@ -160,12 +169,12 @@ mod tests {
             let again = scalar(&pool, connection_id()).await.expect("id");
             assert_eq!(again, first, "the same connection, handed out again");
         }
-        let mut lease = pool.lease().await.expect("lease");
-        let status = guard::query("SHOW SESSION STATUS LIKE 'Com_admin_commands'")
-            .expect("guarded")
-            .fetch_one(lease.conn())
+        let status =
+            guard::query("SHOW SESSION STATUS LIKE 'Com_admin_commands'").expect("guarded");
+        let status = pool
+            .run(async move |conn| status.fetch_one(conn).await)
             .await;
-        let pings: String = lease.settle(status).expect("status").get(1);
+        let pings: String = status.expect("status").get(1);
         assert_eq!(pings, "0", "no ping on this connection");
     }
 

@@ -260,9 +260,10 @@ impl<'a> Messages<'a> {
             .bind(envelope_id.as_uuid())
             .bind(content)
             .bind(channel_message_id);
-        let mut lease = self.direct.lease().await?;
-        let inserted = call.fetch_all(lease.conn()).await;
-        let inserted = lease.settle(inserted);
+        let inserted = self
+            .direct
+            .run(async move |conn| call.fetch_all(conn).await)
+            .await;
         match inserted {
             Ok(ids) => Ok(RecordedUser {
                 message_id: single(ids, "accept_user_message")?,
@@ -304,9 +305,11 @@ impl<'a> Messages<'a> {
         let call = guard::query_scalar("CALL accept_user_messages(?, ?)")?
             .bind(client_id.get())
             .bind(serde_json::Value::Array(entries).to_string());
-        let mut lease = self.direct.lease().await?;
-        let ids = call.fetch_all(lease.conn()).await;
-        let ids: Vec<String> = lease.settle(ids).map_err(signalled)?;
+        let ids: Vec<String> = self
+            .direct
+            .run(async move |conn| call.fetch_all(conn).await)
+            .await
+            .map_err(signalled)?;
         let ids = single(ids, "accept_user_messages")?
             .split(',')
             .map(|id| {
@@ -343,9 +346,11 @@ impl<'a> Messages<'a> {
         )?
         .bind(client_id.get())
         .bind(envelope_id.as_uuid());
-        let mut lease = self.direct.lease().await?;
-        let found = row.fetch_optional(lease.conn()).await;
-        let Some(row) = lease.settle(found)? else {
+        let found = self
+            .direct
+            .run(async move |conn| row.fetch_optional(conn).await)
+            .await?;
+        let Some(row) = found else {
             return Ok(None);
         };
         let reply = match row.try_get::<Option<Uuid>, _>("reply_id")? {
@@ -393,9 +398,10 @@ impl<'a> Messages<'a> {
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(limit);
-        let mut lease = self.direct.lease().await?;
-        let read = rows.fetch_all(lease.conn()).await;
-        let rows = lease.settle(read)?;
+        let rows = self
+            .direct
+            .run(async move |conn| rows.fetch_all(conn).await)
+            .await?;
         pending_of(&rows.iter().collect::<Vec<_>>())
     }
 
@@ -448,9 +454,10 @@ impl<'a> Messages<'a> {
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(history_limit);
-        let mut lease = self.direct.lease().await?;
-        let read = rows.fetch_all(lease.conn()).await;
-        let rows = lease.settle(read)?;
+        let rows = self
+            .direct
+            .run(async move |conn| rows.fetch_all(conn).await)
+            .await?;
         let mut keyed = rows
             .iter()
             .map(|r| {
@@ -591,9 +598,11 @@ impl<'a> Messages<'a> {
             .bind(reply.config_version)
             .bind(answers)
             .bind(reply.conversation_id.get() % super::usage::SHARDS);
-        let mut lease = self.direct.lease().await?;
-        let outcome = call.fetch_all(lease.conn()).await;
-        let outcome: Vec<String> = lease.settle(outcome).map_err(signalled)?;
+        let outcome: Vec<String> = self
+            .direct
+            .run(async move |conn| call.fetch_all(conn).await)
+            .await
+            .map_err(signalled)?;
         match single(outcome, "store_reply")?.as_str() {
             "stored" => Ok(true),
             "not_bot" | "answered_before" => Ok(false),
@@ -661,9 +670,9 @@ impl<'a> Messages<'a> {
         for id in reply_ids {
             update = update.bind(id.as_uuid());
         }
-        let mut lease = self.direct.lease().await?;
-        let done = update.execute(lease.conn()).await;
-        lease.settle(done)?;
+        self.direct
+            .run(async move |conn| update.execute(conn).await)
+            .await?;
         Ok(())
     }
 
@@ -919,9 +928,10 @@ impl<'a> Messages<'a> {
         .bind(conversation_id.get())
         .bind(after)
         .bind(limit);
-        let mut lease = self.direct.lease().await?;
-        let read = rows.fetch_all(lease.conn()).await;
-        let rows = lease.settle(read)?;
+        let rows = self
+            .direct
+            .run(async move |conn| rows.fetch_all(conn).await)
+            .await?;
         rows.iter().map(mailbox_item).collect()
     }
 }
@@ -1119,9 +1129,6 @@ mod tests {
         env.teardown().await;
     }
 
-    /// The write procedures (one round trip each) keep every character of a message,
-    /// answer exactly the messages they are given, count them, and refuse what the
-    /// statements they replaced refused.
     /// A channel's batch: one transaction, positions in the batch's order per
     /// conversation, every character kept; a batch meeting a recorded envelope (or
     /// another tenant's conversation) writes nothing and takes no position.
@@ -1225,6 +1232,9 @@ mod tests {
         env.teardown().await;
     }
 
+    /// The write procedures (one round trip each) keep every character of a message,
+    /// answer exactly the messages they are given, count them, and refuse what the
+    /// statements they replaced refused.
     #[tokio::test]
     async fn the_write_procedures_store_exactly_what_they_are_given() {
         let env = TestEnv::start(&[]).await;
