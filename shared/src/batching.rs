@@ -3,11 +3,15 @@
 //! Taking only what is already queued batches well under load but writes one statement
 //! per item when the load is light, when each statement costs the most (every round trip
 //! wakes a database thread that was asleep); waiting a little after the first item
-//! collects the ones right behind it.
+//! collects the ones right behind it. Every statement a writer runs is one tenant's, so
+//! a batch is split by tenant ([`by_tenant`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::ids::ClientId;
 
 /// Waits for at least one item, then gathers more for up to `linger` until `batch` holds
 /// `max`. Returns how many items `batch` holds; 0 once the channel is closed and empty.
@@ -29,6 +33,25 @@ pub async fn gather<T>(
         }
     }
     batch.len()
+}
+
+/// Splits a batch by tenant: tenants in the order they first appear, each tenant's items
+/// in their order.
+pub fn by_tenant<T>(
+    items: impl IntoIterator<Item = T>,
+    tenant: impl Fn(&T) -> ClientId,
+) -> Vec<(ClientId, Vec<T>)> {
+    let mut groups: Vec<(ClientId, Vec<T>)> = Vec::new();
+    let mut index: HashMap<ClientId, usize> = HashMap::new();
+    for item in items {
+        let client_id = tenant(&item);
+        let i = *index.entry(client_id).or_insert_with(|| {
+            groups.push((client_id, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(item);
+    }
+    groups
 }
 
 #[cfg(test)]
@@ -54,6 +77,16 @@ mod tests {
         batch.clear();
         let n = gather(&mut rx, &mut batch, 10, Duration::from_millis(100)).await;
         assert_eq!((n, batch.as_slice()), (1, [3].as_slice()));
+    }
+
+    #[test]
+    fn a_batch_splits_by_tenant_keeping_each_tenants_order() {
+        let (a, b) = (ClientId::new(7), ClientId::new(3));
+        let items = [(a, 1), (b, 2), (a, 3), (b, 4), (a, 5)];
+        assert_eq!(
+            by_tenant(items, |(c, _)| *c),
+            [(a, vec![(a, 1), (a, 3), (a, 5)]), (b, vec![(b, 2), (b, 4)])]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@
 //! its conversation (which often starts first) does not relay it again. A batch gathers
 //! for [`LINGER`] after its first mark, so light load writes few statements too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,11 +99,8 @@ fn lock(unwritten: &Unwritten) -> std::sync::MutexGuard<'_, HashSet<ReplyId>> {
 }
 
 async fn write(db: &Db, batch: &mut Vec<(ClientId, ReplyId)>, unwritten: &Unwritten) {
-    let mut by_tenant: HashMap<ClientId, Vec<ReplyId>> = HashMap::new();
-    for (client_id, reply_id) in batch.drain(..) {
-        by_tenant.entry(client_id).or_default().push(reply_id);
-    }
-    for (client_id, replies) in by_tenant {
+    for (client_id, marks) in shared::batching::by_tenant(batch.drain(..), |(c, _)| *c) {
+        let replies: Vec<ReplyId> = marks.into_iter().map(|(_, r)| r).collect();
         if let Err(e) = db.messages().mark_published(client_id, &replies).await {
             // Relayed again by the conversation's next turn; the deliverers drop repeats.
             tracing::warn!(error = %e, replies = replies.len(), "could not record published replies");

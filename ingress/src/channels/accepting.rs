@@ -92,15 +92,8 @@ impl Acceptor {
 /// Commits one round: a batch per tenant, each message alone when its batch fails.
 async fn commit(db: &Db, round: Vec<Waiting>) {
     metrics::histogram!("chatfleet_accept_round_messages").record(round.len() as f64);
-    let mut by_tenant: Vec<(ClientId, Vec<Waiting>)> = Vec::new();
-    for waiting in round {
-        match by_tenant.iter_mut().find(|(c, _)| *c == waiting.client_id) {
-            Some((_, batch)) => batch.push(waiting),
-            None => by_tenant.push((waiting.client_id, vec![waiting])),
-        }
-    }
     let messages = db.messages();
-    for (client_id, batch) in by_tenant {
+    for (client_id, batch) in shared::batching::by_tenant(round, |w| w.client_id) {
         if batch.len() > 1 {
             let entries: Vec<NewUserMessage<'_>> = batch
                 .iter()

@@ -7,7 +7,6 @@
 //! a mobile reply's own mark tells whether it is new, so a reply id that was delivered
 //! before is not pushed again (at-least-once in, one push per reply).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use shared::cache::MailboxKey;
@@ -52,10 +51,7 @@ impl Marks {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_MARKS);
             while shared::batching::gather(&mut rx, &mut batch, MAX_MARKS, LINGER).await > 0 {
-                let mut by_tenant: HashMap<ClientId, Vec<Mark>> = HashMap::new();
-                for mark in batch.drain(..) {
-                    by_tenant.entry(mark.client_id).or_default().push(mark);
-                }
+                let by_tenant = shared::batching::by_tenant(batch.drain(..), |m| m.client_id);
                 for (client_id, marks) in by_tenant {
                     let ids: Vec<ReplyId> = marks.iter().map(|m| m.reply_id).collect();
                     let written = db
