@@ -127,7 +127,7 @@ fn switches(pid: u32) -> u64 {
 }
 
 /// User plus system CPU time of a process (all its threads), in seconds.
-pub(super) fn cpu_seconds(pid: u32) -> Option<f64> {
+fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
     let rest = stat.rsplit_once(')')?.1;

@@ -93,18 +93,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// Resident memory (KiB) and CPU time (seconds) of a process, from /proc.
-fn usage(pid: u32) -> Option<(u64, f64)> {
+/// Resident memory of a process (KiB), from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    Some((rss, cpu::cpu_seconds(pid)?))
+        .ok()
 }
 
 /// Send times and answer times of every accepted message, by its number `k` (the bench
@@ -268,7 +267,6 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         .map(|w| w.metrics.clone())
         .collect();
     let processes = cpu::Processes::watch(harness.fleet.ingress_pids(), worker_pids.clone());
-    let before: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
     let cpu_before = processes.sample();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.conversations + 64)
@@ -287,7 +285,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
             (http.clone(), worker_metrics.clone(), peak_in_flight.clone());
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                let rss: u64 = pids.iter().filter_map(|p| usage(*p)).map(|u| u.0).sum();
+                let rss: u64 = pids.iter().filter_map(|p| rss_kib(*p)).sum();
                 peak.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
                 let turns = turns_in_flight(&http, &metrics).await;
                 in_flight.fetch_max(turns, std::sync::atomic::Ordering::Relaxed);
@@ -396,7 +394,6 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after: Vec<(u64, f64)> = worker_pids.iter().filter_map(|p| usage(*p)).collect();
     let cpu_after = processes.sample();
     let stages = turn_stages(&http, &worker_metrics).await;
     stop.cancel();
@@ -426,9 +423,9 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     // bench process gets the CPU) is the LLM's time, not the platform's.
     let held_ms = harness.sim.mean_hold().unwrap_or(latency).as_secs_f64() * 1e3;
     let overhead: Vec<f64> = e2e.iter().map(|v| (v - held_ms).max(0.0)).collect();
-    let cpu: f64 = after.iter().map(|a| a.1).sum::<f64>() - before.iter().map(|b| b.1).sum::<f64>();
     let wall = started.elapsed().as_secs_f64();
     let answered = e2e.len();
+    let cpu_by_process = processes.report(&cpu_before, &cpu_after, wall, answered);
     let row = |v: &[f64]| {
         json!({
             "p50": percentile(v, 0.50), "p90": percentile(v, 0.90),
@@ -454,8 +451,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "end_to_end_ms": row(&e2e),
         "overhead_ms": row(&overhead),
         "worker_peak_rss_mib": peak_rss.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
-        "worker_cpu_cores": cpu / wall,
-        "cpu_by_process": processes.report(&cpu_before, &cpu_after, wall, answered),
+        "worker_cpu_cores": cpu_by_process["worker"]["cores"],
+        "cpu_by_process": cpu_by_process,
         "peak_turns_in_flight": peak_in_flight.load(std::sync::atomic::Ordering::Relaxed),
         "turn_stage_mean_ms": stages.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "dead_letters": dead,
