@@ -1,15 +1,15 @@
 //! The shared crate against the real services: topology declaration, the repositories'
-//! idempotency and tenant scoping, the mailbox notifier.
+//! idempotency and tenant scoping, the mailbox notifier, the conversation locks.
 
 use std::time::Duration;
 
-use shared::cache::{MailboxKey, Mailboxes};
+use shared::cache::{ConversationLocks, MailboxKey, Mailboxes};
 use shared::db::{NewReply, UserMessageState};
 use shared::envelope::ReplyKind;
-use shared::ids::{Channel, ClientId, EnvelopeId, ReplyId};
+use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId, ReplyId};
 use shared::mq::Broker;
 use shared::settings::AmqpSettings;
-use shared::testkit::TestEnv;
+use shared::testkit::{TestEnv, eventually};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -362,5 +362,50 @@ async fn envelopes_carry_the_request_id_and_prefetch_bounds_unacked_deliveries()
     assert_eq!(third.correlation_id.as_deref(), Some("req-3"));
     second.ack().await.expect("ack");
     third.ack().await.expect("ack");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn a_held_lock_outlives_its_ttl_and_a_dropped_one_expires() {
+    let env = TestEnv::start(&[]).await;
+    let ttl = Duration::from_millis(600);
+    let locks = ConversationLocks::new(env.cache.clone(), ttl);
+    let (tenant, conversation) = (ClientId::new(7), ConversationId::new(70));
+    let held = locks
+        .acquire(tenant, conversation, Duration::ZERO)
+        .await
+        .expect("redis")
+        .expect("a free lock is taken");
+    // Three TTLs: only the renewals (every third of the TTL) keep it.
+    tokio::time::sleep(3 * ttl).await;
+    assert!(!held.lost(), "no renewal found the lock gone");
+    let second = locks
+        .acquire(tenant, conversation, Duration::ZERO)
+        .await
+        .expect("redis");
+    assert!(second.is_none(), "the renewed lock is still held");
+    // Another tenant's conversation with the same id is another lock.
+    assert!(
+        locks
+            .acquire(ClientId::new(8), conversation, Duration::ZERO)
+            .await
+            .expect("redis")
+            .is_some()
+    );
+    // Dropped without a release (a turn cut off): renewals stop, the lock expires.
+    drop(held);
+    let taken = eventually(
+        Duration::from_secs(10),
+        "the dropped lock expires",
+        || async {
+            locks
+                .acquire(tenant, conversation, Duration::ZERO)
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    locks.release(taken).await.expect("release");
     env.teardown().await;
 }

@@ -169,7 +169,9 @@ impl ConversationLocks {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                match renew(&cache, &k, &t, ttl).await {
+                // Boxed: the call's state (pool checkout, script) lives only while it
+                // runs, not in every held lock's idle task (~7 KB each, thousands held).
+                match Box::pin(renew(&cache, &k, &t, ttl)).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!("conversation lock expired while held");

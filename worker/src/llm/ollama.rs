@@ -3,11 +3,26 @@
 //! longer prompts.
 
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use shared::settings::ProviderSettings;
 
 use super::{ChatMessage, ChatRequest, Completion, LlmError, lines, status_error, transport_error};
+
+/// The request body, serialized straight from the turn's messages (no intermediate JSON
+/// tree: with thousands of calls in flight, a copy of every prompt adds up).
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    stream: bool,
+    options: ChatOptions,
+}
+
+#[derive(Serialize)]
+struct ChatOptions {
+    temperature: f64,
+    num_ctx: u32,
+}
 
 #[derive(Debug, Deserialize)]
 struct ChatChunk {
@@ -28,18 +43,20 @@ pub(super) async fn chat(
     provider: &ProviderSettings,
     request: &ChatRequest,
 ) -> Result<Completion, LlmError> {
-    let body = json!({
-        "model": request.model,
-        "messages": request.messages,
-        "stream": provider.stream,
-        "options": { "temperature": request.temperature, "num_ctx": request.num_ctx },
-    });
     let mut call = http
         .post(format!(
             "{}/api/chat",
             provider.base_url.trim_end_matches('/')
         ))
-        .json(&body);
+        .json(&ChatBody {
+            model: &request.model,
+            messages: &request.messages,
+            stream: provider.stream,
+            options: ChatOptions {
+                temperature: request.temperature,
+                num_ctx: request.num_ctx,
+            },
+        });
     if !provider.api_key.expose().is_empty() {
         call = call.bearer_auth(provider.api_key.expose());
     }

@@ -3,11 +3,27 @@
 //! `stream_options.include_usage` is honoured).
 
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use shared::settings::ProviderSettings;
 
-use super::{ChatRequest, Completion, LlmError, lines, status_error, transport_error};
+use super::{ChatMessage, ChatRequest, Completion, LlmError, lines, status_error, transport_error};
+
+/// The request body, serialized straight from the turn's messages (no intermediate JSON
+/// tree: with thousands of calls in flight, a copy of every prompt adds up).
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    temperature: f64,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
 
 #[derive(Debug, Deserialize)]
 struct Usage {
@@ -42,21 +58,20 @@ pub(super) async fn chat(
     provider: &ProviderSettings,
     request: &ChatRequest,
 ) -> Result<Completion, LlmError> {
-    let mut body = json!({
-        "model": request.model,
-        "messages": request.messages,
-        "temperature": request.temperature,
-        "stream": provider.stream,
-    });
-    if provider.stream {
-        body["stream_options"] = json!({ "include_usage": true });
-    }
     let mut call = http
         .post(format!(
             "{}/v1/chat/completions",
             provider.base_url.trim_end_matches('/')
         ))
-        .json(&body);
+        .json(&ChatBody {
+            model: &request.model,
+            messages: &request.messages,
+            temperature: request.temperature,
+            stream: provider.stream,
+            stream_options: provider.stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+        });
     if !provider.api_key.expose().is_empty() {
         call = call.bearer_auth(provider.api_key.expose());
     }
