@@ -166,7 +166,8 @@ impl Dispatcher {
         let outcome = async {
             let replay = envelopes.first().filter(|e| dry_run(e));
             match (undecodable, replay) {
-                (None, Some(env)) => turn::dry_run(&self.ctx, env).await,
+                // Boxed: rare, and inline it would size every turn's task.
+                (None, Some(env)) => Box::pin(turn::dry_run(&self.ctx, env)).await,
                 (None, None) => {
                     let intake = turn::Intake {
                         take: &pull,
@@ -180,22 +181,26 @@ impl Dispatcher {
         .instrument(span.clone())
         .await;
         let batch = batch.into_inner().unwrap_or_default();
-        async {
-            match outcome {
-                Ok(()) => {
-                    for job in &batch {
-                        self.ack(&job.delivery).await;
+        // Boxed: settling (a failure's retry or dead-letter publish) has the largest
+        // state; inline, every turn's task would carry it through its LLM call.
+        Box::pin(
+            async {
+                match outcome {
+                    Ok(()) => {
+                        for job in &batch {
+                            self.ack(&job.delivery).await;
+                        }
                     }
-                }
-                Err(e) => {
-                    for job in &batch {
-                        self.fail(&job.delivery, job.envelope.as_ref().ok(), &e)
-                            .await;
+                    Err(e) => {
+                        for job in &batch {
+                            self.fail(&job.delivery, job.envelope.as_ref().ok(), &e)
+                                .await;
+                        }
                     }
                 }
             }
-        }
-        .instrument(span)
+            .instrument(span),
+        )
         .await;
         in_flight.decrement(1.0);
     }
@@ -311,5 +316,28 @@ async fn drain(dispatcher: &Dispatcher, timeout: Duration) {
             _ = dispatcher.tracker.wait() => {}
             _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_secs(2))) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, for arguments that live forever.
+    fn future_size<A, B, C, F: Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// A worker holds thousands of turns waiting on the LLM, each a task as large as the
+    /// largest state of any of its stages: those that are not the wait itself (the
+    /// reads, the Redis calls, settling) are boxed, so they do not size every task.
+    /// Inline they made the task 19.8 KB.
+    #[test]
+    fn a_turn_task_is_a_few_kilobytes() {
+        let process = future_size(Dispatcher::process);
+        let handle = future_size(turn::handle);
+        eprintln!("process {process} B, turn::handle {handle} B");
+        assert!(process <= 5 * 1024, "Dispatcher::process: {process} B");
+        assert!(handle <= 5 * 1024, "turn::handle: {handle} B");
     }
 }
