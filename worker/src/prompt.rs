@@ -26,10 +26,13 @@ const RECOUNT_MARGIN: usize = 64;
 /// knowledge chunks and mode fragments are counted on every turn of a conversation, and
 /// BPE is the expensive part of assembling a prompt. Short texts too: BPE's
 /// pre-tokenizing regex costs microseconds even on a chat message of a few words, a
-/// lookup a fraction of one (a chat of 20 short turns: 88 → 4 µs to assemble).
+/// lookup a fraction of one (a chat of 20 short turns: 88 → 4 µs to assemble). The
+/// cache is quick_cache's: a turn makes a lookup per history turn, and moka's (a
+/// concurrent map of shared entries plus an access-order log) was ~12% of the worker's
+/// CPU at saturation.
 pub struct Tokenizer {
     bpe: CoreBPE,
-    counts: moka::sync::Cache<u64, u32>,
+    counts: quick_cache::sync::Cache<u64, u32>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -42,14 +45,18 @@ impl Tokenizer {
     pub fn new() -> anyhow::Result<Self> {
         Ok(Self {
             bpe: tiktoken_rs::cl100k_base()?,
-            counts: moka::sync::Cache::builder().max_capacity(200_000).build(),
+            counts: quick_cache::sync::Cache::new(200_000),
         })
     }
 
     pub fn count(&self, text: &str) -> usize {
-        self.counts.get_with(Self::key(text), || {
-            u32::try_from(self.bpe.encode_ordinary(text).len()).unwrap_or(u32::MAX)
-        }) as usize
+        let key = Self::key(text);
+        if let Some(count) = self.counts.get(&key) {
+            return count as usize;
+        }
+        let count = u32::try_from(self.bpe.encode_ordinary(text).len()).unwrap_or(u32::MAX);
+        self.counts.insert(key, count);
+        count as usize
     }
 
     /// The cache key of a text.
