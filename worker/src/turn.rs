@@ -433,19 +433,21 @@ async fn ask_llm(
     }
     let estimated = u32::try_from(prompt.tokens).unwrap_or(u32::MAX);
     let started = std::time::Instant::now();
-    let request = |model: &str| ChatRequest {
-        model: model.to_owned(),
+    // The prompt's messages move into the request: no copy of the prompt per call.
+    let mut request = ChatRequest {
+        model: config.llm_model.clone(),
         temperature: config.llm_temperature,
         num_ctx,
-        messages: prompt.messages.clone(),
+        messages: prompt.messages,
     };
-    let completion = match ctx.llm.chat(request(&config.llm_model)).await {
+    let completion = match ctx.llm.chat(&request).await {
         Ok(c) => c,
         Err(e) if e.is_transient() && config.fallback_model.is_some() => {
             let fallback = config.fallback_model.as_deref().unwrap_or_default();
             tracing::warn!(error = %e, fallback, "primary model failed; asking the fallback model");
             metrics::counter!("chatfleet_llm_fallbacks_total").increment(1);
-            ctx.llm.chat(request(fallback)).await?
+            fallback.clone_into(&mut request.model);
+            ctx.llm.chat(&request).await?
         }
         Err(e) => return Err(e.into()),
     };

@@ -77,7 +77,7 @@ async fn both_wire_formats_streaming_and_not() {
         for stream in [false, true] {
             let client = LlmClient::new(&settings(&sim.base_url(), kind, stream));
             let completion = client
-                .chat(request("llama3.1:8b"))
+                .chat(&request("llama3.1:8b"))
                 .await
                 .unwrap_or_else(|e| panic!("{kind:?} stream={stream}: {e}"));
             assert_eq!(completion.text, expected, "{kind:?} stream={stream}");
@@ -109,7 +109,7 @@ async fn a_provider_prefix_routes_and_is_stripped() {
         client.route("meta-llama/Llama-3"),
         ("main", "meta-llama/Llama-3")
     );
-    client.chat(request("other/mistral")).await.expect("chat");
+    client.chat(&request("other/mistral")).await.expect("chat");
     assert_eq!(sim.requests().pop().expect("recorded").model, "mistral");
 }
 
@@ -118,11 +118,11 @@ async fn outages_are_transient_errors_with_retry_after() {
     let sim = sim().await;
     sim.set_unavailable(true);
     let client = LlmClient::new(&settings(&sim.base_url(), ProviderKind::Openai, false));
-    let err = client.chat(request("m")).await.expect_err("503");
+    let err = client.chat(&request("m")).await.expect_err("503");
     assert!(err.is_transient());
     assert_eq!(err.retry_after(), Some(std::time::Duration::from_secs(1)));
     let down = LlmClient::new(&settings("http://127.0.0.1:9", ProviderKind::Ollama, false));
-    let err = down.chat(request("m")).await.expect_err("refused");
+    let err = down.chat(&request("m")).await.expect_err("refused");
     assert!(
         matches!(err, LlmError::Unreachable(_)) && err.is_transient(),
         "{err}"
@@ -135,13 +135,13 @@ async fn the_simulator_reports_how_long_it_actually_held_requests() {
     let sim = sim().await;
     assert_eq!(sim.mean_hold(), None, "no latency, nothing held");
     let client = LlmClient::new(&settings(&sim.base_url(), ProviderKind::Ollama, false));
-    client.chat(request("m")).await.expect("chat");
+    client.chat(&request("m")).await.expect("chat");
     assert_eq!(sim.mean_hold(), None, "a zero latency holds nothing");
     let latency = std::time::Duration::from_millis(30);
     sim.set_latency(latency);
     let started = std::time::Instant::now();
-    client.chat(request("m")).await.expect("chat");
-    client.chat(request("m")).await.expect("chat");
+    client.chat(&request("m")).await.expect("chat");
+    client.chat(&request("m")).await.expect("chat");
     let held = sim.mean_hold().expect("held");
     assert!(held >= latency, "{held:?}");
     assert!(held * 2 <= started.elapsed(), "{held:?}");

@@ -153,8 +153,12 @@ async fn a_failing_model_is_replaced_by_the_fallback_model() {
     let (reply, _) = p.ask(&t.api_key, "c", "hello", "0").await;
     let text = reply["text"].as_str().unwrap_or("");
     assert!(text.starts_with("[backup-model]"), "{text}");
-    let models: Vec<String> = p.sim.requests().into_iter().map(|r| r.model).collect();
+    let requests = p.sim.requests();
+    let models: Vec<&str> = requests.iter().map(|r| r.model.as_str()).collect();
     assert_eq!(models, ["llama3.1:8b", "backup-model"]);
+    // The fallback model is asked the same prompt, whole.
+    assert!(requests[0].messages.len() >= 2);
+    assert_eq!(requests[1].messages, requests[0].messages);
     p.stop().await;
 }
 

@@ -164,14 +164,14 @@ impl LlmClient {
         (self.default_provider.as_str(), llm_model)
     }
 
-    /// Sends one chat request to the provider `llm_model` selects.
-    pub async fn chat(&self, mut request: ChatRequest) -> Result<Completion, LlmError> {
+    /// Sends one chat request to the provider its `model` selects. Borrowed: a caller
+    /// that falls back to another model sends the same messages again, uncopied.
+    pub async fn chat(&self, request: &ChatRequest) -> Result<Completion, LlmError> {
         let (name, model) = self.route(&request.model);
         let provider = self
             .providers
             .get(name)
             .ok_or_else(|| LlmError::Unreachable(format!("no provider named {name:?}")))?;
-        request.model = model.to_owned();
         if !provider.breaker.admit(std::time::Instant::now()) {
             return Err(LlmError::CircuitOpen(name.to_owned()));
         }
@@ -185,10 +185,10 @@ impl LlmClient {
         let call = async {
             match provider.settings.kind {
                 ProviderKind::Ollama => {
-                    ollama::chat(&self.http, &provider.settings, &request).await
+                    ollama::chat(&self.http, &provider.settings, model, request).await
                 }
                 ProviderKind::Openai => {
-                    openai::chat(&self.http, &provider.settings, &request).await
+                    openai::chat(&self.http, &provider.settings, model, request).await
                 }
             }
         };

@@ -41,6 +41,7 @@ struct ChatChunk {
 pub(super) async fn chat(
     http: &reqwest::Client,
     provider: &ProviderSettings,
+    model: &str,
     request: &ChatRequest,
 ) -> Result<Completion, LlmError> {
     let mut call = http
@@ -49,7 +50,7 @@ pub(super) async fn chat(
             provider.base_url.trim_end_matches('/')
         ))
         .json(&ChatBody {
-            model: &request.model,
+            model,
             messages: &request.messages,
             stream: provider.stream,
             options: ChatOptions {

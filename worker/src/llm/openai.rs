@@ -56,6 +56,7 @@ struct Response {
 pub(super) async fn chat(
     http: &reqwest::Client,
     provider: &ProviderSettings,
+    model: &str,
     request: &ChatRequest,
 ) -> Result<Completion, LlmError> {
     let mut call = http
@@ -64,7 +65,7 @@ pub(super) async fn chat(
             provider.base_url.trim_end_matches('/')
         ))
         .json(&ChatBody {
-            model: &request.model,
+            model,
             messages: &request.messages,
             temperature: request.temperature,
             stream: provider.stream,
