@@ -22,7 +22,9 @@ const RECOUNT_MARGIN: usize = 64;
 
 /// Counts tokens (cl100k_base). Build one per process: building loads the vocabulary.
 ///
-/// Counts are remembered (by a 64-bit hash of the text): the same history turns,
+/// Counts are remembered (by a 64-bit hash of the text, keyed at random per process so
+/// that nobody can craft a message whose hash collides with another's and borrow its
+/// count): the same history turns,
 /// knowledge chunks and mode fragments are counted on every turn of a conversation, and
 /// BPE is the expensive part of assembling a prompt. Short texts too: BPE's
 /// pre-tokenizing regex costs microseconds even on a chat message of a few words, a
@@ -33,6 +35,7 @@ const RECOUNT_MARGIN: usize = 64;
 pub struct Tokenizer {
     bpe: CoreBPE,
     counts: quick_cache::sync::Cache<u64, u32>,
+    keys: std::hash::RandomState,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -46,11 +49,12 @@ impl Tokenizer {
         Ok(Self {
             bpe: tiktoken_rs::cl100k_base()?,
             counts: quick_cache::sync::Cache::new(200_000),
+            keys: std::hash::RandomState::new(),
         })
     }
 
     pub fn count(&self, text: &str) -> usize {
-        let key = Self::key(text);
+        let key = self.key(text);
         if let Some(count) = self.counts.get(&key) {
             return count as usize;
         }
@@ -60,10 +64,8 @@ impl Tokenizer {
     }
 
     /// The cache key of a text.
-    fn key(text: &str) -> u64 {
-        let mut hasher = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(text, &mut hasher);
-        std::hash::Hasher::finish(&hasher)
+    fn key(&self, text: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, text)
     }
 
     /// Counts without the cache (benchmarks of cold content).
@@ -435,11 +437,24 @@ mod tests {
     fn short_texts_are_counted_once() {
         let tok = Tokenizer::new().expect("tokenizer");
         let short = "when does my order arrive?";
-        assert!(!tok.counts.contains_key(&Tokenizer::key(short)));
+        assert!(!tok.counts.contains_key(&tok.key(short)));
         let n = tok.count(short);
         assert_eq!(n, tok.count_uncached(short));
-        assert!(tok.counts.contains_key(&Tokenizer::key(short)));
+        assert!(tok.counts.contains_key(&tok.key(short)));
         assert_eq!(tok.count(short), n);
+    }
+
+    #[test]
+    fn cache_keys_are_not_predictable() {
+        // Two processes (two tokenizers) key the same text differently: a collision
+        // cannot be precomputed and sent.
+        let (a, b) = (
+            Tokenizer::new().expect("tokenizer"),
+            Tokenizer::new().expect("tokenizer"),
+        );
+        let text = "when does my order arrive?";
+        assert_eq!(a.key(text), a.key(text));
+        assert_ne!(a.key(text), b.key(text));
     }
 
     #[test]
