@@ -10,9 +10,15 @@
 //!   their bodies with these same rules).
 //!
 //! It is a syntactic check over chatfleet's own SQL (no user input ever reaches a
-//! statement's text), cheap next to the round trip it guards. The one statement that
+//! statement's text), cheap next to the round trip it guards, and cheaper still the
+//! second time: a statement that passed is remembered by its text (there are a few
+//! hundred; the check lowercases, splits and rejoins the text, ~2.5% of a worker's CPU
+//! at saturation when it ran on every execution). The one statement that
 //! must find a tenant rather than start from one (API key lookup) goes through
 //! [`tenant_lookup`], which names why.
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, RwLock};
 
 use sqlx::MySql;
 use sqlx::mysql::MySqlArguments;
@@ -32,9 +38,29 @@ pub const TENANT_TABLES: [&str; 8] = [
     "usage_daily",
 ];
 
+/// Statements that passed [`check`], by text. Refusals are not remembered: they end
+/// in an error, and the next try is checked again.
+static PASSED: LazyLock<RwLock<HashSet<String>>> = LazyLock::new(RwLock::default);
+/// Most statements remembered; past it the rest are checked every time.
+const MAX_PASSED: usize = 4096;
+
+/// [`check`], remembering what passed.
+fn checked(sql: &str) -> Result<()> {
+    if PASSED.read().is_ok_and(|passed| passed.contains(sql)) {
+        return Ok(());
+    }
+    check(sql)?;
+    if let Ok(mut passed) = PASSED.write()
+        && passed.len() < MAX_PASSED
+    {
+        passed.insert(sql.to_owned());
+    }
+    Ok(())
+}
+
 /// A checked statement.
 pub(super) fn query(sql: &str) -> Result<Query<'_, MySql, MySqlArguments>> {
-    check(sql)?;
+    checked(sql)?;
     Ok(sqlx::query(sql))
 }
 
@@ -43,7 +69,7 @@ pub(super) fn query_scalar<O>(sql: &str) -> Result<QueryScalar<'_, MySql, O, MyS
 where
     (O,): for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow>,
 {
-    check(sql)?;
+    checked(sql)?;
     Ok(sqlx::query_scalar(sql))
 }
 
@@ -116,7 +142,20 @@ fn unscoped(sql: &str) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::check;
+    use super::{check, checked};
+
+    #[test]
+    fn remembered_verdicts_are_the_checks_verdicts() {
+        let scoped = "SELECT id FROM usage_daily WHERE client_id = ? AND day = ? -- remembered";
+        let unscoped = "SELECT id FROM usage_daily WHERE day = ? -- remembered";
+        for _ in 0..2 {
+            checked(scoped).expect("a scoped statement passes, again");
+            assert!(
+                checked(unscoped).is_err(),
+                "an unscoped one is refused, again"
+            );
+        }
+    }
 
     #[test]
     fn scoped_statements_pass() {
