@@ -38,6 +38,8 @@ struct ChatChunk {
     error: Option<String>,
 }
 
+/// Asks `model` (the provider's own name for it: the tenant's `llm_model` without a
+/// provider prefix) with `request`'s messages and settings.
 pub(super) async fn chat(
     http: &reqwest::Client,
     provider: &ProviderSettings,
