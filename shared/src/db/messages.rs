@@ -291,20 +291,29 @@ impl<'a> Messages<'a> {
         client_id: ClientId,
         batch: &[NewUserMessage<'_>],
     ) -> Result<Vec<u64>> {
-        let entries: Vec<serde_json::Value> = batch
+        /// One entry of the procedure's JSON array, borrowing the message's text (no
+        /// intermediate JSON tree holding a copy of it).
+        #[derive(Serialize)]
+        struct Entry<'m> {
+            c: u64,
+            e: uuid::fmt::Simple,
+            t: &'m str,
+            m: Option<&'m str>,
+        }
+        let entries: Vec<Entry<'_>> = batch
             .iter()
-            .map(|m| {
-                serde_json::json!({
-                    "c": m.conversation_id.get(),
-                    "e": m.envelope_id.as_uuid().simple().to_string(),
-                    "t": m.content,
-                    "m": m.channel_message_id,
-                })
+            .map(|m| Entry {
+                c: m.conversation_id.get(),
+                e: m.envelope_id.as_uuid().simple(),
+                t: m.content,
+                m: m.channel_message_id,
             })
             .collect();
+        let entries = serde_json::to_string(&entries)
+            .map_err(|e| Error::Invalid(format!("accept_user_messages batch: {e}")))?;
         let call = guard::query_scalar("CALL accept_user_messages(?, ?)")?
             .bind(client_id.get())
-            .bind(serde_json::Value::Array(entries).to_string());
+            .bind(entries);
         let ids: Vec<String> = self
             .direct
             .run(async move |conn| call.fetch_all(conn).await)
