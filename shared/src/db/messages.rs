@@ -281,11 +281,17 @@ impl<'a> Messages<'a> {
         }
     }
 
-    /// Accepts several new user messages of one tenant in one transaction, in the order
-    /// given (messages of one conversation take consecutive positions in that order), and
-    /// returns their row ids in that order. Any failure — one of the envelopes recorded
-    /// before, a deadlock — leaves nothing written; the caller then takes them one by
-    /// one with [`Messages::accept_user`] (migrations/20261128000004_accept_batch.sql).
+    /// Accepts several new user messages of one tenant in one transaction (messages of
+    /// one conversation take consecutive positions in the order given), and returns
+    /// their row ids in the order given. Any failure — one of the envelopes recorded
+    /// before — leaves nothing written; the caller then takes them one by one with
+    /// [`Messages::accept_user`] (migrations/20261128000004_accept_batch.sql).
+    ///
+    /// The batch is written in ascending conversation order (a stable sort, so each
+    /// conversation's messages keep theirs): every message locks its conversation's
+    /// row until the commit, and two batches that locked the same conversations in
+    /// different orders deadlocked — under load, rounds on the same conversations run
+    /// at once, and each deadlock sent a whole round back to be accepted one by one.
     pub async fn accept_users(
         &self,
         client_id: ClientId,
@@ -300,13 +306,18 @@ impl<'a> Messages<'a> {
             t: &'m str,
             m: Option<&'m str>,
         }
-        let entries: Vec<Entry<'_>> = batch
+        let mut lock_order: Vec<usize> = (0..batch.len()).collect();
+        lock_order.sort_by_key(|&i| batch[i].conversation_id.get());
+        let entries: Vec<Entry<'_>> = lock_order
             .iter()
-            .map(|m| Entry {
-                c: m.conversation_id.get(),
-                e: m.envelope_id.as_uuid().simple(),
-                t: m.content,
-                m: m.channel_message_id,
+            .map(|&i| {
+                let m = &batch[i];
+                Entry {
+                    c: m.conversation_id.get(),
+                    e: m.envelope_id.as_uuid().simple(),
+                    t: m.content,
+                    m: m.channel_message_id,
+                }
             })
             .collect();
         let entries = serde_json::to_string(&entries)
@@ -333,7 +344,11 @@ impl<'a> Messages<'a> {
                 batch.len()
             )));
         }
-        Ok(ids)
+        let mut in_given_order = vec![0; batch.len()];
+        for (&i, id) in lock_order.iter().zip(ids) {
+            in_given_order[i] = id;
+        }
+        Ok(in_given_order)
     }
 
     async fn find_user(
@@ -1183,10 +1198,16 @@ mod tests {
             .await
             .expect("accepted");
         assert_eq!(ids.len(), 3);
-        assert!(
-            ids[0] < ids[1] && ids[1] < ids[2],
-            "row ids in order: {ids:?}"
-        );
+        for (id, envelope) in ids.iter().zip(&envelopes) {
+            assert_eq!(
+                messages
+                    .user_message_id(t.id, *envelope)
+                    .await
+                    .expect("looked up"),
+                Some(*id),
+                "each id is its own message's, in the order given: {ids:?}"
+            );
+        }
         let mailbox = |conversation| async move {
             messages
                 .mailbox_after(t.id, conversation, 0, 10)
@@ -1238,6 +1259,72 @@ mod tests {
             Some(3),
             "no position was taken by the failed batches"
         );
+        env.teardown().await;
+    }
+
+    /// Batches over the same conversations in opposite orders, committed at once (two
+    /// accepting rounds under load): none deadlocks, since each locks its conversations
+    /// in one order, and each conversation's positions stay gapless.
+    #[tokio::test]
+    async fn concurrent_batches_over_the_same_conversations_do_not_deadlock() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("lock-order").await;
+        let mut conversations = Vec::new();
+        for key in 0..8 {
+            conversations.push(
+                env.db
+                    .conversations()
+                    .get_or_create(t.id, Channel::Api, &format!("c{key}"))
+                    .await
+                    .expect("conversation"),
+            );
+        }
+        const ROUNDS: usize = 25;
+        let accept_rounds = |reversed: bool| {
+            let (db, mut conversations) = (env.db.clone(), conversations.clone());
+            if reversed {
+                conversations.reverse();
+            }
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                for _ in 0..ROUNDS {
+                    let envelopes: Vec<EnvelopeId> =
+                        conversations.iter().map(|_| EnvelopeId::random()).collect();
+                    let batch: Vec<NewUserMessage<'_>> = conversations
+                        .iter()
+                        .zip(&envelopes)
+                        .map(|(c, e)| NewUserMessage {
+                            conversation_id: *c,
+                            envelope_id: *e,
+                            content: "hello",
+                            channel_message_id: None,
+                        })
+                        .collect();
+                    if let Err(e) = db.messages().accept_users(t.id, &batch).await {
+                        failures.push(e.to_string());
+                    }
+                }
+                failures
+            })
+        };
+        let (forward, backward) = tokio::join!(accept_rounds(false), accept_rounds(true));
+        let failures: Vec<String> = [forward, backward]
+            .into_iter()
+            .flat_map(|f| f.expect("joined"))
+            .collect();
+        assert!(failures.is_empty(), "batches failed: {failures:?}");
+        for conversation in conversations {
+            let seqs: Vec<u64> = env
+                .db
+                .messages()
+                .mailbox_after(t.id, conversation, 0, 100)
+                .await
+                .expect("mailbox")
+                .iter()
+                .map(|m| m.seq)
+                .collect();
+            assert_eq!(seqs, (1..=2 * ROUNDS as u64).collect::<Vec<_>>());
+        }
         env.teardown().await;
     }
 
