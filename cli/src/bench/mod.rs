@@ -11,8 +11,10 @@
 //! mean: a little over `--llm-latency-ms`, since timers round up). Prints a table (and writes
 //! JSON with `--json <file>`): offered and achieved rate, latency and overhead
 //! percentiles, worker RSS and CPU, CPU by process (the fleet's, the bench's own and the
-//! local services', [`cpu`]), dead letters and errors. `--ceiling` first measures
-//! the broker's own rate with the same client library, so every figure has a yardstick;
+//! local services', [`cpu`]), the ingress's accepting rounds, dead letters and errors.
+//! `--ceiling` measures the broker's single-hop rate with the same client library right
+//! before each run (`shared::mq::Ceiling`: publishing with confirms and consuming with
+//! acks at once), so each run's answered rate has a yardstick of its own hour;
 //! `--ceiling-only` measures just that.
 
 use std::collections::HashMap;
@@ -54,7 +56,8 @@ pub(crate) struct BenchArgs {
     /// replies sent to a Graph API double).
     #[arg(long, default_value = "api", value_parser = ["api", "whatsapp"])]
     channel: String,
-    /// Measure the broker's own ceiling first.
+    /// Measure the broker's single-hop ceiling right before each run, and read the
+    /// run's answered rate against it.
     #[arg(long)]
     ceiling: bool,
     /// Measure only the broker's ceiling.
@@ -130,22 +133,28 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         "--rate, --conversations, --workers and --runs must be positive"
     );
     let mut report = json!({});
-    if args.ceiling || args.ceiling_only {
-        let broker = Broker::connect(&settings.amqp, "chatfleet-bench").await?;
-        let c = broker.measure_ceiling(args.ceiling_messages, 1024).await?;
-        broker.close().await;
-        println!(
-            "broker ceiling ({} persistent 1 KiB messages, quorum queue): publish with confirms {:.0}/s, consume with acks {:.0}/s",
-            c.messages, c.publish_per_s, c.consume_per_s
-        );
-        report["ceiling"] = json!({ "messages": c.messages, "publish_per_s": c.publish_per_s, "consume_per_s": c.consume_per_s });
-        if args.ceiling_only {
-            return write(&args, &report);
-        }
+    if args.ceiling_only {
+        report["ceiling"] = ceiling(settings, args.ceiling_messages).await?;
+        print_ceiling(&report["ceiling"]);
+        return write(&args, &report);
     }
     let mut runs = Vec::with_capacity(args.runs);
     for _ in 0..args.runs {
-        let run = run_once(settings, &args).await?;
+        // Measured right before each run: this machine's speed moves within minutes,
+        // and each run is read against its own yardstick.
+        let ceiling = if args.ceiling {
+            Some(ceiling(settings, args.ceiling_messages).await?)
+        } else {
+            None
+        };
+        let mut run = run_once(settings, &args).await?;
+        if let Some(ceiling) = ceiling {
+            run["fraction_of_ceiling"] = json!(
+                run["achieved_per_s"].as_f64().unwrap_or(0.0)
+                    / ceiling["hop_per_s"].as_f64().unwrap_or(f64::NAN)
+            );
+            run["ceiling"] = ceiling;
+        }
         print("", &run);
         let (answered, accepted) = (run["answered"].as_u64(), run["accepted"].as_u64());
         runs.push(run);
@@ -154,37 +163,49 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
             "{answered:?} of {accepted:?} accepted messages were answered"
         );
     }
-    let mut summary = if runs.len() > 1 {
+    let summary = if runs.len() > 1 {
         let all: Vec<&Value> = runs.iter().collect();
         let mut median = median_of(&all);
         // A failure in any run counts.
         for worst in ["dead_letters", "errors"] {
             median[worst] = json!(runs.iter().filter_map(|r| r[worst].as_u64()).max());
         }
+        print(&format!("median of {} runs: ", runs.len()), &median);
         median
     } else {
         runs[0].clone()
     };
-    if let Some(ceiling) = report.get("ceiling") {
-        let single_hop = ceiling["publish_per_s"]
-            .as_f64()
-            .unwrap_or(f64::NAN)
-            .min(ceiling["consume_per_s"].as_f64().unwrap_or(f64::NAN));
-        summary["fraction_of_ceiling"] =
-            json!(summary["achieved_per_s"].as_f64().unwrap_or(0.0) / single_hop);
-    }
-    if runs.len() > 1 {
-        print(&format!("median of {} runs: ", runs.len()), &summary);
-    }
-    if let Some(fraction) = summary["fraction_of_ceiling"].as_f64() {
-        println!(
-            "  answered/s as a fraction of the broker's single-hop ceiling: {:.1}%",
-            fraction * 100.0
-        );
-    }
     report["runs"] = json!(runs);
     report["summary"] = summary;
     write(&args, &report)
+}
+
+/// The broker's single-hop ceiling (and each side alone), over two connections as an
+/// ingress and a worker have.
+async fn ceiling(settings: &Settings, messages: usize) -> anyhow::Result<Value> {
+    let publisher = Broker::connect(&settings.amqp, "chatfleet-bench-publisher").await?;
+    let consumer = Broker::connect(&settings.amqp, "chatfleet-bench-consumer").await?;
+    let measured = publisher.measure_ceiling(&consumer, messages, 1024).await;
+    consumer.close().await;
+    publisher.close().await;
+    let c = measured?;
+    Ok(json!({
+        "messages": c.messages,
+        "hop_per_s": c.hop_per_s,
+        "publish_per_s": c.publish_per_s,
+        "consume_per_s": c.consume_per_s,
+    }))
+}
+
+fn print_ceiling(c: &Value) {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "  broker ceiling ({} persistent 1 KiB messages, quorum queue): single hop {:.0}/s (publishing with confirms and consuming with acks at once); publishing alone {:.0}/s, consuming alone {:.0}/s",
+        c["messages"],
+        f(&c["hop_per_s"]),
+        f(&c["publish_per_s"]),
+        f(&c["consume_per_s"])
+    );
 }
 
 /// One run of the scenario on a fleet of its own; its report.
@@ -396,6 +417,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     }
     let cpu_after = processes.sample();
     let stages = turn_stages(&http, &worker_metrics).await;
+    let accepting = accept_rounds(&http, &[format!("{base}/metrics")]).await;
     stop.cancel();
     pollers.abort_all();
     let dead = harness
@@ -455,6 +477,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "cpu_by_process": cpu_by_process,
         "peak_turns_in_flight": peak_in_flight.load(std::sync::atomic::Ordering::Relaxed),
         "turn_stage_mean_ms": stages.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        "accept_rounds": accepting,
         "dead_letters": dead,
         "errors": errors.values().sum::<u64>(),
         "error_kinds": errors.iter().map(|(k, n)| format!("{k} x{n}")).collect::<Vec<_>>().join(", "),
@@ -554,6 +577,22 @@ fn print(label: &str, r: &Value) {
     if !stages.is_empty() {
         println!("  turn stages, mean ms:        {}", stages.join("  "));
     }
+    if r["ceiling"].is_object() {
+        print_ceiling(&r["ceiling"]);
+        println!(
+            "  answered/s as a fraction of the broker's single-hop ceiling: {:.1}%",
+            f(&r["fraction_of_ceiling"]) * 100.0
+        );
+    }
+    let rounds = &r["accept_rounds"];
+    if f(&rounds["rounds"]) > 0.0 {
+        println!(
+            "  accepting:                   {:.0} rounds, {:.1} messages each; {} batches split (accepted one by one)",
+            f(&rounds["rounds"]),
+            f(&rounds["messages_per_round"]),
+            rounds["batches_split"]
+        );
+    }
 }
 
 /// The median of every number across several reports of the same shape (other values
@@ -606,6 +645,29 @@ async fn scrape(http: &reqwest::Client, urls: &[String]) -> Vec<String> {
         }
     }
     texts
+}
+
+/// The ingress's accepting rounds (`chatfleet_accept_round_messages`) and the batches
+/// that failed and were accepted one by one (`chatfleet_accept_batches_split_total`).
+async fn accept_rounds(http: &reqwest::Client, urls: &[String]) -> Value {
+    let texts = scrape(http, urls).await;
+    let total = |name: &str| -> f64 {
+        texts
+            .iter()
+            .flat_map(|t| t.lines())
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let rounds = total("chatfleet_accept_round_messages_count");
+    json!({
+        "rounds": rounds,
+        "messages_per_round": total("chatfleet_accept_round_messages_sum") / rounds,
+        "batches_split": total("chatfleet_accept_batches_split_total") as u64,
+    })
 }
 
 /// Turns in flight on every worker now (their `chatfleet_turns_in_flight` gauges).
