@@ -9,7 +9,8 @@
 //! is visible to the channel (a reply answering several messages answers each of them).
 //! Platform overhead = end to end − the time the double actually held the call (its
 //! mean: a little over `--llm-latency-ms`, since timers round up). Prints a table (and writes
-//! JSON with `--json <file>`): offered and achieved rate, latency and overhead
+//! JSON with `--json <file>`): offered, accepted and answered rate (answered: from the
+//! first send to the last answer, so a saturated run's backlog counts), latency and overhead
 //! percentiles, worker RSS and CPU, CPU by process (the fleet's, the bench's own and the
 //! local services', [`cpu`]), the ingress's accepting rounds, dead letters and errors.
 //! `--ceiling` measures the broker's single-hop rate with the same client library right
@@ -318,6 +319,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     eprintln!("bench {}: a fleet of its own is up; sending", harness.id);
     let total = (u64::from(args.rate) * args.duration.as_secs()) as usize;
     let started = tokio::time::Instant::now();
+    let first_send = Instant::now();
     let per = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let mut sends = tokio::task::JoinSet::new();
     if whatsapp {
@@ -427,7 +429,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         .map(|s| s.messages)
         .unwrap_or(0);
 
-    let (accepted, mut e2e) = {
+    let (accepted, mut e2e, last_answer) = {
         let t = timings.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let e2e: Vec<f64> = t
             .sent
@@ -438,8 +440,21 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
                     .map(|a| a.saturating_duration_since(*s).as_secs_f64() * 1e3)
             })
             .collect();
-        (t.sent.len(), e2e)
+        let last_answer = t
+            .sent
+            .keys()
+            .filter_map(|id| t.answered.get(id))
+            .max()
+            .copied();
+        (t.sent.len(), e2e, last_answer)
     };
+    // The answered rate runs from the first send to the last answer: a saturated fleet
+    // is still answering after the last send, and its backlog's answers count against
+    // the time they took, not against the send window.
+    let answer_window = last_answer
+        .map(|a| a.saturating_duration_since(first_send))
+        .unwrap_or(send_window)
+        .max(send_window);
     e2e.sort_by(f64::total_cmp);
     // What the double actually held each call (its timer rounds up and wakes when the
     // bench process gets the CPU) is the LLM's time, not the platform's.
@@ -466,7 +481,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "sent": total,
         "accepted": accepted,
         "answered": answered,
-        "achieved_per_s": answered as f64 / send_window.as_secs_f64(),
+        "achieved_per_s": answered as f64 / answer_window.as_secs_f64(),
+        "accepted_per_s": accepted as f64 / send_window.as_secs_f64(),
         // One LLM call per turn: fewer than answered messages when turns answered
         // several at once (messages that arrived while their conversation's turn ran).
         "llm_calls": harness.sim.served(),
@@ -512,10 +528,11 @@ fn print(label: &str, r: &Value) {
         f(&r["llm_mean_hold_ms"])
     );
     println!(
-        "  sent / accepted / answered:  {} / {} / {}  ({:.0} answered/s; {} turns, {:.2} messages each)",
+        "  sent / accepted / answered:  {} / {} / {}  ({:.0} accepted/s over the sends; {:.0} answered/s, first send to last answer; {} turns, {:.2} messages each)",
         r["sent"],
         r["accepted"],
         r["answered"],
+        f(&r["accepted_per_s"]),
         f(&r["achieved_per_s"]),
         r["llm_calls"],
         f(&r["answered"]) / f(&r["llm_calls"])
