@@ -32,6 +32,8 @@ pub(crate) struct Options {
     pub env: Vec<(String, String)>,
     /// Reach the database through a proxy the run can cut (chaos); otherwise directly.
     pub db_proxy: bool,
+    /// The tenant's `max_context_turns`: how many earlier turns each prompt carries.
+    pub history_turns: u32,
 }
 
 /// A running fleet and everything it runs on.
@@ -106,7 +108,7 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
         .await?
         .ok_or_else(|| anyhow::anyhow!("no configuration"))?
         .into();
-    config.max_context_turns = 100;
+    config.max_context_turns = options.history_turns;
     config.rag_top_k = 0;
     db.configs().update(client_id, &config).await?;
     let api_key = db

@@ -10,7 +10,7 @@
 //! Platform overhead = end to end − the time the double actually held the call (its
 //! mean: a little over `--llm-latency-ms`, since timers round up). Prints a table (and writes
 //! JSON with `--json <file>`): offered, accepted and answered rate (answered: from the
-//! first send to the last answer, so a saturated run's backlog counts), latency and overhead
+//! first answer to the last, so a saturated run's backlog counts), latency and overhead
 //! percentiles, worker RSS and CPU, CPU by process (the fleet's, the bench's own and the
 //! local services', [`cpu`]), the ingress's accepting rounds, dead letters and errors.
 //! `--ceiling` measures the broker's single-hop rate with the same client library right
@@ -67,6 +67,10 @@ pub(crate) struct BenchArgs {
     /// Messages for the ceiling.
     #[arg(long, default_value_t = 20_000)]
     ceiling_messages: usize,
+    /// The tenant's `max_context_turns`: earlier turns in every prompt (10 is a new
+    /// tenant's default, 100 the most a tenant may configure).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100))]
+    history_turns: u32,
     /// Database connections of each fleet process (`database.max_connections`).
     #[arg(long, default_value_t = 16)]
     db_connections: u32,
@@ -227,6 +231,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
             },
             log_dir: None,
             db_proxy: false,
+            history_turns: args.history_turns,
             env: vec![
                 ("CHATFLEET__AMQP__PREFETCH".into(), "4096".into()),
                 // The bench measures the platform, not the tenant's plan.
@@ -319,7 +324,6 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     eprintln!("bench {}: a fleet of its own is up; sending", harness.id);
     let total = (u64::from(args.rate) * args.duration.as_secs()) as usize;
     let started = tokio::time::Instant::now();
-    let first_send = Instant::now();
     let per = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let mut sends = tokio::task::JoinSet::new();
     if whatsapp {
@@ -429,7 +433,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         .map(|s| s.messages)
         .unwrap_or(0);
 
-    let (accepted, mut e2e, last_answer) = {
+    let (accepted, mut e2e, answering) = {
         let t = timings.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let e2e: Vec<f64> = t
             .sent
@@ -440,21 +444,17 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
                     .map(|a| a.saturating_duration_since(*s).as_secs_f64() * 1e3)
             })
             .collect();
-        let last_answer = t
-            .sent
-            .keys()
-            .filter_map(|id| t.answered.get(id))
-            .max()
-            .copied();
-        (t.sent.len(), e2e, last_answer)
+        let answers = || t.sent.keys().filter_map(|id| t.answered.get(id));
+        let answering = answers().min().zip(answers().max()).map(|(a, b)| *b - *a);
+        (t.sent.len(), e2e, answering)
     };
-    // The answered rate runs from the first send to the last answer: a saturated fleet
-    // is still answering after the last send, and its backlog's answers count against
-    // the time they took, not against the send window.
-    let answer_window = last_answer
-        .map(|a| a.saturating_duration_since(first_send))
-        .unwrap_or(send_window)
-        .max(send_window);
+    // The answered rate runs from the first answer to the last: a saturated fleet is
+    // still answering after the last send, and its backlog's answers count against the
+    // time they took, not against the send window (nor is the LLM's latency before
+    // the first answer counted). A run too short to tell falls back to the send window.
+    let answer_window = answering
+        .filter(|w| *w >= send_window / 2)
+        .unwrap_or(send_window);
     e2e.sort_by(f64::total_cmp);
     // What the double actually held each call (its timer rounds up and wakes when the
     // bench process gets the CPU) is the LLM's time, not the platform's.
@@ -477,6 +477,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "conversations": args.conversations,
         "workers": args.workers,
         "llm_latency_ms": args.llm_latency_ms,
+        "history_turns": args.history_turns,
         "llm_mean_hold_ms": held_ms,
         "sent": total,
         "accepted": accepted,
@@ -518,17 +519,18 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
 fn print(label: &str, r: &Value) {
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     println!(
-        "{label}{} {} msg/s for {} s over {} conversations, {} worker(s), LLM double {} ms (held {:.1} ms on average):",
+        "{label}{} {} msg/s for {} s over {} conversations ({} turns of history), {} worker(s), LLM double {} ms (held {:.1} ms on average):",
         r["channel"].as_str().unwrap_or_default(),
         r["offered_per_s"],
         r["duration_s"],
         r["conversations"],
+        r["history_turns"],
         r["workers"],
         r["llm_latency_ms"],
         f(&r["llm_mean_hold_ms"])
     );
     println!(
-        "  sent / accepted / answered:  {} / {} / {}  ({:.0} accepted/s over the sends; {:.0} answered/s, first send to last answer; {} turns, {:.2} messages each)",
+        "  sent / accepted / answered:  {} / {} / {}  ({:.0} accepted/s over the sends; {:.0} answered/s, first answer to last; {} turns, {:.2} messages each)",
         r["sent"],
         r["accepted"],
         r["answered"],

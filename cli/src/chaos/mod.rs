@@ -112,6 +112,8 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
             log_dir: args.log_dir.clone(),
             env: Vec::new(),
             db_proxy: true,
+            // The checks find every earlier exchange of a conversation in each prompt.
+            history_turns: 100,
         },
     )
     .await?;
