@@ -122,6 +122,22 @@ struct Timings {
     answered: HashMap<u64, Instant>,
 }
 
+/// Answers per second, from the first answer to the last: a saturated fleet is still
+/// answering after the last send, and its backlog's answers count against the time they
+/// took, not against the send window (nor is the LLM's latency before the first answer
+/// counted). Answers too close together to tell (a short run) are counted against the
+/// send window.
+fn answered_per_s(answers: &[Instant], send_window: Duration) -> f64 {
+    let span = answers
+        .iter()
+        .min()
+        .zip(answers.iter().max())
+        .map(|(first, last)| *last - *first)
+        .filter(|span| *span >= send_window / 2)
+        .unwrap_or(send_window);
+    answers.len() as f64 / span.as_secs_f64()
+}
+
 /// The bench messages a text names ("message 12\n\nmessage 14": 12 and 14).
 fn bench_messages(text: &str) -> impl Iterator<Item = u64> + '_ {
     text.split("message ").skip(1).filter_map(|rest| {
@@ -433,7 +449,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         .map(|s| s.messages)
         .unwrap_or(0);
 
-    let (accepted, mut e2e, answering) = {
+    let (accepted, mut e2e, answered_rate) = {
         let t = timings.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let e2e: Vec<f64> = t
             .sent
@@ -444,17 +460,13 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
                     .map(|a| a.saturating_duration_since(*s).as_secs_f64() * 1e3)
             })
             .collect();
-        let answers = || t.sent.keys().filter_map(|id| t.answered.get(id));
-        let answering = answers().min().zip(answers().max()).map(|(a, b)| *b - *a);
-        (t.sent.len(), e2e, answering)
+        let answers: Vec<Instant> = t
+            .sent
+            .keys()
+            .filter_map(|id| t.answered.get(id).copied())
+            .collect();
+        (t.sent.len(), e2e, answered_per_s(&answers, send_window))
     };
-    // The answered rate runs from the first answer to the last: a saturated fleet is
-    // still answering after the last send, and its backlog's answers count against the
-    // time they took, not against the send window (nor is the LLM's latency before
-    // the first answer counted). A run too short to tell falls back to the send window.
-    let answer_window = answering
-        .filter(|w| *w >= send_window / 2)
-        .unwrap_or(send_window);
     e2e.sort_by(f64::total_cmp);
     // What the double actually held each call (its timer rounds up and wakes when the
     // bench process gets the CPU) is the LLM's time, not the platform's.
@@ -482,7 +494,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "sent": total,
         "accepted": accepted,
         "answered": answered,
-        "achieved_per_s": answered as f64 / answer_window.as_secs_f64(),
+        "achieved_per_s": answered_rate,
         "accepted_per_s": accepted as f64 / send_window.as_secs_f64(),
         // One LLM call per turn: fewer than answered messages when turns answered
         // several at once (messages that arrived while their conversation's turn ran).
@@ -846,6 +858,23 @@ mod tests {
             median_of(&all),
             json!({ "n": 2, "ms": { "p50": 1.5 }, "stages": [["llm", 5.0]], "channel": "api" })
         );
+    }
+
+    #[test]
+    fn the_answered_rate_counts_the_time_the_answers_took() {
+        let start = Instant::now();
+        let spread = |n: u32, over: Duration| -> Vec<Instant> {
+            (0..n).map(|i| start + over * i / (n - 1)).collect()
+        };
+        let window = Duration::from_secs(10);
+        let kept_up = answered_per_s(&spread(1000, window), window);
+        assert!((kept_up - 100.0).abs() < 0.5, "{kept_up}");
+        // A backlog answered for twice as long as the sends took: half the rate.
+        let saturated = answered_per_s(&spread(1000, window * 2), window);
+        assert!((saturated - 50.0).abs() < 0.5, "{saturated}");
+        // All at once (too few to tell): against the send window.
+        let burst = answered_per_s(&spread(10, Duration::from_millis(1)), window);
+        assert!((burst - 1.0).abs() < 1e-9, "{burst}");
     }
 
     #[test]
