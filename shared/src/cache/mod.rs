@@ -229,6 +229,15 @@ impl TenantKeys<'_> {
             conversation_id.get()
         )
     }
+    /// Set while a worker waits for a conversation's lock, so its release is announced.
+    pub fn conversation_lock_waiters(&self, conversation_id: crate::ids::ConversationId) -> String {
+        format!(
+            "{}:t:{}:lock-waiters:{}",
+            self.prefix,
+            self.client_id,
+            conversation_id.get()
+        )
+    }
     /// The send-rate bucket of one of the tenant's channel accounts.
     pub fn send_bucket(&self, account: &str) -> String {
         format!("{}:t:{}:send:{account}", self.prefix, self.client_id)
