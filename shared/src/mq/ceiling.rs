@@ -82,29 +82,34 @@ impl Broker {
             .map_err(broker_error)?;
         let body = vec![b'x'; size];
 
-        // The hop: both sides at once.
-        let started = Instant::now();
-        let (published, consumed) = tokio::join!(
-            publish(&publishing, &queue, &body, messages),
-            consume(&consuming, &queue, "ceiling-hop", messages)
-        );
-        published?;
-        consumed?;
-        let hop = started.elapsed();
+        let measured = async {
+            // The hop: both sides at once.
+            let started = Instant::now();
+            let (published, consumed) = tokio::join!(
+                publish(&publishing, &queue, &body, messages),
+                consume(&consuming, &queue, "ceiling-hop", messages)
+            );
+            published?;
+            consumed?;
+            let hop = started.elapsed();
 
-        // Each side alone.
-        let started = Instant::now();
-        publish(&publishing, &queue, &body, messages).await?;
-        let publish_alone = started.elapsed();
-        let started = Instant::now();
-        consume(&consuming, &queue, "ceiling", messages).await?;
-        let consume_alone = started.elapsed();
+            // Each side alone.
+            let started = Instant::now();
+            publish(&publishing, &queue, &body, messages).await?;
+            let publish_alone = started.elapsed();
+            let started = Instant::now();
+            consume(&consuming, &queue, "ceiling", messages).await?;
+            Ok::<_, Error>((hop, publish_alone, started.elapsed()))
+        }
+        .await;
 
+        // Removed whether or not the measurement finished.
         let _ = publishing
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
         let _ = consuming.close(200, "measured".into()).await;
         let _ = publishing.close(200, "measured".into()).await;
+        let (hop, publish_alone, consume_alone) = measured?;
         let rate = |d: Duration| messages as f64 / d.as_secs_f64();
         Ok(Ceiling {
             messages,
