@@ -682,36 +682,30 @@ async fn scrape(http: &reqwest::Client, urls: &[String]) -> Vec<String> {
 /// that failed and were accepted one by one (`chatfleet_accept_batches_split_total`).
 async fn accept_rounds(http: &reqwest::Client, urls: &[String]) -> Value {
     let texts = scrape(http, urls).await;
-    let total = |name: &str| -> f64 {
-        texts
-            .iter()
-            .flat_map(|t| t.lines())
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with([' ', '{']))
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    };
-    let rounds = total("chatfleet_accept_round_messages_count");
+    let rounds = metric_total(&texts, "chatfleet_accept_round_messages_count");
     json!({
         "rounds": rounds,
-        "messages_per_round": total("chatfleet_accept_round_messages_sum") / rounds,
-        "batches_split": total("chatfleet_accept_batches_split_total") as u64,
+        "messages_per_round": metric_total(&texts, "chatfleet_accept_round_messages_sum") / rounds,
+        "batches_split": metric_total(&texts, "chatfleet_accept_batches_split_total") as u64,
     })
 }
 
 /// Turns in flight on every worker now (their `chatfleet_turns_in_flight` gauges).
 async fn turns_in_flight(http: &reqwest::Client, urls: &[String]) -> u64 {
-    let mut total = 0.0;
-    for text in scrape(http, urls).await {
-        total += text
-            .lines()
-            .find_map(|l| l.strip_prefix("chatfleet_turns_in_flight "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-    }
-    total as u64
+    metric_total(&scrape(http, urls).await, "chatfleet_turns_in_flight") as u64
+}
+
+/// The sum of metric `name` over every series (any labels) of every scraped text.
+fn metric_total(texts: &[String], name: &str) -> f64 {
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// Mean time per turn stage (ms) over every worker, from their
@@ -875,6 +869,16 @@ mod tests {
         // All at once (too few to tell): against the send window.
         let burst = answered_per_s(&spread(10, Duration::from_millis(1)), window);
         assert!((burst - 1.0).abs() < 1e-9, "{burst}");
+    }
+
+    #[test]
+    fn metrics_are_summed_over_series_and_processes() {
+        let texts = [
+            "# TYPE chatfleet_turns_in_flight gauge\nchatfleet_turns_in_flight 3\nchatfleet_turns_in_flight_total 9\n".to_owned(),
+            "chatfleet_turns_in_flight{worker=\"b\"} 2\n".to_owned(),
+        ];
+        assert_eq!(metric_total(&texts, "chatfleet_turns_in_flight"), 5.0);
+        assert_eq!(metric_total(&texts, "chatfleet_absent"), 0.0);
     }
 
     #[test]
