@@ -284,8 +284,9 @@ impl<'a> Messages<'a> {
     /// Accepts several new user messages of one tenant in one transaction (messages of
     /// one conversation take consecutive positions in the order given), and returns
     /// their row ids in the order given. Any failure — one of the envelopes recorded
-    /// before — leaves nothing written; the caller then takes them one by one with
-    /// [`Messages::accept_user`] (migrations/20261128000004_accept_batch.sql).
+    /// before, a deadlock with another transaction — leaves nothing written; the caller
+    /// then takes them one by one with [`Messages::accept_user`]
+    /// (migrations/20261128000004_accept_batch.sql).
     ///
     /// The batch is written in ascending conversation order (a stable sort, so each
     /// conversation's messages keep theirs): every message locks its conversation's
