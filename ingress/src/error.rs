@@ -1,10 +1,16 @@
 //! Ingress errors: each has an HTTP status and a stable snake_case code, rendered as
-//! `{ "error": { "code", "message" } }`. Internal causes are logged, never returned.
+//! [`ErrorBody`] (`{ "error": { "code", "message" } }`), the shape the OpenAPI document
+//! shows. Whose fault it is decides the status: the caller's input is 400/413/422 with a
+//! message that says what to fix; chatfleet's own fault (a broken invariant, a stored
+//! procedure's refusal) is 500 `internal`, and a dependency that is down is 503 — both
+//! with a generic message, the cause and its source chain logged, never returned.
+
+use std::fmt::Write as _;
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -44,18 +50,42 @@ impl ApiError {
             "the message could not be accepted right now; retry later",
         )
     }
-    /// An internal failure; the cause is logged here and not shown.
-    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
+    /// A dependency (database, broker, Redis…) failed in a way a retry may mend; the
+    /// cause is logged here and not shown.
+    pub fn unavailable(cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %chain(cause), "dependency unavailable; answering 503");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
             "a dependency is unavailable; retry later",
         )
     }
+    /// Chatfleet's own fault (a broken invariant); the cause is logged here and not shown.
+    pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %chain(cause), "internal error; answering 500");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
+    }
     pub fn status(&self) -> StatusCode {
         self.status
     }
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+/// An error and its sources, outermost first (`a: b: c`).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(out, ": {cause}");
+        source = cause.source();
+    }
+    out
 }
 
 impl From<shared::Error> for ApiError {
@@ -66,6 +96,7 @@ impl From<shared::Error> for ApiError {
             }
             shared::Error::Conflict(msg) => Self::new(StatusCode::CONFLICT, "conflict", msg),
             shared::Error::NotFound(msg) => Self::not_found(msg),
+            other if other.is_transient() => Self::unavailable(&other),
             other => Self::internal(&other),
         }
     }
@@ -85,12 +116,80 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// The error shape of every endpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code.
+    pub code: &'static str,
+    /// What went wrong, for people; for the caller's own mistakes, what to fix.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whose fault decides the answer: the caller's input is 422 with its message; a
+    /// broken invariant (a stored procedure's refusal arrives as `Internal`) is 500
+    /// with a generic message, never the caller's 422; a dependency is 503.
+    #[test]
+    fn errors_say_whose_fault() {
+        let invalid = ApiError::from(shared::Error::Invalid("text is empty".into()));
+        assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(invalid.message, "text is empty");
+
+        let procedure = ApiError::from(shared::Error::Internal(
+            "the conversation is not the tenant's".into(),
+        ));
+        assert_eq!(procedure.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(procedure.code(), "internal");
+        assert!(
+            !procedure.message.contains("tenant"),
+            "{}",
+            procedure.message
+        );
+
+        let down = ApiError::from(shared::Error::broker_gone("the consumer ended"));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let decode = ApiError::from(shared::Error::Unscoped("SELECT 1".into()));
+        assert_eq!(decode.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn the_chain_names_every_source() {
+        let io = std::io::Error::other("connection reset");
+        let outer = shared::Error::broker("publish", io);
+        assert_eq!(chain(&outer), "broker: publish: connection reset");
+    }
+
+    #[tokio::test]
+    async fn errors_render_as_the_documented_body() {
+        let response = ApiError::bad_request("malformed_json", "not JSON").into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let bytes = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({ "error": { "code": "malformed_json", "message": "not JSON" } })
+        );
     }
 }

@@ -12,7 +12,9 @@ mod deliver;
 pub mod error;
 mod health;
 mod longpoll;
+mod openapi;
 mod state;
+mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -44,7 +46,7 @@ pub use channels::whatsapp::signature::sign as sign_whatsapp_webhook;
 
 /// The OpenAPI document served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    <admin::ApiDoc as utoipa::OpenApi>::openapi()
+    <openapi::ApiDoc as utoipa::OpenApi>::openapi()
 }
 
 /// The header carrying the request id (accepted from the caller, else generated).

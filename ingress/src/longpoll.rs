@@ -8,13 +8,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use shared::cache::{MailboxKey, PollSlot};
 use shared::db::MailboxItem;
 use shared::ids::{ClientId, ConversationId};
 
 use crate::AppState;
 use crate::error::{ApiError, Result};
+use crate::wire::{PolledMessage, PolledMessages};
 
 /// Most entries returned by one poll; the cursor lets the caller fetch the rest at once.
 const PAGE: u32 = 100;
@@ -138,7 +138,11 @@ pub(crate) fn answer(polled: Polled, cursor: impl Fn(u64) -> String) -> Response
     match polled {
         Polled::Items(items) => {
             let last = items.last().map_or(0, |i| i.seq);
-            Json(json!({ "messages": items, "cursor": cursor(last) })).into_response()
+            Json(PolledMessages {
+                messages: items.into_iter().map(PolledMessage::from).collect(),
+                cursor: cursor(last),
+            })
+            .into_response()
         }
         Polled::Nothing => StatusCode::NO_CONTENT.into_response(),
         Polled::Superseded => ApiError::new(

@@ -3,6 +3,9 @@
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The error a dependency's client library reported, kept as the source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("settings: {0}")]
@@ -11,15 +14,30 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
-    #[error("broker: {0}")]
-    Broker(String),
+    /// RabbitMQ failed: what was being done, and the client library's error.
+    #[error("broker: {context}")]
+    Broker {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("broker did not confirm the publish ({0})")]
     NotConfirmed(String),
-    #[error("redis: {0}")]
-    Redis(String),
-    /// The request is invalid; the message says which field and why.
+    /// Redis failed: what was being done, and the client library's error.
+    #[error("redis: {context}")]
+    Redis {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The caller's input is invalid; the message says which field and why, and may be
+    /// shown to the caller.
     #[error("{0}")]
     Invalid(String),
+    /// An invariant broke: a stored procedure's refusal or unexpected answer, a row that
+    /// does not decode. Chatfleet's fault, never the caller's: logged, never shown.
+    #[error("internal: {0}")]
+    Internal(String),
     /// It would duplicate something unique (a slug, a mode key).
     #[error("{0}")]
     Conflict(String),
@@ -40,6 +58,34 @@ pub enum Error {
 }
 
 impl Error {
+    /// A broker failure while doing `context`, keeping the library's error as the source.
+    pub fn broker(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Broker {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+    /// A broker failure with no library error behind it (a consumer that ended).
+    pub fn broker_gone(context: impl Into<String>) -> Self {
+        Self::Broker {
+            context: context.into(),
+            source: None,
+        }
+    }
+    /// A Redis failure while doing `context`, keeping the library's error as the source.
+    pub fn redis(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Redis {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// Whether retrying the same operation later may succeed (a connection or broker
     /// problem), as opposed to a problem with the request itself.
     pub fn is_transient(&self) -> bool {
@@ -52,14 +98,15 @@ impl Error {
                     | sqlx::Error::TypeNotFound { .. }
                     | sqlx::Error::ColumnNotFound(_)
             ),
-            Self::Broker(_)
+            Self::Broker { .. }
             | Self::NotConfirmed(_)
-            | Self::Redis(_)
+            | Self::Redis { .. }
             | Self::Embedding(_)
             | Self::Vector(_) => true,
             Self::Settings(_)
             | Self::Migration(_)
             | Self::Invalid(_)
+            | Self::Internal(_)
             | Self::Conflict(_)
             | Self::NotFound(_)
             | Self::Unscoped(_)

@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod knowledge;
+pub mod metric;
 pub mod mq;
 pub mod pii;
 pub mod prometheus;

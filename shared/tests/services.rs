@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use shared::cache::{ConversationLocks, MailboxKey, Mailboxes};
-use shared::db::{NewReply, UserMessageState};
+use shared::db::{MessageState, NewReply, StoreOutcome};
 use shared::envelope::ReplyKind;
 use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId, ReplyId};
 use shared::mq::Broker;
@@ -97,7 +97,7 @@ async fn a_user_turn_is_recorded_once_and_answered_once() {
         .expect("again");
     assert!(!again.newly_recorded);
     assert_eq!(again.message_id, first.message_id);
-    assert_eq!(again.state, UserMessageState::Pending);
+    assert_eq!(again.state, MessageState::Pending);
     // Inserting first (as a channel accepting it does) finds the same recording, and
     // takes no mailbox position (the reply below gets position 2).
     let accepted = messages
@@ -119,24 +119,26 @@ async fn a_user_turn_is_recorded_once_and_answered_once() {
         config_version: 1,
     };
     let reply_id = ReplyId::random();
-    assert!(
+    assert_eq!(
         messages
             .store_reply(t.id, &reply(reply_id))
             .await
-            .expect("store")
+            .expect("store"),
+        StoreOutcome::Stored
     );
-    assert!(
-        !messages
+    assert_eq!(
+        messages
             .store_reply(t.id, &reply(ReplyId::random()))
             .await
             .expect("second store"),
+        StoreOutcome::AnsweredBefore,
         "one reply per turn"
     );
     let answered = messages
         .record_user(t.id, conv, envelope, "hi", None)
         .await
         .expect("after");
-    assert_eq!(answered.state, UserMessageState::Answered);
+    assert_eq!(answered.state, MessageState::Answered);
     assert_eq!(answered.reply.expect("stored reply").id, reply_id);
 
     // Into the mailbox exactly once, after the user message.

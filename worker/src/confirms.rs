@@ -149,7 +149,10 @@ mod tests {
                 estimated_prompt_tokens: None,
                 config_version: 1,
             };
-            assert!(messages.store_reply(t.id, &reply).await.expect("store"));
+            assert_eq!(
+                messages.store_reply(t.id, &reply).await.expect("store"),
+                shared::db::StoreOutcome::Stored
+            );
             replies.push(reply.reply_id);
         }
         // The outbox, as a turn reads it, leaving out the replies `known` confirmed.

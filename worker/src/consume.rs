@@ -10,8 +10,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shared::db::UserMessageState;
+use shared::db::ClosedAs;
 use shared::envelope::{Envelope, ReplayMode};
+use shared::metric;
 use shared::mq::{Broker, Delivery};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -136,7 +137,7 @@ impl Dispatcher {
             ),
             Err(_) => tracing::info_span!("turn", attempt = first.delivery.attempt),
         };
-        let in_flight = metrics::gauge!("chatfleet_turns_in_flight");
+        let in_flight = metrics::gauge!(metric::TURNS_IN_FLIGHT);
         in_flight.increment(1.0);
         let undecodable = first.envelope.as_ref().err().cloned();
         let envelopes: Vec<Envelope> = batch
@@ -217,7 +218,7 @@ impl Dispatcher {
         let moved = match error.disposition(delivery.attempt, topology.retry_delays()) {
             Disposition::Retry(rung) => {
                 tracing::warn!(error = %error, rung = rung.0, "turn failed; retrying later");
-                metrics::counter!("chatfleet_retries_total").increment(1);
+                metrics::counter!(metric::RETRIES).increment(1);
                 self.ctx
                     .publisher
                     .retry(delivery, rung, delivery.attempt + 1)
@@ -232,7 +233,7 @@ impl Dispatcher {
             }
             Disposition::DeadLetter(reason) => {
                 tracing::error!(reason = %reason, "turn failed; dead-lettering");
-                metrics::counter!("chatfleet_dead_letters_total").increment(1);
+                metrics::counter!(metric::DEAD_LETTERS).increment(1);
                 // A dry-run replay never touches the conversation it replays.
                 let envelope = envelope.filter(|e| !dry_run(e));
                 if let Some(env) = envelope
@@ -250,7 +251,7 @@ impl Dispatcher {
                         .ctx
                         .db
                         .messages()
-                        .close_unanswered(env.client_id, env.id, UserMessageState::Failed)
+                        .close_unanswered(env.client_id, env.id, ClosedAs::Failed)
                         .await
                 {
                     tracing::warn!(error = %e, "could not mark the turn failed");

@@ -15,6 +15,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
+use shared::metric;
 
 /// Serves until `shutdown`; returns the bound address (port 0: any free port).
 pub(crate) async fn serve(
@@ -46,9 +47,9 @@ async fn watch_queue(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let queue = ctx.topology().inbound_work();
     loop {
         if let Ok(stats) = ctx.broker.queue_stats(&queue).await {
-            metrics::gauge!("chatfleet_queue_depth", "queue" => "inbound.work")
+            metrics::gauge!(metric::QUEUE_DEPTH, "queue" => "inbound.work")
                 .set(stats.messages as f64);
-            metrics::gauge!("chatfleet_queue_consumers", "queue" => "inbound.work")
+            metrics::gauge!(metric::QUEUE_CONSUMERS, "queue" => "inbound.work")
                 .set(f64::from(stats.consumers));
         }
         tokio::select! {

@@ -10,11 +10,12 @@ use std::time::Duration;
 use chrono::Utc;
 use shared::cache::MailboxKey;
 use shared::db::{
-    ClientStatus, ConversationMode, HistoryTurn, NewReply, Pending, StoredReply, TenantConfig,
-    UserMessageState,
+    ClientStatus, ClosedAs, ConversationMode, HistoryTurn, MessageState, NewReply, Pending,
+    StoreOutcome, StoredReply, TenantConfig,
 };
 use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Reply, ReplyKind};
 use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId, ReplyId};
+use shared::metric;
 use shared::mq::ReplyRoute;
 use shared::pii::Pii;
 use tokio::sync::Notify;
@@ -46,7 +47,7 @@ pub(crate) struct Intake<'a> {
 pub(crate) async fn handle(ctx: &Ctx, mut envs: Vec<Envelope>, intake: &Intake<'_>) -> Result<()> {
     if ctx.answered.all(&envs) {
         // Answered by an earlier turn here while these deliveries were on their way.
-        metrics::counter!("chatfleet_deliveries_answered_ahead_total").increment(envs.len() as u64);
+        metrics::counter!(metric::DELIVERIES_ANSWERED_AHEAD).increment(envs.len() as u64);
         return Ok(());
     }
     let Some(first) = envs.first().cloned() else {
@@ -148,8 +149,7 @@ fn timed<'a, T>(
 /// reads (the turn's first read, the outbox relayed, the debounce window), llm (with
 /// retrieval and prompt assembly), store, publish.
 fn observe(stage: &'static str, elapsed: Duration) {
-    metrics::histogram!("chatfleet_turn_stage_seconds", "stage" => stage)
-        .record(elapsed.as_secs_f64());
+    metrics::histogram!(metric::TURN_STAGE_SECONDS, "stage" => stage).record(elapsed.as_secs_f64());
 }
 
 /// Records a user message once. A message its channel recorded at acceptance (committed
@@ -320,7 +320,7 @@ async fn answer_pending(
             messages = pending.len(),
             "answering several messages as one turn"
         );
-        metrics::counter!("chatfleet_coalesced_messages_total").increment(pending.len() as u64);
+        metrics::counter!(metric::COALESCED_MESSAGES).increment(pending.len() as u64);
     }
     let text = pending
         .iter()
@@ -331,7 +331,7 @@ async fn answer_pending(
     if tenant.client.status != ClientStatus::Active {
         tracing::info!(status = ?tenant.client.status, "tenant not active; no LLM call");
         if ctx.inactive_notice.is_empty() {
-            return close_all(ctx, client_id, &turn, UserMessageState::Ignored).await;
+            return close_all(ctx, client_id, &turn, ClosedAs::Ignored).await;
         }
         let notice = Answer::notice(ReplyKind::Fallback, ctx.inactive_notice.clone());
         return reply(ctx, env, &turn, notice).await;
@@ -350,7 +350,7 @@ async fn answer_pending(
             let mut event = Event::new(EventKind::Handoff, client_id, conversation_id, env.channel);
             event.envelope_id = Some(last.envelope_id);
             ctx.publisher.publish_event(&event).await?;
-            metrics::counter!("chatfleet_handoffs_total").increment(1);
+            metrics::counter!(metric::HANDOFFS).increment(1);
         }
         let notice = Answer::notice(
             ReplyKind::HandoffNotice,
@@ -371,12 +371,12 @@ async fn answer_pending(
             event.text = Some(Pii::new(p.text.clone()));
             ctx.publisher.publish_event(&event).await?;
         }
-        return close_all(ctx, client_id, &turn, UserMessageState::Ignored).await;
+        return close_all(ctx, client_id, &turn, ClosedAs::Ignored).await;
     }
 
     let limits = ctx.plans.limits(tenant.client.plan);
     if let Some(wait) = Box::pin(ctx.cache.take_message_token(client_id, limits)).await? {
-        metrics::counter!("chatfleet_rate_limited_total").increment(1);
+        metrics::counter!(metric::RATE_LIMITED).increment(1);
         return Err(TurnError::RateLimited(wait));
     }
 
@@ -425,10 +425,10 @@ async fn ask_llm(
             ("knowledge_chunk", d.knowledge_chunks),
             ("mode", d.modes),
         ] {
-            metrics::counter!("chatfleet_prompt_dropped_total", "part" => part).increment(n as u64);
+            metrics::counter!(metric::PROMPT_DROPPED, "part" => part).increment(n as u64);
         }
         if d.truncated_tokens > 0 {
-            metrics::counter!("chatfleet_prompt_truncated_messages_total").increment(1);
+            metrics::counter!(metric::PROMPT_TRUNCATED_MESSAGES).increment(1);
         }
     }
     let estimated = u32::try_from(prompt.tokens).unwrap_or(u32::MAX);
@@ -445,7 +445,7 @@ async fn ask_llm(
         Err(e) if e.is_transient() && config.fallback_model.is_some() => {
             let fallback = config.fallback_model.as_deref().unwrap_or_default();
             tracing::warn!(error = %e, fallback, "primary model failed; asking the fallback model");
-            metrics::counter!("chatfleet_llm_fallbacks_total").increment(1);
+            metrics::counter!(metric::LLM_FALLBACKS).increment(1);
             fallback.clone_into(&mut request.model);
             ctx.llm.chat(&request).await?
         }
@@ -543,7 +543,7 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
             env.channel_message_id.as_deref(),
         )
         .await?;
-    if recorded.state != UserMessageState::Pending || tenant.config.fallback_message.is_empty() {
+    if recorded.state != MessageState::Pending || tenant.config.fallback_message.is_empty() {
         return Ok(());
     }
     let turn = Turn {
@@ -564,12 +564,7 @@ struct Turn {
     config_version: u64,
 }
 
-async fn close_all(
-    ctx: &Ctx,
-    client_id: ClientId,
-    turn: &Turn,
-    state: UserMessageState,
-) -> Result<()> {
+async fn close_all(ctx: &Ctx, client_id: ClientId, turn: &Turn, state: ClosedAs) -> Result<()> {
     for id in &turn.envelope_ids {
         ctx.db
             .messages()
@@ -590,7 +585,7 @@ async fn retrieve(ctx: &Ctx, client_id: ClientId, query: &str, top_k: u32) -> Ve
         Ok(chunks) => chunks,
         Err(e) => {
             tracing::warn!(error = %e, "knowledge retrieval failed; answering without it");
-            metrics::counter!("chatfleet_retrieval_failures_total").increment(1);
+            metrics::counter!(metric::RETRIEVAL_FAILURES).increment(1);
             Vec::new()
         }
     }
@@ -654,10 +649,16 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
         ),
     )
     .await?;
-    if !stored {
-        // Answered concurrently, or handed to a human while the LLM was thinking.
-        tracing::info!("turn already answered or handed off; dropping this reply");
-        return close_all(ctx, env.client_id, turn, UserMessageState::Ignored).await;
+    match stored {
+        StoreOutcome::Stored => {}
+        StoreOutcome::NotBotMode => {
+            tracing::info!("handed to a human while the turn ran; dropping this reply");
+            return close_all(ctx, env.client_id, turn, ClosedAs::Ignored).await;
+        }
+        StoreOutcome::AnsweredBefore => {
+            tracing::info!("turn answered before (another delivery); dropping this reply");
+            return close_all(ctx, env.client_id, turn, ClosedAs::Ignored).await;
+        }
     }
     reply.polls_woken = Box::pin(wake_polls(ctx, &reply)).await;
     timed("publish", publish(ctx, &reply, &env.trace.request_id)).await?;
@@ -667,7 +668,7 @@ async fn reply(ctx: &Ctx, env: &Envelope, turn: &Turn, answer: Answer) -> Result
     }
     // Ingress receipt of the message this turn answered last → its reply on the broker.
     let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
-    metrics::histogram!("chatfleet_end_to_end_seconds", "channel" => env.channel.as_str())
+    metrics::histogram!(metric::END_TO_END_SECONDS, "channel" => env.channel.as_str())
         .record(end_to_end.as_secs_f64());
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use shared::db::{Db, Role, StoredMessage};
+use shared::db::{Db, MessageState, Role, StoredMessage};
 use shared::ids::{Channel, ClientId};
 use shared::mq::Broker;
 use worker::llm::ChatRole;
@@ -116,7 +116,7 @@ pub(super) async fn wait_settled(
                 .values()
                 .flatten()
                 .filter(|m| match m.role {
-                    Role::User => m.state == "pending",
+                    Role::User => m.state == MessageState::Pending,
                     Role::Assistant => m.delivery_status.is_none(),
                     _ => false,
                 })
@@ -187,14 +187,14 @@ pub(super) async fn run(
                     .push(format!("c{c} m{m}: accepted, never recorded"));
                 continue;
             };
-            match (user.state.as_str(), dead.get(id)) {
+            match (user.state, dead.get(id)) {
                 (_, Some(reason)) if !reason.is_empty() => {
                     report.dead_lettered += 1;
-                    if user.state == "answered" {
+                    if user.state == MessageState::Answered {
                         report.fallback_answered += 1;
                     }
                 }
-                ("answered", _) => report.answered += 1,
+                (MessageState::Answered, _) => report.answered += 1,
                 (state, _) => report.unaccounted.push(format!(
                     "c{c} m{m}: {state}, and no dead letter with a reason"
                 )),

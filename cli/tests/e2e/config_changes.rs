@@ -235,7 +235,7 @@ async fn a_suspended_tenant_gets_no_llm_call_but_keeps_its_messages() {
             .in_conversation(t.id, conv, 10)
             .await
             .ok()?;
-        (stored.len() == 1 && stored[0].state == "ignored").then_some(())
+        (stored.len() == 1 && stored[0].state == shared::db::MessageState::Ignored).then_some(())
     })
     .await;
     assert!(

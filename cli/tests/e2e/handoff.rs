@@ -126,7 +126,7 @@ async fn a_handoff_during_a_turn_suppresses_its_reply() {
             .in_conversation(t.id, conv, 10)
             .await
             .ok()?;
-        (stored.first()?.state != "pending").then_some(stored)
+        (stored.first()?.state != shared::db::MessageState::Pending).then_some(stored)
     })
     .await;
     assert_eq!(p.sim.served(), 1, "the LLM did answer");

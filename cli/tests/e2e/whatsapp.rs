@@ -4,6 +4,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use shared::db::DeliveryStatus;
 use shared::ids::Channel;
 use shared::testkit::eventually;
 
@@ -595,7 +596,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
             .ok()?;
         stored
             .iter()
-            .any(|m| m.delivery_status.as_deref() == Some("sent"))
+            .any(|m| m.delivery_status == Some(DeliveryStatus::Sent))
             .then_some(())
     })
     .await;
@@ -627,7 +628,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     assert!(
         stored
             .iter()
-            .any(|m| m.delivery_status.as_deref() == Some("read"))
+            .any(|m| m.delivery_status == Some(DeliveryStatus::Read))
     );
 
     // Meta retries the webhook after we answered: the stored reply is republished and
@@ -714,7 +715,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
             .ok()?;
         stored
             .into_iter()
-            .find(|m| m.delivery_status.as_deref() == Some("failed"))
+            .find(|m| m.delivery_status == Some(DeliveryStatus::Failed))
     })
     .await;
     assert_eq!(failed.role, shared::db::Role::Assistant);
@@ -740,7 +741,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     assert!(
         stored
             .iter()
-            .any(|m| m.delivery_status.as_deref() == Some("sent"))
+            .any(|m| m.delivery_status == Some(DeliveryStatus::Sent))
     );
     p.stop().await;
 }

@@ -38,8 +38,8 @@ pub(crate) struct ClientPage {
 
 /// Create a client (tenant) with the default configuration.
 #[utoipa::path(post, path = "/admin/v1/clients", request_body = NewClientBody, security(("admin_token" = [])),
-    responses((status = 201, body = Client), (status = 409, description = "slug taken", body = super::ErrorBody),
-        (status = 422, description = "invalid field", body = super::ErrorBody)))]
+    responses((status = 201, body = Client), (status = 409, description = "slug taken", body = crate::error::ErrorBody),
+        (status = 422, description = "invalid field", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(State(state): State<AppState>, raw: Body) -> Result<Response> {
     let req: NewClientBody = body(raw).await?;
     let mut new = NewClient::new(&req.slug, &req.name, req.plan.unwrap_or(Plan::Starter))?;
@@ -74,7 +74,7 @@ pub(crate) async fn list(
 
 /// One client, by numeric id or slug.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}", params(("id" = String, Path, description = "client id or slug")),
-    security(("admin_token" = [])), responses((status = 200, body = Client), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 200, body = Client), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -86,7 +86,7 @@ pub(crate) async fn get_one(
 /// stops LLM calls for it on every worker from the next message on.
 #[utoipa::path(patch, path = "/admin/v1/clients/{id}", params(("id" = String, Path, description = "client id or slug")),
     request_body = ClientPatch, security(("admin_token" = [])),
-    responses((status = 200, body = Client), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 200, body = Client), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -53,7 +53,7 @@ async fn apply(
 
 /// The client's configuration.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/config", params(("id" = String, Path, description = "client id or slug")),
-    security(("admin_token" = [])), responses((status = 200, body = ClientConfig), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 200, body = ClientConfig), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get_config(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -65,7 +65,7 @@ pub(crate) async fn get_config(
 /// Replace the whole configuration (every field of `client_configs` but the version).
 #[utoipa::path(put, path = "/admin/v1/clients/{id}/config", params(("id" = String, Path, description = "client id or slug")),
     request_body = ConfigUpdate, security(("admin_token" = [])),
-    responses((status = 200, body = ClientConfig), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 200, body = ClientConfig), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn put_config(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -79,7 +79,7 @@ pub(crate) async fn put_config(
 /// Change any subset of the configuration's fields.
 #[utoipa::path(patch, path = "/admin/v1/clients/{id}/config", params(("id" = String, Path, description = "client id or slug")),
     request_body = Object, security(("admin_token" = [])),
-    responses((status = 200, body = ClientConfig), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 200, body = ClientConfig), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn patch_config(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -125,7 +125,7 @@ pub(crate) async fn list_modes(
 /// Add an agent mode.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/modes", params(("id" = String, Path, description = "client id or slug")),
     request_body = AgentMode, security(("admin_token" = [])),
-    responses((status = 201, body = AgentMode), (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 201, body = AgentMode), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn create_mode(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -142,7 +142,7 @@ pub(crate) async fn create_mode(
 #[utoipa::path(patch, path = "/admin/v1/clients/{id}/modes/{module_key}",
     params(("id" = String, Path, description = "client id or slug"), ("module_key" = String, Path)),
     request_body = ModePatch, security(("admin_token" = [])),
-    responses((status = 200, body = AgentMode), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 200, body = AgentMode), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn update_mode(
     State(state): State<AppState>,
     Path((id, key)): Path<(String, String)>,
@@ -168,7 +168,7 @@ pub(crate) async fn update_mode(
 /// Remove an agent mode.
 #[utoipa::path(delete, path = "/admin/v1/clients/{id}/modes/{module_key}",
     params(("id" = String, Path, description = "client id or slug"), ("module_key" = String, Path)),
-    security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn delete_mode(
     State(state): State<AppState>,
     Path((id, key)): Path<(String, String)>,

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shared::db::{ConversationMode, ConversationSummary, StoredMessage};
+use shared::db::{ConversationMode, ConversationSummary};
 use shared::envelope::{ENVELOPE_VERSION, Event, EventKind, Reply, ReplyKind};
 use shared::ids::{ClientId, ConversationId, ReplyId};
 use shared::mq::ReplyRoute;
@@ -56,7 +56,7 @@ pub(crate) struct ConversationDetail {
     #[serde(flatten)]
     conversation: ConversationSummary,
     /// The last 500 messages, oldest first.
-    messages: Vec<StoredMessage>,
+    messages: Vec<crate::wire::MessageOut>,
 }
 
 /// The client's conversations by ascending id.
@@ -86,7 +86,7 @@ pub(crate) async fn list(
 /// One conversation with its messages.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/conversations/{conversation_id}",
     params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 200, body = ConversationDetail), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 200, body = ConversationDetail), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     Path((id, conversation)): Path<(String, u64)>,
@@ -106,7 +106,7 @@ pub(crate) async fn get_one(
         .await?;
     Ok(Json(ConversationDetail {
         conversation: summary,
-        messages,
+        messages: messages.into_iter().map(Into::into).collect(),
     }))
 }
 
@@ -133,7 +133,7 @@ async fn summary(
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/messages",
     params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
     request_body = AgentMessageBody, security(("admin_token" = [])),
-    responses((status = 202, description = "{ message_id }"), (status = 404, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 202, description = "{ message_id }"), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn agent_message(
     State(state): State<AppState>,
     Path((id, conversation)): Path<(String, u64)>,
@@ -198,7 +198,7 @@ pub(crate) async fn agent_message(
 /// Hand the conversation to a human agent: the bot stops answering it.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/handoff",
     params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 200, body = ConversationSummary), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 200, body = ConversationSummary), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn hand_to_human(
     State(state): State<AppState>,
     Path((id, conversation)): Path<(String, u64)>,
@@ -216,7 +216,7 @@ pub(crate) async fn hand_to_human(
 /// Hand the conversation back to the bot.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/resume",
     params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 200, body = ConversationSummary), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 200, body = ConversationSummary), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn resume(
     State(state): State<AppState>,
     Path((id, conversation)): Path<(String, u64)>,

@@ -82,7 +82,7 @@ pub(crate) async fn list_channels(
 /// Register a channel account.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/channels", params(("id" = String, Path, description = "client id or slug")),
     request_body = NewChannelBody, security(("admin_token" = [])),
-    responses((status = 201, body = ChannelAccount), (status = 409, body = super::ErrorBody), (status = 422, body = super::ErrorBody)))]
+    responses((status = 201, body = ChannelAccount), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn create_channel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -128,7 +128,11 @@ pub(crate) async fn create_channel(
         .await?
         .into_iter()
         .find(|a| a.id == account_id)
-        .ok_or_else(|| ApiError::internal(&"created channel account vanished"))?;
+        .ok_or_else(|| {
+            ApiError::internal(&shared::Error::Internal(
+                "a created channel account vanished".into(),
+            ))
+        })?;
     state.owners().changed().await?;
     tracing::info!(client_id = %client.id, channel = %req.channel, "channel account registered");
     Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -137,7 +141,7 @@ pub(crate) async fn create_channel(
 /// Remove a channel account.
 #[utoipa::path(delete, path = "/admin/v1/clients/{id}/channels/{channel_account_id}",
     params(("id" = String, Path, description = "client id or slug"), ("channel_account_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn delete_channel(
     State(state): State<AppState>,
     Path((id, account)): Path<(String, u64)>,
@@ -197,7 +201,7 @@ pub(crate) async fn create_key(
 /// Revoke an API key (immediately refused everywhere).
 #[utoipa::path(delete, path = "/admin/v1/clients/{id}/api-keys/{key_id}",
     params(("id" = String, Path, description = "client id or slug"), ("key_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Path((id, key_id)): Path<(String, u64)>,

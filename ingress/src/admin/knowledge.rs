@@ -54,8 +54,8 @@ pub(crate) async fn list(
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/knowledge", params(("id" = String, Path, description = "client id or slug")),
     request_body = NewDocumentBody, security(("admin_token" = [])),
     responses((status = 201, body = KnowledgeDocument), (status = 200, body = KnowledgeDocument),
-        (status = 413, body = super::ErrorBody), (status = 422, body = super::ErrorBody),
-        (status = 502, description = "the embeddings provider or vector store failed; nothing was stored", body = super::ErrorBody)))]
+        (status = 413, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody),
+        (status = 502, description = "the embeddings provider or vector store failed; nothing was stored", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -146,7 +146,7 @@ fn too_large() -> ApiError {
 /// Remove a document and its chunks.
 #[utoipa::path(delete, path = "/admin/v1/clients/{id}/knowledge/{document_id}",
     params(("id" = String, Path, description = "client id or slug"), ("document_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 204), (status = 404, body = super::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Path((id, document_id)): Path<(String, u64)>,

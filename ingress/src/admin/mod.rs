@@ -4,13 +4,14 @@
 //! configuration everywhere ([`shared::cache::TenantConfigs::refresh`]); a write that
 //! fails changes neither the database nor the cache.
 //!
-//! The OpenAPI document at `/openapi.json` is generated from the handlers' annotations.
+//! The OpenAPI document at `/openapi.json` ([`crate::openapi`]) is generated from the
+//! handlers' annotations.
 
-mod clients;
-mod config;
-mod conversations;
-mod credentials;
-mod knowledge;
+pub(crate) mod clients;
+pub(crate) mod config;
+pub(crate) mod conversations;
+pub(crate) mod credentials;
+pub(crate) mod knowledge;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -19,82 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use shared::db::{
-    AgentMode, ApiKeyInfo, ChannelAccount, Client, ClientConfig, ClientPatch, ClientStatus,
-    ConfigUpdate, ConversationSummary, ModePatch, Plan, Role, StoredMessage,
-};
+use shared::db::Client;
 use subtle::ConstantTimeEq;
-use utoipa::OpenApi;
 
 use crate::AppState;
 use crate::channels::bearer;
 use crate::error::{ApiError, Result};
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "chatfleet ingress", description = "Channel, admin and health endpoints of chatfleet."),
-    paths(
-        clients::create, clients::list, clients::get_one, clients::update,
-        config::get_config, config::put_config, config::patch_config,
-        config::list_modes, config::create_mode, config::update_mode, config::delete_mode,
-        credentials::list_channels, credentials::create_channel, credentials::delete_channel,
-        credentials::list_keys, credentials::create_key, credentials::revoke_key,
-        conversations::list, conversations::get_one, conversations::agent_message,
-        conversations::hand_to_human, conversations::resume,
-        knowledge::list, knowledge::create, knowledge::remove, knowledge::usage,
-        crate::channels::api::send, crate::channels::api::poll,
-        crate::channels::widget::open_session, crate::channels::widget::send, crate::channels::widget::poll,
-        crate::channels::mobile::open_session, crate::channels::mobile::set_push_token,
-        crate::channels::mobile::send, crate::channels::mobile::poll,
-        crate::health::healthz, crate::health::readyz,
-    ),
-    components(schemas(
-        Client, ClientPatch, Plan, ClientStatus, ClientConfig, ConfigUpdate, AgentMode, ModePatch,
-        ChannelAccount, ApiKeyInfo, ConversationSummary, StoredMessage, Role,
-        clients::NewClientBody, clients::ClientPage, credentials::NewChannelBody,
-        credentials::NewKeyBody, credentials::CreatedKey, conversations::ConversationPage,
-        conversations::ConversationDetail, conversations::AgentMessageBody, ErrorBody, ErrorDetail,
-        knowledge::NewDocumentBody, shared::db::KnowledgeDocument, shared::db::UsageDay,
-    )),
-    modifiers(&BearerAuth),
-)]
-pub(crate) struct ApiDoc;
-
-/// The error shape of every endpoint.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // documentation only: errors are rendered by `ApiError`
-pub(crate) struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // documentation only
-pub(crate) struct ErrorDetail {
-    /// Stable snake_case code.
-    code: String,
-    message: String,
-}
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        components.add_security_scheme(
-            "session_token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 pub(crate) fn routes(state: AppState) -> Router<AppState> {
     let admin = Router::new()
@@ -106,7 +37,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .merge(admin)
-        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/openapi.json", get(|| async { Json(crate::openapi()) }))
 }
 
 /// Refuses any admin request without the right bearer token (compared in constant time).

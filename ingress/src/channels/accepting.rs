@@ -13,8 +13,9 @@
 
 use std::sync::Arc;
 
-use shared::db::{Db, NewUserMessage, RecordedUser, UserMessageState};
+use shared::db::{Db, MessageState, NewUserMessage, RecordedUser};
 use shared::ids::{ClientId, ConversationId, EnvelopeId};
+use shared::metric;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::{ApiError, Result};
@@ -78,7 +79,11 @@ impl Acceptor {
         content: String,
         channel_message_id: Option<String>,
     ) -> Result<RecordedUser> {
-        let stopped = || ApiError::internal(&"the accepting task stopped");
+        let stopped = || {
+            ApiError::unavailable(&shared::Error::Internal(
+                "the accepting task stopped".into(),
+            ))
+        };
         let (done, outcome) = oneshot::channel();
         self.tx
             .send(Waiting {
@@ -96,7 +101,7 @@ impl Acceptor {
 
 /// Commits one round: a batch per tenant, each message alone when its batch fails.
 async fn commit(db: &Db, round: Vec<Waiting>) {
-    metrics::histogram!("chatfleet_accept_round_messages").record(round.len() as f64);
+    metrics::histogram!(metric::ACCEPT_ROUND_MESSAGES).record(round.len() as f64);
     let messages = db.messages();
     for (client_id, batch) in shared::batching::by_tenant(round, |w| w.client_id) {
         if batch.len() > 1 {
@@ -115,7 +120,7 @@ async fn commit(db: &Db, round: Vec<Waiting>) {
                         let _ = waiting.done.send(Ok(RecordedUser {
                             message_id,
                             newly_recorded: true,
-                            state: UserMessageState::Pending,
+                            state: MessageState::Pending,
                             reply: None,
                         }));
                     }
@@ -123,7 +128,7 @@ async fn commit(db: &Db, round: Vec<Waiting>) {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, messages = batch.len(), "a batch of accepted messages failed; accepting them one by one");
-                    metrics::counter!("chatfleet_accept_batches_split_total").increment(1);
+                    metrics::counter!(metric::ACCEPT_BATCHES_SPLIT).increment(1);
                 }
             }
         }

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use shared::cache::MailboxKey;
 use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
 use shared::ids::{Channel, ClientId, EnvelopeId};
+use shared::metric;
 use shared::pii::Pii;
 
 use super::{
@@ -62,8 +63,8 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId>
     params(("Idempotency-Key" = Option<String>, Header, description = "the same key is the same message")),
     request_body(content = Object, description = "{ conversation_id, text, metadata? }"),
     responses((status = 202, description = "{ message_id, conversation_id }"),
-        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
-        (status = 413, body = crate::admin::ErrorBody), (status = 503, body = crate::admin::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 413, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn send(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -154,7 +155,7 @@ pub(crate) async fn send(
         .await?;
     record_and_publish(&state, conversation, &envelope).await?;
     tracing::info!(envelope_id = %envelope.id, "accepted");
-    metrics::counter!("chatfleet_inbound_accepted_total", "channel" => "api").increment(1);
+    metrics::counter!(metric::INBOUND_ACCEPTED, "channel" => "api").increment(1);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message_id": envelope.id, "conversation_id": conversation_id })),
@@ -167,7 +168,7 @@ pub(crate) async fn send(
     params(("conversation_id" = String, Path), ("after" = Option<String>, Query, description = "cursor"),
         ("wait" = Option<u64>, Query, description = "seconds to wait, at most 30")),
     responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
-        (status = 204, description = "nothing new within `wait`"), (status = 404, body = crate::admin::ErrorBody)))]
+        (status = 204, description = "nothing new within `wait`"), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     headers: HeaderMap,

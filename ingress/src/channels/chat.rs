@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use shared::cache::MailboxKey;
 use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
 use shared::ids::{Channel, EnvelopeId};
+use shared::metric;
 use shared::pii::Pii;
 
 use super::session::SessionClaims;
@@ -110,8 +111,7 @@ pub(super) async fn send(
     };
     record_and_publish(state, claims.conversation_id, &envelope).await?;
     tracing::info!(envelope_id = %envelope.id, "accepted");
-    metrics::counter!("chatfleet_inbound_accepted_total", "channel" => channel.as_str())
-        .increment(1);
+    metrics::counter!(metric::INBOUND_ACCEPTED, "channel" => channel.as_str()).increment(1);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "message_id": envelope.id })),

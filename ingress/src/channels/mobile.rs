@@ -69,7 +69,7 @@ fn push_token(value: Option<Value>) -> Result<Option<String>> {
     params(("X-App-Key" = String, Header, description = "the app's key")),
     request_body(content = Object, description = "{ device_id, push_token? }"),
     responses((status = 201, description = "{ session_id, token, expires_at }"),
-        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
 pub(crate) async fn open_session(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -124,7 +124,7 @@ pub(crate) async fn open_session(
 #[utoipa::path(put, path = "/mobile/v1/push-token", tag = "mobile", security(("session_token" = [])),
     request_body(content = Object, description = "{ push_token: string | null }"),
     responses((status = 204, description = "stored"),
-        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
 pub(crate) async fn set_push_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -152,8 +152,8 @@ pub(crate) async fn set_push_token(
 #[utoipa::path(post, path = "/mobile/v1/messages", tag = "mobile", security(("session_token" = [])),
     request_body(content = Object, description = "{ text, client_message_id? }"),
     responses((status = 202, description = "{ message_id }"),
-        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
-        (status = 413, body = crate::admin::ErrorBody), (status = 503, body = crate::admin::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 413, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn send(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -168,8 +168,8 @@ pub(crate) async fn send(
         ("wait" = Option<u64>, Query, description = "seconds to wait, clamped to 30")),
     responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
         (status = 204, description = "nothing new within `wait`"),
-        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
-        (status = 409, body = crate::admin::ErrorBody, description = "a newer poll of this session took over")))]
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody, description = "a newer poll of this session took over")))]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -28,6 +28,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use shared::ids::Channel;
+use shared::metric;
 use uuid::Uuid;
 
 use super::session::SessionClaims;
@@ -87,8 +88,8 @@ async fn preflight() -> Response {
 #[utoipa::path(post, path = "/widget/v1/sessions", tag = "widget",
     request_body(content = Object, description = "{ client: slug, visitor_id? }"),
     responses((status = 201, description = "{ session_id, token, expires_at, visitor_id }"),
-        (status = 400, body = crate::admin::ErrorBody), (status = 403, body = crate::admin::ErrorBody),
-        (status = 404, body = crate::admin::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn open_session(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -142,7 +143,8 @@ pub(crate) async fn open_session(
         .any(|allowed| allowed.trim_end_matches('/') == origin);
     if !allowed {
         tracing::info!(client_id = %client.id, "widget session refused: origin not allowed");
-        metrics::counter!("chatfleet_inbound_rejected_total", "channel" => "widget", "reason" => "origin").increment(1);
+        metrics::counter!(metric::INBOUND_REJECTED, "channel" => "widget", "reason" => "origin")
+            .increment(1);
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
@@ -185,9 +187,9 @@ fn valid_visitor_id(v: &str) -> bool {
 #[utoipa::path(post, path = "/widget/v1/messages", tag = "widget", security(("session_token" = [])),
     request_body(content = Object, description = "{ text, client_message_id? }"),
     responses((status = 202, description = "{ message_id }"),
-        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
-        (status = 403, body = crate::admin::ErrorBody), (status = 413, body = crate::admin::ErrorBody),
-        (status = 503, body = crate::admin::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody),
+        (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn send(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -202,8 +204,8 @@ pub(crate) async fn send(
         ("wait" = Option<u64>, Query, description = "seconds to wait, clamped to 30")),
     responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
         (status = 204, description = "nothing new within `wait`"),
-        (status = 400, body = crate::admin::ErrorBody), (status = 401, body = crate::admin::ErrorBody),
-        (status = 409, body = crate::admin::ErrorBody, description = "a newer poll of this session took over")))]
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody, description = "a newer poll of this session took over")))]
 pub(crate) async fn poll(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -16,6 +16,7 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::{Value, json};
 use shared::envelope::Reply;
 use shared::ids::{Channel, ClientId};
+use shared::metric;
 
 use crate::AppState;
 
@@ -44,7 +45,7 @@ pub(crate) fn notify(state: &AppState, http: &reqwest::Client, reply: &Reply) {
     });
     tokio::spawn(async move {
         if let Err(e) = send(&state, &http, client_id, &device, &body, data).await {
-            metrics::counter!("chatfleet_push_failed_total").increment(1);
+            metrics::counter!(metric::PUSH_FAILED).increment(1);
             tracing::warn!(%client_id, error = %e, "push notification not sent");
         }
     });
@@ -105,7 +106,7 @@ async fn send(
         .await;
     match sent {
         Ok(()) => {
-            metrics::counter!("chatfleet_push_sent_total").increment(1);
+            metrics::counter!(metric::PUSH_SENT).increment(1);
             Ok(())
         }
         Err(PushError::Unregistered) => {

@@ -19,8 +19,10 @@ use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use shared::db::DeliveryStatus;
 use shared::envelope::{Event, EventKind, Reply};
 use shared::ids::Channel;
+use shared::metric;
 use shared::mq::Delivery;
 use tracing::Instrument;
 
@@ -180,9 +182,9 @@ async fn deliver(
                 Outcome::Sent(id) => last_id = Some(id),
                 Outcome::Failed(reason) => {
                     tracing::warn!(%reason, "WhatsApp refused the message; marked failed");
-                    metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "failed").increment(1);
+                    metrics::counter!(metric::DELIVERIES, "channel" => "whatsapp", "result" => "failed").increment(1);
                     if let Err(e) = messages
-                        .record_delivery(reply.client_id, reply.id, "failed", None)
+                        .record_delivery(reply.client_id, reply.id, DeliveryStatus::Failed, None)
                         .await
                     {
                         return requeue(&delivery, &e.to_string()).await;
@@ -203,18 +205,23 @@ async fn deliver(
                 Outcome::Transient(reason) => return requeue(&delivery, &reason).await,
                 Outcome::Permanent(reason) => {
                     let _ = messages
-                        .record_delivery(reply.client_id, reply.id, "failed", None)
+                        .record_delivery(reply.client_id, reply.id, DeliveryStatus::Failed, None)
                         .await;
                     return dead_letter(state, queue, &delivery, &reason).await;
                 }
             }
         }
         match messages
-            .record_delivery(reply.client_id, reply.id, "sent", last_id.as_deref())
+            .record_delivery(
+                reply.client_id,
+                reply.id,
+                DeliveryStatus::Sent,
+                last_id.as_deref(),
+            )
             .await
         {
             Ok(()) => {
-                metrics::counter!("chatfleet_deliveries_total", "channel" => "whatsapp", "result" => "sent").increment(1);
+                metrics::counter!(metric::DELIVERIES, "channel" => "whatsapp", "result" => "sent").increment(1);
                 let _ = delivery.ack().await;
             }
             Err(e) => requeue(&delivery, &e.to_string()).await,

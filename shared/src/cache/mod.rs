@@ -52,9 +52,9 @@ impl Cache {
         config.pool = Some(PoolConfig::new(settings.pool_size));
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| Error::Redis(format!("redis.url: {e}")))?;
+            .map_err(|e| Error::redis("redis.url", e))?;
         let client = redis::Client::open(settings.url.expose().as_str())
-            .map_err(|e| Error::Redis(format!("redis.url: {e}")))?;
+            .map_err(|e| Error::redis("redis.url", e))?;
         let cache = Self {
             pool,
             client,
@@ -244,8 +244,8 @@ impl TenantKeys<'_> {
     }
 }
 
-fn redis_error(e: impl std::fmt::Display) -> Error {
-    Error::Redis(e.to_string())
+fn redis_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::redis("command failed", e)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use super::{Cache, redis_error};
 use crate::db::{Db, TenantConfig};
 use crate::error::Result;
 use crate::ids::ClientId;
+use crate::metric;
 
 /// How long Redis keeps an entry nobody refreshed.
 const REDIS_TTL: Duration = Duration::from_secs(600);
@@ -85,17 +86,17 @@ impl TenantConfigs {
         client_id: ClientId,
     ) -> Result<Option<(Arc<TenantConfig>, Source)>> {
         if let Some(hit) = self.local.get(&client_id) {
-            metrics::counter!("chatfleet_config_cache_total", "result" => "local").increment(1);
+            metrics::counter!(metric::CONFIG_CACHE, "result" => "local").increment(1);
             return Ok(Some((hit, Source::Local)));
         }
         if let Some(shared) = self.read_redis(client_id).await? {
             let shared = Arc::new(shared);
             if self.keep_locally(client_id, &shared) {
-                metrics::counter!("chatfleet_config_cache_total", "result" => "redis").increment(1);
+                metrics::counter!(metric::CONFIG_CACHE, "result" => "redis").increment(1);
                 return Ok(Some((shared, Source::Redis)));
             }
         }
-        metrics::counter!("chatfleet_config_cache_total", "result" => "miss").increment(1);
+        metrics::counter!(metric::CONFIG_CACHE, "result" => "miss").increment(1);
         let Some(fresh) = self.db.configs().load_tenant(client_id).await? else {
             return Ok(None);
         };
@@ -157,7 +158,8 @@ impl TenantConfigs {
     }
 
     async fn write_redis(&self, config: &TenantConfig) -> Result<()> {
-        let body = serde_json::to_string(config).map_err(|e| crate::Error::Redis(e.to_string()))?;
+        let body = serde_json::to_string(config)
+            .map_err(|e| crate::Error::Internal(format!("serializing a cached config: {e}")))?;
         let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
         let _: i64 = redis::Script::new(SET_IF_NEWER)
             .key(self.cache.keys().tenant(config.client.id).config())

@@ -6,6 +6,7 @@ use sqlx::Row;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 
 use super::guard;
+use super::text_column::text_column;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId, ConversationId};
 
@@ -33,15 +34,10 @@ pub enum ConversationMode {
     Human,
 }
 
-impl ConversationMode {
-    /// The `conversations.mode` column (anything but `human` is the bot's).
-    pub(super) fn parse(column: &str) -> Self {
-        match column {
-            "human" => Self::Human,
-            _ => Self::Bot,
-        }
-    }
-}
+text_column!(ConversationMode, "conversation mode", {
+    Bot => "bot",
+    Human => "human",
+});
 
 #[derive(Debug)]
 pub struct Conversations<'a> {
@@ -134,17 +130,13 @@ impl<'a> Conversations<'a> {
         conversation_id: ConversationId,
         mode: ConversationMode,
     ) -> Result<bool> {
-        let value = match mode {
-            ConversationMode::Bot => "bot",
-            ConversationMode::Human => "human",
-        };
         let done = guard::query(
             "UPDATE conversations SET mode = ? WHERE client_id = ? AND id = ? AND mode <> ?",
         )?
-        .bind(value)
+        .bind(mode)
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .bind(value)
+        .bind(mode)
         .execute(self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

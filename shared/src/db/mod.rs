@@ -16,6 +16,7 @@ mod direct;
 pub mod guard;
 mod knowledge;
 mod messages;
+mod text_column;
 mod usage;
 
 use std::time::Duration;
@@ -34,9 +35,11 @@ pub use conversations::{ConversationMode, ConversationSummary, Conversations};
 pub use devices::Devices;
 pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
 pub use messages::{
-    HistoryTurn, MailboxItem, Messages, NewReply, NewUserMessage, OpenTurn, Pending, PendingTurn,
-    RecordedUser, Role, StoredMessage, StoredReply, UserMessageState,
+    ClosedAs, DeliveryStatus, HistoryTurn, MailboxItem, MessageState, Messages, NewReply,
+    NewUserMessage, OpenTurn, Pending, PendingTurn, RecordedUser, Role, StoreOutcome,
+    StoredMessage, StoredReply,
 };
+pub use text_column::UnknownWord;
 pub use usage::{Usage, UsageDay};
 
 use crate::error::{Error, Result};

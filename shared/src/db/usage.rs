@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::ids::ClientId;
 
 /// Rows per tenant and day.
-pub(super) const SHARDS: u64 = 16;
+pub(in crate::db) const SHARDS: u64 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageDay {

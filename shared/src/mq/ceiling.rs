@@ -161,8 +161,8 @@ async fn consume(ch: &lapin::Channel, queue: &str, tag: &str, messages: usize) -
     for _ in 0..messages {
         let delivery = tokio::time::timeout(STALL, consumer.next())
             .await
-            .map_err(|_| Error::Broker("the ceiling queue stopped delivering".into()))?
-            .ok_or_else(|| Error::Broker("the ceiling consumer ended".into()))?
+            .map_err(|_| Error::broker_gone("the ceiling queue stopped delivering"))?
+            .ok_or_else(|| Error::broker_gone("the ceiling consumer ended"))?
             .map_err(broker_error)?;
         delivery
             .acker

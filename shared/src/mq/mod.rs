@@ -104,7 +104,7 @@ impl Broker {
         let conn = Arc::new(
             Connection::connect(self.inner.url.expose(), props)
                 .await
-                .map_err(|e| Error::Broker(format!("cannot connect to RabbitMQ: {e}")))?,
+                .map_err(|e| Error::broker("cannot connect to RabbitMQ", e))?,
         );
         if let Ok(mut current) = self.inner.current.lock() {
             *current = Some(conn.clone());
@@ -153,7 +153,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| Error::Broker(format!("consuming {queue}: {e}")))?;
+            .map_err(|e| Error::broker(format!("consuming {queue}"), e))?;
         Ok(Consumer {
             inner: consumer,
             channel: ch,
@@ -181,7 +181,7 @@ impl Broker {
                 args,
             )
             .await
-            .map_err(|e| Error::Broker(format!("reading {queue}: {e}")))?;
+            .map_err(|e| Error::broker(format!("reading {queue}"), e))?;
         Ok(Consumer {
             inner: consumer,
             channel: ch,
@@ -244,7 +244,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| Error::Broker(format!("inspecting {queue}: {e}")))?;
+            .map_err(|e| Error::broker(format!("inspecting {queue}"), e))?;
         let _ = ch.close(200, "inspected".into()).await;
         Ok(QueueStats {
             messages: q.message_count(),
@@ -435,5 +435,5 @@ fn value_text(v: &AMQPValue) -> Option<String> {
 }
 
 fn broker_error(e: lapin::Error) -> Error {
-    Error::Broker(e.to_string())
+    Error::broker("operation failed", e)
 }

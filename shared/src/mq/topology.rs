@@ -196,12 +196,12 @@ impl Topology {
         for queue in self.queues() {
             ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
-                .map_err(|e| Error::Broker(format!("deleting {queue}: {e}")))?;
+                .map_err(|e| Error::broker(format!("deleting {queue}"), e))?;
         }
         for exchange in self.exchanges() {
             ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
                 .await
-                .map_err(|e| Error::Broker(format!("deleting {exchange}: {e}")))?;
+                .map_err(|e| Error::broker(format!("deleting {exchange}"), e))?;
         }
         Ok(())
     }
@@ -257,7 +257,10 @@ fn long(n: u32) -> AMQPValue {
 }
 
 fn declare_error(what: &str, e: lapin::Error) -> Error {
-    Error::Broker(format!(
-        "declaring {what}: {e} (an existing queue with other arguments must be migrated, not redeclared)"
-    ))
+    Error::broker(
+        format!(
+            "declaring {what} (an existing queue with other arguments must be migrated, not redeclared)"
+        ),
+        e,
+    )
 }

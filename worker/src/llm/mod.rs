@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use shared::metric;
 use shared::settings::{LlmSettings, ProviderKind, ProviderSettings};
 use tokio::sync::Semaphore;
 
@@ -199,27 +200,27 @@ impl LlmClient {
         match &outcome {
             Ok(completion) => {
                 provider.breaker.succeeded();
-                metrics::histogram!("chatfleet_llm_seconds", "provider" => name.to_owned())
+                metrics::histogram!(metric::LLM_SECONDS, "provider" => name.to_owned())
                     .record(started.elapsed().as_secs_f64());
                 for (kind, tokens) in [
                     ("prompt", completion.prompt_tokens),
                     ("completion", completion.completion_tokens),
                 ] {
-                    metrics::counter!("chatfleet_llm_tokens_total", "provider" => name.to_owned(), "kind" => kind)
+                    metrics::counter!(metric::LLM_TOKENS, "provider" => name.to_owned(), "kind" => kind)
                         .increment(u64::from(tokens.unwrap_or(0)));
                 }
             }
             Err(e) if e.is_transient() => {
-                metrics::counter!("chatfleet_llm_errors_total", "provider" => name.to_owned(), "kind" => e.kind())
+                metrics::counter!(metric::LLM_ERRORS, "provider" => name.to_owned(), "kind" => e.kind())
                     .increment(1);
                 if provider.breaker.failed(std::time::Instant::now()) {
                     tracing::warn!(provider = name, "LLM circuit breaker opened");
-                    metrics::counter!("chatfleet_llm_breaker_opened_total", "provider" => name.to_owned())
+                    metrics::counter!(metric::LLM_BREAKER_OPENED, "provider" => name.to_owned())
                         .increment(1);
                 }
             }
             Err(e) => {
-                metrics::counter!("chatfleet_llm_errors_total", "provider" => name.to_owned(), "kind" => e.kind())
+                metrics::counter!(metric::LLM_ERRORS, "provider" => name.to_owned(), "kind" => e.kind())
                     .increment(1);
             }
         }

@@ -28,8 +28,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use serde_json::Value;
+use shared::db::DeliveryStatus;
 use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Sender, Trace};
 use shared::ids::{Channel, ClientId, EnvelopeId};
+use shared::metric;
 use shared::pii::Pii;
 use subtle::ConstantTimeEq;
 
@@ -164,7 +166,7 @@ async fn accept(state: &AppState, app: &App, headers: &HeaderMap, body: Body) ->
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
     if !signature::valid(&app.app_secret, &raw, presented) {
-        metrics::counter!("chatfleet_inbound_rejected_total", "channel" => "whatsapp", "reason" => "signature").increment(1);
+        metrics::counter!(metric::INBOUND_REJECTED, "channel" => "whatsapp", "reason" => "signature").increment(1);
         return Err(ApiError::unauthorized(
             "invalid_signature",
             "X-Hub-Signature-256 is missing or does not match",
@@ -248,7 +250,7 @@ async fn accept(state: &AppState, app: &App, headers: &HeaderMap, body: Body) ->
     if let Some(Err(e)) = published.into_iter().find(Result::is_err) {
         return Err(ApiError::broker_unavailable(&e));
     }
-    metrics::counter!("chatfleet_inbound_accepted_total", "channel" => "whatsapp")
+    metrics::counter!(metric::INBOUND_ACCEPTED, "channel" => "whatsapp")
         .increment(envelopes.len() as u64);
     Ok(StatusCode::OK.into_response())
 }
@@ -260,16 +262,13 @@ async fn apply_status(
     client_id: ClientId,
     status: &payload::WaStatus,
 ) -> Result<()> {
-    if !matches!(
-        status.status.as_str(),
-        "sent" | "delivered" | "read" | "failed"
-    ) {
-        return Ok(());
-    }
+    let Ok(delivery) = status.status.parse::<DeliveryStatus>() else {
+        return Ok(()); // a status chatfleet does not track (e.g. `deleted`)
+    };
     let changed = state
         .db()
         .messages()
-        .apply_delivery_status(client_id, &status.id, &status.status)
+        .apply_delivery_status(client_id, &status.id, delivery)
         .await?;
     tracing::debug!(status = %status.status, changed = changed.is_some(), "delivery status");
     if let Some(conversation_id) = changed {
@@ -279,7 +278,7 @@ async fn apply_status(
             conversation_id,
             Channel::Whatsapp,
         );
-        event.status = Some(status.status.clone());
+        event.status = Some(delivery.as_str().to_owned());
         event.channel_message_id = Some(status.id.clone());
         state
             .publisher()
@@ -296,7 +295,8 @@ async fn park(state: &AppState, raw: &[u8], reason: &str) -> Result<()> {
         reason,
         "unroutable WhatsApp webhook kept in the dead-letter queue"
     );
-    metrics::counter!("chatfleet_inbound_rejected_total", "channel" => "whatsapp", "reason" => "unroutable").increment(1);
+    metrics::counter!(metric::INBOUND_REJECTED, "channel" => "whatsapp", "reason" => "unroutable")
+        .increment(1);
     state
         .publisher()
         .dead_letter_raw("whatsapp.unroutable", raw, reason)

@@ -1,0 +1,61 @@
+//! The OpenAPI document served at `/openapi.json`: every route's request and response
+//! bodies, generated from the handlers' `#[utoipa::path]` annotations and the wire types'
+//! `ToSchema` derives. Only ingress's own wire types appear here; database rows never do.
+
+use shared::db::{
+    AgentMode, ApiKeyInfo, ChannelAccount, Client, ClientConfig, ClientPatch, ClientStatus,
+    ConfigUpdate, ConversationSummary, ModePatch, Plan,
+};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "chatfleet ingress", description = "Channel, admin and health endpoints of chatfleet."),
+    paths(
+        crate::admin::clients::create, crate::admin::clients::list, crate::admin::clients::get_one, crate::admin::clients::update,
+        crate::admin::config::get_config, crate::admin::config::put_config, crate::admin::config::patch_config,
+        crate::admin::config::list_modes, crate::admin::config::create_mode, crate::admin::config::update_mode, crate::admin::config::delete_mode,
+        crate::admin::credentials::list_channels, crate::admin::credentials::create_channel, crate::admin::credentials::delete_channel,
+        crate::admin::credentials::list_keys, crate::admin::credentials::create_key, crate::admin::credentials::revoke_key,
+        crate::admin::conversations::list, crate::admin::conversations::get_one, crate::admin::conversations::agent_message,
+        crate::admin::conversations::hand_to_human, crate::admin::conversations::resume,
+        crate::admin::knowledge::list, crate::admin::knowledge::create, crate::admin::knowledge::remove, crate::admin::knowledge::usage,
+        crate::channels::api::send, crate::channels::api::poll,
+        crate::channels::widget::open_session, crate::channels::widget::send, crate::channels::widget::poll,
+        crate::channels::mobile::open_session, crate::channels::mobile::set_push_token,
+        crate::channels::mobile::send, crate::channels::mobile::poll,
+        crate::health::healthz, crate::health::readyz,
+    ),
+    components(schemas(
+        Client, ClientPatch, Plan, ClientStatus, ClientConfig, ConfigUpdate, AgentMode, ModePatch,
+        ChannelAccount, ApiKeyInfo, ConversationSummary, crate::wire::MessageOut, crate::wire::MessageRole,
+        crate::wire::PolledMessages, crate::wire::PolledMessage,
+        crate::admin::clients::NewClientBody, crate::admin::clients::ClientPage, crate::admin::credentials::NewChannelBody,
+        crate::admin::credentials::NewKeyBody, crate::admin::credentials::CreatedKey, crate::admin::conversations::ConversationPage,
+        crate::admin::conversations::ConversationDetail, crate::admin::conversations::AgentMessageBody, crate::error::ErrorBody, crate::error::ErrorDetail,
+        crate::admin::knowledge::NewDocumentBody, shared::db::KnowledgeDocument, shared::db::UsageDay,
+    )),
+    modifiers(&BearerAuth),
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

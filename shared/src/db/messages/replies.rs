@@ -1,0 +1,421 @@
+//! Storing what answers a conversation: a reply to its pending turns (one per turn,
+//! under the conversation's row lock), a human agent's message, the outbox marks of the
+//! replies the broker confirmed, and the turns closed without a reply.
+
+use sqlx::{MySql, Transaction};
+
+use super::{MessageState, Messages, Role, signalled, single};
+use crate::db::text_column::text_column;
+use crate::db::{guard, is_deadlock, usage};
+use crate::envelope::ReplyKind;
+use crate::error::{Error, Result};
+use crate::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
+use crate::metric;
+
+/// A reply to store, answering the given user messages.
+#[derive(Debug, Clone)]
+pub struct NewReply {
+    pub conversation_id: ConversationId,
+    pub reply_id: ReplyId,
+    pub kind: ReplyKind,
+    pub text: String,
+    pub answers: Vec<u64>,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+    pub estimated_prompt_tokens: Option<u32>,
+    pub config_version: u64,
+}
+
+/// What [`Messages::store_reply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// The reply is stored and the turns it answers are answered.
+    Stored,
+    /// Nothing stored: a bot or fallback reply met a conversation a human has (a
+    /// handoff during the turn wins).
+    NotBotMode,
+    /// Nothing stored: the turns were answered before (the guard that makes one reply
+    /// per turn).
+    AnsweredBefore,
+}
+
+text_column!(StoreOutcome, "store_reply outcome", {
+    Stored => "stored",
+    NotBotMode => "not_bot",
+    AnsweredBefore => "answered_before",
+});
+
+/// How a user turn ends without a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClosedAs {
+    /// Given up on (dead-lettered).
+    Failed,
+    /// Deliberately not answered (suspended tenant, human mode, reaction…).
+    Ignored,
+}
+
+impl From<ClosedAs> for MessageState {
+    fn from(closed: ClosedAs) -> Self {
+        match closed {
+            ClosedAs::Failed => Self::Failed,
+            ClosedAs::Ignored => Self::Ignored,
+        }
+    }
+}
+
+/// How often a reply transaction runs before a deadlock is reported.
+const DEADLOCK_ATTEMPTS: u32 = 3;
+
+impl Messages<'_> {
+    /// Stores a reply and marks the user turns it answers as answered, in one
+    /// transaction, and counts the usage; or stores nothing and says why.
+    pub async fn store_reply(&self, client_id: ClientId, reply: &NewReply) -> Result<StoreOutcome> {
+        if reply.answers.is_empty() {
+            return Err(Error::Internal(
+                "a reply must answer at least one message".into(),
+            ));
+        }
+        // A small transaction among many is InnoDB's usual deadlock victim (against the
+        // batched confirm marks, say); rolled back whole, it is simply run again.
+        let mut attempt = 1;
+        loop {
+            match self.try_store_reply(client_id, reply).await {
+                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_ATTEMPTS => {
+                    tracing::debug!(attempt, "storing a reply met a deadlock; running it again");
+                    metrics::counter!(metric::DB_DEADLOCK_RETRIES).increment(1);
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn try_store_reply(&self, client_id: ClientId, reply: &NewReply) -> Result<StoreOutcome> {
+        let role = match reply.kind {
+            ReplyKind::Agent => Role::Agent,
+            _ => Role::Assistant,
+        };
+        // The bot's own answers are only stored while the bot has the conversation: a
+        // handoff that happened during the turn wins (the conversation's row lock orders
+        // the two). One round trip: the mailbox position, the reply, the answered marks
+        // and the usage in one transaction (the `store_reply` procedure).
+        let bot_only = matches!(reply.kind, ReplyKind::Bot | ReplyKind::Fallback);
+        let answers = reply
+            .answers
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let call = guard::query_scalar("CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")?
+            .bind(client_id.get())
+            .bind(reply.conversation_id.get())
+            .bind(reply.reply_id.as_uuid())
+            .bind(role)
+            .bind(&reply.text)
+            .bind(reply.kind)
+            .bind(bot_only)
+            .bind(reply.prompt_tokens)
+            .bind(reply.completion_tokens)
+            .bind(reply.estimated_prompt_tokens)
+            .bind(reply.config_version)
+            .bind(answers)
+            .bind(reply.conversation_id.get() % usage::SHARDS);
+        let outcome: Vec<StoreOutcome> = self
+            .direct
+            .run(async move |conn| call.fetch_all(conn).await)
+            .await
+            .map_err(signalled)?;
+        single(outcome, "store_reply")
+    }
+
+    /// Stores a human agent's message (answering no particular turn).
+    pub async fn store_agent_message(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        reply_id: ReplyId,
+        text: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let seq = next_seq(&mut tx, client_id, conversation_id).await?;
+        guard::query(
+            "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
+             reply_kind, seq, history_seq) VALUES (?, ?, ?, 'agent', ?, 'stored', 'agent', ?, ?)",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .bind(reply_id.as_uuid())
+        .bind(text)
+        .bind(seq)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that the broker confirmed these replies of one tenant (the outbox of
+    /// [`Messages::open_turn`] leaves them out): one statement for a whole batch of
+    /// confirms.
+    pub async fn mark_published(&self, client_id: ClientId, reply_ids: &[ReplyId]) -> Result<()> {
+        self.mark_replies(
+            client_id,
+            reply_ids,
+            "published_at = CURRENT_TIMESTAMP(6)",
+            "published_at IS NULL",
+        )
+        .await
+    }
+
+    /// `UPDATE messages SET {set}` for a batch of one tenant's replies, those still
+    /// matching `only`: one statement for many marks.
+    pub(super) async fn mark_replies(
+        &self,
+        client_id: ClientId,
+        reply_ids: &[ReplyId],
+        set: &str,
+        only: &str,
+    ) -> Result<()> {
+        if reply_ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders = vec!["?"; reply_ids.len()].join(", ");
+        let sql = format!(
+            "UPDATE messages FORCE INDEX (uq_messages_envelope) SET {set} \
+             WHERE client_id = ? AND envelope_id IN ({placeholders}) AND {only}"
+        );
+        let mut update = guard::query(&sql)?.bind(client_id.get());
+        for id in reply_ids {
+            update = update.bind(id.as_uuid());
+        }
+        self.direct
+            .run(async move |conn| update.execute(conn).await)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes a user message that only got the tenant's fallback message (its turn was
+    /// dead-lettered after the last attempt) unanswered again, so the next turn answers it
+    /// for real: what `chatfleet dlq requeue` does before putting it back on the work
+    /// queue. Returns whether it was reopened.
+    pub async fn reopen_after_fallback(
+        &self,
+        client_id: ClientId,
+        envelope_id: EnvelopeId,
+    ) -> Result<bool> {
+        let done = guard::query(
+            "UPDATE messages u JOIN messages r \
+               ON r.client_id = u.client_id AND r.id = u.reply_message_id \
+             SET u.state = 'pending', u.reply_message_id = NULL, u.history_seq = NULL \
+             WHERE u.client_id = ? AND u.envelope_id = ? AND u.role = 'user' \
+               AND u.state = 'answered' AND r.reply_kind = 'fallback'",
+        )?
+        .bind(client_id.get())
+        .bind(envelope_id.as_uuid())
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Marks a still-pending user turn as failed (it was dead-lettered) or ignored.
+    pub async fn close_unanswered(
+        &self,
+        client_id: ClientId,
+        envelope_id: EnvelopeId,
+        closed: ClosedAs,
+    ) -> Result<()> {
+        guard::query(
+            "UPDATE messages SET state = ?, history_seq = COALESCE(seq, 0) \
+             WHERE client_id = ? AND envelope_id = ? AND role = 'user' AND state = 'pending'",
+        )?
+        .bind(MessageState::from(closed))
+        .bind(client_id.get())
+        .bind(envelope_id.as_uuid())
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Takes the next mailbox position of a conversation, locking its row until the
+/// transaction ends (what the write procedures do first, for a human agent's message).
+async fn next_seq(
+    tx: &mut Transaction<'_, MySql>,
+    client_id: ClientId,
+    conversation_id: ConversationId,
+) -> Result<u64> {
+    // LAST_INSERT_ID(expr) hands the new value back with the UPDATE itself: one round
+    // trip, under the row lock the UPDATE takes.
+    let done = guard::query(
+        "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
+         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ?",
+    )?
+    .bind(client_id.get())
+    .bind(conversation_id.get())
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound(format!(
+            "conversation {conversation_id} not found"
+        )));
+    }
+    Ok(done.last_insert_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::db::ConversationMode;
+    use crate::ids::Channel;
+    use crate::testkit::TestEnv;
+
+    /// The write procedures (one round trip each) keep every character of a message,
+    /// answer exactly the messages they are given, count them, and refuse what the
+    /// statements they replaced refused.
+    #[tokio::test]
+    async fn the_write_procedures_store_exactly_what_they_are_given() {
+        let env = TestEnv::start(&[]).await;
+        let t = env.tenant("procedures").await;
+        let other = env.tenant("procedures-other").await;
+        let conversations = env.db.conversations();
+        let conversation = conversations
+            .get_or_create(t.id, Channel::Api, "c")
+            .await
+            .expect("conversation");
+        let messages = env.db.messages();
+        let text = "Grüße 👋 — 你好, O'Brien \\ \"quoted\"";
+        let mut ids = Vec::new();
+        for content in [text, "second", "third"] {
+            let recorded = messages
+                .accept_user(
+                    t.id,
+                    conversation,
+                    EnvelopeId::random(),
+                    content,
+                    Some("wamid.Ä👋"),
+                )
+                .await
+                .expect("accepted");
+            assert!(recorded.newly_recorded);
+            ids.push(recorded.message_id);
+        }
+        let mailbox = messages
+            .mailbox_after(t.id, conversation, 0, 10)
+            .await
+            .expect("mailbox");
+        assert_eq!(mailbox.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(mailbox[0].text, text, "every character kept");
+
+        // Answers the first and the third: the second stays pending.
+        let reply = |kind, answers: Vec<u64>| NewReply {
+            conversation_id: conversation,
+            reply_id: ReplyId::random(),
+            kind,
+            text: format!("re: {text}"),
+            answers,
+            prompt_tokens: Some(7),
+            completion_tokens: None,
+            estimated_prompt_tokens: Some(9),
+            config_version: 3,
+        };
+        assert_eq!(
+            messages
+                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[0], ids[2]]))
+                .await
+                .expect("stored"),
+            StoreOutcome::Stored
+        );
+        let pending = messages
+            .pending(t.id, conversation, 10)
+            .await
+            .expect("pending");
+        assert_eq!(
+            pending
+                .turns
+                .iter()
+                .map(|p| p.message_id)
+                .collect::<Vec<_>>(),
+            [ids[1]]
+        );
+        let history = messages
+            .open_turn(t.id, conversation, 0, 10, |_| false)
+            .await
+            .expect("history")
+            .history;
+        assert_eq!(
+            history.last().map(|h| h.content.as_str()),
+            Some(&*format!("re: {text}"))
+        );
+        let today = Utc::now().date_naive();
+        let usage = env
+            .db
+            .usage()
+            .days(t.id, today, today)
+            .await
+            .expect("usage");
+        assert_eq!(
+            usage
+                .iter()
+                .map(|d| (d.messages, d.prompt_tokens))
+                .collect::<Vec<_>>(),
+            [(2, 7)]
+        );
+
+        // Answered before: nothing stored.
+        assert_eq!(
+            messages
+                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[0]]))
+                .await
+                .expect("refused"),
+            StoreOutcome::AnsweredBefore
+        );
+        // A human has the conversation: the bot's reply is dropped, an agent's is kept.
+        conversations
+            .set_mode(t.id, conversation, ConversationMode::Human)
+            .await
+            .expect("handoff");
+        assert_eq!(
+            messages
+                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[1]]))
+                .await
+                .expect("dropped"),
+            StoreOutcome::NotBotMode
+        );
+        assert_eq!(
+            messages
+                .mailbox_after(t.id, conversation, 0, 10)
+                .await
+                .expect("mailbox")
+                .len(),
+            4,
+            "three questions and one answer"
+        );
+        assert_eq!(
+            messages
+                .store_reply(t.id, &reply(ReplyKind::Agent, vec![ids[1]]))
+                .await
+                .expect("an agent's reply"),
+            StoreOutcome::Stored
+        );
+
+        // Another tenant's conversation: refused, whatever the id.
+        let refused = messages
+            .accept_user(other.id, conversation, EnvelopeId::random(), "x", None)
+            .await;
+        assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
+        let refused = messages
+            .store_reply(other.id, &reply(ReplyKind::Agent, vec![ids[1]]))
+            .await;
+        assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
+        assert_eq!(
+            messages
+                .store_reply(other.id, &reply(ReplyKind::Bot, vec![ids[1]]))
+                .await
+                .expect("not the tenant's"),
+            StoreOutcome::NotBotMode
+        );
+        env.teardown().await;
+    }
+}
