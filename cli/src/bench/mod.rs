@@ -33,6 +33,13 @@ use crate::fleet;
 
 mod cpu;
 mod graph;
+mod report;
+mod scrape;
+mod traffic;
+
+use report::{median_of, percentile, print, print_ceiling};
+use scrape::{accept_rounds, turn_stages, turns_in_flight};
+use traffic::{read_conversation, watch_graph, webhook};
 
 /// The bench tenant's WhatsApp number and the app secret its webhooks are signed with.
 const PHONE_NUMBER_ID: &str = "100000000000001";
@@ -94,13 +101,6 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
 /// Resident memory of a process (KiB), from /proc.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -136,16 +136,6 @@ fn answered_per_s(answers: &[Instant], send_window: Duration) -> f64 {
         .filter(|span| *span >= send_window / 2)
         .unwrap_or(send_window);
     answers.len() as f64 / span.as_secs_f64()
-}
-
-/// The bench messages a text names ("message 12\n\nmessage 14": 12 and 14).
-fn bench_messages(text: &str) -> impl Iterator<Item = u64> + '_ {
-    text.split("message ").skip(1).filter_map(|rest| {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        rest[..digits].parse().ok()
-    })
 }
 
 pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
@@ -216,17 +206,6 @@ async fn ceiling(settings: &Settings, messages: usize) -> anyhow::Result<Value> 
         "publish_per_s": c.publish_per_s,
         "consume_per_s": c.consume_per_s,
     }))
-}
-
-fn print_ceiling(c: &Value) {
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    println!(
-        "  broker ceiling ({} persistent 1 KiB messages, quorum queue): single hop {:.0}/s (publishing with confirms and consuming with acks at once); publishing alone {:.0}/s, consuming alone {:.0}/s",
-        c["messages"],
-        f(&c["hop_per_s"]),
-        f(&c["publish_per_s"]),
-        f(&c["consume_per_s"])
-    );
 }
 
 /// One run of the scenario on a fleet of its own; its report.
@@ -527,224 +506,6 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     Ok(run)
 }
 
-/// Prints one run's report (or the medians of several) as a table.
-fn print(label: &str, r: &Value) {
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    println!(
-        "{label}{} {} msg/s for {} s over {} conversations ({} turns of history), {} worker(s), LLM double {} ms (held {:.1} ms on average):",
-        r["channel"].as_str().unwrap_or_default(),
-        r["offered_per_s"],
-        r["duration_s"],
-        r["conversations"],
-        r["history_turns"],
-        r["workers"],
-        r["llm_latency_ms"],
-        f(&r["llm_mean_hold_ms"])
-    );
-    println!(
-        "  sent / accepted / answered:  {} / {} / {}  ({:.0} accepted/s over the sends; {:.0} answered/s, first answer to last; {} turns, {:.2} messages each)",
-        r["sent"],
-        r["accepted"],
-        r["answered"],
-        f(&r["accepted_per_s"]),
-        f(&r["achieved_per_s"]),
-        r["llm_calls"],
-        f(&r["answered"]) / f(&r["llm_calls"])
-    );
-    for (name, v) in [
-        ("end to end (ms)", &r["end_to_end_ms"]),
-        ("platform overhead (ms)", &r["overhead_ms"]),
-    ] {
-        println!(
-            "  {name:<28} p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-            f(&v["p50"]),
-            f(&v["p90"]),
-            f(&v["p99"]),
-            f(&v["max"])
-        );
-    }
-    println!(
-        "  worker peak RSS {:.0} MiB, CPU {:.2} cores, peak turns in flight {}; dead letters {}; errors {} {}",
-        f(&r["worker_peak_rss_mib"]),
-        f(&r["worker_cpu_cores"]),
-        r["peak_turns_in_flight"],
-        r["dead_letters"],
-        r["errors"],
-        r["error_kinds"]
-            .as_str()
-            .filter(|k| !k.is_empty())
-            .map(|k| format!("({k})"))
-            .unwrap_or_default()
-    );
-    if let Some(by_process) = r["cpu_by_process"].as_object() {
-        let shares: Vec<String> = by_process
-            .iter()
-            .map(|(name, v)| {
-                format!(
-                    "{name} {:.2} ({:.2}; {:.0})",
-                    f(&v["cores"]),
-                    f(&v["ms_per_answered"]),
-                    f(&v["switches_per_answered"])
-                )
-            })
-            .collect();
-        println!(
-            "  CPU, cores (ms and thread switches per answer):  {}",
-            shares.join("  ")
-        );
-    }
-    let stages: Vec<String> = r["turn_stage_mean_ms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|pair| {
-            format!(
-                "{} {:.1}",
-                pair[0].as_str().unwrap_or_default(),
-                f(&pair[1])
-            )
-        })
-        .collect();
-    if !stages.is_empty() {
-        println!("  turn stages, mean ms:        {}", stages.join("  "));
-    }
-    if r["ceiling"].is_object() {
-        print_ceiling(&r["ceiling"]);
-        println!(
-            "  answered/s as a fraction of the broker's single-hop ceiling: {:.1}%",
-            f(&r["fraction_of_ceiling"]) * 100.0
-        );
-    }
-    let rounds = &r["accept_rounds"];
-    if f(&rounds["rounds"]) > 0.0 {
-        println!(
-            "  accepting:                   {:.0} rounds, {:.1} messages each; {} batches split (accepted one by one)",
-            f(&rounds["rounds"]),
-            f(&rounds["messages_per_round"]),
-            rounds["batches_split"]
-        );
-    }
-}
-
-/// The median of every number across several reports of the same shape (other values
-/// are taken from the first).
-fn median_of(values: &[&Value]) -> Value {
-    match values[0] {
-        Value::Number(_) if values.iter().all(|v| v.is_u64()) => {
-            let mut numbers: Vec<u64> = values.iter().filter_map(|v| v.as_u64()).collect();
-            numbers.sort_unstable();
-            json!(numbers[numbers.len() / 2])
-        }
-        Value::Number(_) => {
-            let mut numbers: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
-            numbers.sort_by(f64::total_cmp);
-            json!(percentile(&numbers, 0.5))
-        }
-        Value::Object(first) => Value::Object(
-            first
-                .keys()
-                .map(|k| {
-                    let column: Vec<&Value> = values.iter().map(|v| &v[k.as_str()]).collect();
-                    (k.clone(), median_of(&column))
-                })
-                .collect(),
-        ),
-        Value::Array(first) => Value::Array(
-            (0..first.len())
-                .map(|i| {
-                    let column: Vec<&Value> = values.iter().map(|v| &v[i]).collect();
-                    median_of(&column)
-                })
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
-/// The Prometheus text of every worker that answered.
-async fn scrape(http: &reqwest::Client, urls: &[String]) -> Vec<String> {
-    let mut texts = Vec::with_capacity(urls.len());
-    for url in urls {
-        if let Ok(r) = http
-            .get(url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            && let Ok(text) = r.text().await
-        {
-            texts.push(text);
-        }
-    }
-    texts
-}
-
-/// The ingress's accepting rounds (`chatfleet_accept_round_messages`) and the batches
-/// that failed and were accepted one by one (`chatfleet_accept_batches_split_total`).
-async fn accept_rounds(http: &reqwest::Client, urls: &[String]) -> Value {
-    let texts = scrape(http, urls).await;
-    let rounds = metric_total(&texts, "chatfleet_accept_round_messages_count");
-    json!({
-        "rounds": rounds,
-        "messages_per_round": metric_total(&texts, "chatfleet_accept_round_messages_sum") / rounds,
-        "batches_split": metric_total(&texts, "chatfleet_accept_batches_split_total") as u64,
-    })
-}
-
-/// Turns in flight on every worker now (their `chatfleet_turns_in_flight` gauges).
-async fn turns_in_flight(http: &reqwest::Client, urls: &[String]) -> u64 {
-    metric_total(&scrape(http, urls).await, "chatfleet_turns_in_flight") as u64
-}
-
-/// The sum of metric `name` over every series (any labels) of every scraped text.
-fn metric_total(texts: &[String], name: &str) -> f64 {
-    texts
-        .iter()
-        .flat_map(|t| t.lines())
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
-        .sum()
-}
-
-/// Mean time per turn stage (ms) over every worker, from their
-/// `chatfleet_turn_stage_seconds` sums and counts, in the order a turn runs them.
-async fn turn_stages(http: &reqwest::Client, urls: &[String]) -> Vec<(String, f64)> {
-    const ORDER: [&str; 7] = [
-        "queued", "record", "lock", "reads", "llm", "store", "publish",
-    ];
-    let mut totals: HashMap<String, (f64, f64)> = HashMap::new();
-    for text in scrape(http, urls).await {
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("chatfleet_turn_stage_seconds_") else {
-                continue;
-            };
-            let (Some((kind, rest)), Some(value)) = (
-                rest.split_once("{stage=\""),
-                line.rsplit_once(' ')
-                    .and_then(|(_, v)| v.parse::<f64>().ok()),
-            ) else {
-                continue;
-            };
-            let stage = rest.split('"').next().unwrap_or_default().to_owned();
-            let entry = totals.entry(stage).or_default();
-            match kind {
-                "sum" => entry.0 += value,
-                "count" => entry.1 += value,
-                _ => {}
-            }
-        }
-    }
-    ORDER
-        .iter()
-        .filter_map(|stage| {
-            let (sum, count) = totals.get(*stage)?;
-            (*count > 0.0).then(|| ((*stage).to_owned(), sum / count * 1e3))
-        })
-        .collect()
-}
-
 fn write(args: &BenchArgs, report: &Value) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
@@ -752,107 +513,9 @@ fn write(args: &BenchArgs, report: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Long-polls one conversation: each assistant entry answers every user entry before it
-/// that was not answered yet.
-async fn read_conversation(
-    http: reqwest::Client,
-    base: String,
-    key: String,
-    conversation: String,
-    timings: Arc<Mutex<Timings>>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut cursor = "0".to_owned();
-    let mut waiting: Vec<u64> = Vec::new();
-    while !stop.is_cancelled() {
-        let r = http
-            .get(format!(
-                "{base}/api/v1/conversations/{conversation}/messages"
-            ))
-            .query(&[("after", cursor.as_str()), ("wait", "20")])
-            .bearer_auth(&key)
-            .send()
-            .await;
-        let seen = Instant::now();
-        let Ok(r) = r else { continue };
-        match r.status() {
-            reqwest::StatusCode::OK => {}
-            // A quiet wait: poll again at once.
-            reqwest::StatusCode::NO_CONTENT => continue,
-            // 404 while none of its messages was accepted yet.
-            _ => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        }
-        let Ok(page) = r.json::<Value>().await else {
-            continue;
-        };
-        cursor = page["cursor"].as_str().unwrap_or(&cursor).to_owned();
-        for entry in page["messages"].as_array().into_iter().flatten() {
-            let text = entry["text"].as_str().unwrap_or_default();
-            match entry["role"].as_str() {
-                Some("user") => waiting.extend(bench_messages(text)),
-                Some("assistant") => {
-                    if let Ok(mut t) = timings.lock() {
-                        for k in waiting.drain(..) {
-                            t.answered.insert(k, seen);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Notes the answer time of every bench message a reply at the Graph API double names.
-async fn watch_graph(
-    mut replies: tokio::sync::mpsc::UnboundedReceiver<graph::Received>,
-    timings: Arc<Mutex<Timings>>,
-) {
-    while let Some(reply) = replies.recv().await {
-        let said = reply.text.rsplit_once("You said: ").map_or("", |(_, s)| s);
-        if let Ok(mut t) = timings.lock() {
-            for k in bench_messages(said) {
-                t.answered.entry(k).or_insert(reply.at);
-            }
-        }
-    }
-}
-
-/// A signed-ready WhatsApp webhook carrying bench message `k` from conversation `c`'s
-/// number, as Meta sends it.
-fn webhook(c: usize, k: usize) -> String {
-    let from = format!("1555{c:07}");
-    json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{
-        "field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": { "display_phone_number": "15550000000", "phone_number_id": PHONE_NUMBER_ID },
-            "contacts": [{ "profile": { "name": "Bench" }, "wa_id": from }],
-            "messages": [{ "from": from, "id": format!("wamid.bench-in-{k}"),
-                "timestamp": chrono::Utc::now().timestamp().to_string(),
-                "type": "text", "text": { "body": format!("message {k}") } }] } }] }] })
-    .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians_are_taken_number_by_number() {
-        let runs = [
-            json!({ "n": 3, "ms": { "p50": 1.5 }, "stages": [["llm", 9.0]], "channel": "api" }),
-            json!({ "n": 1, "ms": { "p50": 0.5 }, "stages": [["llm", 1.0]], "channel": "api" }),
-            json!({ "n": 2, "ms": { "p50": 2.5 }, "stages": [["llm", 5.0]], "channel": "api" }),
-        ];
-        let all: Vec<&Value> = runs.iter().collect();
-        assert_eq!(
-            median_of(&all),
-            json!({ "n": 2, "ms": { "p50": 1.5 }, "stages": [["llm", 5.0]], "channel": "api" })
-        );
-    }
 
     #[test]
     fn the_answered_rate_counts_the_time_the_answers_took() {
@@ -869,22 +532,5 @@ mod tests {
         // All at once (too few to tell): against the send window.
         let burst = answered_per_s(&spread(10, Duration::from_millis(1)), window);
         assert!((burst - 1.0).abs() < 1e-9, "{burst}");
-    }
-
-    #[test]
-    fn metrics_are_summed_over_series_and_processes() {
-        let texts = [
-            "# TYPE chatfleet_turns_in_flight gauge\nchatfleet_turns_in_flight 3\nchatfleet_turns_in_flight_total 9\n".to_owned(),
-            "chatfleet_turns_in_flight{worker=\"b\"} 2\n".to_owned(),
-        ];
-        assert_eq!(metric_total(&texts, "chatfleet_turns_in_flight"), 5.0);
-        assert_eq!(metric_total(&texts, "chatfleet_absent"), 0.0);
-    }
-
-    #[test]
-    fn replies_name_the_messages_they_answer() {
-        let said: Vec<u64> = bench_messages("message 12\n\nmessage 140").collect();
-        assert_eq!(said, [12, 140]);
-        assert_eq!(bench_messages("no numbers here").count(), 0);
     }
 }

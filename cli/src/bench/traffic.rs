@@ -1,0 +1,116 @@
+//! The bench's traffic: the WhatsApp webhooks it sends, and how it sees each message
+//! answered (API long-polls read by conversation, replies arriving at the Graph API
+//! double), noting the time each bench message was answered.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{PHONE_NUMBER_ID, Timings, graph};
+
+/// The bench messages a text names ("message 12\n\nmessage 14": 12 and 14).
+fn bench_messages(text: &str) -> impl Iterator<Item = u64> + '_ {
+    text.split("message ").skip(1).filter_map(|rest| {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..digits].parse().ok()
+    })
+}
+
+/// Long-polls one conversation: each assistant entry answers every user entry before it
+/// that was not answered yet.
+pub(super) async fn read_conversation(
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    conversation: String,
+    timings: Arc<Mutex<Timings>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut cursor = "0".to_owned();
+    let mut waiting: Vec<u64> = Vec::new();
+    while !stop.is_cancelled() {
+        let r = http
+            .get(format!(
+                "{base}/api/v1/conversations/{conversation}/messages"
+            ))
+            .query(&[("after", cursor.as_str()), ("wait", "20")])
+            .bearer_auth(&key)
+            .send()
+            .await;
+        let seen = Instant::now();
+        let Ok(r) = r else { continue };
+        match r.status() {
+            reqwest::StatusCode::OK => {}
+            // A quiet wait: poll again at once.
+            reqwest::StatusCode::NO_CONTENT => continue,
+            // 404 while none of its messages was accepted yet.
+            _ => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        }
+        let Ok(page) = r.json::<Value>().await else {
+            continue;
+        };
+        cursor = page["cursor"].as_str().unwrap_or(&cursor).to_owned();
+        for entry in page["messages"].as_array().into_iter().flatten() {
+            let text = entry["text"].as_str().unwrap_or_default();
+            match entry["role"].as_str() {
+                Some("user") => waiting.extend(bench_messages(text)),
+                Some("assistant") => {
+                    if let Ok(mut t) = timings.lock() {
+                        for k in waiting.drain(..) {
+                            t.answered.insert(k, seen);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Notes the answer time of every bench message a reply at the Graph API double names.
+pub(super) async fn watch_graph(
+    mut replies: tokio::sync::mpsc::UnboundedReceiver<graph::Received>,
+    timings: Arc<Mutex<Timings>>,
+) {
+    while let Some(reply) = replies.recv().await {
+        let said = reply.text.rsplit_once("You said: ").map_or("", |(_, s)| s);
+        if let Ok(mut t) = timings.lock() {
+            for k in bench_messages(said) {
+                t.answered.entry(k).or_insert(reply.at);
+            }
+        }
+    }
+}
+
+/// A signed-ready WhatsApp webhook carrying bench message `k` from conversation `c`'s
+/// number, as Meta sends it.
+pub(super) fn webhook(c: usize, k: usize) -> String {
+    let from = format!("1555{c:07}");
+    json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": "15550000000", "phone_number_id": PHONE_NUMBER_ID },
+            "contacts": [{ "profile": { "name": "Bench" }, "wa_id": from }],
+            "messages": [{ "from": from, "id": format!("wamid.bench-in-{k}"),
+                "timestamp": chrono::Utc::now().timestamp().to_string(),
+                "type": "text", "text": { "body": format!("message {k}") } }] } }] }] })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_name_the_messages_they_answer() {
+        let said: Vec<u64> = bench_messages("message 12\n\nmessage 140").collect();
+        assert_eq!(said, [12, 140]);
+        assert_eq!(bench_messages("no numbers here").count(), 0);
+    }
+}
