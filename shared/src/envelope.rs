@@ -41,6 +41,38 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A message a channel received just now from the conversation's own user (the
+    /// sender is `external_id`, unnamed): no channel ids, no replay, no metadata. The
+    /// channel fills in what else it knows (`sender.name`, `channel_message_id`,
+    /// `channel_account`, `metadata`).
+    pub fn inbound(
+        id: EnvelopeId,
+        client_id: ClientId,
+        channel: Channel,
+        external_id: String,
+        message: MessageContent,
+        trace: Trace,
+    ) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            id,
+            client_id,
+            channel,
+            sender: Sender {
+                id: Pii::new(external_id.clone()),
+                name: None,
+            },
+            external_id: Pii::new(external_id),
+            message,
+            channel_message_id: None,
+            channel_account: None,
+            received_at: Utc::now(),
+            trace,
+            replay: None,
+            metadata: None,
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain data with string keys cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
@@ -187,7 +219,56 @@ pub struct Reply {
     pub polls_woken: bool,
 }
 
+/// The conversation a reply goes to: one tenant's, on one channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destination {
+    pub client_id: ClientId,
+    pub channel: Channel,
+    pub external_id: Pii<String>,
+    pub channel_account: Option<String>,
+    pub conversation_id: ConversationId,
+}
+
+impl Destination {
+    /// The conversation `env` came from (recorded as `conversation_id`).
+    pub fn of(env: &Envelope, conversation_id: ConversationId) -> Self {
+        Self {
+            client_id: env.client_id,
+            channel: env.channel,
+            external_id: env.external_id.clone(),
+            channel_account: env.channel_account.clone(),
+            conversation_id,
+        }
+    }
+}
+
 impl Reply {
+    /// A new reply (a fresh id, created now) to `to`, answering the envelopes
+    /// `in_reply_to` (none for a human agent's message).
+    pub fn answering(
+        to: Destination,
+        in_reply_to: Vec<EnvelopeId>,
+        kind: ReplyKind,
+        text: String,
+        config_version: u64,
+    ) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            id: ReplyId::random(),
+            in_reply_to,
+            client_id: to.client_id,
+            channel: to.channel,
+            external_id: to.external_id,
+            channel_account: to.channel_account,
+            conversation_id: to.conversation_id,
+            kind,
+            text: Pii::new(text),
+            config_version,
+            created_at: Utc::now(),
+            polls_woken: false,
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }

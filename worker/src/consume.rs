@@ -6,7 +6,7 @@
 //! [`Disposition`] to every delivery of the batch, re-opens a lost broker connection, and
 //! drains on shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,13 +14,13 @@ use shared::db::ClosedAs;
 use shared::envelope::{Envelope, ReplayMode};
 use shared::metric;
 use shared::mq::{Broker, Delivery};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::Ctx;
 use crate::error::{Disposition, TurnError};
+use crate::inbox::{Inbox, Job, Queued};
 use crate::turn;
 
 /// Whether an envelope is a dry-run replay (see `turn::dry_run`).
@@ -33,25 +33,12 @@ fn dry_run(env: &Envelope) -> bool {
 /// Most deliveries of one conversation handled by one turn.
 const MAX_BATCH: usize = 32;
 
-/// A delivery with its decoded envelope (or why it could not be decoded).
-struct Job {
-    delivery: Delivery,
-    envelope: Result<Envelope, String>,
-}
-
 /// Runs the turns of each conversation in order, one at a time.
 struct Dispatcher {
     ctx: Arc<Ctx>,
-    queues: Mutex<HashMap<String, Waiting>>,
+    /// The deliveries queued behind the running turn of each conversation.
+    queues: Mutex<HashMap<String, Arc<Queued>>>,
     tracker: TaskTracker,
-}
-
-/// Deliveries queued behind the running turn of one conversation.
-#[derive(Default)]
-struct Waiting {
-    jobs: VecDeque<Job>,
-    /// Told of each arrival, so a turn waiting for its lock can record them at once.
-    arrived: Arc<Notify>,
 }
 
 impl Dispatcher {
@@ -73,12 +60,11 @@ impl Dispatcher {
             let Ok(mut queues) = self.queues.lock() else {
                 return;
             };
-            if let Some(waiting) = queues.get_mut(&key) {
-                waiting.jobs.push_back(job);
-                waiting.arrived.notify_one();
+            if let Some(queued) = queues.get(&key) {
+                queued.push(job);
                 return;
             }
-            queues.insert(key.clone(), Waiting::default());
+            queues.insert(key.clone(), Arc::default());
         }
         let this = self.clone();
         self.tracker.spawn(async move {
@@ -89,7 +75,7 @@ impl Dispatcher {
                 batch = this.take_queued(&key, MAX_BATCH);
                 if batch.is_empty()
                     && let Ok(mut queues) = this.queues.lock()
-                    && queues.get(&key).is_some_and(|w| w.jobs.is_empty())
+                    && queues.get(&key).is_some_and(|q| q.len() == 0)
                 {
                     queues.remove(&key);
                 } else if batch.is_empty() {
@@ -102,22 +88,18 @@ impl Dispatcher {
 
     /// Up to `max` deliveries waiting behind the running turn of conversation `key`.
     fn take_queued(&self, key: &str, max: usize) -> Vec<Job> {
-        match self.queues.lock() {
-            Ok(mut queues) => queues
-                .get_mut(key)
-                .map(|w| {
-                    let n = w.jobs.len().min(max);
-                    w.jobs.drain(..n).collect()
-                })
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
+        self.queued(key).map(|q| q.take(max)).unwrap_or_default()
+    }
+
+    /// The queue of conversation `key`, while a turn of it runs here.
+    fn queued(&self, key: &str) -> Option<Arc<Queued>> {
+        self.queues.lock().ok()?.get(key).cloned()
     }
 
     fn in_flight(&self) -> usize {
         self.queues
             .lock()
-            .map(|q| q.values().map(|w| w.jobs.len() + 1).sum())
+            .map(|q| q.values().map(|w| w.len() + 1).sum())
             .unwrap_or(0)
     }
 
@@ -140,48 +122,23 @@ impl Dispatcher {
         let in_flight = metrics::gauge!(metric::TURNS_IN_FLIGHT);
         in_flight.increment(1.0);
         let undecodable = first.envelope.as_ref().err().cloned();
-        let envelopes: Vec<Envelope> = batch
-            .iter()
-            .filter_map(|j| j.envelope.as_ref().ok().cloned())
-            .collect();
+        let replay = first.envelope.as_ref().ok().filter(|e| dry_run(e)).cloned();
         // Deliveries that queue up while the turn waits (its lock, its debounce window)
-        // join it: the turn records their messages and answers them too.
-        let batch = Mutex::new(batch);
-        let arrived = self
-            .queues
-            .lock()
-            .ok()
-            .and_then(|q| q.get(key).map(|w| w.arrived.clone()))
-            .unwrap_or_default();
-        let pull = || {
-            let more = self.take_queued(key, MAX_BATCH);
-            let envelopes = more
-                .iter()
-                .filter_map(|j| j.envelope.as_ref().ok().cloned())
-                .collect();
-            if let Ok(mut b) = batch.lock() {
-                b.extend(more);
-            }
-            envelopes
-        };
+        // join it through its inbox: the turn records their messages and answers them
+        // too, and they are settled with it.
+        let queued = self.queued(key).unwrap_or_default();
+        let mut inbox = Inbox::new(queued, batch, MAX_BATCH);
         let outcome = async {
-            let replay = envelopes.first().filter(|e| dry_run(e));
             match (undecodable, replay) {
                 // Boxed: rare, and inline it would size every turn's task.
-                (None, Some(env)) => Box::pin(turn::dry_run(&self.ctx, env)).await,
-                (None, None) => {
-                    let intake = turn::Intake {
-                        take: &pull,
-                        arrived: &arrived,
-                    };
-                    turn::handle(&self.ctx, envelopes, &intake).await
-                }
+                (None, Some(env)) => Box::pin(turn::dry_run(&self.ctx, &env)).await,
+                (None, None) => turn::handle(&self.ctx, &mut inbox).await,
                 (Some(e), _) => Err(TurnError::Undecodable(e)),
             }
         }
         .instrument(span.clone())
         .await;
-        let batch = batch.into_inner().unwrap_or_default();
+        let batch = inbox.into_taken();
         // Boxed: settling (a failure's retry or dead-letter publish) has the largest
         // state; inline, every turn's task would carry it through its LLM call.
         Box::pin(
@@ -324,18 +281,23 @@ async fn drain(dispatcher: &Dispatcher, timeout: Duration) {
 mod tests {
     use super::*;
 
-    /// The size of the future `f` returns, for arguments that live forever.
-    fn future_size<A, B, C, F: Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+    /// The size of the future `f` returns.
+    fn future_size<A, B, F: Future>(_: impl FnOnce(A, B) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    /// The size of the future `f` returns (three arguments).
+    fn future_size3<A, B, C, F: Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
         size_of::<F>()
     }
 
     /// A worker holds thousands of turns waiting on the LLM, each a task as large as the
     /// largest state of any of its stages: those that are not the wait itself (the
-    /// reads, the Redis calls, settling) are boxed, so they do not size every task.
-    /// Inline they made the task 19.8 KB.
+    /// reads, the Redis calls, settling) are boxed, so they do not size every task;
+    /// inline, they made it several times larger.
     #[test]
     fn a_turn_task_is_a_few_kilobytes() {
-        let process = future_size(Dispatcher::process);
+        let process = future_size3(Dispatcher::process);
         let handle = future_size(turn::handle);
         eprintln!("process {process} B, turn::handle {handle} B");
         assert!(process <= 5 * 1024, "Dispatcher::process: {process} B");

@@ -37,6 +37,7 @@ mod confirms;
 mod consume;
 pub mod error;
 pub mod handoff;
+mod inbox;
 pub mod llm;
 mod ops;
 pub mod prompt;

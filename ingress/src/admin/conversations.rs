@@ -8,11 +8,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shared::db::{ConversationMode, ConversationSummary};
-use shared::envelope::{ENVELOPE_VERSION, Event, EventKind, Reply, ReplyKind};
+use shared::envelope::{Destination, Event, EventKind, Reply, ReplyKind};
 use shared::ids::{ClientId, ConversationId, ReplyId};
 use shared::mq::ReplyRoute;
 use shared::pii::Pii;
@@ -162,20 +161,16 @@ pub(crate) async fn agent_message(
         .get(client.id)
         .await?
         .map_or(0, |c| c.config_version);
-    let reply = Reply {
-        v: ENVELOPE_VERSION,
-        id: reply_id,
-        in_reply_to: Vec::new(),
+    let to = Destination {
         client_id: client.id,
         channel: conv.channel,
         external_id: Pii::new(conv.external_id.clone()),
         channel_account: None,
         conversation_id: conv.id,
-        kind: ReplyKind::Agent,
-        text: Pii::new(text),
-        config_version: version,
-        created_at: Utc::now(),
-        polls_woken: false,
+    };
+    let reply = Reply {
+        id: reply_id,
+        ..Reply::answering(to, Vec::new(), ReplyKind::Agent, text, version)
     };
     // Unconfirmed, it stays in the outbox: the conversation's next turn publishes it.
     state

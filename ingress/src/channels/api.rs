@@ -14,10 +14,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use serde_json::{Value, json};
 use shared::cache::MailboxKey;
-use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
+use shared::envelope::{Envelope, MessageContent, Trace};
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::metric;
 use shared::pii::Pii;
@@ -127,25 +126,18 @@ pub(crate) async fn send(
     };
 
     let envelope = Envelope {
-        v: ENVELOPE_VERSION,
-        id,
-        client_id,
-        channel: Channel::Api,
-        external_id: Pii::new(conversation_id.clone()),
-        sender: Sender {
-            id: Pii::new(conversation_id.clone()),
-            name: None,
-        },
-        message: MessageContent::text(text),
-        channel_message_id: None,
-        channel_account: None,
-        received_at: Utc::now(),
-        trace: Trace {
-            request_id: request_id(&headers),
-            traceparent: traceparent(&headers),
-        },
-        replay: None,
         metadata,
+        ..Envelope::inbound(
+            id,
+            client_id,
+            Channel::Api,
+            conversation_id.clone(),
+            MessageContent::text(text),
+            Trace {
+                request_id: request_id(&headers),
+                traceparent: traceparent(&headers),
+            },
+        )
     };
     // The conversation exists from the first accepted message on, so a poll can tell an
     // unknown conversation (404) from one whose reply is still coming.

@@ -14,13 +14,11 @@ use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use serde_json::{Value, json};
 use shared::cache::MailboxKey;
-use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
+use shared::envelope::{Envelope, MessageContent, Trace};
 use shared::ids::{Channel, EnvelopeId};
 use shared::metric;
-use shared::pii::Pii;
 
 use super::session::SessionClaims;
 use super::{
@@ -88,27 +86,17 @@ pub(super) async fn send(
             ));
         }
     };
-    let envelope = Envelope {
-        v: ENVELOPE_VERSION,
+    let envelope = Envelope::inbound(
         id,
-        client_id: claims.client_id,
+        claims.client_id,
         channel,
-        external_id: Pii::new(claims.external_id.clone()),
-        sender: Sender {
-            id: Pii::new(claims.external_id.clone()),
-            name: None,
-        },
-        message: MessageContent::text(text),
-        channel_message_id: None,
-        channel_account: None,
-        received_at: Utc::now(),
-        trace: Trace {
+        claims.external_id.clone(),
+        MessageContent::text(text),
+        Trace {
             request_id: request_id(headers),
             traceparent: traceparent(headers),
         },
-        replay: None,
-        metadata: None,
-    };
+    );
     record_and_publish(state, claims.conversation_id, &envelope).await?;
     tracing::info!(envelope_id = %envelope.id, "accepted");
     metrics::counter!(metric::INBOUND_ACCEPTED, "channel" => channel.as_str()).increment(1);

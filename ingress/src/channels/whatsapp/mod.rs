@@ -26,10 +26,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::Utc;
+
 use serde_json::Value;
 use shared::db::DeliveryStatus;
-use shared::envelope::{ENVELOPE_VERSION, Envelope, Event, EventKind, Sender, Trace};
+use shared::envelope::{Envelope, Event, EventKind, Trace};
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::metric;
 use shared::pii::Pii;
@@ -217,27 +217,21 @@ async fn accept(state: &AppState, app: &App, headers: &HeaderMap, body: Body) ->
             let Some(inbound) = message.normalise(&value.contacts) else {
                 continue;
             };
-            envelopes.push(Envelope {
-                v: ENVELOPE_VERSION,
-                id: EnvelopeId::deterministic(client_id, Channel::Whatsapp, &inbound.wamid),
+            let mut envelope = Envelope::inbound(
+                EnvelopeId::deterministic(client_id, Channel::Whatsapp, &inbound.wamid),
                 client_id,
-                channel: Channel::Whatsapp,
-                external_id: Pii::new(inbound.user.clone()),
-                sender: Sender {
-                    id: Pii::new(inbound.user),
-                    name: inbound.name.map(Pii::new),
-                },
-                message: inbound.content,
-                channel_message_id: Some(inbound.wamid),
-                channel_account: Some(phone_number_id.clone()),
-                received_at: Utc::now(),
-                trace: Trace {
+                Channel::Whatsapp,
+                inbound.user,
+                inbound.content,
+                Trace {
                     request_id: request_id.clone(),
                     traceparent: traceparent.clone(),
                 },
-                replay: None,
-                metadata: None,
-            });
+            );
+            envelope.sender.name = inbound.name.map(Pii::new);
+            envelope.channel_message_id = Some(inbound.wamid);
+            envelope.channel_account = Some(phone_number_id.clone());
+            envelopes.push(envelope);
         }
     }
     // Confirm the whole batch (concurrently) before answering 200.

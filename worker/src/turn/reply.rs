@@ -1,0 +1,164 @@
+//! How a turn ends: its answer stored (only while every message it answers is still
+//! unanswered: one reply per turn) and published with a confirm, or its messages closed
+//! without one; and the outbox, the stored replies the broker never confirmed, published
+//! before anything new.
+
+use chrono::Utc;
+use shared::cache::MailboxKey;
+use shared::db::{ClosedAs, NewReply, StoreOutcome, StoredReply};
+use shared::envelope::{Destination, Envelope, Reply, ReplyKind};
+use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId};
+use shared::metric;
+use shared::mq::ReplyRoute;
+
+use super::ask::Answer;
+use super::timed;
+use crate::Ctx;
+use crate::error::Result;
+
+/// The user messages one reply answers.
+#[derive(Debug)]
+pub(super) struct Answering {
+    pub conversation_id: ConversationId,
+    /// Their row ids.
+    pub message_ids: Vec<u64>,
+    pub envelope_ids: Vec<EnvelopeId>,
+    /// The tenant's configuration the answer was made with.
+    pub config_version: u64,
+}
+
+/// Stores the answer to the turn's messages (only if they are all still unanswered),
+/// then publishes it with a confirm.
+pub(super) async fn reply(
+    ctx: &Ctx,
+    env: &Envelope,
+    turn: &Answering,
+    answer: Answer,
+) -> Result<()> {
+    let mut reply = Reply::answering(
+        Destination::of(env, turn.conversation_id),
+        turn.envelope_ids.clone(),
+        answer.kind,
+        answer.text.clone(),
+        turn.config_version,
+    );
+    let stored = timed(
+        "store",
+        ctx.db.messages().store_reply(
+            env.client_id,
+            &NewReply {
+                conversation_id: turn.conversation_id,
+                reply_id: reply.id,
+                kind: reply.kind,
+                text: answer.text,
+                answers: turn.message_ids.clone(),
+                prompt_tokens: answer.prompt_tokens,
+                completion_tokens: answer.completion_tokens,
+                estimated_prompt_tokens: answer.estimated_prompt_tokens,
+                config_version: turn.config_version,
+            },
+        ),
+    )
+    .await?;
+    match stored {
+        StoreOutcome::Stored => {}
+        StoreOutcome::NotBotMode => {
+            tracing::info!("handed to a human while the turn ran; dropping this reply");
+            return close_all(ctx, env.client_id, turn, ClosedAs::Ignored).await;
+        }
+        StoreOutcome::AnsweredBefore => {
+            tracing::info!("turn answered before (another delivery); dropping this reply");
+            return close_all(ctx, env.client_id, turn, ClosedAs::Ignored).await;
+        }
+    }
+    reply.polls_woken = Box::pin(wake_polls(ctx, &reply)).await;
+    timed("publish", publish(ctx, &reply, &env.trace.request_id)).await?;
+    // A fallback answer is not final: `chatfleet dlq requeue` reopens its messages.
+    if reply.kind != ReplyKind::Fallback {
+        ctx.answered.remember(&turn.envelope_ids);
+    }
+    // Ingress receipt of the message this turn answered last → its reply on the broker.
+    let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
+    metrics::histogram!(metric::END_TO_END_SECONDS, "channel" => env.channel.as_str())
+        .record(end_to_end.as_secs_f64());
+    Ok(())
+}
+
+pub(super) async fn close_all(
+    ctx: &Ctx,
+    client_id: ClientId,
+    turn: &Answering,
+    state: ClosedAs,
+) -> Result<()> {
+    for id in &turn.envelope_ids {
+        ctx.db
+            .messages()
+            .close_unanswered(client_id, *id, state)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The outbox: publishes, in order, the conversation's stored replies that the broker
+/// never confirmed (a worker died between storing and publishing, or the broker was
+/// down), before this turn publishes anything. The deliverers drop a reply id they
+/// delivered before, so publishing one twice is harmless.
+pub(super) async fn relay_unpublished(
+    ctx: &Ctx,
+    env: &Envelope,
+    conversation_id: ConversationId,
+    unpublished: Vec<(StoredReply, Vec<EnvelopeId>)>,
+) -> Result<()> {
+    for (stored, answers) in unpublished {
+        tracing::info!(reply_id = %stored.id, "publishing a stored reply the broker never confirmed");
+        let mut reply = reply_from_stored(env, conversation_id, stored);
+        reply.in_reply_to = answers;
+        publish(ctx, &reply, &env.trace.request_id).await?;
+    }
+    Ok(())
+}
+
+/// Publishes a stored reply with a confirm and queues the confirm's record.
+async fn publish(ctx: &Ctx, reply: &Reply, request_id: &str) -> Result<()> {
+    ctx.publisher
+        .publish_reply(reply, ReplyRoute::Channel, Some(request_id))
+        .await?;
+    ctx.confirms.record(reply.client_id, reply.id);
+    Ok(())
+}
+
+/// Wakes the long-polls of the reply's mailbox on every ingress replica: the stored
+/// reply is readable there since its commit, so a poll need not wait for the broker to
+/// carry it to the channel's deliverer. Returns whether it did; the reply says so, and
+/// its deliverer wakes them only when the worker could not (the failure is logged).
+async fn wake_polls(ctx: &Ctx, reply: &Reply) -> bool {
+    if reply.channel == Channel::Whatsapp {
+        return false; // No mailbox: the deliverer sends it to the Graph API.
+    }
+    let key = MailboxKey::new(reply.client_id, reply.channel, reply.external_id.expose());
+    match ctx.mailboxes.announce(&key).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not wake the reply's long-polls");
+            false
+        }
+    }
+}
+
+fn reply_from_stored(
+    env: &Envelope,
+    conversation_id: ConversationId,
+    stored: StoredReply,
+) -> Reply {
+    Reply {
+        id: stored.id,
+        created_at: stored.created_at,
+        ..Reply::answering(
+            Destination::of(env, conversation_id),
+            vec![env.id],
+            stored.kind,
+            stored.text,
+            stored.config_version,
+        )
+    }
+}
