@@ -296,31 +296,22 @@ async fn an_announcement_wakes_a_watcher_registered_before_it() {
 
 #[tokio::test]
 async fn envelopes_carry_the_request_id_and_prefetch_bounds_unacked_deliveries() {
-    use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
-    use shared::pii::Pii;
+    use shared::envelope::{Envelope, MessageContent, Trace};
 
     let env = TestEnv::start(&[]).await;
     let publisher = env.broker.publisher().await.expect("publisher");
-    let envelope = |n: u32| Envelope {
-        v: ENVELOPE_VERSION,
-        id: EnvelopeId::random(),
-        client_id: ClientId::new(9),
-        channel: Channel::Api,
-        external_id: Pii::new("c".into()),
-        sender: Sender {
-            id: Pii::new("s".into()),
-            name: None,
-        },
-        message: MessageContent::text(format!("m{n}")),
-        channel_message_id: None,
-        channel_account: None,
-        received_at: chrono::Utc::now(),
-        trace: Trace {
-            request_id: format!("req-{n}"),
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-        },
-        replay: None,
-        metadata: None,
+    let envelope = |n: u32| {
+        Envelope::inbound(
+            EnvelopeId::random(),
+            ClientId::new(9),
+            Channel::Api,
+            "c".into(),
+            MessageContent::text(format!("m{n}")),
+            Trace {
+                request_id: format!("req-{n}"),
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            },
+        )
     };
     let sent: Vec<Envelope> = (1..=3).map(envelope).collect();
     for e in &sent {

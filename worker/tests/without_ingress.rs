@@ -12,12 +12,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use shared::cache::{ConversationLocks, MailboxKey, Mailboxes, broadcast};
-use shared::envelope::{ENVELOPE_VERSION, Envelope, MessageContent, Sender, Trace};
+use shared::envelope::{Envelope, MessageContent, Trace};
 use shared::ids::{Channel, ConversationId, EnvelopeId};
 use shared::mq::Publisher;
-use shared::pii::Pii;
 use shared::testkit::{TestEnv, TestTenant, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +31,7 @@ struct Fixture {
     tenant: TestTenant,
     conversation: ConversationId,
     publisher: Publisher,
+    sim: LlmSim,
 }
 
 impl Fixture {
@@ -72,6 +71,7 @@ impl Fixture {
             tenant,
             conversation,
             publisher,
+            sim,
         }
     }
 
@@ -88,27 +88,17 @@ impl Fixture {
     }
 
     fn envelope_in(&self, external_id: &str, text: &str) -> Envelope {
-        Envelope {
-            v: ENVELOPE_VERSION,
-            id: EnvelopeId::random(),
-            client_id: self.tenant.id,
-            channel: Channel::Api,
-            external_id: Pii::new(external_id.to_owned()),
-            sender: Sender {
-                id: Pii::new(external_id.to_owned()),
-                name: None,
-            },
-            message: MessageContent::text(text),
-            channel_message_id: None,
-            channel_account: None,
-            received_at: Utc::now(),
-            trace: Trace {
+        Envelope::inbound(
+            EnvelopeId::random(),
+            self.tenant.id,
+            Channel::Api,
+            external_id.to_owned(),
+            MessageContent::text(text),
+            Trace {
                 request_id: "without-ingress-test".into(),
                 traceparent: None,
             },
-            replay: None,
-            metadata: None,
-        }
+        )
     }
 
     /// What the API channel does with an accepted message: records it, then publishes.
@@ -197,6 +187,42 @@ async fn a_stored_reply_wakes_its_long_polls_before_any_deliverer_has_it() {
         (f.outbound_waiting().await? == 1).then_some(())
     })
     .await;
+    f.stop(worker).await;
+}
+
+/// A new tenant's bot speaks as the seed's defaults say: a professional tone, in `en`
+/// (existing tenants keep the values they have).
+#[tokio::test]
+async fn a_new_tenants_prompt_carries_the_seed_defaults() {
+    let f = Fixture::start("seed-defaults").await;
+    let config = f
+        .env
+        .db
+        .configs()
+        .get(f.tenant.id)
+        .await
+        .expect("config")
+        .expect("a new tenant has a config");
+    assert_eq!(
+        (
+            config.persona_tone.as_str(),
+            config.persona_language.as_str(),
+            config.rag_top_k
+        ),
+        ("professional", "en", 5)
+    );
+    let worker = f.start_worker();
+    f.accept(&f.envelope("hello")).await;
+    let system = eventually(WAIT, "the LLM is asked", || async {
+        let asked = f.sim.requests();
+        let first = asked.first()?;
+        Some(first.messages.first()?.content.clone())
+    })
+    .await;
+    assert!(
+        system.contains("Tone: professional. Language: en."),
+        "{system}"
+    );
     f.stop(worker).await;
 }
 
