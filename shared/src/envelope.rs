@@ -207,7 +207,11 @@ pub struct Reply {
     pub external_id: Pii<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_account: Option<String>,
-    pub conversation_id: ConversationId,
+    /// The conversation the reply belongs to; absent only from a dry-run replay's reply
+    /// (`replay` route), whose conversation may not exist. A channel's deliverer refuses
+    /// a reply without one ([`Reply::decode_for_channel`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<ConversationId>,
     pub kind: ReplyKind,
     pub text: Pii<String>,
     pub config_version: u64,
@@ -226,12 +230,13 @@ pub struct Destination {
     pub channel: Channel,
     pub external_id: Pii<String>,
     pub channel_account: Option<String>,
-    pub conversation_id: ConversationId,
+    /// Absent only for a dry-run replay of a conversation that was never recorded.
+    pub conversation_id: Option<ConversationId>,
 }
 
 impl Destination {
     /// The conversation `env` came from (recorded as `conversation_id`).
-    pub fn of(env: &Envelope, conversation_id: ConversationId) -> Self {
+    pub fn of(env: &Envelope, conversation_id: Option<ConversationId>) -> Self {
         Self {
             client_id: env.client_id,
             channel: env.channel,
@@ -271,6 +276,17 @@ impl Reply {
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A reply taken from a channel's outbound queue, with the conversation it belongs
+    /// to; why not, when it cannot be delivered (undecodable, or naming no conversation).
+    pub fn decode_for_channel(body: &[u8]) -> Result<(Self, ConversationId), String> {
+        let reply: Self =
+            serde_json::from_slice(body).map_err(|e| format!("undecodable reply: {e}"))?;
+        match reply.conversation_id {
+            Some(conversation_id) => Ok((reply, conversation_id)),
+            None => Err("a reply on a channel queue names no conversation".into()),
+        }
     }
 }
 
@@ -413,5 +429,41 @@ mod tests {
         assert!(!shown.contains("hello"));
         assert!(!shown.contains("user-1"));
         assert!(!shown.contains("conv-1"));
+    }
+
+    /// A reply answering the sample, to the conversation given.
+    fn reply_to(conversation_id: Option<ConversationId>) -> Reply {
+        Reply::answering(
+            Destination::of(&sample(), conversation_id),
+            vec![sample().id],
+            ReplyKind::Bot,
+            "hi".into(),
+            3,
+        )
+    }
+
+    #[test]
+    fn a_reply_answers_its_envelope_in_its_conversation() {
+        let reply = reply_to(Some(ConversationId::new(42)));
+        assert_eq!(
+            (reply.v, reply.client_id, reply.channel),
+            (ENVELOPE_VERSION, ClientId::new(7), Channel::Api)
+        );
+        assert_eq!(reply.external_id.expose(), "conv-1");
+        let (back, conversation) = Reply::decode_for_channel(&reply.to_json()).expect("decoded");
+        assert_eq!((back, conversation), (reply, ConversationId::new(42)));
+    }
+
+    /// A dry-run reply of a conversation never recorded names none (no id-0 stand-in on
+    /// the wire), and a channel's deliverer refuses it.
+    #[test]
+    fn a_reply_without_a_conversation_is_refused_on_a_channel() {
+        let json = reply_to(None).to_json();
+        let wire: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert!(wire.get("conversation_id").is_none(), "{wire}");
+        let refused = Reply::decode_for_channel(&json).expect_err("no conversation");
+        assert!(refused.contains("names no conversation"), "{refused}");
+        let garbage = Reply::decode_for_channel(b"{").expect_err("undecodable");
+        assert!(garbage.starts_with("undecodable reply"), "{garbage}");
     }
 }

@@ -166,7 +166,7 @@ pub(crate) async fn agent_message(
         channel: conv.channel,
         external_id: Pii::new(conv.external_id.clone()),
         channel_account: None,
-        conversation_id: conv.id,
+        conversation_id: Some(conv.id),
     };
     let reply = Reply {
         id: reply_id,

@@ -116,10 +116,9 @@ async fn deliver(
     queue: &str,
     delivery: Delivery,
 ) {
-    let reply: Reply = match serde_json::from_slice(&delivery.body) {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = format!("undecodable reply: {e}");
+    let (reply, conversation_id) = match Reply::decode_for_channel(&delivery.body) {
+        Ok(decoded) => decoded,
+        Err(reason) => {
             tracing::error!(%reason, "dead-lettering");
             if state
                 .publisher()
@@ -151,7 +150,7 @@ async fn deliver(
                 state
                     .db()
                     .messages()
-                    .deliver_to_mailbox(reply.client_id, reply.conversation_id, reply.id)
+                    .deliver_to_mailbox(reply.client_id, conversation_id, reply.id)
                     .await
                     .map(|placed| placed.is_some())
                     .map_err(|e| e.to_string())
@@ -167,7 +166,7 @@ async fn deliver(
         match placed {
             Ok(push) => {
                 if push {
-                    super::push::notify(state, http, &reply);
+                    super::push::notify(state, http, &reply, conversation_id);
                 }
                 tracing::info!("delivered");
             }

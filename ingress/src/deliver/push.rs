@@ -15,7 +15,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::{Value, json};
 use shared::envelope::Reply;
-use shared::ids::{Channel, ClientId};
+use shared::ids::{Channel, ClientId, ConversationId};
 use shared::metric;
 
 use crate::AppState;
@@ -34,13 +34,18 @@ enum PushError {
 }
 
 /// Sends a notification for `reply` when its device registered a push token.
-pub(crate) fn notify(state: &AppState, http: &reqwest::Client, reply: &Reply) {
+pub(crate) fn notify(
+    state: &AppState,
+    http: &reqwest::Client,
+    reply: &Reply,
+    conversation_id: ConversationId,
+) {
     let (state, http) = (state.clone(), http.clone());
     let client_id = reply.client_id;
     let device = reply.external_id.expose().clone();
     let body: String = reply.text.expose().chars().take(MAX_BODY_CHARS).collect();
     let data = json!({
-        "conversation_id": reply.conversation_id.to_string(),
+        "conversation_id": conversation_id.to_string(),
         "message_id": reply.id.to_string(),
     });
     tokio::spawn(async move {

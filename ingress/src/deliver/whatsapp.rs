@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shared::db::DeliveryStatus;
 use shared::envelope::{Event, EventKind, Reply};
-use shared::ids::Channel;
+use shared::ids::{Channel, ConversationId};
 use shared::metric;
 use shared::mq::Delivery;
 use tracing::Instrument;
@@ -63,7 +63,7 @@ pub(crate) async fn run(state: AppState) {
     }
     // The prefetch bounds the replies held across all lanes.
     while let Some(delivery) = deliveries.next().await {
-        let reply: Decoded = serde_json::from_slice(&delivery.body);
+        let reply: Decoded = Reply::decode_for_channel(&delivery.body);
         if lanes[lane(&reply)].send((delivery, reply)).is_err() {
             break;
         }
@@ -74,12 +74,12 @@ pub(crate) async fn run(state: AppState) {
 }
 
 /// A delivery's reply, decoded once, before it is given a lane.
-type Decoded = Result<Reply, serde_json::Error>;
+type Decoded = Result<(Reply, ConversationId), String>;
 
 /// The lane of a reply: the same for every reply to one recipient of one tenant (an
 /// undecodable one takes lane 0, where it is dead-lettered).
 fn lane(reply: &Decoded) -> usize {
-    let Ok(reply) = reply else {
+    let Ok((reply, _)) = reply else {
         return 0;
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -103,11 +103,9 @@ async fn deliver(
     delivery: Delivery,
     reply: Decoded,
 ) {
-    let reply = match reply {
-        Ok(r) => r,
-        Err(e) => {
-            return dead_letter(state, queue, &delivery, &format!("undecodable reply: {e}")).await;
-        }
+    let (reply, conversation_id) = match reply {
+        Ok(decoded) => decoded,
+        Err(reason) => return dead_letter(state, queue, &delivery, &reason).await,
     };
     let span = tracing::info_span!("deliver", channel = "whatsapp", client_id = %reply.client_id, reply_id = %reply.id);
     async {
@@ -192,7 +190,7 @@ async fn deliver(
                     let mut event = Event::new(
                         EventKind::Delivery,
                         reply.client_id,
-                        reply.conversation_id,
+                        conversation_id,
                         Channel::Whatsapp,
                     );
                     event.status = Some("failed".into());

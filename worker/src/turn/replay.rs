@@ -4,7 +4,6 @@
 
 use shared::db::MessageState;
 use shared::envelope::{Destination, Envelope, Reply, ReplyKind};
-use shared::ids::ConversationId;
 use shared::mq::ReplyRoute;
 
 use super::ask::{Answer, ask_llm};
@@ -48,7 +47,7 @@ pub(crate) async fn dry_run(ctx: &Ctx, env: &Envelope) -> Result<()> {
     };
     let answer = ask_llm(ctx, &tenant, &history, &env.message.as_prompt_text()).await?;
     let reply = Reply::answering(
-        Destination::of(env, conversation.unwrap_or(ConversationId::new(0))),
+        Destination::of(env, conversation),
         vec![env.id],
         answer.kind,
         answer.text,

@@ -36,7 +36,7 @@ pub(super) async fn reply(
     answer: Answer,
 ) -> Result<()> {
     let mut reply = Reply::answering(
-        Destination::of(env, turn.conversation_id),
+        Destination::of(env, Some(turn.conversation_id)),
         turn.envelope_ids.clone(),
         answer.kind,
         answer.text.clone(),
@@ -154,7 +154,7 @@ fn reply_from_stored(
         id: stored.id,
         created_at: stored.created_at,
         ..Reply::answering(
-            Destination::of(env, conversation_id),
+            Destination::of(env, Some(conversation_id)),
             vec![env.id],
             stored.kind,
             stored.text,
