@@ -52,7 +52,7 @@ async fn main() {
                 name: None,
                 timezone: None,
                 locale: None,
-                plan: Some(shared::db::Plan::Enterprise),
+                plan: Some(shared::tenant::Plan::Enterprise),
                 status: None,
             },
         )

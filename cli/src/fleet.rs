@@ -7,10 +7,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shared::cache::Cache;
-use shared::db::{ClientPatch, ConfigUpdate, Db, NewClient, Plan};
+use shared::db::{ClientPatch, ConfigUpdate, Db, NewClient};
 use shared::ids::ClientId;
 use shared::mq::Broker;
-use shared::settings::{Secret, Settings};
+use shared::pii::Secret;
+use shared::settings::Settings;
+use shared::tenant::Plan;
 use tokio_util::sync::CancellationToken;
 use worker::llm::sim::{LlmSim, SimOptions};
 

@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use shared::db::{Db, NewClient, Plan};
+use shared::db::{Db, NewClient};
 use shared::settings::Settings;
+use shared::tenant::Plan;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TenantCommand {
@@ -34,7 +35,7 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> anyhow::
         .context("connecting to the database (run `chatfleet migrate` first)")?;
     match command {
         TenantCommand::Create { slug, name, plan } => {
-            let new = NewClient::new(&slug, &name, Plan::parse(&plan)?)?;
+            let new = NewClient::new(&slug, &name, plan.parse::<Plan>()?)?;
             let id = db.clients().create(&new).await?;
             println!("created tenant {slug} (id {id})");
         }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use shared::db::{AgentMode, ConfigUpdate, Db, NewClient, Plan};
+use shared::db::{AgentMode, ConfigUpdate, Db, NewClient};
 use shared::ids::{Channel, ClientId};
 use shared::mq::Broker;
 use shared::settings::{ProviderKind, Settings};
+use shared::tenant::Plan;
 use tokio_util::sync::CancellationToken;
 use worker::llm::sim::{LlmSim, SimOptions};
 

@@ -197,7 +197,7 @@ async fn tenant_commands_create_a_tenant_and_a_working_key() {
         .expect("tenant");
     assert_eq!(
         (tenant.slug.as_str(), tenant.plan),
-        ("cli-made", shared::db::Plan::Growth)
+        ("cli-made", shared::tenant::Plan::Growth)
     );
     let missing = run(&["tenant", "api-key", "nobody"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no tenant with slug"));

@@ -2,11 +2,10 @@
 //! bodies, generated from the handlers' `#[utoipa::path]` annotations and the wire types'
 //! `ToSchema` derives. Only ingress's own wire types appear here; database rows never do.
 
-use shared::db::{
-    AgentMode, ApiKeyInfo, ChannelAccount, Client, ClientConfig, ClientPatch, ClientStatus,
-    ConfigUpdate, ConversationSummary, ModePatch, Plan,
-};
 use utoipa::OpenApi;
+
+use crate::error::{ErrorBody, ErrorDetail};
+use crate::{admin, wire};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,13 +26,16 @@ use utoipa::OpenApi;
         crate::health::healthz, crate::health::readyz,
     ),
     components(schemas(
-        Client, ClientPatch, Plan, ClientStatus, ClientConfig, ConfigUpdate, AgentMode, ModePatch,
-        ChannelAccount, ApiKeyInfo, ConversationSummary, crate::wire::MessageOut, crate::wire::MessageRole,
-        crate::wire::PolledMessages, crate::wire::PolledMessage,
-        crate::admin::clients::NewClientBody, crate::admin::clients::ClientPage, crate::admin::credentials::NewChannelBody,
-        crate::admin::credentials::NewKeyBody, crate::admin::credentials::CreatedKey, crate::admin::conversations::ConversationPage,
-        crate::admin::conversations::ConversationDetail, crate::admin::conversations::AgentMessageBody, crate::error::ErrorBody, crate::error::ErrorDetail,
-        crate::admin::knowledge::NewDocumentBody, shared::db::KnowledgeDocument, shared::db::UsageDay,
+        wire::ClientOut, wire::ClientPatchIn, wire::Plan, wire::ClientStatus,
+        wire::ConfigOut, wire::ConfigIn, wire::ConfigPatch, wire::AgentModeOut, wire::AgentModeIn,
+        wire::ModePatchIn, wire::ChannelAccountOut, wire::ApiKeyOut, wire::ConversationOut,
+        wire::MessageOut, wire::MessageRole, wire::PolledMessages, wire::PolledMessage,
+        wire::KnowledgeDocumentOut, wire::UsageDayOut,
+        admin::clients::NewClientBody, admin::clients::ClientPage,
+        admin::credentials::NewChannelBody, admin::credentials::NewKeyBody, admin::credentials::CreatedKey,
+        admin::conversations::ConversationPage, admin::conversations::ConversationDetail,
+        admin::conversations::AgentMessageBody, admin::conversations::AgentMessageAccepted,
+        admin::knowledge::NewDocumentBody, ErrorBody, ErrorDetail,
     )),
     modifiers(&BearerAuth),
 )]

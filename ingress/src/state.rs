@@ -8,8 +8,9 @@ use shared::cache::{
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher};
+use shared::pii::Secret;
 use shared::secrets::SecretBox;
-use shared::settings::{ApiSettings, MobileSettings, Secret, WhatsappSettings};
+use shared::settings::{ApiSettings, MobileSettings, WhatsappSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::accepting::Acceptor;

@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

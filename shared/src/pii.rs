@@ -1,6 +1,8 @@
-//! Personal data (phone numbers, names, message text) wrapped so that it can never be
-//! logged by accident: `Debug` prints `[redacted]`. Serialisation is transparent, so the
-//! wire formats are unaffected. Read the value with [`Pii::expose`] where it is needed.
+//! Values that must never be logged by accident, wrapped so that `Debug` prints
+//! `[redacted]`: personal data ([`Pii`]: phone numbers, names, message text), whose
+//! serialisation is transparent so the wire formats are unaffected, and secrets
+//! ([`Secret`]: tokens, keys, passwords in URLs), which are only ever read in. Read the
+//! value with `expose` where it is needed.
 
 use std::fmt;
 
@@ -46,5 +48,25 @@ mod tests {
             serde_json::to_string(&phone).ok().as_deref(),
             Some("\"+4915112345678\"")
         );
+    }
+}
+
+/// A secret value: deserialised like the inner value, never shown by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub const fn new(value: T) -> Self {
+        Self(value)
+    }
+    pub const fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
     }
 }

@@ -6,7 +6,6 @@
 //! components the section they need; there is no global settings object.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -14,30 +13,12 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::pii::Secret;
+use crate::tenant::Plan;
 
 const DEFAULTS: &str = include_str!("settings.default.toml");
 const DEV_ENCRYPTION_KEY: &str = "ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzItYnl0ZSE=";
 const DEV_ADMIN_TOKEN: &str = "dev-admin-token-change-me";
-
-/// A secret value: deserialised like the inner value, never shown by `Debug`.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret<T>(T);
-
-impl<T> Secret<T> {
-    pub const fn new(value: T) -> Self {
-        Self(value)
-    }
-    pub const fn expose(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
@@ -98,11 +79,11 @@ pub struct PlansSettings {
 }
 
 impl PlansSettings {
-    pub fn limits(&self, plan: crate::db::Plan) -> &PlanLimits {
+    pub fn limits(&self, plan: Plan) -> &PlanLimits {
         match plan {
-            crate::db::Plan::Starter => &self.starter,
-            crate::db::Plan::Growth => &self.growth,
-            crate::db::Plan::Enterprise => &self.enterprise,
+            Plan::Starter => &self.starter,
+            Plan::Growth => &self.growth,
+            Plan::Enterprise => &self.enterprise,
         }
     }
 }

@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::cache::Cache;
-use crate::db::{Db, NewClient, Plan};
+use crate::db::{Db, NewClient};
 use crate::ids::ClientId;
 use crate::mq::Broker;
 use crate::settings::{Settings, Sources};
+use crate::tenant::Plan;
 
 const MYSQL_HINT: &str =
     "start MariaDB with: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd";

@@ -5,10 +5,9 @@ use std::hint::black_box;
 
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
-use shared::db::{
-    AgentMode, Client, ClientConfig, ClientStatus, HistoryTurn, Plan, Role, TenantConfig,
-};
+use shared::db::{AgentMode, Client, ClientConfig, HistoryTurn, Role, TenantConfig};
 use shared::ids::ClientId;
+use shared::tenant::{ClientStatus, Plan};
 use worker::prompt::{Tokenizer, assemble};
 
 fn tenant() -> TenantConfig {

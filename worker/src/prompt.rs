@@ -350,8 +350,9 @@ impl Plan {
 mod tests {
     use super::*;
     use chrono::Utc;
-    use shared::db::{AgentMode, Client, ClientConfig, ClientStatus, Plan as Tier};
+    use shared::db::{AgentMode, Client, ClientConfig};
     use shared::ids::ClientId;
+    use shared::tenant::{ClientStatus, Plan as Tier};
 
     fn tenant() -> TenantConfig {
         TenantConfig {

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use shared::settings::{LlmSettings, ProviderKind, ProviderSettings, Secret};
+use shared::pii::Secret;
+use shared::settings::{LlmSettings, ProviderKind, ProviderSettings};
 use tokio_util::sync::CancellationToken;
 use worker::llm::sim::{LlmSim, SimOptions, WireFormat};
 use worker::llm::{ChatMessage, ChatRequest, ChatRole, LlmClient, LlmError};

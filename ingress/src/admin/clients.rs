@@ -7,11 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use shared::db::{Client, ClientPatch, NewClient, Plan};
+use shared::db::NewClient;
 
 use super::{Page, body, resolve};
 use crate::AppState;
 use crate::error::Result;
+use crate::wire::{ClientOut, ClientPatchIn, Plan};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -31,18 +32,19 @@ pub(crate) struct NewClientBody {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ClientPage {
-    clients: Vec<Client>,
+    clients: Vec<ClientOut>,
     /// Pass as `after` for the next page; absent on the last page.
     next_after: Option<u64>,
 }
 
 /// Create a client (tenant) with the default configuration.
 #[utoipa::path(post, path = "/admin/v1/clients", request_body = NewClientBody, security(("admin_token" = [])),
-    responses((status = 201, body = Client), (status = 409, description = "slug taken", body = crate::error::ErrorBody),
+    responses((status = 201, body = ClientOut), (status = 409, description = "slug taken", body = crate::error::ErrorBody),
         (status = 422, description = "invalid field", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(State(state): State<AppState>, raw: Body) -> Result<Response> {
     let req: NewClientBody = body(raw).await?;
-    let mut new = NewClient::new(&req.slug, &req.name, req.plan.unwrap_or(Plan::Starter))?;
+    let plan = req.plan.unwrap_or(Plan::Starter);
+    let mut new = NewClient::new(&req.slug, &req.name, plan.into())?;
     if let Some(tz) = req.timezone {
         new.timezone = tz;
     }
@@ -51,7 +53,7 @@ pub(crate) async fn create(State(state): State<AppState>, raw: Body) -> Result<R
     }
     let id = state.db().clients().create(&new).await?;
     let client = resolve(&state, &id.to_string()).await?;
-    Ok((StatusCode::CREATED, Json(client)).into_response())
+    Ok((StatusCode::CREATED, Json(ClientOut::from(client))).into_response())
 }
 
 /// List clients by ascending id.
@@ -67,39 +69,39 @@ pub(crate) async fn list(
         .then(|| clients.last().map(|c| c.id.get()))
         .flatten();
     Ok(Json(ClientPage {
-        clients,
+        clients: clients.into_iter().map(Into::into).collect(),
         next_after,
     }))
 }
 
 /// One client, by numeric id or slug.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}", params(("id" = String, Path, description = "client id or slug")),
-    security(("admin_token" = [])), responses((status = 200, body = Client), (status = 404, body = crate::error::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 200, body = ClientOut), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Client>> {
-    Ok(Json(resolve(&state, &id).await?))
+) -> Result<Json<ClientOut>> {
+    Ok(Json(resolve(&state, &id).await?.into()))
 }
 
 /// Change a client's name, timezone, locale, plan or status. Suspending or cancelling
 /// stops LLM calls for it on every worker from the next message on.
 #[utoipa::path(patch, path = "/admin/v1/clients/{id}", params(("id" = String, Path, description = "client id or slug")),
-    request_body = ClientPatch, security(("admin_token" = [])),
-    responses((status = 200, body = Client), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    request_body = ClientPatchIn, security(("admin_token" = [])),
+    responses((status = 200, body = ClientOut), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     raw: Body,
-) -> Result<Json<Client>> {
+) -> Result<Json<ClientOut>> {
     let client = resolve(&state, &id).await?;
-    let patch: ClientPatch = body(raw).await?;
+    let patch: ClientPatchIn = body(raw).await?;
     let updated = state
         .db()
         .clients()
-        .update(client.id, &patch)
+        .update(client.id, &patch.into())
         .await?
         .ok_or_else(|| crate::error::ApiError::not_found(format!("no client {id:?}")))?;
     state.configs().refresh(client.id).await?;
-    Ok(Json(updated))
+    Ok(Json(updated.into()))
 }

@@ -9,16 +9,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use shared::db::{ConversationMode, ConversationSummary};
+use shared::db::ConversationMode;
+use shared::db::ConversationSummary;
 use shared::envelope::{Destination, Event, EventKind, Reply, ReplyKind};
 use shared::ids::{ClientId, ConversationId, ReplyId};
 use shared::mq::ReplyRoute;
 use shared::pii::Pii;
+use uuid::Uuid;
 
 use super::{Page, body, resolve};
 use crate::AppState;
 use crate::error::{ApiError, Result};
+use crate::wire::ConversationOut;
 
 /// Most messages shown with one conversation.
 const MESSAGES: u32 = 500;
@@ -46,14 +48,14 @@ pub(super) fn routes() -> Router<AppState> {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ConversationPage {
-    conversations: Vec<ConversationSummary>,
+    conversations: Vec<ConversationOut>,
     next_after: Option<u64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ConversationDetail {
     #[serde(flatten)]
-    conversation: ConversationSummary,
+    conversation: ConversationOut,
     /// The last 500 messages, oldest first.
     messages: Vec<crate::wire::MessageOut>,
 }
@@ -77,7 +79,7 @@ pub(crate) async fn list(
         .then(|| conversations.last().map(|c| c.id.get()))
         .flatten();
     Ok(Json(ConversationPage {
-        conversations,
+        conversations: conversations.into_iter().map(Into::into).collect(),
         next_after,
     }))
 }
@@ -104,9 +106,16 @@ pub(crate) async fn get_one(
         .in_conversation(client.id, conversation_id, MESSAGES)
         .await?;
     Ok(Json(ConversationDetail {
-        conversation: summary,
+        conversation: summary.into(),
         messages: messages.into_iter().map(Into::into).collect(),
     }))
+}
+
+/// The agent's message was stored and is on its way to the user.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AgentMessageAccepted {
+    /// The id the message is stored (and delivered) under.
+    message_id: Uuid,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -132,7 +141,7 @@ async fn summary(
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/messages",
     params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
     request_body = AgentMessageBody, security(("admin_token" = [])),
-    responses((status = 202, description = "{ message_id }"), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = AgentMessageAccepted), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn agent_message(
     State(state): State<AppState>,
     Path((id, conversation)): Path<(String, u64)>,
@@ -185,7 +194,9 @@ pub(crate) async fn agent_message(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "message_id": reply_id })),
+        Json(AgentMessageAccepted {
+            message_id: *reply_id.as_uuid(),
+        }),
     )
         .into_response())
 }
@@ -193,11 +204,11 @@ pub(crate) async fn agent_message(
 /// Hand the conversation to a human agent: the bot stops answering it.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/handoff",
     params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 200, body = ConversationSummary), (status = 404, body = crate::error::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 200, body = ConversationOut), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn hand_to_human(
     State(state): State<AppState>,
     Path((id, conversation)): Path<(String, u64)>,
-) -> Result<Json<ConversationSummary>> {
+) -> Result<Json<ConversationOut>> {
     switch(
         &state,
         &id,
@@ -211,11 +222,11 @@ pub(crate) async fn hand_to_human(
 /// Hand the conversation back to the bot.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/resume",
     params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 200, body = ConversationSummary), (status = 404, body = crate::error::ErrorBody)))]
+    security(("admin_token" = [])), responses((status = 200, body = ConversationOut), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn resume(
     State(state): State<AppState>,
     Path((id, conversation)): Path<(String, u64)>,
-) -> Result<Json<ConversationSummary>> {
+) -> Result<Json<ConversationOut>> {
     switch(
         &state,
         &id,
@@ -232,7 +243,7 @@ async fn switch(
     conversation: u64,
     mode: ConversationMode,
     kind: EventKind,
-) -> Result<Json<ConversationSummary>> {
+) -> Result<Json<ConversationOut>> {
     let client = resolve(state, id).await?;
     let conv = summary(state, client.id, conversation).await?;
     if state
@@ -248,5 +259,5 @@ async fn switch(
             .await
             .map_err(|e| ApiError::broker_unavailable(&e))?;
     }
-    Ok(Json(summary(state, client.id, conversation).await?))
+    Ok(Json(summary(state, client.id, conversation).await?.into()))
 }

@@ -10,12 +10,12 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::db::{ApiKeyInfo, ChannelAccount};
 use shared::ids::Channel;
 
 use super::{body, resolve};
 use crate::AppState;
 use crate::error::{ApiError, Result};
+use crate::wire::{ApiKeyOut, ChannelAccountOut};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -70,19 +70,20 @@ pub(crate) struct CreatedKey {
 
 /// The client's channel accounts (credentials are never shown).
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/channels", params(("id" = String, Path, description = "client id or slug")),
-    security(("admin_token" = [])), responses((status = 200, body = Vec<ChannelAccount>)))]
+    security(("admin_token" = [])), responses((status = 200, body = Vec<ChannelAccountOut>)))]
 pub(crate) async fn list_channels(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Vec<ChannelAccount>>> {
+) -> Result<Json<Vec<ChannelAccountOut>>> {
     let client = resolve(&state, &id).await?;
-    Ok(Json(state.db().channel_accounts().list(client.id).await?))
+    let accounts = state.db().channel_accounts().list(client.id).await?;
+    Ok(Json(accounts.into_iter().map(Into::into).collect()))
 }
 
 /// Register a channel account.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/channels", params(("id" = String, Path, description = "client id or slug")),
     request_body = NewChannelBody, security(("admin_token" = [])),
-    responses((status = 201, body = ChannelAccount), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = ChannelAccountOut), (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn create_channel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -135,7 +136,7 @@ pub(crate) async fn create_channel(
         })?;
     state.owners().changed().await?;
     tracing::info!(client_id = %client.id, channel = %req.channel, "channel account registered");
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok((StatusCode::CREATED, Json(ChannelAccountOut::from(created))).into_response())
 }
 
 /// Remove a channel account.
@@ -162,13 +163,14 @@ pub(crate) async fn delete_channel(
 
 /// The client's API keys (never their secrets).
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/api-keys", params(("id" = String, Path, description = "client id or slug")),
-    security(("admin_token" = [])), responses((status = 200, body = Vec<ApiKeyInfo>)))]
+    security(("admin_token" = [])), responses((status = 200, body = Vec<ApiKeyOut>)))]
 pub(crate) async fn list_keys(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Vec<ApiKeyInfo>>> {
+) -> Result<Json<Vec<ApiKeyOut>>> {
     let client = resolve(&state, &id).await?;
-    Ok(Json(state.db().api_keys().list(client.id).await?))
+    let keys = state.db().api_keys().list(client.id).await?;
+    Ok(Json(keys.into_iter().map(Into::into).collect()))
 }
 
 /// Create an API key; the response is the only time its secret is shown.

@@ -10,11 +10,12 @@ use axum::{Json, Router};
 use chrono::NaiveDate;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use shared::db::{KnowledgeDocument, Registered, UsageDay};
+use shared::db::Registered;
 
 use super::resolve;
 use crate::AppState;
 use crate::error::{ApiError, Result};
+use crate::wire::{KnowledgeDocumentOut, UsageDayOut};
 
 /// Largest document accepted.
 const MAX_DOCUMENT_BYTES: usize = 5 * 1024 * 1024;
@@ -40,20 +41,21 @@ pub(crate) struct NewDocumentBody {
 
 /// The client's knowledge documents.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/knowledge", params(("id" = String, Path, description = "client id or slug")),
-    security(("admin_token" = [])), responses((status = 200, body = Vec<KnowledgeDocument>)))]
+    security(("admin_token" = [])), responses((status = 200, body = Vec<KnowledgeDocumentOut>)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Vec<KnowledgeDocument>>> {
+) -> Result<Json<Vec<KnowledgeDocumentOut>>> {
     let client = resolve(&state, &id).await?;
-    Ok(Json(state.db().knowledge().list(client.id).await?))
+    let documents = state.db().knowledge().list(client.id).await?;
+    Ok(Json(documents.into_iter().map(Into::into).collect()))
 }
 
 /// Add a document: chunked, embedded and stored in the client's own collection.
 /// The same content again answers 200 with the existing document.
 #[utoipa::path(post, path = "/admin/v1/clients/{id}/knowledge", params(("id" = String, Path, description = "client id or slug")),
     request_body = NewDocumentBody, security(("admin_token" = [])),
-    responses((status = 201, body = KnowledgeDocument), (status = 200, body = KnowledgeDocument),
+    responses((status = 201, body = KnowledgeDocumentOut), (status = 200, body = KnowledgeDocumentOut),
         (status = 413, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody),
         (status = 502, description = "the embeddings provider or vector store failed; nothing was stored", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
@@ -95,7 +97,7 @@ pub(crate) async fn create(
                 .get(client.id, existing)
                 .await?
                 .ok_or_else(|| ApiError::not_found("document vanished"))?;
-            return Ok((StatusCode::OK, Json(doc)).into_response());
+            return Ok((StatusCode::OK, Json(KnowledgeDocumentOut::from(doc))).into_response());
         }
         Registered::New(new) => new,
     };
@@ -133,7 +135,7 @@ pub(crate) async fn create(
         .await?
         .ok_or_else(|| ApiError::not_found("document vanished"))?;
     tracing::info!(client_id = %client.id, document_id, chunks = doc.chunk_count, "knowledge document indexed");
-    Ok((StatusCode::CREATED, Json(doc)).into_response())
+    Ok((StatusCode::CREATED, Json(KnowledgeDocumentOut::from(doc))).into_response())
 }
 
 fn too_large() -> ApiError {
@@ -191,12 +193,12 @@ pub(crate) struct UsageRange {
 
 /// Messages answered and tokens spent per day (UTC).
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/usage", params(("id" = String, Path, description = "client id or slug"), UsageRange),
-    security(("admin_token" = [])), responses((status = 200, body = Vec<UsageDay>)))]
+    security(("admin_token" = [])), responses((status = 200, body = Vec<UsageDayOut>)))]
 pub(crate) async fn usage(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(range): Query<UsageRange>,
-) -> Result<Json<Vec<UsageDay>>> {
+) -> Result<Json<Vec<UsageDayOut>>> {
     let client = resolve(&state, &id).await?;
     let to = range.to.unwrap_or_else(|| chrono::Utc::now().date_naive());
     let from = range.from.unwrap_or(to - chrono::Duration::days(30));
@@ -207,5 +209,6 @@ pub(crate) async fn usage(
             "from must not be after to",
         ));
     }
-    Ok(Json(state.db().usage().days(client.id, from, to).await?))
+    let days = state.db().usage().days(client.id, from, to).await?;
+    Ok(Json(days.into_iter().map(Into::into).collect()))
 }

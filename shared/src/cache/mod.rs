@@ -7,6 +7,7 @@
 mod accounts;
 mod api_keys;
 pub mod broadcast;
+mod cached_tenant;
 mod conversation_lock;
 mod conversations;
 mod invalidated;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use deadpool_redis::redis;
 
 use super::broadcast::Listener;
+use super::cached_tenant::CachedTenant;
 use super::{Cache, redis_error};
 use crate::db::{Db, TenantConfig};
 use crate::error::Result;
@@ -154,11 +155,15 @@ impl TenantConfigs {
             .await
             .map_err(redis_error)?;
         // An entry this build cannot read is treated as absent and rebuilt.
-        Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+        Ok(body.and_then(|b| {
+            serde_json::from_str::<CachedTenant>(&b)
+                .ok()
+                .map(Into::into)
+        }))
     }
 
     async fn write_redis(&self, config: &TenantConfig) -> Result<()> {
-        let body = serde_json::to_string(config)
+        let body = serde_json::to_string(&CachedTenant::from(config))
             .map_err(|e| crate::Error::Internal(format!("serializing a cached config: {e}")))?;
         let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
         let _: i64 = redis::Script::new(SET_IF_NEWER)

@@ -22,7 +22,7 @@ pub struct NewApiKey {
     pub id: u64,
     pub prefix: String,
     /// The whole key, to show once.
-    pub key: crate::settings::Secret<String>,
+    pub key: crate::pii::Secret<String>,
 }
 
 #[derive(Debug)]
@@ -56,7 +56,7 @@ impl<'a> ApiKeys<'a> {
         .await?;
         Ok(NewApiKey {
             id: done.last_insert_id(),
-            key: crate::settings::Secret::new(format!("{KEY_TAG}_{prefix}_{secret}")),
+            key: crate::pii::Secret::new(format!("{KEY_TAG}_{prefix}_{secret}")),
             prefix,
         })
     }
@@ -105,7 +105,7 @@ impl<'a> ApiKeys<'a> {
 }
 
 /// An API key as listed (never the secret).
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct ApiKeyInfo {
     pub id: u64,
     pub prefix: String,

@@ -3,7 +3,6 @@
 //! never returned by listings.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
@@ -12,10 +11,9 @@ use crate::error::{Error, Result};
 use crate::ids::{Channel, ClientId};
 
 /// A channel account as listed: settings yes, credentials never.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct ChannelAccount {
     pub id: u64,
-    #[schema(value_type = String, example = "whatsapp")]
     pub channel: Channel,
     pub external_account_id: String,
     pub settings: serde_json::Value,

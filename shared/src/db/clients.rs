@@ -2,7 +2,6 @@
 //! defaults, in one transaction, so a tenant never exists without a configuration.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
@@ -10,66 +9,11 @@ use super::guard;
 use super::{client_id_of, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
+use crate::tenant::{ClientStatus, Plan};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Plan {
-    Starter,
-    Growth,
-    Enterprise,
-}
-
-impl Plan {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Starter => "starter",
-            Self::Growth => "growth",
-            Self::Enterprise => "enterprise",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "starter" => Ok(Self::Starter),
-            "growth" => Ok(Self::Growth),
-            "enterprise" => Ok(Self::Enterprise),
-            other => Err(Error::Invalid(format!(
-                "unknown plan {other:?} (expected starter, growth or enterprise)"
-            ))),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientStatus {
-    Active,
-    Suspended,
-    Cancelled,
-}
-
-impl ClientStatus {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Suspended => "suspended",
-            Self::Cancelled => "cancelled",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "active" => Ok(Self::Active),
-            "suspended" => Ok(Self::Suspended),
-            "cancelled" => Ok(Self::Cancelled),
-            other => Err(Error::Invalid(format!(
-                "unknown status {other:?} (expected active, suspended or cancelled)"
-            ))),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// A tenant: the `clients` row.
+#[derive(Debug, Clone)]
 pub struct Client {
-    #[schema(value_type = u64)]
     pub id: ClientId,
     pub slug: String,
     pub name: String,
@@ -80,9 +24,8 @@ pub struct Client {
     pub created_at: DateTime<Utc>,
 }
 
-/// A partial update of a tenant (admin `PATCH`).
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A partial update of a tenant (admin `PATCH`): only the fields given change.
+#[derive(Debug, Clone, Default)]
 pub struct ClientPatch {
     pub name: Option<String>,
     pub timezone: Option<String>,
@@ -259,8 +202,8 @@ fn from_row(row: &sqlx::mysql::MySqlRow) -> Result<Client> {
         name: row.try_get("name")?,
         timezone: row.try_get("timezone")?,
         locale: row.try_get("locale")?,
-        plan: Plan::parse(row.try_get("plan")?)?,
-        status: ClientStatus::parse(row.try_get("status")?)?,
+        plan: row.try_get("plan")?,
+        status: row.try_get("status")?,
         created_at: row.try_get("created_at")?,
     })
 }

@@ -2,7 +2,6 @@
 //! makes one client's bot differ from another's is read from here, never from code.
 //! Every write bumps `config_version`, which each reply records.
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
@@ -12,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::ids::ClientId;
 
 /// The `client_configs` row, with the column names as field names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     pub persona_name: String,
     pub persona_tone: String,
@@ -42,8 +41,7 @@ pub const PERSONA_TONES: [&str; 7] = [
 ];
 
 /// A full replacement of a tenant's configuration (everything but the version).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConfigUpdate {
     pub persona_name: String,
     pub persona_tone: String,
@@ -132,7 +130,8 @@ impl From<ClientConfig> for ConfigUpdate {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// An agent mode: a prompt fragment the tenant can switch on and off.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentMode {
     pub module_key: String,
     pub prompt_fragment: String,
@@ -143,8 +142,7 @@ pub struct AgentMode {
 pub type NewAgentMode = AgentMode;
 
 /// A partial update of an agent mode (admin `PATCH`).
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct ModePatch {
     pub prompt_fragment: Option<String>,
     pub is_active: Option<bool>,
@@ -152,7 +150,7 @@ pub struct ModePatch {
 }
 
 /// Everything the worker needs to answer for a tenant.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct TenantConfig {
     pub client: Client,
     pub config: ClientConfig,

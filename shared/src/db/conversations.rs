@@ -1,7 +1,6 @@
 //! Conversations: one per tenant, channel and channel-side key (`external_id`).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::Row;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 
@@ -10,16 +9,15 @@ use super::text_column::text_column;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId, ConversationId};
 
-/// A conversation as the admin API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// A conversation without its messages (what the admin API lists).
+#[derive(Debug, Clone)]
 pub struct ConversationSummary {
-    #[schema(value_type = u64)]
     pub id: ConversationId,
-    #[schema(value_type = String, example = "api")]
     pub channel: Channel,
     pub external_id: String,
+    /// `open` or `closed`.
     pub status: String,
-    pub mode: String,
+    pub mode: ConversationMode,
     pub created_at: DateTime<Utc>,
     pub last_message_at: Option<DateTime<Utc>>,
 }

@@ -1,7 +1,6 @@
 //! The `knowledge_documents` catalogue (the chunks themselves live in the vector store).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::Row;
 use sqlx::mysql::{MySqlPool, MySqlRow};
 
@@ -9,7 +8,7 @@ use super::{guard, is_duplicate_key};
 use crate::error::Result;
 use crate::ids::ClientId;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct KnowledgeDocument {
     pub id: u64,
     pub title: String,

@@ -16,7 +16,7 @@ mod direct;
 pub mod guard;
 mod knowledge;
 mod messages;
-mod text_column;
+pub(crate) mod text_column;
 mod usage;
 
 use std::time::Duration;
@@ -26,7 +26,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use channel_accounts::{ChannelAccount, ChannelAccounts};
-pub use clients::{Client, ClientPatch, ClientStatus, Clients, NewClient, Plan};
+pub use clients::{Client, ClientPatch, Clients, NewClient};
 pub use configs::{
     AgentMode, ClientConfig, ConfigUpdate, Configs, ModePatch, NewAgentMode, PERSONA_TONES,
     TenantConfig,
@@ -40,6 +40,7 @@ pub use messages::{
     StoredMessage, StoredReply,
 };
 pub use text_column::UnknownWord;
+pub(crate) use text_column::text_column;
 pub use usage::{Usage, UsageDay};
 
 use crate::error::{Error, Result};

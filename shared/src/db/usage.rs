@@ -3,7 +3,6 @@
 //! tenant do not queue on one row's lock; reads sum them.
 
 use chrono::NaiveDate;
-use serde::Serialize;
 use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
@@ -14,9 +13,9 @@ use crate::ids::ClientId;
 /// Rows per tenant and day.
 pub(in crate::db) const SHARDS: u64 = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// One day of a tenant's usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDay {
-    #[schema(value_type = String, example = "2026-11-27")]
     pub day: NaiveDate,
     pub messages: u64,
     pub prompt_tokens: u64,

@@ -25,7 +25,8 @@ pub use subscription::Subscription;
 pub use topology::{RetryRung, Topology};
 
 use crate::error::{Error, Result};
-use crate::settings::{AmqpSettings, Secret};
+use crate::pii::Secret;
+use crate::settings::AmqpSettings;
 
 /// Header names chatfleet sets on every message.
 pub mod headers {

@@ -3,7 +3,8 @@
 //! The plan's rate limit is the one check left to the turn, after this: it takes a token
 //! from the tenant's shared bucket, which only a turn that will ask the LLM may spend.
 
-use shared::db::{ClientStatus, ConversationMode, PendingTurn};
+use shared::db::{ConversationMode, PendingTurn};
+use shared::tenant::ClientStatus;
 
 use crate::handoff;
 

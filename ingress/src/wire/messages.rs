@@ -1,7 +1,4 @@
-//! Response types that more than one part of the HTTP surface returns: a conversation's
-//! messages as the admin API shows them and as long-polls hand them out. Built from the
-//! data layer's rows by `From`; the rows themselves are never serialised. Field names are
-//! the data model's column names (DESIGN.md §12).
+//! A conversation's messages as the admin API shows them and as long-polls hand them out.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

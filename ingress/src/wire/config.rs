@@ -1,0 +1,260 @@
+//! A tenant's configuration and agent modes (`/admin/v1/clients/{id}/config`, `…/modes`)
+//! as the admin API shows and changes them. What a value may be is checked by the data
+//! layer (`ConfigUpdate::validate`), whose messages name the field.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use shared::db::{AgentMode, ClientConfig, ConfigUpdate, ModePatch};
+
+/// A tenant's configuration: the `client_configs` row.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ConfigOut {
+    pub persona_name: String,
+    #[schema(example = "professional")]
+    pub persona_tone: String,
+    #[schema(example = "en")]
+    pub persona_language: String,
+    pub llm_model: String,
+    pub llm_temperature: f64,
+    pub max_context_turns: u32,
+    pub rag_top_k: u32,
+    pub human_handoff_phrase: Option<String>,
+    pub handoff_message: String,
+    /// Bumped by every change; each reply records the version it was made with.
+    pub config_version: u64,
+    pub fallback_message: String,
+    pub fallback_model: Option<String>,
+    pub prompt_token_budget: Option<u32>,
+    pub coalesce_window_ms: u32,
+}
+
+impl From<ClientConfig> for ConfigOut {
+    fn from(c: ClientConfig) -> Self {
+        Self {
+            persona_name: c.persona_name,
+            persona_tone: c.persona_tone,
+            persona_language: c.persona_language,
+            llm_model: c.llm_model,
+            llm_temperature: c.llm_temperature,
+            max_context_turns: c.max_context_turns,
+            rag_top_k: c.rag_top_k,
+            human_handoff_phrase: c.human_handoff_phrase,
+            handoff_message: c.handoff_message,
+            config_version: c.config_version,
+            fallback_message: c.fallback_message,
+            fallback_model: c.fallback_model,
+            prompt_token_budget: c.prompt_token_budget,
+            coalesce_window_ms: c.coalesce_window_ms,
+        }
+    }
+}
+
+/// A whole configuration (`PUT`): every field but the version.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigIn {
+    pub persona_name: String,
+    pub persona_tone: String,
+    pub persona_language: String,
+    pub llm_model: String,
+    pub llm_temperature: f64,
+    pub max_context_turns: u32,
+    pub rag_top_k: u32,
+    pub human_handoff_phrase: Option<String>,
+    pub handoff_message: String,
+    pub fallback_message: String,
+    pub fallback_model: Option<String>,
+    pub prompt_token_budget: Option<u32>,
+    pub coalesce_window_ms: u32,
+}
+
+impl From<ConfigIn> for ConfigUpdate {
+    fn from(c: ConfigIn) -> Self {
+        Self {
+            persona_name: c.persona_name,
+            persona_tone: c.persona_tone,
+            persona_language: c.persona_language,
+            llm_model: c.llm_model,
+            llm_temperature: c.llm_temperature,
+            max_context_turns: c.max_context_turns,
+            rag_top_k: c.rag_top_k,
+            human_handoff_phrase: c.human_handoff_phrase,
+            handoff_message: c.handoff_message,
+            fallback_message: c.fallback_message,
+            fallback_model: c.fallback_model,
+            prompt_token_budget: c.prompt_token_budget,
+            coalesce_window_ms: c.coalesce_window_ms,
+        }
+    }
+}
+
+/// Any subset of the configuration (`PATCH`): a field left out keeps its value; `null`
+/// clears one of the optional fields.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigPatch {
+    pub persona_name: Option<String>,
+    pub persona_tone: Option<String>,
+    pub persona_language: Option<String>,
+    pub llm_model: Option<String>,
+    pub llm_temperature: Option<f64>,
+    pub max_context_turns: Option<u32>,
+    pub rag_top_k: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub human_handoff_phrase: Option<Option<String>>,
+    pub handoff_message: Option<String>,
+    pub fallback_message: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub fallback_model: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    pub prompt_token_budget: Option<Option<u32>>,
+    pub coalesce_window_ms: Option<u32>,
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
+/// `None` through `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+impl ConfigPatch {
+    /// The configuration `current` with this patch's fields changed.
+    pub fn apply(self, mut current: ConfigUpdate) -> ConfigUpdate {
+        macro_rules! set {
+            ($($field:ident),+) => {
+                $(if let Some(value) = self.$field {
+                    current.$field = value;
+                })+
+            };
+        }
+        set!(
+            persona_name,
+            persona_tone,
+            persona_language,
+            llm_model,
+            llm_temperature,
+            max_context_turns,
+            rag_top_k,
+            human_handoff_phrase,
+            handoff_message,
+            fallback_message,
+            fallback_model,
+            prompt_token_budget,
+            coalesce_window_ms
+        );
+        current
+    }
+}
+
+/// An agent mode: a prompt fragment the tenant can switch on and off.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AgentModeOut {
+    pub module_key: String,
+    pub prompt_fragment: String,
+    pub is_active: bool,
+    /// Lower numbers come first in the prompt and are dropped last.
+    pub priority: i32,
+}
+
+impl From<AgentMode> for AgentModeOut {
+    fn from(m: AgentMode) -> Self {
+        Self {
+            module_key: m.module_key,
+            prompt_fragment: m.prompt_fragment,
+            is_active: m.is_active,
+            priority: m.priority,
+        }
+    }
+}
+
+/// A new agent mode.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentModeIn {
+    pub module_key: String,
+    pub prompt_fragment: String,
+    pub is_active: bool,
+    pub priority: i32,
+}
+
+impl From<AgentModeIn> for AgentMode {
+    fn from(m: AgentModeIn) -> Self {
+        Self {
+            module_key: m.module_key,
+            prompt_fragment: m.prompt_fragment,
+            is_active: m.is_active,
+            priority: m.priority,
+        }
+    }
+}
+
+/// A partial update of an agent mode.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModePatchIn {
+    pub prompt_fragment: Option<String>,
+    pub is_active: Option<bool>,
+    pub priority: Option<i32>,
+}
+
+impl From<ModePatchIn> for ModePatch {
+    fn from(p: ModePatchIn) -> Self {
+        Self {
+            prompt_fragment: p.prompt_fragment,
+            is_active: p.is_active,
+            priority: p.priority,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn current() -> ConfigUpdate {
+        ConfigUpdate {
+            persona_name: "Ava".into(),
+            persona_tone: "professional".into(),
+            persona_language: "en".into(),
+            llm_model: "llama3.1:8b".into(),
+            llm_temperature: 0.7,
+            max_context_turns: 10,
+            rag_top_k: 5,
+            human_handoff_phrase: Some("agent".into()),
+            handoff_message: "A person will answer.".into(),
+            fallback_message: "Sorry.".into(),
+            fallback_model: Some("small".into()),
+            prompt_token_budget: Some(2048),
+            coalesce_window_ms: 0,
+        }
+    }
+
+    /// Left out keeps, given changes, `null` clears an optional field.
+    #[test]
+    fn a_patch_changes_only_what_it_names() {
+        let patch: ConfigPatch = serde_json::from_str(
+            r#"{ "persona_tone": "formal", "human_handoff_phrase": null, "rag_top_k": 0 }"#,
+        )
+        .expect("patch");
+        let patched = patch.apply(current());
+        assert_eq!(patched.persona_tone, "formal");
+        assert_eq!(patched.human_handoff_phrase, None);
+        assert_eq!(patched.rag_top_k, 0);
+        assert_eq!(patched.fallback_model.as_deref(), Some("small"));
+        assert_eq!(patched.persona_name, "Ava");
+    }
+
+    #[test]
+    fn a_patch_refuses_unknown_and_read_only_fields() {
+        for body in [r#"{ "config_version": 9 }"#, r#"{ "persona": "x" }"#] {
+            let refused = serde_json::from_str::<ConfigPatch>(body).expect_err(body);
+            assert!(refused.to_string().contains("unknown field"), "{refused}");
+        }
+    }
+}

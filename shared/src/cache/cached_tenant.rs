@@ -1,0 +1,144 @@
+//! The Redis copy of a tenant's configuration ([`TenantConfig`]): its own serde type, so
+//! the cache's format is written down here and nowhere else, and the data layer's rows
+//! stay free of serialisation. Field names are those of the rows; an entry this build
+//! cannot read is treated as absent and rebuilt from the database.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{AgentMode, Client, ClientConfig, TenantConfig};
+use crate::ids::ClientId;
+use crate::tenant::{ClientStatus, Plan};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct CachedTenant {
+    client: CachedClient,
+    config: CachedConfig,
+    modes: Vec<CachedMode>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedClient {
+    id: ClientId,
+    slug: String,
+    name: String,
+    timezone: String,
+    locale: String,
+    plan: Plan,
+    status: ClientStatus,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedConfig {
+    persona_name: String,
+    persona_tone: String,
+    persona_language: String,
+    llm_model: String,
+    llm_temperature: f64,
+    max_context_turns: u32,
+    rag_top_k: u32,
+    human_handoff_phrase: Option<String>,
+    handoff_message: String,
+    config_version: u64,
+    fallback_message: String,
+    fallback_model: Option<String>,
+    prompt_token_budget: Option<u32>,
+    coalesce_window_ms: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedMode {
+    module_key: String,
+    prompt_fragment: String,
+    is_active: bool,
+    priority: i32,
+}
+
+impl From<&TenantConfig> for CachedTenant {
+    fn from(t: &TenantConfig) -> Self {
+        let (c, k) = (&t.client, &t.config);
+        Self {
+            client: CachedClient {
+                id: c.id,
+                slug: c.slug.clone(),
+                name: c.name.clone(),
+                timezone: c.timezone.clone(),
+                locale: c.locale.clone(),
+                plan: c.plan,
+                status: c.status,
+                created_at: c.created_at,
+            },
+            config: CachedConfig {
+                persona_name: k.persona_name.clone(),
+                persona_tone: k.persona_tone.clone(),
+                persona_language: k.persona_language.clone(),
+                llm_model: k.llm_model.clone(),
+                llm_temperature: k.llm_temperature,
+                max_context_turns: k.max_context_turns,
+                rag_top_k: k.rag_top_k,
+                human_handoff_phrase: k.human_handoff_phrase.clone(),
+                handoff_message: k.handoff_message.clone(),
+                config_version: k.config_version,
+                fallback_message: k.fallback_message.clone(),
+                fallback_model: k.fallback_model.clone(),
+                prompt_token_budget: k.prompt_token_budget,
+                coalesce_window_ms: k.coalesce_window_ms,
+            },
+            modes: t
+                .modes
+                .iter()
+                .map(|m| CachedMode {
+                    module_key: m.module_key.clone(),
+                    prompt_fragment: m.prompt_fragment.clone(),
+                    is_active: m.is_active,
+                    priority: m.priority,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<CachedTenant> for TenantConfig {
+    fn from(t: CachedTenant) -> Self {
+        let (c, k) = (t.client, t.config);
+        Self {
+            client: Client {
+                id: c.id,
+                slug: c.slug,
+                name: c.name,
+                timezone: c.timezone,
+                locale: c.locale,
+                plan: c.plan,
+                status: c.status,
+                created_at: c.created_at,
+            },
+            config: ClientConfig {
+                persona_name: k.persona_name,
+                persona_tone: k.persona_tone,
+                persona_language: k.persona_language,
+                llm_model: k.llm_model,
+                llm_temperature: k.llm_temperature,
+                max_context_turns: k.max_context_turns,
+                rag_top_k: k.rag_top_k,
+                human_handoff_phrase: k.human_handoff_phrase,
+                handoff_message: k.handoff_message,
+                config_version: k.config_version,
+                fallback_message: k.fallback_message,
+                fallback_model: k.fallback_model,
+                prompt_token_budget: k.prompt_token_budget,
+                coalesce_window_ms: k.coalesce_window_ms,
+            },
+            modes: t
+                .modes
+                .into_iter()
+                .map(|m| AgentMode {
+                    module_key: m.module_key,
+                    prompt_fragment: m.prompt_fragment,
+                    is_active: m.is_active,
+                    priority: m.priority,
+                })
+                .collect(),
+        }
+    }
+}

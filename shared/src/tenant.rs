@@ -1,0 +1,61 @@
+//! What a tenant is to the platform, apart from its rows: the plan it pays for (which
+//! sets its limits, `plans.<plan>` in the settings) and its status (only an active
+//! tenant's bot speaks). Both are closed sets, stored as words.
+
+use serde::{Deserialize, Serialize};
+
+use crate::db::text_column;
+
+/// The plan a tenant pays for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    Starter,
+    Growth,
+    Enterprise,
+}
+
+text_column!(Plan, "plan (expected starter, growth or enterprise)", {
+    Starter => "starter",
+    Growth => "growth",
+    Enterprise => "enterprise",
+});
+
+/// Whether a tenant's bot speaks: suspended and cancelled tenants get no LLM calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientStatus {
+    Active,
+    Suspended,
+    Cancelled,
+}
+
+text_column!(ClientStatus, "status (expected active, suspended or cancelled)", {
+    Active => "active",
+    Suspended => "suspended",
+    Cancelled => "cancelled",
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_and_statuses_parse_from_their_words_only() {
+        for plan in [Plan::Starter, Plan::Growth, Plan::Enterprise] {
+            assert_eq!(plan.as_str().parse::<Plan>(), Ok(plan));
+        }
+        for status in [
+            ClientStatus::Active,
+            ClientStatus::Suspended,
+            ClientStatus::Cancelled,
+        ] {
+            assert_eq!(status.as_str().parse::<ClientStatus>(), Ok(status));
+        }
+        let refused = "gold".parse::<Plan>().expect_err("not a plan");
+        assert_eq!(
+            refused.to_string(),
+            "unknown plan (expected starter, growth or enterprise) \"gold\""
+        );
+    }
+}
