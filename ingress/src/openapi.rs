@@ -4,6 +4,7 @@
 
 use utoipa::OpenApi;
 
+use crate::channels::body;
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::{admin, wire};
 
@@ -36,6 +37,8 @@ use crate::{admin, wire};
         admin::conversations::ConversationPage, admin::conversations::ConversationDetail,
         admin::conversations::AgentMessageBody, admin::conversations::AgentMessageAccepted,
         admin::knowledge::NewDocumentBody, ErrorBody, ErrorDetail,
+        body::ApiMessageIn, body::ChatMessageIn, body::WidgetSessionIn, body::MobileSessionIn,
+        body::PushTokenIn, body::Accepted, body::SessionOut,
     )),
     modifiers(&BearerAuth),
 )]
@@ -59,5 +62,68 @@ impl utoipa::Modify for BearerAuth {
             "session_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Where a body's schema is not a named type of ours: an inline object with no
+    /// properties (`Object`), or a body described only in prose.
+    fn placeholders(doc: &Value) -> Vec<String> {
+        let mut found = Vec::new();
+        let named = |schema: &Value| {
+            schema.get("$ref").is_some()
+                || schema
+                    .get("items")
+                    .is_some_and(|items| items.get("$ref").is_some())
+        };
+        for (path, operations) in doc["paths"].as_object().into_iter().flatten() {
+            for (method, operation) in operations.as_object().into_iter().flatten() {
+                let at = format!("{method} {path}");
+                for content in operation["requestBody"]["content"].as_object().into_iter() {
+                    for (kind, body) in content {
+                        if !named(&body["schema"]) {
+                            found.push(format!("{at}: request {kind}"));
+                        }
+                    }
+                }
+                for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                    let described = response["description"].as_str().unwrap_or_default();
+                    if described.starts_with('{') {
+                        found.push(format!("{at}: {status} described as {described:?}"));
+                    }
+                    for (kind, body) in response["content"].as_object().into_iter().flatten() {
+                        if kind == "application/json" && !named(&body["schema"]) {
+                            found.push(format!("{at}: {status} {kind}"));
+                        }
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// Every JSON request and response body of the document is one of the wire types
+    /// (no `Object` placeholder, no body described only in prose).
+    #[test]
+    fn every_body_is_a_named_type() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("document");
+        assert!(doc["paths"].as_object().is_some_and(|p| p.len() > 20));
+        let found = placeholders(&doc);
+        assert!(found.is_empty(), "placeholders: {found:#?}");
+    }
+
+    /// The check sees the placeholders it is there to catch.
+    #[test]
+    fn placeholders_are_found() {
+        let doc = serde_json::json!({ "paths": { "/x": { "post": {
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object" } } } },
+            "responses": { "202": { "description": "{ message_id }" } }
+        } } } });
+        assert_eq!(placeholders(&doc).len(), 2, "{:?}", placeholders(&doc));
     }
 }

@@ -14,16 +14,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::cache::MailboxKey;
 use shared::envelope::{Envelope, MessageContent, Trace};
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::metric;
 use shared::pii::Pii;
 
-use super::{
-    bearer, json_object, message_text, read_body, record_and_publish, request_id, traceparent,
-};
+use super::body::{self, Accepted, ApiMessageIn, Field, message_text};
+use super::{bearer, read_body, record_and_publish, request_id, traceparent};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::longpoll::{self, PollParams};
@@ -60,8 +59,8 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ClientId>
 /// Send a message into a conversation (202 once the broker confirmed it).
 #[utoipa::path(post, path = "/api/v1/messages", security(("api_key" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "the same key is the same message")),
-    request_body(content = Object, description = "{ conversation_id, text, metadata? }"),
-    responses((status = 202, description = "{ message_id, conversation_id }"),
+    request_body = ApiMessageIn,
+    responses((status = 202, body = Accepted),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 413, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn send(
@@ -74,10 +73,10 @@ pub(crate) async fn send(
     // Room for the JSON around a maximal text and its metadata; a larger body is refused
     // before it is buffered.
     let bytes = read_body(body, max_text * 2 + MAX_METADATA_BYTES + 1024).await?;
-    let mut fields = json_object(&bytes)?;
+    let request: ApiMessageIn = body::parse(&bytes)?;
 
-    let conversation_id = match fields.remove("conversation_id") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_CONVERSATION_ID => s,
+    let conversation_id = match request.conversation_id {
+        Field::Given(s) if !s.trim().is_empty() && s.len() <= MAX_CONVERSATION_ID => s,
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_conversation_id",
@@ -87,10 +86,10 @@ pub(crate) async fn send(
             ));
         }
     };
-    let text = message_text(&mut fields, max_text)?;
-    let metadata = match fields.remove("metadata") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(map)) => {
+    let text = message_text(request.text, max_text)?;
+    let metadata = match request.metadata {
+        Field::Absent | Field::Null => None,
+        Field::Given(map) => {
             let value = Value::Object(map);
             if value.to_string().len() > MAX_METADATA_BYTES {
                 return Err(ApiError::too_large(
@@ -100,7 +99,7 @@ pub(crate) async fn send(
             }
             Some(Pii::new(value))
         }
-        Some(_) => {
+        Field::Mistyped => {
             return Err(ApiError::bad_request(
                 "invalid_metadata",
                 "metadata must be a JSON object",
@@ -150,7 +149,10 @@ pub(crate) async fn send(
     metrics::counter!(metric::INBOUND_ACCEPTED, "channel" => "api").increment(1);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "message_id": envelope.id, "conversation_id": conversation_id })),
+        Json(Accepted {
+            message_id: *envelope.id.as_uuid(),
+            conversation_id: Some(conversation_id),
+        }),
     )
         .into_response())
 }
@@ -159,7 +161,7 @@ pub(crate) async fn send(
 #[utoipa::path(get, path = "/api/v1/conversations/{conversation_id}/messages", security(("api_key" = [])),
     params(("conversation_id" = String, Path), ("after" = Option<String>, Query, description = "cursor"),
         ("wait" = Option<u64>, Query, description = "seconds to wait, at most 30")),
-    responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
+    responses((status = 200, body = crate::wire::PolledMessages),
         (status = 204, description = "nothing new within `wait`"), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn poll(
     State(state): State<AppState>,

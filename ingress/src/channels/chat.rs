@@ -14,16 +14,14 @@ use axum::Json;
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 use shared::cache::MailboxKey;
 use shared::envelope::{Envelope, MessageContent, Trace};
 use shared::ids::{Channel, EnvelopeId};
 use shared::metric;
 
+use super::body::{self, Accepted, ChatMessageIn, Field, message_text};
 use super::session::SessionClaims;
-use super::{
-    bearer, json_object, message_text, read_body, record_and_publish, request_id, traceparent,
-};
+use super::{bearer, read_body, record_and_publish, request_id, traceparent};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::longpoll::{self, PollParams};
@@ -67,11 +65,11 @@ pub(super) async fn send(
     let claims = authenticate(state, channel, headers)?;
     let max_text = state.api().max_text_bytes;
     let bytes = read_body(body, max_text * 2 + 1024).await?;
-    let mut fields = json_object(&bytes)?;
-    let text = message_text(&mut fields, max_text)?;
-    let id = match fields.remove("client_message_id") {
-        None | Some(Value::Null) => EnvelopeId::random(),
-        Some(Value::String(c)) if !c.is_empty() && c.len() <= MAX_CLIENT_MESSAGE_ID => {
+    let request: ChatMessageIn = body::parse(&bytes)?;
+    let text = message_text(request.text, max_text)?;
+    let id = match request.client_message_id {
+        Field::Absent | Field::Null => EnvelopeId::random(),
+        Field::Given(c) if !c.is_empty() && c.len() <= MAX_CLIENT_MESSAGE_ID => {
             // Scoped by conversation: two visitors' widgets may well pick the same ids.
             EnvelopeId::deterministic(
                 claims.client_id,
@@ -79,7 +77,7 @@ pub(super) async fn send(
                 &format!("{}\u{0}{c}", claims.external_id),
             )
         }
-        Some(_) => {
+        Field::Given(_) | Field::Mistyped => {
             return Err(ApiError::bad_request(
                 "invalid_client_message_id",
                 format!("client_message_id must be a string of 1-{MAX_CLIENT_MESSAGE_ID} bytes"),
@@ -102,7 +100,10 @@ pub(super) async fn send(
     metrics::counter!(metric::INBOUND_ACCEPTED, "channel" => channel.as_str()).increment(1);
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "message_id": envelope.id })),
+        Json(Accepted {
+            message_id: *envelope.id.as_uuid(),
+            conversation_id: None,
+        }),
     )
         .into_response())
 }

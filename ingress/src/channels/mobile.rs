@@ -18,12 +18,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Json, Router};
-use serde_json::{Value, json};
 use shared::ids::{Channel, ClientId};
 use uuid::Uuid;
 
+use super::body::{self, Accepted, ChatMessageIn, Field, MobileSessionIn, PushTokenIn, SessionOut};
 use super::session::SessionClaims;
-use super::{chat, json_object, read_body};
+use super::{chat, read_body};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 
@@ -53,11 +53,11 @@ async fn app_owner(state: &AppState, headers: &HeaderMap) -> Result<ClientId> {
         .ok_or_else(|| ApiError::unauthorized("invalid_app_key", "the app key is not registered"))
 }
 
-fn push_token(value: Option<Value>) -> Result<Option<String>> {
+fn push_token(value: Field<String>) -> Result<Option<String>> {
     match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_PUSH_TOKEN => Ok(Some(t)),
-        Some(_) => Err(ApiError::bad_request(
+        Field::Absent | Field::Null => Ok(None),
+        Field::Given(t) if !t.is_empty() && t.len() <= MAX_PUSH_TOKEN => Ok(Some(t)),
+        Field::Given(_) | Field::Mistyped => Err(ApiError::bad_request(
             "invalid_push_token",
             format!("push_token must be a string of 1-{MAX_PUSH_TOKEN} bytes, or null"),
         )),
@@ -67,8 +67,8 @@ fn push_token(value: Option<Value>) -> Result<Option<String>> {
 /// Open a session for a device of the tenant's app.
 #[utoipa::path(post, path = "/mobile/v1/sessions", tag = "mobile",
     params(("X-App-Key" = String, Header, description = "the app's key")),
-    request_body(content = Object, description = "{ device_id, push_token? }"),
-    responses((status = 201, description = "{ session_id, token, expires_at }"),
+    request_body = MobileSessionIn,
+    responses((status = 201, body = SessionOut),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
 pub(crate) async fn open_session(
     State(state): State<AppState>,
@@ -77,9 +77,9 @@ pub(crate) async fn open_session(
 ) -> Result<Response> {
     let client_id = app_owner(&state, &headers).await?;
     let bytes = read_body(body, 16 * 1024).await?;
-    let mut fields = json_object(&bytes)?;
-    let device_id = match fields.remove("device_id") {
-        Some(Value::String(d)) if !d.trim().is_empty() && d.len() <= MAX_DEVICE_ID => d,
+    let request: MobileSessionIn = body::parse(&bytes)?;
+    let device_id = match request.device_id {
+        Field::Given(d) if !d.trim().is_empty() && d.len() <= MAX_DEVICE_ID => d,
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_device_id",
@@ -87,7 +87,7 @@ pub(crate) async fn open_session(
             ));
         }
     };
-    let token = push_token(fields.remove("push_token"))?;
+    let token = push_token(request.push_token)?;
     let conversation_id = state
         .db()
         .conversations()
@@ -111,18 +111,19 @@ pub(crate) async fn open_session(
     };
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "session_id": claims.session_id,
-            "token": state.sessions().issue(&claims),
-            "expires_at": claims.expires_at(),
-        })),
+        Json(SessionOut {
+            session_id: claims.session_id,
+            token: state.sessions().issue(&claims),
+            expires_at: claims.expires_at(),
+            visitor_id: None,
+        }),
     )
         .into_response())
 }
 
 /// Register (or with null remove) the device's push token.
 #[utoipa::path(put, path = "/mobile/v1/push-token", tag = "mobile", security(("session_token" = [])),
-    request_body(content = Object, description = "{ push_token: string | null }"),
+    request_body = PushTokenIn,
     responses((status = 204, description = "stored"),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
 pub(crate) async fn set_push_token(
@@ -132,14 +133,14 @@ pub(crate) async fn set_push_token(
 ) -> Result<Response> {
     let claims = chat::authenticate(&state, Channel::Mobile, &headers)?;
     let bytes = read_body(body, 16 * 1024).await?;
-    let mut fields = json_object(&bytes)?;
-    if !fields.contains_key("push_token") {
+    let request: PushTokenIn = body::parse(&bytes)?;
+    if request.push_token == Field::Absent {
         return Err(ApiError::bad_request(
             "missing_push_token",
             "push_token is required (null removes it)",
         ));
     }
-    let token = push_token(fields.remove("push_token"))?;
+    let token = push_token(request.push_token)?;
     state
         .db()
         .devices()
@@ -150,8 +151,8 @@ pub(crate) async fn set_push_token(
 
 /// Send the device user's message (202 once the broker confirmed it).
 #[utoipa::path(post, path = "/mobile/v1/messages", tag = "mobile", security(("session_token" = [])),
-    request_body(content = Object, description = "{ text, client_message_id? }"),
-    responses((status = 202, description = "{ message_id }"),
+    request_body = ChatMessageIn,
+    responses((status = 202, body = Accepted),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 413, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn send(
@@ -166,7 +167,7 @@ pub(crate) async fn send(
 #[utoipa::path(get, path = "/mobile/v1/messages", tag = "mobile", security(("session_token" = [])),
     params(("after" = Option<String>, Query, description = "cursor from an earlier answer"),
         ("wait" = Option<u64>, Query, description = "seconds to wait, clamped to 30")),
-    responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
+    responses((status = 200, body = crate::wire::PolledMessages),
         (status = 204, description = "nothing new within `wait`"),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody, description = "a newer poll of this session took over")))]

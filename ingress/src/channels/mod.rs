@@ -4,6 +4,7 @@
 
 pub(crate) mod accepting;
 pub(crate) mod api;
+pub(crate) mod body;
 mod chat;
 pub(crate) mod mobile;
 pub(crate) mod session;
@@ -22,51 +23,6 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
             format!("the request body must be at most {limit} bytes"),
         )
     })
-}
-
-/// Parses a JSON object body (400 `malformed_json` / `invalid_request` otherwise).
-pub(crate) fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    match value {
-        serde_json::Value::Object(map) => Ok(map),
-        _ => Err(ApiError::bad_request(
-            "invalid_request",
-            "the body must be a JSON object",
-        )),
-    }
-}
-
-/// The required `text` of a message body: a non-empty string of at most `max_bytes`
-/// (400 / 413 otherwise).
-pub(crate) fn message_text(
-    fields: &mut serde_json::Map<String, serde_json::Value>,
-    max_bytes: usize,
-) -> Result<String> {
-    use serde_json::Value;
-    let text = match fields.remove("text") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s,
-        Some(Value::String(_) | Value::Null) | None => {
-            return Err(ApiError::bad_request(
-                "missing_text",
-                "text is required and must not be empty",
-            ));
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_text",
-                "text must be a string",
-            ));
-        }
-    };
-    if text.len() > max_bytes {
-        return Err(ApiError::too_large(
-            "text_too_large",
-            format!("text must be at most {max_bytes} bytes"),
-        ));
-    }
-    Ok(text)
 }
 
 /// Records an accepted user message and publishes its envelope with a confirm (503

@@ -26,13 +26,14 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::ids::Channel;
 use shared::metric;
 use uuid::Uuid;
 
+use super::body::{self, Accepted, ChatMessageIn, Field, SessionOut, WidgetSessionIn};
 use super::session::SessionClaims;
-use super::{chat, json_object, read_body};
+use super::{chat, read_body};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 
@@ -86,8 +87,8 @@ async fn preflight() -> Response {
 
 /// Open a widget session (the page's origin must be allowed for the tenant).
 #[utoipa::path(post, path = "/widget/v1/sessions", tag = "widget",
-    request_body(content = Object, description = "{ client: slug, visitor_id? }"),
-    responses((status = 201, description = "{ session_id, token, expires_at, visitor_id }"),
+    request_body = WidgetSessionIn,
+    responses((status = 201, body = SessionOut),
         (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn open_session(
@@ -96,9 +97,9 @@ pub(crate) async fn open_session(
     body: Body,
 ) -> Result<Response> {
     let bytes = read_body(body, 4096).await?;
-    let mut fields = json_object(&bytes)?;
-    let slug = match fields.remove("client") {
-        Some(Value::String(s)) if !s.is_empty() => s,
+    let request: WidgetSessionIn = body::parse(&bytes)?;
+    let slug = match request.client {
+        Field::Given(s) if !s.is_empty() => s,
         _ => {
             return Err(ApiError::bad_request(
                 "missing_client",
@@ -106,10 +107,10 @@ pub(crate) async fn open_session(
             ));
         }
     };
-    let visitor_id = match fields.remove("visitor_id") {
-        None | Some(Value::Null) => Uuid::new_v4().simple().to_string(),
-        Some(Value::String(v)) if valid_visitor_id(&v) => v,
-        Some(_) => {
+    let visitor_id = match request.visitor_id {
+        Field::Absent | Field::Null => Uuid::new_v4().simple().to_string(),
+        Field::Given(v) if valid_visitor_id(&v) => v,
+        Field::Given(_) | Field::Mistyped => {
             return Err(ApiError::bad_request(
                 "invalid_visitor_id",
                 "visitor_id must be 16-128 characters of A-Z, a-z, 0-9, '-' and '_'",
@@ -167,12 +168,12 @@ pub(crate) async fn open_session(
     };
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "session_id": claims.session_id,
-            "token": state.sessions().issue(&claims),
-            "expires_at": claims.expires_at(),
-            "visitor_id": visitor_id,
-        })),
+        Json(SessionOut {
+            session_id: claims.session_id,
+            token: state.sessions().issue(&claims),
+            expires_at: claims.expires_at(),
+            visitor_id: Some(visitor_id),
+        }),
     )
         .into_response())
 }
@@ -185,8 +186,8 @@ fn valid_visitor_id(v: &str) -> bool {
 
 /// Send a visitor's message (202 once the broker confirmed it).
 #[utoipa::path(post, path = "/widget/v1/messages", tag = "widget", security(("session_token" = [])),
-    request_body(content = Object, description = "{ text, client_message_id? }"),
-    responses((status = 202, description = "{ message_id }"),
+    request_body = ChatMessageIn,
+    responses((status = 202, body = Accepted),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody),
         (status = 503, body = crate::error::ErrorBody)))]
@@ -202,7 +203,7 @@ pub(crate) async fn send(
 #[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", security(("session_token" = [])),
     params(("after" = Option<String>, Query, description = "cursor from an earlier answer"),
         ("wait" = Option<u64>, Query, description = "seconds to wait, clamped to 30")),
-    responses((status = 200, description = "{ messages: [{ id, role, text, created_at }], cursor }"),
+    responses((status = 200, body = crate::wire::PolledMessages),
         (status = 204, description = "nothing new within `wait`"),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 409, body = crate::error::ErrorBody, description = "a newer poll of this session took over")))]
