@@ -73,7 +73,7 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
     let mut run_settings = settings.clone();
     run_settings.database.url = Secret::new(direct.to_string());
     run_settings.amqp.prefix = prefix.clone();
-    run_settings.amqp.retry_delays_s = LADDER.to_vec();
+    run_settings.amqp.retry_delays = LADDER.map(Duration::from_secs).to_vec();
     run_settings.redis.prefix = prefix.clone();
     let db = Db::migrate(&run_settings.database).await?;
     let broker = Broker::connect(&run_settings.amqp, "chatfleet-fleet").await?;

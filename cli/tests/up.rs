@@ -21,9 +21,9 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
         .env(
             "CHATFLEET__AMQP__RETRY_DELAYS_S",
             s.amqp
-                .retry_delays_s
+                .retry_delays
                 .iter()
-                .map(u64::to_string)
+                .map(|d| d.as_secs().to_string())
                 .collect::<Vec<_>>()
                 .join(","),
         )

@@ -71,11 +71,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let publisher = broker.publisher().await?;
     let cache = Cache::connect(&settings.redis).await?;
     let mailboxes = Mailboxes::new(cache.clone());
-    let configs = TenantConfigs::new(
-        db.clone(),
-        cache.clone(),
-        Duration::from_secs(settings.tenancy.config_ttl_s),
-    );
+    let configs = TenantConfigs::new(db.clone(), cache.clone(), settings.tenancy.config_ttl);
     let owners = AccountOwners::new(db.clone(), cache.clone());
     let api_keys = ApiKeyOwners::new(db.clone(), cache.clone());
     broadcast::start(
@@ -103,7 +99,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         whatsapp: settings.whatsapp.clone(),
         mobile: settings.mobile.clone(),
         sessions: SessionKeys::derive(settings.security.encryption_key.expose().as_bytes()),
-        session_ttl: Duration::from_secs(settings.sessions.ttl_s),
+        session_ttl: settings.sessions.ttl,
         admin_token: settings.admin.token.clone(),
         secrets: SecretBox::new(settings.security.encryption_key_bytes()),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
@@ -119,7 +115,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
     // Kept to close the publisher's channel once the deliverers are done.
     let closing = state.clone();
-    let app = router(state, Duration::from_secs(settings.http.request_timeout_s));
+    let app = router(state, settings.http.request_timeout);
     let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "ingress listening");

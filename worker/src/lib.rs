@@ -94,15 +94,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     broker.declare_topology().await?;
     let publisher = broker.publisher().await?;
     let cache = Cache::connect(&settings.redis).await?;
-    let configs = TenantConfigs::new(
-        db.clone(),
-        cache.clone(),
-        Duration::from_secs(settings.tenancy.config_ttl_s),
-    );
-    let locks = ConversationLocks::new(
-        cache.clone(),
-        Duration::from_secs(settings.worker.lock_ttl_s),
-    );
+    let configs = TenantConfigs::new(db.clone(), cache.clone(), settings.tenancy.config_ttl);
+    let locks = ConversationLocks::new(cache.clone(), settings.worker.lock_ttl);
     broadcast::start(
         cache.clone(),
         vec![configs.clone(), locks.clone()],
@@ -116,7 +109,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         cache,
         configs,
         locks,
-        lock_wait: Duration::from_secs(settings.worker.lock_wait_s),
+        lock_wait: settings.worker.lock_wait,
         publisher,
         confirms,
         answered: answered::Answered::new(),
@@ -134,7 +127,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ctx.clone(),
         broker.clone(),
         settings.amqp.prefetch,
-        Duration::from_secs(settings.worker.drain_timeout_s),
+        settings.worker.drain_timeout,
         shutdown,
     )
     .await;

@@ -15,7 +15,7 @@ fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
         kind,
         base_url: base_url.to_owned(),
         api_key: Secret::new(String::new()),
-        timeout_s: 10,
+        timeout: std::time::Duration::from_secs(10),
         max_concurrency: 4,
         stream,
     };
@@ -24,7 +24,7 @@ fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
         default_context_window: 4096,
         completion_reserve: 512,
         breaker_failures: 5,
-        breaker_cooldown_s: 30,
+        breaker_cooldown: std::time::Duration::from_secs(30),
         context_windows: BTreeMap::new(),
         providers: BTreeMap::from([
             ("main".to_owned(), provider.clone()),

@@ -179,7 +179,7 @@ pub(crate) async fn poll(
     let params = PollParams::parse(
         query.get("after").map(String::as_str),
         query.get("wait").map(String::as_str),
-        state.api().max_wait_s,
+        state.api().max_wait.as_secs(),
     )?;
     let conversation = state
         .conversations()

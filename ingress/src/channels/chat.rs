@@ -122,7 +122,7 @@ pub(super) async fn poll(
         )?,
         wait: longpoll::clamped_wait(
             query.get("wait").map(String::as_str),
-            state.api().max_wait_s,
+            state.api().max_wait.as_secs(),
         )?,
     };
     // Only a waiting poll holds the session's slot; a quick look never ends another.

@@ -81,7 +81,7 @@ async fn send(
         let response = http
             .post(&url)
             .bearer_auth(&access_token)
-            .timeout(Duration::from_secs(state.mobile().push_timeout_s))
+            .timeout(state.mobile().push_timeout)
             .json(&message)
             .send()
             .await

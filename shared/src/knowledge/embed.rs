@@ -36,7 +36,7 @@ impl Embedder {
     pub fn new(provider: &ProviderSettings, model: &str) -> Self {
         Self {
             http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(provider.timeout_s))
+                .timeout(provider.timeout)
                 .build()
                 .unwrap_or_default(),
             provider: provider.clone(),

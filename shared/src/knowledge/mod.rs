@@ -11,8 +11,6 @@ mod chroma;
 mod chunk;
 mod embed;
 
-use std::time::Duration;
-
 pub use chunk::chunks;
 pub use embed::Embedder;
 
@@ -48,7 +46,7 @@ impl Knowledge {
             ))
         })?;
         Ok(Self {
-            chroma: chroma::Chroma::new(&vector.url, Duration::from_secs(vector.timeout_s)),
+            chroma: chroma::Chroma::new(&vector.url, vector.timeout),
             embedder: Embedder::new(provider, &embeddings.model),
             prefix: vector.prefix.clone(),
             chunk_chars: vector.chunk_chars,

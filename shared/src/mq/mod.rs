@@ -68,7 +68,7 @@ impl Broker {
                 url: settings.url.clone(),
                 name: name.to_owned(),
                 topology: Topology::new(settings),
-                confirm_timeout: Duration::from_secs(settings.confirm_timeout_s),
+                confirm_timeout: settings.confirm_timeout,
                 current: StdMutex::new(None),
                 reconnect: tokio::sync::Mutex::new(()),
             }),

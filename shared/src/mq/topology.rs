@@ -39,11 +39,7 @@ impl Topology {
         Self {
             prefix: settings.prefix.clone(),
             delivery_limit: settings.delivery_limit,
-            retry_delays: settings
-                .retry_delays_s
-                .iter()
-                .map(|s| Duration::from_secs(*s))
-                .collect(),
+            retry_delays: settings.retry_delays.clone(),
             archive_max_age: settings.archive_max_age.clone(),
         }
     }

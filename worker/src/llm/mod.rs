@@ -138,7 +138,7 @@ impl LlmClient {
                         limit: Semaphore::new(p.max_concurrency),
                         breaker: breaker::Breaker::new(
                             settings.breaker_failures,
-                            Duration::from_secs(settings.breaker_cooldown_s),
+                            settings.breaker_cooldown,
                         ),
                     },
                 )
@@ -181,7 +181,7 @@ impl LlmClient {
             .acquire()
             .await
             .map_err(|_| LlmError::Unreachable("provider closed".into()))?;
-        let timeout = Duration::from_secs(provider.settings.timeout_s);
+        let timeout = provider.settings.timeout;
         let started = std::time::Instant::now();
         let call = async {
             match provider.settings.kind {

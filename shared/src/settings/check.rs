@@ -1,0 +1,263 @@
+//! What parsing cannot check: ranges, URL schemes, names, and relations between keys
+//! (a request timeout longer than the longest long-poll, a completion reserve inside the
+//! context window, no development secret in production). Every problem is reported,
+//! each starting with its key.
+
+use std::time::Duration;
+
+use super::{DEV_ADMIN_TOKEN, DEV_ENCRYPTION_KEY, Environment, Settings, decode_key};
+use crate::error::{Error, Result};
+
+impl Settings {
+    /// Checks what deserialisation cannot; every message starts with the key.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, key: &str, what: String| {
+            if !ok {
+                problems.push(format!("{key}: {what}"));
+            }
+        };
+        check(
+            self.api.max_text_bytes > 0,
+            "api.max_text_bytes",
+            "must be positive".into(),
+        );
+        check(
+            self.api.max_wait <= Duration::from_secs(300),
+            "api.max_wait_s",
+            format!(
+                "must be 1..=300 seconds, got {}",
+                self.api.max_wait.as_secs()
+            ),
+        );
+        check(
+            self.http.request_timeout > self.api.max_wait,
+            "http.request_timeout_s",
+            "must be longer than api.max_wait_s, or long-polls are cut off".into(),
+        );
+        let db = self.database.url.expose();
+        check(
+            db.starts_with("mysql://") || db.starts_with("mariadb://"),
+            "database.url",
+            "must be a mysql:// URL".into(),
+        );
+        check(
+            self.database.max_connections > 0,
+            "database.max_connections",
+            "must be positive".into(),
+        );
+        check(
+            self.amqp.url.expose().starts_with("amqp://"),
+            "amqp.url",
+            "must be an amqp:// URL (this build has no AMQP TLS; terminate TLS in front of \
+             the broker or build lapin with its rustls feature)"
+                .into(),
+        );
+        check(
+            is_name(&self.amqp.prefix),
+            "amqp.prefix",
+            format!(
+                "must be 1-64 characters of a-z, 0-9, '-' or '_', got {:?}",
+                self.amqp.prefix
+            ),
+        );
+        check(
+            (1..=10_000).contains(&self.amqp.prefetch),
+            "amqp.prefetch",
+            format!("must be 1..=10000, got {}", self.amqp.prefetch),
+        );
+        check(
+            self.amqp.delivery_limit > 0,
+            "amqp.delivery_limit",
+            "must be positive".into(),
+        );
+        check(
+            is_duration(&self.amqp.archive_max_age),
+            "amqp.archive_max_age",
+            format!(
+                "must look like 7D, 12h, 30m or 60s, got {:?}",
+                self.amqp.archive_max_age
+            ),
+        );
+        check(
+            (60..=30 * 86_400).contains(&self.sessions.ttl.as_secs()),
+            "sessions.ttl_s",
+            format!(
+                "must be 60 s to 30 days, got {}",
+                self.sessions.ttl.as_secs()
+            ),
+        );
+        check(
+            (self.mobile.push_url.starts_with("http://")
+                || self.mobile.push_url.starts_with("https://"))
+                && self.mobile.push_url.contains("{project_id}"),
+            "mobile.push_url",
+            "must be an http(s) URL containing {project_id}".into(),
+        );
+        check(
+            (1..=10).contains(&self.mobile.push_attempts),
+            "mobile.push_attempts",
+            format!("must be 1..=10, got {}", self.mobile.push_attempts),
+        );
+
+        check(
+            self.redis.url.expose().starts_with("redis://")
+                || self.redis.url.expose().starts_with("rediss://"),
+            "redis.url",
+            "must be a redis:// URL".into(),
+        );
+        check(
+            is_name(&self.redis.prefix),
+            "redis.prefix",
+            format!(
+                "must be 1-64 characters of a-z, 0-9, '-' or '_', got {:?}",
+                self.redis.prefix
+            ),
+        );
+        check(
+            self.redis.pool_size > 0,
+            "redis.pool_size",
+            "must be positive".into(),
+        );
+        check(
+            self.llm.providers.contains_key(&self.llm.default_provider),
+            "llm.default_provider",
+            format!(
+                "{:?} is not one of llm.providers ({})",
+                self.llm.default_provider,
+                self.llm
+                    .providers
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        check(
+            self.llm.completion_reserve < self.llm.default_context_window,
+            "llm.completion_reserve",
+            "must be smaller than llm.default_context_window".into(),
+        );
+        for (name, p) in &self.llm.providers {
+            check(
+                p.base_url.starts_with("http://") || p.base_url.starts_with("https://"),
+                &format!("llm.providers.{name}.base_url"),
+                format!("must be an http(s) URL, got {:?}", p.base_url),
+            );
+            check(
+                p.max_concurrency > 0,
+                &format!("llm.providers.{name}.max_concurrency"),
+                "must be positive".into(),
+            );
+        }
+        check(
+            self.llm.providers.contains_key(&self.embeddings.provider),
+            "embeddings.provider",
+            format!("{:?} is not one of llm.providers", self.embeddings.provider),
+        );
+        check(
+            self.whatsapp.messages_per_second > 0,
+            "whatsapp.messages_per_second",
+            "must be positive".into(),
+        );
+        check(
+            self.vector.url.starts_with("http://") || self.vector.url.starts_with("https://"),
+            "vector.url",
+            "must be an http(s) URL".into(),
+        );
+        check(
+            is_name(&self.vector.prefix),
+            "vector.prefix",
+            "must be 1-64 characters of a-z, 0-9, '-' or '_'".into(),
+        );
+        check(
+            self.vector.chunk_chars >= 100
+                && self.vector.chunk_overlap < self.vector.chunk_chars / 2,
+            "vector.chunk_chars",
+            "must be at least 100, with vector.chunk_overlap under half of it".into(),
+        );
+        check(
+            self.admin.token.expose().len() >= 16,
+            "admin.token",
+            "must be at least 16 characters".into(),
+        );
+        check(
+            decode_key(self.security.encryption_key.expose()).is_some(),
+            "security.encryption_key",
+            "must be 32 bytes encoded as base64".into(),
+        );
+        if self.env == Environment::Production {
+            check(
+                self.security.encryption_key.expose() != DEV_ENCRYPTION_KEY,
+                "security.encryption_key",
+                "the development default is refused in production".into(),
+            );
+            check(
+                self.admin.token.expose() != DEV_ADMIN_TOKEN,
+                "admin.token",
+                "the development default is refused in production".into(),
+            );
+        }
+        for (name, plan) in [
+            ("starter", &self.plans.starter),
+            ("growth", &self.plans.growth),
+            ("enterprise", &self.plans.enterprise),
+        ] {
+            check(
+                plan.messages_per_minute > 0,
+                &format!("plans.{name}.messages_per_minute"),
+                "must be positive".into(),
+            );
+            check(
+                plan.burst > 0,
+                &format!("plans.{name}.burst"),
+                "must be positive".into(),
+            );
+        }
+        check(
+            self.tenancy.config_ttl <= Duration::from_secs(3600),
+            "tenancy.config_ttl_s",
+            "must be 1..=3600 seconds".into(),
+        );
+        check(
+            self.tenancy.inactive_notice.len() <= 2000,
+            "tenancy.inactive_notice",
+            "must be at most 2000 characters".into(),
+        );
+        check(
+            self.worker.lock_ttl >= Duration::from_secs(3),
+            "worker.lock_ttl_s",
+            format!(
+                "must be at least 3 seconds, got {}",
+                self.worker.lock_ttl.as_secs()
+            ),
+        );
+        check(
+            self.llm.breaker_failures > 0,
+            "llm.breaker_failures",
+            "must be positive".into(),
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Settings(problems.join("; ")))
+        }
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn is_duration(s: &str) -> bool {
+    let Some(unit) = s.chars().last() else {
+        return false;
+    };
+    let digits = &s[..s.len() - unit.len_utf8()];
+    matches!(unit, 'Y' | 'M' | 'D' | 'h' | 'm' | 's')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+}

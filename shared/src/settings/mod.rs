@@ -1,0 +1,334 @@
+//! Layered settings: the embedded defaults (`settings.default.toml`, commented), then
+//! `deploy/config/<env>.toml`, then `CHATFLEET__SECTION__KEY` environment variables.
+//!
+//! [`Settings::load`] parses every value into what it means ([`parse`]: durations,
+//! the environment), checks what parsing cannot ([`check`]: ranges, URLs, relations between
+//! keys) and fails at start-up with a message that names the offending key. Secrets are wrapped in [`Secret`], whose `Debug` is redacted. Pass
+//! components the section they need; there is no global settings object.
+
+mod check;
+mod parse;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::pii::Secret;
+use crate::tenant::Plan;
+
+pub use parse::Environment;
+
+const DEFAULTS: &str = include_str!("settings.default.toml");
+const DEV_ENCRYPTION_KEY: &str = "ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzItYnl0ZSE=";
+const DEV_ADMIN_TOKEN: &str = "dev-admin-token-change-me";
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Which deployment this is (`$CHATFLEET_ENV`, default `local`).
+    pub env: Environment,
+    pub http: HttpSettings,
+    pub api: ApiSettings,
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub llm: LlmSettings,
+    pub embeddings: EmbeddingsSettings,
+    pub vector: VectorSettings,
+    pub whatsapp: WhatsappSettings,
+    pub sessions: SessionSettings,
+    pub mobile: MobileSettings,
+    pub admin: AdminSettings,
+    pub security: SecuritySettings,
+    pub tenancy: TenancySettings,
+    pub plans: PlansSettings,
+    pub worker: WorkerSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Widget and mobile sessions.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionSettings {
+    #[serde(rename = "ttl_s", deserialize_with = "parse::positive_seconds")]
+    pub ttl: Duration,
+}
+
+/// The mobile channel's push notifications.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MobileSettings {
+    pub push_url: String,
+    #[serde(
+        rename = "push_timeout_s",
+        deserialize_with = "parse::positive_seconds"
+    )]
+    pub push_timeout: Duration,
+    pub push_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TenancySettings {
+    pub inactive_notice: String,
+    #[serde(rename = "config_ttl_s", deserialize_with = "parse::positive_seconds")]
+    pub config_ttl: Duration,
+}
+
+/// One plan's message rate.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct PlanLimits {
+    pub messages_per_minute: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PlansSettings {
+    pub starter: PlanLimits,
+    pub growth: PlanLimits,
+    pub enterprise: PlanLimits,
+}
+
+impl PlansSettings {
+    pub fn limits(&self, plan: Plan) -> &PlanLimits {
+        match plan {
+            Plan::Starter => &self.starter,
+            Plan::Growth => &self.growth,
+            Plan::Enterprise => &self.enterprise,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+    #[serde(
+        rename = "request_timeout_s",
+        deserialize_with = "parse::positive_seconds"
+    )]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub max_text_bytes: usize,
+    #[serde(rename = "max_wait_s", deserialize_with = "parse::positive_seconds")]
+    pub max_wait: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: Secret<String>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: Secret<String>,
+    pub prefix: String,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+    #[serde(
+        rename = "retry_delays_s",
+        deserialize_with = "parse::positive_seconds_list"
+    )]
+    pub retry_delays: Vec<Duration>,
+    pub archive_max_age: String,
+    #[serde(
+        rename = "confirm_timeout_s",
+        deserialize_with = "parse::positive_seconds"
+    )]
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: Secret<String>,
+    pub prefix: String,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlmSettings {
+    pub default_provider: String,
+    pub default_context_window: u32,
+    pub completion_reserve: u32,
+    pub breaker_failures: u32,
+    #[serde(
+        rename = "breaker_cooldown_s",
+        deserialize_with = "parse::positive_seconds"
+    )]
+    pub breaker_cooldown: Duration,
+    #[serde(default)]
+    pub context_windows: BTreeMap<String, u32>,
+    pub providers: BTreeMap<String, ProviderSettings>,
+}
+
+impl LlmSettings {
+    /// The context window (`num_ctx`) used for `model`.
+    pub fn context_window(&self, model: &str) -> u32 {
+        self.context_windows
+            .get(model)
+            .copied()
+            .unwrap_or(self.default_context_window)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Ollama,
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderSettings {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Secret<String>,
+    #[serde(rename = "timeout_s", deserialize_with = "parse::positive_seconds")]
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    #[serde(default)]
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbeddingsSettings {
+    pub provider: String,
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VectorSettings {
+    pub url: String,
+    pub prefix: String,
+    #[serde(rename = "timeout_s", deserialize_with = "parse::positive_seconds")]
+    pub timeout: Duration,
+    pub chunk_chars: usize,
+    pub chunk_overlap: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WhatsappSettings {
+    pub graph_base_url: String,
+    pub api_version: String,
+    pub app_secret: Secret<String>,
+    pub verify_token: Secret<String>,
+    pub messages_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    pub token: Secret<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecuritySettings {
+    pub encryption_key: Secret<String>,
+}
+
+impl SecuritySettings {
+    /// The decoded 32-byte key (validated at load time).
+    pub fn encryption_key_bytes(&self) -> [u8; 32] {
+        decode_key(self.encryption_key.expose()).unwrap_or([0; 32])
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    #[serde(
+        rename = "drain_timeout_s",
+        deserialize_with = "parse::positive_seconds"
+    )]
+    pub drain_timeout: Duration,
+    #[serde(rename = "lock_ttl_s", deserialize_with = "parse::positive_seconds")]
+    pub lock_ttl: Duration,
+    #[serde(rename = "lock_wait_s", deserialize_with = "parse::positive_seconds")]
+    pub lock_wait: Duration,
+    pub metrics_bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+/// Where settings come from, besides the embedded defaults.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// `<env>` selects `<config_dir>/<env>.toml` (optional file).
+    pub env: String,
+    pub config_dir: PathBuf,
+    /// `CHATFLEET__…` variables (normally the process environment).
+    pub vars: HashMap<String, String>,
+}
+
+impl Sources {
+    /// `$CHATFLEET_ENV` (default `local`), `$CHATFLEET_CONFIG_DIR` (default
+    /// `deploy/config`) and the process environment.
+    pub fn from_process() -> Self {
+        Self {
+            env: std::env::var("CHATFLEET_ENV").unwrap_or_else(|_| "local".into()),
+            config_dir: std::env::var("CHATFLEET_CONFIG_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from("deploy/config")),
+            vars: std::env::vars()
+                .filter(|(k, _)| k.starts_with("CHATFLEET__"))
+                .collect(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads and validates the settings of this process.
+    pub fn load() -> Result<Self> {
+        Self::load_from(Sources::from_process())
+    }
+
+    pub fn load_from(sources: Sources) -> Result<Self> {
+        let env_file: PathBuf = sources.config_dir.join(format!("{}.toml", sources.env));
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from(Path::new(&env_file)).required(false))
+            .add_source(
+                config::Environment::with_prefix("CHATFLEET")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("amqp.retry_delays_s")
+                    .source(Some(sources.vars)),
+            )
+            .set_override("env", sources.env.clone())
+            .map_err(|e| Error::Settings(e.to_string()))?
+            .build()
+            .map_err(|e| Error::Settings(e.to_string()))?;
+        let settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| Error::Settings(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+fn decode_key(encoded: &str) -> Option<[u8; 32]> {
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,62 @@
+//! Settings values parsed into what they mean as they are read: durations as
+//! [`Duration`] (from the seconds the keys are named in), the environment as an
+//! [`Environment`]. A value that does not parse fails the load with a message naming its
+//! key (the `config` crate adds the key to a deserialiser's error).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Which deployment this is (`$CHATFLEET_ENV`); selects `deploy/config/<env>.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// A developer's machine (the default).
+    Local,
+    /// Test runs: throw-away databases, queues and keys.
+    Test,
+    Staging,
+    /// Development secrets are refused.
+    Production,
+}
+
+impl Environment {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Test => "test",
+            Self::Staging => "staging",
+            Self::Production => "production",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A whole number of seconds, at least one.
+pub(super) fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match u64::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(
+            "must be a positive number of seconds",
+        )),
+        s => Ok(Duration::from_secs(s)),
+    }
+}
+
+/// A non-empty list of positive whole numbers of seconds.
+pub(super) fn positive_seconds_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<Duration>, D::Error> {
+    let list = Vec::<u64>::deserialize(d)?;
+    if list.is_empty() || list.contains(&0) {
+        return Err(serde::de::Error::custom(
+            "must be a non-empty list of positive numbers of seconds",
+        ));
+    }
+    Ok(list.into_iter().map(Duration::from_secs).collect())
+}
