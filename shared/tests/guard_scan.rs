@@ -3,7 +3,7 @@
 //! call, and checks it. A new repository statement that forgets its tenant predicate
 //! fails here, before it ever runs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The SQL string literal that starts at `from` (the first `"` after it), with Rust's
 /// line continuations joined and `{NAME}` format placeholders replaced by a column list.
@@ -42,13 +42,31 @@ fn literal_after(source: &str, from: usize) -> Option<String> {
     Some(sql)
 }
 
+/// The files below `dir` whose names end with `extension`, in name order.
+fn files(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("a directory") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            found.extend(files(&path, extension));
+        } else if path.extension().is_some_and(|e| e == extension) {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
 #[test]
 fn every_repository_statement_passes_the_guard() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/db");
     let mut checked = 0;
-    for entry in std::fs::read_dir(&dir).expect("src/db") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    for path in files(&dir, "rs") {
+        let name = path
+            .strip_prefix(&dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
         if name == "guard.rs" {
             continue;
         }
@@ -76,22 +94,30 @@ fn every_repository_statement_passes_the_guard() {
     );
 }
 
-/// The write procedures (`migrations/`) hold the same guard: each takes the tenant id
-/// first, as `p_client_id`, and every statement of its body that touches a tenant table
-/// is tied to it, by the rules the data layer's own statements pass.
+/// The current bodies of the write procedures, one file each.
+fn procedure_files() -> Vec<PathBuf> {
+    files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/db/procedures"),
+        "sql",
+    )
+}
+
+/// SQL without its `--` comments: only what the server runs.
+fn without_comments(sql: &str) -> String {
+    sql.lines()
+        .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The write procedures hold the same guard: each takes the tenant id first, as
+/// `p_client_id`, and every statement of its body that touches a tenant table (or calls
+/// another procedure) is tied to it, by the rules the data layer's own statements pass.
 #[test]
 fn every_procedure_statement_passes_the_guard() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
     let (mut procedures, mut checked) = (0, 0);
-    for entry in std::fs::read_dir(&dir).expect("migrations") {
-        let path = entry.expect("entry").path();
-        let source = std::fs::read_to_string(&path).expect("migration");
-        // Comments out, so a statement is only what the server runs.
-        let sql: String = source
-            .lines()
-            .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
-            .collect::<Vec<_>>()
-            .join("\n");
+    for path in procedure_files() {
+        let sql = without_comments(&std::fs::read_to_string(&path).expect("procedure"));
         for definition in sql.split("CREATE PROCEDURE").skip(1) {
             procedures += 1;
             let (name, rest) = definition.split_once('(').expect("a parameter list");
@@ -104,7 +130,7 @@ fn every_procedure_statement_passes_the_guard() {
             );
             for statement in rest.split(';') {
                 let lower = statement.to_ascii_lowercase();
-                let start = ["select ", "update ", "insert ", "delete "]
+                let start = ["select ", "update ", "insert ", "delete ", "call "]
                     .iter()
                     .filter_map(|verb| lower.find(verb))
                     .min();
@@ -117,9 +143,75 @@ fn every_procedure_statement_passes_the_guard() {
             }
         }
     }
-    assert!(procedures >= 2, "only {procedures} procedures found");
+    assert!(procedures >= 5, "only {procedures} procedures found");
     assert!(
-        checked >= 6,
+        checked >= 12,
         "only {checked} procedure statements found: is the scan broken?"
     );
+}
+
+/// A procedure's `CREATE PROCEDURE name(` … `END;` text, whitespace-normalised.
+fn definition_of(sql: &str, name: &str) -> Option<String> {
+    let start = sql.find(&format!("CREATE PROCEDURE {name}("))?;
+    let end = start + sql[start..].find("\nEND;")? + "\nEND;".len();
+    Some(
+        sql[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// Each procedure's body lives once in the source tree (src/db/procedures/), and the
+/// latest migration that defines it defines exactly that body: a change to a procedure
+/// is a new migration copying the file, never an edit of the file alone. And every
+/// procedure the migrations define has its file.
+#[test]
+fn every_procedure_matches_the_latest_migration_that_defines_it() {
+    let migrations = files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations"),
+        "sql",
+    );
+    let migrations: Vec<(PathBuf, String)> = migrations
+        .into_iter()
+        .map(|p| {
+            let sql = without_comments(&std::fs::read_to_string(&p).expect("migration"));
+            (p, sql)
+        })
+        .collect();
+    let mut named = Vec::new();
+    for path in procedure_files() {
+        let name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .expect("a name")
+            .to_owned();
+        let file = without_comments(&std::fs::read_to_string(&path).expect("procedure"));
+        let current = definition_of(&file, &name)
+            .unwrap_or_else(|| panic!("{} does not define {name}", path.display()));
+        let (latest, migrated) = migrations
+            .iter()
+            .rev()
+            .find_map(|(p, sql)| Some((p, definition_of(sql, &name)?)))
+            .unwrap_or_else(|| panic!("no migration defines {name}"));
+        assert_eq!(
+            migrated,
+            current,
+            "{name}: {} differs from {}: add a migration that redefines it",
+            latest.display(),
+            path.display()
+        );
+        named.push(name);
+    }
+    for (path, sql) in &migrations {
+        for definition in sql.split("CREATE PROCEDURE ").skip(1) {
+            let name = definition.split('(').next().unwrap_or_default().trim();
+            assert!(
+                named.iter().any(|n| n == name),
+                "{} defines {name}, which has no file in src/db/procedures",
+                path.display()
+            );
+        }
+    }
+    assert!(named.len() >= 5, "only {named:?}");
 }

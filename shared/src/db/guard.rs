@@ -5,9 +5,9 @@
 //! - `SELECT` / `UPDATE` / `DELETE`: a `client_id = ?` predicate after `WHERE`, and a
 //!   `client_id` condition for every further tenant table joined in;
 //! - `INSERT`: a `client_id` column;
-//! - `CALL`: a bound first argument, the tenant id (the write procedures in `migrations/`
-//!   take it first and tie their own statements to it; `tests/guard_scan.rs` checks
-//!   their bodies with these same rules).
+//! - `CALL`: a bound first argument, the tenant id (the write procedures, whose current
+//!   bodies are in `procedures/`, take it first and tie their own statements to it;
+//!   `tests/guard_scan.rs` checks their bodies with these same rules).
 //!
 //! It is a syntactic check over chatfleet's own SQL (no user input ever reaches a
 //! statement's text), cheap next to the round trip it guards, and cheaper still the

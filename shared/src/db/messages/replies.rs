@@ -2,8 +2,6 @@
 //! under the conversation's row lock), a human agent's message, the outbox marks of the
 //! replies the broker confirmed, and the turns closed without a reply.
 
-use sqlx::{MySql, Transaction};
-
 use super::{MessageState, Messages, Role, signalled, single};
 use crate::db::text_column::text_column;
 use crate::db::{guard, is_deadlock, usage};
@@ -128,7 +126,8 @@ impl Messages<'_> {
         single(outcome, "store_reply")
     }
 
-    /// Stores a human agent's message (answering no particular turn).
+    /// Stores a human agent's message (answering no particular turn) at the
+    /// conversation's next mailbox position (the `store_agent_message` procedure).
     pub async fn store_agent_message(
         &self,
         client_id: ClientId,
@@ -136,21 +135,23 @@ impl Messages<'_> {
         reply_id: ReplyId,
         text: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let seq = next_seq(&mut tx, client_id, conversation_id).await?;
-        guard::query(
-            "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state, \
-             reply_kind, seq, history_seq) VALUES (?, ?, ?, 'agent', ?, 'stored', 'agent', ?, ?)",
-        )?
-        .bind(client_id.get())
-        .bind(conversation_id.get())
-        .bind(reply_id.as_uuid())
-        .bind(text)
-        .bind(seq)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let call = guard::query_scalar("CALL store_agent_message(?, ?, ?, ?)")?
+            .bind(client_id.get())
+            .bind(conversation_id.get())
+            .bind(reply_id.as_uuid())
+            .bind(text);
+        let positions: Vec<u64> = self
+            .direct
+            .run(async move |conn| call.fetch_all(conn).await)
+            .await
+            .map_err(|e| match signalled(e) {
+                // The admin API names the conversation: not the tenant's is not found.
+                Error::Internal(_) => {
+                    Error::NotFound(format!("conversation {conversation_id} not found"))
+                }
+                other => other,
+            })?;
+        single(positions, "store_agent_message")?;
         Ok(())
     }
 
@@ -235,31 +236,6 @@ impl Messages<'_> {
         .await?;
         Ok(())
     }
-}
-
-/// Takes the next mailbox position of a conversation, locking its row until the
-/// transaction ends (what the write procedures do first, for a human agent's message).
-async fn next_seq(
-    tx: &mut Transaction<'_, MySql>,
-    client_id: ClientId,
-    conversation_id: ConversationId,
-) -> Result<u64> {
-    // LAST_INSERT_ID(expr) hands the new value back with the UPDATE itself: one round
-    // trip, under the row lock the UPDATE takes.
-    let done = guard::query(
-        "UPDATE conversations SET last_seq = LAST_INSERT_ID(last_seq + 1), \
-         last_message_at = CURRENT_TIMESTAMP(6) WHERE client_id = ? AND id = ?",
-    )?
-    .bind(client_id.get())
-    .bind(conversation_id.get())
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::NotFound(format!(
-            "conversation {conversation_id} not found"
-        )));
-    }
-    Ok(done.last_insert_id())
 }
 
 #[cfg(test)]

@@ -1,0 +1,67 @@
+-- Stores a reply, marks the user messages it answers (`p_answers`, comma-separated ids)
+-- answered and counts the usage, in one transaction. Outcome (column `outcome`): 'stored';
+-- 'not_bot' when a bot or fallback reply (`p_bot_only`) meets a conversation a human
+-- has; 'answered_before' when none of `p_answers` is still pending.
+CREATE PROCEDURE store_reply(
+    IN p_client_id               BIGINT UNSIGNED,
+    IN p_conversation_id         BIGINT UNSIGNED,
+    IN p_reply_id                BINARY(16),
+    IN p_role                    VARCHAR(16),
+    IN p_content                 MEDIUMTEXT CHARACTER SET utf8mb4,
+    IN p_reply_kind              VARCHAR(16),
+    IN p_bot_only                BOOLEAN,
+    IN p_prompt_tokens           INT UNSIGNED,
+    IN p_completion_tokens       INT UNSIGNED,
+    IN p_estimated_prompt_tokens INT UNSIGNED,
+    IN p_config_version          BIGINT UNSIGNED,
+    IN p_answers                 TEXT,
+    IN p_usage_shard             TINYINT UNSIGNED)
+MODIFIES SQL DATA
+SQL SECURITY INVOKER
+store: BEGIN
+    DECLARE v_seq BIGINT UNSIGNED;
+    DECLARE v_reply_row BIGINT UNSIGNED;
+    DECLARE v_answered BIGINT UNSIGNED;
+    DECLARE EXIT HANDLER FOR SQLEXCEPTION
+    BEGIN
+        ROLLBACK;
+        RESIGNAL;
+    END;
+    START TRANSACTION;
+    CALL take_position(p_client_id, p_conversation_id, p_bot_only, v_seq);
+    IF v_seq IS NULL THEN
+        ROLLBACK;
+        IF NOT p_bot_only THEN
+            SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the conversation is not the tenant''s';
+        END IF;
+        SELECT 'not_bot' AS outcome;
+        LEAVE store;
+    END IF;
+    INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state,
+        reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens,
+        config_version, seq, history_seq)
+        VALUES (p_client_id, p_conversation_id, p_reply_id, p_role, p_content, 'stored',
+        p_reply_kind, p_prompt_tokens, p_completion_tokens, p_estimated_prompt_tokens,
+        p_config_version, v_seq, v_seq);
+    SET v_reply_row = LAST_INSERT_ID();
+    UPDATE messages FORCE INDEX (ix_messages_open)
+        SET state = 'answered', reply_message_id = v_reply_row,
+        history_seq = v_seq
+        WHERE client_id = p_client_id AND conversation_id = p_conversation_id
+          AND state = 'pending' AND FIND_IN_SET(id, p_answers) > 0;
+    SET v_answered = ROW_COUNT();
+    IF v_answered = 0 THEN
+        ROLLBACK;
+        SELECT 'answered_before' AS outcome;
+        LEAVE store;
+    END IF;
+    INSERT INTO usage_daily (client_id, day, shard, messages, prompt_tokens,
+        completion_tokens)
+        VALUES (p_client_id, UTC_DATE(), p_usage_shard, v_answered,
+        IFNULL(p_prompt_tokens, 0), IFNULL(p_completion_tokens, 0))
+        ON DUPLICATE KEY UPDATE messages = messages + VALUES(messages),
+        prompt_tokens = prompt_tokens + VALUES(prompt_tokens),
+        completion_tokens = completion_tokens + VALUES(completion_tokens);
+    COMMIT;
+    SELECT 'stored' AS outcome;
+END;
