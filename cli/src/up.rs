@@ -83,10 +83,13 @@ pub(crate) async fn run(
     out!(
         "  curl -s -X POST {base}/api/v1/messages -H 'Authorization: Bearer {api_key}' \\\n    -H 'Content-Type: application/json' -H 'Idempotency-Key: try-1' \\\n    -d '{{\"conversation_id\":\"try-1\",\"text\":\"Hello there\"}}'"
     );
-    out!("Read the conversation (waits up to 20 s for the reply):");
     out!(
-        "  curl -s '{base}/api/v1/conversations/try-1/messages?after=0&wait=20' -H 'Authorization: Bearer {api_key}'"
+        "Read the reply (your message is the conversation's first, so this waits up to 20 s for what comes after it):"
     );
+    out!(
+        "  curl -s '{base}/api/v1/conversations/try-1/messages?after=1&wait=20' -H 'Authorization: Bearer {api_key}'"
+    );
+    out!("The whole conversation, and the cursor to poll after: the same with after=0.");
     out!("Chat in the browser through the website widget: {base}/widget/demo?client={DEMO_SLUG}");
     worker.await??;
     ingress.task.await?;

@@ -54,31 +54,39 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
     // the running process); hand over the base URL and key as soon as they are printed.
     let (found_tx, found_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut base = None;
+        let (mut base, mut key) = (None, None);
         let mut lines = BufReader::new(stdout).lines();
         while let Some(Ok(line)) = lines.next() {
             if let Some(rest) = line.strip_prefix("chatfleet is up: ingress on ") {
                 base = rest.split(',').next().map(str::to_owned);
             }
             if line.starts_with("Demo tenant") {
-                let key = lines
+                key = lines
                     .next()
                     .and_then(Result::ok)
                     .map(|k| k.trim().to_owned());
-                let _ = found_tx.send((base.clone(), key));
+            }
+            if line.starts_with("Read the reply") {
+                // The printed command's URL, between its first pair of quotes.
+                let read = lines
+                    .next()
+                    .and_then(Result::ok)
+                    .and_then(|l| l.split('\'').nth(1).map(str::to_owned));
+                let _ = found_tx.send((base.clone(), key.clone(), read));
             }
         }
     });
-    let (base, key) = tokio::task::spawn_blocking(move || {
+    let (base, key, read) = tokio::task::spawn_blocking(move || {
         found_rx
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or((None, None))
+            .unwrap_or((None, None, None))
     })
     .await
     .expect("stdout reader");
-    let (base, key) = (
+    let (base, key, read) = (
         base.expect("base URL printed"),
         key.expect("API key printed"),
+        read.expect("the command that reads the reply printed"),
     );
 
     let http = reqwest::Client::new();
@@ -90,26 +98,20 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
         .await
         .expect("send");
     assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
-    let mut cursor = "0".to_owned();
-    let mut reply = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while reply.is_none() && tokio::time::Instant::now() < deadline {
-        let r = http
-            .get(format!("{base}/api/v1/conversations/try-1/messages"))
-            .query(&[("after", cursor.as_str()), ("wait", "5")])
-            .bearer_auth(&key)
-            .send()
-            .await
-            .expect("poll");
-        if r.status() == reqwest::StatusCode::OK {
-            let page: serde_json::Value = r.json().await.expect("json");
-            cursor = page["cursor"].as_str().expect("cursor").to_owned();
-            reply = page["messages"]
-                .as_array()
-                .and_then(|m| m.iter().find(|m| m["role"] == "assistant").cloned());
-        }
-    }
-    let reply = reply.expect("a reply through chatfleet up");
+    // The printed read command, run once as a new user would, shows the reply (it
+    // waits for it; it must not answer at once with the user's own message).
+    let r = http
+        .get(&read)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("the printed read");
+    assert_eq!(r.status(), reqwest::StatusCode::OK, "{read}");
+    let page: serde_json::Value = r.json().await.expect("json");
+    let reply = page["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "assistant").cloned())
+        .unwrap_or_else(|| panic!("the printed command showed no reply: {page}"));
     assert_eq!(
         reply["text"],
         "[llama3.1:8b] You are Ava, an AI assistant for Demo Shop. | You said: Hello there"

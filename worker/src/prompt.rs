@@ -25,12 +25,11 @@ const RECOUNT_MARGIN: usize = 64;
 /// Counts are remembered: the same history turns, knowledge chunks and mode fragments
 /// are counted on every turn of a conversation, and BPE is the expensive part of
 /// assembling a prompt. Short texts too: BPE's pre-tokenizing regex costs microseconds
-/// even on a chat message of a few words, a lookup a fraction of one (a chat of 20 short
-/// turns: 88 → 4 µs to assemble). The key is a 64-bit hash of the text, keyed at random
+/// even on a chat message of a few words, a lookup a fraction of one. The key is a 64-bit hash of the text, keyed at random
 /// per process, so nobody can craft a message whose hash collides with another's and
 /// borrow its count. The cache is quick_cache's: a turn makes a lookup per history turn,
-/// and moka's (a concurrent map of shared entries plus an access-order log) was ~12% of
-/// the worker's CPU at saturation.
+/// and moka's (a concurrent map of shared entries plus an access-order log) was a large
+/// share of the worker's CPU at saturation.
 pub struct Tokenizer {
     bpe: CoreBPE,
     counts: quick_cache::sync::Cache<u64, u32>,

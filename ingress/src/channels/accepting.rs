@@ -23,8 +23,7 @@ use crate::error::{ApiError, Result};
 /// Rounds committing at once.
 const ROUNDS: usize = 4;
 /// Most messages in one round. At 64, rounds ran full under load and held the sends
-/// back (alternating at 2,000 offered: 1,892 / 1,555 / 1,584 answered/s with 64, 1,923 /
-/// 1,901 / 1,900 with 256, MariaDB's CPU per message 0.35–0.39 → 0.31–0.33 ms). A round
+/// back (docs/performance.md has the figures). A round
 /// of 256 maximal texts is ~4 MB, well under MariaDB's 16 MB packet; one of texts made
 /// of escaped control characters could exceed it, and then fails as a batch and is
 /// accepted one by one like any failed batch.

@@ -190,7 +190,7 @@ impl ConversationLocks {
                     _ = tokio::time::sleep(every) => {}
                 }
                 // Boxed: the call's state (pool checkout, script) lives only while it
-                // runs, not in every held lock's idle task (~7 KB each, thousands held).
+                // runs, not in every held lock's idle task (thousands are held).
                 match Box::pin(renew(&cache, &k, &t, ttl)).await {
                     Ok(true) => {}
                     Ok(false) => {

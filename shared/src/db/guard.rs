@@ -12,8 +12,8 @@
 //! It is a syntactic check over chatfleet's own SQL (no user input ever reaches a
 //! statement's text), cheap next to the round trip it guards, and cheaper still the
 //! second time: a statement that passed is remembered by its text (there are a few
-//! hundred; the check lowercases, splits and rejoins the text, ~2.5% of a worker's CPU
-//! at saturation when it ran on every execution). The one statement that
+//! hundred; the check lowercases, splits and rejoins the text, which showed in a
+//! worker's profile when it ran on every execution). The one statement that
 //! must find a tenant rather than start from one (API key lookup) goes through
 //! [`tenant_lookup`], which names why.
 
