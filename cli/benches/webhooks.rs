@@ -56,14 +56,9 @@ async fn main() {
     .await;
     let tenant = env.tenant("bench").await;
     env.db
+        .tenant(tenant.id)
         .channel_accounts()
-        .create(
-            tenant.id,
-            shared::ids::Channel::Whatsapp,
-            "777",
-            None,
-            &json!({}),
-        )
+        .create(shared::ids::Channel::Whatsapp, "777", None, &json!({}))
         .await
         .expect("channel account");
     let shutdown = CancellationToken::new();

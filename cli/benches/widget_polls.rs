@@ -59,9 +59,9 @@ async fn main() {
         .await
         .expect("plan");
     env.db
+        .tenant(tenant.id)
         .channel_accounts()
         .create(
-            tenant.id,
             Channel::Widget,
             "bench-site",
             None,

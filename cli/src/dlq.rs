@@ -183,8 +183,9 @@ async fn act(
                     // The user got the fallback message when it was dead-lettered: reopen
                     // the message so this time it gets a real answer.
                     if let Ok(env) = serde_json::from_slice::<Envelope>(&d.body) {
-                        db.messages()
-                            .reopen_after_fallback(env.client_id, env.id)
+                        db.tenant(env.client_id)
+                            .messages()
+                            .reopen_after_fallback(env.id)
                             .await?;
                     }
                     publisher.publish_inbound_raw(&d.routing_key, &d.body).await

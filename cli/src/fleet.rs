@@ -105,17 +105,19 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
         )
         .await?;
     let mut config: ConfigUpdate = db
+        .tenant(client_id)
         .configs()
-        .get(client_id)
+        .get()
         .await?
         .ok_or_else(|| anyhow::anyhow!("no configuration"))?
         .into();
     config.max_context_turns = options.history_turns;
     config.rag_top_k = 0;
-    db.configs().update(client_id, &config).await?;
+    db.tenant(client_id).configs().update(&config).await?;
     let api_key = db
+        .tenant(client_id)
         .api_keys()
-        .create(client_id, name)
+        .create(name)
         .await?
         .key
         .expose()

@@ -45,7 +45,7 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> anyhow::
                 .by_slug(&slug)
                 .await?
                 .with_context(|| format!("no tenant with slug {slug:?}"))?;
-            let key = db.api_keys().create(client.id, &name).await?;
+            let key = db.tenant(client.id).api_keys().create(&name).await?;
             println!("{}", key.key.expose());
             eprintln!(
                 "API key {} for {slug}: store it now, it is not shown again",

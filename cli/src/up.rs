@@ -107,29 +107,32 @@ async fn demo_tenant(db: &Db) -> anyhow::Result<(ClientId, String)> {
                 .create(&NewClient::new(DEMO_SLUG, "Demo Shop", Plan::Starter)?)
                 .await?;
             let mut config: ConfigUpdate = db
+                .tenant(id)
                 .configs()
-                .get(id)
+                .get()
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("demo tenant has no configuration"))?
                 .into();
             config.persona_name = "Ava".into();
             config.persona_tone = "friendly".into();
-            db.configs().update(id, &config).await?;
-            db.configs()
-                .create_mode(
-                    id,
-                    &AgentMode {
-                        module_key: "support".into(),
-                        prompt_fragment: "Help customers with orders, shipping and returns.".into(),
-                        is_active: true,
-                        priority: 10,
-                    },
-                )
+            db.tenant(id).configs().update(&config).await?;
+            db.tenant(id)
+                .configs()
+                .create_mode(&AgentMode {
+                    module_key: "support".into(),
+                    prompt_fragment: "Help customers with orders, shipping and returns.".into(),
+                    is_active: true,
+                    priority: 10,
+                })
                 .await?;
             id
         }
     };
-    let key = db.api_keys().create(client_id, "chatfleet up").await?;
+    let key = db
+        .tenant(client_id)
+        .api_keys()
+        .create("chatfleet up")
+        .await?;
     Ok((client_id, key.key.expose().clone()))
 }
 
@@ -140,9 +143,9 @@ async fn demo_widget(db: &Db, client_id: ClientId, port: u16) -> anyhow::Result<
         format!("http://localhost:{port}"),
     ]});
     match db
+        .tenant(client_id)
         .channel_accounts()
         .create(
-            client_id,
             Channel::Widget,
             &format!("demo-site-{port}"),
             None,

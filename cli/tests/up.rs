@@ -185,8 +185,7 @@ async fn tenant_commands_create_a_tenant_and_a_working_key() {
     let key = String::from_utf8_lossy(&key.stdout).trim().to_owned();
     let client = env
         .db
-        .api_keys()
-        .authenticate(&key)
+        .api_key_owner(&key)
         .await
         .expect("lookup")
         .expect("key works");

@@ -102,8 +102,9 @@ pub(crate) async fn wait_for(
         if read {
             let items = state
                 .db()
+                .tenant(client_id)
                 .messages()
-                .mailbox_after(client_id, conversation_id, params.after, PAGE)
+                .mailbox_after(conversation_id, params.after, PAGE)
                 .await?;
             if !items.is_empty() {
                 return Ok(Polled::Items(items));

@@ -127,8 +127,9 @@ impl TestEnv {
             .expect("create tenant");
         let key = self
             .db
+            .tenant(id)
             .api_keys()
-            .create(id, "test")
+            .create("test")
             .await
             .expect("api key");
         TestTenant {

@@ -64,35 +64,43 @@ async fn a_user_turn_is_recorded_once_and_answered_once() {
     let t = env.tenant("once").await;
     let conv = env
         .db
+        .tenant(t.id)
         .conversations()
-        .get_or_create(t.id, Channel::Api, "c1")
+        .get_or_create(Channel::Api, "c1")
         .await
         .expect("conv");
     assert_eq!(
         env.db
+            .tenant(t.id)
             .conversations()
-            .get_or_create(t.id, Channel::Api, "c1")
+            .get_or_create(Channel::Api, "c1")
             .await
             .expect("again"),
         conv
     );
     let case = env
         .db
+        .tenant(t.id)
         .conversations()
-        .get_or_create(t.id, Channel::Api, "C1")
+        .get_or_create(Channel::Api, "C1")
         .await
         .expect("case");
     assert_ne!(case, conv, "conversation keys are case-sensitive");
 
     let envelope = EnvelopeId::deterministic(t.id, Channel::Api, "k");
-    let messages = env.db.messages();
-    let first = messages
-        .record_user(t.id, conv, envelope, "hi", None)
+    let first = env
+        .db
+        .tenant(t.id)
+        .messages()
+        .record_user(conv, envelope, "hi", None)
         .await
         .expect("record");
     assert!(first.newly_recorded);
-    let again = messages
-        .record_user(t.id, conv, envelope, "hi", None)
+    let again = env
+        .db
+        .tenant(t.id)
+        .messages()
+        .record_user(conv, envelope, "hi", None)
         .await
         .expect("again");
     assert!(!again.newly_recorded);
@@ -100,8 +108,11 @@ async fn a_user_turn_is_recorded_once_and_answered_once() {
     assert_eq!(again.state, MessageState::Pending);
     // Inserting first (as a channel accepting it does) finds the same recording, and
     // takes no mailbox position (the reply below gets position 2).
-    let accepted = messages
-        .accept_user(t.id, conv, envelope, "hi", None)
+    let accepted = env
+        .db
+        .tenant(t.id)
+        .messages()
+        .accept_user(conv, envelope, "hi", None)
         .await
         .expect("accept again");
     assert!(!accepted.newly_recorded);
@@ -120,48 +131,65 @@ async fn a_user_turn_is_recorded_once_and_answered_once() {
     };
     let reply_id = ReplyId::random();
     assert_eq!(
-        messages
-            .store_reply(t.id, &reply(reply_id))
+        env.db
+            .tenant(t.id)
+            .messages()
+            .store_reply(&reply(reply_id))
             .await
             .expect("store"),
         StoreOutcome::Stored
     );
     assert_eq!(
-        messages
-            .store_reply(t.id, &reply(ReplyId::random()))
+        env.db
+            .tenant(t.id)
+            .messages()
+            .store_reply(&reply(ReplyId::random()))
             .await
             .expect("second store"),
         StoreOutcome::AnsweredBefore,
         "one reply per turn"
     );
-    let answered = messages
-        .record_user(t.id, conv, envelope, "hi", None)
+    let answered = env
+        .db
+        .tenant(t.id)
+        .messages()
+        .record_user(conv, envelope, "hi", None)
         .await
         .expect("after");
     assert_eq!(answered.state, MessageState::Answered);
     assert_eq!(answered.reply.expect("stored reply").id, reply_id);
 
     // Into the mailbox exactly once, after the user message.
-    let seq = messages
-        .deliver_to_mailbox(t.id, conv, reply_id)
+    let seq = env
+        .db
+        .tenant(t.id)
+        .messages()
+        .deliver_to_mailbox(conv, reply_id)
         .await
         .expect("deliver");
     assert_eq!(seq, Some(2));
     assert_eq!(
-        messages
-            .deliver_to_mailbox(t.id, conv, reply_id)
+        env.db
+            .tenant(t.id)
+            .messages()
+            .deliver_to_mailbox(conv, reply_id)
             .await
             .expect("again"),
         None
     );
-    let mailbox = messages
-        .mailbox_after(t.id, conv, 0, 10)
+    let mailbox = env
+        .db
+        .tenant(t.id)
+        .messages()
+        .mailbox_after(conv, 0, 10)
         .await
         .expect("mailbox");
     assert_eq!(mailbox.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
     assert!(
-        messages
-            .mailbox_after(t.id, conv, 2, 10)
+        env.db
+            .tenant(t.id)
+            .messages()
+            .mailbox_after(conv, 2, 10)
             .await
             .expect("after")
             .is_empty()
@@ -176,73 +204,71 @@ async fn repositories_never_cross_tenants() {
     let b = env.tenant("bravo").await;
     let conv_a = env
         .db
+        .tenant(a.id)
         .conversations()
-        .get_or_create(a.id, Channel::Api, "same")
+        .get_or_create(Channel::Api, "same")
         .await
         .expect("a");
     let conv_b = env
         .db
+        .tenant(b.id)
         .conversations()
-        .get_or_create(b.id, Channel::Api, "same")
+        .get_or_create(Channel::Api, "same")
         .await
         .expect("b");
     assert_ne!(conv_a, conv_b);
-    let messages = env.db.messages();
     let envelope = EnvelopeId::deterministic(a.id, Channel::Api, "k");
-    messages
-        .record_user(a.id, conv_a, envelope, "secret of a", None)
+    env.db
+        .tenant(a.id)
+        .messages()
+        .record_user(conv_a, envelope, "secret of a", None)
         .await
         .expect("record");
     // B cannot read, write into or deliver to A's conversation, even knowing its id.
     assert!(
-        messages
-            .mailbox_after(b.id, conv_a, 0, 10)
+        env.db
+            .tenant(b.id)
+            .messages()
+            .mailbox_after(conv_a, 0, 10)
             .await
             .expect("read")
             .is_empty()
     );
     assert!(
-        messages
-            .record_user(b.id, conv_a, EnvelopeId::random(), "x", None)
+        env.db
+            .tenant(b.id)
+            .messages()
+            .record_user(conv_a, EnvelopeId::random(), "x", None)
             .await
             .is_err()
     );
     assert!(
-        messages
-            .history_before(b.id, conv_a, u64::MAX, 10)
+        env.db
+            .tenant(b.id)
+            .messages()
+            .history_before(conv_a, u64::MAX, 10)
             .await
             .expect("history")
             .is_empty()
     );
     assert_eq!(
-        env.db
-            .api_keys()
-            .authenticate(&a.api_key)
-            .await
-            .expect("auth"),
+        env.db.api_key_owner(&a.api_key).await.expect("auth"),
         Some(a.id)
     );
     assert_eq!(
-        env.db
-            .api_keys()
-            .authenticate(&b.api_key)
-            .await
-            .expect("auth"),
+        env.db.api_key_owner(&b.api_key).await.expect("auth"),
         Some(b.id)
     );
     assert!(
         !env.db
+            .tenant(ClientId::new(b.id.get()))
             .api_keys()
-            .revoke(ClientId::new(b.id.get()), 1)
+            .revoke(1)
             .await
             .expect("revoke A's key as B")
     );
     assert_eq!(
-        env.db
-            .api_keys()
-            .authenticate(&a.api_key)
-            .await
-            .expect("auth"),
+        env.db.api_key_owner(&a.api_key).await.expect("auth"),
         Some(a.id)
     );
     env.teardown().await;

@@ -101,7 +101,12 @@ fn lock(unwritten: &Unwritten) -> std::sync::MutexGuard<'_, HashSet<ReplyId>> {
 async fn write(db: &Db, batch: &mut Vec<(ClientId, ReplyId)>, unwritten: &Unwritten) {
     for (client_id, marks) in shared::batching::by_tenant(batch.drain(..), |(c, _)| *c) {
         let replies: Vec<ReplyId> = marks.into_iter().map(|(_, r)| r).collect();
-        if let Err(e) = db.messages().mark_published(client_id, &replies).await {
+        if let Err(e) = db
+            .tenant(client_id)
+            .messages()
+            .mark_published(&replies)
+            .await
+        {
             // Relayed again by the conversation's next turn; the deliverers drop repeats.
             tracing::warn!(error = %e, replies = replies.len(), "could not record published replies");
         }
@@ -125,17 +130,20 @@ mod tests {
     async fn finishing_writes_every_queued_mark() {
         let env = TestEnv::start(&[]).await;
         let t = env.tenant("marks").await;
-        let messages = env.db.messages();
         let conv = env
             .db
+            .tenant(t.id)
             .conversations()
-            .get_or_create(t.id, Channel::Api, "c")
+            .get_or_create(Channel::Api, "c")
             .await
             .expect("conversation");
         let mut replies = Vec::new();
         for i in 0..3 {
-            let user = messages
-                .record_user(t.id, conv, EnvelopeId::random(), &format!("q{i}"), None)
+            let user = env
+                .db
+                .tenant(t.id)
+                .messages()
+                .record_user(conv, EnvelopeId::random(), &format!("q{i}"), None)
                 .await
                 .expect("record");
             let reply = NewReply {
@@ -150,16 +158,21 @@ mod tests {
                 config_version: 1,
             };
             assert_eq!(
-                messages.store_reply(t.id, &reply).await.expect("store"),
+                env.db
+                    .tenant(t.id)
+                    .messages()
+                    .store_reply(&reply)
+                    .await
+                    .expect("store"),
                 shared::db::StoreOutcome::Stored
             );
             replies.push(reply.reply_id);
         }
         // The outbox, as a turn reads it, leaving out the replies `known` confirmed.
-        let messages = &messages;
+        let messages = &env.db.tenant(t.id).messages();
         let outbox = |known: Option<ReplyId>| async move {
             messages
-                .open_turn(t.id, conv, 0, 0, |id| Some(id) == known)
+                .open_turn(conv, 0, 0, |id| Some(id) == known)
                 .await
                 .expect("outbox")
                 .unpublished

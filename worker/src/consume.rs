@@ -207,8 +207,9 @@ impl Dispatcher {
                     && let Err(e) = self
                         .ctx
                         .db
+                        .tenant(env.client_id)
                         .messages()
-                        .close_unanswered(env.client_id, env.id, ClosedAs::Failed)
+                        .close_unanswered(env.id, ClosedAs::Failed)
                         .await
                 {
                     tracing::warn!(error = %e, "could not mark the turn failed");

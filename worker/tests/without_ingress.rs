@@ -60,8 +60,9 @@ impl Fixture {
         let tenant = env.tenant(slug).await;
         let conversation = env
             .db
+            .tenant(tenant.id)
             .conversations()
-            .get_or_create(tenant.id, Channel::Api, "c")
+            .get_or_create(Channel::Api, "c")
             .await
             .expect("conversation");
         let publisher = env.broker.publisher().await.expect("publisher");
@@ -112,15 +113,17 @@ impl Fixture {
         let conversation = self
             .env
             .db
+            .tenant(self.tenant.id)
             .conversations()
-            .get_or_create(self.tenant.id, Channel::Api, envelope.external_id.expose())
+            .get_or_create(Channel::Api, envelope.external_id.expose())
             .await
             .expect("conversation");
         let text = envelope.message.as_prompt_text();
         self.env
             .db
+            .tenant(self.tenant.id)
             .messages()
-            .accept_user(self.tenant.id, conversation, envelope.id, &text, None)
+            .accept_user(conversation, envelope.id, &text, None)
             .await
             .expect("recorded");
     }
@@ -177,8 +180,9 @@ async fn a_stored_reply_wakes_its_long_polls_before_any_deliverer_has_it() {
     let mailbox = f
         .env
         .db
+        .tenant(f.tenant.id)
         .messages()
-        .mailbox_after(f.tenant.id, f.conversation, 0, 10)
+        .mailbox_after(f.conversation, 0, 10)
         .await
         .expect("mailbox");
     assert_eq!(mailbox.len(), 2, "the question and its answer are readable");
@@ -198,8 +202,9 @@ async fn a_new_tenants_prompt_carries_the_seed_defaults() {
     let config = f
         .env
         .db
+        .tenant(f.tenant.id)
         .configs()
-        .get(f.tenant.id)
+        .get()
         .await
         .expect("config")
         .expect("a new tenant has a config");
@@ -245,8 +250,9 @@ async fn an_api_message_the_channel_did_not_record_is_not_answered() {
     let messages = f
         .env
         .db
+        .tenant(f.tenant.id)
         .messages()
-        .in_conversation(f.tenant.id, f.conversation, 10)
+        .in_conversation(f.conversation, 10)
         .await
         .expect("messages");
     let envelopes: Vec<_> = messages.iter().map(|m| m.envelope_id).collect();

@@ -270,9 +270,9 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
                 )?;
         harness
             .db
+            .tenant(harness.client_id)
             .channel_accounts()
             .create(
-                harness.client_id,
                 shared::ids::Channel::Whatsapp,
                 PHONE_NUMBER_ID,
                 Some(&credentials),

@@ -82,8 +82,9 @@ async fn conversations(
     let mut out = BTreeMap::new();
     for c in accepted.keys() {
         let Some(id) = db
+            .tenant(client_id)
             .conversations()
-            .find(client_id, Channel::Api, &format!("c{c}"))
+            .find(Channel::Api, &format!("c{c}"))
             .await?
         else {
             out.insert(*c, Vec::new());
@@ -91,8 +92,9 @@ async fn conversations(
         };
         out.insert(
             *c,
-            db.messages()
-                .in_conversation(client_id, id, 100_000)
+            db.tenant(client_id)
+                .messages()
+                .in_conversation(id, 100_000)
                 .await?,
         );
     }

@@ -242,11 +242,9 @@ async fn a_tenant_life_cycle_through_the_admin_api() {
     let sealed = p
         .env
         .db
+        .tenant(shared::ids::ClientId::new(id))
         .channel_accounts()
-        .sealed_credentials(
-            shared::ids::ClientId::new(id),
-            account["id"].as_u64().expect("id"),
-        )
+        .sealed_credentials(account["id"].as_u64().expect("id"))
         .await
         .expect("read")
         .expect("stored");

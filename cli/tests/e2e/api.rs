@@ -8,9 +8,12 @@ use worker::llm::ChatRole;
 use crate::support::Platform;
 
 async fn configure(p: &Platform, client: ClientId, turns: u32) {
-    let configs = p.env.db.configs();
-    let mut config: ConfigUpdate = configs
-        .get(client)
+    let mut config: ConfigUpdate = p
+        .env
+        .db
+        .tenant(client)
+        .configs()
+        .get()
         .await
         .expect("read")
         .expect("config")
@@ -20,8 +23,11 @@ async fn configure(p: &Platform, client: ClientId, turns: u32) {
     config.persona_language = "French".into();
     config.llm_temperature = 0.3;
     config.max_context_turns = turns;
-    configs
-        .update(client, &config)
+    p.env
+        .db
+        .tenant(client)
+        .configs()
+        .update(&config)
         .await
         .expect("update config");
     for (key, fragment, active, priority) in [
@@ -29,16 +35,16 @@ async fn configure(p: &Platform, client: ClientId, turns: u32) {
         ("first", "MODE-FIRST", true, 10),
         ("disabled", "MODE-DISABLED", false, 1),
     ] {
-        configs
-            .create_mode(
-                client,
-                &AgentMode {
-                    module_key: key.into(),
-                    prompt_fragment: fragment.into(),
-                    is_active: active,
-                    priority,
-                },
-            )
+        p.env
+            .db
+            .tenant(client)
+            .configs()
+            .create_mode(&AgentMode {
+                module_key: key.into(),
+                prompt_fragment: fragment.into(),
+                is_active: active,
+                priority,
+            })
             .await
             .expect("mode");
     }

@@ -224,8 +224,9 @@ async fn the_demo_page_chats_with_the_bot_and_a_human_agent_in_chromium() {
     let visitor = p
         .env
         .db
+        .tenant(tenant.id)
         .conversations()
-        .list(tenant.id, 0, 10)
+        .list(0, 10)
         .await
         .expect("conversations");
     assert_eq!(visitor.len(), 1);

@@ -231,8 +231,9 @@ async fn a_suspended_tenant_gets_no_llm_call_but_keeps_its_messages() {
         let stored = p
             .env
             .db
+            .tenant(t.id)
             .messages()
-            .in_conversation(t.id, conv, 10)
+            .in_conversation(conv, 10)
             .await
             .ok()?;
         (stored.len() == 1 && stored[0].state == shared::db::MessageState::Ignored).then_some(())

@@ -77,8 +77,9 @@ async fn bad_requests_get_stable_error_codes() {
         let created = p
             .env
             .db
+            .tenant(t.id)
             .api_keys()
-            .create(t.id, "to revoke")
+            .create("to revoke")
             .await
             .expect("key");
         let (s, _) = p
@@ -123,16 +124,18 @@ async fn an_unconfirmed_publish_is_a_503_and_stores_nothing() {
     if let Some(conv) = p
         .env
         .db
+        .tenant(t.id)
         .conversations()
-        .find(t.id, shared::ids::Channel::Api, "c")
+        .find(shared::ids::Channel::Api, "c")
         .await
         .expect("query")
     {
         let stored = p
             .env
             .db
+            .tenant(t.id)
             .messages()
-            .in_conversation(t.id, conv, 10)
+            .in_conversation(conv, 10)
             .await
             .expect("read");
         assert!(stored.is_empty(), "{stored:?}");

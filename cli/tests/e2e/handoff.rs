@@ -122,8 +122,9 @@ async fn a_handoff_during_a_turn_suppresses_its_reply() {
         let stored = p
             .env
             .db
+            .tenant(t.id)
             .messages()
-            .in_conversation(t.id, conv, 10)
+            .in_conversation(conv, 10)
             .await
             .ok()?;
         (stored.first()?.state != shared::db::MessageState::Pending).then_some(stored)

@@ -202,8 +202,9 @@ async fn a_device_chats_and_gets_a_push_retried_through_a_transient_failure() {
     let stored = p
         .env
         .db
+        .tenant(tenant.id)
         .devices()
-        .push_token(tenant.id, "device-42")
+        .push_token("device-42")
         .await
         .expect("device");
     assert_eq!(stored, None);
@@ -220,8 +221,9 @@ async fn a_device_chats_and_gets_a_push_retried_through_a_transient_failure() {
     let conversation = p
         .env
         .db
+        .tenant(tenant.id)
         .conversations()
-        .find(tenant.id, Channel::Mobile, "device-42")
+        .find(Channel::Mobile, "device-42")
         .await
         .expect("find")
         .expect("the device's conversation");

@@ -262,8 +262,9 @@ impl Platform {
     pub async fn conversation(&self, client: ClientId, external: &str) -> ConversationId {
         self.env
             .db
+            .tenant(client)
             .conversations()
-            .find(client, Channel::Api, external)
+            .find(Channel::Api, external)
             .await
             .expect("find conversation")
             .unwrap_or_else(|| panic!("no conversation {external}"))
@@ -277,8 +278,9 @@ impl Platform {
     ) -> Vec<StoredMessage> {
         self.env
             .db
+            .tenant(client)
             .messages()
-            .in_conversation(client, conversation, 1000)
+            .in_conversation(conversation, 1000)
             .await
             .expect("stored messages")
     }
@@ -301,9 +303,9 @@ impl Platform {
         let tenant = self.tenant(slug).await;
         self.env
             .db
+            .tenant(tenant.id)
             .channel_accounts()
             .create(
-                tenant.id,
                 Channel::Widget,
                 &format!("{slug}-site"),
                 None,

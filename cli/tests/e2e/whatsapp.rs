@@ -136,15 +136,17 @@ async fn a_batch_is_routed_to_its_tenants_and_retries_are_one_turn() {
         StatusCode::OK
     );
     p.wait_for_llm_requests(3).await;
-    let conversations = p.env.db.conversations();
     for (t, user) in [
         (&a, "15550000001"),
         (&a, "15550000002"),
         (&b, "15550000003"),
     ] {
         assert!(
-            conversations
-                .find(t.id, Channel::Whatsapp, user)
+            p.env
+                .db
+                .tenant(t.id)
+                .conversations()
+                .find(Channel::Whatsapp, user)
                 .await
                 .expect("find")
                 .is_some(),
@@ -152,15 +154,21 @@ async fn a_batch_is_routed_to_its_tenants_and_retries_are_one_turn() {
         );
     }
     assert!(
-        conversations
-            .find(a.id, Channel::Whatsapp, "15550000003")
+        p.env
+            .db
+            .tenant(a.id)
+            .conversations()
+            .find(Channel::Whatsapp, "15550000003")
             .await
             .expect("find")
             .is_none()
     );
     assert!(
-        conversations
-            .find(b.id, Channel::Whatsapp, "15550000001")
+        p.env
+            .db
+            .tenant(b.id)
+            .conversations()
+            .find(Channel::Whatsapp, "15550000001")
             .await
             .expect("find")
             .is_none()
@@ -197,8 +205,12 @@ async fn a_batch_is_routed_to_its_tenants_and_retries_are_one_turn() {
     )]);
     assert_eq!(signed_post(&p, later.clone()).await, StatusCode::OK);
     p.wait_for_llm_requests(4).await;
-    let conv = conversations
-        .find(b.id, Channel::Whatsapp, "15550000003")
+    let conv = p
+        .env
+        .db
+        .tenant(b.id)
+        .conversations()
+        .find(Channel::Whatsapp, "15550000003")
         .await
         .expect("find")
         .expect("conv");
@@ -206,8 +218,9 @@ async fn a_batch_is_routed_to_its_tenants_and_retries_are_one_turn() {
         let stored = p
             .env
             .db
+            .tenant(b.id)
             .messages()
-            .in_conversation(b.id, conv, 50)
+            .in_conversation(conv, 50)
             .await
             .ok()?;
         (stored
@@ -329,8 +342,9 @@ async fn unroutable_payloads_are_kept_and_tenants_apps_stay_their_own() {
     assert!(
         p.env
             .db
+            .tenant(a.id)
             .conversations()
-            .find(a.id, Channel::Whatsapp, "15550000011")
+            .find(Channel::Whatsapp, "15550000011")
             .await
             .expect("find")
             .is_none()
@@ -417,8 +431,9 @@ async fn an_unconfirmed_batch_is_a_503_and_metas_retry_is_answered_once() {
     let conv = p
         .env
         .db
+        .tenant(a.id)
         .conversations()
-        .find(a.id, Channel::Whatsapp, "15550000020")
+        .find(Channel::Whatsapp, "15550000020")
         .await
         .expect("find")
         .expect("conv");
@@ -426,8 +441,9 @@ async fn an_unconfirmed_batch_is_a_503_and_metas_retry_is_answered_once() {
         let stored = p
             .env
             .db
+            .tenant(a.id)
             .messages()
-            .in_conversation(a.id, conv, 10)
+            .in_conversation(conv, 10)
             .await
             .ok()?;
         (stored.len() == 2).then_some(())
@@ -581,8 +597,9 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     let conv = p
         .env
         .db
+        .tenant(t.id)
         .conversations()
-        .find(t.id, Channel::Whatsapp, "15550001111")
+        .find(Channel::Whatsapp, "15550001111")
         .await
         .expect("find")
         .expect("conv");
@@ -590,8 +607,9 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
         let stored = p
             .env
             .db
+            .tenant(t.id)
             .messages()
-            .in_conversation(t.id, conv, 10)
+            .in_conversation(conv, 10)
             .await
             .ok()?;
         stored
@@ -619,8 +637,9 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     let conv = p
         .env
         .db
+        .tenant(t.id)
         .conversations()
-        .find(t.id, Channel::Whatsapp, "15550001111")
+        .find(Channel::Whatsapp, "15550001111")
         .await
         .expect("find")
         .expect("conv");
@@ -700,8 +719,9 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     let conv = p
         .env
         .db
+        .tenant(t.id)
         .conversations()
-        .find(t.id, Channel::Whatsapp, graph::CLOSED_WINDOW)
+        .find(Channel::Whatsapp, graph::CLOSED_WINDOW)
         .await
         .expect("find")
         .expect("conv");
@@ -709,8 +729,9 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
         let stored = p
             .env
             .db
+            .tenant(t.id)
             .messages()
-            .in_conversation(t.id, conv, 10)
+            .in_conversation(conv, 10)
             .await
             .ok()?;
         stored
@@ -732,8 +753,9 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     let conv = p
         .env
         .db
+        .tenant(t.id)
         .conversations()
-        .find(t.id, Channel::Whatsapp, graph::THROTTLED_ONCE)
+        .find(Channel::Whatsapp, graph::THROTTLED_ONCE)
         .await
         .expect("find")
         .expect("conv");

@@ -35,8 +35,9 @@ pub(super) fn routes() -> Router<AppState> {
 async fn current(state: &AppState, client_id: ClientId) -> Result<ClientConfig> {
     state
         .db()
+        .tenant(client_id)
         .configs()
-        .get(client_id)
+        .get()
         .await?
         .ok_or_else(|| ApiError::not_found(format!("client {client_id} has no configuration")))
 }
@@ -46,7 +47,12 @@ async fn apply(
     client_id: ClientId,
     update: &ConfigUpdate,
 ) -> Result<Json<ConfigOut>> {
-    state.db().configs().update(client_id, update).await?;
+    state
+        .db()
+        .tenant(client_id)
+        .configs()
+        .update(update)
+        .await?;
     state.configs().refresh(client_id).await?;
     Ok(Json(current(state, client_id).await?.into()))
 }
@@ -99,7 +105,7 @@ pub(crate) async fn list_modes(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<AgentModeOut>>> {
     let client = resolve(&state, &id).await?;
-    let modes = state.db().configs().list_modes(client.id).await?;
+    let modes = state.db().tenant(client.id).configs().list_modes().await?;
     Ok(Json(modes.into_iter().map(Into::into).collect()))
 }
 
@@ -115,7 +121,12 @@ pub(crate) async fn create_mode(
     let client = resolve(&state, &id).await?;
     let mode: AgentModeIn = body(raw).await?;
     let mode = mode.into();
-    state.db().configs().create_mode(client.id, &mode).await?;
+    state
+        .db()
+        .tenant(client.id)
+        .configs()
+        .create_mode(&mode)
+        .await?;
     state.configs().refresh(client.id).await?;
     Ok((StatusCode::CREATED, Json(AgentModeOut::from(mode))).into_response())
 }
@@ -134,12 +145,13 @@ pub(crate) async fn update_mode(
     let patch: ModePatchIn = body(raw).await?;
     state
         .db()
+        .tenant(client.id)
         .configs()
-        .update_mode(client.id, &key, &patch.into())
+        .update_mode(&key, &patch.into())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no agent mode {key:?}")))?;
     state.configs().refresh(client.id).await?;
-    let modes = state.db().configs().list_modes(client.id).await?;
+    let modes = state.db().tenant(client.id).configs().list_modes().await?;
     modes
         .into_iter()
         .find(|m| m.module_key == key)
@@ -158,8 +170,9 @@ pub(crate) async fn delete_mode(
     let client = resolve(&state, &id).await?;
     state
         .db()
+        .tenant(client.id)
         .configs()
-        .delete_mode(client.id, &key)
+        .delete_mode(&key)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no agent mode {key:?}")))?;
     state.configs().refresh(client.id).await?;

@@ -72,8 +72,9 @@ pub(crate) async fn list(
     let (after, limit) = page.bounds()?;
     let conversations = state
         .db()
+        .tenant(client.id)
         .conversations()
-        .list(client.id, after, limit)
+        .list(after, limit)
         .await?;
     let next_after = (conversations.len() == limit as usize)
         .then(|| conversations.last().map(|c| c.id.get()))
@@ -96,14 +97,16 @@ pub(crate) async fn get_one(
     let conversation_id = ConversationId::new(conversation);
     let summary = state
         .db()
+        .tenant(client.id)
         .conversations()
-        .get(client.id, conversation_id)
+        .get(conversation_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no conversation {conversation}")))?;
     let messages = state
         .db()
+        .tenant(client.id)
         .messages()
-        .in_conversation(client.id, conversation_id, MESSAGES)
+        .in_conversation(conversation_id, MESSAGES)
         .await?;
     Ok(Json(ConversationDetail {
         conversation: summary.into(),
@@ -131,8 +134,9 @@ async fn summary(
 ) -> Result<ConversationSummary> {
     state
         .db()
+        .tenant(client_id)
         .conversations()
-        .get(client_id, ConversationId::new(conversation))
+        .get(ConversationId::new(conversation))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no conversation {conversation}")))
 }
@@ -161,13 +165,15 @@ pub(crate) async fn agent_message(
     let reply_id = ReplyId::random();
     state
         .db()
+        .tenant(client.id)
         .messages()
-        .store_agent_message(client.id, conv.id, reply_id, &text)
+        .store_agent_message(conv.id, reply_id, &text)
         .await?;
     let version = state
         .db()
+        .tenant(client.id)
         .configs()
-        .get(client.id)
+        .get()
         .await?
         .map_or(0, |c| c.config_version);
     let to = Destination {
@@ -189,8 +195,9 @@ pub(crate) async fn agent_message(
         .map_err(|e| ApiError::broker_unavailable(&e))?;
     state
         .db()
+        .tenant(client.id)
         .messages()
-        .mark_published(client.id, &[reply_id])
+        .mark_published(&[reply_id])
         .await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -248,8 +255,9 @@ async fn switch(
     let conv = summary(state, client.id, conversation).await?;
     if state
         .db()
+        .tenant(client.id)
         .conversations()
-        .set_mode(client.id, conv.id, mode)
+        .set_mode(conv.id, mode)
         .await?
     {
         let event = Event::new(kind, client.id, conv.id, conv.channel);

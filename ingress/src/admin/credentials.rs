@@ -76,7 +76,12 @@ pub(crate) async fn list_channels(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ChannelAccountOut>>> {
     let client = resolve(&state, &id).await?;
-    let accounts = state.db().channel_accounts().list(client.id).await?;
+    let accounts = state
+        .db()
+        .tenant(client.id)
+        .channel_accounts()
+        .list()
+        .await?;
     Ok(Json(accounts.into_iter().map(Into::into).collect()))
 }
 
@@ -113,19 +118,15 @@ pub(crate) async fn create_channel(
     let settings = Value::Object(req.settings.unwrap_or_default());
     let account_id = state
         .db()
+        .tenant(client.id)
         .channel_accounts()
-        .create(
-            client.id,
-            req.channel,
-            external,
-            sealed.as_deref(),
-            &settings,
-        )
+        .create(req.channel, external, sealed.as_deref(), &settings)
         .await?;
     let created = state
         .db()
+        .tenant(client.id)
         .channel_accounts()
-        .list(client.id)
+        .list()
         .await?
         .into_iter()
         .find(|a| a.id == account_id)
@@ -150,8 +151,9 @@ pub(crate) async fn delete_channel(
     let client = resolve(&state, &id).await?;
     if state
         .db()
+        .tenant(client.id)
         .channel_accounts()
-        .delete(client.id, account)
+        .delete(account)
         .await?
     {
         state.owners().changed().await?;
@@ -169,7 +171,7 @@ pub(crate) async fn list_keys(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<ApiKeyOut>>> {
     let client = resolve(&state, &id).await?;
-    let keys = state.db().api_keys().list(client.id).await?;
+    let keys = state.db().tenant(client.id).api_keys().list().await?;
     Ok(Json(keys.into_iter().map(Into::into).collect()))
 }
 
@@ -191,7 +193,12 @@ pub(crate) async fn create_key(
             "name must be 1-100 characters",
         ));
     }
-    let key = state.db().api_keys().create(client.id, &name).await?;
+    let key = state
+        .db()
+        .tenant(client.id)
+        .api_keys()
+        .create(&name)
+        .await?;
     let created = CreatedKey {
         id: key.id,
         prefix: key.prefix.clone(),

@@ -47,7 +47,7 @@ pub(crate) async fn list(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<KnowledgeDocumentOut>>> {
     let client = resolve(&state, &id).await?;
-    let documents = state.db().knowledge().list(client.id).await?;
+    let documents = state.db().tenant(client.id).knowledge().list().await?;
     Ok(Json(documents.into_iter().map(Into::into).collect()))
 }
 
@@ -87,14 +87,19 @@ pub(crate) async fn create(
         ));
     }
     let hash: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
-    let documents = state.db().knowledge();
-    let document_id = match documents
-        .register(client.id, title, req.source.as_deref(), &hash)
+    let document_id = match state
+        .db()
+        .tenant(client.id)
+        .knowledge()
+        .register(title, req.source.as_deref(), &hash)
         .await?
     {
         Registered::Existing(existing) => {
-            let doc = documents
-                .get(client.id, existing)
+            let doc = state
+                .db()
+                .tenant(client.id)
+                .knowledge()
+                .get(existing)
                 .await?
                 .ok_or_else(|| ApiError::not_found("document vanished"))?;
             return Ok((StatusCode::OK, Json(KnowledgeDocumentOut::from(doc))).into_response());
@@ -107,17 +112,21 @@ pub(crate) async fn create(
         .await
     {
         Ok(chunks) => {
-            documents
-                .set_chunk_count(
-                    client.id,
-                    document_id,
-                    u32::try_from(chunks).unwrap_or(u32::MAX),
-                )
+            state
+                .db()
+                .tenant(client.id)
+                .knowledge()
+                .set_chunk_count(document_id, u32::try_from(chunks).unwrap_or(u32::MAX))
                 .await?;
         }
         Err(e) => {
             // Nothing half-stored: the store cleaned its chunks; drop the catalogue row.
-            documents.delete(client.id, document_id).await?;
+            state
+                .db()
+                .tenant(client.id)
+                .knowledge()
+                .delete(document_id)
+                .await?;
             tracing::error!(error = %e, client_id = %client.id, "knowledge ingestion failed");
             let code = match e {
                 shared::Error::Embedding(_) => "embedding_failed",
@@ -130,8 +139,11 @@ pub(crate) async fn create(
             ));
         }
     }
-    let doc = documents
-        .get(client.id, document_id)
+    let doc = state
+        .db()
+        .tenant(client.id)
+        .knowledge()
+        .get(document_id)
         .await?
         .ok_or_else(|| ApiError::not_found("document vanished"))?;
     tracing::info!(client_id = %client.id, document_id, chunks = doc.chunk_count, "knowledge document indexed");
@@ -156,8 +168,9 @@ pub(crate) async fn remove(
     let client = resolve(&state, &id).await?;
     if state
         .db()
+        .tenant(client.id)
         .knowledge()
-        .get(client.id, document_id)
+        .get(document_id)
         .await?
         .is_none()
     {
@@ -177,8 +190,9 @@ pub(crate) async fn remove(
         })?;
     state
         .db()
+        .tenant(client.id)
         .knowledge()
-        .delete(client.id, document_id)
+        .delete(document_id)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -209,6 +223,6 @@ pub(crate) async fn usage(
             "from must not be after to",
         ));
     }
-    let days = state.db().usage().days(client.id, from, to).await?;
+    let days = state.db().tenant(client.id).usage().days(from, to).await?;
     Ok(Json(days.into_iter().map(Into::into).collect()))
 }

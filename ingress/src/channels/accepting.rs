@@ -101,7 +101,6 @@ impl Acceptor {
 /// Commits one round: a batch per tenant, each message alone when its batch fails.
 async fn commit(db: &Db, round: Vec<Waiting>) {
     metrics::histogram!(metric::ACCEPT_ROUND_MESSAGES).record(round.len() as f64);
-    let messages = db.messages();
     for (client_id, batch) in shared::batching::by_tenant(round, |w| w.client_id) {
         if batch.len() > 1 {
             let entries: Vec<NewUserMessage<'_>> = batch
@@ -113,7 +112,7 @@ async fn commit(db: &Db, round: Vec<Waiting>) {
                     channel_message_id: w.channel_message_id.as_deref(),
                 })
                 .collect();
-            match messages.accept_users(client_id, &entries).await {
+            match db.tenant(client_id).messages().accept_users(&entries).await {
                 Ok(ids) => {
                     for (waiting, message_id) in batch.into_iter().zip(ids) {
                         let _ = waiting.done.send(Ok(RecordedUser {
@@ -132,9 +131,10 @@ async fn commit(db: &Db, round: Vec<Waiting>) {
             }
         }
         for waiting in batch {
-            let recorded = messages
+            let recorded = db
+                .tenant(client_id)
+                .messages()
                 .accept_user(
-                    client_id,
                     waiting.conversation_id,
                     waiting.envelope_id,
                     &waiting.content,
@@ -165,8 +165,9 @@ mod tests {
         for key in ["a", "b", "c"] {
             conversations.push(
                 env.db
+                    .tenant(t.id)
                     .conversations()
-                    .get_or_create(t.id, Channel::Api, key)
+                    .get_or_create(Channel::Api, key)
                     .await
                     .expect("conversation"),
             );
@@ -210,8 +211,9 @@ mod tests {
         for conversation in conversations {
             let mailbox = env
                 .db
+                .tenant(t.id)
                 .messages()
-                .mailbox_after(t.id, conversation, 0, 100)
+                .mailbox_after(conversation, 0, 100)
                 .await
                 .expect("mailbox");
             let seqs: Vec<u64> = mailbox.iter().map(|m| m.seq).collect();

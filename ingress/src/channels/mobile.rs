@@ -90,14 +90,16 @@ pub(crate) async fn open_session(
     let token = push_token(request.push_token)?;
     let conversation_id = state
         .db()
+        .tenant(client_id)
         .conversations()
-        .get_or_create(client_id, Channel::Mobile, &device_id)
+        .get_or_create(Channel::Mobile, &device_id)
         .await?;
     if let Some(token) = token {
         state
             .db()
+            .tenant(client_id)
             .devices()
-            .set_push_token(client_id, &device_id, Some(&token))
+            .set_push_token(&device_id, Some(&token))
             .await?;
     }
     let claims = SessionClaims {
@@ -143,8 +145,9 @@ pub(crate) async fn set_push_token(
     let token = push_token(request.push_token)?;
     state
         .db()
+        .tenant(claims.client_id)
         .devices()
-        .set_push_token(claims.client_id, &claims.external_id, token.as_deref())
+        .set_push_token(&claims.external_id, token.as_deref())
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -42,7 +42,6 @@ pub(crate) async fn record_and_publish(
     conversation_id: shared::ids::ConversationId,
     envelope: &shared::envelope::Envelope,
 ) -> Result<()> {
-    let messages = state.db().messages();
     let recorded = state
         .acceptor()
         .accept(
@@ -55,7 +54,12 @@ pub(crate) async fn record_and_publish(
         .await?;
     if let Err(e) = state.publisher().publish_envelope(envelope).await {
         if recorded.newly_recorded
-            && let Err(withdraw) = messages.withdraw(envelope.client_id, envelope.id).await
+            && let Err(withdraw) = state
+                .db()
+                .tenant(envelope.client_id)
+                .messages()
+                .withdraw(envelope.id)
+                .await
         {
             // It stays pending and is answered with the conversation's next turn.
             tracing::warn!(error = %withdraw, "could not withdraw an unconfirmed message");

@@ -134,7 +134,12 @@ pub(crate) async fn open_session(
             )
         })?
         .to_owned();
-    let accounts = state.db().channel_accounts().list(client.id).await?;
+    let accounts = state
+        .db()
+        .tenant(client.id)
+        .channel_accounts()
+        .list()
+        .await?;
     let allowed = accounts
         .iter()
         .filter(|a| a.channel == Channel::Widget)
@@ -154,8 +159,9 @@ pub(crate) async fn open_session(
     }
     let conversation_id = state
         .db()
+        .tenant(client.id)
         .conversations()
-        .get_or_create(client.id, Channel::Widget, &visitor_id)
+        .get_or_create(Channel::Widget, &visitor_id)
         .await?;
     let claims = SessionClaims {
         client_id: client.id,

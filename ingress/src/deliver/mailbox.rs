@@ -55,8 +55,9 @@ impl Marks {
                 for (client_id, marks) in by_tenant {
                     let ids: Vec<ReplyId> = marks.iter().map(|m| m.reply_id).collect();
                     let written = db
+                        .tenant(client_id)
                         .messages()
-                        .mark_delivered(client_id, &ids)
+                        .mark_delivered(&ids)
                         .await
                         .map_err(|e| e.to_string());
                     for mark in marks {
@@ -149,8 +150,9 @@ async fn deliver(
                 // Pushed only the first time the reply is delivered.
                 state
                     .db()
+                    .tenant(reply.client_id)
                     .messages()
-                    .deliver_to_mailbox(reply.client_id, conversation_id, reply.id)
+                    .deliver_to_mailbox(conversation_id, reply.id)
                     .await
                     .map(|placed| placed.is_some())
                     .map_err(|e| e.to_string())

@@ -64,7 +64,13 @@ async fn send(
     body: &str,
     data: Value,
 ) -> anyhow::Result<()> {
-    let Some(token) = state.db().devices().push_token(client_id, device).await? else {
+    let Some(token) = state
+        .db()
+        .tenant(client_id)
+        .devices()
+        .push_token(device)
+        .await?
+    else {
         return Ok(());
     };
     let Some((project, access_token)) = credentials(state, client_id).await? else {
@@ -118,8 +124,9 @@ async fn send(
             tracing::info!(%client_id, "push token unregistered; forgotten");
             state
                 .db()
+                .tenant(client_id)
                 .devices()
-                .set_push_token(client_id, device, None)
+                .set_push_token(device, None)
                 .await?;
             Ok(())
         }
@@ -134,8 +141,9 @@ async fn credentials(
 ) -> anyhow::Result<Option<(String, String)>> {
     for sealed in state
         .db()
+        .tenant(client_id)
         .channel_accounts()
-        .sealed_for_channel(client_id, Channel::Mobile)
+        .sealed_for_channel(Channel::Mobile)
         .await?
     {
         let plain = state.secrets().open(client_id, Channel::Mobile, &sealed)?;

@@ -109,8 +109,7 @@ async fn deliver(
     };
     let span = tracing::info_span!("deliver", channel = "whatsapp", client_id = %reply.client_id, reply_id = %reply.id);
     async {
-        let messages = state.db().messages();
-        match messages.delivery_status(reply.client_id, reply.id).await {
+        match state.db().tenant(reply.client_id).messages().delivery_status(reply.id).await {
             Ok(Some(status)) => {
                 tracing::info!(%status, "already sent; dropped");
                 let _ = delivery.ack().await;
@@ -181,8 +180,8 @@ async fn deliver(
                 Outcome::Failed(reason) => {
                     tracing::warn!(%reason, "WhatsApp refused the message; marked failed");
                     metrics::counter!(metric::DELIVERIES, "channel" => "whatsapp", "result" => "failed").increment(1);
-                    if let Err(e) = messages
-                        .record_delivery(reply.client_id, reply.id, DeliveryStatus::Failed, None)
+                    if let Err(e) = state.db().tenant(reply.client_id).messages()
+                        .record_delivery(reply.id, DeliveryStatus::Failed, None)
                         .await
                     {
                         return requeue(&delivery, &e.to_string()).await;
@@ -202,17 +201,15 @@ async fn deliver(
                 }
                 Outcome::Transient(reason) => return requeue(&delivery, &reason).await,
                 Outcome::Permanent(reason) => {
-                    let _ = messages
-                        .record_delivery(reply.client_id, reply.id, DeliveryStatus::Failed, None)
+                    let _ = state.db().tenant(reply.client_id).messages()
+                        .record_delivery(reply.id, DeliveryStatus::Failed, None)
                         .await;
                     return dead_letter(state, queue, &delivery, &reason).await;
                 }
             }
         }
-        match messages
-            .record_delivery(
-                reply.client_id,
-                reply.id,
+        match state.db().tenant(reply.client_id).messages()
+            .record_delivery(reply.id,
                 DeliveryStatus::Sent,
                 last_id.as_deref(),
             )
@@ -245,8 +242,9 @@ async fn access_token(
     };
     let sealed = state
         .db()
+        .tenant(client_id)
         .channel_accounts()
-        .sealed_credentials(client_id, account_id)
+        .sealed_credentials(account_id)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the WhatsApp account has no credentials")?;

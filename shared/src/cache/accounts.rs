@@ -49,8 +49,7 @@ impl AccountOwners {
         }
         let found = self
             .db
-            .channel_accounts()
-            .owner(channel, external_account_id)
+            .channel_account_owner(channel, external_account_id)
             .await?;
         self.owners.insert(key, found);
         Ok(found)

@@ -48,7 +48,7 @@ impl ApiKeyOwners {
         if let Some(client_id) = self.owners.get(&digest) {
             return Ok(Some(client_id));
         }
-        let found = self.db.api_keys().authenticate(presented).await?;
+        let found = self.db.api_key_owner(presented).await?;
         if let Some(client_id) = found {
             self.owners.insert(digest, client_id);
         }
@@ -58,7 +58,7 @@ impl ApiKeyOwners {
     /// Revokes a key of `client_id`; every process forgets the keys it knew. Returns
     /// whether an active key was revoked.
     pub async fn revoke(&self, client_id: ClientId, key_id: u64) -> Result<bool> {
-        let revoked = self.db.api_keys().revoke(client_id, key_id).await?;
+        let revoked = self.db.tenant(client_id).api_keys().revoke(key_id).await?;
         if revoked {
             self.owners.changed().await?;
         }

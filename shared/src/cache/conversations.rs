@@ -48,8 +48,9 @@ impl ConversationIds {
         }
         let id = self
             .db
+            .tenant(client_id)
             .conversations()
-            .get_or_create(client_id, channel, external_id)
+            .get_or_create(channel, external_id)
             .await?;
         self.ids.insert(key, id);
         Ok(id)
@@ -68,8 +69,9 @@ impl ConversationIds {
         }
         let found = self
             .db
+            .tenant(client_id)
             .conversations()
-            .find(client_id, channel, external_id)
+            .find(channel, external_id)
             .await?;
         if let Some(id) = found {
             self.ids.insert(key, id);

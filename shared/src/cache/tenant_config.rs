@@ -98,7 +98,7 @@ impl TenantConfigs {
             }
         }
         metrics::counter!(metric::CONFIG_CACHE, "result" => "miss").increment(1);
-        let Some(fresh) = self.db.configs().load_tenant(client_id).await? else {
+        let Some(fresh) = self.db.tenant(client_id).configs().load_tenant().await? else {
             return Ok(None);
         };
         let fresh = Arc::new(fresh);
@@ -110,7 +110,7 @@ impl TenantConfigs {
     /// After an admin write committed: publish the new configuration to Redis and tell
     /// every process. Returns the version now in force.
     pub async fn refresh(&self, client_id: ClientId) -> Result<Option<u64>> {
-        let Some(fresh) = self.db.configs().load_tenant(client_id).await? else {
+        let Some(fresh) = self.db.tenant(client_id).configs().load_tenant().await? else {
             return Ok(None);
         };
         let version = fresh.config.config_version;

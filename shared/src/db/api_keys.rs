@@ -28,14 +28,17 @@ pub struct NewApiKey {
 #[derive(Debug)]
 pub struct ApiKeys<'a> {
     pool: &'a MySqlPool,
+    /// The tenant every statement is bound to.
+    client_id: ClientId,
 }
 
 impl<'a> ApiKeys<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+        Self { pool, client_id }
     }
 
-    pub async fn create(&self, client_id: ClientId, name: &str) -> Result<NewApiKey> {
+    pub async fn create(&self, name: &str) -> Result<NewApiKey> {
+        let client_id = self.client_id;
         // The thread-local generator must not live across an await (it is not Send).
         let (prefix, secret) = {
             let mut rng = rand::rng();
@@ -61,7 +64,8 @@ impl<'a> ApiKeys<'a> {
         })
     }
 
-    pub async fn revoke(&self, client_id: ClientId, key_id: u64) -> Result<bool> {
+    pub async fn revoke(&self, key_id: u64) -> Result<bool> {
+        let client_id = self.client_id;
         let done = guard::query(
             "UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP(6) \
              WHERE client_id = ? AND id = ? AND revoked_at IS NULL",
@@ -71,36 +75,6 @@ impl<'a> ApiKeys<'a> {
         .execute(self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    /// The tenant a presented key belongs to, or `None` for a malformed, unknown or revoked
-    /// key. This is the one lookup that cannot start from a tenant id: it is how the tenant
-    /// is found. It goes by the public prefix and compares the hash in constant time.
-    pub async fn authenticate(&self, presented: &str) -> Result<Option<ClientId>> {
-        let mut parts = presented.splitn(3, '_');
-        let (Some(KEY_TAG), Some(prefix), Some(secret)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Ok(None);
-        };
-        if prefix.len() != 12 || secret.len() != 64 {
-            return Ok(None);
-        }
-        let row = guard::tenant_lookup(
-            "SELECT client_id, secret_hash FROM api_keys WHERE prefix = ? AND revoked_at IS NULL",
-            "an API key identifies its tenant; the lookup goes by the key's public prefix",
-        )
-        .bind(prefix)
-        .fetch_optional(self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let stored: Vec<u8> = row.try_get("secret_hash")?;
-        let presented_hash = Sha256::digest(secret.as_bytes());
-        if bool::from(presented_hash.as_slice().ct_eq(stored.as_slice())) {
-            Ok(Some(client_id_of(row.try_get("client_id")?)))
-        } else {
-            Ok(None)
-        }
     }
 }
 
@@ -115,7 +89,8 @@ pub struct ApiKeyInfo {
 }
 
 impl ApiKeys<'_> {
-    pub async fn list(&self, client_id: ClientId) -> Result<Vec<ApiKeyInfo>> {
+    pub async fn list(&self) -> Result<Vec<ApiKeyInfo>> {
+        let client_id = self.client_id;
         let rows = guard::query(
             "SELECT id, prefix, name, created_at, revoked_at FROM api_keys \
              WHERE client_id = ? ORDER BY id ASC",
@@ -134,5 +109,34 @@ impl ApiKeys<'_> {
                 })
             })
             .collect()
+    }
+}
+
+/// The tenant a presented key belongs to, or `None` for a malformed, unknown or revoked
+/// key. This is the one lookup that cannot start from a tenant id: it is how the tenant
+/// is found. It goes by the public prefix and compares the hash in constant time.
+pub(super) async fn authenticate(pool: &MySqlPool, presented: &str) -> Result<Option<ClientId>> {
+    let mut parts = presented.splitn(3, '_');
+    let (Some(KEY_TAG), Some(prefix), Some(secret)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Ok(None);
+    };
+    if prefix.len() != 12 || secret.len() != 64 {
+        return Ok(None);
+    }
+    let row = guard::tenant_lookup(
+        "SELECT client_id, secret_hash FROM api_keys WHERE prefix = ? AND revoked_at IS NULL",
+        "an API key identifies its tenant; the lookup goes by the key's public prefix",
+    )
+    .bind(prefix)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let stored: Vec<u8> = row.try_get("secret_hash")?;
+    let presented_hash = Sha256::digest(secret.as_bytes());
+    if bool::from(presented_hash.as_slice().ct_eq(stored.as_slice())) {
+        Ok(Some(client_id_of(row.try_get("client_id")?)))
+    } else {
+        Ok(None)
     }
 }

@@ -25,23 +25,25 @@ pub struct ChannelAccount {
 #[derive(Debug)]
 pub struct ChannelAccounts<'a> {
     pool: &'a MySqlPool,
+    /// The tenant every statement is bound to.
+    client_id: ClientId,
 }
 
 impl<'a> ChannelAccounts<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+        Self { pool, client_id }
     }
 
     /// Stores an account; the same external account on the same channel (even for another
     /// tenant) is [`Error::Conflict`].
     pub async fn create(
         &self,
-        client_id: ClientId,
         channel: Channel,
         external_account_id: &str,
         sealed_credentials: Option<&[u8]>,
         settings: &serde_json::Value,
     ) -> Result<u64> {
+        let client_id = self.client_id;
         let inserted = guard::query(
             "INSERT INTO channel_accounts (client_id, channel, external_account_id, \
              credentials_encrypted, settings_json) VALUES (?, ?, ?, ?, ?)",
@@ -62,7 +64,8 @@ impl<'a> ChannelAccounts<'a> {
         }
     }
 
-    pub async fn list(&self, client_id: ClientId) -> Result<Vec<ChannelAccount>> {
+    pub async fn list(&self) -> Result<Vec<ChannelAccount>> {
+        let client_id = self.client_id;
         let rows = guard::query(
             "SELECT id, channel, external_account_id, settings_json, \
              credentials_encrypted IS NOT NULL AS has_credentials, created_at \
@@ -91,31 +94,9 @@ impl<'a> ChannelAccounts<'a> {
             .collect()
     }
 
-    /// The tenant and account id that own `external_account_id` on `channel` (how an
-    /// inbound webhook finds its tenant: it cannot start from one).
-    pub async fn owner(
-        &self,
-        channel: Channel,
-        external_account_id: &str,
-    ) -> Result<Option<(ClientId, u64)>> {
-        let row = guard::tenant_lookup(
-            "SELECT client_id, id FROM channel_accounts WHERE channel = ? AND external_account_id = ?",
-            "a channel account identifies its tenant; webhooks name the account, not the tenant",
-        )
-        .bind(channel.as_str())
-        .bind(external_account_id)
-        .fetch_optional(self.pool)
-        .await?;
-        row.map(|r| Ok((ClientId::new(r.try_get("client_id")?), r.try_get("id")?)))
-            .transpose()
-    }
-
     /// The sealed credentials of every account the tenant has on `channel`.
-    pub async fn sealed_for_channel(
-        &self,
-        client_id: ClientId,
-        channel: Channel,
-    ) -> Result<Vec<Vec<u8>>> {
+    pub async fn sealed_for_channel(&self, channel: Channel) -> Result<Vec<Vec<u8>>> {
+        let client_id = self.client_id;
         let rows: Vec<Option<Vec<u8>>> = guard::query_scalar(
             "SELECT credentials_encrypted FROM channel_accounts WHERE client_id = ? AND channel = ? ORDER BY id",
         )?
@@ -126,7 +107,8 @@ impl<'a> ChannelAccounts<'a> {
         Ok(rows.into_iter().flatten().collect())
     }
 
-    pub async fn delete(&self, client_id: ClientId, id: u64) -> Result<bool> {
+    pub async fn delete(&self, id: u64) -> Result<bool> {
+        let client_id = self.client_id;
         let done = guard::query("DELETE FROM channel_accounts WHERE client_id = ? AND id = ?")?
             .bind(client_id.get())
             .bind(id)
@@ -136,11 +118,8 @@ impl<'a> ChannelAccounts<'a> {
     }
 
     /// The sealed credentials of one account, for the channel that uses them.
-    pub async fn sealed_credentials(
-        &self,
-        client_id: ClientId,
-        id: u64,
-    ) -> Result<Option<Vec<u8>>> {
+    pub async fn sealed_credentials(&self, id: u64) -> Result<Option<Vec<u8>>> {
+        let client_id = self.client_id;
         let sealed: Option<Option<Vec<u8>>> = guard::query_scalar(
             "SELECT credentials_encrypted FROM channel_accounts WHERE client_id = ? AND id = ?",
         )?
@@ -150,4 +129,23 @@ impl<'a> ChannelAccounts<'a> {
         .await?;
         Ok(sealed.flatten())
     }
+}
+
+/// The tenant and account id that own `external_account_id` on `channel` (how an
+/// inbound webhook finds its tenant: it cannot start from one).
+pub(super) async fn owner(
+    pool: &MySqlPool,
+    channel: Channel,
+    external_account_id: &str,
+) -> Result<Option<(ClientId, u64)>> {
+    let row = guard::tenant_lookup(
+        "SELECT client_id, id FROM channel_accounts WHERE channel = ? AND external_account_id = ?",
+        "a channel account identifies its tenant; webhooks name the account, not the tenant",
+    )
+    .bind(channel.as_str())
+    .bind(external_account_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| Ok((ClientId::new(r.try_get("client_id")?), r.try_get("id")?)))
+        .transpose()
 }

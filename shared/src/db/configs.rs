@@ -165,20 +165,23 @@ const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_
 #[derive(Debug)]
 pub struct Configs<'a> {
     pool: &'a MySqlPool,
+    /// The tenant every statement is bound to.
+    client_id: ClientId,
 }
 
 impl<'a> Configs<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+        Self { pool, client_id }
     }
 
     /// The tenant's client row, configuration and active modes; `None` for an unknown
     /// tenant.
-    pub async fn load_tenant(&self, client_id: ClientId) -> Result<Option<TenantConfig>> {
+    pub async fn load_tenant(&self) -> Result<Option<TenantConfig>> {
+        let client_id = self.client_id;
         let Some(client) = super::Clients::new(self.pool).get(client_id).await? else {
             return Ok(None);
         };
-        let Some(config) = self.get(client_id).await? else {
+        let Some(config) = self.get().await? else {
             return Ok(None);
         };
         let modes = guard::query(
@@ -198,7 +201,8 @@ impl<'a> Configs<'a> {
         }))
     }
 
-    pub async fn get(&self, client_id: ClientId) -> Result<Option<ClientConfig>> {
+    pub async fn get(&self) -> Result<Option<ClientConfig>> {
+        let client_id = self.client_id;
         let row = guard::query(&format!(
             "SELECT {CONFIG_COLUMNS} FROM client_configs WHERE client_id = ?"
         ))?
@@ -209,7 +213,8 @@ impl<'a> Configs<'a> {
     }
 
     /// Replaces the configuration and bumps its version; returns the new version.
-    pub async fn update(&self, client_id: ClientId, update: &ConfigUpdate) -> Result<u64> {
+    pub async fn update(&self, update: &ConfigUpdate) -> Result<u64> {
+        let client_id = self.client_id;
         update.validate()?;
         let mut tx = self.pool.begin().await?;
         let done = guard::query(
@@ -246,7 +251,8 @@ impl<'a> Configs<'a> {
     }
 
     /// Every agent mode of the tenant, active or not, in priority order.
-    pub async fn list_modes(&self, client_id: ClientId) -> Result<Vec<AgentMode>> {
+    pub async fn list_modes(&self) -> Result<Vec<AgentMode>> {
+        let client_id = self.client_id;
         guard::query(
             "SELECT module_key, prompt_fragment, is_active, priority FROM agent_modes \
              WHERE client_id = ? ORDER BY priority ASC, module_key ASC",
@@ -260,7 +266,8 @@ impl<'a> Configs<'a> {
     }
 
     /// Creates a mode; a taken key is [`Error::Conflict`]. Returns the new version.
-    pub async fn create_mode(&self, client_id: ClientId, mode: &NewAgentMode) -> Result<u64> {
+    pub async fn create_mode(&self, mode: &NewAgentMode) -> Result<u64> {
+        let client_id = self.client_id;
         validate_mode_key(&mode.module_key)?;
         validate_fragment(&mode.prompt_fragment)?;
         let mut tx = self.pool.begin().await?;
@@ -291,12 +298,8 @@ impl<'a> Configs<'a> {
     }
 
     /// Changes a mode's fragment, activity or priority. `None` when there is no such mode.
-    pub async fn update_mode(
-        &self,
-        client_id: ClientId,
-        module_key: &str,
-        patch: &ModePatch,
-    ) -> Result<Option<u64>> {
+    pub async fn update_mode(&self, module_key: &str, patch: &ModePatch) -> Result<Option<u64>> {
+        let client_id = self.client_id;
         if let Some(fragment) = &patch.prompt_fragment {
             validate_fragment(fragment)?;
         }
@@ -329,7 +332,8 @@ impl<'a> Configs<'a> {
     }
 
     /// Deletes a mode. `None` when there is no such mode.
-    pub async fn delete_mode(&self, client_id: ClientId, module_key: &str) -> Result<Option<u64>> {
+    pub async fn delete_mode(&self, module_key: &str) -> Result<Option<u64>> {
+        let client_id = self.client_id;
         let mut tx = self.pool.begin().await?;
         let done = guard::query("DELETE FROM agent_modes WHERE client_id = ? AND module_key = ?")?
             .bind(client_id.get())

@@ -40,11 +40,13 @@ text_column!(ConversationMode, "conversation mode", {
 #[derive(Debug)]
 pub struct Conversations<'a> {
     pool: &'a MySqlPool,
+    /// The tenant every statement is bound to.
+    client_id: ClientId,
 }
 
 impl<'a> Conversations<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+        Self { pool, client_id }
     }
 
     /// The conversation for this key, created on first use. Safe under concurrency: the
@@ -52,11 +54,11 @@ impl<'a> Conversations<'a> {
     /// existing conversation (every message after the first) costs one read, not a write.
     pub async fn get_or_create(
         &self,
-        client_id: ClientId,
         channel: Channel,
         external_id: &str,
     ) -> Result<ConversationId> {
-        if let Some(found) = self.find(client_id, channel, external_id).await? {
+        let client_id = self.client_id;
+        if let Some(found) = self.find(channel, external_id).await? {
             return Ok(found);
         }
         let done = guard::query(
@@ -74,10 +76,10 @@ impl<'a> Conversations<'a> {
     /// The conversation for this key, if it exists yet.
     pub async fn find(
         &self,
-        client_id: ClientId,
         channel: Channel,
         external_id: &str,
     ) -> Result<Option<ConversationId>> {
+        let client_id = self.client_id;
         let id: Option<u64> = guard::query_scalar(
             "SELECT id FROM conversations WHERE client_id = ? AND channel = ? AND external_id = ?",
         )?
@@ -90,12 +92,8 @@ impl<'a> Conversations<'a> {
     }
 
     /// Conversations by ascending id after `after_id`, at most `limit`.
-    pub async fn list(
-        &self,
-        client_id: ClientId,
-        after_id: u64,
-        limit: u32,
-    ) -> Result<Vec<ConversationSummary>> {
+    pub async fn list(&self, after_id: u64, limit: u32) -> Result<Vec<ConversationSummary>> {
+        let client_id = self.client_id;
         let rows = guard::query(&format!(
             "SELECT {SUMMARY} WHERE client_id = ? AND id > ? ORDER BY id ASC LIMIT ?"
         ))?
@@ -109,9 +107,9 @@ impl<'a> Conversations<'a> {
 
     pub async fn get(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
     ) -> Result<Option<ConversationSummary>> {
+        let client_id = self.client_id;
         let row = guard::query(&format!("SELECT {SUMMARY} WHERE client_id = ? AND id = ?"))?
             .bind(client_id.get())
             .bind(conversation_id.get())
@@ -124,10 +122,10 @@ impl<'a> Conversations<'a> {
     /// row's lock, so it orders against `Messages::store_reply`.
     pub async fn set_mode(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         mode: ConversationMode,
     ) -> Result<bool> {
+        let client_id = self.client_id;
         let done = guard::query(
             "UPDATE conversations SET mode = ? WHERE client_id = ? AND id = ? AND mode <> ?",
         )?

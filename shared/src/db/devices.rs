@@ -10,20 +10,18 @@ use crate::ids::ClientId;
 #[derive(Debug)]
 pub struct Devices<'a> {
     pool: &'a MySqlPool,
+    /// The tenant every statement is bound to.
+    client_id: ClientId,
 }
 
 impl<'a> Devices<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+        Self { pool, client_id }
     }
 
     /// Registers (or replaces, or with `None` removes) the device's push token.
-    pub async fn set_push_token(
-        &self,
-        client_id: ClientId,
-        device_id: &str,
-        push_token: Option<&str>,
-    ) -> Result<()> {
+    pub async fn set_push_token(&self, device_id: &str, push_token: Option<&str>) -> Result<()> {
+        let client_id = self.client_id;
         guard::query(
             "INSERT INTO mobile_devices (client_id, device_id, push_token) VALUES (?, ?, ?) \
              ON DUPLICATE KEY UPDATE push_token = VALUES(push_token)",
@@ -37,7 +35,8 @@ impl<'a> Devices<'a> {
     }
 
     /// The device's push token, if it registered one.
-    pub async fn push_token(&self, client_id: ClientId, device_id: &str) -> Result<Option<String>> {
+    pub async fn push_token(&self, device_id: &str) -> Result<Option<String>> {
+        let client_id = self.client_id;
         let token: Option<Option<String>> = guard::query_scalar(
             "SELECT push_token FROM mobile_devices WHERE client_id = ? AND device_id = ?",
         )?

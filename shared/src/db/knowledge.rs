@@ -31,21 +31,23 @@ const COLUMNS: &str = "id, title, source, content_hash, chunk_count, created_at"
 #[derive(Debug)]
 pub struct KnowledgeDocuments<'a> {
     pool: &'a MySqlPool,
+    /// The tenant every statement is bound to.
+    client_id: ClientId,
 }
 
 impl<'a> KnowledgeDocuments<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+        Self { pool, client_id }
     }
 
     /// Registers a document by content hash (re-uploading the same content is a no-op).
     pub async fn register(
         &self,
-        client_id: ClientId,
         title: &str,
         source: Option<&str>,
         hash: &[u8; 32],
     ) -> Result<Registered> {
+        let client_id = self.client_id;
         let inserted = guard::query(
             "INSERT INTO knowledge_documents (client_id, title, source, content_hash) VALUES (?, ?, ?, ?)",
         )?
@@ -71,7 +73,8 @@ impl<'a> KnowledgeDocuments<'a> {
         }
     }
 
-    pub async fn set_chunk_count(&self, client_id: ClientId, id: u64, chunks: u32) -> Result<()> {
+    pub async fn set_chunk_count(&self, id: u64, chunks: u32) -> Result<()> {
+        let client_id = self.client_id;
         guard::query(
             "UPDATE knowledge_documents SET chunk_count = ? WHERE client_id = ? AND id = ?",
         )?
@@ -83,7 +86,8 @@ impl<'a> KnowledgeDocuments<'a> {
         Ok(())
     }
 
-    pub async fn get(&self, client_id: ClientId, id: u64) -> Result<Option<KnowledgeDocument>> {
+    pub async fn get(&self, id: u64) -> Result<Option<KnowledgeDocument>> {
+        let client_id = self.client_id;
         let row = guard::query(&format!(
             "SELECT {COLUMNS} FROM knowledge_documents WHERE client_id = ? AND id = ?"
         ))?
@@ -94,7 +98,8 @@ impl<'a> KnowledgeDocuments<'a> {
         row.as_ref().map(document).transpose()
     }
 
-    pub async fn list(&self, client_id: ClientId) -> Result<Vec<KnowledgeDocument>> {
+    pub async fn list(&self) -> Result<Vec<KnowledgeDocument>> {
+        let client_id = self.client_id;
         let rows = guard::query(&format!(
             "SELECT {COLUMNS} FROM knowledge_documents WHERE client_id = ? ORDER BY id ASC"
         ))?
@@ -104,7 +109,8 @@ impl<'a> KnowledgeDocuments<'a> {
         rows.iter().map(document).collect()
     }
 
-    pub async fn delete(&self, client_id: ClientId, id: u64) -> Result<bool> {
+    pub async fn delete(&self, id: u64) -> Result<bool> {
+        let client_id = self.client_id;
         let done = guard::query("DELETE FROM knowledge_documents WHERE client_id = ? AND id = ?")?
             .bind(client_id.get())
             .bind(id)

@@ -1,10 +1,14 @@
-//! The data layer: the only place SQL lives. Every repository method on a tenant table
-//! takes the tenant id ([`ClientId`]) as its first parameter and filters by `client_id`,
-//! so no query can read or write another tenant's rows by accident.
+//! The data layer: the only place SQL lives. A tenant's data is reached through
+//! [`Db::tenant`], whose repositories are bound to that tenant once and filter every
+//! statement by its `client_id`, so no query can read or write another tenant's rows by
+//! accident; the isolation guard ([`guard`]) checks every statement as well. The tenant
+//! registry ([`Db::clients`]) and the two lookups that find a tenant from a credential
+//! ([`Db::api_key_owner`], [`Db::channel_account_owner`]) are the only ways in that do
+//! not start from a tenant.
 //!
 //! The schema lives in `migrations/` (embedded at build time) and is applied by
-//! [`Db::migrate`]. sqlx types stay inside this module: callers see [`Db`] and the
-//! repositories' plain row types.
+//! [`Db::migrate`]; the stored procedures' current bodies in `procedures/`. sqlx types
+//! stay inside this module: callers see [`Db`] and the repositories' plain row types.
 
 mod api_keys;
 mod channel_accounts;
@@ -44,7 +48,7 @@ pub(crate) use text_column::text_column;
 pub use usage::{Usage, UsageDay};
 
 use crate::error::{Error, Result};
-use crate::ids::ClientId;
+use crate::ids::{Channel, ClientId};
 use crate::settings::DatabaseSettings;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -123,32 +127,72 @@ impl Db {
         self.pool.close().await;
     }
 
+    /// The tenant registry (`clients`): creating, listing and finding tenants.
     pub fn clients(&self) -> Clients<'_> {
         Clients::new(&self.pool)
     }
-    pub fn configs(&self) -> Configs<'_> {
-        Configs::new(&self.pool)
+
+    /// One tenant's data: every repository it hands out binds each statement to
+    /// `client_id` (the isolation guard checks each statement as well).
+    pub fn tenant(&self, client_id: ClientId) -> TenantDb<'_> {
+        TenantDb {
+            db: self,
+            client_id,
+        }
     }
-    pub fn api_keys(&self) -> ApiKeys<'_> {
-        ApiKeys::new(&self.pool)
+
+    /// The tenant a presented API key belongs to, or `None` for a malformed, unknown or
+    /// revoked key: the one lookup that cannot start from a tenant, since it is how the
+    /// tenant is found (by the key's public prefix, the hash compared in constant time).
+    pub async fn api_key_owner(&self, presented: &str) -> Result<Option<ClientId>> {
+        api_keys::authenticate(&self.pool, presented).await
     }
-    pub fn channel_accounts(&self) -> ChannelAccounts<'_> {
-        ChannelAccounts::new(&self.pool)
+
+    /// The tenant and account id that own `external_account_id` on `channel` (how an
+    /// inbound webhook finds its tenant: it cannot start from one).
+    pub async fn channel_account_owner(
+        &self,
+        channel: Channel,
+        external_account_id: &str,
+    ) -> Result<Option<(ClientId, u64)>> {
+        channel_accounts::owner(&self.pool, channel, external_account_id).await
     }
-    pub fn knowledge(&self) -> KnowledgeDocuments<'_> {
-        KnowledgeDocuments::new(&self.pool)
+}
+
+/// One tenant's repositories ([`Db::tenant`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TenantDb<'a> {
+    db: &'a Db,
+    client_id: ClientId,
+}
+
+impl<'a> TenantDb<'a> {
+    pub fn client_id(&self) -> ClientId {
+        self.client_id
     }
-    pub fn usage(&self) -> Usage<'_> {
-        Usage::new(&self.pool)
+    pub fn configs(&self) -> Configs<'a> {
+        Configs::new(&self.db.pool, self.client_id)
     }
-    pub fn conversations(&self) -> Conversations<'_> {
-        Conversations::new(&self.pool)
+    pub fn api_keys(&self) -> ApiKeys<'a> {
+        ApiKeys::new(&self.db.pool, self.client_id)
     }
-    pub fn messages(&self) -> Messages<'_> {
-        Messages::new(&self.pool, &self.direct)
+    pub fn channel_accounts(&self) -> ChannelAccounts<'a> {
+        ChannelAccounts::new(&self.db.pool, self.client_id)
     }
-    pub fn devices(&self) -> Devices<'_> {
-        Devices::new(&self.pool)
+    pub fn knowledge(&self) -> KnowledgeDocuments<'a> {
+        KnowledgeDocuments::new(&self.db.pool, self.client_id)
+    }
+    pub fn usage(&self) -> Usage<'a> {
+        Usage::new(&self.db.pool, self.client_id)
+    }
+    pub fn conversations(&self) -> Conversations<'a> {
+        Conversations::new(&self.db.pool, self.client_id)
+    }
+    pub fn messages(&self) -> Messages<'a> {
+        Messages::new(&self.db.pool, &self.db.direct, self.client_id)
+    }
+    pub fn devices(&self) -> Devices<'a> {
+        Devices::new(&self.db.pool, self.client_id)
     }
 }
 
@@ -195,13 +239,13 @@ mod tests {
     async fn a_deadlock_victim_is_told_apart_from_other_failures() {
         let env = TestEnv::start(&[]).await;
         let t = env.tenant("deadlock").await;
-        let conversations = env.db.conversations();
+        let conversations = env.db.tenant(t.id).conversations();
         let a = conversations
-            .get_or_create(t.id, Channel::Api, "a")
+            .get_or_create(Channel::Api, "a")
             .await
             .expect("a");
         let b = conversations
-            .get_or_create(t.id, Channel::Api, "b")
+            .get_or_create(Channel::Api, "b")
             .await
             .expect("b");
         let (mut one, mut two) = (

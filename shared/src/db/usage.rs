@@ -25,20 +25,18 @@ pub struct UsageDay {
 #[derive(Debug)]
 pub struct Usage<'a> {
     pool: &'a MySqlPool,
+    /// The tenant every statement is bound to.
+    client_id: ClientId,
 }
 
 impl<'a> Usage<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+        Self { pool, client_id }
     }
 
     /// Days from `from` to `to`, inclusive, ascending (days without traffic are absent).
-    pub async fn days(
-        &self,
-        client_id: ClientId,
-        from: NaiveDate,
-        to: NaiveDate,
-    ) -> Result<Vec<UsageDay>> {
+    pub async fn days(&self, from: NaiveDate, to: NaiveDate) -> Result<Vec<UsageDay>> {
+        let client_id = self.client_id;
         let rows = guard::query(
             "SELECT day, CAST(SUM(messages) AS UNSIGNED) AS messages, \
              CAST(SUM(prompt_tokens) AS UNSIGNED) AS prompt_tokens, \

@@ -20,7 +20,6 @@ use tokenizer::{PER_MESSAGE, REPLY_PRIMER};
 /// Below this distance from the budget the estimate is trusted without a full recount.
 const RECOUNT_MARGIN: usize = 64;
 
-
 /// What had to go to fit the budget.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dropped {

@@ -245,9 +245,9 @@ impl Turn<'_> {
         let ctx = self.ctx;
         let opened = ctx
             .db
+            .tenant(self.tenant.client.id)
             .messages()
             .open_turn(
-                self.tenant.client.id,
                 self.conversation_id,
                 MAX_COALESCED,
                 self.tenant.config.max_context_turns,
@@ -287,8 +287,9 @@ impl Turn<'_> {
             pending = self
                 .ctx
                 .db
+                .tenant(self.tenant.client.id)
                 .messages()
-                .pending(self.tenant.client.id, self.conversation_id, MAX_COALESCED)
+                .pending(self.conversation_id, MAX_COALESCED)
                 .await?;
             if tokio::time::Instant::now() >= give_up_at {
                 break;
@@ -303,8 +304,9 @@ impl Turn<'_> {
         let (ctx, client_id) = (self.ctx, self.tenant.client.id);
         if ctx
             .db
+            .tenant(client_id)
             .conversations()
-            .set_mode(client_id, self.conversation_id, ConversationMode::Human)
+            .set_mode(self.conversation_id, ConversationMode::Human)
             .await?
         {
             let mut event = Event::new(
@@ -346,9 +348,9 @@ async fn record(ctx: &Ctx, conversation_id: ConversationId, env: &Envelope) -> R
         return Ok(());
     }
     ctx.db
+        .tenant(env.client_id)
         .messages()
         .record_user(
-            env.client_id,
             conversation_id,
             env.id,
             &env.message.as_prompt_text(),

@@ -22,25 +22,25 @@ pub(crate) async fn dry_run(ctx: &Ctx, env: &Envelope) -> Result<()> {
         .get(client_id)
         .await?
         .ok_or(TurnError::UnknownTenant(client_id))?;
-    let messages = ctx.db.messages();
     let conversation = ctx
         .db
+        .tenant(client_id)
         .conversations()
-        .find(client_id, env.channel, env.external_id.expose())
+        .find(env.channel, env.external_id.expose())
         .await?;
     let history = match conversation {
         Some(conversation_id) => {
-            let before = messages
-                .user_message_id(client_id, env.id)
+            let before = ctx
+                .db
+                .tenant(client_id)
+                .messages()
+                .user_message_id(env.id)
                 .await?
                 .unwrap_or(u64::MAX);
-            messages
-                .history_before(
-                    client_id,
-                    conversation_id,
-                    before,
-                    tenant.config.max_context_turns,
-                )
+            ctx.db
+                .tenant(client_id)
+                .messages()
+                .history_before(conversation_id, before, tenant.config.max_context_turns)
                 .await?
         }
         None => Vec::new(),
@@ -72,9 +72,9 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
         .await?;
     let recorded = ctx
         .db
+        .tenant(client_id)
         .messages()
         .record_user(
-            client_id,
             conversation_id,
             env.id,
             &env.message.as_prompt_text(),

@@ -44,9 +44,10 @@ pub(super) async fn reply(
     );
     let stored = timed(
         "store",
-        ctx.db.messages().store_reply(
-            env.client_id,
-            &NewReply {
+        ctx.db
+            .tenant(env.client_id)
+            .messages()
+            .store_reply(&NewReply {
                 conversation_id: turn.conversation_id,
                 reply_id: reply.id,
                 kind: reply.kind,
@@ -56,8 +57,7 @@ pub(super) async fn reply(
                 completion_tokens: answer.completion_tokens,
                 estimated_prompt_tokens: answer.estimated_prompt_tokens,
                 config_version: turn.config_version,
-            },
-        ),
+            }),
     )
     .await?;
     match stored {
@@ -92,8 +92,9 @@ pub(super) async fn close_all(
 ) -> Result<()> {
     for id in &turn.envelope_ids {
         ctx.db
+            .tenant(client_id)
             .messages()
-            .close_unanswered(client_id, *id, state)
+            .close_unanswered(*id, state)
             .await?;
     }
     Ok(())

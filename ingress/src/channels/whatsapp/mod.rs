@@ -78,8 +78,9 @@ async fn tenant_app(state: &AppState, slug: &str) -> Result<App> {
         .ok_or_else(|| ApiError::not_found("no such client"))?;
     for sealed in state
         .db()
+        .tenant(client.id)
         .channel_accounts()
-        .sealed_for_channel(client.id, Channel::Whatsapp)
+        .sealed_for_channel(Channel::Whatsapp)
         .await?
     {
         let plain = state
@@ -261,8 +262,9 @@ async fn apply_status(
     };
     let changed = state
         .db()
+        .tenant(client_id)
         .messages()
-        .apply_delivery_status(client_id, &status.id, delivery)
+        .apply_delivery_status(&status.id, delivery)
         .await?;
     tracing::debug!(status = %status.status, changed = changed.is_some(), "delivery status");
     if let Some(conversation_id) = changed {

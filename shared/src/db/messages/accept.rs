@@ -10,7 +10,7 @@ use super::{MessageState, Messages, RecordedUser, StoredReply, signalled, single
 use crate::db::{guard, is_duplicate_key};
 use crate::envelope::ReplyKind;
 use crate::error::{Error, Result};
-use crate::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
+use crate::ids::{ConversationId, EnvelopeId, ReplyId};
 
 /// A user message a channel is accepting ([`Messages::accept_users`]).
 #[derive(Debug, Clone, Copy)]
@@ -31,23 +31,16 @@ impl Messages<'_> {
     /// lock and inserting only to meet a duplicate key.
     pub async fn record_user(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         envelope_id: EnvelopeId,
         content: &str,
         channel_message_id: Option<&str>,
     ) -> Result<RecordedUser> {
-        if let Some(found) = self.find_user(client_id, envelope_id).await? {
+        if let Some(found) = self.find_user(envelope_id).await? {
             return Ok(found);
         }
-        self.accept_user(
-            client_id,
-            conversation_id,
-            envelope_id,
-            content,
-            channel_message_id,
-        )
-        .await
+        self.accept_user(conversation_id, envelope_id, content, channel_message_id)
+            .await
     }
 
     /// [`Messages::record_user`] for a message that is most likely new (a channel
@@ -56,12 +49,12 @@ impl Messages<'_> {
     /// to be taken.
     pub async fn accept_user(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         envelope_id: EnvelopeId,
         content: &str,
         channel_message_id: Option<&str>,
     ) -> Result<RecordedUser> {
+        let client_id = self.client_id;
         // One round trip: the position and the insert in one transaction
         // (migrations/20261128000002_write_procedures.sql).
         let call = guard::query_scalar("CALL accept_user_message(?, ?, ?, ?, ?)")?
@@ -83,9 +76,7 @@ impl Messages<'_> {
             }),
             Err(e) if is_duplicate_key(&e) => {
                 // Recorded before, or concurrently by another delivery of the envelope.
-                self.find_user(client_id, envelope_id)
-                    .await?
-                    .ok_or(Error::Database(e))
+                self.find_user(envelope_id).await?.ok_or(Error::Database(e))
             }
             Err(e) => Err(signalled(e)),
         }
@@ -103,11 +94,8 @@ impl Messages<'_> {
     /// row until the commit, and two batches that locked the same conversations in
     /// different orders deadlocked — under load, rounds on the same conversations run
     /// at once, and each deadlock sent a whole round back to be accepted one by one.
-    pub async fn accept_users(
-        &self,
-        client_id: ClientId,
-        batch: &[NewUserMessage<'_>],
-    ) -> Result<Vec<u64>> {
+    pub async fn accept_users(&self, batch: &[NewUserMessage<'_>]) -> Result<Vec<u64>> {
+        let client_id = self.client_id;
         /// One entry of the procedure's JSON array, borrowing the message's text (no
         /// intermediate JSON tree holding a copy of it).
         #[derive(Serialize)]
@@ -162,11 +150,8 @@ impl Messages<'_> {
         Ok(in_given_order)
     }
 
-    async fn find_user(
-        &self,
-        client_id: ClientId,
-        envelope_id: EnvelopeId,
-    ) -> Result<Option<RecordedUser>> {
+    async fn find_user(&self, envelope_id: EnvelopeId) -> Result<Option<RecordedUser>> {
+        let client_id = self.client_id;
         // A locking read: it waits for a transaction that inserted this envelope's
         // message and has not committed yet (another worker's delivery of the same
         // envelope), instead of missing it and meeting the duplicate key later. Outside
@@ -211,11 +196,8 @@ impl Messages<'_> {
     }
 
     /// The row id of the user message an envelope recorded, if it was recorded.
-    pub async fn user_message_id(
-        &self,
-        client_id: ClientId,
-        envelope_id: EnvelopeId,
-    ) -> Result<Option<u64>> {
+    pub async fn user_message_id(&self, envelope_id: EnvelopeId) -> Result<Option<u64>> {
+        let client_id = self.client_id;
         Ok(guard::query_scalar(
             "SELECT id FROM messages WHERE client_id = ? AND envelope_id = ? AND role = 'user'",
         )?
@@ -227,7 +209,8 @@ impl Messages<'_> {
 
     /// Removes a user message that is still unanswered (one whose acceptance failed after
     /// it was recorded). Returns whether it was removed.
-    pub async fn withdraw(&self, client_id: ClientId, envelope_id: EnvelopeId) -> Result<bool> {
+    pub async fn withdraw(&self, envelope_id: EnvelopeId) -> Result<bool> {
+        let client_id = self.client_id;
         let done = guard::query(
             "DELETE FROM messages \
              WHERE client_id = ? AND envelope_id = ? AND role = 'user' AND state = 'pending'",
@@ -270,11 +253,12 @@ mod tests {
     #[tokio::test]
     async fn recording_waits_for_a_recording_in_flight_instead_of_racing_it() {
         let env = TestEnv::start(&[]).await;
+        let db = &env.db;
         let t = env.tenant("in-flight").await;
-        let conversation = env
-            .db
+        let conversation = db
+            .tenant(t.id)
             .conversations()
-            .get_or_create(t.id, Channel::Api, "c")
+            .get_or_create(Channel::Api, "c")
             .await
             .expect("conversation");
         let envelope = EnvelopeId::random();
@@ -296,8 +280,9 @@ mod tests {
         let db = env.db.clone();
         let client_id = t.id;
         let worker = tokio::spawn(async move {
-            db.messages()
-                .record_user(client_id, conversation, envelope, "hello", None)
+            db.tenant(client_id)
+                .messages()
+                .record_user(conversation, envelope, "hello", None)
                 .await
         });
         let waiting = eventually(Duration::from_secs(10), "the worker to wait", || async {
@@ -326,22 +311,27 @@ mod tests {
     #[tokio::test]
     async fn a_batch_of_accepted_messages_is_written_whole_or_not_at_all() {
         let env = TestEnv::start(&[]).await;
+        let db = &env.db;
         let t = env.tenant("batch").await;
         let other = env.tenant("batch-other").await;
-        let conversations = env.db.conversations();
-        let a = conversations
-            .get_or_create(t.id, Channel::Api, "a")
+        let a = db
+            .tenant(t.id)
+            .conversations()
+            .get_or_create(Channel::Api, "a")
             .await
             .expect("a");
-        let b = conversations
-            .get_or_create(t.id, Channel::Api, "b")
+        let b = db
+            .tenant(t.id)
+            .conversations()
+            .get_or_create(Channel::Api, "b")
             .await
             .expect("b");
-        let foreign = conversations
-            .get_or_create(other.id, Channel::Api, "a")
+        let foreign = db
+            .tenant(other.id)
+            .conversations()
+            .get_or_create(Channel::Api, "a")
             .await
             .expect("foreign");
-        let messages = &env.db.messages();
         let text = "Grüße 👋 — 你好, O'Brien \\ \"quoted\"";
         let envelopes: Vec<EnvelopeId> = (0..3).map(|_| EnvelopeId::random()).collect();
         let batch = |conversation_id, envelope_id, content| NewUserMessage {
@@ -350,34 +340,35 @@ mod tests {
             content,
             channel_message_id: None,
         };
-        let ids = messages
-            .accept_users(
-                t.id,
-                &[
-                    batch(a, envelopes[0], text),
-                    NewUserMessage {
-                        channel_message_id: Some("wamid.Ä👋"),
-                        ..batch(b, envelopes[1], "to b")
-                    },
-                    batch(a, envelopes[2], "second to a"),
-                ],
-            )
+        let ids = db
+            .tenant(t.id)
+            .messages()
+            .accept_users(&[
+                batch(a, envelopes[0], text),
+                NewUserMessage {
+                    channel_message_id: Some("wamid.Ä👋"),
+                    ..batch(b, envelopes[1], "to b")
+                },
+                batch(a, envelopes[2], "second to a"),
+            ])
             .await
             .expect("accepted");
         assert_eq!(ids.len(), 3);
         for (id, envelope) in ids.iter().zip(&envelopes) {
             assert_eq!(
-                messages
-                    .user_message_id(t.id, *envelope)
+                db.tenant(t.id)
+                    .messages()
+                    .user_message_id(*envelope)
                     .await
                     .expect("looked up"),
                 Some(*id),
                 "each id is its own message's, in the order given: {ids:?}"
             );
         }
+        let messages = &db.tenant(t.id).messages();
         let mailbox = |conversation| async move {
             messages
-                .mailbox_after(t.id, conversation, 0, 10)
+                .mailbox_after(conversation, 0, 10)
                 .await
                 .expect("mailbox")
                 .into_iter()
@@ -389,35 +380,37 @@ mod tests {
             [(1, text.to_owned()), (2, "second to a".to_owned())]
         );
         assert_eq!(mailbox(b).await, [(1, "to b".to_owned())]);
-        let found = messages
-            .record_user(t.id, b, envelopes[1], "ignored", None)
+        let found = db
+            .tenant(t.id)
+            .messages()
+            .record_user(b, envelopes[1], "ignored", None)
             .await
             .expect("found");
         assert_eq!((found.message_id, found.newly_recorded), (ids[1], false));
 
         // A recorded envelope in the batch: nothing of it is written.
         let fresh = EnvelopeId::random();
-        let duplicate = messages
-            .accept_users(
-                t.id,
-                &[batch(a, fresh, "new"), batch(a, envelopes[0], "again")],
-            )
+        let duplicate = db
+            .tenant(t.id)
+            .messages()
+            .accept_users(&[batch(a, fresh, "new"), batch(a, envelopes[0], "again")])
             .await;
         assert!(duplicate.is_err(), "{duplicate:?}");
         // Another tenant's conversation: refused, nothing written.
-        let refused = messages
-            .accept_users(
-                t.id,
-                &[
-                    batch(a, fresh, "new"),
-                    batch(foreign, EnvelopeId::random(), "x"),
-                ],
-            )
+        let refused = db
+            .tenant(t.id)
+            .messages()
+            .accept_users(&[
+                batch(a, fresh, "new"),
+                batch(foreign, EnvelopeId::random(), "x"),
+            ])
             .await;
         assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
         assert_eq!(mailbox(a).await.len(), 2, "nothing of either batch written");
-        let next = messages
-            .accept_user(t.id, a, fresh, "new", None)
+        let next = db
+            .tenant(t.id)
+            .messages()
+            .accept_user(a, fresh, "new", None)
             .await
             .expect("accepted alone");
         assert!(next.newly_recorded);
@@ -435,13 +428,14 @@ mod tests {
     #[tokio::test]
     async fn concurrent_batches_over_the_same_conversations_do_not_deadlock() {
         let env = TestEnv::start(&[]).await;
+        let db = &env.db;
         let t = env.tenant("lock-order").await;
         let mut conversations = Vec::new();
         for key in 0..8 {
             conversations.push(
-                env.db
+                db.tenant(t.id)
                     .conversations()
-                    .get_or_create(t.id, Channel::Api, &format!("c{key}"))
+                    .get_or_create(Channel::Api, &format!("c{key}"))
                     .await
                     .expect("conversation"),
             );
@@ -467,7 +461,7 @@ mod tests {
                             channel_message_id: None,
                         })
                         .collect();
-                    if let Err(e) = db.messages().accept_users(t.id, &batch).await {
+                    if let Err(e) = db.tenant(t.id).messages().accept_users(&batch).await {
                         failures.push(e.to_string());
                     }
                 }
@@ -481,10 +475,10 @@ mod tests {
             .collect();
         assert!(failures.is_empty(), "batches failed: {failures:?}");
         for conversation in conversations {
-            let seqs: Vec<u64> = env
-                .db
+            let seqs: Vec<u64> = db
+                .tenant(t.id)
                 .messages()
-                .mailbox_after(t.id, conversation, 0, 100)
+                .mailbox_after(conversation, 0, 100)
                 .await
                 .expect("mailbox")
                 .iter()

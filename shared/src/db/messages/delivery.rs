@@ -5,15 +5,12 @@
 use super::{DeliveryStatus, Messages};
 use crate::db::guard;
 use crate::error::Result;
-use crate::ids::{ClientId, ConversationId, ReplyId};
+use crate::ids::{ConversationId, ReplyId};
 
 impl Messages<'_> {
     /// The delivery status of a stored reply (`None`: not sent yet, or unknown reply).
-    pub async fn delivery_status(
-        &self,
-        client_id: ClientId,
-        reply_id: ReplyId,
-    ) -> Result<Option<DeliveryStatus>> {
+    pub async fn delivery_status(&self, reply_id: ReplyId) -> Result<Option<DeliveryStatus>> {
+        let client_id = self.client_id;
         let status: Option<Option<DeliveryStatus>> = guard::query_scalar(
             "SELECT delivery_status FROM messages WHERE client_id = ? AND envelope_id = ?",
         )?
@@ -28,11 +25,11 @@ impl Messages<'_> {
     /// failed) and the provider's id of the (last) message sent.
     pub async fn record_delivery(
         &self,
-        client_id: ClientId,
         reply_id: ReplyId,
         status: DeliveryStatus,
         channel_message_id: Option<&str>,
     ) -> Result<()> {
+        let client_id = self.client_id;
         guard::query(
             "UPDATE messages SET delivery_status = ?, \
              channel_message_id = COALESCE(?, channel_message_id) \
@@ -53,10 +50,10 @@ impl Messages<'_> {
     /// conversation of the reply that changed, if one did.
     pub async fn apply_delivery_status(
         &self,
-        client_id: ClientId,
         channel_message_id: &str,
         status: DeliveryStatus,
     ) -> Result<Option<ConversationId>> {
+        let client_id = self.client_id;
         let done = guard::query(
             "UPDATE messages SET delivery_status = ? \
              WHERE client_id = ? AND channel_message_id = ? AND role IN ('assistant', 'agent') \
@@ -90,10 +87,10 @@ impl Messages<'_> {
     /// one reply once.
     pub async fn deliver_to_mailbox(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         reply_id: ReplyId,
     ) -> Result<Option<u64>> {
+        let client_id = self.client_id;
         // LAST_INSERT_ID(seq) hands the position back with the UPDATE itself.
         let done = guard::query(
             "UPDATE messages SET delivery_status = 'delivered', seq = LAST_INSERT_ID(seq) \
@@ -114,9 +111,8 @@ impl Messages<'_> {
     /// Marks a batch of one tenant's stored replies delivered to their mailboxes (a reply
     /// delivered before, or not stored, is left as it is): one statement for many
     /// deliveries, where nothing depends on which of them were new.
-    pub async fn mark_delivered(&self, client_id: ClientId, reply_ids: &[ReplyId]) -> Result<()> {
+    pub async fn mark_delivered(&self, reply_ids: &[ReplyId]) -> Result<()> {
         self.mark_replies(
-            client_id,
             reply_ids,
             "delivery_status = 'delivered'",
             "seq IS NOT NULL AND delivery_status IS NULL",

@@ -10,7 +10,7 @@ use super::{DeliveryStatus, MessageState, Messages, Role};
 use crate::db::guard;
 use crate::envelope::ReplyKind;
 use crate::error::Result;
-use crate::ids::{ClientId, ConversationId};
+use crate::ids::ConversationId;
 
 /// A stored message with its bookkeeping (what the admin API shows).
 #[derive(Debug, Clone)]
@@ -49,10 +49,10 @@ impl Messages<'_> {
     /// The last `limit` messages of a conversation, oldest first.
     pub async fn in_conversation(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         limit: u32,
     ) -> Result<Vec<StoredMessage>> {
+        let client_id = self.client_id;
         let rows = guard::query(
             "SELECT id, envelope_id, role, content, state, reply_kind, prompt_tokens, \
              completion_tokens, estimated_prompt_tokens, config_version, seq, delivery_status, \
@@ -94,11 +94,11 @@ impl Messages<'_> {
     /// Mailbox entries after position `after`, ascending, at most `limit`.
     pub async fn mailbox_after(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         after: u64,
         limit: u32,
     ) -> Result<Vec<MailboxItem>> {
+        let client_id = self.client_id;
         let rows = guard::query(
             "SELECT seq, envelope_id, role, content, created_at \
              FROM messages FORCE INDEX (uq_messages_seq) \

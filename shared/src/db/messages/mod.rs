@@ -29,7 +29,7 @@ use super::direct::DirectPool;
 use super::text_column::text_column;
 use crate::envelope::ReplyKind;
 use crate::error::{Error, Result};
-use crate::ids::ReplyId;
+use crate::ids::{ClientId, ReplyId};
 
 pub use accept::NewUserMessage;
 pub use mailbox::{MailboxItem, StoredMessage};
@@ -129,17 +129,27 @@ pub struct HistoryTurn {
     pub content: String,
 }
 
-/// The messages of every conversation, one tenant at a time.
+/// The messages of one tenant's conversations.
 #[derive(Debug)]
 pub struct Messages<'a> {
     pool: &'a MySqlPool,
     /// The message path's single statements (no release ping).
     direct: &'a DirectPool,
+    /// The tenant every statement is bound to.
+    client_id: ClientId,
 }
 
 impl<'a> Messages<'a> {
-    pub(in crate::db) fn new(pool: &'a MySqlPool, direct: &'a DirectPool) -> Self {
-        Self { pool, direct }
+    pub(in crate::db) fn new(
+        pool: &'a MySqlPool,
+        direct: &'a DirectPool,
+        client_id: ClientId,
+    ) -> Self {
+        Self {
+            pool,
+            direct,
+            client_id,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{HistoryTurn, Messages, StoredReply, history_turn, stored_reply};
 use crate::db::{ConversationMode, guard};
 use crate::error::Result;
-use crate::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
+use crate::ids::{ConversationId, EnvelopeId, ReplyId};
 
 /// A user turn still waiting for its answer.
 #[derive(Debug, Clone)]
@@ -45,12 +45,8 @@ impl Messages<'_> {
     /// the next turn answers (several at once when they arrived while one was running);
     /// with who has the conversation, read in the same statement (when anything is
     /// pending).
-    pub async fn pending(
-        &self,
-        client_id: ClientId,
-        conversation_id: ConversationId,
-        limit: u32,
-    ) -> Result<Pending> {
+    pub async fn pending(&self, conversation_id: ConversationId, limit: u32) -> Result<Pending> {
+        let client_id = self.client_id;
         // The mode rides along on each row (a subquery on the conversation's primary
         // key): joining the conversation in instead makes MariaDB sort through a
         // temporary table, at twice the cost. With nothing pending there is no row and
@@ -83,12 +79,12 @@ impl Messages<'_> {
     /// (marks are written in batches, after the next turn may have started).
     pub async fn open_turn(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         pending_limit: u32,
         history_limit: u32,
         confirmed: impl Fn(ReplyId) -> bool,
     ) -> Result<OpenTurn> {
+        let client_id = self.client_id;
         // Each part keeps its own order and limit; `part`, `k1` and `k2` sort the rows
         // back into them (a UNION promises no order of its own). Literals in unsigned
         // columns are cast, or MariaDB widens the column to DECIMAL.
@@ -148,7 +144,7 @@ impl Messages<'_> {
             if confirmed(reply.id) {
                 continue;
             }
-            let answers = self.answers_of(client_id, r.try_get("id")?).await?;
+            let answers = self.answers_of(r.try_get("id")?).await?;
             unpublished.push((reply, answers));
         }
         Ok(OpenTurn {
@@ -171,11 +167,11 @@ impl Messages<'_> {
     /// long the conversation).
     pub async fn history_before(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         before_id: u64,
         limit: u32,
     ) -> Result<Vec<HistoryTurn>> {
+        let client_id = self.client_id;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -197,7 +193,8 @@ impl Messages<'_> {
     }
 
     /// The envelopes of the user messages a stored reply (row `reply_row`) answers.
-    async fn answers_of(&self, client_id: ClientId, reply_row: u64) -> Result<Vec<EnvelopeId>> {
+    async fn answers_of(&self, reply_row: u64) -> Result<Vec<EnvelopeId>> {
+        let client_id = self.client_id;
         let answers: Vec<Uuid> = guard::query_scalar(
             "SELECT envelope_id FROM messages WHERE client_id = ? AND reply_message_id = ? \
              ORDER BY seq ASC",
@@ -245,24 +242,23 @@ mod tests {
     #[tokio::test]
     async fn history_keeps_questions_before_their_answers_in_turn_order() {
         let env = TestEnv::start(&[]).await;
+        let db = &env.db;
         let t = env.tenant("history").await;
-        let conversation = env
-            .db
+        let conversation = db
+            .tenant(t.id)
             .conversations()
-            .get_or_create(t.id, Channel::Api, "h")
+            .get_or_create(Channel::Api, "h")
             .await
             .expect("conversation");
-        let messages = env.db.messages();
-        let ask = |text: &'static str| {
-            let messages = env.db.messages();
-            async move {
-                let envelope = EnvelopeId::random();
-                let recorded = messages
-                    .accept_user(t.id, conversation, envelope, text, None)
-                    .await
-                    .expect("accepted");
-                (recorded.message_id, envelope)
-            }
+        let ask = |text: &'static str| async move {
+            let envelope = EnvelopeId::random();
+            let recorded = db
+                .tenant(t.id)
+                .messages()
+                .accept_user(conversation, envelope, text, None)
+                .await
+                .expect("accepted");
+            (recorded.message_id, envelope)
         };
         let answer = |text: &str, answers: Vec<u64>| NewReply {
             conversation_id: conversation,
@@ -279,24 +275,28 @@ mod tests {
         // q2 arrives while q1 is being answered; q3 is ignored (a reaction, say).
         let (q2, _) = ask("q2").await;
         let (_, q3) = ask("q3").await;
-        messages
-            .close_unanswered(t.id, q3, ClosedAs::Ignored)
+        db.tenant(t.id)
+            .messages()
+            .close_unanswered(q3, ClosedAs::Ignored)
             .await
             .expect("ignored");
         assert_eq!(
-            messages
-                .store_reply(t.id, &answer("a1", vec![q1]))
+            db.tenant(t.id)
+                .messages()
+                .store_reply(&answer("a1", vec![q1]))
                 .await
                 .expect("a1"),
             StoreOutcome::Stored
         );
-        messages
-            .store_agent_message(t.id, conversation, ReplyId::random(), "agent says")
+        db.tenant(t.id)
+            .messages()
+            .store_agent_message(conversation, ReplyId::random(), "agent says")
             .await
             .expect("agent");
         assert_eq!(
-            messages
-                .store_reply(t.id, &answer("a2", vec![q2]))
+            db.tenant(t.id)
+                .messages()
+                .store_reply(&answer("a2", vec![q2]))
                 .await
                 .expect("a2"),
             StoreOutcome::Stored
@@ -304,8 +304,9 @@ mod tests {
         let (q4, _) = ask("q4").await;
         let (q5, _) = ask("q5").await;
         assert_eq!(
-            messages
-                .store_reply(t.id, &answer("a45", vec![q4, q5]))
+            db.tenant(t.id)
+                .messages()
+                .store_reply(&answer("a45", vec![q4, q5]))
                 .await
                 .expect("a45"),
             StoreOutcome::Stored
@@ -314,8 +315,10 @@ mod tests {
 
         let contents =
             |turns: Vec<HistoryTurn>| turns.into_iter().map(|h| h.content).collect::<Vec<_>>();
-        let all = messages
-            .open_turn(t.id, conversation, 0, 100, |_| false)
+        let all = db
+            .tenant(t.id)
+            .messages()
+            .open_turn(conversation, 0, 100, |_| false)
             .await
             .expect("history")
             .history;
@@ -333,14 +336,18 @@ mod tests {
                 "a45"
             ]
         );
-        let newest = messages
-            .open_turn(t.id, conversation, 0, 4, |_| false)
+        let newest = db
+            .tenant(t.id)
+            .messages()
+            .open_turn(conversation, 0, 4, |_| false)
             .await
             .expect("newest")
             .history;
         assert_eq!(contents(newest), ["a2", "q4", "q5", "a45"]);
-        let before_q4 = messages
-            .history_before(t.id, conversation, q4, 100)
+        let before_q4 = db
+            .tenant(t.id)
+            .messages()
+            .history_before(conversation, q4, 100)
             .await
             .expect("before q4");
         assert_eq!(
@@ -355,20 +362,24 @@ mod tests {
             ..answer("sorry", vec![q6, q7])
         };
         assert_eq!(
-            messages
-                .store_reply(t.id, &fallback)
+            db.tenant(t.id)
+                .messages()
+                .store_reply(&fallback)
                 .await
                 .expect("fallback"),
             StoreOutcome::Stored
         );
         assert!(
-            messages
-                .reopen_after_fallback(t.id, q7_envelope)
+            db.tenant(t.id)
+                .messages()
+                .reopen_after_fallback(q7_envelope)
                 .await
                 .expect("reopened")
         );
-        let newest = messages
-            .open_turn(t.id, conversation, 0, 2, |_| false)
+        let newest = db
+            .tenant(t.id)
+            .messages()
+            .open_turn(conversation, 0, 2, |_| false)
             .await
             .expect("newest")
             .history;
@@ -382,29 +393,29 @@ mod tests {
     #[tokio::test]
     async fn a_turns_one_read_matches_its_three_reads() {
         let env = TestEnv::start(&[]).await;
+        let db = &env.db;
         let t = env.tenant("open-turn").await;
-        let conversations = env.db.conversations();
-        let messages = env.db.messages();
         let (mine, other) = (
-            conversations
-                .get_or_create(t.id, Channel::Api, "mine")
+            db.tenant(t.id)
+                .conversations()
+                .get_or_create(Channel::Api, "mine")
                 .await
                 .expect("mine"),
-            conversations
-                .get_or_create(t.id, Channel::Api, "other")
+            db.tenant(t.id)
+                .conversations()
+                .get_or_create(Channel::Api, "other")
                 .await
                 .expect("other"),
         );
-        let ask = |conversation, text: String| {
-            let messages = env.db.messages();
-            async move {
-                let envelope = EnvelopeId::random();
-                let recorded = messages
-                    .accept_user(t.id, conversation, envelope, &text, None)
-                    .await
-                    .expect("accepted");
-                (recorded.message_id, envelope)
-            }
+        let ask = |conversation, text: String| async move {
+            let envelope = EnvelopeId::random();
+            let recorded = db
+                .tenant(t.id)
+                .messages()
+                .accept_user(conversation, envelope, &text, None)
+                .await
+                .expect("accepted");
+            (recorded.message_id, envelope)
         };
         let answer = |conversation, text: String, answers| NewReply {
             conversation_id: conversation,
@@ -423,13 +434,18 @@ mod tests {
                 let (q, envelope) = ask(conversation, format!("q{i} {conversation}")).await;
                 let reply = answer(conversation, format!("a{i} {conversation}"), vec![q]);
                 assert_eq!(
-                    messages.store_reply(t.id, &reply).await.expect("stored"),
+                    db.tenant(t.id)
+                        .messages()
+                        .store_reply(&reply)
+                        .await
+                        .expect("stored"),
                     StoreOutcome::Stored
                 );
                 // The first two were confirmed by the broker; the last one was not.
                 if i < 2 {
-                    messages
-                        .mark_published(t.id, &[reply.reply_id])
+                    db.tenant(t.id)
+                        .messages()
+                        .mark_published(&[reply.reply_id])
                         .await
                         .expect("marked");
                 } else {
@@ -441,13 +457,22 @@ mod tests {
             }
         }
 
-        let opened = messages
-            .open_turn(t.id, mine, 2, 4, |_| false)
+        let opened = db
+            .tenant(t.id)
+            .messages()
+            .open_turn(mine, 2, 4, |_| false)
             .await
             .expect("opened");
-        let pending = messages.pending(t.id, mine, 2).await.expect("pending");
-        let history = messages
-            .history_before(t.id, mine, u64::MAX, 4)
+        let pending = db
+            .tenant(t.id)
+            .messages()
+            .pending(mine, 2)
+            .await
+            .expect("pending");
+        let history = db
+            .tenant(t.id)
+            .messages()
+            .history_before(mine, u64::MAX, 4)
             .await
             .expect("history");
         let unconfirmed = unconfirmed.remove(&mine).expect("mine's unconfirmed reply");
@@ -482,12 +507,16 @@ mod tests {
         );
 
         // Nothing pending: no mode to read, and none needed.
-        let quiet = conversations
-            .get_or_create(t.id, Channel::Api, "quiet")
+        let quiet = db
+            .tenant(t.id)
+            .conversations()
+            .get_or_create(Channel::Api, "quiet")
             .await
             .expect("quiet");
-        let opened = messages
-            .open_turn(t.id, quiet, 2, 4, |_| false)
+        let opened = db
+            .tenant(t.id)
+            .messages()
+            .open_turn(quiet, 2, 4, |_| false)
             .await
             .expect("opened");
         assert!(opened.unpublished.is_empty() && opened.pending.turns.is_empty());

@@ -7,7 +7,7 @@ use crate::db::text_column::text_column;
 use crate::db::{guard, is_deadlock, usage};
 use crate::envelope::ReplyKind;
 use crate::error::{Error, Result};
-use crate::ids::{ClientId, ConversationId, EnvelopeId, ReplyId};
+use crate::ids::{ConversationId, EnvelopeId, ReplyId};
 use crate::metric;
 
 /// A reply to store, answering the given user messages.
@@ -67,7 +67,7 @@ const DEADLOCK_ATTEMPTS: u32 = 3;
 impl Messages<'_> {
     /// Stores a reply and marks the user turns it answers as answered, in one
     /// transaction, and counts the usage; or stores nothing and says why.
-    pub async fn store_reply(&self, client_id: ClientId, reply: &NewReply) -> Result<StoreOutcome> {
+    pub async fn store_reply(&self, reply: &NewReply) -> Result<StoreOutcome> {
         if reply.answers.is_empty() {
             return Err(Error::Internal(
                 "a reply must answer at least one message".into(),
@@ -77,7 +77,7 @@ impl Messages<'_> {
         // batched confirm marks, say); rolled back whole, it is simply run again.
         let mut attempt = 1;
         loop {
-            match self.try_store_reply(client_id, reply).await {
+            match self.try_store_reply(reply).await {
                 Err(e) if is_deadlock(&e) && attempt < DEADLOCK_ATTEMPTS => {
                     tracing::debug!(attempt, "storing a reply met a deadlock; running it again");
                     metrics::counter!(metric::DB_DEADLOCK_RETRIES).increment(1);
@@ -88,7 +88,8 @@ impl Messages<'_> {
         }
     }
 
-    async fn try_store_reply(&self, client_id: ClientId, reply: &NewReply) -> Result<StoreOutcome> {
+    async fn try_store_reply(&self, reply: &NewReply) -> Result<StoreOutcome> {
+        let client_id = self.client_id;
         let role = match reply.kind {
             ReplyKind::Agent => Role::Agent,
             _ => Role::Assistant,
@@ -130,11 +131,11 @@ impl Messages<'_> {
     /// conversation's next mailbox position (the `store_agent_message` procedure).
     pub async fn store_agent_message(
         &self,
-        client_id: ClientId,
         conversation_id: ConversationId,
         reply_id: ReplyId,
         text: &str,
     ) -> Result<()> {
+        let client_id = self.client_id;
         let call = guard::query_scalar("CALL store_agent_message(?, ?, ?, ?)")?
             .bind(client_id.get())
             .bind(conversation_id.get())
@@ -158,9 +159,8 @@ impl Messages<'_> {
     /// Records that the broker confirmed these replies of one tenant (the outbox of
     /// [`Messages::open_turn`] leaves them out): one statement for a whole batch of
     /// confirms.
-    pub async fn mark_published(&self, client_id: ClientId, reply_ids: &[ReplyId]) -> Result<()> {
+    pub async fn mark_published(&self, reply_ids: &[ReplyId]) -> Result<()> {
         self.mark_replies(
-            client_id,
             reply_ids,
             "published_at = CURRENT_TIMESTAMP(6)",
             "published_at IS NULL",
@@ -172,11 +172,11 @@ impl Messages<'_> {
     /// matching `only`: one statement for many marks.
     pub(super) async fn mark_replies(
         &self,
-        client_id: ClientId,
         reply_ids: &[ReplyId],
         set: &str,
         only: &str,
     ) -> Result<()> {
+        let client_id = self.client_id;
         if reply_ids.is_empty() {
             return Ok(());
         }
@@ -199,11 +199,8 @@ impl Messages<'_> {
     /// dead-lettered after the last attempt) unanswered again, so the next turn answers it
     /// for real: what `chatfleet dlq requeue` does before putting it back on the work
     /// queue. Returns whether it was reopened.
-    pub async fn reopen_after_fallback(
-        &self,
-        client_id: ClientId,
-        envelope_id: EnvelopeId,
-    ) -> Result<bool> {
+    pub async fn reopen_after_fallback(&self, envelope_id: EnvelopeId) -> Result<bool> {
+        let client_id = self.client_id;
         let done = guard::query(
             "UPDATE messages u JOIN messages r \
                ON r.client_id = u.client_id AND r.id = u.reply_message_id \
@@ -219,12 +216,8 @@ impl Messages<'_> {
     }
 
     /// Marks a still-pending user turn as failed (it was dead-lettered) or ignored.
-    pub async fn close_unanswered(
-        &self,
-        client_id: ClientId,
-        envelope_id: EnvelopeId,
-        closed: ClosedAs,
-    ) -> Result<()> {
+    pub async fn close_unanswered(&self, envelope_id: EnvelopeId, closed: ClosedAs) -> Result<()> {
+        let client_id = self.client_id;
         guard::query(
             "UPDATE messages SET state = ?, history_seq = COALESCE(seq, 0) \
              WHERE client_id = ? AND envelope_id = ? AND role = 'user' AND state = 'pending'",
@@ -253,20 +246,22 @@ mod tests {
     #[tokio::test]
     async fn the_write_procedures_store_exactly_what_they_are_given() {
         let env = TestEnv::start(&[]).await;
+        let db = &env.db;
         let t = env.tenant("procedures").await;
         let other = env.tenant("procedures-other").await;
-        let conversations = env.db.conversations();
-        let conversation = conversations
-            .get_or_create(t.id, Channel::Api, "c")
+        let conversation = db
+            .tenant(t.id)
+            .conversations()
+            .get_or_create(Channel::Api, "c")
             .await
             .expect("conversation");
-        let messages = env.db.messages();
         let text = "Grüße 👋 — 你好, O'Brien \\ \"quoted\"";
         let mut ids = Vec::new();
         for content in [text, "second", "third"] {
-            let recorded = messages
+            let recorded = db
+                .tenant(t.id)
+                .messages()
                 .accept_user(
-                    t.id,
                     conversation,
                     EnvelopeId::random(),
                     content,
@@ -277,8 +272,10 @@ mod tests {
             assert!(recorded.newly_recorded);
             ids.push(recorded.message_id);
         }
-        let mailbox = messages
-            .mailbox_after(t.id, conversation, 0, 10)
+        let mailbox = db
+            .tenant(t.id)
+            .messages()
+            .mailbox_after(conversation, 0, 10)
             .await
             .expect("mailbox");
         assert_eq!(mailbox.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
@@ -297,14 +294,17 @@ mod tests {
             config_version: 3,
         };
         assert_eq!(
-            messages
-                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[0], ids[2]]))
+            db.tenant(t.id)
+                .messages()
+                .store_reply(&reply(ReplyKind::Bot, vec![ids[0], ids[2]]))
                 .await
                 .expect("stored"),
             StoreOutcome::Stored
         );
-        let pending = messages
-            .pending(t.id, conversation, 10)
+        let pending = db
+            .tenant(t.id)
+            .messages()
+            .pending(conversation, 10)
             .await
             .expect("pending");
         assert_eq!(
@@ -315,8 +315,10 @@ mod tests {
                 .collect::<Vec<_>>(),
             [ids[1]]
         );
-        let history = messages
-            .open_turn(t.id, conversation, 0, 10, |_| false)
+        let history = db
+            .tenant(t.id)
+            .messages()
+            .open_turn(conversation, 0, 10, |_| false)
             .await
             .expect("history")
             .history;
@@ -325,10 +327,10 @@ mod tests {
             Some(&*format!("re: {text}"))
         );
         let today = Utc::now().date_naive();
-        let usage = env
-            .db
+        let usage = db
+            .tenant(t.id)
             .usage()
-            .days(t.id, today, today)
+            .days(today, today)
             .await
             .expect("usage");
         assert_eq!(
@@ -341,27 +343,31 @@ mod tests {
 
         // Answered before: nothing stored.
         assert_eq!(
-            messages
-                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[0]]))
+            db.tenant(t.id)
+                .messages()
+                .store_reply(&reply(ReplyKind::Bot, vec![ids[0]]))
                 .await
                 .expect("refused"),
             StoreOutcome::AnsweredBefore
         );
         // A human has the conversation: the bot's reply is dropped, an agent's is kept.
-        conversations
-            .set_mode(t.id, conversation, ConversationMode::Human)
+        db.tenant(t.id)
+            .conversations()
+            .set_mode(conversation, ConversationMode::Human)
             .await
             .expect("handoff");
         assert_eq!(
-            messages
-                .store_reply(t.id, &reply(ReplyKind::Bot, vec![ids[1]]))
+            db.tenant(t.id)
+                .messages()
+                .store_reply(&reply(ReplyKind::Bot, vec![ids[1]]))
                 .await
                 .expect("dropped"),
             StoreOutcome::NotBotMode
         );
         assert_eq!(
-            messages
-                .mailbox_after(t.id, conversation, 0, 10)
+            db.tenant(t.id)
+                .messages()
+                .mailbox_after(conversation, 0, 10)
                 .await
                 .expect("mailbox")
                 .len(),
@@ -369,25 +375,31 @@ mod tests {
             "three questions and one answer"
         );
         assert_eq!(
-            messages
-                .store_reply(t.id, &reply(ReplyKind::Agent, vec![ids[1]]))
+            db.tenant(t.id)
+                .messages()
+                .store_reply(&reply(ReplyKind::Agent, vec![ids[1]]))
                 .await
                 .expect("an agent's reply"),
             StoreOutcome::Stored
         );
 
         // Another tenant's conversation: refused, whatever the id.
-        let refused = messages
-            .accept_user(other.id, conversation, EnvelopeId::random(), "x", None)
+        let refused = db
+            .tenant(other.id)
+            .messages()
+            .accept_user(conversation, EnvelopeId::random(), "x", None)
             .await;
         assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
-        let refused = messages
-            .store_reply(other.id, &reply(ReplyKind::Agent, vec![ids[1]]))
+        let refused = db
+            .tenant(other.id)
+            .messages()
+            .store_reply(&reply(ReplyKind::Agent, vec![ids[1]]))
             .await;
         assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
         assert_eq!(
-            messages
-                .store_reply(other.id, &reply(ReplyKind::Bot, vec![ids[1]]))
+            db.tenant(other.id)
+                .messages()
+                .store_reply(&reply(ReplyKind::Bot, vec![ids[1]]))
                 .await
                 .expect("not the tenant's"),
             StoreOutcome::NotBotMode
