@@ -1,10 +1,9 @@
 //! What a tenant is to the platform, apart from its rows: the plan it pays for (which
 //! sets its limits, `plans.<plan>` in the settings) and its status (only an active
-//! tenant's bot speaks). Both are closed sets, stored as words.
+//! tenant's bot speaks). Both are closed sets, stored as words (`as_str` and `FromStr`
+//! come with their database mapping, in `db/clients.rs`). Depends on no other module.
 
 use serde::{Deserialize, Serialize};
-
-use crate::db::text_column;
 
 /// The plan a tenant pays for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,12 +14,6 @@ pub enum Plan {
     Enterprise,
 }
 
-text_column!(Plan, "plan (expected starter, growth or enterprise)", {
-    Starter => "starter",
-    Growth => "growth",
-    Enterprise => "enterprise",
-});
-
 /// Whether a tenant's bot speaks: suspended and cancelled tenants get no LLM calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,12 +22,6 @@ pub enum ClientStatus {
     Suspended,
     Cancelled,
 }
-
-text_column!(ClientStatus, "status (expected active, suspended or cancelled)", {
-    Active => "active",
-    Suspended => "suspended",
-    Cancelled => "cancelled",
-});
 
 #[cfg(test)]
 mod tests {

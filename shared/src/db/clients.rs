@@ -6,10 +6,23 @@ use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
 use super::guard;
+use super::text_column::text_column;
 use super::{client_id_of, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::tenant::{ClientStatus, Plan};
+
+text_column!(Plan, "plan (expected starter, growth or enterprise)", {
+    Starter => "starter",
+    Growth => "growth",
+    Enterprise => "enterprise",
+});
+
+text_column!(ClientStatus, "status (expected active, suspended or cancelled)", {
+    Active => "active",
+    Suspended => "suspended",
+    Cancelled => "cancelled",
+});
 
 /// A tenant: the `clients` row.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ mod direct;
 pub mod guard;
 mod knowledge;
 mod messages;
-pub(crate) mod text_column;
+mod text_column;
 mod usage;
 
 use std::time::Duration;
@@ -44,7 +44,6 @@ pub use messages::{
     StoredMessage, StoredReply,
 };
 pub use text_column::UnknownWord;
-pub(crate) use text_column::text_column;
 pub use usage::{Usage, UsageDay};
 
 use crate::error::{Error, Result};
