@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use shared::cache::ConversationLock;
-use shared::db::{ClosedAs, ConversationMode, HistoryTurn, Pending, PendingTurn, TenantConfig};
+use shared::db::{
+    ClosedAs, ConversationMode, HistoryTurn, Pending, PendingTurn, RecordedUser, TenantConfig,
+};
 use shared::envelope::{Envelope, Event, EventKind, ReplyKind};
 use shared::ids::ConversationId;
 use shared::metric;
@@ -347,7 +349,18 @@ async fn record(ctx: &Ctx, conversation_id: ConversationId, env: &Envelope) -> R
     if env.channel.records_at_acceptance() && env.replay.is_none() {
         return Ok(());
     }
-    ctx.db
+    record_envelope(ctx, conversation_id, env).await?;
+    Ok(())
+}
+
+/// Records the user message an envelope carries, once (see `Messages::record_user`).
+async fn record_envelope(
+    ctx: &Ctx,
+    conversation_id: ConversationId,
+    env: &Envelope,
+) -> Result<RecordedUser> {
+    Ok(ctx
+        .db
         .tenant(env.client_id)
         .messages()
         .record_user(
@@ -356,8 +369,7 @@ async fn record(ctx: &Ctx, conversation_id: ConversationId, env: &Envelope) -> R
             &env.message.as_prompt_text(),
             env.channel_message_id.as_deref(),
         )
-        .await?;
-    Ok(())
+        .await?)
 }
 
 /// Runs one stage of a turn, timing it (see [`observe`]).

@@ -70,17 +70,7 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
         .conversations
         .get_or_create(client_id, env.channel, env.external_id.expose())
         .await?;
-    let recorded = ctx
-        .db
-        .tenant(client_id)
-        .messages()
-        .record_user(
-            conversation_id,
-            env.id,
-            &env.message.as_prompt_text(),
-            env.channel_message_id.as_deref(),
-        )
-        .await?;
+    let recorded = super::record_envelope(ctx, conversation_id, env).await?;
     if recorded.state != MessageState::Pending || tenant.config.fallback_message.is_empty() {
         return Ok(());
     }
