@@ -11,7 +11,7 @@ use shared::db::{AgentMode, ConfigUpdate, Db, NewClient};
 use shared::ids::{Channel, ClientId};
 use shared::mq::Broker;
 use shared::settings::{ProviderKind, Settings};
-use shared::tenant::Plan;
+use shared::tenant::{PersonaTone, Plan};
 use tokio_util::sync::CancellationToken;
 use worker::llm::sim::{LlmSim, SimOptions};
 
@@ -114,7 +114,7 @@ async fn demo_tenant(db: &Db) -> anyhow::Result<(ClientId, String)> {
                 .ok_or_else(|| anyhow::anyhow!("demo tenant has no configuration"))?
                 .into();
             config.persona_name = "Ava".into();
-            config.persona_tone = "friendly".into();
+            config.persona_tone = PersonaTone::Friendly;
             db.tenant(id).configs().update(&config).await?;
             db.tenant(id)
                 .configs()

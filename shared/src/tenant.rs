@@ -1,6 +1,6 @@
 //! What a tenant is to the platform, apart from its rows: the plan it pays for (which
-//! sets its limits, `plans.<plan>` in the settings) and its status (only an active
-//! tenant's bot speaks). Both are closed sets, stored as words (`as_str` and `FromStr`
+//! sets its limits, `plans.<plan>` in the settings), its status (only an active
+//! tenant's bot speaks) and the tone its persona takes. Both are closed sets, stored as words (`as_str` and `FromStr`
 //! come with their database mapping, in `db/clients.rs`). Depends on no other module.
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,32 @@ pub enum ClientStatus {
     Cancelled,
 }
 
+/// The tone a tenant's persona takes (the prompt's `Tone:` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersonaTone {
+    Friendly,
+    Professional,
+    Formal,
+    Casual,
+    Empathetic,
+    Playful,
+    Concise,
+}
+
+impl PersonaTone {
+    /// Every tone, in the order the API documents them.
+    pub const ALL: [Self; 7] = [
+        Self::Friendly,
+        Self::Professional,
+        Self::Formal,
+        Self::Casual,
+        Self::Empathetic,
+        Self::Playful,
+        Self::Concise,
+    ];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +64,9 @@ mod tests {
             ClientStatus::Cancelled,
         ] {
             assert_eq!(status.as_str().parse::<ClientStatus>(), Ok(status));
+        }
+        for tone in PersonaTone::ALL {
+            assert_eq!(tone.as_str().parse::<PersonaTone>(), Ok(tone));
         }
         let refused = "gold".parse::<Plan>().expect_err("not a plan");
         assert_eq!(

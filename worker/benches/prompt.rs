@@ -24,7 +24,7 @@ fn tenant() -> TenantConfig {
         },
         config: ClientConfig {
             persona_name: "Ava".into(),
-            persona_tone: "friendly".into(),
+            persona_tone: shared::tenant::PersonaTone::Friendly,
             persona_language: "English".into(),
             llm_model: "llama3.1:8b".into(),
             llm_temperature: 0.7,

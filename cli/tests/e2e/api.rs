@@ -19,7 +19,7 @@ async fn configure(p: &Platform, client: ClientId, turns: u32) {
         .expect("config")
         .into();
     config.persona_name = "Zed".into();
-    config.persona_tone = "formal".into();
+    config.persona_tone = shared::tenant::PersonaTone::Formal;
     config.persona_language = "French".into();
     config.llm_temperature = 0.3;
     config.max_context_turns = turns;

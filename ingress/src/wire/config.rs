@@ -4,13 +4,76 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use shared::db::{AgentMode, ClientConfig, ConfigUpdate, ModePatch};
+use shared::tenant;
+
+/// The tone a persona takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PersonaTone {
+    Friendly,
+    Professional,
+    Formal,
+    Casual,
+    Empathetic,
+    Playful,
+    Concise,
+}
+
+impl From<tenant::PersonaTone> for PersonaTone {
+    fn from(tone: tenant::PersonaTone) -> Self {
+        match tone {
+            tenant::PersonaTone::Friendly => Self::Friendly,
+            tenant::PersonaTone::Professional => Self::Professional,
+            tenant::PersonaTone::Formal => Self::Formal,
+            tenant::PersonaTone::Casual => Self::Casual,
+            tenant::PersonaTone::Empathetic => Self::Empathetic,
+            tenant::PersonaTone::Playful => Self::Playful,
+            tenant::PersonaTone::Concise => Self::Concise,
+        }
+    }
+}
+
+impl From<PersonaTone> for tenant::PersonaTone {
+    fn from(tone: PersonaTone) -> Self {
+        match tone {
+            PersonaTone::Friendly => Self::Friendly,
+            PersonaTone::Professional => Self::Professional,
+            PersonaTone::Formal => Self::Formal,
+            PersonaTone::Casual => Self::Casual,
+            PersonaTone::Empathetic => Self::Empathetic,
+            PersonaTone::Playful => Self::Playful,
+            PersonaTone::Concise => Self::Concise,
+        }
+    }
+}
+
+/// A `persona_tone`, refused with a message that names the field and the tones.
+fn tone<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PersonaTone, D::Error> {
+    let word = String::deserialize(deserializer)?;
+    word.parse::<tenant::PersonaTone>()
+        .map(Into::into)
+        .map_err(|_| {
+            let tones: Vec<&str> = tenant::PersonaTone::ALL
+                .iter()
+                .map(|t| t.as_str())
+                .collect();
+            serde::de::Error::custom(format!(
+                "persona_tone must be one of {}, got {word:?}",
+                tones.join(", ")
+            ))
+        })
+}
+
+/// [`tone`] for a field that may be left out.
+fn some_tone<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PersonaTone>, D::Error> {
+    tone(deserializer).map(Some)
+}
 
 /// A tenant's configuration: the `client_configs` row.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ConfigOut {
     pub persona_name: String,
-    #[schema(example = "professional")]
-    pub persona_tone: String,
+    pub persona_tone: PersonaTone,
     #[schema(example = "en")]
     pub persona_language: String,
     pub llm_model: String,
@@ -31,7 +94,7 @@ impl From<ClientConfig> for ConfigOut {
     fn from(c: ClientConfig) -> Self {
         Self {
             persona_name: c.persona_name,
-            persona_tone: c.persona_tone,
+            persona_tone: c.persona_tone.into(),
             persona_language: c.persona_language,
             llm_model: c.llm_model,
             llm_temperature: c.llm_temperature,
@@ -53,7 +116,8 @@ impl From<ClientConfig> for ConfigOut {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigIn {
     pub persona_name: String,
-    pub persona_tone: String,
+    #[serde(deserialize_with = "tone")]
+    pub persona_tone: PersonaTone,
     pub persona_language: String,
     pub llm_model: String,
     pub llm_temperature: f64,
@@ -71,7 +135,7 @@ impl From<ConfigIn> for ConfigUpdate {
     fn from(c: ConfigIn) -> Self {
         Self {
             persona_name: c.persona_name,
-            persona_tone: c.persona_tone,
+            persona_tone: c.persona_tone.into(),
             persona_language: c.persona_language,
             llm_model: c.llm_model,
             llm_temperature: c.llm_temperature,
@@ -93,7 +157,8 @@ impl From<ConfigIn> for ConfigUpdate {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigPatch {
     pub persona_name: Option<String>,
-    pub persona_tone: Option<String>,
+    #[serde(default, deserialize_with = "some_tone")]
+    pub persona_tone: Option<PersonaTone>,
     pub persona_language: Option<String>,
     pub llm_model: Option<String>,
     pub llm_temperature: Option<f64>,
@@ -133,9 +198,11 @@ impl ConfigPatch {
                 })+
             };
         }
+        if let Some(tone) = self.persona_tone {
+            current.persona_tone = tone.into();
+        }
         set!(
             persona_name,
-            persona_tone,
             persona_language,
             llm_model,
             llm_temperature,
@@ -220,7 +287,7 @@ mod tests {
     fn current() -> ConfigUpdate {
         ConfigUpdate {
             persona_name: "Ava".into(),
-            persona_tone: "professional".into(),
+            persona_tone: tenant::PersonaTone::Professional,
             persona_language: "en".into(),
             llm_model: "llama3.1:8b".into(),
             llm_temperature: 0.7,
@@ -243,11 +310,23 @@ mod tests {
         )
         .expect("patch");
         let patched = patch.apply(current());
-        assert_eq!(patched.persona_tone, "formal");
+        assert_eq!(patched.persona_tone, tenant::PersonaTone::Formal);
         assert_eq!(patched.human_handoff_phrase, None);
         assert_eq!(patched.rag_top_k, 0);
         assert_eq!(patched.fallback_model.as_deref(), Some("small"));
         assert_eq!(patched.persona_name, "Ava");
+    }
+
+    #[test]
+    fn an_unknown_tone_names_the_field_and_the_tones() {
+        let refused =
+            serde_json::from_str::<ConfigPatch>(r#"{ "persona_tone": "loud" }"#).expect_err("loud");
+        let message = refused.to_string();
+        assert!(
+            message.contains("persona_tone must be one of friendly, professional")
+                && message.contains("\"loud\""),
+            "{message}"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ mod messages;
 mod records;
 mod tenants;
 
-pub(crate) use config::{AgentModeIn, AgentModeOut, ConfigIn, ConfigOut, ConfigPatch, ModePatchIn};
+pub(crate) use config::{
+    AgentModeIn, AgentModeOut, ConfigIn, ConfigOut, ConfigPatch, ModePatchIn, PersonaTone,
+};
 pub(crate) use messages::{MessageOut, MessageRole, PolledMessage, PolledMessages};
 pub(crate) use records::{
     ApiKeyOut, ChannelAccountOut, ConversationOut, KnowledgeDocumentOut, UsageDayOut,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{AgentMode, Client, ClientConfig, TenantConfig};
 use crate::ids::ClientId;
-use crate::tenant::{ClientStatus, Plan};
+use crate::tenant::{ClientStatus, PersonaTone, Plan};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct CachedTenant {
@@ -32,7 +32,7 @@ struct CachedClient {
 #[derive(Debug, Serialize, Deserialize)]
 struct CachedConfig {
     persona_name: String,
-    persona_tone: String,
+    persona_tone: PersonaTone,
     persona_language: String,
     llm_model: String,
     llm_temperature: f64,
@@ -71,7 +71,7 @@ impl From<&TenantConfig> for CachedTenant {
             },
             config: CachedConfig {
                 persona_name: k.persona_name.clone(),
-                persona_tone: k.persona_tone.clone(),
+                persona_tone: k.persona_tone,
                 persona_language: k.persona_language.clone(),
                 llm_model: k.llm_model.clone(),
                 llm_temperature: k.llm_temperature,

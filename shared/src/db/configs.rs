@@ -6,15 +6,17 @@ use sqlx::Row;
 use sqlx::mysql::MySqlPool;
 
 use super::guard;
+use super::text_column::text_column;
 use super::{Client, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
+use crate::tenant::PersonaTone;
 
 /// The `client_configs` row, with the column names as field names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     pub persona_name: String,
-    pub persona_tone: String,
+    pub persona_tone: PersonaTone,
     pub persona_language: String,
     pub llm_model: String,
     pub llm_temperature: f64,
@@ -29,22 +31,21 @@ pub struct ClientConfig {
     pub coalesce_window_ms: u32,
 }
 
-/// The tones a persona may take (the `ck_client_configs_tone` constraint).
-pub const PERSONA_TONES: [&str; 7] = [
-    "friendly",
-    "professional",
-    "formal",
-    "casual",
-    "empathetic",
-    "playful",
-    "concise",
-];
+text_column!(PersonaTone, "persona tone", {
+    Friendly => "friendly",
+    Professional => "professional",
+    Formal => "formal",
+    Casual => "casual",
+    Empathetic => "empathetic",
+    Playful => "playful",
+    Concise => "concise",
+});
 
 /// A full replacement of a tenant's configuration (everything but the version).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigUpdate {
     pub persona_name: String,
-    pub persona_tone: String,
+    pub persona_tone: PersonaTone,
     pub persona_language: String,
     pub llm_model: String,
     pub llm_temperature: f64,
@@ -64,12 +65,6 @@ impl ConfigUpdate {
         let mut problems = Vec::new();
         if self.persona_name.trim().is_empty() || self.persona_name.len() > 100 {
             problems.push("persona_name must be 1-100 characters".to_owned());
-        }
-        if !PERSONA_TONES.contains(&self.persona_tone.as_str()) {
-            problems.push(format!(
-                "persona_tone must be one of {}",
-                PERSONA_TONES.join(", ")
-            ));
         }
         if self.persona_language.trim().is_empty() || self.persona_language.len() > 32 {
             problems.push("persona_language must be 1-32 characters".to_owned());
@@ -225,7 +220,7 @@ impl<'a> Configs<'a> {
              WHERE client_id = ?",
         )?
         .bind(&update.persona_name)
-        .bind(&update.persona_tone)
+        .bind(update.persona_tone)
         .bind(&update.persona_language)
         .bind(&update.llm_model)
         .bind(update.llm_temperature)

@@ -32,8 +32,7 @@ pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use channel_accounts::{ChannelAccount, ChannelAccounts};
 pub use clients::{Client, ClientPatch, Clients, NewClient};
 pub use configs::{
-    AgentMode, ClientConfig, ConfigUpdate, Configs, ModePatch, NewAgentMode, PERSONA_TONES,
-    TenantConfig,
+    AgentMode, ClientConfig, ConfigUpdate, Configs, ModePatch, NewAgentMode, TenantConfig,
 };
 pub use conversations::{ConversationMode, ConversationSummary, Conversations};
 pub use devices::Devices;

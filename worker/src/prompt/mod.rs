@@ -292,7 +292,7 @@ mod tests {
             },
             config: ClientConfig {
                 persona_name: "Ava".into(),
-                persona_tone: "friendly".into(),
+                persona_tone: shared::tenant::PersonaTone::Friendly,
                 persona_language: "German".into(),
                 llm_model: "llama3.1:8b".into(),
                 llm_temperature: 0.2,
