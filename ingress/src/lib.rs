@@ -14,6 +14,7 @@ mod health;
 mod longpoll;
 mod openapi;
 mod state;
+mod trace_ids;
 mod wire;
 
 use std::net::SocketAddr;
@@ -167,4 +168,7 @@ fn router(state: AppState, request_timeout: Duration) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        // Outermost: a caller's ids are dropped before anything reads them unless they
+        // are well formed (a fresh request id replaces a dropped one).
+        .layer(axum::middleware::map_request(trace_ids::keep_well_formed))
 }

@@ -213,3 +213,37 @@ async fn tenants_sharing_a_conversation_id_never_see_each_other() {
     );
     p.stop().await;
 }
+
+/// A caller's oversized `x-request-id` once made the request's task panic after its
+/// message was committed: the client got no answer, the message was kept. It is now
+/// replaced by a fresh id (which the response carries), and the message is accepted and
+/// answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_id_is_replaced_and_the_message_answered_once() {
+    let p = Platform::start().await;
+    let t = p.tenant("long-id").await;
+    let long = "r".repeat(1000);
+    let response = p
+        .http
+        .post(format!("{}/api/v1/messages", p.base))
+        .bearer_auth(&t.api_key)
+        .header("x-request-id", long.as_str())
+        .json(&serde_json::json!({ "conversation_id": "c", "text": "hello" }))
+        .send()
+        .await
+        .expect("an answer, not a dropped connection");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a request id in the response")
+        .to_owned();
+    assert!(id.len() <= 64 && id != long, "{id}");
+    let (entries, _) = p.read_until(&t.api_key, "c", "0", 2).await;
+    let roles: Vec<&str> = entries.iter().filter_map(|e| e["role"].as_str()).collect();
+    assert_eq!(roles, ["user", "assistant"]);
+    // Nothing more comes: one reply.
+    assert!(p.poll(&t.api_key, "c", "2", 1).await.is_none());
+    p.stop().await;
+}

@@ -324,11 +324,48 @@ fn properties(
         .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or_default())
         .with_headers(headers);
     match correlation_id {
-        Some(id) => props.with_correlation_id(id.into()),
+        Some(id) => props.with_correlation_id(short_string(id).into()),
         None => props,
     }
 }
 
+/// Longest AMQP short string, in bytes: lapin panics on a longer one.
+const MAX_SHORT_STRING: usize = 255;
+
+/// `s` cut to fit an AMQP short string (at a character boundary). The ingress keeps only
+/// short request ids; this is the second guard, so no caller's id can make a publish
+/// panic after its message was committed.
+fn short_string(s: &str) -> &str {
+    if s.len() <= MAX_SHORT_STRING {
+        return s;
+    }
+    let mut end = MAX_SHORT_STRING;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No id, however long, makes a publish's properties panic.
+    #[test]
+    fn a_correlation_id_is_cut_to_a_short_string() {
+        let long = "é".repeat(300);
+        let cut = short_string(&long);
+        assert!(
+            cut.len() <= MAX_SHORT_STRING && long.starts_with(cut),
+            "{}",
+            cut.len()
+        );
+        let props = properties("m".into(), Some(&long), FieldTable::default());
+        assert!(props.correlation_id().is_some());
+        assert_eq!(short_string("req-1"), "req-1");
+    }
 }
