@@ -109,6 +109,19 @@ async fn handshake_and_signatures() {
         StatusCode::UNAUTHORIZED,
         "a signature is over the raw bytes, not the JSON"
     );
+    // A body over `whatsapp.max_body_bytes` (1 MiB) is 413 before anything else, even
+    // validly signed.
+    let huge = format!("{{\"object\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    assert_eq!(
+        post(
+            &p,
+            "/whatsapp/webhook",
+            &huge,
+            Some(ingress::sign_whatsapp_webhook(SECRET, huge.as_bytes()))
+        )
+        .await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     p.stop().await;
 }
 

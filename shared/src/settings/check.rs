@@ -161,6 +161,14 @@ impl Settings {
             "must be positive".into(),
         );
         check(
+            (1024..=64 * 1024 * 1024).contains(&self.whatsapp.max_body_bytes),
+            "whatsapp.max_body_bytes",
+            format!(
+                "must be 1 KiB to 64 MiB, got {}",
+                self.whatsapp.max_body_bytes
+            ),
+        );
+        check(
             self.vector.url.starts_with("http://") || self.vector.url.starts_with("https://"),
             "vector.url",
             "must be an http(s) URL".into(),

@@ -218,6 +218,8 @@ pub struct WhatsappSettings {
     pub app_secret: Secret<String>,
     pub verify_token: Secret<String>,
     pub messages_per_second: u32,
+    /// Largest webhook body read (413 beyond, without reading the rest).
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -40,9 +40,6 @@ use crate::AppState;
 use crate::error::{ApiError, Result};
 use payload::{ChangeValue, Webhook};
 
-/// Meta batches up to 1000 updates and 3 MB per webhook.
-const MAX_BODY: usize = 4 * 1024 * 1024;
-
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/whatsapp/webhook", get(verify).post(receive))
@@ -162,7 +159,7 @@ async fn receive_tenant(
 }
 
 async fn accept(state: &AppState, app: &App, headers: &HeaderMap, body: Body) -> Result<Response> {
-    let raw = read_body(body, MAX_BODY).await?;
+    let raw = read_body(body, state.whatsapp().max_body_bytes).await?;
     let presented = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
