@@ -28,6 +28,7 @@ fn tenant() -> TenantConfig {
             persona_language: "English".into(),
             llm_model: "llama3.1:8b".into(),
             llm_temperature: 0.7,
+            llm_max_output_tokens: 1024,
             max_context_turns: 20,
             rag_top_k: 5,
             human_handoff_phrase: None,

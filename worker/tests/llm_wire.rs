@@ -21,6 +21,7 @@ fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
     };
     LlmSettings {
         default_provider: "main".into(),
+        max_response_bytes: 256 * 1024,
         default_context_window: 4096,
         completion_reserve: 512,
         breaker_failures: 5,
@@ -38,6 +39,7 @@ fn request(model: &str) -> ChatRequest {
         model: model.into(),
         temperature: 0.4,
         num_ctx: 4096,
+        max_output_tokens: 300,
         messages: vec![
             ChatMessage {
                 role: ChatRole::System,
@@ -93,10 +95,37 @@ async fn both_wire_formats_streaming_and_not() {
             let seen = sim.requests().pop().expect("recorded");
             assert_eq!((seen.format, seen.stream), (format, stream));
             assert_eq!(seen.temperature, Some(0.4));
+            assert_eq!(
+                seen.max_tokens,
+                Some(300),
+                "{kind:?} stream={stream}: the output limit is sent"
+            );
             assert_eq!(seen.messages, request("x").messages);
             if kind == ProviderKind::Ollama {
                 assert_eq!(seen.num_ctx, Some(4096), "num_ctx is always sent to Ollama");
             }
+        }
+    }
+}
+
+/// A response body over `llm.max_response_bytes` is the provider's failure (transient,
+/// so the turn goes to the retry ladder and the fallback model), never a crash, in
+/// both wire formats, streaming or not.
+#[tokio::test]
+async fn an_oversized_response_is_a_failure() {
+    let sim = sim().await;
+    for kind in [ProviderKind::Ollama, ProviderKind::Openai] {
+        for stream in [false, true] {
+            let mut settings = settings(&sim.base_url(), kind, stream);
+            settings.max_response_bytes = 64; // every answer of the double is longer
+            let err = LlmClient::new(&settings)
+                .chat(&request("llama3.1:8b"))
+                .await
+                .expect_err("over the limit");
+            assert!(
+                matches!(err, LlmError::TooLarge(64)) && err.is_transient(),
+                "{kind:?} stream={stream}: {err}"
+            );
         }
     }
 }

@@ -218,12 +218,17 @@ async fn a_new_tenants_prompt_carries_the_seed_defaults() {
     );
     let worker = f.start_worker();
     f.accept(&f.envelope("hello")).await;
-    let system = eventually(WAIT, "the LLM is asked", || async {
+    let (system, max_tokens) = eventually(WAIT, "the LLM is asked", || async {
         let asked = f.sim.requests();
         let first = asked.first()?;
-        Some(first.messages.first()?.content.clone())
+        Some((first.messages.first()?.content.clone(), first.max_tokens))
     })
     .await;
+    assert_eq!(
+        max_tokens,
+        Some(1024),
+        "a new tenant's output limit is sent"
+    );
     assert!(
         system.contains("Tone: professional. Language: en."),
         "{system}"

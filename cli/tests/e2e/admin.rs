@@ -118,6 +118,7 @@ async fn a_tenant_life_cycle_through_the_admin_api() {
         ("max_context_turns", json!(101)),
         ("rag_top_k", json!(51)),
         ("persona_tone", json!("sarcastic")),
+        ("llm_max_output_tokens", json!(20_000)),
         ("llm_model", json!("")),
     ] {
         let (s, b) = p

@@ -47,6 +47,11 @@ impl From<PersonaTone> for tenant::PersonaTone {
     }
 }
 
+/// A new tenant's output limit (the column's default), for a `PUT` that leaves it out.
+fn default_max_output_tokens() -> u32 {
+    1024
+}
+
 /// A `persona_tone`, refused with a message that names the field and the tones.
 fn tone<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PersonaTone, D::Error> {
     let word = String::deserialize(deserializer)?;
@@ -78,6 +83,8 @@ pub(crate) struct ConfigOut {
     pub persona_language: String,
     pub llm_model: String,
     pub llm_temperature: f64,
+    /// The most tokens one answer may have (1-16384).
+    pub llm_max_output_tokens: u32,
     pub max_context_turns: u32,
     pub rag_top_k: u32,
     pub human_handoff_phrase: Option<String>,
@@ -98,6 +105,7 @@ impl From<ClientConfig> for ConfigOut {
             persona_language: c.persona_language,
             llm_model: c.llm_model,
             llm_temperature: c.llm_temperature,
+            llm_max_output_tokens: c.llm_max_output_tokens,
             max_context_turns: c.max_context_turns,
             rag_top_k: c.rag_top_k,
             human_handoff_phrase: c.human_handoff_phrase,
@@ -121,6 +129,9 @@ pub(crate) struct ConfigIn {
     pub persona_language: String,
     pub llm_model: String,
     pub llm_temperature: f64,
+    /// The most tokens one answer may have (1-16384; 1024 when left out).
+    #[serde(default = "default_max_output_tokens")]
+    pub llm_max_output_tokens: u32,
     pub max_context_turns: u32,
     pub rag_top_k: u32,
     pub human_handoff_phrase: Option<String>,
@@ -139,6 +150,7 @@ impl From<ConfigIn> for ConfigUpdate {
             persona_language: c.persona_language,
             llm_model: c.llm_model,
             llm_temperature: c.llm_temperature,
+            llm_max_output_tokens: c.llm_max_output_tokens,
             max_context_turns: c.max_context_turns,
             rag_top_k: c.rag_top_k,
             human_handoff_phrase: c.human_handoff_phrase,
@@ -162,6 +174,7 @@ pub(crate) struct ConfigPatch {
     pub persona_language: Option<String>,
     pub llm_model: Option<String>,
     pub llm_temperature: Option<f64>,
+    pub llm_max_output_tokens: Option<u32>,
     pub max_context_turns: Option<u32>,
     pub rag_top_k: Option<u32>,
     #[serde(default, deserialize_with = "present")]
@@ -206,6 +219,7 @@ impl ConfigPatch {
             persona_language,
             llm_model,
             llm_temperature,
+            llm_max_output_tokens,
             max_context_turns,
             rag_top_k,
             human_handoff_phrase,
@@ -291,6 +305,7 @@ mod tests {
             persona_language: "en".into(),
             llm_model: "llama3.1:8b".into(),
             llm_temperature: 0.7,
+            llm_max_output_tokens: 1024,
             max_context_turns: 10,
             rag_top_k: 5,
             human_handoff_phrase: Some("agent".into()),

@@ -36,6 +36,9 @@ struct CachedConfig {
     persona_language: String,
     llm_model: String,
     llm_temperature: f64,
+    /// Absent from entries written before the column existed: they are read as absent
+    /// and rebuilt.
+    llm_max_output_tokens: u32,
     max_context_turns: u32,
     rag_top_k: u32,
     human_handoff_phrase: Option<String>,
@@ -75,6 +78,7 @@ impl From<&TenantConfig> for CachedTenant {
                 persona_language: k.persona_language.clone(),
                 llm_model: k.llm_model.clone(),
                 llm_temperature: k.llm_temperature,
+                llm_max_output_tokens: k.llm_max_output_tokens,
                 max_context_turns: k.max_context_turns,
                 rag_top_k: k.rag_top_k,
                 human_handoff_phrase: k.human_handoff_phrase.clone(),
@@ -119,6 +123,7 @@ impl From<CachedTenant> for TenantConfig {
                 persona_language: k.persona_language,
                 llm_model: k.llm_model,
                 llm_temperature: k.llm_temperature,
+                llm_max_output_tokens: k.llm_max_output_tokens,
                 max_context_turns: k.max_context_turns,
                 rag_top_k: k.rag_top_k,
                 human_handoff_phrase: k.human_handoff_phrase,

@@ -20,6 +20,8 @@ pub struct ClientConfig {
     pub persona_language: String,
     pub llm_model: String,
     pub llm_temperature: f64,
+    /// The most tokens one answer may have (sent to the provider with every call).
+    pub llm_max_output_tokens: u32,
     pub max_context_turns: u32,
     pub rag_top_k: u32,
     pub human_handoff_phrase: Option<String>,
@@ -49,6 +51,8 @@ pub struct ConfigUpdate {
     pub persona_language: String,
     pub llm_model: String,
     pub llm_temperature: f64,
+    /// The most tokens one answer may have (sent to the provider with every call).
+    pub llm_max_output_tokens: u32,
     pub max_context_turns: u32,
     pub rag_top_k: u32,
     pub human_handoff_phrase: Option<String>,
@@ -74,6 +78,11 @@ impl ConfigUpdate {
         }
         if !(0.0..=2.0).contains(&self.llm_temperature) {
             problems.push("llm_temperature must be between 0 and 2".to_owned());
+        }
+        if !(1..=MAX_OUTPUT_TOKENS).contains(&self.llm_max_output_tokens) {
+            problems.push(format!(
+                "llm_max_output_tokens must be 1-{MAX_OUTPUT_TOKENS}"
+            ));
         }
         if self.max_context_turns > 100 {
             problems.push("max_context_turns must be 0-100".to_owned());
@@ -113,6 +122,7 @@ impl From<ClientConfig> for ConfigUpdate {
             persona_language: c.persona_language,
             llm_model: c.llm_model,
             llm_temperature: c.llm_temperature,
+            llm_max_output_tokens: c.llm_max_output_tokens,
             max_context_turns: c.max_context_turns,
             rag_top_k: c.rag_top_k,
             human_handoff_phrase: c.human_handoff_phrase,
@@ -153,8 +163,11 @@ pub struct TenantConfig {
     pub modes: Vec<AgentMode>,
 }
 
+/// The most an answer's output limit may be.
+pub const MAX_OUTPUT_TOKENS: u32 = 16_384;
+
 const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_model, \
-    llm_temperature, max_context_turns, rag_top_k, human_handoff_phrase, handoff_message, config_version, \
+    llm_temperature, llm_max_output_tokens, max_context_turns, rag_top_k, human_handoff_phrase, handoff_message, config_version, \
     fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms";
 
 #[derive(Debug)]
@@ -214,7 +227,8 @@ impl<'a> Configs<'a> {
         let mut tx = self.pool.begin().await?;
         let done = guard::query(
             "UPDATE client_configs SET persona_name = ?, persona_tone = ?, persona_language = ?, \
-             llm_model = ?, llm_temperature = ?, max_context_turns = ?, rag_top_k = ?, \
+             llm_model = ?, llm_temperature = ?, llm_max_output_tokens = ?, \
+             max_context_turns = ?, rag_top_k = ?, \
              human_handoff_phrase = ?, handoff_message = ?, fallback_message = ?, fallback_model = ?, \
              prompt_token_budget = ?, coalesce_window_ms = ?, config_version = config_version + 1 \
              WHERE client_id = ?",
@@ -224,6 +238,7 @@ impl<'a> Configs<'a> {
         .bind(&update.persona_language)
         .bind(&update.llm_model)
         .bind(update.llm_temperature)
+        .bind(update.llm_max_output_tokens)
         .bind(update.max_context_turns)
         .bind(update.rag_top_k)
         .bind(&update.human_handoff_phrase)
@@ -404,6 +419,7 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
         persona_language: row.try_get("persona_language")?,
         llm_model: row.try_get("llm_model")?,
         llm_temperature: row.try_get("llm_temperature")?,
+        llm_max_output_tokens: row.try_get("llm_max_output_tokens")?,
         max_context_turns: row.try_get("max_context_turns")?,
         rag_top_k: row.try_get("rag_top_k")?,
         human_handoff_phrase: row.try_get("human_handoff_phrase")?,

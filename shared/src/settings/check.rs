@@ -134,6 +134,11 @@ impl Settings {
             ),
         );
         check(
+            self.llm.max_response_bytes >= 1024,
+            "llm.max_response_bytes",
+            format!("must be at least 1024, got {}", self.llm.max_response_bytes),
+        );
+        check(
             self.llm.completion_reserve < self.llm.default_context_window,
             "llm.completion_reserve",
             "must be smaller than llm.default_context_window".into(),

@@ -152,6 +152,8 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct LlmSettings {
     pub default_provider: String,
+    /// Largest response body read from a provider; a larger one is the provider's failure.
+    pub max_response_bytes: usize,
     pub default_context_window: u32,
     pub completion_reserve: u32,
     pub breaker_failures: u32,

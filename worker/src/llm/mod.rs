@@ -41,6 +41,8 @@ pub struct ChatRequest {
     pub temperature: f64,
     /// The context window to ask for (Ollama's `num_ctx`).
     pub num_ctx: u32,
+    /// The most tokens the answer may have (`max_tokens`, Ollama's `num_predict`).
+    pub max_output_tokens: u32,
     pub messages: Vec<ChatMessage>,
 }
 
@@ -66,6 +68,10 @@ pub enum LlmError {
     },
     #[error("LLM answer could not be read: {0}")]
     Malformed(String),
+    /// The response body was larger than `llm.max_response_bytes`: the provider's
+    /// failure (the answer's own length is bounded by the tenant's output limit).
+    #[error("LLM answer over {0} bytes")]
+    TooLarge(usize),
     /// The provider's circuit breaker is open after repeated failures.
     #[error("LLM provider {0} is failing; its circuit breaker is open")]
     CircuitOpen(String),
@@ -75,7 +81,9 @@ impl LlmError {
     /// Whether the same call may succeed later (overload, outage, timeout).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable(_) | Self::Timeout(_) | Self::CircuitOpen(_) => true,
+            Self::Unreachable(_) | Self::Timeout(_) | Self::CircuitOpen(_) | Self::TooLarge(_) => {
+                true
+            }
             Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
             Self::Malformed(_) => false,
         }
@@ -89,6 +97,7 @@ impl LlmError {
             Self::Status { status: 429, .. } => "rate_limited",
             Self::Status { .. } => "status",
             Self::Malformed(_) => "malformed",
+            Self::TooLarge(_) => "too_large",
             Self::CircuitOpen(_) => "circuit_open",
         }
     }
@@ -114,6 +123,8 @@ pub struct LlmClient {
     http: reqwest::Client,
     providers: Arc<BTreeMap<String, Provider>>,
     default_provider: String,
+    /// Largest response body read (`llm.max_response_bytes`).
+    max_response_bytes: usize,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -152,6 +163,7 @@ impl LlmClient {
                 .unwrap_or_default(),
             providers: Arc::new(providers),
             default_provider: settings.default_provider.clone(),
+            max_response_bytes: settings.max_response_bytes,
         }
     }
 
@@ -186,10 +198,12 @@ impl LlmClient {
         let call = async {
             match provider.settings.kind {
                 ProviderKind::Ollama => {
-                    ollama::chat(&self.http, &provider.settings, model, request).await
+                    let limit = self.max_response_bytes;
+                    ollama::chat(&self.http, &provider.settings, model, request, limit).await
                 }
                 ProviderKind::Openai => {
-                    openai::chat(&self.http, &provider.settings, model, request).await
+                    let limit = self.max_response_bytes;
+                    openai::chat(&self.http, &provider.settings, model, request, limit).await
                 }
             }
         };
@@ -257,14 +271,38 @@ async fn status_error(response: reqwest::Response) -> LlmError {
     }
 }
 
-/// Splits a byte stream into lines (NDJSON and SSE are both line-based).
-fn lines(response: reqwest::Response) -> impl futures::Stream<Item = Result<String, LlmError>> {
+/// A whole response body, refused once it passes `limit` bytes (without reading on).
+async fn body(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, LlmError> {
+    use futures::StreamExt;
+    let mut read = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(transport_error)?;
+        if read.len() + chunk.len() > limit {
+            return Err(LlmError::TooLarge(limit));
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(read)
+}
+
+/// Splits a byte stream into lines (NDJSON and SSE are both line-based), refusing a
+/// stream whose total passes `limit` bytes.
+fn lines(
+    response: reqwest::Response,
+    limit: usize,
+) -> impl futures::Stream<Item = Result<String, LlmError>> {
     use futures::StreamExt;
     async_stream::try_stream! {
         let mut buffer: Vec<u8> = Vec::new();
+        let mut total = 0;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(transport_error)?;
+            total += chunk.len();
+            if total > limit {
+                Err(LlmError::TooLarge(limit))?;
+            }
             buffer.extend_from_slice(&chunk);
             while let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=pos).collect();

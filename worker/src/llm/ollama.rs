@@ -6,7 +6,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use shared::settings::ProviderSettings;
 
-use super::{ChatMessage, ChatRequest, Completion, LlmError, lines, status_error, transport_error};
+use super::{
+    ChatMessage, ChatRequest, Completion, LlmError, body, lines, status_error, transport_error,
+};
 
 /// The request body, serialized straight from the turn's messages (no intermediate JSON
 /// tree: with thousands of calls in flight, a copy of every prompt adds up).
@@ -22,6 +24,8 @@ struct ChatBody<'a> {
 struct ChatOptions {
     temperature: f64,
     num_ctx: u32,
+    /// The most tokens the answer may have.
+    num_predict: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +49,7 @@ pub(super) async fn chat(
     provider: &ProviderSettings,
     model: &str,
     request: &ChatRequest,
+    limit: usize,
 ) -> Result<Completion, LlmError> {
     let mut call = http
         .post(format!(
@@ -58,6 +63,7 @@ pub(super) async fn chat(
             options: ChatOptions {
                 temperature: request.temperature,
                 num_ctx: request.num_ctx,
+                num_predict: request.max_output_tokens,
             },
         });
     if !provider.api_key.expose().is_empty() {
@@ -68,11 +74,12 @@ pub(super) async fn chat(
         return Err(status_error(response).await);
     }
     if !provider.stream {
-        let chunk: ChatChunk = response.json().await.map_err(transport_error)?;
+        let chunk: ChatChunk = serde_json::from_slice(&body(response, limit).await?)
+            .map_err(|e| LlmError::Malformed(e.to_string()))?;
         return finish(String::new(), chunk);
     }
     let mut text = String::new();
-    let mut stream = std::pin::pin!(lines(response));
+    let mut stream = std::pin::pin!(lines(response, limit));
     while let Some(line) = stream.next().await {
         let chunk: ChatChunk =
             serde_json::from_str(&line?).map_err(|e| LlmError::Malformed(e.to_string()))?;

@@ -6,7 +6,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use shared::settings::ProviderSettings;
 
-use super::{ChatMessage, ChatRequest, Completion, LlmError, lines, status_error, transport_error};
+use super::{
+    ChatMessage, ChatRequest, Completion, LlmError, body, lines, status_error, transport_error,
+};
 
 /// The request body, serialized straight from the turn's messages (no intermediate JSON
 /// tree: with thousands of calls in flight, a copy of every prompt adds up).
@@ -15,6 +17,7 @@ struct ChatBody<'a> {
     model: &'a str,
     messages: &'a [ChatMessage],
     temperature: f64,
+    max_tokens: u32,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -60,6 +63,7 @@ pub(super) async fn chat(
     provider: &ProviderSettings,
     model: &str,
     request: &ChatRequest,
+    limit: usize,
 ) -> Result<Completion, LlmError> {
     let mut call = http
         .post(format!(
@@ -70,6 +74,7 @@ pub(super) async fn chat(
             model,
             messages: &request.messages,
             temperature: request.temperature,
+            max_tokens: request.max_output_tokens,
             stream: provider.stream,
             stream_options: provider.stream.then_some(StreamOptions {
                 include_usage: true,
@@ -83,7 +88,8 @@ pub(super) async fn chat(
         return Err(status_error(response).await);
     }
     if !provider.stream {
-        let parsed: Response = response.json().await.map_err(transport_error)?;
+        let parsed: Response = serde_json::from_slice(&body(response, limit).await?)
+            .map_err(|e| LlmError::Malformed(e.to_string()))?;
         let text = parsed
             .choices
             .into_iter()
@@ -95,7 +101,7 @@ pub(super) async fn chat(
     }
     let mut text = String::new();
     let mut usage = None;
-    let mut stream = std::pin::pin!(lines(response));
+    let mut stream = std::pin::pin!(lines(response, limit));
     while let Some(line) = stream.next().await {
         let line = line?;
         let Some(data) = line.strip_prefix("data:").map(str::trim) else {

@@ -60,6 +60,8 @@ pub struct RecordedChat {
     pub model: String,
     pub temperature: Option<f64>,
     pub num_ctx: Option<u64>,
+    /// The output limit asked for (`max_tokens`, Ollama's `options.num_predict`).
+    pub max_tokens: Option<u64>,
     pub stream: bool,
     pub messages: Vec<ChatMessage>,
 }
@@ -284,12 +286,15 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     };
     record(
         &shared,
-        WireFormat::Ollama,
-        &req.model,
-        &req.options["temperature"],
-        req.options["num_ctx"].as_u64(),
-        req.stream,
-        &req.messages,
+        RecordedChat {
+            format: WireFormat::Ollama,
+            model: req.model.clone(),
+            temperature: req.options["temperature"].as_f64(),
+            num_ctx: req.options["num_ctx"].as_u64(),
+            max_tokens: req.options["num_predict"].as_u64(),
+            stream: req.stream,
+            messages: req.messages.clone(),
+        },
     );
     if let Err(r) = gate(&shared, &req.model).await {
         return r;
@@ -332,6 +337,8 @@ struct OpenAiChatRequest {
     #[serde(default)]
     temperature: Value,
     #[serde(default)]
+    max_tokens: Value,
+    #[serde(default)]
     stream_options: Value,
 }
 
@@ -341,12 +348,15 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     };
     record(
         &shared,
-        WireFormat::OpenAi,
-        &req.model,
-        &req.temperature,
-        None,
-        req.stream,
-        &req.messages,
+        RecordedChat {
+            format: WireFormat::OpenAi,
+            model: req.model.clone(),
+            temperature: req.temperature.as_f64(),
+            num_ctx: None,
+            max_tokens: req.max_tokens.as_u64(),
+            stream: req.stream,
+            messages: req.messages.clone(),
+        },
     );
     if let Err(r) = gate(&shared, &req.model).await {
         return r;
@@ -399,24 +409,9 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
 }
 
-fn record(
-    shared: &Shared,
-    format: WireFormat,
-    model: &str,
-    temperature: &Value,
-    num_ctx: Option<u64>,
-    stream: bool,
-    messages: &[ChatMessage],
-) {
+fn record(shared: &Shared, chat: RecordedChat) {
     if let Ok(mut r) = shared.recorded.lock() {
-        r.push(RecordedChat {
-            format,
-            model: model.to_owned(),
-            temperature: temperature.as_f64(),
-            num_ctx,
-            stream,
-            messages: messages.to_vec(),
-        });
+        r.push(chat);
     }
 }
 

@@ -296,6 +296,7 @@ mod tests {
                 persona_language: "German".into(),
                 llm_model: "llama3.1:8b".into(),
                 llm_temperature: 0.2,
+                llm_max_output_tokens: 1024,
                 max_context_turns: 4,
                 rag_top_k: 0,
                 human_handoff_phrase: None,

@@ -88,6 +88,7 @@ pub(crate) async fn ask_llm(
         model: config.llm_model.clone(),
         temperature: config.llm_temperature,
         num_ctx,
+        max_output_tokens: config.llm_max_output_tokens,
         messages: prompt.messages,
     };
     let completion = match ctx.llm.chat(&request).await {
