@@ -104,6 +104,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         admin_token: settings.admin.token.clone(),
         secrets: SecretBox::new(settings.security.encryption_key_bytes()),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
+        long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.http.max_long_polls)),
         shutdown: shutdown.clone(),
     });
 

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use shared::cache::{MailboxKey, PollSlot};
 use shared::db::MailboxItem;
 use shared::ids::{ClientId, ConversationId};
+use shared::metric;
 
 use crate::AppState;
 use crate::error::{ApiError, Result};
@@ -93,6 +94,12 @@ pub(crate) async fn wait_for(
     params: PollParams,
     slot: Option<&PollSlot>,
 ) -> Result<Polled> {
+    // Held until the poll answers; none left: answered at once, the client retries.
+    let _permit = state.long_polls().clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!(metric::INBOUND_REJECTED, "channel" => "longpoll", "reason" => "overloaded")
+            .increment(1);
+        ApiError::overloaded("this ingress holds as many long-polls as it may; retry", 1)
+    })?;
     let deadline = tokio::time::Instant::now() + params.wait;
     let watch = state.mailboxes().watch(key);
     let mut read = true;

@@ -44,6 +44,8 @@ pub(crate) struct Services {
     pub admin_token: Secret<String>,
     pub secrets: SecretBox,
     pub knowledge: Knowledge,
+    /// A permit per long-poll held (`http.max_long_polls`).
+    pub long_polls: Arc<tokio::sync::Semaphore>,
     pub shutdown: CancellationToken,
 }
 
@@ -109,5 +111,8 @@ impl AppState {
     }
     pub(crate) fn shutdown(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+    pub(crate) fn long_polls(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.long_polls
     }
 }

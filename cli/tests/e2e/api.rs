@@ -247,3 +247,49 @@ async fn an_oversized_request_id_is_replaced_and_the_message_answered_once() {
     assert!(p.poll(&t.api_key, "c", "2", 1).await.is_none());
     p.stop().await;
 }
+
+/// An ingress holds at most `http.max_long_polls` polls; the ones beyond are answered
+/// 503 `overloaded` at once, with `Retry-After`, and the held ones wait as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_beyond_the_cap_are_answered_at_once() {
+    let p = Platform::start_with(&[("CHATFLEET__HTTP__MAX_LONG_POLLS", "3")], 1).await;
+    let t = p.tenant("poll-cap").await;
+    let (status, _) = p.send(&t.api_key, "c", "hello", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, cursor) = p.read_until(&t.api_key, "c", "0", 2).await;
+    let mut polls = tokio::task::JoinSet::new();
+    for _ in 0..13 {
+        let request = p
+            .http
+            .get(format!("{}/api/v1/conversations/c/messages", p.base))
+            .query(&[("after", cursor.as_str()), ("wait", "5")])
+            .bearer_auth(&t.api_key);
+        polls.spawn(async move {
+            let started = std::time::Instant::now();
+            let response = request.send().await.expect("poll");
+            let retry_after = response.headers().get("retry-after").cloned();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, retry_after, body, started.elapsed())
+        });
+    }
+    let answers = polls.join_all().await;
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(s, ..)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    let held = answers
+        .iter()
+        .filter(|(s, ..)| *s == StatusCode::NO_CONTENT)
+        .count();
+    assert_eq!((refused.len(), held), (10, 3), "{answers:?}");
+    for (_, retry_after, body, took) in refused {
+        assert_eq!(body["error"]["code"], "overloaded");
+        assert!(retry_after.is_some(), "Retry-After");
+        assert!(
+            *took < std::time::Duration::from_secs(4),
+            "answered at once: {took:?}"
+        );
+    }
+    p.stop().await;
+}

@@ -35,6 +35,11 @@ impl Settings {
             "http.request_timeout_s",
             "must be longer than api.max_wait_s, or long-polls are cut off".into(),
         );
+        check(
+            self.http.max_long_polls > 0,
+            "http.max_long_polls",
+            "must be positive".into(),
+        );
         let db = self.database.url.expose();
         check(
             db.starts_with("mysql://") || db.starts_with("mariadb://"),

@@ -103,6 +103,8 @@ impl PlansSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
+    /// Long-polls one ingress holds at once (503 `overloaded` beyond).
+    pub max_long_polls: usize,
     #[serde(
         rename = "request_timeout_s",
         deserialize_with = "parse::positive_seconds"
