@@ -32,7 +32,7 @@ impl ApiError {
             retry_after: None,
         }
     }
-    /// This ingress holds as much as it may of something (long-polls): retry shortly.
+    /// This ingress holds as much as it may (requests, long-polls): retry shortly.
     pub fn overloaded(message: impl Into<String>, retry_after_s: u64) -> Self {
         Self {
             retry_after: Some(retry_after_s),

@@ -7,6 +7,7 @@
 //! broker. Everything is started by [`start`], so tests run ingress in-process on port 0.
 
 mod admin;
+mod admission;
 mod channels;
 mod deliver;
 pub mod error;
@@ -105,6 +106,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         secrets: SecretBox::new(settings.security.encryption_key_bytes()),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
         long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.http.max_long_polls)),
+        in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.http.max_in_flight)),
         shutdown: shutdown.clone(),
     });
 
@@ -139,12 +141,20 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 }
 
 fn router(state: AppState, request_timeout: Duration) -> Router {
-    Router::new()
+    // Everything but the health checks is admitted within `http.max_in_flight`: a probe
+    // must not fail because the ingress is busy.
+    let admitted = Router::new()
         .merge(channels::api::routes())
         .merge(channels::whatsapp::routes())
         .merge(channels::widget::routes())
         .merge(channels::mobile::routes())
         .merge(admin::routes(state.clone()))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ));
+    Router::new()
+        .merge(admitted)
         .merge(health::routes())
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(

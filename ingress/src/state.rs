@@ -46,6 +46,8 @@ pub(crate) struct Services {
     pub knowledge: Knowledge,
     /// A permit per long-poll held (`http.max_long_polls`).
     pub long_polls: Arc<tokio::sync::Semaphore>,
+    /// A permit per request served (`http.max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub shutdown: CancellationToken,
 }
 
@@ -114,5 +116,8 @@ impl AppState {
     }
     pub(crate) fn long_polls(&self) -> &Arc<tokio::sync::Semaphore> {
         &self.inner.long_polls
+    }
+    pub(crate) fn in_flight(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.in_flight
     }
 }

@@ -10,7 +10,8 @@
 /// Counter `{channel}`: messages a channel accepted (confirmed on the broker).
 pub const INBOUND_ACCEPTED: &str = "chatfleet_inbound_accepted_total";
 /// Counter `{channel, reason}`: requests a channel refused (bad signature, origin…);
-/// `channel` is `longpoll` for polls refused because an ingress holds its most.
+/// `channel` is `longpoll` or `http` for polls and requests refused because an ingress
+/// holds its most.
 pub const INBOUND_REJECTED: &str = "chatfleet_inbound_rejected_total";
 /// Histogram: messages per accepting round of the ingress (one transaction each).
 pub const ACCEPT_ROUND_MESSAGES: &str = "chatfleet_accept_round_messages";

@@ -293,3 +293,58 @@ async fn long_polls_beyond_the_cap_are_answered_at_once() {
     }
     p.stop().await;
 }
+
+/// An ingress serves at most `http.max_in_flight` requests at once: with its slots held
+/// by long-polls, a send is answered 503 `overloaded` at once (nothing accepted), health
+/// checks still answer, and once the polls end the send is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_admission_limit_are_refused_at_once() {
+    let p = Platform::start_with(&[("CHATFLEET__HTTP__MAX_IN_FLIGHT", "2")], 1).await;
+    let t = p.tenant("admission").await;
+    let (status, _) = p.send(&t.api_key, "c", "hello", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, cursor) = p.read_until(&t.api_key, "c", "0", 2).await;
+    let mut polls = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let request = p
+            .http
+            .get(format!("{}/api/v1/conversations/c/messages", p.base))
+            .query(&[("after", cursor.as_str()), ("wait", "4")])
+            .bearer_auth(&t.api_key);
+        polls.spawn(async move { request.send().await.expect("poll").status() });
+    }
+    // Both slots taken once a third request is refused; until then the polls connect.
+    let refused = shared::testkit::eventually(crate::support::WAIT, "a refusal", || async {
+        let response = p
+            .http
+            .post(format!("{}/api/v1/messages", p.base))
+            .bearer_auth(&t.api_key)
+            .json(&serde_json::json!({ "conversation_id": "d", "text": "over" }))
+            .send()
+            .await
+            .expect("send");
+        (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
+    .await;
+    assert!(refused.headers().get("retry-after").is_some());
+    let body: serde_json::Value = refused.json().await.expect("body");
+    assert_eq!(body["error"]["code"], "overloaded");
+    let health = p
+        .http
+        .get(format!("{}/healthz", p.base))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(
+        health.status(),
+        StatusCode::OK,
+        "health checks are not counted"
+    );
+    assert_eq!(
+        polls.join_all().await,
+        [StatusCode::NO_CONTENT, StatusCode::NO_CONTENT]
+    );
+    let (status, _) = p.send(&t.api_key, "d", "after", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    p.stop().await;
+}

@@ -40,6 +40,11 @@ impl Settings {
             "http.max_long_polls",
             "must be positive".into(),
         );
+        check(
+            self.http.max_in_flight > 0,
+            "http.max_in_flight",
+            "must be positive".into(),
+        );
         let db = self.database.url.expose();
         check(
             db.starts_with("mysql://") || db.starts_with("mariadb://"),

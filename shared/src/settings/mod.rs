@@ -105,6 +105,8 @@ pub struct HttpSettings {
     pub bind: SocketAddr,
     /// Long-polls one ingress holds at once (503 `overloaded` beyond).
     pub max_long_polls: usize,
+    /// Requests one ingress serves at once (503 `overloaded` beyond).
+    pub max_in_flight: usize,
     #[serde(
         rename = "request_timeout_s",
         deserialize_with = "parse::positive_seconds"
