@@ -53,6 +53,9 @@ pub const LLM_TOKENS: &str = "chatfleet_llm_tokens_total";
 pub const LLM_ERRORS: &str = "chatfleet_llm_errors_total";
 /// Counter `{provider}`: times a provider's circuit breaker opened.
 pub const LLM_BREAKER_OPENED: &str = "chatfleet_llm_breaker_opened_total";
+/// Gauge `{provider}`: LLM calls waiting for a free slot of the provider (its
+/// `max_concurrency` is full).
+pub const LLM_WAITING: &str = "chatfleet_llm_waiting";
 /// Counter: turns answered by the tenant's fallback model.
 pub const LLM_FALLBACKS: &str = "chatfleet_llm_fallbacks_total";
 /// Counter `{channel, result}`: replies handed to a provider (WhatsApp's Graph API).
@@ -67,7 +70,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 29] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -90,6 +93,7 @@ pub const ALL: [&str; 28] = [
     LLM_TOKENS,
     LLM_ERRORS,
     LLM_BREAKER_OPENED,
+    LLM_WAITING,
     LLM_FALLBACKS,
     DELIVERIES,
     PUSH_SENT,

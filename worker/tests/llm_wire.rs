@@ -176,3 +176,42 @@ async fn the_simulator_reports_how_long_it_actually_held_requests() {
     assert!(held >= latency, "{held:?}");
     assert!(held * 2 <= started.elapsed(), "{held:?}");
 }
+
+/// A call that finds every slot of its provider busy waits for one and is counted as
+/// waiting (`chatfleet_llm_waiting{provider}`) until it gets it.
+#[tokio::test]
+async fn calls_waiting_for_a_slot_are_counted() {
+    shared::prometheus::install();
+    let sim = sim().await;
+    sim.set_latency(std::time::Duration::from_millis(400));
+    let mut settings = settings(&sim.base_url(), ProviderKind::Ollama, false);
+    for provider in settings.providers.values_mut() {
+        provider.max_concurrency = 1;
+    }
+    let client = LlmClient::new(&settings);
+    let waiting = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("chatfleet_llm_waiting{provider=\"main\"}"))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (first, second) = (client.clone(), client.clone());
+    let calls = tokio::spawn(async move {
+        let (one, two) = (request("m"), request("m"));
+        let answers = tokio::join!(first.chat(&one), second.chat(&two));
+        (answers.0.is_ok(), answers.1.is_ok())
+    });
+    shared::testkit::eventually(
+        std::time::Duration::from_secs(5),
+        "a call waiting for the provider's one slot",
+        || async { (waiting(&shared::prometheus::render()) >= 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(calls.await.expect("calls"), (true, true), "both answered");
+    assert_eq!(
+        waiting(&shared::prometheus::render()),
+        0.0,
+        "no call waits any more"
+    );
+}

@@ -115,6 +115,49 @@ struct Provider {
     settings: ProviderSettings,
     limit: Semaphore,
     breaker: breaker::Breaker,
+    /// When a wait for a slot was last logged (seconds since the epoch): at most once a
+    /// minute per provider.
+    wait_logged_at: std::sync::atomic::AtomicU64,
+}
+
+/// How often a provider's full slots are logged.
+const WAIT_LOG_EVERY_S: u64 = 60;
+
+impl Provider {
+    /// A slot for one call: at once when one is free, else counted as waiting
+    /// ([`metric::LLM_WAITING`]) until one is (logged at most once a minute: a full
+    /// provider is the fleet's limit, and `max_concurrency` is the setting that moves it).
+    async fn slot(&self, name: &str) -> Result<tokio::sync::SemaphorePermit<'_>, LlmError> {
+        if let Ok(permit) = self.limit.try_acquire() {
+            return Ok(permit);
+        }
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let last = self
+            .wait_logged_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now >= last + WAIT_LOG_EVERY_S
+            && self
+                .wait_logged_at
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                provider = name,
+                max_concurrency = self.settings.max_concurrency,
+                "every LLM slot of the provider is busy; turns wait for one (raise llm.providers.<name>.max_concurrency if the provider can take more)"
+            );
+        }
+        let waiting = metrics::gauge!(metric::LLM_WAITING, "provider" => name.to_owned());
+        waiting.increment(1.0);
+        let permit = self.limit.acquire().await;
+        waiting.decrement(1.0);
+        permit.map_err(|_| LlmError::Unreachable("provider closed".into()))
+    }
 }
 
 /// All configured providers, sharing one HTTP client.
@@ -151,6 +194,7 @@ impl LlmClient {
                             settings.breaker_failures,
                             settings.breaker_cooldown,
                         ),
+                        wait_logged_at: std::sync::atomic::AtomicU64::new(0),
                     },
                 )
             })
@@ -188,11 +232,7 @@ impl LlmClient {
         if !provider.breaker.admit(std::time::Instant::now()) {
             return Err(LlmError::CircuitOpen(name.to_owned()));
         }
-        let _permit = provider
-            .limit
-            .acquire()
-            .await
-            .map_err(|_| LlmError::Unreachable("provider closed".into()))?;
+        let _permit = provider.slot(name).await?;
         let timeout = provider.settings.timeout;
         let started = std::time::Instant::now();
         let call = async {
