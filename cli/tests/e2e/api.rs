@@ -306,12 +306,29 @@ async fn requests_beyond_the_admission_limit_are_refused_at_once() {
     let (_, cursor) = p.read_until(&t.api_key, "c", "0", 2).await;
     let mut polls = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        let request = p
-            .http
-            .get(format!("{}/api/v1/conversations/c/messages", p.base))
-            .query(&[("after", cursor.as_str()), ("wait", "4")])
-            .bearer_auth(&t.api_key);
-        polls.spawn(async move { request.send().await.expect("poll").status() });
+        let (http, url, key, cursor) = (
+            p.http.clone(),
+            format!("{}/api/v1/conversations/c/messages", p.base),
+            t.api_key.clone(),
+            cursor.clone(),
+        );
+        // A poll that meets the other slots taken (by the sends below) tries again: the
+        // two polls end up holding both slots for their whole wait.
+        polls.spawn(async move {
+            loop {
+                let status = http
+                    .get(&url)
+                    .query(&[("after", cursor.as_str()), ("wait", "4")])
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .expect("poll")
+                    .status();
+                if status != StatusCode::SERVICE_UNAVAILABLE {
+                    return status;
+                }
+            }
+        });
     }
     // Both slots taken once a third request is refused; until then the polls connect.
     let refused = shared::testkit::eventually(crate::support::WAIT, "a refusal", || async {
