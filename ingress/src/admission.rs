@@ -2,7 +2,9 @@
 //! answers the next ones 503 `overloaded` at once, with `Retry-After`, instead of letting
 //! them queue until their clients time out (a client that gave up may retry a message
 //! that is still being accepted). Health checks are not counted. Nothing is read or
-//! written for a request that is not admitted.
+//! written for a request that is not admitted. This also bounds the accepting queue
+//! (`channels/accepting.rs`): every message waiting for its round belongs to an admitted
+//! request.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
