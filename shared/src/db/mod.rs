@@ -165,9 +165,6 @@ pub struct TenantDb<'a> {
 }
 
 impl<'a> TenantDb<'a> {
-    pub fn client_id(&self) -> ClientId {
-        self.client_id
-    }
     pub fn configs(&self) -> Configs<'a> {
         Configs::new(&self.db.pool, self.client_id)
     }

@@ -3,7 +3,6 @@
 //! [`Environment`]. A value that does not parse fails the load with a message naming its
 //! key (the `config` crate adds the key to a deserialiser's error).
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -19,23 +18,6 @@ pub enum Environment {
     Staging,
     /// Development secrets are refused.
     Production,
-}
-
-impl Environment {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::Test => "test",
-            Self::Staging => "staging",
-            Self::Production => "production",
-        }
-    }
-}
-
-impl fmt::Display for Environment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A whole number of seconds, at least one.

@@ -6,11 +6,10 @@ use serde::Serialize;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{MessageState, Messages, RecordedUser, StoredReply, signalled, single};
+use super::{MessageState, Messages, RecordedUser, signalled, single, stored_reply};
 use crate::db::{guard, is_duplicate_key};
-use crate::envelope::ReplyKind;
 use crate::error::{Error, Result};
-use crate::ids::{ConversationId, EnvelopeId, ReplyId};
+use crate::ids::{ConversationId, EnvelopeId};
 
 /// A user message a channel is accepting ([`Messages::accept_users`]).
 #[derive(Debug, Clone, Copy)]
@@ -157,8 +156,8 @@ impl Messages<'_> {
         // envelope), instead of missing it and meeting the duplicate key later. Outside
         // a transaction its shared locks last for this statement only.
         let row = guard::query(
-            "SELECT u.id, u.state, r.envelope_id AS reply_id, r.reply_kind, r.content AS reply_text, \
-             r.config_version AS reply_config_version, r.created_at AS reply_created_at \
+            "SELECT u.id, u.state, r.envelope_id, r.reply_kind, r.content, r.config_version, \
+             r.created_at \
              FROM messages u LEFT JOIN messages r \
                ON r.client_id = u.client_id AND r.id = u.reply_message_id \
              WHERE u.client_id = ? AND u.envelope_id = ? AND u.role = 'user' \
@@ -173,18 +172,9 @@ impl Messages<'_> {
         let Some(row) = found else {
             return Ok(None);
         };
-        let reply = match row.try_get::<Option<Uuid>, _>("reply_id")? {
-            Some(id) => Some(StoredReply {
-                id: ReplyId::from_uuid(id),
-                kind: row
-                    .try_get::<Option<ReplyKind>, _>("reply_kind")?
-                    .unwrap_or(ReplyKind::Bot),
-                text: row.try_get("reply_text")?,
-                config_version: row
-                    .try_get::<Option<u64>, _>("reply_config_version")?
-                    .unwrap_or_default(),
-                created_at: row.try_get("reply_created_at")?,
-            }),
+        // The reply's columns are NULL while the message is unanswered.
+        let reply = match row.try_get::<Option<Uuid>, _>("envelope_id")? {
+            Some(_) => Some(stored_reply(&row)?),
             None => None,
         };
         Ok(Some(RecordedUser {

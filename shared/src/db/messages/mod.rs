@@ -160,8 +160,8 @@ fn history_turn(row: &MySqlRow) -> Result<HistoryTurn> {
     })
 }
 
-/// A reply row (`envelope_id`, `reply_kind`, `content`, `config_version`, `created_at`
-/// under the given prefix) as a [`StoredReply`].
+/// A reply row (`envelope_id`, `reply_kind`, `content`, `config_version`, `created_at`)
+/// as a [`StoredReply`].
 fn stored_reply(row: &MySqlRow) -> Result<StoredReply> {
     Ok(StoredReply {
         id: ReplyId::from_uuid(row.try_get("envelope_id")?),
