@@ -87,12 +87,16 @@ impl ApiError {
     }
 }
 
-/// An error and its sources, outermost first (`a: b: c`).
+/// An error and its sources, outermost first (`a: b: c`). A source an error's own
+/// message already shows (shared's errors show their library's) is not repeated.
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        let _ = write!(out, ": {cause}");
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            let _ = write!(out, ": {text}");
+        }
         source = cause.source();
     }
     out
@@ -192,7 +196,26 @@ mod tests {
     fn the_chain_names_every_source() {
         let io = std::io::Error::other("connection reset");
         let outer = shared::Error::broker("publish", io);
+        // Logged by `Display` elsewhere: the library's error is in the message itself,
+        // and the chain does not repeat it.
+        assert_eq!(outer.to_string(), "broker: publish: connection reset");
         assert_eq!(chain(&outer), "broker: publish: connection reset");
+
+        /// An error whose message leaves its source out.
+        #[derive(Debug)]
+        struct Terse(std::io::Error);
+        impl std::fmt::Display for Terse {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("terse")
+            }
+        }
+        impl std::error::Error for Terse {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let terse = Terse(std::io::Error::other("connection reset"));
+        assert_eq!(chain(&terse), "terse: connection reset");
     }
 
     #[tokio::test]

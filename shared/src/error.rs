@@ -14,8 +14,9 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
-    /// RabbitMQ failed: what was being done, and the client library's error.
-    #[error("broker: {context}")]
+    /// RabbitMQ failed: what was being done, and the client library's error (shown
+    /// too, as `Database` shows sqlx's: the fleet's logs print errors by `Display`).
+    #[error("broker: {context}{}", cause(.source))]
     Broker {
         context: String,
         #[source]
@@ -23,8 +24,8 @@ pub enum Error {
     },
     #[error("broker did not confirm the publish ({0})")]
     NotConfirmed(String),
-    /// Redis failed: what was being done, and the client library's error.
-    #[error("redis: {context}")]
+    /// Redis failed: what was being done, and the client library's error (shown too).
+    #[error("redis: {context}{}", cause(.source))]
     Redis {
         context: String,
         #[source]
@@ -55,6 +56,14 @@ pub enum Error {
     /// A stored secret could not be decrypted (wrong `security.encryption_key`?).
     #[error("cannot decrypt stored credentials: {0}")]
     Crypto(String),
+}
+
+/// `": <source>"`, or nothing without one.
+fn cause(source: &Option<BoxError>) -> String {
+    source
+        .as_ref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
 }
 
 impl Error {
