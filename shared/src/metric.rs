@@ -39,6 +39,9 @@ pub const RETRIES: &str = "chatfleet_retries_total";
 pub const DEAD_LETTERS: &str = "chatfleet_dead_letters_total";
 /// Counter: deliveries whose message an earlier turn had answered already.
 pub const DELIVERIES_ANSWERED_AHEAD: &str = "chatfleet_deliveries_answered_ahead_total";
+/// Counter: deliveries of a tenant over its share of a worker's window
+/// (`worker.tenant_max_held`) moved to the retry ladder so other tenants' are reached.
+pub const DELIVERIES_PARKED: &str = "chatfleet_deliveries_parked_total";
 /// Counter: knowledge retrievals that failed (the turn went on without knowledge).
 pub const RETRIEVAL_FAILURES: &str = "chatfleet_retrieval_failures_total";
 /// Counter `{part}`: prompt parts dropped to fit the token budget.
@@ -53,6 +56,9 @@ pub const LLM_TOKENS: &str = "chatfleet_llm_tokens_total";
 pub const LLM_ERRORS: &str = "chatfleet_llm_errors_total";
 /// Counter `{provider}`: times a provider's circuit breaker opened.
 pub const LLM_BREAKER_OPENED: &str = "chatfleet_llm_breaker_opened_total";
+/// Counter `{provider}`: breakers of one tenant and model opened by the tenant's own
+/// failures (key, model name, quota); other tenants keep calling.
+pub const LLM_TENANT_BREAKER_OPENED: &str = "chatfleet_llm_tenant_breaker_opened_total";
 /// Gauge `{provider}`: LLM calls waiting for a free slot of the provider (its
 /// `max_concurrency` is full).
 pub const LLM_WAITING: &str = "chatfleet_llm_waiting";
@@ -70,7 +76,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 29] = [
+pub const ALL: [&str; 31] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -86,6 +92,7 @@ pub const ALL: [&str; 29] = [
     RETRIES,
     DEAD_LETTERS,
     DELIVERIES_ANSWERED_AHEAD,
+    DELIVERIES_PARKED,
     RETRIEVAL_FAILURES,
     PROMPT_DROPPED,
     PROMPT_TRUNCATED_MESSAGES,
@@ -93,6 +100,7 @@ pub const ALL: [&str; 29] = [
     LLM_TOKENS,
     LLM_ERRORS,
     LLM_BREAKER_OPENED,
+    LLM_TENANT_BREAKER_OPENED,
     LLM_WAITING,
     LLM_FALLBACKS,
     DELIVERIES,

@@ -54,6 +54,7 @@ impl TestEnv {
             ("CHATFLEET__DATABASE__MAX_CONNECTIONS".into(), "8".into()),
             ("CHATFLEET__AMQP__PREFIX".into(), format!("t{id}")),
             ("CHATFLEET__AMQP__PREFETCH".into(), "32".into()),
+            ("CHATFLEET__WORKER__TENANT_MAX_HELD".into(), "16".into()),
             ("CHATFLEET__AMQP__RETRY_DELAYS_S".into(), "1,2".into()),
             ("CHATFLEET__REDIS__PREFIX".into(), format!("t{id}")),
             ("CHATFLEET__REDIS__POOL_SIZE".into(), "8".into()),

@@ -3,8 +3,9 @@
 //! one after another in arrival order (different conversations run concurrently; across
 //! workers the conversation lock in `turn` keeps them apart), hands the deliveries that
 //! queued up behind a turn to the next turn together, applies each failure's
-//! [`Disposition`] to every delivery of the batch, re-opens a lost broker connection, and
-//! drains on shutdown.
+//! [`Disposition`] to every delivery of the batch, parks a flooding tenant's new turns
+//! so other tenants' messages behind them are reached ([`crate::window`]), re-opens a
+//! lost broker connection, and drains on shutdown.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,8 +13,9 @@ use std::time::Duration;
 
 use shared::db::ClosedAs;
 use shared::envelope::{Envelope, ReplayMode};
+use shared::ids::ClientId;
 use shared::metric;
-use shared::mq::{Broker, Delivery};
+use shared::mq::{Broker, Delivery, RetryRung};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -22,6 +24,7 @@ use crate::Ctx;
 use crate::error::{Disposition, TurnError};
 use crate::inbox::{Inbox, Job, Queued};
 use crate::turn;
+use crate::window::{Admission, TenantWindow};
 
 /// Whether an envelope is a dry-run replay (see `turn::dry_run`).
 fn dry_run(env: &Envelope) -> bool {
@@ -38,11 +41,24 @@ struct Dispatcher {
     ctx: Arc<Ctx>,
     /// The deliveries queued behind the running turn of each conversation.
     queues: Mutex<HashMap<String, Arc<Queued>>>,
+    /// Each tenant's deliveries held here.
+    window: TenantWindow,
     tracker: TaskTracker,
 }
 
+/// The tenant a delivery is for, when it could be read.
+fn tenant_of(job: &Job) -> Option<ClientId> {
+    job.envelope.as_ref().ok().map(|e| e.client_id)
+}
+
 impl Dispatcher {
+    /// Queues a delivery behind its conversation's running turn, or starts a turn for
+    /// it, or parks it (see [`crate::window`]).
     fn dispatch(self: &Arc<Self>, job: Job) {
+        self.dispatch_or_park(job, true);
+    }
+
+    fn dispatch_or_park(self: &Arc<Self>, job: Job, may_park: bool) {
         let key = match &job.envelope {
             // A dry-run replay touches no conversation: it runs on its own.
             Ok(env) if dry_run(env) => {
@@ -60,6 +76,17 @@ impl Dispatcher {
             let Ok(mut queues) = self.queues.lock() else {
                 return;
             };
+            // A dry-run replay touches no conversation: never parked (nor recorded).
+            let never_park = !may_park || job.envelope.as_ref().is_ok_and(dry_run);
+            let joins_turn = queues.contains_key(&key);
+            if let Some(tenant) = tenant_of(&job)
+                && self.window.arrive(tenant, joins_turn || never_park) == Admission::Park
+            {
+                drop(queues);
+                let this = self.clone();
+                self.tracker.spawn(async move { this.park(job).await });
+                return;
+            }
             if let Some(queued) = queues.get(&key) {
                 queued.push(job);
                 return;
@@ -84,6 +111,40 @@ impl Dispatcher {
                 }
             }
         });
+    }
+
+    /// Moves a delivery of a tenant over its share of the window to the retry ladder's
+    /// first rung (no attempt spent), after recording its message where the channel
+    /// did not (so whichever turn of its conversation runs first answers it in order).
+    /// When that fails, the delivery runs as a turn after all.
+    async fn park(self: Arc<Self>, job: Job) {
+        let Ok(env) = &job.envelope else {
+            return self.dispatch_or_park(job, false);
+        };
+        if let Err(e) = turn::record_only(&self.ctx, env).await {
+            tracing::warn!(error = %e, "could not record a parked message; running its turn");
+            return self.dispatch_or_park(job, false);
+        }
+        // The shortest rung: the tenant's parked work comes back soon enough to keep
+        // its turns going (each round costs one republish while it stays over).
+        let rung = RetryRung(0);
+        let delivery = &job.delivery;
+        match self
+            .ctx
+            .publisher
+            .retry(delivery, rung, delivery.attempt)
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(client_id = %env.client_id, "tenant over its share of the worker; delivery parked");
+                metrics::counter!(metric::DELIVERIES_PARKED).increment(1);
+                self.ack(delivery).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not park a delivery; running its turn");
+                self.dispatch_or_park(job, false);
+            }
+        }
     }
 
     /// Up to `max` deliveries waiting behind the running turn of conversation `key`.
@@ -139,6 +200,11 @@ impl Dispatcher {
         .instrument(span.clone())
         .await;
         let batch = inbox.into_taken();
+        for job in &batch {
+            if let Some(tenant) = tenant_of(job) {
+                self.window.settled(tenant);
+            }
+        }
         // Boxed: settling (a failure's retry or dead-letter publish) has the largest
         // state; inline, every turn's task would carry it through its LLM call.
         Box::pin(
@@ -235,12 +301,14 @@ pub(crate) async fn run(
     ctx: Arc<Ctx>,
     broker: Broker,
     prefetch: u16,
+    tenant_max_held: usize,
     drain_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let dispatcher = Arc::new(Dispatcher {
         ctx,
         queues: Mutex::new(HashMap::new()),
+        window: TenantWindow::new(tenant_max_held),
         tracker: TaskTracker::new(),
     });
     let queue = broker.topology().inbound_work();

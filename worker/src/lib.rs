@@ -42,6 +42,7 @@ pub mod llm;
 mod ops;
 pub mod prompt;
 mod turn;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +128,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ctx.clone(),
         broker.clone(),
         settings.amqp.prefetch,
+        settings.worker.tenant_max_held,
         settings.worker.drain_timeout,
         shutdown,
     )

@@ -25,6 +25,7 @@ fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
         default_context_window: 4096,
         completion_reserve: 512,
         breaker_failures: 5,
+        tenant_max_share: 0.5,
         breaker_cooldown: std::time::Duration::from_secs(30),
         context_windows: BTreeMap::new(),
         providers: BTreeMap::from([
@@ -36,6 +37,8 @@ fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
 
 fn request(model: &str) -> ChatRequest {
     ChatRequest {
+        tenant: shared::ids::ClientId::new(1),
+        weight: 1,
         model: model.into(),
         temperature: 0.4,
         num_ctx: 4096,

@@ -277,7 +277,14 @@ async fn an_api_message_the_channel_did_not_record_is_not_answered() {
 #[tokio::test]
 async fn a_delivery_answered_ahead_of_it_is_acked_without_the_lock() {
     // Two deliveries held at once: two stuck ones would hold up everything behind them.
-    let f = Fixture::start_with("ahead", &[("CHATFLEET__AMQP__PREFETCH", "2")]).await;
+    let f = Fixture::start_with(
+        "ahead",
+        &[
+            ("CHATFLEET__AMQP__PREFETCH", "2"),
+            ("CHATFLEET__WORKER__TENANT_MAX_HELD", "2"),
+        ],
+    )
+    .await;
     // Three messages accepted; only the first one's delivery is on its way yet.
     let envelopes: Vec<Envelope> = (0..3).map(|i| f.envelope(&format!("m{i}"))).collect();
     f.accept(&envelopes[0]).await;

@@ -9,6 +9,7 @@ mod config_changes;
 mod delivery;
 mod failures;
 mod handoff;
+mod isolation;
 mod knowledge;
 mod mobile;
 mod operations;

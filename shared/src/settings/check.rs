@@ -77,6 +77,14 @@ impl Settings {
             format!("must be 1..=10000, got {}", self.amqp.prefetch),
         );
         check(
+            (1..=usize::from(self.amqp.prefetch)).contains(&self.worker.tenant_max_held),
+            "worker.tenant_max_held",
+            format!(
+                "must be 1..=amqp.prefetch ({}), got {}",
+                self.amqp.prefetch, self.worker.tenant_max_held
+            ),
+        );
+        check(
             self.amqp.delivery_limit > 0,
             "amqp.delivery_limit",
             "must be positive".into(),
@@ -147,6 +155,11 @@ impl Settings {
             self.llm.max_response_bytes >= 1024,
             "llm.max_response_bytes",
             format!("must be at least 1024, got {}", self.llm.max_response_bytes),
+        );
+        check(
+            self.llm.tenant_max_share > 0.0 && self.llm.tenant_max_share <= 1.0,
+            "llm.tenant_max_share",
+            format!("must be in (0, 1], got {}", self.llm.tenant_max_share),
         );
         check(
             self.llm.completion_reserve < self.llm.default_context_window,
@@ -235,6 +248,11 @@ impl Settings {
                 plan.burst > 0,
                 &format!("plans.{name}.burst"),
                 "must be positive".into(),
+            );
+            check(
+                (1..=1000).contains(&plan.weight),
+                &format!("plans.{name}.weight"),
+                format!("must be 1..=1000, got {}", plan.weight),
             );
         }
         check(

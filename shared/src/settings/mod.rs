@@ -76,11 +76,14 @@ pub struct TenancySettings {
     pub config_ttl: Duration,
 }
 
-/// One plan's message rate.
+/// One plan's message rate and its share of a saturated fleet.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct PlanLimits {
     pub messages_per_minute: u32,
     pub burst: u32,
+    /// A tenant's weight when tenants wait for the same LLM slots: slots go to the
+    /// waiting tenant holding the fewest per unit of weight.
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +164,9 @@ pub struct LlmSettings {
     pub default_context_window: u32,
     pub completion_reserve: u32,
     pub breaker_failures: u32,
+    /// Most of a provider's `max_concurrency` one tenant holds while other tenants use
+    /// the provider (0 < share <= 1).
+    pub tenant_max_share: f64,
     #[serde(
         rename = "breaker_cooldown_s",
         deserialize_with = "parse::positive_seconds"
@@ -256,6 +262,9 @@ pub struct WorkerSettings {
     pub lock_ttl: Duration,
     #[serde(rename = "lock_wait_s", deserialize_with = "parse::positive_seconds")]
     pub lock_wait: Duration,
+    /// Deliveries of one tenant a worker holds at once while other tenants use it; a
+    /// delivery past that which would start a new turn waits in the retry ladder.
+    pub tenant_max_held: usize,
     pub metrics_bind: SocketAddr,
 }
 

@@ -3,9 +3,13 @@
 //! A tenant's `llm_model` selects the provider: `<provider>/<model>` when `<provider>` is
 //! a configured provider name, else the default provider with the whole string as the
 //! model (so `meta-llama/Llama-3.1-8B` still works on an OpenAI-compatible server).
-//! Each provider has a concurrency limit; errors say whether retrying may help.
+//! Each provider has a concurrency limit, shared fairly between tenants ([`fair`]);
+//! errors say whether retrying may help, and whose fault they are: a provider's outage
+//! opens the provider's circuit breaker, a tenant's own failures (its key, its model,
+//! its quota) a breaker of that tenant and model only.
 
 mod breaker;
+mod fair;
 mod ollama;
 mod openai;
 pub mod sim;
@@ -15,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use shared::ids::ClientId;
 use shared::metric;
 use shared::settings::{LlmSettings, ProviderKind, ProviderSettings};
-use tokio::sync::Semaphore;
 
 /// Who said a message in the chat sent to the LLM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +41,11 @@ pub struct ChatMessage {
 /// One chat completion request, provider-neutral.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
+    /// Whose turn asks: slots are shared fairly between tenants, and a tenant's own
+    /// failures open a breaker of its own.
+    pub tenant: ClientId,
+    /// The tenant's plan weight (`plans.<plan>.weight`).
+    pub weight: u32,
     pub model: String,
     pub temperature: f64,
     /// The context window to ask for (Ollama's `num_ctx`).
@@ -75,6 +84,17 @@ pub enum LlmError {
     /// The provider's circuit breaker is open after repeated failures.
     #[error("LLM provider {0} is failing; its circuit breaker is open")]
     CircuitOpen(String),
+    /// The tenant's own calls to this model kept failing (its key, its model name, its
+    /// quota): its breaker is open; other tenants are not affected.
+    #[error(
+        "the tenant's calls to model {model} keep failing ({last}); its circuit breaker is open"
+    )]
+    TenantCircuitOpen {
+        model: String,
+        last: String,
+        /// Whether the failure that opened it may heal by itself (a quota).
+        transient: bool,
+    },
 }
 
 impl LlmError {
@@ -86,6 +106,26 @@ impl LlmError {
             }
             Self::Status { status, .. } => *status == 408 || *status == 429 || *status >= 500,
             Self::Malformed(_) => false,
+            Self::TenantCircuitOpen { transient, .. } => *transient,
+        }
+    }
+
+    /// Whether the failure is the tenant's own rather than the provider's: a refused key
+    /// (401/403), an unknown model (404), billing or quota (402, or a 429 that names
+    /// its quota), a request the provider will never take (400, 413, 422). Such
+    /// failures count against the tenant's breaker for the model, never the provider's.
+    pub fn is_tenants_own(&self) -> bool {
+        match self {
+            Self::Status { status, body, .. } => match status {
+                400 | 401 | 402 | 403 | 404 | 413 | 422 => true,
+                429 => {
+                    let body = body.to_ascii_lowercase();
+                    body.contains("quota") || body.contains("billing")
+                }
+                _ => false,
+            },
+            Self::TenantCircuitOpen { .. } => true,
+            _ => false,
         }
     }
 
@@ -99,6 +139,7 @@ impl LlmError {
             Self::Malformed(_) => "malformed",
             Self::TooLarge(_) => "too_large",
             Self::CircuitOpen(_) => "circuit_open",
+            Self::TenantCircuitOpen { .. } => "tenant_circuit_open",
         }
     }
 
@@ -113,8 +154,13 @@ impl LlmError {
 
 struct Provider {
     settings: ProviderSettings,
-    limit: Semaphore,
+    slots: fair::FairSlots,
     breaker: breaker::Breaker,
+    /// Breakers of tenants' own failures, by tenant and model; only failing ones are
+    /// kept (a success removes its entry).
+    tenant_breakers: std::sync::Mutex<BTreeMap<(ClientId, String), TenantBreaker>>,
+    breaker_failures: u32,
+    breaker_cooldown: Duration,
     /// When a wait for a slot was last logged (seconds since the epoch): at most once a
     /// minute per provider.
     wait_logged_at: std::sync::atomic::AtomicU64,
@@ -127,9 +173,10 @@ impl Provider {
     /// A slot for one call: at once when one is free, else counted as waiting
     /// ([`metric::LLM_WAITING`]) until one is (logged at most once a minute: a full
     /// provider is the fleet's limit, and `max_concurrency` is the setting that moves it).
-    async fn slot(&self, name: &str) -> Result<tokio::sync::SemaphorePermit<'_>, LlmError> {
-        if let Ok(permit) = self.limit.try_acquire() {
-            return Ok(permit);
+    async fn slot(&self, name: &str, tenant: ClientId, weight: u32) -> fair::Slot<'_> {
+        use futures::FutureExt;
+        if let Some(slot) = self.slots.acquire(tenant, weight).now_or_never() {
+            return slot;
         }
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         let last = self
@@ -154,10 +201,59 @@ impl Provider {
         }
         let waiting = metrics::gauge!(metric::LLM_WAITING, "provider" => name.to_owned());
         waiting.increment(1.0);
-        let permit = self.limit.acquire().await;
+        let slot = self.slots.acquire(tenant, weight).await;
         waiting.decrement(1.0);
-        permit.map_err(|_| LlmError::Unreachable("provider closed".into()))
+        slot
     }
+
+    /// Refuses at once a call of a tenant whose own breaker for `model` is open.
+    fn admit_tenant(&self, tenant: ClientId, model: &str) -> Result<(), LlmError> {
+        let Ok(breakers) = self.tenant_breakers.lock() else {
+            return Ok(());
+        };
+        match breakers.get(&(tenant, model.to_owned())) {
+            Some(b) if !b.breaker.admit(std::time::Instant::now()) => {
+                Err(LlmError::TenantCircuitOpen {
+                    model: model.to_owned(),
+                    last: b.last.clone(),
+                    transient: b.transient,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a tenant's own failure; true when it opened the tenant's breaker.
+    fn tenant_failed(&self, tenant: ClientId, model: &str, error: &LlmError) -> bool {
+        let Ok(mut breakers) = self.tenant_breakers.lock() else {
+            return false;
+        };
+        let b = breakers
+            .entry((tenant, model.to_owned()))
+            .or_insert_with(|| TenantBreaker {
+                breaker: breaker::Breaker::new(self.breaker_failures, self.breaker_cooldown),
+                last: String::new(),
+                transient: false,
+            });
+        b.last = error.to_string();
+        b.transient = error.is_transient();
+        b.breaker.failed(std::time::Instant::now())
+    }
+
+    fn tenant_succeeded(&self, tenant: ClientId, model: &str) {
+        if let Ok(mut breakers) = self.tenant_breakers.lock()
+            && !breakers.is_empty()
+        {
+            breakers.remove(&(tenant, model.to_owned()));
+        }
+    }
+}
+
+/// A breaker of one tenant's calls to one model, and what last failed.
+struct TenantBreaker {
+    breaker: breaker::Breaker,
+    last: String,
+    transient: bool,
 }
 
 /// All configured providers, sharing one HTTP client.
@@ -189,11 +285,14 @@ impl LlmClient {
                     name.clone(),
                     Provider {
                         settings: p.clone(),
-                        limit: Semaphore::new(p.max_concurrency),
+                        slots: fair::FairSlots::new(p.max_concurrency, settings.tenant_max_share),
                         breaker: breaker::Breaker::new(
                             settings.breaker_failures,
                             settings.breaker_cooldown,
                         ),
+                        tenant_breakers: std::sync::Mutex::default(),
+                        breaker_failures: settings.breaker_failures,
+                        breaker_cooldown: settings.breaker_cooldown,
                         wait_logged_at: std::sync::atomic::AtomicU64::new(0),
                     },
                 )
@@ -229,10 +328,11 @@ impl LlmClient {
             .providers
             .get(name)
             .ok_or_else(|| LlmError::Unreachable(format!("no provider named {name:?}")))?;
+        provider.admit_tenant(request.tenant, model)?;
         if !provider.breaker.admit(std::time::Instant::now()) {
             return Err(LlmError::CircuitOpen(name.to_owned()));
         }
-        let _permit = provider.slot(name).await?;
+        let _slot = provider.slot(name, request.tenant, request.weight).await;
         let timeout = provider.settings.timeout;
         let started = std::time::Instant::now();
         let call = async {
@@ -254,6 +354,7 @@ impl LlmClient {
         match &outcome {
             Ok(completion) => {
                 provider.breaker.succeeded();
+                provider.tenant_succeeded(request.tenant, model);
                 metrics::histogram!(metric::LLM_SECONDS, "provider" => name.to_owned())
                     .record(started.elapsed().as_secs_f64());
                 for (kind, tokens) in [
@@ -262,6 +363,21 @@ impl LlmClient {
                 ] {
                     metrics::counter!(metric::LLM_TOKENS, "provider" => name.to_owned(), "kind" => kind)
                         .increment(u64::from(tokens.unwrap_or(0)));
+                }
+            }
+            Err(e) if e.is_tenants_own() => {
+                metrics::counter!(metric::LLM_ERRORS, "provider" => name.to_owned(), "kind" => e.kind())
+                    .increment(1);
+                if provider.tenant_failed(request.tenant, model, e) {
+                    tracing::warn!(
+                        provider = name,
+                        client_id = %request.tenant,
+                        model,
+                        error = %e,
+                        "the tenant's own calls to the model keep failing; its breaker opened"
+                    );
+                    metrics::counter!(metric::LLM_TENANT_BREAKER_OPENED, "provider" => name.to_owned())
+                        .increment(1);
                 }
             }
             Err(e) if e.is_transient() => {

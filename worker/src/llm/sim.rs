@@ -71,8 +71,8 @@ struct Shared {
     options: Mutex<SimOptionsState>,
     recorded: Mutex<Vec<RecordedChat>>,
     unavailable: AtomicBool,
-    /// Models answered 503 whatever the error rate.
-    failing_models: Mutex<Vec<String>>,
+    /// Models that misbehave whatever the error rate.
+    faulty_models: Mutex<Vec<(String, ModelFault)>>,
     served: AtomicU64,
     /// Time actually spent waiting out the latency (the timer rounds up), and how often.
     held_micros: AtomicU64,
@@ -83,6 +83,15 @@ struct Shared {
 struct SimOptionsState {
     latency: Duration,
     error_rate: f64,
+}
+
+/// How a model misbehaves.
+#[derive(Debug, Clone)]
+enum ModelFault {
+    /// Answers this status with this JSON body.
+    Status(u16, Value),
+    /// Holds every call until the caller gives up.
+    Hang,
 }
 
 /// A running simulator.
@@ -152,8 +161,26 @@ impl LlmSim {
 
     /// Makes every request for `model` fail with 503 (a provider down for one model).
     pub fn fail_model(&self, model: &str) {
-        if let Ok(mut m) = self.shared.failing_models.lock() {
-            m.push(model.to_owned());
+        let body = json!({ "error": "llm-sim: simulated overload" });
+        self.fault(model, ModelFault::Status(503, body));
+    }
+
+    /// Answers every request for `model` with `status` and the error body the OpenAI
+    /// API sends (`{"error": {"message", "type", "code"}}`); e.g. 401 for a refused key,
+    /// 404 for an unknown model.
+    pub fn refuse_model(&self, model: &str, status: u16, message: &str) {
+        let body = json!({ "error": { "message": message, "type": "invalid_request_error", "code": status } });
+        self.fault(model, ModelFault::Status(status, body));
+    }
+
+    /// Holds every request for `model` without answering (a hung model).
+    pub fn hang_model(&self, model: &str) {
+        self.fault(model, ModelFault::Hang);
+    }
+
+    fn fault(&self, model: &str, fault: ModelFault) {
+        if let Ok(mut m) = self.shared.faulty_models.lock() {
+            m.push((model.to_owned(), fault));
         }
     }
 
@@ -236,12 +263,20 @@ async fn gate(shared: &Shared, model: &str) -> Result<(), Response> {
         shared.held_micros.fetch_add(held, Ordering::Relaxed);
         shared.holds.fetch_add(1, Ordering::Relaxed);
     }
-    let model_down = shared
-        .failing_models
+    let fault = shared
+        .faulty_models
         .lock()
-        .map(|m| m.iter().any(|f| f == model))
-        .unwrap_or(false);
-    let fail = model_down
+        .ok()
+        .and_then(|m| m.iter().find(|(f, _)| f == model).map(|(_, e)| e.clone()));
+    match fault {
+        Some(ModelFault::Hang) => std::future::pending::<()>().await,
+        Some(ModelFault::Status(status, body)) if status != 503 => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return Err((status, Json(body)).into_response());
+        }
+        _ => {}
+    }
+    let fail = fault.is_some()
         || shared.unavailable.load(Ordering::SeqCst)
         || (options.error_rate > 0.0 && rand::rng().random_bool(options.error_rate.min(1.0)));
     if fail {

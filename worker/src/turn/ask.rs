@@ -85,6 +85,8 @@ pub(crate) async fn ask_llm(
     let started = std::time::Instant::now();
     // The prompt's messages move into the request: no copy of the prompt per call.
     let mut request = ChatRequest {
+        tenant: client_id,
+        weight: ctx.plans.limits(tenant.client.plan).weight,
         model: config.llm_model.clone(),
         temperature: config.llm_temperature,
         num_ctx,
@@ -93,7 +95,9 @@ pub(crate) async fn ask_llm(
     };
     let completion = match ctx.llm.chat(&request).await {
         Ok(c) => c,
-        Err(e) if e.is_transient() && config.fallback_model.is_some() => {
+        // A fallback model helps with an outage and with the tenant's own model failing
+        // (an unknown model name, its quota).
+        Err(e) if (e.is_transient() || e.is_tenants_own()) && config.fallback_model.is_some() => {
             let fallback = config.fallback_model.as_deref().unwrap_or_default();
             tracing::warn!(error = %e, fallback, "primary model failed; asking the fallback model");
             metrics::counter!(metric::LLM_FALLBACKS).increment(1);

@@ -341,6 +341,19 @@ impl Turn<'_> {
     }
 }
 
+/// Records the message of a delivery that waits instead of starting a turn (a parked
+/// one), so that a turn of its conversation meanwhile answers it in order.
+pub(crate) async fn record_only(ctx: &Ctx, env: &Envelope) -> Result<()> {
+    if env.channel.records_at_acceptance() && env.replay.is_none() {
+        return Ok(());
+    }
+    let conversation_id = ctx
+        .conversations
+        .get_or_create(env.client_id, env.channel, env.external_id.expose())
+        .await?;
+    record(ctx, conversation_id, env).await
+}
+
 /// Records a user message once. A message its channel recorded at acceptance (committed
 /// before its envelope was published) needs nothing: the turn reads it with the
 /// conversation's other pending messages. A replayed envelope is recorded like any
