@@ -40,6 +40,10 @@ async fn main() {
         ),
         ("CHATFLEET__VECTOR__URL", "http://127.0.0.1:9"),
         ("CHATFLEET__TELEMETRY__FILTER", "error"),
+        // Every session comes from this one address: the edge's per-address and
+        // per-tenant session limits would refuse most of them.
+        ("CHATFLEET__EDGE__SESSIONS_PER_IP_PER_MINUTE", "1000000"),
+        ("CHATFLEET__PLANS__STARTER__SESSIONS_PER_MINUTE", "1000000"),
     ])
     .await;
     let tenant = env.tenant("bench").await;

@@ -39,6 +39,13 @@ impl ApiError {
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
         }
     }
+    /// The caller is over one of the edge's limits: retry after `retry_after_s`.
+    pub fn rate_limited(message: impl Into<String>, retry_after_s: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_s),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

@@ -10,6 +10,7 @@ mod admin;
 mod admission;
 mod channels;
 mod deliver;
+mod edge;
 pub mod error;
 mod health;
 mod longpoll;
@@ -105,6 +106,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         admin_token: settings.admin.token.clone(),
         secrets: SecretBox::new(settings.security.encryption_key_bytes()),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
+        edge: edge::Edge::new(settings.edge.clone(), &settings.http.trusted_proxies),
+        plans: settings.plans.clone(),
         long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.http.max_long_polls)),
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(settings.http.max_in_flight)),
         shutdown: shutdown.clone(),
@@ -124,6 +127,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "ingress listening");
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;

@@ -44,6 +44,10 @@ pub(crate) struct Services {
     pub admin_token: Secret<String>,
     pub secrets: SecretBox,
     pub knowledge: Knowledge,
+    /// The edge's limits and trusted proxies.
+    pub edge: crate::edge::Edge,
+    /// Each plan's sessions per minute.
+    pub plans: shared::settings::PlansSettings,
     /// A permit per long-poll held (`http.max_long_polls`).
     pub long_polls: Arc<tokio::sync::Semaphore>,
     /// A permit per request served (`http.max_in_flight`).
@@ -98,6 +102,12 @@ impl AppState {
     }
     pub(crate) fn conversations(&self) -> &ConversationIds {
         &self.inner.conversations
+    }
+    pub(crate) fn edge(&self) -> &crate::edge::Edge {
+        &self.inner.edge
+    }
+    pub(crate) fn plans(&self) -> &shared::settings::PlansSettings {
+        &self.inner.plans
     }
     pub(crate) fn api(&self) -> &ApiSettings {
         &self.inner.api

@@ -59,6 +59,11 @@ pub const LLM_BREAKER_OPENED: &str = "chatfleet_llm_breaker_opened_total";
 /// Counter `{provider}`: breakers of one tenant and model opened by the tenant's own
 /// failures (key, model name, quota); other tenants keep calling.
 pub const LLM_TENANT_BREAKER_OPENED: &str = "chatfleet_llm_tenant_breaker_opened_total";
+/// Counter `{limit}`: requests refused 429 by an edge limit (sessions per address or
+/// tenant, sends per session).
+pub const EDGE_LIMITED: &str = "chatfleet_edge_limited_total";
+/// Counter `{limit}`: requests let through because the edge limiter (Redis) failed.
+pub const EDGE_LIMIT_UNAVAILABLE: &str = "chatfleet_edge_limit_unavailable_total";
 /// Gauge `{provider}`: LLM calls waiting for a free slot of the provider (its
 /// `max_concurrency` is full).
 pub const LLM_WAITING: &str = "chatfleet_llm_waiting";
@@ -76,7 +81,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 31] = [
+pub const ALL: [&str; 33] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -102,6 +107,8 @@ pub const ALL: [&str; 31] = [
     LLM_BREAKER_OPENED,
     LLM_TENANT_BREAKER_OPENED,
     LLM_WAITING,
+    EDGE_LIMITED,
+    EDGE_LIMIT_UNAVAILABLE,
     LLM_FALLBACKS,
     DELIVERIES,
     PUSH_SENT,

@@ -209,3 +209,114 @@ async fn a_refused_model_opens_only_its_tenants_breaker() {
     );
     p.stop().await;
 }
+
+/// Session and send floods are refused 429 `rate_limited` with Retry-After, counted
+/// across two ingress replicas: per client address (taken from X-Forwarded-For only
+/// because the peer is a trusted proxy), per tenant, and per session; a refused send
+/// stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_and_send_floods_are_limited_across_replicas() {
+    let p = Platform::start_with(
+        &[
+            ("CHATFLEET__EDGE__SESSIONS_PER_IP_PER_MINUTE", "5"),
+            ("CHATFLEET__EDGE__SENDS_PER_SESSION_PER_MINUTE", "3"),
+            ("CHATFLEET__PLANS__STARTER__SESSIONS_PER_MINUTE", "8"),
+            ("CHATFLEET__HTTP__TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+        1,
+    )
+    .await;
+    let origin = "https://shop.example";
+    let t = p.widget_tenant("edgy", origin).await;
+    let bases = [p.base.clone(), p.another_ingress().await];
+    let open = |i: usize, from: &'static str| {
+        let base = bases[i % 2].clone();
+        let http = p.http.clone();
+        let slug = t.slug.clone();
+        async move {
+            http.post(format!("{base}/widget/v1/sessions"))
+                .header("origin", origin)
+                .header("x-forwarded-for", from)
+                .json(&json!({ "client": slug }))
+                .send()
+                .await
+                .expect("session request")
+        }
+    };
+    for i in 0..5 {
+        assert_eq!(open(i, "198.51.100.1").await.status(), StatusCode::CREATED);
+    }
+    let refused = open(5, "198.51.100.1").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.expect("error body");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // Other addresses, until the tenant's eight a minute are used up.
+    for (i, from) in ["198.51.100.2", "198.51.100.3", "198.51.100.4"]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(open(i, from).await.status(), StatusCode::CREATED, "{from}");
+    }
+    assert_eq!(
+        open(0, "198.51.100.5").await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the tenant's limit, from a fresh address"
+    );
+
+    // Sends: three a minute per session, whichever replica takes them.
+    let session = open(1, "198.51.100.2").await;
+    assert_eq!(
+        session.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "tenant still full"
+    );
+    let calm = p.widget_tenant("calm", origin).await;
+    let (s, session) = p
+        .widget_session(&bases[0], origin, json!({ "client": calm.slug }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{session}");
+    let token = session["token"].as_str().expect("token").to_owned();
+    for i in 0..3 {
+        let (s, body) = p
+            .session_send(
+                &bases[i % 2],
+                "widget",
+                &token,
+                json!({ "text": format!("m{i}") }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    }
+    let (s, body) = p
+        .session_send(
+            &bases[1],
+            "widget",
+            &token,
+            json!({ "text": "one too many" }),
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    let visitor = session["visitor_id"].as_str().expect("visitor id");
+    let conversation = p
+        .env
+        .db
+        .tenant(calm.id)
+        .conversations()
+        .find(shared::ids::Channel::Widget, visitor)
+        .await
+        .expect("find")
+        .expect("conversation");
+    let texts: Vec<String> = p
+        .stored(calm.id, conversation)
+        .await
+        .into_iter()
+        .filter(|m| m.role == shared::db::Role::User)
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(texts, ["m0", "m1", "m2"], "a refused send stores nothing");
+    p.stop().await;
+}

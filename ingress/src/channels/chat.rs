@@ -63,6 +63,13 @@ pub(super) async fn send(
     body: Body,
 ) -> Result<Response> {
     let claims = authenticate(state, channel, headers)?;
+    let per_minute = state.edge().limits.sends_per_session_per_minute;
+    let session = claims.session_id.simple().to_string();
+    let taken = state
+        .cache()
+        .take_session_send(claims.client_id, &session, per_minute)
+        .await;
+    crate::edge::enforce("sends_per_session", taken).await?;
     let max_text = state.api().max_text_bytes;
     let bytes = read_body(body, max_text * 2 + 1024).await?;
     let request: ChatMessageIn = body::parse(&bytes)?;
@@ -150,4 +157,34 @@ pub(super) async fn poll(
     Ok(longpoll::answer(polled, |seq| {
         state.sessions().cursor(conversation, seq)
     }))
+}
+
+/// Refuses (429) a session opened from an address over
+/// `edge.sessions_per_ip_per_minute`.
+pub(super) async fn session_limit_by_ip(
+    state: &AppState,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Result<()> {
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr);
+    let Some(ip) = state.edge().client_ip(peer, headers) else {
+        return Ok(());
+    };
+    let per_minute = state.edge().limits.sessions_per_ip_per_minute;
+    let taken = state.cache().take_session_for_ip(ip, per_minute).await;
+    crate::edge::enforce("sessions_per_ip", taken).await
+}
+
+/// Refuses (429) a session of a tenant over its plan's `sessions_per_minute`.
+pub(super) async fn session_limit_by_tenant(
+    state: &AppState,
+    client_id: shared::ids::ClientId,
+    plan: shared::tenant::Plan,
+) -> Result<()> {
+    let per_minute = state.plans().limits(plan).sessions_per_minute;
+    let taken = state
+        .cache()
+        .take_session_for_tenant(client_id, per_minute)
+        .await;
+    crate::edge::enforce("sessions_per_tenant", taken).await
 }

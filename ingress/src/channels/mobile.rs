@@ -11,17 +11,20 @@
 //! - `POST /mobile/v1/messages`, `GET /mobile/v1/messages`: see [`super::chat`].
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use shared::ids::{Channel, ClientId};
+use shared::tenant::Plan;
 use uuid::Uuid;
 
 use super::body::{self, Accepted, ChatMessageIn, Field, MobileSessionIn, PushTokenIn, SessionOut};
+use super::chat::{session_limit_by_ip, session_limit_by_tenant};
 use super::session::SessionClaims;
 use super::{chat, read_body};
 use crate::AppState;
@@ -69,12 +72,15 @@ fn push_token(value: Field<String>) -> Result<Option<String>> {
     params(("X-App-Key" = String, Header, description = "the app's key")),
     request_body = MobileSessionIn,
     responses((status = 201, body = SessionOut),
-        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)))]
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 429, body = crate::error::ErrorBody)))]
 pub(crate) async fn open_session(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    session_limit_by_ip(&state, peer, &headers).await?;
     let client_id = app_owner(&state, &headers).await?;
     let bytes = read_body(body, 16 * 1024).await?;
     let request: MobileSessionIn = body::parse(&bytes)?;
@@ -88,6 +94,12 @@ pub(crate) async fn open_session(
         }
     };
     let token = push_token(request.push_token)?;
+    let plan = state
+        .configs()
+        .get(client_id)
+        .await?
+        .map_or(Plan::Starter, |t| t.client.plan);
+    session_limit_by_tenant(&state, client_id, plan).await?;
     let conversation_id = state
         .db()
         .tenant(client_id)
@@ -157,7 +169,8 @@ pub(crate) async fn set_push_token(
     request_body = ChatMessageIn,
     responses((status = 202, body = Accepted),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
-        (status = 413, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+        (status = 413, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody),
+        (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn send(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -18,20 +18,22 @@
 //! bearer token is the credential.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::Value;
 use shared::ids::Channel;
 use shared::metric;
 use uuid::Uuid;
 
 use super::body::{self, Accepted, ChatMessageIn, Field, SessionOut, WidgetSessionIn};
+use super::chat::{session_limit_by_ip, session_limit_by_tenant};
 use super::session::SessionClaims;
 use super::{chat, read_body};
 use crate::AppState;
@@ -90,12 +92,14 @@ async fn preflight() -> Response {
     request_body = WidgetSessionIn,
     responses((status = 201, body = SessionOut),
         (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
-        (status = 404, body = crate::error::ErrorBody)))]
+        (status = 404, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
 pub(crate) async fn open_session(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    session_limit_by_ip(&state, peer, &headers).await?;
     let bytes = read_body(body, 4096).await?;
     let request: WidgetSessionIn = body::parse(&bytes)?;
     let slug = match request.client {
@@ -157,6 +161,7 @@ pub(crate) async fn open_session(
             "this origin may not open sessions for this client",
         ));
     }
+    session_limit_by_tenant(&state, client.id, client.plan).await?;
     let conversation_id = state
         .db()
         .tenant(client.id)
@@ -196,7 +201,7 @@ fn valid_visitor_id(v: &str) -> bool {
     responses((status = 202, body = Accepted),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody),
-        (status = 503, body = crate::error::ErrorBody)))]
+        (status = 429, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn send(
     State(state): State<AppState>,
     headers: HeaderMap,

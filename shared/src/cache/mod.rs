@@ -194,6 +194,12 @@ impl Keys {
         format!("{}:api-keys", self.prefix)
     }
 
+    /// The bucket of widget and mobile sessions opened from one client address (any
+    /// tenant's: an address floods them all alike).
+    pub fn edge_ip_sessions(&self, ip: std::net::IpAddr) -> String {
+        format!("{}:edge:sessions:{ip}", self.prefix)
+    }
+
     /// The pub/sub channel that announces configuration changes to every process.
     pub fn config_channel(&self) -> String {
         format!("{}:config", self.prefix)
@@ -237,6 +243,17 @@ impl TenantKeys<'_> {
             self.prefix,
             self.client_id,
             conversation_id.get()
+        )
+    }
+    /// The bucket of widget and mobile sessions the tenant's users open.
+    pub fn session_opens(&self) -> String {
+        format!("{}:t:{}:session-opens", self.prefix, self.client_id)
+    }
+    /// The bucket of messages one widget or mobile session sends.
+    pub fn session_sends(&self, session_id: &str) -> String {
+        format!(
+            "{}:t:{}:session-sends:{session_id}",
+            self.prefix, self.client_id
         )
     }
     /// The send-rate bucket of one of the tenant's channel accounts.

@@ -1,6 +1,8 @@
-//! Per-tenant message rate limits shared by every replica: a token bucket in Redis,
-//! updated atomically by a Lua script that reads Redis's own clock (so replicas' clocks
-//! do not matter). Capacity = the plan's burst; refill = its messages per minute.
+//! Rate limits shared by every replica: token buckets in Redis, updated atomically by a
+//! Lua script that reads Redis's own clock (so replicas' clocks do not matter). A
+//! tenant's messages (capacity = the plan's burst, refill = its messages per minute), a
+//! channel account's sends, and the edge's per-minute limits (a minute's worth at once,
+//! refilled evenly): sessions per client address and per tenant, sends per session.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -63,6 +65,44 @@ impl Cache {
     ) -> Result<Option<Duration>> {
         let key = self.keys.tenant(client_id).send_bucket(account);
         self.take(&key, per_second, f64::from(per_second)).await
+    }
+
+    /// Takes one widget or mobile session from the bucket of client address `ip`
+    /// (`per_minute` a minute).
+    pub async fn take_session_for_ip(
+        &self,
+        ip: std::net::IpAddr,
+        per_minute: u32,
+    ) -> Result<Option<Duration>> {
+        let key = self.keys.edge_ip_sessions(ip);
+        self.take_per_minute(&key, per_minute).await
+    }
+
+    /// Takes one session from the tenant's bucket (`plans.<plan>.sessions_per_minute`).
+    pub async fn take_session_for_tenant(
+        &self,
+        client_id: ClientId,
+        per_minute: u32,
+    ) -> Result<Option<Duration>> {
+        let key = self.keys.tenant(client_id).session_opens();
+        self.take_per_minute(&key, per_minute).await
+    }
+
+    /// Takes one message from the bucket of one of the tenant's widget or mobile
+    /// sessions.
+    pub async fn take_session_send(
+        &self,
+        client_id: ClientId,
+        session_id: &str,
+        per_minute: u32,
+    ) -> Result<Option<Duration>> {
+        let key = self.keys.tenant(client_id).session_sends(session_id);
+        self.take_per_minute(&key, per_minute).await
+    }
+
+    async fn take_per_minute(&self, key: &str, per_minute: u32) -> Result<Option<Duration>> {
+        self.take(key, per_minute, f64::from(per_minute) / 60.0)
+            .await
     }
 
     async fn take(&self, key: &str, capacity: u32, per_second: f64) -> Result<Option<Duration>> {

@@ -40,6 +40,25 @@ impl Settings {
             "http.max_long_polls",
             "must be positive".into(),
         );
+        for proxy in &self.http.trusted_proxies {
+            check(
+                proxy.parse::<ipnet::IpNet>().is_ok() || proxy.parse::<std::net::IpAddr>().is_ok(),
+                "http.trusted_proxies",
+                format!("{proxy:?} is neither an IP address nor a CIDR block (10.0.0.0/8)"),
+            );
+        }
+        for (key, value) in [
+            (
+                "edge.sessions_per_ip_per_minute",
+                self.edge.sessions_per_ip_per_minute,
+            ),
+            (
+                "edge.sends_per_session_per_minute",
+                self.edge.sends_per_session_per_minute,
+            ),
+        ] {
+            check(value > 0, key, "must be positive".into());
+        }
         check(
             self.http.max_in_flight > 0,
             "http.max_in_flight",
@@ -247,6 +266,11 @@ impl Settings {
             check(
                 plan.burst > 0,
                 &format!("plans.{name}.burst"),
+                "must be positive".into(),
+            );
+            check(
+                plan.sessions_per_minute > 0,
+                &format!("plans.{name}.sessions_per_minute"),
                 "must be positive".into(),
             );
             check(

@@ -47,6 +47,7 @@ pub struct Settings {
     pub tenancy: TenancySettings,
     pub plans: PlansSettings,
     pub worker: WorkerSettings,
+    pub edge: EdgeSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -81,6 +82,9 @@ pub struct TenancySettings {
 pub struct PlanLimits {
     pub messages_per_minute: u32,
     pub burst: u32,
+    /// Widget and mobile sessions the tenant's users may open per minute, across
+    /// replicas.
+    pub sessions_per_minute: u32,
     /// A tenant's weight when tenants wait for the same LLM slots: slots go to the
     /// waiting tenant holding the fewest per unit of weight.
     pub weight: u32,
@@ -110,6 +114,9 @@ pub struct HttpSettings {
     pub max_long_polls: usize,
     /// Requests one ingress serves at once (503 `overloaded` beyond).
     pub max_in_flight: usize,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     #[serde(
         rename = "request_timeout_s",
         deserialize_with = "parse::positive_seconds"
@@ -234,6 +241,16 @@ pub struct WhatsappSettings {
     pub max_body_bytes: usize,
 }
 
+/// Rates at the edge for callers nobody vouches for (the widget's and the mobile app's
+/// public keys), shared by every ingress replica through Redis.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EdgeSettings {
+    /// Widget and mobile sessions one client address may open per minute.
+    pub sessions_per_ip_per_minute: u32,
+    /// Messages one widget or mobile session may send per minute.
+    pub sends_per_session_per_minute: u32,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
     pub token: Secret<String>,
@@ -325,6 +342,7 @@ impl Settings {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("amqp.retry_delays_s")
+                    .with_list_parse_key("http.trusted_proxies")
                     .source(Some(sources.vars)),
             )
             .set_override("env", sources.env.clone())
