@@ -416,6 +416,47 @@ async fn unroutable_payloads_are_kept_and_tenants_apps_stay_their_own() {
     p.stop().await;
 }
 
+/// A tenant's own Meta app is read once and then taken from the process's cache: a
+/// webhook's signature is checked before any database work (shown here by removing the
+/// account behind the cache's back: its secret still verifies), until an account change
+/// is announced, which drops the cached app everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_meta_app_is_cached_until_an_account_changes() {
+    let p = Platform::start_with(&settings(), 1).await;
+    let c = p.tenant("wa-cached").await;
+    register(
+        &p,
+        c.id.get(),
+        "444",
+        json!({ "access_token": "t", "app_secret": "cached-secret", "verify_token": "v" }),
+    )
+    .await;
+    let empty = webhook(vec![]);
+    let signed = || {
+        post(
+            &p,
+            "/whatsapp/webhook/wa-cached",
+            &empty,
+            Some(ingress::sign_whatsapp_webhook(
+                "cached-secret",
+                empty.as_bytes(),
+            )),
+        )
+    };
+    assert_eq!(signed().await, StatusCode::OK, "read, then cached");
+    let accounts = p.env.db.tenant(c.id).channel_accounts();
+    let id = accounts.list().await.expect("accounts")[0].id;
+    assert!(accounts.delete(id).await.expect("removed unannounced"));
+    assert_eq!(signed().await, StatusCode::OK, "the cached secret");
+    register(&p, c.id.get(), "445", json!({ "access_token": "t2" })).await;
+    assert_eq!(
+        signed().await,
+        StatusCode::UNAUTHORIZED,
+        "an announced account change drops the cached app"
+    );
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unconfirmed_batch_is_a_503_and_metas_retry_is_answered_once() {
     let p = Platform::start_with(&settings(), 1).await;

@@ -3,6 +3,11 @@
 //! adds or removes an account. Such a change is broadcast to every process, which drops
 //! its whole cache at once (and on every resubscription), so a number moved to another
 //! tenant is never routed to the old one from a stale entry.
+//!
+//! Beside it, each tenant's own Meta app (the verify token and app secret from its
+//! WhatsApp account's credentials) by the tenant's slug, so `/whatsapp/webhook/{slug}`
+//! checks a signature before any database work once the app is known; the same
+//! announcements drop it.
 
 use std::sync::Arc;
 
@@ -12,13 +17,43 @@ use super::invalidated::InvalidatedCache;
 use crate::db::Db;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId};
+use crate::pii::Secret;
 
 /// An account's owner (tenant, account row id), or `None` for an unknown account.
 type Owner = Option<(ClientId, u64)>;
 
+/// A tenant's own Meta app, from its WhatsApp account's credentials.
+#[derive(Debug, Clone)]
+pub struct TenantMetaApp {
+    pub client_id: ClientId,
+    pub verify_token: Secret<String>,
+    pub app_secret: Secret<String>,
+}
+
 pub struct AccountOwners {
     db: Db,
-    owners: Arc<InvalidatedCache<(Channel, String), Owner>>,
+    caches: Arc<Caches>,
+}
+
+/// Both caches; one announcement drops both.
+struct Caches {
+    owners: InvalidatedCache<(Channel, String), Owner>,
+    /// By tenant slug; `None` when the tenant has no app of its own (or no such slug).
+    meta_apps: InvalidatedCache<String, Option<TenantMetaApp>>,
+}
+
+impl Listener for Caches {
+    fn channel(&self) -> String {
+        self.owners.channel()
+    }
+    fn on_message(&self, payload: &str) {
+        self.owners.on_message(payload);
+        self.meta_apps.on_message(payload);
+    }
+    fn on_subscribed(&self) {
+        self.owners.on_subscribed();
+        self.meta_apps.on_subscribed();
+    }
 }
 
 impl std::fmt::Debug for AccountOwners {
@@ -32,31 +67,46 @@ impl AccountOwners {
         let channel = cache.keys().accounts_channel();
         Arc::new(Self {
             db,
-            owners: Arc::new(InvalidatedCache::new(cache, channel)),
+            caches: Arc::new(Caches {
+                owners: InvalidatedCache::new(cache.clone(), channel.clone()),
+                meta_apps: InvalidatedCache::new(cache, channel),
+            }),
         })
     }
 
     /// What keeps this cache in step with the other processes (for [`super::broadcast`]).
     pub fn listener(&self) -> Arc<dyn Listener> {
-        self.owners.clone()
+        self.caches.clone()
     }
 
     /// The tenant and account id owning `external_account_id` on `channel`.
     pub async fn owner(&self, channel: Channel, external_account_id: &str) -> Result<Owner> {
         let key = (channel, external_account_id.to_owned());
-        if let Some(hit) = self.owners.get(&key) {
+        if let Some(hit) = self.caches.owners.get(&key) {
             return Ok(hit);
         }
         let found = self
             .db
             .channel_account_owner(channel, external_account_id)
             .await?;
-        self.owners.insert(key, found);
+        self.caches.owners.insert(key, found);
         Ok(found)
+    }
+
+    /// The Meta app of the tenant `slug`, when this process knows it: `Some(None)` for a
+    /// tenant known to have none.
+    pub fn meta_app(&self, slug: &str) -> Option<Option<TenantMetaApp>> {
+        self.caches.meta_apps.get(&slug.to_owned())
+    }
+
+    /// Remembers what was read of the tenant `slug`'s Meta app.
+    pub fn remember_meta_app(&self, slug: &str, app: Option<TenantMetaApp>) {
+        self.caches.meta_apps.insert(slug.to_owned(), app);
     }
 
     /// After an account was added or removed: every process forgets what it knew.
     pub async fn changed(&self) -> Result<()> {
-        self.owners.changed().await
+        self.caches.meta_apps.on_message("changed");
+        self.caches.owners.changed().await
     }
 }

@@ -19,7 +19,7 @@ mod wakeups;
 use deadpool_redis::redis;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime};
 
-pub use accounts::AccountOwners;
+pub use accounts::{AccountOwners, TenantMetaApp};
 pub use api_keys::ApiKeyOwners;
 pub use conversation_lock::{ConversationLock, ConversationLocks};
 pub use conversations::ConversationIds;

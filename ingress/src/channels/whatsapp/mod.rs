@@ -28,11 +28,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use serde_json::Value;
+use shared::cache::TenantMetaApp;
 use shared::db::DeliveryStatus;
 use shared::envelope::{Envelope, Event, EventKind, Trace};
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::metric;
-use shared::pii::Pii;
+use shared::pii::{Pii, Secret};
 use subtle::ConstantTimeEq;
 
 use super::{read_body, request_id, traceparent};
@@ -65,14 +66,31 @@ fn platform_app(state: &AppState) -> App {
     }
 }
 
-/// The tenant's own Meta app, from the credentials of its WhatsApp channel account.
+/// The tenant's own Meta app, from the credentials of its WhatsApp channel account:
+/// from this process's cache once read (dropped on every channel-account change), so a
+/// webhook's signature is checked before any database work.
 async fn tenant_app(state: &AppState, slug: &str) -> Result<App> {
-    let client = state
-        .db()
-        .clients()
-        .by_slug(slug)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such client"))?;
+    let app = match state.owners().meta_app(slug) {
+        Some(known) => known,
+        None => {
+            let read = read_tenant_app(state, slug).await?;
+            state.owners().remember_meta_app(slug, read.clone());
+            read
+        }
+    };
+    let app = app.ok_or_else(|| ApiError::not_found("this client has no Meta app of its own"))?;
+    Ok(App {
+        verify_token: app.verify_token.expose().clone(),
+        app_secret: app.app_secret.expose().clone(),
+        only: Some(app.client_id),
+    })
+}
+
+/// Reads the tenant's own Meta app; `None` for an unknown slug or a tenant without one.
+async fn read_tenant_app(state: &AppState, slug: &str) -> Result<Option<TenantMetaApp>> {
+    let Some(client) = state.db().clients().by_slug(slug).await? else {
+        return Ok(None);
+    };
     for sealed in state
         .db()
         .tenant(client.id)
@@ -92,16 +110,14 @@ async fn tenant_app(state: &AppState, slug: &str) -> Result<App> {
                 .to_owned()
         };
         if !field("app_secret").is_empty() {
-            return Ok(App {
-                verify_token: field("verify_token"),
-                app_secret: field("app_secret"),
-                only: Some(client.id),
-            });
+            return Ok(Some(TenantMetaApp {
+                client_id: client.id,
+                verify_token: Secret::new(field("verify_token")),
+                app_secret: Secret::new(field("app_secret")),
+            }));
         }
     }
-    Err(ApiError::not_found(
-        "this client has no Meta app of its own",
-    ))
+    Ok(None)
 }
 
 async fn verify(
