@@ -55,6 +55,12 @@ impl TestEnv {
             ("CHATFLEET__AMQP__PREFIX".into(), format!("t{id}")),
             ("CHATFLEET__AMQP__PREFETCH".into(), "32".into()),
             ("CHATFLEET__WORKER__TENANT_MAX_HELD".into(), "16".into()),
+            // As many LLM calls at once as the window holds: tests that want a
+            // saturated provider set fewer.
+            (
+                "CHATFLEET__LLM__PROVIDERS__OLLAMA__MAX_CONCURRENCY".into(),
+                "64".into(),
+            ),
             ("CHATFLEET__AMQP__RETRY_DELAYS_S".into(), "1,2".into()),
             ("CHATFLEET__REDIS__PREFIX".into(), format!("t{id}")),
             ("CHATFLEET__REDIS__POOL_SIZE".into(), "8".into()),

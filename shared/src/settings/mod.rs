@@ -201,6 +201,18 @@ pub enum ProviderKind {
     Openai,
 }
 
+impl ProviderKind {
+    /// LLM calls one worker makes at once when a provider sets no `max_concurrency`: a
+    /// hosted OpenAI-compatible API takes hundreds; a local Ollama serves a few at a
+    /// time (`OLLAMA_NUM_PARALLEL`), the rest queue inside it.
+    pub fn default_max_concurrency(self) -> usize {
+        match self {
+            Self::Openai => 256,
+            Self::Ollama => 16,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProviderSettings {
     pub kind: ProviderKind,
@@ -209,6 +221,8 @@ pub struct ProviderSettings {
     pub api_key: Secret<String>,
     #[serde(rename = "timeout_s", deserialize_with = "parse::positive_seconds")]
     pub timeout: Duration,
+    /// LLM calls one worker makes at once; unset (0): the kind's default.
+    #[serde(default)]
     pub max_concurrency: usize,
     #[serde(default)]
     pub stream: bool,
@@ -349,9 +363,14 @@ impl Settings {
             .map_err(|e| Error::Settings(e.to_string()))?
             .build()
             .map_err(|e| Error::Settings(e.to_string()))?;
-        let settings: Settings = raw
+        let mut settings: Settings = raw
             .try_deserialize()
             .map_err(|e| Error::Settings(e.to_string()))?;
+        for provider in settings.llm.providers.values_mut() {
+            if provider.max_concurrency == 0 {
+                provider.max_concurrency = provider.kind.default_max_concurrency();
+            }
+        }
         settings.validate()?;
         Ok(settings)
     }

@@ -110,3 +110,38 @@ fn an_unknown_environment_is_refused() {
         .to_string();
     assert!(err.contains("env") && err.contains("prod"), "{err}");
 }
+
+#[test]
+fn a_provider_without_max_concurrency_gets_its_kinds_default() {
+    let s = Settings::load_from(sources(&[
+        ("CHATFLEET__LLM__PROVIDERS__HOSTED__KIND", "openai"),
+        (
+            "CHATFLEET__LLM__PROVIDERS__HOSTED__BASE_URL",
+            "https://llm.example",
+        ),
+        ("CHATFLEET__LLM__PROVIDERS__HOSTED__TIMEOUT_S", "60"),
+    ]))
+    .expect("a hosted provider");
+    assert_eq!(s.llm.providers["hosted"].max_concurrency, 256);
+    assert_eq!(s.llm.providers["ollama"].max_concurrency, 16);
+}
+
+#[test]
+fn fairness_and_edge_settings_are_checked() {
+    assert!(
+        load_err(&[("CHATFLEET__LLM__TENANT_MAX_SHARE", "1.5")]).contains("llm.tenant_max_share")
+    );
+    assert!(
+        load_err(&[("CHATFLEET__WORKER__TENANT_MAX_HELD", "5000")])
+            .contains("worker.tenant_max_held")
+    );
+    assert!(load_err(&[("CHATFLEET__PLANS__GROWTH__WEIGHT", "0")]).contains("plans.growth.weight"));
+    assert!(
+        load_err(&[("CHATFLEET__HTTP__TRUSTED_PROXIES", "10.0.0.0/8,proxy.local")])
+            .contains("proxy.local")
+    );
+    assert!(
+        load_err(&[("CHATFLEET__EDGE__SENDS_PER_SESSION_PER_MINUTE", "0")])
+            .contains("edge.sends_per_session_per_minute")
+    );
+}
