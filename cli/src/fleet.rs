@@ -139,7 +139,10 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
             sim.base_url(),
         ),
         // The double answers any number at once, like a hosted API.
-        ("CHATFLEET__LLM__PROVIDERS__OLLAMA__MAX_CONCURRENCY", "256".into()),
+        (
+            "CHATFLEET__LLM__PROVIDERS__OLLAMA__MAX_CONCURRENCY",
+            "256".into(),
+        ),
         ("CHATFLEET__WORKER__LOCK_TTL_S", "5".into()),
         ("CHATFLEET__WORKER__DRAIN_TIMEOUT_S", "10".into()),
         ("CHATFLEET__TELEMETRY__FILTER", "warn".into()),

@@ -77,10 +77,9 @@ impl Dispatcher {
                 return;
             };
             // A dry-run replay touches no conversation: never parked (nor recorded).
-            let never_park = !may_park || job.envelope.as_ref().is_ok_and(dry_run);
-            let joins_turn = queues.contains_key(&key);
+            let may_park = may_park && !job.envelope.as_ref().is_ok_and(dry_run);
             if let Some(tenant) = tenant_of(&job)
-                && self.window.arrive(tenant, joins_turn || never_park) == Admission::Park
+                && self.window.arrive(tenant, may_park) == Admission::Park
             {
                 drop(queues);
                 let this = self.clone();
@@ -115,7 +114,7 @@ impl Dispatcher {
 
     /// Moves a delivery of a tenant over its share of the window to the retry ladder's
     /// first rung (no attempt spent), after recording its message where the channel
-    /// did not (so whichever turn of its conversation runs first answers it in order).
+    /// did not (so whichever turn of its conversation runs next answers it, in order).
     /// When that fails, the delivery runs as a turn after all.
     async fn park(self: Arc<Self>, job: Job) {
         let Ok(env) = &job.envelope else {

@@ -4,12 +4,13 @@
 //! every worker's window (`amqp.prefetch` unacked deliveries) with its own messages, and
 //! every other tenant's next message would wait in the broker behind the whole flood.
 //! So while another tenant used this worker in the last [`SEEN_WINDOW`], one tenant
-//! holds at most `worker.tenant_max_held` deliveries here; a delivery past that which
-//! would start a new turn is *parked* instead — recorded, then moved to the retry
-//! ladder without spending an attempt — and the worker reads on to the messages behind
-//! it. A delivery joining a conversation that already has a turn here is never parked:
-//! that turn answers it. A tenant alone may fill the whole window (nothing to protect,
-//! and parking costs broker work).
+//! holds at most `worker.tenant_max_held` deliveries here; a delivery past that is
+//! *parked* instead — its message recorded, the delivery moved to the retry ladder
+//! without spending an attempt — and the worker reads on to the messages behind it.
+//! Being recorded, a parked message is answered by the next turn of its conversation
+//! (one running here already, or the one its delivery starts when it comes back); a
+//! delivery whose message was answered meanwhile is acked on its return. A tenant alone
+//! may fill the whole window (nothing to protect, and parking costs broker work).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -52,9 +53,10 @@ impl TenantWindow {
         }
     }
 
-    /// A delivery of `tenant` arrived; `joins_turn` when a turn of its conversation runs
-    /// here already. Held deliveries are counted until [`TenantWindow::settled`].
-    pub(crate) fn arrive(&self, tenant: ClientId, joins_turn: bool) -> Admission {
+    /// A delivery of `tenant` arrived; `may_park` unless it must run here (a dry-run
+    /// replay, a parking that failed). Held deliveries are counted until
+    /// [`TenantWindow::settled`].
+    pub(crate) fn arrive(&self, tenant: ClientId, may_park: bool) -> Admission {
         let Ok(mut s) = self.state.lock() else {
             return Admission::Hold;
         };
@@ -66,7 +68,7 @@ impl TenantWindow {
         s.seen.insert(tenant, now);
         let held = s.held.get(&tenant).copied().unwrap_or(0);
         let others = s.seen.len() > 1;
-        if !joins_turn && others && held >= self.max_held {
+        if may_park && others && held >= self.max_held {
             return Admission::Park;
         }
         *s.held.entry(tenant).or_default() += 1;
@@ -95,23 +97,27 @@ mod tests {
         let w = TenantWindow::new(2);
         let a = ClientId::new(1);
         for _ in 0..5 {
-            assert_eq!(w.arrive(a, false), Admission::Hold);
+            assert_eq!(w.arrive(a, true), Admission::Hold);
         }
     }
 
     #[test]
-    fn past_its_share_a_tenant_parks_new_turns_while_others_use_the_worker() {
+    fn past_its_share_a_tenant_parks_while_others_use_the_worker() {
         let w = TenantWindow::new(2);
         let (a, b) = (ClientId::new(1), ClientId::new(2));
-        assert_eq!(w.arrive(b, false), Admission::Hold);
+        assert_eq!(w.arrive(b, true), Admission::Hold);
         w.settled(b); // B is done, but seen lately
-        assert_eq!(w.arrive(a, false), Admission::Hold);
-        assert_eq!(w.arrive(a, false), Admission::Hold);
-        assert_eq!(w.arrive(a, false), Admission::Park, "third new turn");
-        assert_eq!(w.arrive(a, true), Admission::Hold, "joining a running turn");
-        assert_eq!(w.arrive(b, false), Admission::Hold, "B is under its share");
+        assert_eq!(w.arrive(a, true), Admission::Hold);
+        assert_eq!(w.arrive(a, true), Admission::Hold);
+        assert_eq!(w.arrive(a, true), Admission::Park, "a third delivery");
+        assert_eq!(
+            w.arrive(a, false),
+            Admission::Hold,
+            "one that must run here"
+        );
+        assert_eq!(w.arrive(b, true), Admission::Hold, "B is under its share");
         w.settled(a);
         w.settled(a);
-        assert_eq!(w.arrive(a, false), Admission::Hold, "room again");
+        assert_eq!(w.arrive(a, true), Admission::Hold, "room again");
     }
 }

@@ -33,6 +33,7 @@ use crate::fleet;
 
 mod cpu;
 mod graph;
+mod noisy;
 mod report;
 mod scrape;
 mod traffic;
@@ -87,6 +88,19 @@ pub(crate) struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The noisy-neighbour scenario (see `noisy.rs`): a quiet tenant throughout, a
+    /// noisy one flooding in the middle third, the provider saturated on purpose.
+    #[arg(long)]
+    noisy: bool,
+    /// `--noisy`: the quiet tenant's messages per second.
+    #[arg(long, default_value_t = 2.0)]
+    quiet_rate: f64,
+    /// `--noisy`: the noisy tenant's rate as a multiple of the quiet one's.
+    #[arg(long, default_value_t = 100)]
+    noisy_factor: u32,
+    /// `--noisy`: the provider's concurrent calls per worker.
+    #[arg(long, default_value_t = 8)]
+    noisy_slots: usize,
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -144,6 +158,20 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         "--rate, --conversations, --workers and --runs must be positive"
     );
     let mut report = json!({});
+    if args.noisy {
+        anyhow::ensure!(
+            args.quiet_rate > 0.0 && args.noisy_factor > 0 && args.noisy_slots > 0,
+            "--quiet-rate, --noisy-factor and --noisy-slots must be positive"
+        );
+        let mut runs = Vec::with_capacity(args.runs);
+        for _ in 0..args.runs {
+            let run = noisy::run(settings, &args).await?;
+            noisy::print(&run);
+            runs.push(run);
+        }
+        report["runs"] = json!(runs);
+        return write(&args, &report);
+    }
     if args.ceiling_only {
         report["ceiling"] = ceiling(settings, args.ceiling_messages).await?;
         print_ceiling(&report["ceiling"]);

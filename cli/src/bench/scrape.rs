@@ -42,6 +42,12 @@ pub(super) async fn turns_in_flight(http: &reqwest::Client, urls: &[String]) -> 
     metric_total(&scrape(http, urls).await, metric::TURNS_IN_FLIGHT) as u64
 }
 
+/// Deliveries the workers parked so far ([`metric::DELIVERIES_PARKED`]): a tenant over
+/// its share of a worker's window.
+pub(super) async fn deliveries_parked(http: &reqwest::Client, urls: &[String]) -> u64 {
+    metric_total(&scrape(http, urls).await, metric::DELIVERIES_PARKED) as u64
+}
+
 /// The sum of metric `name` over every series (any labels) of every scraped text.
 fn metric_total(texts: &[String], name: &str) -> f64 {
     texts
