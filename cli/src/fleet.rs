@@ -88,40 +88,7 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
         (None, direct.clone())
     };
 
-    let client_id = db
-        .clients()
-        .create(&NewClient::new(name, "Fleet Test", Plan::Enterprise)?)
-        .await?;
-    db.clients()
-        .update(
-            client_id,
-            &ClientPatch {
-                name: None,
-                timezone: None,
-                locale: None,
-                plan: Some(Plan::Enterprise),
-                status: None,
-            },
-        )
-        .await?;
-    let mut config: ConfigUpdate = db
-        .tenant(client_id)
-        .configs()
-        .get()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no configuration"))?
-        .into();
-    config.max_context_turns = options.history_turns;
-    config.rag_top_k = 0;
-    db.tenant(client_id).configs().update(&config).await?;
-    let api_key = db
-        .tenant(client_id)
-        .api_keys()
-        .create(name)
-        .await?
-        .key
-        .expose()
-        .clone();
+    let (client_id, api_key) = add_tenant(&db, name, options.history_turns).await?;
 
     let sim = LlmSim::start("127.0.0.1:0".parse()?, options.sim.clone(), stop.clone()).await?;
 
@@ -190,6 +157,50 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
         http,
         stop,
     })
+}
+
+/// Creates an enterprise tenant `slug` whose prompts carry `history_turns` earlier
+/// turns and no knowledge; its id and an API key.
+pub(crate) async fn add_tenant(
+    db: &Db,
+    slug: &str,
+    history_turns: u32,
+) -> anyhow::Result<(ClientId, String)> {
+    let client_id = db
+        .clients()
+        .create(&NewClient::new(slug, "Fleet Test", Plan::Enterprise)?)
+        .await?;
+    db.clients()
+        .update(
+            client_id,
+            &ClientPatch {
+                name: None,
+                timezone: None,
+                locale: None,
+                plan: Some(Plan::Enterprise),
+                status: None,
+            },
+        )
+        .await?;
+    let mut config: ConfigUpdate = db
+        .tenant(client_id)
+        .configs()
+        .get()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no configuration"))?
+        .into();
+    config.max_context_turns = history_turns;
+    config.rag_top_k = 0;
+    db.tenant(client_id).configs().update(&config).await?;
+    let api_key = db
+        .tenant(client_id)
+        .api_keys()
+        .create(slug)
+        .await?
+        .key
+        .expose()
+        .clone();
+    Ok((client_id, api_key))
 }
 
 /// A port nothing listens on right now.

@@ -35,7 +35,7 @@ mod cpu;
 mod graph;
 mod noisy;
 mod report;
-mod scrape;
+pub(crate) mod scrape;
 mod traffic;
 
 use report::{median_of, percentile, print, print_ceiling};

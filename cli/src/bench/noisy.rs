@@ -14,9 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shared::db::NewClient;
 use shared::settings::Settings;
-use shared::tenant::Plan;
 use worker::llm::sim::SimOptions;
 
 use super::report::percentile;
@@ -66,24 +64,7 @@ pub(super) async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result
     )
     .await?;
     let quiet_key = harness.api_key.clone();
-    let noisy_id = harness
-        .db
-        .clients()
-        .create(&NewClient::new(
-            "noisy-flood",
-            "Noisy Flood",
-            Plan::Enterprise,
-        )?)
-        .await?;
-    let noisy_key = harness
-        .db
-        .tenant(noisy_id)
-        .api_keys()
-        .create("bench")
-        .await?
-        .key
-        .expose()
-        .clone();
+    let (_, noisy_key) = fleet::add_tenant(&harness.db, "noisy-flood", args.history_turns).await?;
     let base = harness.fleet.ingress_urls[0].clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.conversations + 512)

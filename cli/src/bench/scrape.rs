@@ -44,7 +44,7 @@ pub(super) async fn turns_in_flight(http: &reqwest::Client, urls: &[String]) -> 
 
 /// Deliveries the workers parked so far ([`metric::DELIVERIES_PARKED`]): a tenant over
 /// its share of a worker's window.
-pub(super) async fn deliveries_parked(http: &reqwest::Client, urls: &[String]) -> u64 {
+pub(crate) async fn deliveries_parked(http: &reqwest::Client, urls: &[String]) -> u64 {
     metric_total(&scrape(http, urls).await, metric::DELIVERIES_PARKED) as u64
 }
 

@@ -73,14 +73,16 @@ impl fmt::Display for Report {
     }
 }
 
-/// The stored messages of every driven conversation (`c<N>`), oldest first.
+/// The stored messages of every driven conversation (`c<N>`, of tenant
+/// `tenants[N % tenants.len()]`), oldest first.
 async fn conversations(
     db: &Db,
-    client_id: ClientId,
+    tenants: &[ClientId],
     accepted: &Accepted,
 ) -> anyhow::Result<BTreeMap<usize, Vec<StoredMessage>>> {
     let mut out = BTreeMap::new();
     for c in accepted.keys() {
+        let client_id = tenants[c % tenants.len()];
         let Some(id) = db
             .tenant(client_id)
             .conversations()
@@ -107,13 +109,13 @@ async fn conversations(
 /// for). Returns how many stayed open.
 pub(super) async fn wait_settled(
     db: &Db,
-    client_id: ClientId,
+    tenants: &[ClientId],
     accepted: &Accepted,
     stall: Duration,
 ) -> usize {
     let mut last = (usize::MAX, Instant::now());
     loop {
-        let open = match conversations(db, client_id, accepted).await {
+        let open = match conversations(db, tenants, accepted).await {
             Ok(all) => all
                 .values()
                 .flatten()
@@ -168,13 +170,13 @@ async fn dead_letters(broker: &Broker) -> anyhow::Result<HashMap<String, String>
 pub(super) async fn run(
     db: &Db,
     broker: &Broker,
-    client_id: ClientId,
+    tenants: &[ClientId],
     accepted: &Accepted,
     requests: &[RecordedChat],
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let dead = dead_letters(broker).await?;
-    let stored = conversations(db, client_id, accepted).await?;
+    let stored = conversations(db, tenants, accepted).await?;
     for (c, messages) in &stored {
         let users: HashMap<String, &StoredMessage> = messages
             .iter()

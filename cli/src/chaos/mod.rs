@@ -10,6 +10,11 @@
 //! RabbitMQ once, restarts Redis once and makes the database unreachable for
 //! `--db-outage-s` seconds (through a TCP proxy in front of it).
 //!
+//! The conversations belong to two tenants, alternately, and each worker holds few
+//! deliveries of one tenant while the other uses it (`worker.tenant_max_held` 4):
+//! the fairness path — deliveries parked on the retry ladder and answered by their
+//! conversation's next turn — runs all along, under the same faults.
+//!
 //! When every accepted message is answered or dead-lettered it checks, from the database,
 //! the dead-letter queue and the LLM double's log:
 //! - accepted = answered + dead-lettered (with a reason);
@@ -80,6 +85,12 @@ pub(crate) struct ChaosArgs {
 /// What the driver got accepted, per conversation in sending order.
 type Accepted = HashMap<usize, Vec<(usize, String)>>;
 
+/// Conversation `c<N>` belongs to tenant `N % TENANTS`.
+const TENANTS: usize = 2;
+
+/// Few held deliveries per tenant, so that parking happens often.
+const TENANT_MAX_HELD: &str = "4";
+
 pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<()> {
     let args = if args.short {
         ChaosArgs {
@@ -110,7 +121,10 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
                 error_rate: args.error_rate,
             },
             log_dir: args.log_dir.clone(),
-            env: Vec::new(),
+            env: vec![(
+                "CHATFLEET__WORKER__TENANT_MAX_HELD".into(),
+                TENANT_MAX_HELD.into(),
+            )],
             db_proxy: true,
             // The checks find every earlier exchange of a conversation in each prompt.
             history_turns: 100,
@@ -131,6 +145,8 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         stop,
     } = harness;
     let proxy = proxy.ok_or_else(|| anyhow::anyhow!("the chaos fleet runs behind a proxy"))?;
+    let (neighbour, neighbour_key) = fleet::add_tenant(&db, "chaos-neighbour", 100).await?;
+    let tenants = [client_id, neighbour];
     eprintln!(
         "chaos {id}: {} ingress, {} workers, LLM double {} ms / {:.0}% errors; sending {} messages over {} conversations{}",
         args.ingress,
@@ -151,7 +167,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     let driver = tokio::spawn(drive(
         http.clone(),
         fleet.ingress_urls.clone(),
-        api_key.clone(),
+        [api_key.clone(), neighbour_key],
         args.messages,
         args.conversations,
         sent.clone(),
@@ -175,15 +191,21 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         started.elapsed()
     );
 
-    let still_open = checks::wait_settled(&db, client_id, &accepted, Duration::from_secs(90)).await;
+    let still_open = checks::wait_settled(&db, &tenants, &accepted, Duration::from_secs(90)).await;
     let mut fleet = Arc::try_unwrap(fleet)
         .map_err(|_| anyhow::anyhow!("the fault task still holds the fleet"))?
         .into_inner();
+    // Counted by the workers alive at the end (a killed worker's count is gone).
+    let worker_metrics: Vec<String> = fleet.workers.iter().map(|w| w.metrics.clone()).collect();
+    let parked = crate::bench::scrape::deliveries_parked(&http, &worker_metrics).await;
     tokio::task::spawn_blocking(move || fleet.stop()).await?;
     stop.cancel();
-    let report = checks::run(&db, &broker, client_id, &accepted, &sim.requests()).await?;
+    let report = checks::run(&db, &broker, &tenants, &accepted, &sim.requests()).await?;
     println!("chaos run {id} ({:.0?}):", started.elapsed());
     println!("  faults:               {faults}");
+    println!(
+        "  tenants:              {TENANTS} (worker.tenant_max_held {TENANT_MAX_HELD}; {parked} deliveries parked by the workers alive at the end)"
+    );
     println!(
         "  LLM calls:            {} ({} refused by the double)",
         sim.requests().len(),
@@ -204,12 +226,12 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
 }
 
 /// Sends every conversation's messages in order (bursts of up to five back to back,
-/// else a short pause), each through either ingress; a 503 or a dropped connection is
-/// retried with the same Idempotency-Key, as a client would.
+/// else a short pause), each through either ingress with its tenant's key; a 503 or a
+/// dropped connection is retried with the same Idempotency-Key, as a client would.
 async fn drive(
     http: reqwest::Client,
     ingress: Vec<String>,
-    key: String,
+    keys: [String; TENANTS],
     messages: usize,
     conversations: usize,
     sent: Arc<AtomicU64>,
@@ -221,7 +243,8 @@ async fn drive(
         if count == 0 {
             break;
         }
-        let (http, ingress, key, sent) = (http.clone(), ingress.clone(), key.clone(), sent.clone());
+        let key = keys[c % TENANTS].clone();
+        let (http, ingress, sent) = (http.clone(), ingress.clone(), sent.clone());
         tasks.spawn(async move {
             // Spread the starts so the load ramps up.
             tokio::time::sleep(Duration::from_millis(rand::random_range(0..2_000))).await;
