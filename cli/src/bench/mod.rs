@@ -326,6 +326,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     let stop = tokio_util::sync::CancellationToken::new();
     // Refused or failed sends, by what happened: an HTTP status, "timeout" or "connect".
     let errors: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
+    // How long each send waited for its status (any status: a 503 counts), in ms.
+    let statuses: Arc<Mutex<Vec<f64>>> = Arc::default();
     let mut pollers = tokio::task::JoinSet::new();
     let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let peak_in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -376,7 +378,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         } else {
             reqwest::StatusCode::ACCEPTED
         };
-        let (times, errs) = (timings.clone(), errors.clone());
+        let (times, errs, statuses) = (timings.clone(), errors.clone(), statuses.clone());
         // A conversation's reader starts polling once its first message was accepted:
         // before that the conversation does not exist (404), and a reader that backed
         // off would add its pause to the first answer's latency.
@@ -384,7 +386,13 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         let first_accepted = (!whatsapp && k < args.conversations).then_some(first_accepted);
         sends.spawn(async move {
             let sent = Instant::now();
-            match request.send().await {
+            let response = request.send().await;
+            if response.is_ok()
+                && let Ok(mut s) = statuses.lock()
+            {
+                s.push(sent.elapsed().as_secs_f64() * 1e3);
+            }
+            match response {
                 Ok(r) if r.status() == accepted => {
                     if let Ok(mut t) = times.lock() {
                         t.sent.insert(k as u64, sent);
@@ -489,6 +497,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         })
     };
     let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    let mut statuses = statuses.lock().map(|s| s.clone()).unwrap_or_default();
+    statuses.sort_by(f64::total_cmp);
     let run = json!({
         "channel": args.channel,
         "offered_per_s": args.rate,
@@ -508,6 +518,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         "llm_calls": harness.sim.served(),
         "end_to_end_ms": row(&e2e),
         "overhead_ms": row(&overhead),
+        "status_ms": row(&statuses),
         "worker_peak_rss_mib": peak_rss.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
         "worker_cpu_cores": cpu_by_process["worker"]["cores"],
         "cpu_by_process": cpu_by_process,

@@ -48,6 +48,7 @@ pub(super) fn print(label: &str, r: &Value) {
     for (name, v) in [
         ("end to end (ms)", &r["end_to_end_ms"]),
         ("platform overhead (ms)", &r["overhead_ms"]),
+        ("status of a send (ms)", &r["status_ms"]),
     ] {
         println!(
             "  {name:<28} p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
