@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shared::cache::Cache;
-use shared::db::{ClientPatch, ConfigUpdate, Db, NewClient};
+use shared::db::{ConfigUpdate, Db, NewClient};
 use shared::ids::ClientId;
 use shared::mq::Broker;
 use shared::pii::Secret;
@@ -170,18 +170,6 @@ pub(crate) async fn add_tenant(
         .clients()
         .create(&NewClient::new(slug, "Fleet Test", Plan::Enterprise)?)
         .await?;
-    db.clients()
-        .update(
-            client_id,
-            &ClientPatch {
-                name: None,
-                timezone: None,
-                locale: None,
-                plan: Some(Plan::Enterprise),
-                status: None,
-            },
-        )
-        .await?;
     let mut config: ConfigUpdate = db
         .tenant(client_id)
         .configs()
@@ -201,6 +189,24 @@ pub(crate) async fn add_tenant(
         .expose()
         .clone();
     Ok((client_id, api_key))
+}
+
+impl Harness {
+    /// Stops the fleet (each process drains), then the proxy and the LLM double, and
+    /// removes the run's database, queues and keys.
+    pub(crate) async fn shut_down(self) -> anyhow::Result<()> {
+        let Self {
+            db,
+            broker,
+            settings,
+            mut fleet,
+            stop,
+            ..
+        } = self;
+        tokio::task::spawn_blocking(move || fleet.stop()).await?;
+        stop.cancel();
+        clean_up(&settings, &broker, &db).await
+    }
 }
 
 /// A port nothing listens on right now.
@@ -307,6 +313,11 @@ impl Fleet {
         killed?;
         reaped?;
         self.spawn_worker()
+    }
+
+    /// Each worker's `/metrics` URL.
+    pub(crate) fn worker_metrics(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.metrics.clone()).collect()
     }
 
     /// The ingress processes' ids.

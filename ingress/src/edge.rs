@@ -79,10 +79,7 @@ impl Edge {
 }
 
 /// What a limit's bucket said: `Ok(None)` under the limit, `Ok(Some(wait))` over it.
-pub(crate) async fn enforce(
-    limit: &'static str,
-    taken: shared::Result<Option<Duration>>,
-) -> Result<()> {
+pub(crate) fn enforce(limit: &'static str, taken: shared::Result<Option<Duration>>) -> Result<()> {
     match taken {
         Ok(None) => Ok(()),
         Ok(Some(wait)) => {

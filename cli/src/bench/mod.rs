@@ -310,12 +310,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     }
     let base = harness.fleet.ingress_urls[0].clone();
     let worker_pids: Vec<u32> = harness.fleet.workers.iter().map(|w| w.child.id()).collect();
-    let worker_metrics: Vec<String> = harness
-        .fleet
-        .workers
-        .iter()
-        .map(|w| w.metrics.clone())
-        .collect();
+    let worker_metrics = harness.fleet.worker_metrics();
     let processes = cpu::Processes::watch(harness.fleet.ingress_pids(), worker_pids.clone());
     let cpu_before = processes.sample();
     let http = reqwest::Client::builder()
@@ -433,25 +428,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     while sends.join_next().await.is_some() {}
     let send_window = started.elapsed();
     // Wait for the answers (at most the LLM latency plus 30 s).
-    let deadline = Instant::now() + latency + Duration::from_secs(30);
-    loop {
-        let (sent, answered) = timings
-            .lock()
-            .map(|t| {
-                (
-                    t.sent.len(),
-                    t.sent
-                        .keys()
-                        .filter(|k| t.answered.contains_key(*k))
-                        .count(),
-                )
-            })
-            .unwrap_or_default();
-        if answered >= sent || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_answers(&timings, Instant::now() + latency + Duration::from_secs(30)).await;
     let cpu_after = processes.sample();
     let stages = turn_stages(&http, &worker_metrics).await;
     let accepting = accept_rounds(&http, &[format!("{base}/metrics")]).await;
@@ -531,18 +508,30 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     });
 
     graph_stop.cancel();
-    let fleet::Harness {
-        db,
-        broker,
-        settings: run_settings,
-        mut fleet,
-        stop: infra,
-        ..
-    } = harness;
-    tokio::task::spawn_blocking(move || fleet.stop()).await?;
-    infra.cancel();
-    fleet::clean_up(&run_settings, &broker, &db).await?;
+    harness.shut_down().await?;
     Ok(run)
+}
+
+/// Waits until every accepted message was answered, or until `deadline`.
+async fn wait_for_answers(timings: &Mutex<Timings>, deadline: Instant) {
+    loop {
+        let (sent, answered) = timings
+            .lock()
+            .map(|t| {
+                (
+                    t.sent.len(),
+                    t.sent
+                        .keys()
+                        .filter(|k| t.answered.contains_key(*k))
+                        .count(),
+                )
+            })
+            .unwrap_or_default();
+        if answered >= sent || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn write(args: &BenchArgs, report: &Value) -> anyhow::Result<()> {

@@ -20,7 +20,7 @@ use worker::llm::sim::SimOptions;
 use super::report::percentile;
 use super::scrape::deliveries_parked;
 use super::traffic::read_conversation;
-use super::{BenchArgs, Timings, answered_per_s};
+use super::{BenchArgs, Timings, answered_per_s, wait_for_answers};
 use crate::fleet;
 
 /// The noisy tenant's messages are numbered from here (the quiet one's from 0).
@@ -152,34 +152,11 @@ pub(super) async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result
     }
     while sends.join_next().await.is_some() {}
     // Wait for the answers (at most 60 s after the last send).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (sent, answered) = timings
-            .lock()
-            .map(|t| {
-                let answered = t
-                    .sent
-                    .keys()
-                    .filter(|k| t.answered.contains_key(*k))
-                    .count();
-                (t.sent.len(), answered)
-            })
-            .unwrap_or_default();
-        if answered >= sent || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_answers(&timings, Instant::now() + Duration::from_secs(60)).await;
     stop.cancel();
     pollers.abort_all();
 
-    let worker_metrics: Vec<String> = harness
-        .fleet
-        .workers
-        .iter()
-        .map(|w| w.metrics.clone())
-        .collect();
-    let parked = deliveries_parked(&http, &worker_metrics).await;
+    let parked = deliveries_parked(&http, &harness.fleet.worker_metrics()).await;
     let held = harness.sim.mean_hold().unwrap_or(latency);
     let capacity = (args.noisy_slots * args.workers) as f64 / held.as_secs_f64();
     let report = {
@@ -234,17 +211,7 @@ pub(super) async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result
         })
     };
 
-    let fleet::Harness {
-        db,
-        broker,
-        settings: run_settings,
-        mut fleet,
-        stop: infra,
-        ..
-    } = harness;
-    tokio::task::spawn_blocking(move || fleet.stop()).await?;
-    infra.cancel();
-    fleet::clean_up(&run_settings, &broker, &db).await?;
+    harness.shut_down().await?;
     Ok(report)
 }
 

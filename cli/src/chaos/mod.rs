@@ -196,8 +196,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         .map_err(|_| anyhow::anyhow!("the fault task still holds the fleet"))?
         .into_inner();
     // Counted by the workers alive at the end (a killed worker's count is gone).
-    let worker_metrics: Vec<String> = fleet.workers.iter().map(|w| w.metrics.clone()).collect();
-    let parked = crate::bench::scrape::deliveries_parked(&http, &worker_metrics).await;
+    let parked = crate::bench::scrape::deliveries_parked(&http, &fleet.worker_metrics()).await;
     tokio::task::spawn_blocking(move || fleet.stop()).await?;
     stop.cancel();
     let report = checks::run(&db, &broker, &tenants, &accepted, &sim.requests()).await?;

@@ -32,6 +32,11 @@ async fn latencies(p: &Platform, t: &TestTenant, conversation: &str, n: usize) -
     took
 }
 
+/// Calls to `model` the LLM double received so far.
+fn calls_to(p: &Platform, model: &str) -> usize {
+    p.sim.requests().iter().filter(|r| r.model == model).count()
+}
+
 fn worst(d: &[Duration]) -> Duration {
     d.iter().copied().max().unwrap_or_default()
 }
@@ -129,13 +134,7 @@ async fn a_hanging_model_of_one_tenant_leaves_slots_for_another() {
 
     flood(&p, &stuck, "h", 8).await;
     eventually(WAIT, "the hanging model to hold three slots", || async {
-        let held = p
-            .sim
-            .requests()
-            .iter()
-            .filter(|r| r.model == "hanging-model")
-            .count();
-        (held >= 3).then_some(())
+        (calls_to(&p, "hanging-model") >= 3).then_some(())
     })
     .await;
     let during = latencies(&p, &fine, "during", 3).await;
@@ -146,13 +145,11 @@ async fn a_hanging_model_of_one_tenant_leaves_slots_for_another() {
         "B waited {:?} behind A's hanging calls",
         worst(&during)
     );
-    let hung = p
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.model == "hanging-model")
-        .count();
-    assert_eq!(hung, 3, "A holds all slots but the one kept for B");
+    assert_eq!(
+        calls_to(&p, "hanging-model"),
+        3,
+        "A holds all slots but the one kept for B"
+    );
     p.stop().await;
 }
 
@@ -183,13 +180,11 @@ async fn a_refused_model_opens_only_its_tenants_breaker() {
     // The breaker is open now: three more turns fail without calling the model.
     flood(&p, &broken, "s", 3).await;
     dead_lettered(8).await;
-    let refused = p
-        .sim
-        .requests()
-        .iter()
-        .filter(|r| r.model == "gone-model")
-        .count();
-    assert_eq!(refused, 5, "A's breaker opened after five refusals");
+    assert_eq!(
+        calls_to(&p, "gone-model"),
+        5,
+        "A's breaker opened after five refusals"
+    );
 
     let before = p.sim.requests().len();
     latencies(&p, &fine, "b", 1).await;

@@ -69,7 +69,7 @@ pub(super) async fn send(
         .cache()
         .take_session_send(claims.client_id, &session, per_minute)
         .await;
-    crate::edge::enforce("sends_per_session", taken).await?;
+    crate::edge::enforce("sends_per_session", taken)?;
     let max_text = state.api().max_text_bytes;
     let bytes = read_body(body, max_text * 2 + 1024).await?;
     let request: ChatMessageIn = body::parse(&bytes)?;
@@ -172,7 +172,7 @@ pub(super) async fn session_limit_by_ip(
     };
     let per_minute = state.edge().limits.sessions_per_ip_per_minute;
     let taken = state.cache().take_session_for_ip(ip, per_minute).await;
-    crate::edge::enforce("sessions_per_ip", taken).await
+    crate::edge::enforce("sessions_per_ip", taken)
 }
 
 /// Refuses (429) a session of a tenant over its plan's `sessions_per_minute`.
@@ -186,5 +186,5 @@ pub(super) async fn session_limit_by_tenant(
         .cache()
         .take_session_for_tenant(client_id, per_minute)
         .await;
-    crate::edge::enforce("sessions_per_tenant", taken).await
+    crate::edge::enforce("sessions_per_tenant", taken)
 }
