@@ -12,6 +12,7 @@
 //! - `queues`: depth, unacked, consumers and rates of every queue of the deployment.
 //! - `migrate`: create the database if needed and apply migrations.
 //! - `tenant create|api-key`: make tenants without the admin API.
+//! - `secrets reseal`: re-encrypt stored credentials under the first encryption key.
 //! - `llm-sim`: the LLM test double (Ollama and OpenAI wire formats).
 
 // A command-line tool talks to its user on stdout.
@@ -23,6 +24,7 @@ mod dlq;
 mod fleet;
 mod queues;
 mod replay;
+mod secrets;
 mod tenant;
 mod up;
 
@@ -66,6 +68,10 @@ enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(tenant::TenantCommand),
+    /// Stored secrets: `reseal` re-encrypts every credential under the first key of
+    /// security.encryption_keys.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
     /// Run the LLM simulator (speaks Ollama and OpenAI wire formats).
     LlmSim {
         /// Address to listen on.
@@ -107,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tenant(command) => tenant::run(&settings, command).await,
+        Command::Secrets(command) => secrets::run(&settings, command).await,
         Command::LlmSim {
             bind,
             latency_ms,

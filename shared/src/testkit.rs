@@ -77,6 +77,19 @@ impl TestEnv {
                 "http://127.0.0.1:9".into(),
             ),
         ]);
+        // Secrets of this test alone: env "test" refuses the development defaults.
+        let key = || {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+        };
+        vars.extend([
+            (
+                "CHATFLEET__ADMIN__TOKEN".into(),
+                format!("test-admin-{}", uuid::Uuid::new_v4().simple()),
+            ),
+            ("CHATFLEET__SECURITY__ENCRYPTION_KEY".into(), key()),
+            ("CHATFLEET__SECURITY__SESSION_KEYS".into(), key()),
+        ]);
         if let Ok(url) = std::env::var("CHATFLEET_TEST_CHROMA_URL") {
             vars.insert("CHATFLEET__VECTOR__URL".into(), url);
         }

@@ -288,14 +288,13 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     .await?;
     if whatsapp {
         let credentials =
-            shared::secrets::SecretBox::new(harness.settings.security.encryption_key_bytes())
-                .seal(
-                    harness.client_id,
-                    shared::ids::Channel::Whatsapp,
-                    json!({ "access_token": "bench-token" })
-                        .to_string()
-                        .as_bytes(),
-                )?;
+            shared::secrets::SecretBox::new(&harness.settings.security.encryption_ring()).seal(
+                harness.client_id,
+                shared::ids::Channel::Whatsapp,
+                json!({ "access_token": "bench-token" })
+                    .to_string()
+                    .as_bytes(),
+            )?;
         harness
             .db
             .tenant(harness.client_id)

@@ -14,6 +14,7 @@ mod knowledge;
 mod mobile;
 mod operations;
 mod replay;
+mod security;
 mod support;
 mod whatsapp;
 mod widget;

@@ -139,6 +139,7 @@ async fn a_device_chats_and_gets_a_push_retried_through_a_transient_failure() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{session}");
     let token = session["token"].as_str().expect("token").to_owned();
+    let device_secret = session["device_secret"].as_str().expect("device secret");
 
     // A widget token is not a mobile token.
     let widget_tenant = p.widget_tenant("other", "https://other.example").await;
@@ -216,8 +217,15 @@ async fn a_device_chats_and_gets_a_push_retried_through_a_transient_failure() {
     assert_eq!(later[3]["role"], "assistant");
     assert_eq!(fcm.received().len(), 2, "a push went to a removed token");
 
-    // The device resumes its conversation in a new session.
-    let (_, again) = mobile_session(&p, APP_KEY, json!({ "device_id": "device-42" })).await;
+    // The device resumes its conversation in a new session, with its secret.
+    let (status, again) = mobile_session(
+        &p,
+        APP_KEY,
+        json!({ "device_id": "device-42", "device_secret": device_secret }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert!(again.get("device_secret").is_none(), "shown once: {again}");
     let conversation = p
         .env
         .db
@@ -238,5 +246,103 @@ async fn a_device_chats_and_gets_a_push_retried_through_a_transient_failure() {
         .await;
     assert_eq!(history.len(), 4);
     assert_eq!(p.stored(tenant.id, conversation).await.len(), 4);
+    p.stop().await;
+}
+
+/// Device ids are guessable: a second installation claiming one gets 401 and sees
+/// nothing without the secret the device's first session returned; the right secret
+/// resumes. A device registered before device secrets existed claims one on its next
+/// session.
+#[tokio::test]
+async fn a_second_installation_with_the_same_device_id_sees_nothing() {
+    let p = Platform::start().await;
+    let tenant = p.tenant("shop").await;
+    p.env
+        .db
+        .tenant(tenant.id)
+        .channel_accounts()
+        .create(Channel::Mobile, APP_KEY, None, &json!({}))
+        .await
+        .expect("mobile account");
+
+    let (status, first) = mobile_session(&p, APP_KEY, json!({ "device_id": "1" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let secret = first["device_secret"]
+        .as_str()
+        .expect("a new device gets a secret");
+    assert!(secret.len() >= 22, "at least 128 bits: {secret}");
+    let token = first["token"].as_str().expect("token");
+    let (status, _) = p
+        .session_send(
+            &p.base,
+            "mobile",
+            token,
+            json!({ "text": "my address is 1 Main St" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    p.session_read(&p.base, "mobile", token, "", 2).await;
+
+    // The stored hash is not the secret.
+    let stored = p
+        .env
+        .db
+        .tenant(tenant.id)
+        .devices()
+        .secret_hash("1")
+        .await
+        .expect("read")
+        .expect("claimed");
+    assert_ne!(stored, secret.as_bytes());
+
+    for attempt in [
+        json!({ "device_id": "1" }),
+        json!({ "device_id": "1", "device_secret": "guess" }),
+        json!({ "device_id": "1", "device_secret": null, "push_token": "attacker-phone" }),
+    ] {
+        let (status, body) = mobile_session(&p, APP_KEY, attempt.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{attempt}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_device_secret", "{body}");
+        assert!(body.get("token").is_none());
+    }
+    let push = p.env.db.tenant(tenant.id).devices().push_token("1").await;
+    assert_eq!(
+        push.expect("read"),
+        None,
+        "a refused session moved no push token"
+    );
+
+    let (status, again) = mobile_session(
+        &p,
+        APP_KEY,
+        json!({ "device_id": "1", "device_secret": secret }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    let (history, _) = p
+        .session_read(
+            &p.base,
+            "mobile",
+            again["token"].as_str().expect("token"),
+            "",
+            2,
+        )
+        .await;
+    assert_eq!(history[0]["text"], "my address is 1 Main St");
+
+    // Registered before this change (a row without a secret): claims one now, once.
+    p.env
+        .db
+        .tenant(tenant.id)
+        .devices()
+        .set_push_token("legacy-device", Some("fcm-old"))
+        .await
+        .expect("legacy row");
+    let (status, legacy) =
+        mobile_session(&p, APP_KEY, json!({ "device_id": "legacy-device" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{legacy}");
+    assert!(legacy["device_secret"].is_string(), "{legacy}");
+    let (status, _) = mobile_session(&p, APP_KEY, json!({ "device_id": "legacy-device" })).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     p.stop().await;
 }

@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shared::db::NewClient;
@@ -18,6 +18,16 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/v1/clients", get(list).post(create))
         .route("/admin/v1/clients/{id}", get(get_one).patch(update))
+        .route(
+            "/admin/v1/clients/{id}/sessions/revoke",
+            post(revoke_sessions),
+        )
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionsRevoked {
+    /// Widget and mobile sessions issued before this instant no longer work.
+    sessions_revoked_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -104,4 +114,27 @@ pub(crate) async fn update(
         .ok_or_else(|| crate::error::ApiError::not_found(format!("no client {id:?}")))?;
     state.configs().refresh(client.id).await?;
     Ok(Json(updated.into()))
+}
+
+/// End every widget and mobile session of a client (within a second on every replica);
+/// its users open new sessions (a mobile device with its device secret).
+#[utoipa::path(post, path = "/admin/v1/clients/{id}/sessions/revoke", params(("id" = String, Path, description = "client id or slug")),
+    security(("admin_token" = [])),
+    responses((status = 200, body = SessionsRevoked), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn revoke_sessions(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionsRevoked>> {
+    let client = resolve(&state, &id).await?;
+    let at = chrono::Utc::now();
+    if !state.db().clients().revoke_sessions(client.id, at).await? {
+        return Err(crate::error::ApiError::not_found(format!(
+            "no client {id:?}"
+        )));
+    }
+    state.configs().refresh(client.id).await?;
+    tracing::info!(client_id = %client.id, "sessions revoked");
+    Ok(Json(SessionsRevoked {
+        sessions_revoked_at: at,
+    }))
 }

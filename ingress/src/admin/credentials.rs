@@ -25,7 +25,7 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route(
             "/admin/v1/clients/{id}/channels/{channel_account_id}",
-            delete(delete_channel),
+            delete(delete_channel).patch(update_channel),
         )
         .route(
             "/admin/v1/clients/{id}/api-keys",
@@ -52,6 +52,14 @@ pub(crate) struct NewChannelBody {
     /// Non-secret settings (`allowed_origins`, `callback_url`…).
     #[serde(default)]
     settings: Option<serde_json::Map<String, Value>>,
+}
+
+/// A channel account's new settings (credentials are replaced by registering anew).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelPatchBody {
+    /// Replaces the account's non-secret settings (`allowed_origins`, `callback_url`…).
+    settings: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -138,6 +146,36 @@ pub(crate) async fn create_channel(
     state.owners().changed().await?;
     tracing::info!(client_id = %client.id, channel = %req.channel, "channel account registered");
     Ok((StatusCode::CREATED, Json(ChannelAccountOut::from(created))).into_response())
+}
+
+/// Replace a channel account's settings. Removing a widget origin from
+/// `allowed_origins` ends the sessions opened from it on every replica.
+#[utoipa::path(patch, path = "/admin/v1/clients/{id}/channels/{channel_account_id}",
+    params(("id" = String, Path, description = "client id or slug"), ("channel_account_id" = u64, Path)),
+    request_body = ChannelPatchBody, security(("admin_token" = [])),
+    responses((status = 200, body = ChannelAccountOut), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub(crate) async fn update_channel(
+    State(state): State<AppState>,
+    Path((id, account)): Path<(String, u64)>,
+    raw: Body,
+) -> Result<Json<ChannelAccountOut>> {
+    let client = resolve(&state, &id).await?;
+    let req: ChannelPatchBody = body(raw).await?;
+    let accounts = state.db().tenant(client.id).channel_accounts();
+    if !accounts
+        .update_settings(account, &Value::Object(req.settings))
+        .await?
+    {
+        return Err(ApiError::not_found(format!("no channel account {account}")));
+    }
+    state.owners().changed().await?;
+    let updated = accounts
+        .list()
+        .await?
+        .into_iter()
+        .find(|a| a.id == account)
+        .ok_or_else(|| ApiError::not_found(format!("no channel account {account}")))?;
+    Ok(Json(updated.into()))
 }
 
 /// Remove a channel account.

@@ -127,6 +127,10 @@ pub(crate) struct MobileSessionIn {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub push_token: Field<String>,
+    /// The secret the device's first session returned; required by every later one.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub device_secret: Field<String>,
 }
 
 /// `PUT /mobile/v1/push-token`.
@@ -157,6 +161,10 @@ pub(crate) struct SessionOut {
     /// The visitor's id, to open the same conversation next time (widget only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub visitor_id: Option<String>,
+    /// Mobile only, on the device's first session: the secret every later session of the
+    /// device must send as `device_secret`. Shown once; keep it in the device's keystore.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_secret: Option<String>,
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use shared::cache::MailboxKey;
 use shared::envelope::{Envelope, MessageContent, Trace};
 use shared::ids::{Channel, EnvelopeId};
 use shared::metric;
+use shared::tenant::ClientStatus;
 
 use super::body::{self, Accepted, ChatMessageIn, Field, message_text};
 use super::session::SessionClaims;
@@ -30,8 +31,8 @@ use crate::longpoll::{self, PollParams};
 const MAX_CLIENT_MESSAGE_ID: usize = 128;
 
 /// The session behind the request's bearer token. A browser request from another origin
-/// than the session's is refused (403).
-pub(super) fn authenticate(
+/// than the session's is refused (403); a revoked session (see [`still_valid`]) is 401.
+pub(super) async fn authenticate(
     state: &AppState,
     channel: Channel,
     headers: &HeaderMap,
@@ -53,7 +54,59 @@ pub(super) fn authenticate(
         ));
     }
     tracing::Span::current().record("client_id", tracing::field::display(claims.client_id));
+    still_valid(state, &claims).await?;
     Ok(claims)
+}
+
+/// The refusal of a session for a suspended or cancelled tenant.
+pub(super) fn inactive_client() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "client_inactive",
+        "this client is not active; no sessions can be opened",
+    )
+}
+
+/// Whether a session whose token verifies still stands: its tenant is active and has not
+/// revoked its sessions since the token was issued, and the widget origin or mobile app
+/// key it was opened with is still the tenant's. Every answer comes from caches that
+/// every process drops when a tenant or its channel accounts change, so a revocation
+/// reaches every replica as fast as a configuration change.
+pub(super) async fn still_valid(state: &AppState, claims: &SessionClaims) -> Result<()> {
+    let revoked = || {
+        ApiError::unauthorized(
+            "session_revoked",
+            "the session was revoked; open a new session",
+        )
+    };
+    let tenant = state
+        .configs()
+        .get(claims.client_id)
+        .await?
+        .ok_or_else(revoked)?;
+    let client = &tenant.client;
+    if client.status != ClientStatus::Active
+        || client
+            .sessions_revoked_at
+            .is_some_and(|at| claims.issued_ms <= at.timestamp_millis())
+    {
+        return Err(revoked());
+    }
+    let still_owned = match (&claims.origin, &claims.app_key) {
+        (Some(origin), _) => {
+            state
+                .owners()
+                .widget_origin_allowed(claims.client_id, origin)
+                .await?
+        }
+        (None, Some(app_key)) => state
+            .owners()
+            .owner(Channel::Mobile, app_key)
+            .await?
+            .is_some_and(|(owner, _)| owner == claims.client_id),
+        (None, None) => false,
+    };
+    if still_owned { Ok(()) } else { Err(revoked()) }
 }
 
 pub(super) async fn send(
@@ -62,7 +115,7 @@ pub(super) async fn send(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let claims = authenticate(state, channel, headers)?;
+    let claims = authenticate(state, channel, headers).await?;
     let per_minute = state.edge().limits.sends_per_session_per_minute;
     let session = claims.session_id.simple().to_string();
     let taken = state
@@ -121,7 +174,7 @@ pub(super) async fn poll(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Result<Response> {
-    let claims = authenticate(state, channel, headers)?;
+    let claims = authenticate(state, channel, headers).await?;
     let params = PollParams {
         after: state.sessions().position(
             claims.conversation_id,
@@ -153,6 +206,8 @@ pub(super) async fn poll(
         slot.as_ref(),
     )
     .await?;
+    // A poll can wait for half a minute: a session revoked meanwhile gets nothing more.
+    still_valid(state, &claims).await?;
     let conversation = claims.conversation_id;
     Ok(longpoll::answer(polled, |seq| {
         state.sessions().cursor(conversation, seq)

@@ -1,11 +1,14 @@
 //! The mobile app channel.
 //!
-//! - `POST /mobile/v1/sessions` with `X-App-Key` `{ device_id, push_token? }` → 201
-//!   `{ session_id, token, expires_at }`. The app key identifies the tenant's app: it is
-//!   the external account id of the tenant's mobile channel account. It ships inside the
-//!   app, so it is an identifier rather than a secret; the per-device session token is
-//!   what authenticates later requests. The device id keys the conversation, so a
-//!   device that opens a new session resumes its conversation.
+//! - `POST /mobile/v1/sessions` with `X-App-Key` `{ device_id, device_secret?,
+//!   push_token? }` → 201 `{ session_id, token, expires_at, device_secret? }`. The app key
+//!   identifies the tenant's app: it is the external account id of the tenant's mobile
+//!   channel account. It ships inside the app, so it is an identifier rather than a
+//!   secret. The device id keys the conversation, so a device that opens a new session
+//!   resumes its conversation — but device ids are guessable, so the device's first
+//!   session returns a `device_secret` (256 random bits, stored as its SHA-256) and every
+//!   later session of the device must send it (401 `invalid_device_secret` otherwise):
+//!   another installation that claims the same device id sees nothing.
 //! - `PUT /mobile/v1/push-token` `{ push_token }` (null removes it) → 204: replies are
 //!   then also sent as push notifications (see `deliver::push`).
 //! - `POST /mobile/v1/messages`, `GET /mobile/v1/messages`: see [`super::chat`].
@@ -20,7 +23,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::{Extension, Json, Router};
 use shared::ids::{Channel, ClientId};
-use shared::tenant::Plan;
+use shared::secrets::{bearer_hash, new_bearer_secret};
+use shared::tenant::{ClientStatus, Plan};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::body::{self, Accepted, ChatMessageIn, Field, MobileSessionIn, PushTokenIn, SessionOut};
@@ -42,7 +47,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/mobile/v1/messages", post(send).get(poll))
 }
 
-async fn app_owner(state: &AppState, headers: &HeaderMap) -> Result<ClientId> {
+/// The tenant whose app `X-App-Key` names, and the key.
+async fn app_owner(state: &AppState, headers: &HeaderMap) -> Result<(ClientId, String)> {
     let key = headers
         .get("x-app-key")
         .and_then(|k| k.to_str().ok())
@@ -52,8 +58,40 @@ async fn app_owner(state: &AppState, headers: &HeaderMap) -> Result<ClientId> {
         })?;
     let owner = state.owners().owner(Channel::Mobile, key).await?;
     owner
-        .map(|(client_id, _)| client_id)
+        .map(|(client_id, _)| (client_id, key.to_owned()))
         .ok_or_else(|| ApiError::unauthorized("invalid_app_key", "the app key is not registered"))
+}
+
+/// Checks that the session comes from the installation that owns the device: the
+/// presented secret must match the stored hash. A device without one claims it now and
+/// gets the new secret back (once). 401 `invalid_device_secret` otherwise, before the
+/// conversation is touched.
+async fn prove_device(
+    state: &AppState,
+    client_id: ClientId,
+    device_id: &str,
+    presented: Option<&str>,
+) -> Result<Option<String>> {
+    let devices = state.db().tenant(client_id).devices();
+    let refused = || {
+        ApiError::unauthorized(
+            "invalid_device_secret",
+            "this device is registered: send the device_secret its first session returned",
+        )
+    };
+    if let Some(stored) = devices.secret_hash(device_id).await? {
+        let matches = presented
+            .is_some_and(|p| bool::from(bearer_hash(p).as_slice().ct_eq(stored.as_slice())));
+        return if matches { Ok(None) } else { Err(refused()) };
+    }
+    let (secret, hash) = new_bearer_secret();
+    let stored = devices.claim_secret(device_id, &hash).await?;
+    if bool::from(stored.as_slice().ct_eq(hash.as_slice())) {
+        Ok(Some(secret))
+    } else {
+        // A concurrent first session claimed the device a moment earlier.
+        Err(refused())
+    }
 }
 
 fn push_token(value: Field<String>) -> Result<Option<String>> {
@@ -81,7 +119,7 @@ pub(crate) async fn open_session(
     body: Body,
 ) -> Result<Response> {
     session_limit_by_ip(&state, peer, &headers).await?;
-    let client_id = app_owner(&state, &headers).await?;
+    let (client_id, app_key) = app_owner(&state, &headers).await?;
     let bytes = read_body(body, 16 * 1024).await?;
     let request: MobileSessionIn = body::parse(&bytes)?;
     let device_id = match request.device_id {
@@ -94,12 +132,26 @@ pub(crate) async fn open_session(
         }
     };
     let token = push_token(request.push_token)?;
-    let plan = state
-        .configs()
-        .get(client_id)
-        .await?
-        .map_or(Plan::Starter, |t| t.client.plan);
+    let presented = match request.device_secret {
+        Field::Absent | Field::Null => None,
+        Field::Given(s) if s.len() <= 256 => Some(s),
+        Field::Given(_) | Field::Mistyped => {
+            return Err(ApiError::bad_request(
+                "invalid_device_secret",
+                "device_secret must be the string the device's first session returned",
+            ));
+        }
+    };
+    let tenant = state.configs().get(client_id).await?;
+    if tenant
+        .as_ref()
+        .is_none_or(|t| t.client.status != ClientStatus::Active)
+    {
+        return Err(chat::inactive_client());
+    }
+    let plan = tenant.map_or(Plan::Starter, |t| t.client.plan);
     session_limit_by_tenant(&state, client_id, plan).await?;
+    let new_secret = prove_device(&state, client_id, &device_id, presented.as_deref()).await?;
     let conversation_id = state
         .db()
         .tenant(client_id)
@@ -121,6 +173,8 @@ pub(crate) async fn open_session(
         conversation_id,
         external_id: device_id,
         origin: None,
+        app_key: Some(app_key),
+        issued_ms: chrono::Utc::now().timestamp_millis(),
         expires: chrono::Utc::now().timestamp() + state.session_ttl().as_secs() as i64,
     };
     Ok((
@@ -130,6 +184,7 @@ pub(crate) async fn open_session(
             token: state.sessions().issue(&claims),
             expires_at: claims.expires_at(),
             visitor_id: None,
+            device_secret: new_secret,
         }),
     )
         .into_response())
@@ -145,7 +200,7 @@ pub(crate) async fn set_push_token(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let claims = chat::authenticate(&state, Channel::Mobile, &headers)?;
+    let claims = chat::authenticate(&state, Channel::Mobile, &headers).await?;
     let bytes = read_body(body, 16 * 1024).await?;
     let request: PushTokenIn = body::parse(&bytes)?;
     if request.push_token == Field::Absent {

@@ -5,8 +5,9 @@
 //!   tenant's allowed origins (the `allowed_origins` setting of its widget channel
 //!   accounts), else 403. The visitor id keys the conversation: the same visitor id
 //!   resumes the same conversation. It is a bearer secret — the widget makes a random one
-//!   and keeps it in the browser — so a supplied one must be 16-128 URL-safe characters.
-//!   The token is bound to the tenant, the conversation and the origin.
+//!   and keeps it in the browser — so a supplied one must be 16-128 URL-safe characters,
+//!   and it is stored only as its SHA-256 (the conversation's `external_id`). The token is
+//!   bound to the tenant, the conversation and the origin.
 //! - `POST /widget/v1/messages`, `GET /widget/v1/messages`: see [`super::chat`].
 //! - `GET /widget.js`: the embeddable widget; `GET /widget/demo?client=<slug>`: a page
 //!   that embeds it.
@@ -27,7 +28,6 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use serde_json::Value;
 use shared::ids::Channel;
 use shared::metric;
 use uuid::Uuid;
@@ -138,19 +138,10 @@ pub(crate) async fn open_session(
             )
         })?
         .to_owned();
-    let accounts = state
-        .db()
-        .tenant(client.id)
-        .channel_accounts()
-        .list()
+    let allowed = state
+        .owners()
+        .widget_origin_allowed(client.id, &origin)
         .await?;
-    let allowed = accounts
-        .iter()
-        .filter(|a| a.channel == Channel::Widget)
-        .filter_map(|a| a.settings.get("allowed_origins").and_then(Value::as_array))
-        .flatten()
-        .filter_map(Value::as_str)
-        .any(|allowed| allowed.trim_end_matches('/') == origin);
     if !allowed {
         tracing::info!(client_id = %client.id, "widget session refused: origin not allowed");
         metrics::counter!(metric::INBOUND_REJECTED, "channel" => "widget", "reason" => "origin")
@@ -161,20 +152,25 @@ pub(crate) async fn open_session(
             "this origin may not open sessions for this client",
         ));
     }
+    if client.status != shared::tenant::ClientStatus::Active {
+        return Err(chat::inactive_client());
+    }
     session_limit_by_tenant(&state, client.id, client.plan).await?;
     let conversation_id = state
         .db()
         .tenant(client.id)
         .conversations()
-        .get_or_create(Channel::Widget, &visitor_id)
+        .get_or_create(Channel::Widget, &visitor_key(&visitor_id))
         .await?;
     let claims = SessionClaims {
         client_id: client.id,
         channel: Channel::Widget,
         session_id: Uuid::now_v7(),
         conversation_id,
-        external_id: visitor_id.clone(),
+        external_id: visitor_key(&visitor_id),
         origin: Some(origin),
+        app_key: None,
+        issued_ms: chrono::Utc::now().timestamp_millis(),
         expires: chrono::Utc::now().timestamp() + state.session_ttl().as_secs() as i64,
     };
     Ok((
@@ -184,9 +180,16 @@ pub(crate) async fn open_session(
             token: state.sessions().issue(&claims),
             expires_at: claims.expires_at(),
             visitor_id: Some(visitor_id),
+            device_secret: None,
         }),
     )
         .into_response())
+}
+
+/// The conversation key of a visitor id: its SHA-256, hex (a bearer secret is not
+/// stored as given; migration 20261205000001 hashed the earlier ones the same way).
+fn visitor_key(visitor_id: &str) -> String {
+    hex::encode(shared::secrets::bearer_hash(visitor_id))
 }
 
 fn valid_visitor_id(v: &str) -> bool {

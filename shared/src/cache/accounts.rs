@@ -6,8 +6,10 @@
 //!
 //! Beside it, each tenant's own Meta app (the verify token and app secret from its
 //! WhatsApp account's credentials) by the tenant's slug, so `/whatsapp/webhook/{slug}`
-//! checks a signature before any database work once the app is known; the same
-//! announcements drop it.
+//! checks a signature before any database work once the app is known, and each tenant's
+//! allowed widget origins, which every widget request of a session checks again (so
+//! removing an origin or the widget account ends its sessions); the same announcements
+//! drop both.
 
 use std::sync::Arc;
 
@@ -40,6 +42,8 @@ struct Caches {
     owners: InvalidatedCache<(Channel, String), Owner>,
     /// By tenant slug; `None` when the tenant has no app of its own (or no such slug).
     meta_apps: InvalidatedCache<String, Option<TenantMetaApp>>,
+    /// The `allowed_origins` of the tenant's widget accounts, without trailing slashes.
+    widget_origins: InvalidatedCache<ClientId, Arc<Vec<String>>>,
 }
 
 impl Listener for Caches {
@@ -49,10 +53,12 @@ impl Listener for Caches {
     fn on_message(&self, payload: &str) {
         self.owners.on_message(payload);
         self.meta_apps.on_message(payload);
+        self.widget_origins.on_message(payload);
     }
     fn on_subscribed(&self) {
         self.owners.on_subscribed();
         self.meta_apps.on_subscribed();
+        self.widget_origins.on_subscribed();
     }
 }
 
@@ -69,7 +75,8 @@ impl AccountOwners {
             db,
             caches: Arc::new(Caches {
                 owners: InvalidatedCache::new(cache.clone(), channel.clone()),
-                meta_apps: InvalidatedCache::new(cache, channel),
+                meta_apps: InvalidatedCache::new(cache.clone(), channel.clone()),
+                widget_origins: InvalidatedCache::new(cache, channel),
             }),
         })
     }
@@ -104,9 +111,35 @@ impl AccountOwners {
         self.caches.meta_apps.insert(slug.to_owned(), app);
     }
 
-    /// After an account was added or removed: every process forgets what it knew.
+    /// Whether `origin` may use the tenant's widget: one of the `allowed_origins` of its
+    /// widget channel accounts (a trailing slash in the setting is ignored).
+    pub async fn widget_origin_allowed(&self, client_id: ClientId, origin: &str) -> Result<bool> {
+        let origins = match self.caches.widget_origins.get(&client_id) {
+            Some(hit) => hit,
+            None => {
+                let accounts = self.db.tenant(client_id).channel_accounts().list().await?;
+                let origins: Vec<String> = accounts
+                    .iter()
+                    .filter(|a| a.channel == Channel::Widget)
+                    .filter_map(|a| a.settings.get("allowed_origins")?.as_array().cloned())
+                    .flatten()
+                    .filter_map(|o| Some(o.as_str()?.trim_end_matches('/').to_owned()))
+                    .collect();
+                let origins = Arc::new(origins);
+                self.caches
+                    .widget_origins
+                    .insert(client_id, origins.clone());
+                origins
+            }
+        };
+        Ok(origins.iter().any(|allowed| allowed == origin))
+    }
+
+    /// After an account was added, changed or removed: every process forgets what it
+    /// knew.
     pub async fn changed(&self) -> Result<()> {
         self.caches.meta_apps.on_message("changed");
+        self.caches.widget_origins.on_message("changed");
         self.caches.owners.changed().await
     }
 }

@@ -27,6 +27,7 @@ struct CachedClient {
     plan: Plan,
     status: ClientStatus,
     created_at: DateTime<Utc>,
+    sessions_revoked_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +72,7 @@ impl From<&TenantConfig> for CachedTenant {
                 plan: c.plan,
                 status: c.status,
                 created_at: c.created_at,
+                sessions_revoked_at: c.sessions_revoked_at,
             },
             config: CachedConfig {
                 persona_name: k.persona_name.clone(),
@@ -116,6 +118,7 @@ impl From<CachedTenant> for TenantConfig {
                 plan: c.plan,
                 status: c.status,
                 created_at: c.created_at,
+                sessions_revoked_at: c.sessions_revoked_at,
             },
             config: ClientConfig {
                 persona_name: k.persona_name,

@@ -107,6 +107,29 @@ impl<'a> ChannelAccounts<'a> {
         Ok(rows.into_iter().flatten().collect())
     }
 
+    /// Replaces an account's settings; `false` when the tenant has no such account.
+    pub async fn update_settings(&self, id: u64, settings: &serde_json::Value) -> Result<bool> {
+        let client_id = self.client_id;
+        let exists: Option<u64> =
+            guard::query_scalar("SELECT id FROM channel_accounts WHERE client_id = ? AND id = ?")?
+                .bind(client_id.get())
+                .bind(id)
+                .fetch_optional(self.pool)
+                .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        guard::query(
+            "UPDATE channel_accounts SET settings_json = ? WHERE client_id = ? AND id = ?",
+        )?
+        .bind(settings.to_string())
+        .bind(client_id.get())
+        .bind(id)
+        .execute(self.pool)
+        .await?;
+        Ok(true)
+    }
+
     pub async fn delete(&self, id: u64) -> Result<bool> {
         let client_id = self.client_id;
         let done = guard::query("DELETE FROM channel_accounts WHERE client_id = ? AND id = ?")?
@@ -114,6 +137,48 @@ impl<'a> ChannelAccounts<'a> {
             .bind(id)
             .execute(self.pool)
             .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every account of the tenant that stores credentials: id, channel and the sealed
+    /// bytes (for re-sealing under a new key).
+    pub async fn sealed_all(&self) -> Result<Vec<(u64, Channel, Vec<u8>)>> {
+        let client_id = self.client_id;
+        let rows = guard::query(
+            "SELECT id, channel, credentials_encrypted FROM channel_accounts \
+             WHERE client_id = ? AND credentials_encrypted IS NOT NULL ORDER BY id",
+        )?
+        .bind(client_id.get())
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let channel: String = r.try_get("channel")?;
+                Ok((
+                    r.try_get("id")?,
+                    channel
+                        .parse()
+                        .map_err(|e: crate::ids::UnknownChannel| Error::Invalid(e.to_string()))?,
+                    r.try_get("credentials_encrypted")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces an account's sealed credentials with `new` if they are still `old`
+    /// (another writer's change wins); whether they were replaced.
+    pub async fn replace_sealed(&self, id: u64, old: &[u8], new: &[u8]) -> Result<bool> {
+        let client_id = self.client_id;
+        let done = guard::query(
+            "UPDATE channel_accounts SET credentials_encrypted = ? \
+             WHERE client_id = ? AND id = ? AND credentials_encrypted = ?",
+        )?
+        .bind(new)
+        .bind(client_id.get())
+        .bind(id)
+        .bind(old)
+        .execute(self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -35,6 +35,8 @@ pub struct Client {
     pub plan: Plan,
     pub status: ClientStatus,
     pub created_at: DateTime<Utc>,
+    /// Widget and mobile sessions issued before this instant are refused.
+    pub sessions_revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A partial update of a tenant (admin `PATCH`): only the fields given change.
@@ -84,7 +86,8 @@ impl NewClient {
     }
 }
 
-const COLUMNS: &str = "id, slug, name, timezone, locale, plan, status, created_at";
+const COLUMNS: &str =
+    "id, slug, name, timezone, locale, plan, status, created_at, sessions_revoked_at";
 
 #[derive(Debug)]
 pub struct Clients<'a> {
@@ -147,6 +150,24 @@ impl<'a> Clients<'a> {
         .fetch_all(self.pool)
         .await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// Ends every widget and mobile session of the tenant issued before `at` (and bumps
+    /// the configuration version, so every cached copy is refreshed). `false` for an
+    /// unknown tenant.
+    pub async fn revoke_sessions(&self, client_id: ClientId, at: DateTime<Utc>) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = guard::query("UPDATE clients SET sessions_revoked_at = ? WHERE id = ?")?
+            .bind(at)
+            .bind(client_id.get())
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        super::configs::bump_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Applies a partial update and bumps the configuration version (status, plan and
@@ -218,5 +239,6 @@ fn from_row(row: &sqlx::mysql::MySqlRow) -> Result<Client> {
         plan: row.try_get("plan")?,
         status: row.try_get("status")?,
         created_at: row.try_get("created_at")?,
+        sessions_revoked_at: row.try_get("sessions_revoked_at")?,
     })
 }

@@ -1,11 +1,13 @@
 //! What parsing cannot check: ranges, URL schemes, names, and relations between keys
 //! (a request timeout longer than the longest long-poll, a completion reserve inside the
-//! context window, no development secret in production). Every problem is reported,
+//! context window, no development secret outside a developer's loopback-only machine). Every problem is reported,
 //! each starting with its key.
 
 use std::time::Duration;
 
-use super::{DEV_ADMIN_TOKEN, DEV_ENCRYPTION_KEY, Environment, Settings, decode_key};
+use super::{
+    DEV_ADMIN_TOKEN, DEV_ENCRYPTION_KEY, DEV_SESSION_KEY, Environment, Settings, decode_key,
+};
 use crate::error::{Error, Result};
 
 impl Settings {
@@ -231,28 +233,6 @@ impl Settings {
             "vector.chunk_chars",
             "must be at least 100, with vector.chunk_overlap under half of it".into(),
         );
-        check(
-            self.admin.token.expose().len() >= 16,
-            "admin.token",
-            "must be at least 16 characters".into(),
-        );
-        check(
-            decode_key(self.security.encryption_key.expose()).is_some(),
-            "security.encryption_key",
-            "must be 32 bytes encoded as base64".into(),
-        );
-        if self.env == Environment::Production {
-            check(
-                self.security.encryption_key.expose() != DEV_ENCRYPTION_KEY,
-                "security.encryption_key",
-                "the development default is refused in production".into(),
-            );
-            check(
-                self.admin.token.expose() != DEV_ADMIN_TOKEN,
-                "admin.token",
-                "the development default is refused in production".into(),
-            );
-        }
         for (name, plan) in [
             ("starter", &self.plans.starter),
             ("growth", &self.plans.growth),
@@ -302,11 +282,106 @@ impl Settings {
             "llm.breaker_failures",
             "must be positive".into(),
         );
+        problems.extend(self.secret_problems());
         if problems.is_empty() {
             Ok(())
         } else {
             Err(Error::Settings(problems.join("; ")))
         }
+    }
+}
+
+/// Shortest admin token and WhatsApp app secret or verify token.
+const MIN_SECRET_CHARS: usize = 16;
+
+impl Settings {
+    /// Whether this process may run on development secrets: a developer's machine
+    /// (`env = "local"`) listening on loopback addresses only.
+    pub fn is_local_loopback(&self) -> bool {
+        self.env == Environment::Local
+            && self.http.bind.ip().is_loopback()
+            && self.admin.bind.is_none_or(|a| a.ip().is_loopback())
+            && self.worker.metrics_bind.ip().is_loopback()
+    }
+
+    /// The secrets' problems: malformed anywhere; outside [`Self::is_local_loopback`]
+    /// also a development default, a `CHANGE-ME` placeholder or too short.
+    fn secret_problems(&self) -> Vec<String> {
+        let strict = !self.is_local_loopback();
+        let mut problems = Vec::new();
+        let mut weak = |key: &str, value: &str, dev_default: Option<&str>, min: usize| {
+            if value.is_empty() {
+                return;
+            }
+            if value.chars().count() < min {
+                problems.push(format!("{key}: must be at least {min} characters"));
+            } else if strict && dev_default == Some(value) {
+                problems.push(format!(
+                    "{key}: is the development default, refused outside env = \"local\" with \
+                     loopback binds; set a secret of your own"
+                ));
+            } else if strict && value.to_ascii_uppercase().contains("CHANGE-ME") {
+                problems.push(format!(
+                    "{key}: is a CHANGE-ME placeholder; replace it with a secret of your own"
+                ));
+            }
+        };
+        let admin = self.admin.token.expose();
+        weak(
+            "admin.token",
+            admin,
+            Some(DEV_ADMIN_TOKEN),
+            MIN_SECRET_CHARS,
+        );
+        for (key, value) in [
+            ("whatsapp.app_secret", &self.whatsapp.app_secret),
+            ("whatsapp.verify_token", &self.whatsapp.verify_token),
+        ] {
+            weak(
+                key,
+                value.expose(),
+                None,
+                if strict { MIN_SECRET_CHARS } else { 1 },
+            );
+        }
+        let rings = [
+            (
+                if self.security.encryption_keys.is_empty() {
+                    "security.encryption_key"
+                } else {
+                    "security.encryption_keys"
+                },
+                self.security.encryption_key_texts().collect::<Vec<_>>(),
+                DEV_ENCRYPTION_KEY,
+            ),
+            (
+                "security.session_keys",
+                self.security.session_keys.iter().collect(),
+                DEV_SESSION_KEY,
+            ),
+        ];
+        for (key, ring, dev_default) in rings {
+            if ring.is_empty() {
+                problems.push(format!("{key}: needs at least one key"));
+            }
+            for value in ring {
+                let value = value.expose();
+                if strict && value.to_ascii_uppercase().contains("CHANGE-ME") {
+                    problems.push(format!(
+                        "{key}: is a CHANGE-ME placeholder; generate a key with \
+                         `openssl rand -base64 32`"
+                    ));
+                } else if decode_key(value).is_none() {
+                    problems.push(format!("{key}: must be 32 bytes encoded as base64"));
+                } else if strict && value == dev_default {
+                    problems.push(format!(
+                        "{key}: is the development default, refused outside env = \"local\" \
+                         with loopback binds; generate a key with `openssl rand -base64 32`"
+                    ));
+                }
+            }
+        }
+        problems
     }
 }
 

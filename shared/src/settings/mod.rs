@@ -26,6 +26,7 @@ pub use parse::Environment;
 const DEFAULTS: &str = include_str!("settings.default.toml");
 const DEV_ENCRYPTION_KEY: &str = "ZGV2LW9ubHktZW5jcnlwdGlvbi1rZXktMzItYnl0ZSE=";
 const DEV_ADMIN_TOKEN: &str = "dev-admin-token-change-me";
+const DEV_SESSION_KEY: &str = "ZGV2LW9ubHktc2Vzc2lvbi1rZXktMzItYnl0ZXMhISE=";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
@@ -267,18 +268,50 @@ pub struct EdgeSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
+    /// The bootstrap token; empty: only operators' tokens are accepted.
     pub token: Secret<String>,
+    /// The admin API's and `/metrics`' own listener; `None`: on `http.bind`.
+    #[serde(deserialize_with = "parse::optional_address")]
+    pub bind: Option<SocketAddr>,
+    /// Failed admin authentications per client address per minute before a minute of 429s.
+    pub failed_auth_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SecuritySettings {
     pub encryption_key: Secret<String>,
+    /// Replaces `encryption_key` when not empty: the first seals, all open.
+    #[serde(default)]
+    pub encryption_keys: Vec<Secret<String>>,
+    /// Signs session tokens and cursors: the first signs, all verify.
+    pub session_keys: Vec<Secret<String>>,
 }
 
 impl SecuritySettings {
-    /// The decoded 32-byte key (validated at load time).
-    pub fn encryption_key_bytes(&self) -> [u8; 32] {
-        decode_key(self.encryption_key.expose()).unwrap_or([0; 32])
+    /// The encryption key ring, first the key that seals (validated at load time).
+    pub fn encryption_ring(&self) -> Vec<[u8; 32]> {
+        self.encryption_key_texts()
+            .filter_map(|k| decode_key(k.expose()))
+            .collect()
+    }
+
+    /// The session key ring, first the key that signs (validated at load time).
+    pub fn session_ring(&self) -> Vec<[u8; 32]> {
+        self.session_keys
+            .iter()
+            .filter_map(|k| decode_key(k.expose()))
+            .collect()
+    }
+
+    /// The configured encryption keys as written: `encryption_keys`, or else
+    /// `encryption_key` alone.
+    fn encryption_key_texts(&self) -> impl Iterator<Item = &Secret<String>> {
+        let ring: &[Secret<String>] = if self.encryption_keys.is_empty() {
+            std::slice::from_ref(&self.encryption_key)
+        } else {
+            &self.encryption_keys
+        };
+        ring.iter()
     }
 }
 
@@ -357,6 +390,8 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("amqp.retry_delays_s")
                     .with_list_parse_key("http.trusted_proxies")
+                    .with_list_parse_key("security.encryption_keys")
+                    .with_list_parse_key("security.session_keys")
                     .source(Some(sources.vars)),
             )
             .set_override("env", sources.env.clone())

@@ -30,6 +30,19 @@ pub(super) fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Durati
     }
 }
 
+/// A socket address, or the empty string for none.
+pub(super) fn optional_address<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("{text:?} is not an address like 127.0.0.1:8081"))
+    })
+}
+
 /// A non-empty list of positive whole numbers of seconds.
 pub(super) fn positive_seconds_list<'de, D: Deserializer<'de>>(
     d: D,

@@ -2,9 +2,10 @@
 
 use super::*;
 
+/// A developer's machine (`local`, loopback binds): the development secrets are fine.
 fn sources(vars: &[(&str, &str)]) -> Sources {
     Sources {
-        env: "test".into(),
+        env: "local".into(),
         config_dir: PathBuf::from("/nonexistent"),
         vars: vars
             .iter()
@@ -25,7 +26,8 @@ fn embedded_defaults_are_valid() {
     let s = Settings::load_from(sources(&[])).expect("defaults load");
     assert_eq!(s.amqp.prefix, "cf");
     assert_eq!(s.llm.context_window("llama3.1:8b"), 8192);
-    assert_eq!(s.env, Environment::Test);
+    assert_eq!(s.env, Environment::Local);
+    assert!(s.is_local_loopback());
 }
 
 #[test]
@@ -64,6 +66,181 @@ fn an_invalid_value_names_its_key() {
 fn a_value_of_the_wrong_type_names_its_key() {
     let err = load_err(&[("CHATFLEET__HTTP__BIND", "not-an-address")]);
     assert!(err.contains("http.bind"), "{err}");
+}
+
+/// The `CHATFLEET__…` (and `CHATFLEET_ENV`) values a deployment file sets, with
+/// `${VAR:-default}` read as its default (what an unset variable gives).
+fn deployment_vars(file: &str) -> (String, Vec<(String, String)>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+    let text = std::fs::read_to_string(&path).expect("deployment file");
+    let mut env = "local".to_owned();
+    let mut vars = Vec::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.trim().split_once(": ") else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        let value = match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
+            Some(reference) => reference.split_once(":-").map_or("", |(_, d)| d),
+            None => value,
+        };
+        if key == "CHATFLEET_ENV" {
+            env = value.to_owned();
+        } else if key.starts_with("CHATFLEET__") {
+            vars.push((key.to_owned(), value.to_owned()));
+        }
+    }
+    (env, vars)
+}
+
+#[test]
+fn shipped_deployment_files_are_refused_until_their_placeholders_are_replaced() {
+    for (file, must_name) in [
+        (
+            "deploy/k8s/config.yaml",
+            &[
+                "admin.token",
+                "security.encryption_key",
+                "security.session_keys",
+                "whatsapp.app_secret",
+                "whatsapp.verify_token",
+            ][..],
+        ),
+        (
+            "docker-compose.yml",
+            &["security.encryption_key", "security.session_keys"][..],
+        ),
+    ] {
+        let (env, vars) = deployment_vars(file);
+        let mut s = Sources {
+            env,
+            config_dir: PathBuf::from("/nonexistent"),
+            vars: vars.into_iter().collect(),
+        };
+        let err = match Settings::load_from(s.clone()) {
+            Ok(_) => panic!("{file} starts as shipped"),
+            Err(e) => e.to_string(),
+        };
+        for key in must_name {
+            assert!(
+                err.contains(&format!("{key}:")),
+                "{file}: {key} not named in {err}"
+            );
+        }
+        // With real secrets in place of the placeholders it starts.
+        let key = "c2VjcmV0LWtleS1vZi0zMi1ieXRlcy1yZWFsbHktISE=";
+        for (name, value) in [
+            ("CHATFLEET__ADMIN__TOKEN", "a-real-operator-token-0f9e8d"),
+            ("CHATFLEET__SECURITY__ENCRYPTION_KEY", key),
+            ("CHATFLEET__SECURITY__SESSION_KEYS", key),
+            (
+                "CHATFLEET__WHATSAPP__APP_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            ),
+            (
+                "CHATFLEET__WHATSAPP__VERIFY_TOKEN",
+                "verify-token-of-our-own",
+            ),
+        ] {
+            s.vars.insert(name.into(), value.into());
+        }
+        if let Err(e) = Settings::load_from(s) {
+            panic!("{file} with its secrets replaced: {e}");
+        }
+    }
+}
+
+#[test]
+fn weak_secrets_are_refused_outside_a_loopback_developer_machine() {
+    // Loopback binds, but not env "local": every development default is named.
+    let mut s = sources(&[]);
+    s.env = "staging".into();
+    let err = Settings::load_from(s).expect_err("dev secrets").to_string();
+    for key in [
+        "admin.token:",
+        "security.encryption_key:",
+        "security.session_keys:",
+    ] {
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+    // env "local" listening on every interface: refused as well.
+    for bind in [
+        ("CHATFLEET__HTTP__BIND", "0.0.0.0:8080"),
+        ("CHATFLEET__ADMIN__BIND", "0.0.0.0:8081"),
+        ("CHATFLEET__WORKER__METRICS_BIND", "0.0.0.0:9464"),
+    ] {
+        let err = load_err(&[bind]);
+        assert!(
+            err.contains("admin.token:") && err.contains("development default"),
+            "{err}"
+        );
+    }
+    let strong = "c2VjcmV0LWtleS1vZi0zMi1ieXRlcy1yZWFsbHktISE=";
+    let strict = |vars: &[(&str, &str)]| {
+        let mut all = vec![
+            ("CHATFLEET__HTTP__BIND", "0.0.0.0:8080"),
+            ("CHATFLEET__ADMIN__TOKEN", "an-operator-token-of-ours"),
+            ("CHATFLEET__SECURITY__ENCRYPTION_KEY", strong),
+            ("CHATFLEET__SECURITY__SESSION_KEYS", strong),
+        ];
+        all.extend_from_slice(vars);
+        Settings::load_from(sources(&all))
+    };
+    strict(&[]).expect("strong secrets start");
+    for (var, value, key) in [
+        (
+            "CHATFLEET__ADMIN__TOKEN",
+            "CHANGE-ME-at-least-16-characters",
+            "admin.token",
+        ),
+        ("CHATFLEET__ADMIN__TOKEN", "short", "admin.token"),
+        (
+            "CHATFLEET__SECURITY__ENCRYPTION_KEY",
+            "CHANGE-ME",
+            "security.encryption_key",
+        ),
+        (
+            "CHATFLEET__SECURITY__ENCRYPTION_KEYS",
+            &format!("{strong},{DEV_ENCRYPTION_KEY}"),
+            "security.encryption_keys",
+        ),
+        (
+            "CHATFLEET__SECURITY__SESSION_KEYS",
+            &format!("{strong},{DEV_SESSION_KEY}"),
+            "security.session_keys",
+        ),
+        (
+            "CHATFLEET__SECURITY__SESSION_KEYS",
+            "",
+            "security.session_keys",
+        ),
+        (
+            "CHATFLEET__WHATSAPP__APP_SECRET",
+            "CHANGE-ME",
+            "whatsapp.app_secret",
+        ),
+        (
+            "CHATFLEET__WHATSAPP__VERIFY_TOKEN",
+            "change-me-please-now",
+            "whatsapp.verify_token",
+        ),
+        (
+            "CHATFLEET__WHATSAPP__VERIFY_TOKEN",
+            "tiny",
+            "whatsapp.verify_token",
+        ),
+    ] {
+        match strict(&[(var, value)]) {
+            Ok(_) => panic!("{var}={value} accepted"),
+            Err(e) => assert!(
+                e.to_string().contains(&format!("{key}:")),
+                "{var}={value}: {e}"
+            ),
+        }
+    }
+    // An empty admin token means no bootstrap token (operators' tokens only).
+    let s = strict(&[("CHATFLEET__ADMIN__TOKEN", "")]).expect("no bootstrap token");
+    assert!(s.admin.token.expose().is_empty());
 }
 
 #[test]

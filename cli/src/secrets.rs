@@ -1,0 +1,74 @@
+//! `chatfleet secrets reseal`: re-seals every stored channel credential under the first
+//! key of the encryption key ring, tenant by tenant, so the keys after it can be removed
+//! from `security.encryption_keys`. Safe to run again (what the first key sealed is left
+//! alone) and beside a running fleet (a credential changed meanwhile is left to its
+//! writer).
+
+use clap::Subcommand;
+use shared::db::Db;
+use shared::secrets::SecretBox;
+use shared::settings::Settings;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretsCommand {
+    /// Re-encrypt every stored credential under the first key of the encryption key ring.
+    Reseal,
+}
+
+/// What a reseal found.
+#[derive(Debug, Default)]
+struct Tally {
+    resealed: u64,
+    current: u64,
+    unreadable: Vec<String>,
+}
+
+pub(crate) async fn run(settings: &Settings, command: SecretsCommand) -> anyhow::Result<()> {
+    let SecretsCommand::Reseal = command;
+    let db = Db::connect(&settings.database).await?;
+    let secrets = SecretBox::new(&settings.security.encryption_ring());
+    let tally = reseal(&db, &secrets).await;
+    db.close().await;
+    let tally = tally?;
+    println!(
+        "{} credentials re-sealed under the first key, {} already were",
+        tally.resealed, tally.current
+    );
+    if !tally.unreadable.is_empty() {
+        anyhow::bail!(
+            "no key of the ring opens {} stored credentials ({}): add the key that sealed \
+             them to security.encryption_keys and run again",
+            tally.unreadable.len(),
+            tally.unreadable.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn reseal(db: &Db, secrets: &SecretBox) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
+    let mut after = 0;
+    loop {
+        let page = db.clients().list(after, 200).await?;
+        let Some(last) = page.last() else {
+            return Ok(tally);
+        };
+        after = last.id.get();
+        for client in &page {
+            let accounts = db.tenant(client.id).channel_accounts();
+            for (id, channel, sealed) in accounts.sealed_all().await? {
+                match secrets.reseal(client.id, channel, &sealed) {
+                    Ok(None) => tally.current += 1,
+                    Ok(Some(new)) => {
+                        if accounts.replace_sealed(id, &sealed, &new).await? {
+                            tally.resealed += 1;
+                        }
+                    }
+                    Err(_) => tally
+                        .unreadable
+                        .push(format!("tenant {} account {id}", client.id)),
+                }
+            }
+        }
+    }
+}
