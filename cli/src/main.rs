@@ -12,6 +12,7 @@
 //! - `queues`: depth, unacked, consumers and rates of every queue of the deployment.
 //! - `migrate`: create the database if needed and apply migrations.
 //! - `tenant create|api-key`: make tenants without the admin API.
+//! - `admin-token create|list|revoke`: operators of the admin API.
 //! - `secrets reseal`: re-encrypt stored credentials under the first encryption key.
 //! - `llm-sim`: the LLM test double (Ollama and OpenAI wire formats).
 
@@ -22,6 +23,7 @@ mod bench;
 mod chaos;
 mod dlq;
 mod fleet;
+mod operators;
 mod queues;
 mod replay;
 mod secrets;
@@ -68,6 +70,9 @@ enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(tenant::TenantCommand),
+    /// Operators of the admin API: a token each, with read or write scope.
+    #[command(subcommand)]
+    AdminToken(operators::AdminTokenCommand),
     /// Stored secrets: `reseal` re-encrypts every credential under the first key of
     /// security.encryption_keys.
     #[command(subcommand)]
@@ -114,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Tenant(command) => tenant::run(&settings, command).await,
         Command::Secrets(command) => secrets::run(&settings, command).await,
+        Command::AdminToken(command) => operators::run(&settings, command).await,
         Command::LlmSim {
             bind,
             latency_ms,

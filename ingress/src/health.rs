@@ -10,11 +10,16 @@ use serde_json::json;
 
 use crate::AppState;
 
-pub(crate) fn routes() -> Router<AppState> {
+/// Liveness and readiness, on every listener.
+pub(crate) fn probes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics`: on the admin listener when there is one.
+pub(crate) fn metrics_route() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// The process's metrics, in the Prometheus text format.

@@ -60,12 +60,16 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Running {
     /// The address it listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// The admin API's and `/metrics`' own address, when `admin.bind` is set.
+    pub admin_addr: Option<SocketAddr>,
     /// Ends after `shutdown` fired and open requests and deliverers finished.
     pub task: JoinHandle<()>,
 }
 
 /// Connects to the database, broker and Redis, declares the topology, starts the
-/// outbound deliverers and serves HTTP on `http.bind` until `shutdown`.
+/// outbound deliverers and serves HTTP on `http.bind` until `shutdown` — the admin API and
+/// `/metrics` on `admin.bind` instead when it is set, so only the channels face the
+/// internet.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Running> {
     shared::prometheus::install();
     let db = Db::connect(&settings.database).await?;
@@ -103,7 +107,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         mobile: settings.mobile.clone(),
         sessions: SessionKeys::new(&settings.security.session_ring()),
         session_ttl: settings.sessions.ttl,
-        admin_token: settings.admin.token.clone(),
+        admin: settings.admin.clone(),
         secrets: SecretBox::new(&settings.security.encryption_ring()),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
         edge: edge::Edge::new(settings.edge.clone(), &settings.http.trusted_proxies),
@@ -122,17 +126,44 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
     // Kept to close the publisher's channel once the deliverers are done.
     let closing = state.clone();
-    let app = router(state, settings.http.request_timeout);
+    let timeout = settings.http.request_timeout;
+    let (app, admin_listener) = match settings.admin.bind {
+        None => (
+            serve_layers(
+                public_routes().merge(admin::routes(state.clone())),
+                health::metrics_route(),
+                state.clone(),
+                timeout,
+            ),
+            None,
+        ),
+        Some(bind) => {
+            let admin = serve_layers(
+                admin::routes(state.clone()),
+                health::metrics_route(),
+                state.clone(),
+                timeout,
+            );
+            let listener = tokio::net::TcpListener::bind(bind).await?;
+            (
+                serve_layers(public_routes(), Router::new(), state.clone(), timeout),
+                Some((listener, admin)),
+            )
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.http.bind).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "ingress listening");
+    let admin_addr = match &admin_listener {
+        Some((listener, _)) => Some(listener.local_addr()?),
+        None => None,
+    };
+    tracing::info!(%addr, ?admin_addr, "ingress listening");
+    let admin_server = admin_listener
+        .map(|(listener, admin)| tokio::spawn(serve(listener, admin, shutdown.clone(), "admin")));
     let task = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "http server failed");
+        serve(listener, app, shutdown, "public").await;
+        if let Some(admin) = admin_server {
+            let _ = admin.await;
         }
         for deliverer in deliverers {
             let _ = deliverer.await;
@@ -141,25 +172,55 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         broker.close().await;
         db.close().await;
     });
-    Ok(Running { addr, task })
+    Ok(Running {
+        addr,
+        admin_addr,
+        task,
+    })
 }
 
-fn router(state: AppState, request_timeout: Duration) -> Router {
-    // Everything but the health checks is admitted within `http.max_in_flight`: a probe
-    // must not fail because the ingress is busy.
-    let admitted = Router::new()
+/// Serves `app` on `listener` until `shutdown`, then lets open requests finish.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    which: &'static str,
+) {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, listener = which, "http server failed");
+    }
+}
+
+/// The channels, admitted within `http.max_in_flight`.
+fn public_routes() -> Router<AppState> {
+    Router::new()
         .merge(channels::api::routes())
         .merge(channels::whatsapp::routes())
         .merge(channels::widget::routes())
         .merge(channels::mobile::routes())
-        .merge(admin::routes(state.clone()))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            admission::admit,
-        ));
+}
+
+/// `routes` admitted within `http.max_in_flight`, beside the health checks and
+/// `unadmitted` (a probe or a scrape must not fail because the ingress is busy), with the
+/// timeout, tracing and request-id layers.
+fn serve_layers(
+    routes: Router<AppState>,
+    unadmitted: Router<AppState>,
+    state: AppState,
+    request_timeout: Duration,
+) -> Router {
+    let admitted = routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        admission::admit,
+    ));
     Router::new()
         .merge(admitted)
-        .merge(health::routes())
+        .merge(health::probes())
+        .merge(unadmitted)
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::GATEWAY_TIMEOUT,

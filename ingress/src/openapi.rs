@@ -13,7 +13,7 @@ use crate::{admin, wire};
     info(title = "chatfleet ingress", description = "Channel, admin and health endpoints of chatfleet."),
     paths(
         crate::admin::clients::create, crate::admin::clients::list, crate::admin::clients::get_one, crate::admin::clients::update,
-        crate::admin::clients::revoke_sessions,
+        crate::admin::clients::revoke_sessions, crate::admin::audit::list,
         crate::admin::config::get_config, crate::admin::config::put_config, crate::admin::config::patch_config,
         crate::admin::config::list_modes, crate::admin::config::create_mode, crate::admin::config::update_mode, crate::admin::config::delete_mode,
         crate::admin::credentials::list_channels, crate::admin::credentials::create_channel, crate::admin::credentials::delete_channel,
@@ -35,6 +35,7 @@ use crate::{admin, wire};
         wire::MessageOut, wire::MessageRole, wire::PolledMessages, wire::PolledMessage,
         wire::KnowledgeDocumentOut, wire::UsageDayOut,
         admin::clients::NewClientBody, admin::clients::ClientPage, admin::clients::SessionsRevoked,
+        admin::audit::AuditEntryOut, admin::audit::AuditPage,
         admin::credentials::NewChannelBody, admin::credentials::ChannelPatchBody, admin::credentials::NewKeyBody, admin::credentials::CreatedKey,
         admin::conversations::ConversationPage, admin::conversations::ConversationDetail,
         admin::conversations::AgentMessageBody, admin::conversations::AgentMessageAccepted,

@@ -8,7 +8,6 @@ use shared::cache::{
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher};
-use shared::pii::Secret;
 use shared::secrets::SecretBox;
 use shared::settings::{ApiSettings, MobileSettings, WhatsappSettings};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +40,7 @@ pub(crate) struct Services {
     /// Widget and mobile session tokens and cursors.
     pub sessions: SessionKeys,
     pub session_ttl: std::time::Duration,
-    pub admin_token: Secret<String>,
+    pub admin: shared::settings::AdminSettings,
     pub secrets: SecretBox,
     pub knowledge: Knowledge,
     /// The edge's limits and trusted proxies.
@@ -112,8 +111,13 @@ impl AppState {
     pub(crate) fn api(&self) -> &ApiSettings {
         &self.inner.api
     }
+    /// The bootstrap admin token; empty when none is set.
     pub(crate) fn admin_token(&self) -> &str {
-        self.inner.admin_token.expose()
+        self.inner.admin.token.expose()
+    }
+
+    pub(crate) fn admin_failed_auth_per_minute(&self) -> u32 {
+        self.inner.admin.failed_auth_per_minute
     }
     pub(crate) fn secrets(&self) -> &SecretBox {
         &self.inner.secrets

@@ -64,6 +64,9 @@ pub const LLM_TENANT_BREAKER_OPENED: &str = "chatfleet_llm_tenant_breaker_opened
 pub const EDGE_LIMITED: &str = "chatfleet_edge_limited_total";
 /// Counter `{limit}`: requests let through because the edge limiter (Redis) failed.
 pub const EDGE_LIMIT_UNAVAILABLE: &str = "chatfleet_edge_limit_unavailable_total";
+/// Counter: admin writes done but not recorded in the audit log (its database write
+/// failed; the error is logged).
+pub const AUDIT_UNRECORDED: &str = "chatfleet_audit_unrecorded_total";
 /// Gauge `{provider}`: LLM calls waiting for a free slot of the provider (its
 /// `max_concurrency` is full).
 pub const LLM_WAITING: &str = "chatfleet_llm_waiting";
@@ -81,7 +84,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 33] = [
+pub const ALL: [&str; 34] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -109,6 +112,7 @@ pub const ALL: [&str; 33] = [
     LLM_WAITING,
     EDGE_LIMITED,
     EDGE_LIMIT_UNAVAILABLE,
+    AUDIT_UNRECORDED,
     LLM_FALLBACKS,
     DELIVERIES,
     PUSH_SENT,

@@ -21,6 +21,7 @@ fn tenant() -> TenantConfig {
             plan: Plan::Enterprise,
             status: ClientStatus::Active,
             created_at: Utc::now(),
+            sessions_revoked_at: None,
         },
         config: ClientConfig {
             persona_name: "Ava".into(),

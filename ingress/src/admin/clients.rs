@@ -3,13 +3,13 @@
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shared::db::NewClient;
 
-use super::{Page, body, resolve};
+use super::{Page, audited, body, noted, resolve};
 use crate::AppState;
 use crate::error::Result;
 use crate::wire::{ClientOut, ClientPatchIn, Plan};
@@ -62,8 +62,9 @@ pub(crate) async fn create(State(state): State<AppState>, raw: Body) -> Result<R
         new.locale = locale;
     }
     let id = state.db().clients().create(&new).await?;
-    let client = resolve(&state, &id.to_string()).await?;
-    Ok((StatusCode::CREATED, Json(ClientOut::from(client))).into_response())
+    let client = ClientOut::from(resolve(&state, &id.to_string()).await?);
+    let after = audited(&client);
+    Ok(noted((StatusCode::CREATED, Json(client)), id, None, after))
 }
 
 /// List clients by ascending id.
@@ -103,8 +104,9 @@ pub(crate) async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     raw: Body,
-) -> Result<Json<ClientOut>> {
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
+    let before = audited(ClientOut::from(client.clone()));
     let patch: ClientPatchIn = body(raw).await?;
     let updated = state
         .db()
@@ -113,7 +115,9 @@ pub(crate) async fn update(
         .await?
         .ok_or_else(|| crate::error::ApiError::not_found(format!("no client {id:?}")))?;
     state.configs().refresh(client.id).await?;
-    Ok(Json(updated.into()))
+    let updated = ClientOut::from(updated);
+    let after = audited(&updated);
+    Ok(noted(Json(updated), client.id, before, after))
 }
 
 /// End every widget and mobile session of a client (within a second on every replica);

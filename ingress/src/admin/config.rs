@@ -5,13 +5,13 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, patch};
 use axum::{Json, Router};
 use shared::db::{ClientConfig, ConfigUpdate};
 use shared::ids::ClientId;
 
-use super::{body, resolve};
+use super::{audited, body, noted, resolve};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::wire::{AgentModeIn, AgentModeOut, ConfigIn, ConfigOut, ConfigPatch, ModePatchIn};
@@ -42,11 +42,7 @@ async fn current(state: &AppState, client_id: ClientId) -> Result<ClientConfig> 
         .ok_or_else(|| ApiError::not_found(format!("client {client_id} has no configuration")))
 }
 
-async fn apply(
-    state: &AppState,
-    client_id: ClientId,
-    update: &ConfigUpdate,
-) -> Result<Json<ConfigOut>> {
+async fn apply(state: &AppState, client_id: ClientId, update: &ConfigUpdate) -> Result<ConfigOut> {
     state
         .db()
         .tenant(client_id)
@@ -54,7 +50,7 @@ async fn apply(
         .update(update)
         .await?;
     state.configs().refresh(client_id).await?;
-    Ok(Json(current(state, client_id).await?.into()))
+    Ok(current(state, client_id).await?.into())
 }
 
 /// The client's configuration.
@@ -76,10 +72,12 @@ pub(crate) async fn put_config(
     State(state): State<AppState>,
     Path(id): Path<String>,
     raw: Body,
-) -> Result<Json<ConfigOut>> {
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     let update: ConfigIn = body(raw).await?;
-    apply(&state, client.id, &update.into()).await
+    let before = audited(ConfigOut::from(current(&state, client.id).await?));
+    let after = apply(&state, client.id, &update.into()).await?;
+    Ok(noted(Json(&after), client.id, before, audited(&after)))
 }
 
 /// Change any subset of the configuration's fields.
@@ -90,11 +88,13 @@ pub(crate) async fn patch_config(
     State(state): State<AppState>,
     Path(id): Path<String>,
     raw: Body,
-) -> Result<Json<ConfigOut>> {
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     let patch: ConfigPatch = body(raw).await?;
-    let update = patch.apply(ConfigUpdate::from(current(&state, client.id).await?));
-    apply(&state, client.id, &update).await
+    let old = current(&state, client.id).await?;
+    let before = audited(ConfigOut::from(old.clone()));
+    let after = apply(&state, client.id, &patch.apply(ConfigUpdate::from(old))).await?;
+    Ok(noted(Json(&after), client.id, before, audited(&after)))
 }
 
 /// Every agent mode, active or not, highest priority (lowest number) first.
@@ -128,7 +128,14 @@ pub(crate) async fn create_mode(
         .create_mode(&mode)
         .await?;
     state.configs().refresh(client.id).await?;
-    Ok((StatusCode::CREATED, Json(AgentModeOut::from(mode))).into_response())
+    let created = AgentModeOut::from(mode);
+    let after = audited(&created);
+    Ok(noted(
+        (StatusCode::CREATED, Json(created)),
+        client.id,
+        None,
+        after,
+    ))
 }
 
 /// Change a mode's fragment, activity or priority.
@@ -140,9 +147,10 @@ pub(crate) async fn update_mode(
     State(state): State<AppState>,
     Path((id, key)): Path<(String, String)>,
     raw: Body,
-) -> Result<Json<AgentModeOut>> {
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     let patch: ModePatchIn = body(raw).await?;
+    let before = mode(&state, client.id, &key).await?;
     state
         .db()
         .tenant(client.id)
@@ -151,11 +159,18 @@ pub(crate) async fn update_mode(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no agent mode {key:?}")))?;
     state.configs().refresh(client.id).await?;
-    let modes = state.db().tenant(client.id).configs().list_modes().await?;
+    let after = mode(&state, client.id, &key).await?;
+    let (before, noted_after) = (audited(&before), audited(&after));
+    Ok(noted(Json(after), client.id, before, noted_after))
+}
+
+/// One agent mode of the tenant, as the API shows it.
+async fn mode(state: &AppState, client_id: ClientId, key: &str) -> Result<AgentModeOut> {
+    let modes = state.db().tenant(client_id).configs().list_modes().await?;
     modes
         .into_iter()
         .find(|m| m.module_key == key)
-        .map(|m| Json(m.into()))
+        .map(Into::into)
         .ok_or_else(|| ApiError::not_found(format!("no agent mode {key:?}")))
 }
 
@@ -166,8 +181,9 @@ pub(crate) async fn update_mode(
 pub(crate) async fn delete_mode(
     State(state): State<AppState>,
     Path((id, key)): Path<(String, String)>,
-) -> Result<StatusCode> {
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
+    let before = audited(mode(&state, client.id, &key).await?);
     state
         .db()
         .tenant(client.id)
@@ -176,5 +192,5 @@ pub(crate) async fn delete_mode(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no agent mode {key:?}")))?;
     state.configs().refresh(client.id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(noted(StatusCode::NO_CONTENT, client.id, before, None))
 }

@@ -5,14 +5,14 @@
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::ids::Channel;
 
-use super::{body, resolve};
+use super::{audited, body, masked, noted, resolve};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::wire::{ApiKeyOut, ChannelAccountOut};
@@ -145,7 +145,17 @@ pub(crate) async fn create_channel(
         })?;
     state.owners().changed().await?;
     tracing::info!(client_id = %client.id, channel = %req.channel, "channel account registered");
-    Ok((StatusCode::CREATED, Json(ChannelAccountOut::from(created))).into_response())
+    let created = ChannelAccountOut::from(created);
+    let mut after = audited(&created);
+    if let (Some(Value::Object(fields)), Some(creds)) = (after.as_mut(), &req.credentials) {
+        fields.insert("credentials".into(), masked(creds));
+    }
+    Ok(noted(
+        (StatusCode::CREATED, Json(created)),
+        client.id,
+        None,
+        after,
+    ))
 }
 
 /// Replace a channel account's settings. Removing a widget origin from
@@ -158,9 +168,10 @@ pub(crate) async fn update_channel(
     State(state): State<AppState>,
     Path((id, account)): Path<(String, u64)>,
     raw: Body,
-) -> Result<Json<ChannelAccountOut>> {
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     let req: ChannelPatchBody = body(raw).await?;
+    let before = audited(account_out(&state, client.id, account).await?);
     let accounts = state.db().tenant(client.id).channel_accounts();
     if !accounts
         .update_settings(account, &Value::Object(req.settings))
@@ -169,13 +180,28 @@ pub(crate) async fn update_channel(
         return Err(ApiError::not_found(format!("no channel account {account}")));
     }
     state.owners().changed().await?;
-    let updated = accounts
+    let updated = account_out(&state, client.id, account).await?;
+    let after = audited(&updated);
+    Ok(noted(Json(updated), client.id, before, after))
+}
+
+/// One channel account of the tenant, as the API shows it (404 when there is none).
+async fn account_out(
+    state: &AppState,
+    client_id: shared::ids::ClientId,
+    account: u64,
+) -> Result<ChannelAccountOut> {
+    let accounts = state
+        .db()
+        .tenant(client_id)
+        .channel_accounts()
         .list()
-        .await?
+        .await?;
+    accounts
         .into_iter()
         .find(|a| a.id == account)
-        .ok_or_else(|| ApiError::not_found(format!("no channel account {account}")))?;
-    Ok(Json(updated.into()))
+        .map(Into::into)
+        .ok_or_else(|| ApiError::not_found(format!("no channel account {account}")))
 }
 
 /// Remove a channel account.
@@ -185,8 +211,9 @@ pub(crate) async fn update_channel(
 pub(crate) async fn delete_channel(
     State(state): State<AppState>,
     Path((id, account)): Path<(String, u64)>,
-) -> Result<StatusCode> {
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
+    let before = audited(account_out(&state, client.id, account).await?);
     if state
         .db()
         .tenant(client.id)
@@ -195,7 +222,7 @@ pub(crate) async fn delete_channel(
         .await?
     {
         state.owners().changed().await?;
-        Ok(StatusCode::NO_CONTENT)
+        Ok(noted(StatusCode::NO_CONTENT, client.id, before, None))
     } else {
         Err(ApiError::not_found(format!("no channel account {account}")))
     }
@@ -242,7 +269,13 @@ pub(crate) async fn create_key(
         prefix: key.prefix.clone(),
         key: key.key.expose().clone(),
     };
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    let after = audited(serde_json::json!({ "id": key.id, "prefix": key.prefix, "name": name }));
+    Ok(noted(
+        (StatusCode::CREATED, Json(created)),
+        client.id,
+        None,
+        after,
+    ))
 }
 
 /// Revoke an API key (immediately refused everywhere).
@@ -252,10 +285,12 @@ pub(crate) async fn create_key(
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     Path((id, key_id)): Path<(String, u64)>,
-) -> Result<StatusCode> {
+) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     if state.api_keys().revoke(client.id, key_id).await? {
-        Ok(StatusCode::NO_CONTENT)
+        let before = audited(serde_json::json!({ "id": key_id, "revoked": false }));
+        let after = audited(serde_json::json!({ "id": key_id, "revoked": true }));
+        Ok(noted(StatusCode::NO_CONTENT, client.id, before, after))
     } else {
         Err(ApiError::not_found(format!("no active API key {key_id}")))
     }

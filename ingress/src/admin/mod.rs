@@ -1,5 +1,5 @@
-//! The admin API (`/admin/v1`, bearer `admin.token` on every route): a tenant's whole
-//! life cycle. JSON field names are the column names of the data model. Every write that
+//! The admin API (`/admin/v1`, an operator's bearer token on every route, see [`auth`]):
+//! a tenant's whole life cycle, and the audit log of every change. JSON field names are the column names of the data model. Every write that
 //! changes how a tenant's bot behaves commits first, then refreshes the tenant's cached
 //! configuration everywhere ([`shared::cache::TenantConfigs::refresh`]); a write that
 //! fails changes neither the database nor the cache.
@@ -7,25 +7,30 @@
 //! The OpenAPI document at `/openapi.json` ([`crate::openapi`]) is generated from the
 //! handlers' annotations.
 
+pub(crate) mod audit;
+mod auth;
 pub(crate) mod clients;
 pub(crate) mod config;
 pub(crate) mod conversations;
 pub(crate) mod credentials;
 pub(crate) mod knowledge;
 
-use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use shared::db::Client;
-use subtle::ConstantTimeEq;
 
 use crate::AppState;
-use crate::channels::bearer;
 use crate::error::{ApiError, Result};
+
+use auth::{masked, noted};
+
+/// A value as the audit log records it.
+fn audited(value: impl serde::Serialize) -> Option<serde_json::Value> {
+    serde_json::to_value(value).ok()
+}
 
 pub(crate) fn routes(state: AppState) -> Router<AppState> {
     let admin = Router::new()
@@ -34,24 +39,11 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .merge(credentials::routes())
         .merge(conversations::routes())
         .merge(knowledge::routes())
-        .route_layer(middleware::from_fn_with_state(state, require_admin));
+        .merge(audit::routes())
+        .route_layer(middleware::from_fn_with_state(state, auth::require_admin));
     Router::new()
         .merge(admin)
         .route("/openapi.json", get(|| async { Json(crate::openapi()) }))
-}
-
-/// Refuses any admin request without the right bearer token (compared in constant time).
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = bearer(request.headers()).unwrap_or("");
-    let expected = state.admin_token().as_bytes();
-    if presented.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected)) {
-        return ApiError::unauthorized(
-            "invalid_admin_token",
-            "send the admin token as Authorization: Bearer <token>",
-        )
-        .into_response();
-    }
-    next.run(request).await
 }
 
 /// Finds a tenant by numeric id or by slug; 404 when there is none.

@@ -5,6 +5,7 @@
 //! carries the tenant id, and is only reachable through [`Keys::tenant`].
 
 mod accounts;
+mod admin_auth;
 mod api_keys;
 pub mod broadcast;
 mod cached_tenant;
@@ -198,6 +199,16 @@ impl Keys {
     /// tenant's: an address floods them all alike).
     pub fn edge_ip_sessions(&self, ip: std::net::IpAddr) -> String {
         format!("{}:edge:sessions:{ip}", self.prefix)
+    }
+
+    /// Failed admin authentications of one client address in the current minute.
+    pub fn admin_auth_failures(&self, ip: std::net::IpAddr) -> String {
+        format!("{}:admin-auth:failures:{ip}", self.prefix)
+    }
+
+    /// Present while a client address is blocked from the admin API.
+    pub fn admin_auth_blocked(&self, ip: std::net::IpAddr) -> String {
+        format!("{}:admin-auth:blocked:{ip}", self.prefix)
     }
 
     /// The pub/sub channel that announces configuration changes to every process.

@@ -20,6 +20,7 @@ mod direct;
 pub mod guard;
 mod knowledge;
 mod messages;
+mod operators;
 mod text_column;
 mod usage;
 
@@ -41,6 +42,9 @@ pub use messages::{
     ClosedAs, DeliveryStatus, HistoryTurn, MailboxItem, MessageState, Messages, NewReply,
     NewUserMessage, OpenTurn, Pending, PendingTurn, RecordedUser, Role, StoreOutcome,
     StoredMessage, StoredReply,
+};
+pub use operators::{
+    AuditEntry, AuditLog, NewAuditEntry, Operator, OperatorToken, Operators, Scope,
 };
 pub use text_column::UnknownWord;
 pub use usage::{Usage, UsageDay};
@@ -132,6 +136,16 @@ impl Db {
 
     /// One tenant's data: every repository it hands out binds each statement to
     /// `client_id` (the isolation guard checks each statement as well).
+    /// The admin API's operators and their tokens (the platform's, not a tenant's).
+    pub fn operators(&self) -> Operators<'_> {
+        Operators::new(&self.pool)
+    }
+
+    /// The record of admin writes.
+    pub fn audit(&self) -> AuditLog<'_> {
+        AuditLog::new(&self.pool)
+    }
+
     pub fn tenant(&self, client_id: ClientId) -> TenantDb<'_> {
         TenantDb {
             db: self,

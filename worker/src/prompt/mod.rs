@@ -289,6 +289,7 @@ mod tests {
                 plan: Tier::Starter,
                 status: ClientStatus::Active,
                 created_at: Utc::now(),
+                sessions_revoked_at: None,
             },
             config: ClientConfig {
                 persona_name: "Ava".into(),
