@@ -428,3 +428,52 @@ async fn a_held_lock_outlives_its_ttl_and_a_dropped_one_expires() {
     locks.release(taken).await.expect("release");
     env.teardown().await;
 }
+
+/// The migrated schema keeps the guard's promises: every table with a `client_id` column
+/// is on the guard's list of tenant tables (a migration adding one fails here until the
+/// guard knows it), and every foreign key to a tenant table includes `client_id`, so a
+/// row can only point at its own tenant's rows.
+#[tokio::test]
+async fn every_tenant_table_is_guarded_and_its_foreign_keys_include_the_tenant() {
+    let env = TestEnv::start(&[]).await;
+    let pool = sqlx::MySqlPool::connect(env.settings.database.url.expose())
+        .await
+        .expect("connect");
+    let with_client_id: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME = 'client_id'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("columns");
+    assert!(with_client_id.len() >= 9, "{with_client_id:?}");
+    for table in &with_client_id {
+        assert!(
+            shared::db::guard::TENANT_TABLES.contains(&table.as_str()),
+            "{table} has a client_id column but the isolation guard does not know it"
+        );
+    }
+    let keys: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT CAST(TABLE_NAME AS CHAR), CAST(CONSTRAINT_NAME AS CHAR), \
+           CAST(GROUP_CONCAT(COLUMN_NAME ORDER BY ORDINAL_POSITION) AS CHAR) \
+         FROM information_schema.KEY_COLUMN_USAGE \
+         WHERE TABLE_SCHEMA = DATABASE() AND REFERENCED_TABLE_NAME IS NOT NULL \
+           AND REFERENCED_TABLE_NAME <> 'clients' \
+         GROUP BY TABLE_NAME, CONSTRAINT_NAME",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("foreign keys");
+    assert!(
+        !keys.is_empty(),
+        "messages refers to conversations at least"
+    );
+    for (table, name, columns) in keys {
+        assert!(
+            columns.split(',').any(|c| c == "client_id"),
+            "{table}.{name} ({columns}) refers to a tenant table without client_id"
+        );
+    }
+    pool.close().await;
+    env.teardown().await;
+}
