@@ -638,3 +638,233 @@ async fn keys_rotate_without_logging_anyone_out_or_losing_a_credential() {
     }
     p.stop().await;
 }
+
+/// Redis behind TLS with an ACL user and password: an ingress started with a
+/// `rediss://user:password@…` URL (trusting the test's own CA through SSL_CERT_FILE)
+/// is ready, so every Redis call it makes goes over TLS as that user.
+#[tokio::test]
+async fn redis_over_tls_with_an_acl_user() {
+    let p = Platform::start().await;
+    let dir = std::env::temp_dir().join(format!("cf-tls-{}", p.env.id));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=chatfleet test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    };
+    let redis_port = free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--user", "default", "off"])
+        .args([
+            "--user",
+            "chatfleet",
+            "on",
+            ">pw-of-ours",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+
+    let http_port = free_port();
+    let ready = |url: String| {
+        let mut command = p.env.command(env!("CARGO_BIN_EXE_chatfleet"));
+        command
+            .arg("ingress")
+            .env("CHATFLEET__HTTP__BIND", format!("127.0.0.1:{http_port}"))
+            .env("CHATFLEET__REDIS__URL", url)
+            .env("SSL_CERT_FILE", dir.join("ca.crt"))
+            .stdout(std::process::Stdio::null());
+        let mut ingress = command.spawn().expect("ingress starts");
+        let http = p.http.clone();
+        async move {
+            let ready = tokio::time::timeout(crate::support::WAIT, async {
+                loop {
+                    let answer = http
+                        .get(format!("http://127.0.0.1:{http_port}/readyz"))
+                        .send()
+                        .await;
+                    if answer.is_ok_and(|r| r.status() == StatusCode::OK) {
+                        return;
+                    }
+                    if ingress.try_wait().ok().flatten().is_some() {
+                        panic!("the ingress exited before it was ready");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await;
+            let _ = ingress.kill();
+            let _ = ingress.wait();
+            ready.is_ok()
+        }
+    };
+    let ok = ready(format!(
+        "rediss://chatfleet:pw-of-ours@localhost:{redis_port}"
+    ))
+    .await;
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "the ingress became ready over rediss:// as an ACL user");
+    p.stop().await;
+}
+
+/// Ingress and worker need no more than the grants the README lists for the application
+/// user (SELECT, INSERT, UPDATE, DELETE, EXECUTE on the schema): a message is answered,
+/// an admin write audited and a mobile device claimed through a fleet connected as it.
+#[tokio::test]
+async fn the_fleet_runs_as_the_least_privilege_database_user() {
+    let mut p = Platform::start_with(&[], 0).await;
+    let user = format!("cf_app_{}", p.env.id);
+    let schema = format!("cf_t_{}", p.env.id);
+    let root = sqlx::MySqlPool::connect(p.env.settings.database.url.expose())
+        .await
+        .expect("root connects");
+    for statement in [
+        format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'pw-of-the-app'"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE, EXECUTE ON `{schema}`.* TO '{user}'@'%'"),
+    ] {
+        sqlx::query(&statement).execute(&root).await.expect("grant");
+    }
+    let mut settings = p.env.settings.clone();
+    let url = p.env.settings.database.url.expose().replacen(
+        "root@",
+        &format!("{user}:pw-of-the-app@"),
+        1,
+    );
+    settings.database.url = shared::pii::Secret::new(url);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = ingress::start(settings.clone(), shutdown.clone())
+        .await
+        .expect("ingress as the app user");
+    let worker = tokio::spawn(worker::run(settings, shutdown.clone()));
+    p.base = format!("http://{}", running.addr);
+
+    let tenant = p.tenant("least").await;
+    let (reply, _) = p.ask(&tenant.api_key, "c1", "hello there", "").await;
+    assert!(
+        reply["text"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("You said: hello there")),
+        "{reply}"
+    );
+    let (status, body) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/channels", tenant.id),
+            Some(json!({ "channel": "mobile", "external_account_id": "app-least" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let opened = p
+        .http
+        .post(format!("{}/mobile/v1/sessions", p.base))
+        .header("x-app-key", "app-least")
+        .json(&json!({ "device_id": "d1" }))
+        .send()
+        .await
+        .expect("session");
+    assert_eq!(opened.status(), StatusCode::CREATED);
+    let (status, audit) = p.admin(Method::GET, "/admin/v1/audit", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        audit["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{audit}"
+    );
+
+    shutdown.cancel();
+    worker
+        .await
+        .expect("worker task")
+        .expect("worker ran cleanly");
+    running.task.await.expect("ingress stops");
+    let _ = sqlx::query(&format!("DROP USER '{user}'@'%'"))
+        .execute(&root)
+        .await;
+    root.close().await;
+    p.stop().await;
+}

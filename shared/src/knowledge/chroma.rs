@@ -32,10 +32,28 @@ struct QueryBody {
 }
 
 impl Chroma {
-    pub(super) fn new(url: &str, timeout: Duration) -> Self {
+    /// A client of the server at `url`, sending `token` (when not empty) the two ways
+    /// Chroma's token authentication accepts it.
+    pub(super) fn new(url: &str, timeout: Duration, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if !token.is_empty() {
+            for (name, value) in [
+                (reqwest::header::AUTHORIZATION, format!("Bearer {token}")),
+                (
+                    reqwest::header::HeaderName::from_static("x-chroma-token"),
+                    token.to_owned(),
+                ),
+            ] {
+                if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&value) {
+                    value.set_sensitive(true);
+                    headers.insert(name, value);
+                }
+            }
+        }
         Self {
             http: reqwest::Client::builder()
                 .timeout(timeout)
+                .default_headers(headers)
                 .build()
                 .unwrap_or_default(),
             url: format!("{}{BASE}", url.trim_end_matches('/')),

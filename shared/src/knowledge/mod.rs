@@ -46,7 +46,7 @@ impl Knowledge {
             ))
         })?;
         Ok(Self {
-            chroma: chroma::Chroma::new(&vector.url, vector.timeout),
+            chroma: chroma::Chroma::new(&vector.url, vector.timeout, vector.token.expose()),
             embedder: Embedder::new(provider, &embeddings.model),
             prefix: vector.prefix.clone(),
             chunk_chars: vector.chunk_chars,

@@ -78,11 +78,10 @@ impl Settings {
             "must be positive".into(),
         );
         check(
-            self.amqp.url.expose().starts_with("amqp://"),
+            self.amqp.url.expose().starts_with("amqp://")
+                || self.amqp.url.expose().starts_with("amqps://"),
             "amqp.url",
-            "must be an amqp:// URL (this build has no AMQP TLS; terminate TLS in front of \
-             the broker or build lapin with its rustls feature)"
-                .into(),
+            "must be an amqp:// or amqps:// (TLS) URL".into(),
         );
         check(
             is_name(&self.amqp.prefix),
@@ -143,7 +142,7 @@ impl Settings {
             self.redis.url.expose().starts_with("redis://")
                 || self.redis.url.expose().starts_with("rediss://"),
             "redis.url",
-            "must be a redis:// URL".into(),
+            "must be a redis:// or rediss:// (TLS) URL".into(),
         );
         check(
             is_name(&self.redis.prefix),
@@ -343,6 +342,21 @@ impl Settings {
                 None,
                 if strict { MIN_SECRET_CHARS } else { 1 },
             );
+        }
+        weak(
+            "vector.token",
+            self.vector.token.expose(),
+            None,
+            if strict { MIN_SECRET_CHARS } else { 1 },
+        );
+        for (key, url) in [
+            ("database.url", &self.database.url),
+            ("amqp.url", &self.amqp.url),
+            ("redis.url", &self.redis.url),
+        ] {
+            if strict && url.expose().to_ascii_uppercase().contains("CHANGE-ME") {
+                problems.push(format!("{key}: holds a CHANGE-ME placeholder password"));
+            }
         }
         let rings = [
             (

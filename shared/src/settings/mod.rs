@@ -238,6 +238,9 @@ pub struct EmbeddingsSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct VectorSettings {
     pub url: String,
+    /// Sent as `Authorization: Bearer` and `X-Chroma-Token` when not empty.
+    #[serde(default)]
+    pub token: Secret<String>,
     pub prefix: String,
     #[serde(rename = "timeout_s", deserialize_with = "parse::positive_seconds")]
     pub timeout: Duration,

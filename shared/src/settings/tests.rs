@@ -104,6 +104,10 @@ fn shipped_deployment_files_are_refused_until_their_placeholders_are_replaced() 
                 "security.session_keys",
                 "whatsapp.app_secret",
                 "whatsapp.verify_token",
+                "vector.token",
+                "database.url",
+                "amqp.url",
+                "redis.url",
             ][..],
         ),
         (
@@ -140,6 +144,19 @@ fn shipped_deployment_files_are_refused_until_their_placeholders_are_replaced() 
             (
                 "CHATFLEET__WHATSAPP__VERIFY_TOKEN",
                 "verify-token-of-our-own",
+            ),
+            ("CHATFLEET__VECTOR__TOKEN", "a-chroma-token-of-our-own"),
+            (
+                "CHATFLEET__DATABASE__URL",
+                "mysql://chatfleet:pw-of-ours@db:3306/chatfleet",
+            ),
+            (
+                "CHATFLEET__AMQP__URL",
+                "amqp://chatfleet:pw-of-ours@mq:5672/%2f",
+            ),
+            (
+                "CHATFLEET__REDIS__URL",
+                "redis://chatfleet:pw-of-ours@redis:6379",
             ),
         ] {
             s.vars.insert(name.into(), value.into());
