@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# ChromaDB for chatfleet: installed with pip into a virtual environment that is reused
+# ChromaDB and schemathesis for chatfleet: installed with pip into a virtual environment that is reused
 # between runs ($CHATFLEET_VENV, default ~/.cache/chatfleet-venv), started on demand.
 # Sourced by scripts/up and scripts/test.
 set -euo pipefail
 
 CHATFLEET_VENV="${CHATFLEET_VENV:-$HOME/.cache/chatfleet-venv}"
+
+# Schemathesis (PyPI), the OpenAPI fuzzer the suite runs against a live ingress, pinned
+# so a run's seed always generates the same cases.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis_installed() {
+  ensure_chroma_installed
+  if [ "$("$CHATFLEET_VENV/bin/st" --version 2>/dev/null)" != "st, version $SCHEMATHESIS_VERSION" ]; then
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $CHATFLEET_VENV (once)" >&2
+    "$CHATFLEET_VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
+      || { echo "error: pip could not install schemathesis" >&2; return 1; }
+  fi
+  export CHATFLEET_SCHEMATHESIS="$CHATFLEET_VENV/bin/st"
+}
 
 ensure_chroma_installed() {
   if [ ! -x "$CHATFLEET_VENV/bin/chroma" ]; then

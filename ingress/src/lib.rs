@@ -12,6 +12,7 @@ mod channels;
 mod deliver;
 mod edge;
 pub mod error;
+mod extract;
 mod health;
 mod longpoll;
 mod openapi;

@@ -43,7 +43,7 @@ use crate::{admin, wire};
         body::ApiMessageIn, body::ChatMessageIn, body::WidgetSessionIn, body::MobileSessionIn,
         body::PushTokenIn, body::Accepted, body::SessionOut,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
 )]
 pub(crate) struct ApiDoc;
 
@@ -65,6 +65,61 @@ impl utoipa::Modify for BearerAuth {
             "session_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Every operation's errors: besides the statuses each handler documents, any other
+/// status an operation answers (400 malformed, 401, 403, 413, 429, 503 overloaded, …) is
+/// an error in the [`ErrorBody`] format — the `default` response says so, and the statuses
+/// every request can meet are listed by name.
+struct ErrorResponses;
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                };
+                if secured {
+                    add("401", "missing, invalid, expired or revoked credentials");
+                }
+                add(
+                    "429",
+                    "over a rate limit: retry after the Retry-After seconds",
+                );
+                add(
+                    "503",
+                    "overloaded or a dependency is unavailable: retry later",
+                );
+                add("default", "any other error");
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod browser;
 mod config_changes;
 mod delivery;
 mod failures;
+mod fuzz;
 mod handoff;
 mod isolation;
 mod knowledge;

@@ -1,7 +1,9 @@
 //! `GET /admin/v1/audit?client=&after=&limit=`: the record of admin writes, oldest
 //! first, optionally of one tenant (by id or slug; a deleted tenant's entries by id).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use crate::extract::Query;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};

@@ -1,7 +1,9 @@
 //! `/admin/v1/clients`: create, list, get (by id or slug), update.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use crate::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -33,7 +35,10 @@ pub(crate) struct SessionsRevoked {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewClientBody {
+    /// The public handle: 2-64 of a-z, 0-9 and '-', not starting or ending with '-'.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$")]
     slug: String,
+    #[schema(min_length = 1, max_length = 255)]
     name: String,
     timezone: Option<String>,
     locale: Option<String>,

@@ -3,7 +3,9 @@
 //! before the call returns.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use crate::extract::Path;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, patch};

@@ -2,7 +2,9 @@
 //! `/admin/v1/clients/{id}/usage` (messages and tokens per day).
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use crate::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};

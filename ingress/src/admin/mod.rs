@@ -69,6 +69,7 @@ pub(crate) struct Page {
     after: Option<u64>,
     /// 1-200, default 50.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 

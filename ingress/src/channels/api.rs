@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use crate::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -160,7 +162,7 @@ pub(crate) async fn send(
 /// Long-poll a conversation's messages after a cursor.
 #[utoipa::path(get, path = "/api/v1/conversations/{conversation_id}/messages", security(("api_key" = [])),
     params(("conversation_id" = String, Path), ("after" = Option<String>, Query, description = "cursor"),
-        ("wait" = Option<u64>, Query, description = "seconds to wait, at most 30")),
+        ("wait" = Option<u64>, Query, maximum = 30, description = "seconds to wait, 0-30")),
     responses((status = 200, body = crate::wire::PolledMessages),
         (status = 204, description = "nothing new within `wait`"), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn poll(

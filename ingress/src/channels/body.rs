@@ -81,10 +81,11 @@ pub(crate) fn message_text(text: Field<String>, max_bytes: usize) -> Result<Stri
 pub(crate) struct ApiMessageIn {
     /// The conversation's key in the tenant's own system (1-191 bytes).
     #[serde(default)]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 191)]
     pub conversation_id: Field<String>,
+    /// The message (1 byte to `api.max_text_bytes`).
     #[serde(default)]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1)]
     pub text: Field<String>,
     /// The caller's own data, passed through with the message.
     #[serde(default)]
@@ -95,8 +96,9 @@ pub(crate) struct ApiMessageIn {
 /// `POST /widget/v1/messages`, `POST /mobile/v1/messages`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct ChatMessageIn {
+    /// The message (1 byte to `api.max_text_bytes`).
     #[serde(default)]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1)]
     pub text: Field<String>,
     /// The client's id of the message: a repeated one is not processed twice.
     #[serde(default)]

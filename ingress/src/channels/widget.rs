@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
+
+use crate::extract::Query;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -216,7 +218,7 @@ pub(crate) async fn send(
 /// Long-poll the session's conversation after a cursor.
 #[utoipa::path(get, path = "/widget/v1/messages", tag = "widget", security(("session_token" = [])),
     params(("after" = Option<String>, Query, description = "cursor from an earlier answer"),
-        ("wait" = Option<u64>, Query, description = "seconds to wait, clamped to 30")),
+        ("wait" = Option<u64>, Query, maximum = 30, description = "seconds to wait, 0-30")),
     responses((status = 200, body = crate::wire::PolledMessages),
         (status = 204, description = "nothing new within `wait`"),
         (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
