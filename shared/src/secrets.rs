@@ -128,6 +128,12 @@ pub fn bearer_hash(secret: &str) -> [u8; 32] {
     sha2::Sha256::digest(secret.as_bytes()).into()
 }
 
+/// A widget visitor's conversation key: the visitor id's SHA-256, hex (a bearer secret is
+/// not stored as given; migration 20261205000001 hashed the earlier ones the same way).
+pub fn visitor_key(visitor_id: &str) -> String {
+    hex::encode(bearer_hash(visitor_id))
+}
+
 fn associated_data(client_id: ClientId, channel: Channel) -> Vec<u8> {
     format!("chatfleet/credentials/{client_id}/{channel}").into_bytes()
 }

@@ -301,7 +301,11 @@ async fn session_and_send_floods_are_limited_across_replicas() {
         .db
         .tenant(calm.id)
         .conversations()
-        .find(shared::ids::Channel::Widget, visitor)
+        // Widget conversations are keyed by the visitor id's SHA-256.
+        .find(
+            shared::ids::Channel::Widget,
+            &shared::secrets::visitor_key(visitor),
+        )
         .await
         .expect("find")
         .expect("conversation");

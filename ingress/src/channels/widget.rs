@@ -32,6 +32,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use shared::ids::Channel;
 use shared::metric;
+use shared::secrets::visitor_key;
 use uuid::Uuid;
 
 use super::body::{self, Accepted, ChatMessageIn, Field, SessionOut, WidgetSessionIn};
@@ -186,12 +187,6 @@ pub(crate) async fn open_session(
         }),
     )
         .into_response())
-}
-
-/// The conversation key of a visitor id: its SHA-256, hex (a bearer secret is not
-/// stored as given; migration 20261205000001 hashed the earlier ones the same way).
-fn visitor_key(visitor_id: &str) -> String {
-    hex::encode(shared::secrets::bearer_hash(visitor_id))
 }
 
 fn valid_visitor_id(v: &str) -> bool {
