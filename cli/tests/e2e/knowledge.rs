@@ -318,3 +318,105 @@ async fn a_turn_goes_on_without_knowledge_when_chroma_is_down() {
     assert!(knowledge_section(&system).trim().is_empty());
     p.stop().await;
 }
+
+/// What a ChromaDB behind an authenticating proxy (or an older ChromaDB with token
+/// authentication) sees: `vector.token` on every call, and without it nothing is stored.
+/// The proxy is this test's, in front of the run's real ChromaDB.
+#[tokio::test]
+async fn the_vector_token_reaches_an_authenticating_chroma() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::body::Bytes;
+    use axum::extract::{Request, State};
+    use axum::http::StatusCode as AxumStatus;
+    use axum::response::IntoResponse;
+
+    #[derive(Clone)]
+    struct Proxy {
+        upstream: String,
+        http: reqwest::Client,
+        refused: Arc<AtomicUsize>,
+    }
+    async fn forward(State(proxy): State<Proxy>, request: Request) -> axum::response::Response {
+        let bearer = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let chroma_token = request
+            .headers()
+            .get("x-chroma-token")
+            .and_then(|v| v.to_str().ok());
+        if bearer != Some("Bearer chroma-token-of-ours")
+            || chroma_token != Some("chroma-token-of-ours")
+        {
+            proxy.refused.fetch_add(1, Ordering::SeqCst);
+            return (AxumStatus::UNAUTHORIZED, "missing or wrong token").into_response();
+        }
+        let method = Method::from_bytes(request.method().as_str().as_bytes()).expect("method");
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let body: Bytes = axum::body::to_bytes(request.into_body(), 1 << 24)
+            .await
+            .expect("body");
+        let answer = proxy
+            .http
+            .request(method, format!("{}{path}", proxy.upstream))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("chroma answers");
+        let status = AxumStatus::from_u16(answer.status().as_u16()).expect("status");
+        (status, answer.bytes().await.expect("body")).into_response()
+    }
+
+    let upstream = require_chroma();
+    let proxy = Proxy {
+        upstream: upstream.trim_end_matches('/').to_owned(),
+        http: reqwest::Client::new(),
+        refused: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy_url = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = axum::Router::new()
+        .fallback(forward)
+        .with_state(proxy.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("proxy") });
+
+    let p = Platform::start().await;
+    let tenant = p.tenant("vector-token").await;
+    let knowledge = |token: &str| {
+        let mut vector = p.env.settings.vector.clone();
+        vector.url = proxy_url.clone();
+        vector.token = shared::pii::Secret::new(token.to_owned());
+        shared::knowledge::Knowledge::new(&vector, &p.env.settings.embeddings, &p.env.settings.llm)
+            .expect("knowledge")
+    };
+    let without = knowledge("")
+        .ingest(tenant.id, 1, "faq", "Opening hours: 9 to 5.")
+        .await;
+    assert!(without.is_err(), "stored without the token");
+    let refused = proxy.refused.load(Ordering::SeqCst);
+    assert!(refused >= 1);
+    let with = knowledge("chroma-token-of-ours");
+    with.ingest(tenant.id, 2, "faq", "Opening hours: 9 to 5.")
+        .await
+        .expect("stored with the token");
+    let found = with
+        .search(tenant.id, "when are you open", 1)
+        .await
+        .expect("search");
+    assert!(found.iter().any(|c| c.contains("9 to 5")), "{found:?}");
+    assert_eq!(
+        proxy.refused.load(Ordering::SeqCst),
+        refused,
+        "every call carried the token"
+    );
+    p.stop().await;
+}

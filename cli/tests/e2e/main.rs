@@ -17,5 +17,6 @@ mod operations;
 mod replay;
 mod security;
 mod support;
+mod tls;
 mod whatsapp;
 mod widget;
