@@ -46,6 +46,8 @@ fn schemathesis() -> PathBuf {
 async fn fuzz(config: &std::path::Path, base: &str, filter: [&str; 2]) {
     let mut command = std::process::Command::new(schemathesis());
     command
+        // Its own cache (.schemathesis/) goes beside the config, not into the checkout.
+        .current_dir(config.parent().expect("a directory"))
         .arg("--config-file")
         .arg(config)
         .args(["run", &format!("{base}/openapi.json")])
