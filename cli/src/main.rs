@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
                 worker::llm::sim::SimOptions {
                     latency: Duration::from_millis(latency_ms),
                     error_rate,
+                    word_delay: Duration::ZERO,
                 },
                 shutdown.clone(),
             )

@@ -50,6 +50,7 @@ pub(crate) async fn run(
             SimOptions {
                 latency: Duration::from_millis(300),
                 error_rate: 0.0,
+                word_delay: Duration::ZERO,
             },
             shutdown.clone(),
         )

@@ -92,6 +92,9 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.code
     }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 /// An error and its sources, outermost first (`a: b: c`). A source an error's own

@@ -17,6 +17,7 @@ mod health;
 mod longpoll;
 mod openapi;
 mod state;
+mod stream;
 mod trace_ids;
 mod wire;
 
@@ -27,7 +28,8 @@ use axum::Router;
 use axum::extract::MatchedPath;
 use axum::http::{HeaderName, Request};
 use shared::cache::{
-    AccountOwners, ApiKeyOwners, Cache, ConversationIds, Mailboxes, TenantConfigs, broadcast,
+    AccountOwners, ApiKeyOwners, Cache, ConversationIds, Mailboxes, StreamEvents, TenantConfigs,
+    broadcast,
 };
 use shared::db::Db;
 use shared::ids::Channel;
@@ -79,6 +81,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let publisher = broker.publisher().await?;
     let cache = Cache::connect(&settings.redis).await?;
     let mailboxes = Mailboxes::new(cache.clone());
+    let stream_events = StreamEvents::new(cache.clone());
     let configs = TenantConfigs::new(db.clone(), cache.clone(), settings.tenancy.config_ttl);
     let owners = AccountOwners::new(db.clone(), cache.clone());
     let api_keys = ApiKeyOwners::new(db.clone(), cache.clone());
@@ -86,6 +89,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         cache.clone(),
         vec![
             mailboxes.clone(),
+            stream_events.clone(),
             configs.clone(),
             owners.listener(),
             api_keys.listener(),
@@ -99,6 +103,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         publisher,
         cache,
         mailboxes,
+        stream_events,
         configs,
         owners,
         api_keys,

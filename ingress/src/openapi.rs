@@ -22,10 +22,11 @@ use crate::{admin, wire};
         crate::admin::conversations::list, crate::admin::conversations::get_one, crate::admin::conversations::agent_message,
         crate::admin::conversations::hand_to_human, crate::admin::conversations::resume,
         crate::admin::knowledge::list, crate::admin::knowledge::create, crate::admin::knowledge::remove, crate::admin::knowledge::usage,
-        crate::channels::api::send, crate::channels::api::poll,
+        crate::channels::api::send, crate::channels::api::poll, crate::channels::api::stream,
         crate::channels::widget::open_session, crate::channels::widget::send, crate::channels::widget::poll,
+        crate::channels::widget::stream,
         crate::channels::mobile::open_session, crate::channels::mobile::set_push_token,
-        crate::channels::mobile::send, crate::channels::mobile::poll,
+        crate::channels::mobile::send, crate::channels::mobile::poll, crate::channels::mobile::stream,
         crate::health::healthz, crate::health::readyz,
     ),
     components(schemas(

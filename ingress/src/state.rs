@@ -30,6 +30,8 @@ pub(crate) struct Services {
     pub publisher: Publisher,
     pub cache: Cache,
     pub mailboxes: Arc<Mailboxes>,
+    /// Turns' live events (typing, deltas) for the SSE streams.
+    pub stream_events: Arc<shared::cache::StreamEvents>,
     pub configs: Arc<TenantConfigs>,
     pub owners: Arc<AccountOwners>,
     pub api_keys: Arc<ApiKeyOwners>,
@@ -75,6 +77,10 @@ impl AppState {
     pub(crate) fn cache(&self) -> &Cache {
         &self.inner.cache
     }
+    pub(crate) fn stream_events(&self) -> &shared::cache::StreamEvents {
+        &self.inner.stream_events
+    }
+
     pub(crate) fn mailboxes(&self) -> &Mailboxes {
         &self.inner.mailboxes
     }

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::cache::{
-    Cache, ConversationIds, ConversationLocks, Mailboxes, TenantConfigs, broadcast,
+    Cache, ConversationIds, ConversationLocks, Mailboxes, StreamEvents, TenantConfigs, broadcast,
 };
 use shared::db::Db;
 use shared::knowledge::Knowledge;
@@ -67,6 +67,9 @@ pub(crate) struct Ctx {
     locks: Arc<ConversationLocks>,
     /// Wakes long-polls on every ingress replica (the worker has no polls of its own).
     mailboxes: Arc<Mailboxes>,
+    /// Shows turns live to streaming clients (typing, deltas).
+    stream_events: Arc<StreamEvents>,
+    delta_interval: Duration,
     lock_wait: Duration,
     publisher: Publisher,
     confirms: confirms::Confirms,
@@ -107,6 +110,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         db: db.clone(),
         conversations: ConversationIds::new(db.clone()),
         mailboxes: Mailboxes::new(cache.clone()),
+        stream_events: StreamEvents::new(cache.clone()),
+        delta_interval: settings.stream.delta_interval,
         cache,
         configs,
         locks,

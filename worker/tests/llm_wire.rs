@@ -43,6 +43,7 @@ fn request(model: &str) -> ChatRequest {
         temperature: 0.4,
         num_ctx: 4096,
         max_output_tokens: 300,
+        deltas: None,
         messages: vec![
             ChatMessage {
                 role: ChatRole::System,

@@ -251,6 +251,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
             sim: SimOptions {
                 latency,
                 error_rate: 0.0,
+                word_delay: Duration::ZERO,
             },
             log_dir: None,
             db_proxy: false,

@@ -41,6 +41,7 @@ pub(super) async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result
             sim: SimOptions {
                 latency,
                 error_rate: 0.0,
+                word_delay: Duration::ZERO,
             },
             log_dir: None,
             db_proxy: false,

@@ -119,6 +119,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
             sim: SimOptions {
                 latency: Duration::from_millis(args.latency_ms),
                 error_rate: args.error_rate,
+                word_delay: Duration::ZERO,
             },
             log_dir: args.log_dir.clone(),
             env: vec![(

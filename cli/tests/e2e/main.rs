@@ -16,6 +16,7 @@ mod mobile;
 mod operations;
 mod replay;
 mod security;
+mod streaming;
 mod support;
 mod tls;
 mod whatsapp;

@@ -37,10 +37,16 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 const MAX_METADATA_BYTES: usize = 4096;
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/messages", post(send)).route(
-        "/api/v1/conversations/{conversation_id}/messages",
-        get(poll),
-    )
+    Router::new()
+        .route("/api/v1/messages", post(send))
+        .route(
+            "/api/v1/conversations/{conversation_id}/messages",
+            get(poll),
+        )
+        .route(
+            "/api/v1/conversations/{conversation_id}/stream",
+            get(stream),
+        )
 }
 
 /// Resolves the tenant from the bearer API key.
@@ -191,4 +197,46 @@ pub(crate) async fn poll(
     let key = MailboxKey::new(client_id, Channel::Api, &conversation_id);
     let polled = longpoll::wait_for(&state, &key, client_id, conversation, params, None).await?;
     Ok(longpoll::answer(polled, |seq| seq.to_string()))
+}
+
+/// Stream a conversation as server-sent events: every stored message after the cursor
+/// (`message`, its cursor as the event id; `Last-Event-ID` resumes), and the turns'
+/// `typing`, `delta` and `discard` as they happen.
+#[utoipa::path(get, path = "/api/v1/conversations/{conversation_id}/stream", security(("api_key" = [])),
+    params(("conversation_id" = String, Path),
+        ("after" = Option<String>, Query, description = "cursor (event id) to resume after; Last-Event-ID wins")),
+    responses((status = 200, description = "text/event-stream of the conversation", content_type = "text/event-stream"),
+        (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody),
+        (status = 503, body = crate::error::ErrorBody)))]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(conversation_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let client_id = authenticate(&state, &headers).await?;
+    if conversation_id.is_empty() || conversation_id.len() > MAX_CONVERSATION_ID {
+        return Err(ApiError::bad_request(
+            "invalid_conversation_id",
+            "conversation_id is malformed",
+        ));
+    }
+    let after = crate::stream::resume_from(&headers, query.get("after").map(String::as_str));
+    let after = PollParams::parse(after, None, 0)?.after;
+    let conversation = state
+        .conversations()
+        .find(client_id, Channel::Api, &conversation_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    crate::stream::open(
+        &state,
+        crate::stream::StreamOf {
+            key: MailboxKey::new(client_id, Channel::Api, &conversation_id),
+            client_id,
+            conversation_id: conversation,
+            after,
+            cursor: std::sync::Arc::new(|seq: u64| seq.to_string()),
+            session: None,
+        },
+    )
 }

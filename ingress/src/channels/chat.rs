@@ -43,6 +43,17 @@ pub(super) async fn authenticate(
             "send the session token as Authorization: Bearer <token>",
         )
     })?;
+    authenticate_token(state, channel, token, headers).await
+}
+
+/// [`authenticate`] with the token given apart from the headers (the widget's stream:
+/// EventSource cannot set headers).
+pub(super) async fn authenticate_token(
+    state: &AppState,
+    channel: Channel,
+    token: &str,
+    headers: &HeaderMap,
+) -> Result<SessionClaims> {
     let claims = state.sessions().verify(token, channel)?;
     if let (Some(expected), Some(origin)) = (&claims.origin, headers.get(header::ORIGIN))
         && origin.as_bytes() != expected.as_bytes()
@@ -72,7 +83,7 @@ pub(super) fn inactive_client() -> ApiError {
 /// key it was opened with is still the tenant's. Every answer comes from caches that
 /// every process drops when a tenant or its channel accounts change, so a revocation
 /// reaches every replica as fast as a configuration change.
-pub(super) async fn still_valid(state: &AppState, claims: &SessionClaims) -> Result<()> {
+pub(crate) async fn still_valid(state: &AppState, claims: &SessionClaims) -> Result<()> {
     let revoked = || {
         ApiError::unauthorized(
             "session_revoked",
@@ -242,4 +253,51 @@ pub(super) async fn session_limit_by_tenant(
         .take_session_for_tenant(client_id, per_minute)
         .await;
     crate::edge::enforce("sessions_per_tenant", taken)
+}
+
+/// The SSE stream of a widget or mobile session's conversation (see [`crate::stream`]),
+/// after `after` (or `Last-Event-ID`). A malformed cursor is 400 `invalid_cursor`; one of
+/// another conversation is 404, as if there were nothing to find.
+pub(super) async fn stream(
+    state: &AppState,
+    channel: Channel,
+    claims: SessionClaims,
+    headers: &HeaderMap,
+    after: Option<&str>,
+) -> Result<Response> {
+    let after = match crate::stream::resume_from(headers, after) {
+        None => 0,
+        Some(raw) => {
+            let well_formed = raw
+                .split_once('.')
+                .is_some_and(|(seq, mac)| seq.parse::<u64>().is_ok() && hex::decode(mac).is_ok());
+            if !well_formed {
+                return Err(ApiError::bad_request(
+                    "invalid_cursor",
+                    "after must be a cursor (an event id) of this stream",
+                ));
+            }
+            state
+                .sessions()
+                .position(claims.conversation_id, Some(raw))
+                .map_err(|_| ApiError::not_found("no such position in this conversation"))?
+        }
+    };
+    let slot = state
+        .mailboxes()
+        .claim_poll_slot(claims.client_id, channel, &claims.session_id.to_string())
+        .await?;
+    let keys = state.sessions().clone();
+    let conversation = claims.conversation_id;
+    crate::stream::open(
+        state,
+        crate::stream::StreamOf {
+            key: MailboxKey::new(claims.client_id, channel, &claims.external_id),
+            client_id: claims.client_id,
+            conversation_id: conversation,
+            after,
+            cursor: std::sync::Arc::new(move |seq| keys.cursor(conversation, seq)),
+            session: Some((slot, claims)),
+        },
+    )
 }

@@ -22,7 +22,7 @@ use axum::extract::{ConnectInfo, State};
 use crate::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use shared::ids::{Channel, ClientId};
 use shared::secrets::{bearer_hash, new_bearer_secret};
@@ -47,6 +47,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/mobile/v1/sessions", post(open_session))
         .route("/mobile/v1/push-token", put(set_push_token))
         .route("/mobile/v1/messages", post(send).get(poll))
+        .route("/mobile/v1/stream", get(stream))
 }
 
 /// The tenant whose app `X-App-Key` names, and the key.
@@ -250,4 +251,27 @@ pub(crate) async fn poll(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     chat::poll(&state, Channel::Mobile, &headers, &query).await
+}
+
+/// Stream the device's conversation as server-sent events (`typing`, `delta`, `discard`,
+/// `message`, `error`).
+#[utoipa::path(get, path = "/mobile/v1/stream", tag = "mobile", security(("session_token" = [])),
+    params(("after" = Option<String>, Query, description = "cursor (event id) to resume after; Last-Event-ID wins")),
+    responses((status = 200, description = "text/event-stream of the conversation", content_type = "text/event-stream"),
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let claims = chat::authenticate(&state, Channel::Mobile, &headers).await?;
+    chat::stream(
+        &state,
+        Channel::Mobile,
+        claims,
+        &headers,
+        query.get("after").map(String::as_str),
+    )
+    .await
 }

@@ -11,6 +11,8 @@ pub(crate) mod session;
 pub(crate) mod whatsapp;
 pub(crate) mod widget;
 
+pub(crate) use chat::still_valid;
+
 use axum::body::{Body, Bytes};
 
 use crate::error::{ApiError, Result};

@@ -52,6 +52,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/widget/v1/messages",
             post(send).get(poll).options(preflight),
         )
+        .route("/widget/v1/stream", get(stream).options(preflight))
         .layer(middleware::from_fn(allow_origin));
     Router::new()
         .merge(api)
@@ -224,6 +225,38 @@ pub(crate) async fn poll(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     chat::poll(&state, Channel::Widget, &headers, &query).await
+}
+
+/// Stream the session's conversation as server-sent events (`typing`, `delta`,
+/// `discard`, `message`, `error`). EventSource cannot set headers, so the session token
+/// comes in the query here, and only here; it is never logged.
+#[utoipa::path(get, path = "/widget/v1/stream", tag = "widget",
+    params(("token" = String, Query, description = "the session token"),
+        ("after" = Option<String>, Query, description = "cursor (event id) to resume after; Last-Event-ID wins")),
+    responses((status = 200, description = "text/event-stream of the conversation", content_type = "text/event-stream"),
+        (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let token = query.get("token").map(String::as_str).unwrap_or("");
+    if token.is_empty() {
+        return Err(ApiError::unauthorized(
+            "missing_session",
+            "send the session token as the token query parameter",
+        ));
+    }
+    let claims = chat::authenticate_token(&state, Channel::Widget, token, &headers).await?;
+    chat::stream(
+        &state,
+        Channel::Widget,
+        claims,
+        &headers,
+        query.get("after").map(String::as_str),
+    )
+    .await
 }
 
 async fn script() -> Response {

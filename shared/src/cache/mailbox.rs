@@ -37,6 +37,16 @@ const POLL_SLOT_TTL_S: u64 = 120;
 pub struct MailboxKey(String);
 
 impl MailboxKey {
+    /// The key as published on the wire.
+    pub(super) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A key read back from the wire.
+    pub(super) fn from_str_unchecked(key: &str) -> Self {
+        Self(key.to_owned())
+    }
+
     pub fn new(client_id: ClientId, channel: Channel, external_id: &str) -> Self {
         let digest = Sha256::digest(external_id.as_bytes());
         Self(format!(

@@ -14,6 +14,7 @@ mod conversations;
 mod invalidated;
 mod mailbox;
 mod rate_limit;
+mod stream_events;
 mod tenant_config;
 mod wakeups;
 
@@ -25,6 +26,7 @@ pub use api_keys::ApiKeyOwners;
 pub use conversation_lock::{ConversationLock, ConversationLocks};
 pub use conversations::ConversationIds;
 pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes, PollSlot};
+pub use stream_events::{StreamEvent, StreamEvents, StreamEventsOf};
 pub use tenant_config::{Source as ConfigSource, TenantConfigs};
 
 use crate::error::{Error, Result};
@@ -178,6 +180,11 @@ impl Keys {
     /// The pub/sub channel that announces new mailbox entries to every ingress replica.
     pub fn mailbox_channel(&self) -> String {
         format!("{}:mailbox", self.prefix)
+    }
+
+    /// The pub/sub channel of turns' live events (typing, deltas) for streaming clients.
+    pub fn stream_events_channel(&self) -> String {
+        format!("{}:stream", self.prefix)
     }
 
     /// The pub/sub channel that announces released conversation locks to every worker.

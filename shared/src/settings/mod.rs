@@ -42,6 +42,7 @@ pub struct Settings {
     pub vector: VectorSettings,
     pub whatsapp: WhatsappSettings,
     pub sessions: SessionSettings,
+    pub stream: StreamSettings,
     pub mobile: MobileSettings,
     pub admin: AdminSettings,
     pub security: SecuritySettings,
@@ -50,6 +51,14 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub edge: EdgeSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// Streaming replies to SSE clients.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamSettings {
+    /// At most one delta per turn this often.
+    #[serde(rename = "delta_interval_ms", deserialize_with = "parse::millis")]
+    pub delta_interval: Duration,
 }
 
 /// Widget and mobile sessions.

@@ -43,6 +43,14 @@ pub(super) fn optional_address<'de, D: Deserializer<'de>>(
     })
 }
 
+/// A whole number of milliseconds, 1 to 10,000.
+pub(super) fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match u64::deserialize(d)? {
+        ms @ 1..=10_000 => Ok(Duration::from_millis(ms)),
+        _ => Err(serde::de::Error::custom("must be 1 to 10000 milliseconds")),
+    }
+}
+
 /// A non-empty list of positive whole numbers of seconds.
 pub(super) fn positive_seconds_list<'de, D: Deserializer<'de>>(
     d: D,

@@ -53,6 +53,32 @@ pub struct ChatRequest {
     /// The most tokens the answer may have (`max_tokens`, Ollama's `num_predict`).
     pub max_output_tokens: u32,
     pub messages: Vec<ChatMessage>,
+    /// Where a streamed answer's text goes as it arrives (clients watching the
+    /// conversation see it being written); `None`: nobody watches.
+    pub deltas: Option<DeltaSink>,
+}
+
+/// Text of an answer as a provider streams it, piece by piece.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaPiece {
+    /// More of the answer.
+    Text(String),
+    /// What was streamed so far is void (the call failed; another model answers anew).
+    Restart,
+}
+
+/// The sending side of a turn's deltas.
+pub type DeltaSink = tokio::sync::mpsc::UnboundedSender<DeltaPiece>;
+
+impl ChatRequest {
+    /// Hands a streamed piece of the answer to whoever watches.
+    pub(crate) fn stream_piece(&self, text: &str) {
+        if let Some(sink) = &self.deltas
+            && !text.is_empty()
+        {
+            let _ = sink.send(DeltaPiece::Text(text.to_owned()));
+        }
+    }
 }
 
 /// The model's answer.

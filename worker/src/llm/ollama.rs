@@ -84,9 +84,13 @@ pub(super) async fn chat(
         let chunk: ChatChunk =
             serde_json::from_str(&line?).map_err(|e| LlmError::Malformed(e.to_string()))?;
         if chunk.done || chunk.error.is_some() {
+            if let Some(m) = chunk.message.as_ref().filter(|_| chunk.error.is_none()) {
+                request.stream_piece(&m.content);
+            }
             return finish(text, chunk);
         }
         if let Some(m) = chunk.message {
+            request.stream_piece(&m.content);
             text.push_str(&m.content);
         }
     }

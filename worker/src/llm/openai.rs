@@ -119,6 +119,7 @@ pub(super) async fn chat(
             .and_then(|c| c.delta)
             .and_then(|d| d.content)
         {
+            request.stream_piece(&content);
             text.push_str(&content);
         }
         if chunk.usage.is_some() {

@@ -35,6 +35,8 @@ pub struct SimOptions {
     pub latency: Duration,
     /// Fraction of requests answered 503, 0.0–1.0.
     pub error_rate: f64,
+    /// Between the words of a streamed answer (a model writing at that pace).
+    pub word_delay: Duration,
 }
 
 impl Default for SimOptions {
@@ -42,6 +44,7 @@ impl Default for SimOptions {
         Self {
             latency: Duration::ZERO,
             error_rate: 0.0,
+            word_delay: Duration::ZERO,
         }
     }
 }
@@ -83,6 +86,7 @@ struct Shared {
 struct SimOptionsState {
     latency: Duration,
     error_rate: f64,
+    word_delay: Duration,
 }
 
 /// How a model misbehaves.
@@ -113,6 +117,7 @@ impl LlmSim {
         if let Ok(mut o) = shared.options.lock() {
             o.latency = options.latency;
             o.error_rate = options.error_rate;
+            o.word_delay = options.word_delay;
         }
         let app = Router::new()
             .route("/api/chat", post(ollama_chat))
@@ -188,6 +193,13 @@ impl LlmSim {
     pub fn set_latency(&self, latency: Duration) {
         if let Ok(mut o) = self.shared.options.lock() {
             o.latency = latency;
+        }
+    }
+
+    /// Changes the pause between the words of a streamed answer.
+    pub fn set_word_delay(&self, delay: Duration) {
+        if let Ok(mut o) = self.shared.options.lock() {
+            o.word_delay = delay;
         }
     }
 
@@ -349,18 +361,18 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     if !req.stream {
         return Json(last).into_response();
     }
-    let mut body = String::new();
-    for w in words(&text) {
-        let chunk = json!({
-            "model": req.model, "created_at": created,
-            "message": { "role": "assistant", "content": w }, "done": false,
-        });
-        body.push_str(&chunk.to_string());
-        body.push('\n');
-    }
-    body.push_str(&last.to_string());
-    body.push('\n');
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+    let mut parts: Vec<String> = words(&text)
+        .into_iter()
+        .map(|w| {
+            let chunk = json!({
+                "model": req.model, "created_at": created,
+                "message": { "role": "assistant", "content": w }, "done": false,
+            });
+            format!("{chunk}\n")
+        })
+        .collect();
+    parts.push(format!("{last}\n"));
+    streamed(&shared, "application/x-ndjson", parts)
 }
 
 #[derive(Debug, Deserialize)]
@@ -414,12 +426,8 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
         }))
         .into_response();
     }
-    let mut body = String::new();
-    let mut push = |v: Value| {
-        body.push_str("data: ");
-        body.push_str(&v.to_string());
-        body.push_str("\n\n");
-    };
+    let mut parts = Vec::new();
+    let mut push = |v: Value| parts.push(format!("data: {v}\n\n"));
     push(
         json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
         "choices": [{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }] }),
@@ -440,8 +448,33 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
             "choices": [], "usage": usage }),
         );
     }
-    body.push_str("data: [DONE]\n\n");
-    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+    parts.push("data: [DONE]\n\n".to_owned());
+    streamed(&shared, "text/event-stream", parts)
+}
+
+/// A streamed answer's body: all at once, or a part per `word_delay` when one is set.
+fn streamed(shared: &Shared, content_type: &'static str, parts: Vec<String>) -> Response {
+    let delay = shared
+        .options
+        .lock()
+        .map(|o| o.word_delay)
+        .unwrap_or_default();
+    if delay.is_zero() {
+        return ([(header::CONTENT_TYPE, content_type)], parts.concat()).into_response();
+    }
+    let body = async_stream::stream! {
+        for (i, part) in parts.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(delay).await;
+            }
+            yield Ok::<_, std::convert::Infallible>(part);
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 fn record(shared: &Shared, chat: RecordedChat) {

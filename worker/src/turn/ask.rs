@@ -4,16 +4,21 @@
 
 use shared::db::{HistoryTurn, TenantConfig};
 use shared::envelope::ReplyKind;
-use shared::ids::ClientId;
+use shared::ids::{ClientId, ReplyId};
 use shared::metric;
 
 use crate::Ctx;
 use crate::error::Result;
-use crate::llm::ChatRequest;
+use crate::llm::{ChatRequest, DeltaPiece};
 use crate::prompt;
+
+use super::live::LiveReply;
 
 /// What to say back.
 pub(crate) struct Answer {
+    /// The id the reply is stored under (the one its live deltas carried); `None`: a
+    /// new one.
+    pub reply_id: Option<ReplyId>,
     pub kind: ReplyKind,
     pub text: String,
     pub prompt_tokens: Option<u32>,
@@ -25,6 +30,7 @@ impl Answer {
     /// A fixed text from the tenant's configuration (no LLM, no tokens).
     pub fn notice(kind: ReplyKind, text: String) -> Self {
         Self {
+            reply_id: None,
             kind,
             text,
             prompt_tokens: None,
@@ -42,6 +48,7 @@ pub(crate) async fn ask_llm(
     tenant: &TenantConfig,
     history: &[HistoryTurn],
     text: &str,
+    live: Option<&LiveReply>,
 ) -> Result<Answer> {
     let client_id = tenant.client.id;
     let config = &tenant.config;
@@ -92,6 +99,7 @@ pub(crate) async fn ask_llm(
         num_ctx,
         max_output_tokens: config.llm_max_output_tokens,
         messages: prompt.messages,
+        deltas: live.map(LiveReply::sink),
     };
     let completion = match ctx.llm.chat(&request).await {
         Ok(c) => c,
@@ -102,6 +110,9 @@ pub(crate) async fn ask_llm(
             tracing::warn!(error = %e, fallback, "primary model failed; asking the fallback model");
             metrics::counter!(metric::LLM_FALLBACKS).increment(1);
             fallback.clone_into(&mut request.model);
+            if let Some(sink) = &request.deltas {
+                let _ = sink.send(DeltaPiece::Restart);
+            }
             ctx.llm.chat(&request).await?
         }
         Err(e) => return Err(e.into()),
@@ -112,6 +123,7 @@ pub(crate) async fn ask_llm(
     );
 
     Ok(Answer {
+        reply_id: None,
         kind: ReplyKind::Bot,
         text: completion.text,
         prompt_tokens: completion.prompt_tokens,

@@ -12,6 +12,7 @@
 
 mod ask;
 mod decide;
+mod live;
 mod replay;
 mod reply;
 
@@ -33,6 +34,7 @@ use crate::error::{Result, TurnError};
 use crate::inbox::Inbox;
 use ask::{Answer, ask_llm};
 use decide::{Decision, decide};
+use live::LiveReply;
 use reply::{Answering, close_all, relay_unpublished, reply};
 
 pub(crate) use replay::{dry_run, give_up};
@@ -206,14 +208,14 @@ impl Turn<'_> {
                     return close_all(ctx, tenant.client.id, &answering, ClosedAs::Ignored).await;
                 }
                 let notice = Answer::notice(ReplyKind::Fallback, ctx.inactive_notice.clone());
-                reply(ctx, &env, &answering, notice).await
+                reply(ctx, &env, &answering, notice).await.map(drop)
             }
             Decision::HandOff => {
                 tracing::info!("handoff phrase matched; handing the conversation to a human");
                 self.hand_off(&env, last).await?;
                 let notice =
                     Answer::notice(ReplyKind::HandoffNotice, config.handoff_message.clone());
-                reply(ctx, &env, &answering, notice).await
+                reply(ctx, &env, &answering, notice).await.map(drop)
             }
             Decision::Forward => {
                 self.forward(&env, &turns).await?;
@@ -232,8 +234,33 @@ impl Turn<'_> {
                     .map(|p| p.text.as_str())
                     .collect::<Vec<_>>()
                     .join("\n\n");
-                let answer = timed("llm", ask_llm(ctx, tenant, &history, &text)).await?;
-                reply(ctx, &env, &answering, answer).await
+                // Boxed, like every stage but the LLM call (see [`timed`]).
+                let live = Box::pin(LiveReply::start(ctx, &env)).await;
+                let asked = ask_llm(ctx, tenant, &history, &text, live.as_ref());
+                let mut answer = match timed("llm", asked).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        if let Some(live) = live {
+                            Box::pin(live.discard()).await;
+                        }
+                        return Err(e);
+                    }
+                };
+                // Every delta out before the stored reply is announced.
+                let shown = match live {
+                    Some(live) => {
+                        answer.reply_id = Some(live.reply_id);
+                        Some(Box::pin(live.finish()).await)
+                    }
+                    None => None,
+                };
+                let stored = Box::pin(reply(ctx, &env, &answering, answer)).await;
+                if !matches!(stored, Ok(true))
+                    && let Some(shown) = shown
+                {
+                    Box::pin(shown.discard()).await;
+                }
+                stored.map(drop)
             }
         }
     }

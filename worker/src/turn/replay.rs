@@ -45,7 +45,7 @@ pub(crate) async fn dry_run(ctx: &Ctx, env: &Envelope) -> Result<()> {
         }
         None => Vec::new(),
     };
-    let answer = ask_llm(ctx, &tenant, &history, &env.message.as_prompt_text()).await?;
+    let answer = ask_llm(ctx, &tenant, &history, &env.message.as_prompt_text(), None).await?;
     let reply = Reply::answering(
         Destination::of(env, conversation),
         vec![env.id],
@@ -81,5 +81,5 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
         config_version: tenant.config.config_version,
     };
     let notice = Answer::notice(ReplyKind::Fallback, tenant.config.fallback_message.clone());
-    reply(ctx, env, &turn, notice).await
+    reply(ctx, env, &turn, notice).await.map(drop)
 }

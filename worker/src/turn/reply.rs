@@ -28,13 +28,13 @@ pub(super) struct Answering {
 }
 
 /// Stores the answer to the turn's messages (only if they are all still unanswered),
-/// then publishes it with a confirm.
+/// then publishes it with a confirm; whether it was stored.
 pub(super) async fn reply(
     ctx: &Ctx,
     env: &Envelope,
     turn: &Answering,
     answer: Answer,
-) -> Result<()> {
+) -> Result<bool> {
     let mut reply = Reply::answering(
         Destination::of(env, Some(turn.conversation_id)),
         turn.envelope_ids.clone(),
@@ -42,6 +42,9 @@ pub(super) async fn reply(
         answer.text.clone(),
         turn.config_version,
     );
+    if let Some(id) = answer.reply_id {
+        reply.id = id;
+    }
     let stored = timed(
         "store",
         ctx.db
@@ -64,11 +67,15 @@ pub(super) async fn reply(
         StoreOutcome::Stored => {}
         StoreOutcome::NotBotMode => {
             tracing::info!("handed to a human while the turn ran; dropping this reply");
-            return close_all(ctx, env.client_id, turn, ClosedAs::Ignored).await;
+            return close_all(ctx, env.client_id, turn, ClosedAs::Ignored)
+                .await
+                .map(|()| false);
         }
         StoreOutcome::AnsweredBefore => {
             tracing::info!("turn answered before (another delivery); dropping this reply");
-            return close_all(ctx, env.client_id, turn, ClosedAs::Ignored).await;
+            return close_all(ctx, env.client_id, turn, ClosedAs::Ignored)
+                .await
+                .map(|()| false);
         }
     }
     reply.polls_woken = Box::pin(wake_polls(ctx, &reply)).await;
@@ -81,7 +88,7 @@ pub(super) async fn reply(
     let end_to_end = (Utc::now() - env.received_at).to_std().unwrap_or_default();
     metrics::histogram!(metric::END_TO_END_SECONDS, "channel" => env.channel.as_str())
         .record(end_to_end.as_secs_f64());
-    Ok(())
+    Ok(true)
 }
 
 pub(super) async fn close_all(
