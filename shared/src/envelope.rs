@@ -193,6 +193,10 @@ pub enum ReplyKind {
     Agent,
     HandoffNotice,
     Fallback,
+    /// Not a reply but its herald: "the bot is writing". Sent to WhatsApp (the user's
+    /// message marked read, a typing indicator shown), never stored, delivered at most
+    /// once and never retried.
+    Typing,
 }
 
 /// A reply on its way to a channel.
@@ -221,6 +225,10 @@ pub struct Reply {
     /// producers and from older workers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub polls_woken: bool,
+    /// The channel's id of the user message a [`ReplyKind::Typing`] signal is about (the
+    /// WhatsApp wamid to mark read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_message_id: Option<String>,
 }
 
 /// The conversation a reply goes to: one tenant's, on one channel.
@@ -271,6 +279,21 @@ impl Reply {
             config_version,
             created_at: Utc::now(),
             polls_woken: false,
+            channel_message_id: None,
+        }
+    }
+
+    /// The typing signal of a turn answering `env` (see [`ReplyKind::Typing`]).
+    pub fn typing(env: &Envelope, conversation_id: ConversationId) -> Self {
+        Self {
+            channel_message_id: env.channel_message_id.clone(),
+            ..Self::answering(
+                Destination::of(env, Some(conversation_id)),
+                vec![env.id],
+                ReplyKind::Typing,
+                String::new(),
+                0,
+            )
         }
     }
 

@@ -39,6 +39,7 @@ fn tenant() -> TenantConfig {
             fallback_model: None,
             prompt_token_budget: None,
             coalesce_window_ms: 0,
+            whatsapp_typing_indicator: true,
         },
         modes: (0..4)
             .map(|i| AgentMode {

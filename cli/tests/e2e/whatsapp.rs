@@ -518,6 +518,8 @@ mod graph {
     use axum::{Json, Router};
     use serde_json::{Value, json};
 
+    /// A number whose read/typing calls hang a minute, then fail.
+    pub const HANGING_READS: &str = "777";
     /// A recipient whose 24-hour window is closed (error 131047).
     pub const CLOSED_WINDOW: &str = "15550009999";
     /// A recipient that hits the throughput limit (130429) once.
@@ -534,6 +536,8 @@ mod graph {
     #[derive(Clone, Default)]
     pub struct Graph {
         pub sent: Arc<Mutex<Vec<Sent>>>,
+        /// `status: read` calls (read receipts and typing indicators).
+        pub reads: Arc<Mutex<Vec<Sent>>>,
     }
 
     impl Graph {
@@ -554,6 +558,10 @@ mod graph {
             self.sent.lock().expect("lock").clone()
         }
 
+        pub fn reads(&self) -> Vec<Sent> {
+            self.reads.lock().expect("lock").clone()
+        }
+
         pub fn sent_to(&self, to: &str) -> Vec<Sent> {
             self.sent()
                 .into_iter()
@@ -567,17 +575,34 @@ mod graph {
         Path((_version, phone)): Path<(String, String)>,
         headers: HeaderMap,
         Json(body): Json<Value>,
-    ) -> impl IntoResponse {
+    ) -> (StatusCode, Json<Value>) {
+        let authorization = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if body["status"] == "read" {
+            graph.reads.lock().expect("lock").push(Sent {
+                at: std::time::Instant::now(),
+                phone_number_id: phone.clone(),
+                authorization,
+                body,
+            });
+            if phone == HANGING_READS {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({ "error": { "message": "unavailable", "code": 2 } })),
+                );
+            }
+            return (StatusCode::OK, Json(json!({ "success": true })));
+        }
         let to = body["to"].as_str().unwrap_or("").to_owned();
         let previous = graph.sent_to(&to).len();
         graph.sent.lock().expect("lock").push(Sent {
             at: std::time::Instant::now(),
             phone_number_id: phone,
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
+            authorization,
             body,
         });
         let error = |code: i64, message: &str| {
@@ -855,6 +880,93 @@ async fn a_numbers_send_rate_is_limited() {
     assert!(
         span >= std::time::Duration::from_millis(1500),
         "six sends within {span:?}"
+    );
+    p.stop().await;
+}
+
+/// When a turn starts, the user's message is marked read with a typing indicator, once,
+/// with the tenant's token; a tenant can switch it off; a hanging or failing call never
+/// holds the reply back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_marks_the_message_read_and_shows_typing_once() {
+    let (graph, graph_url) = graph::Graph::start().await;
+    let mut vars = settings().to_vec();
+    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
+    let p = Platform::start_with(&vars, 1).await;
+    let t = p.tenant("wa-typing").await;
+    register(
+        &p,
+        t.id.get(),
+        "555",
+        json!({ "access_token": "EAAG-typing-token" }),
+    )
+    .await;
+    let hello = webhook(vec![change(
+        "555",
+        vec![message("wamid.t1", "15550002222", "hello")],
+    )]);
+    assert_eq!(signed_post(&p, hello).await, StatusCode::OK);
+    eventually(WAIT, "the reply at the Graph API", || async {
+        (!graph.sent_to("15550002222").is_empty()).then_some(())
+    })
+    .await;
+    let reads = eventually(WAIT, "the read and typing call", || async {
+        let reads = graph.reads();
+        (!reads.is_empty()).then_some(reads)
+    })
+    .await;
+    assert_eq!(reads.len(), 1, "once per turn: {reads:?}");
+    assert_eq!(reads[0].phone_number_id, "555");
+    assert_eq!(reads[0].authorization, "Bearer EAAG-typing-token");
+    assert_eq!(
+        reads[0].body,
+        json!({ "messaging_product": "whatsapp", "status": "read", "message_id": "wamid.t1",
+                "typing_indicator": { "type": "text" } })
+    );
+
+    // Switched off: the next turn makes no such call.
+    let (status, _) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", t.id),
+            Some(json!({ "whatsapp_typing_indicator": false })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let next = webhook(vec![change(
+        "555",
+        vec![message("wamid.t2", "15550002222", "again")],
+    )]);
+    assert_eq!(signed_post(&p, next).await, StatusCode::OK);
+    eventually(WAIT, "the second reply", || async {
+        (graph.sent_to("15550002222").len() >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(graph.reads().len(), 1, "no typing call once switched off");
+
+    // A number whose read calls hang: its reply goes out regardless.
+    let hanging = p.tenant("wa-hanging").await;
+    register(
+        &p,
+        hanging.id.get(),
+        graph::HANGING_READS,
+        json!({ "access_token": "EAAG-h" }),
+    )
+    .await;
+    let slow = webhook(vec![change(
+        graph::HANGING_READS,
+        vec![message("wamid.h9", "15550003333", "are you there")],
+    )]);
+    assert_eq!(signed_post(&p, slow).await, StatusCode::OK);
+    eventually(WAIT, "the reply, the typing call still hanging", || async {
+        (!graph.sent_to("15550003333").is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        graph
+            .reads()
+            .iter()
+            .any(|r| r.phone_number_id == graph::HANGING_READS)
     );
     p.stop().await;
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shared::db::DeliveryStatus;
-use shared::envelope::{Event, EventKind, Reply};
+use shared::envelope::{Event, EventKind, Reply, ReplyKind};
 use shared::ids::{Channel, ConversationId};
 use shared::metric;
 use shared::mq::Delivery;
@@ -107,6 +107,12 @@ async fn deliver(
         Ok(decoded) => decoded,
         Err(reason) => return dead_letter(state, queue, &delivery, &reason).await,
     };
+    if reply.kind == ReplyKind::Typing {
+        // Never waited for, never retried: the reply behind it must not wait on it.
+        let _ = delivery.ack().await;
+        tokio::spawn(show_typing(state.clone(), http.clone(), reply));
+        return;
+    }
     let span = tracing::info_span!("deliver", channel = "whatsapp", client_id = %reply.client_id, reply_id = %reply.id);
     async {
         match state.db().tenant(reply.client_id).messages().delivery_status(reply.id).await {
@@ -224,6 +230,56 @@ async fn deliver(
     }
     .instrument(span)
     .await
+}
+
+/// Marks the user's message read and shows WhatsApp's typing indicator (Cloud API:
+/// `status: read` with `typing_indicator`), once; a failure is logged and counted.
+async fn show_typing(state: AppState, http: reqwest::Client, signal: Reply) {
+    let outcome = async {
+        let phone_number_id = signal
+            .channel_account
+            .clone()
+            .ok_or("no channel_account (phone_number_id)")?;
+        let message_id = signal
+            .channel_message_id
+            .clone()
+            .ok_or("no message id to mark read")?;
+        let token = access_token(&state, &signal, &phone_number_id).await?;
+        let settings = state.whatsapp();
+        let url = format!(
+            "{}/{}/{}/messages",
+            settings.graph_base_url.trim_end_matches('/'),
+            settings.api_version,
+            phone_number_id
+        );
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
+            "typing_indicator": { "type": "text" },
+        });
+        let response = http
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("Graph API unreachable: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("Graph API answered {}", response.status()))
+        }
+    }
+    .await;
+    let result = match outcome {
+        Ok(()) => "typing",
+        Err(reason) => {
+            tracing::info!(client_id = %signal.client_id, %reason, "typing indicator not shown");
+            "typing_failed"
+        }
+    };
+    metrics::counter!(metric::DELIVERIES, "channel" => "whatsapp", "result" => result).increment(1);
 }
 
 /// The tenant's access token for the number, checked to belong to the reply's tenant.

@@ -52,6 +52,12 @@ fn default_max_output_tokens() -> u32 {
     1024
 }
 
+/// A new tenant's typing indicator setting (the column's default), for a `PUT` that
+/// leaves it out.
+fn default_typing_indicator() -> bool {
+    true
+}
+
 /// A `persona_tone`, refused with a message that names the field and the tones.
 fn tone<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PersonaTone, D::Error> {
     let word = String::deserialize(deserializer)?;
@@ -95,6 +101,9 @@ pub(crate) struct ConfigOut {
     pub fallback_model: Option<String>,
     pub prompt_token_budget: Option<u32>,
     pub coalesce_window_ms: u32,
+    /// WhatsApp users see their message read and a typing indicator while the bot
+    /// writes (default true).
+    pub whatsapp_typing_indicator: bool,
 }
 
 impl From<ClientConfig> for ConfigOut {
@@ -115,6 +124,7 @@ impl From<ClientConfig> for ConfigOut {
             fallback_model: c.fallback_model,
             prompt_token_budget: c.prompt_token_budget,
             coalesce_window_ms: c.coalesce_window_ms,
+            whatsapp_typing_indicator: c.whatsapp_typing_indicator,
         }
     }
 }
@@ -140,6 +150,10 @@ pub(crate) struct ConfigIn {
     pub fallback_model: Option<String>,
     pub prompt_token_budget: Option<u32>,
     pub coalesce_window_ms: u32,
+    /// WhatsApp users see their message read and a typing indicator while the bot
+    /// writes (default true).
+    #[serde(default = "default_typing_indicator")]
+    pub whatsapp_typing_indicator: bool,
 }
 
 impl From<ConfigIn> for ConfigUpdate {
@@ -159,6 +173,7 @@ impl From<ConfigIn> for ConfigUpdate {
             fallback_model: c.fallback_model,
             prompt_token_budget: c.prompt_token_budget,
             coalesce_window_ms: c.coalesce_window_ms,
+            whatsapp_typing_indicator: c.whatsapp_typing_indicator,
         }
     }
 }
@@ -189,6 +204,7 @@ pub(crate) struct ConfigPatch {
     #[schema(value_type = Option<u32>)]
     pub prompt_token_budget: Option<Option<u32>>,
     pub coalesce_window_ms: Option<u32>,
+    pub whatsapp_typing_indicator: Option<bool>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
@@ -227,7 +243,8 @@ impl ConfigPatch {
             fallback_message,
             fallback_model,
             prompt_token_budget,
-            coalesce_window_ms
+            coalesce_window_ms,
+            whatsapp_typing_indicator
         );
         current
     }
@@ -314,6 +331,7 @@ mod tests {
             fallback_model: Some("small".into()),
             prompt_token_budget: Some(2048),
             coalesce_window_ms: 0,
+            whatsapp_typing_indicator: true,
         }
     }
 

@@ -49,6 +49,8 @@ struct CachedConfig {
     fallback_model: Option<String>,
     prompt_token_budget: Option<u32>,
     coalesce_window_ms: u32,
+    /// Absent from entries written before the column existed: read as absent, rebuilt.
+    whatsapp_typing_indicator: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,6 +92,7 @@ impl From<&TenantConfig> for CachedTenant {
                 fallback_model: k.fallback_model.clone(),
                 prompt_token_budget: k.prompt_token_budget,
                 coalesce_window_ms: k.coalesce_window_ms,
+                whatsapp_typing_indicator: k.whatsapp_typing_indicator,
             },
             modes: t
                 .modes
@@ -136,6 +139,7 @@ impl From<CachedTenant> for TenantConfig {
                 fallback_model: k.fallback_model,
                 prompt_token_budget: k.prompt_token_budget,
                 coalesce_window_ms: k.coalesce_window_ms,
+                whatsapp_typing_indicator: k.whatsapp_typing_indicator,
             },
             modes: t
                 .modes

@@ -31,6 +31,8 @@ pub struct ClientConfig {
     pub fallback_model: Option<String>,
     pub prompt_token_budget: Option<u32>,
     pub coalesce_window_ms: u32,
+    /// WhatsApp users see their message read and a typing indicator while a turn runs.
+    pub whatsapp_typing_indicator: bool,
 }
 
 text_column!(PersonaTone, "persona tone", {
@@ -61,6 +63,8 @@ pub struct ConfigUpdate {
     pub fallback_model: Option<String>,
     pub prompt_token_budget: Option<u32>,
     pub coalesce_window_ms: u32,
+    /// WhatsApp users see their message read and a typing indicator while a turn runs.
+    pub whatsapp_typing_indicator: bool,
 }
 
 impl ConfigUpdate {
@@ -131,6 +135,7 @@ impl From<ClientConfig> for ConfigUpdate {
             fallback_model: c.fallback_model,
             prompt_token_budget: c.prompt_token_budget,
             coalesce_window_ms: c.coalesce_window_ms,
+            whatsapp_typing_indicator: c.whatsapp_typing_indicator,
         }
     }
 }
@@ -168,7 +173,8 @@ pub const MAX_OUTPUT_TOKENS: u32 = 16_384;
 
 const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_model, \
     llm_temperature, llm_max_output_tokens, max_context_turns, rag_top_k, human_handoff_phrase, handoff_message, config_version, \
-    fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms";
+    fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms, \
+    whatsapp_typing_indicator";
 
 #[derive(Debug)]
 pub struct Configs<'a> {
@@ -230,7 +236,8 @@ impl<'a> Configs<'a> {
              llm_model = ?, llm_temperature = ?, llm_max_output_tokens = ?, \
              max_context_turns = ?, rag_top_k = ?, \
              human_handoff_phrase = ?, handoff_message = ?, fallback_message = ?, fallback_model = ?, \
-             prompt_token_budget = ?, coalesce_window_ms = ?, config_version = config_version + 1 \
+             prompt_token_budget = ?, coalesce_window_ms = ?, whatsapp_typing_indicator = ?, \
+             config_version = config_version + 1 \
              WHERE client_id = ?",
         )?
         .bind(&update.persona_name)
@@ -247,6 +254,7 @@ impl<'a> Configs<'a> {
         .bind(&update.fallback_model)
         .bind(update.prompt_token_budget)
         .bind(update.coalesce_window_ms)
+        .bind(update.whatsapp_typing_indicator)
         .bind(client_id.get())
         .execute(&mut *tx)
         .await?;
@@ -429,6 +437,7 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
         fallback_model: row.try_get("fallback_model")?,
         prompt_token_budget: row.try_get("prompt_token_budget")?,
         coalesce_window_ms: row.try_get("coalesce_window_ms")?,
+        whatsapp_typing_indicator: row.try_get("whatsapp_typing_indicator")?,
     })
 }
 

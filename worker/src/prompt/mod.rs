@@ -307,6 +307,7 @@ mod tests {
                 fallback_model: None,
                 prompt_token_budget: None,
                 coalesce_window_ms: 0,
+                whatsapp_typing_indicator: true,
             },
             modes: vec![
                 AgentMode {

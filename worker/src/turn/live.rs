@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use shared::cache::{MailboxKey, StreamEvent, StreamEvents};
-use shared::envelope::Envelope;
-use shared::ids::{Channel, ReplyId};
+use shared::envelope::{Envelope, Reply};
+use shared::ids::{Channel, ConversationId, ReplyId};
+use shared::mq::ReplyRoute;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -51,9 +52,25 @@ impl Shown {
 
 impl LiveReply {
     /// Shows `typing` on the conversation's streams and starts showing the answer;
-    /// `None` for a channel without streams (WhatsApp).
-    pub async fn start(ctx: &Ctx, env: &Envelope) -> Option<Self> {
+    /// `None` for a channel without streams (WhatsApp: its deliverer marks the user's
+    /// message read and shows WhatsApp's typing indicator, when the tenant wants it).
+    pub async fn start(
+        ctx: &Ctx,
+        env: &Envelope,
+        conversation_id: ConversationId,
+        whatsapp_typing_indicator: bool,
+    ) -> Option<Self> {
         if env.channel == Channel::Whatsapp {
+            if whatsapp_typing_indicator && env.channel_message_id.is_some() {
+                let typing = Reply::typing(env, conversation_id);
+                let sent = ctx
+                    .publisher
+                    .publish_reply(&typing, ReplyRoute::Channel, Some(&env.trace.request_id))
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "the typing indicator was not published");
+                }
+            }
             return None;
         }
         let shown = Shown {

@@ -235,7 +235,13 @@ impl Turn<'_> {
                     .collect::<Vec<_>>()
                     .join("\n\n");
                 // Boxed, like every stage but the LLM call (see [`timed`]).
-                let live = Box::pin(LiveReply::start(ctx, &env)).await;
+                let live = Box::pin(LiveReply::start(
+                    ctx,
+                    &env,
+                    self.conversation_id,
+                    config.whatsapp_typing_indicator,
+                ))
+                .await;
                 let asked = ask_llm(ctx, tenant, &history, &text, live.as_ref());
                 let mut answer = match timed("llm", asked).await {
                     Ok(answer) => answer,

@@ -81,6 +81,7 @@ text_column!(ReplyKind, "reply kind", {
     Agent => "agent",
     HandoffNotice => "handoff_notice",
     Fallback => "fallback",
+    Typing => "typing",
 });
 
 /// What a channel reported of a reply it was given. Statuses only move forward (sent →
