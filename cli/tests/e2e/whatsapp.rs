@@ -513,7 +513,6 @@ mod graph {
 
     use axum::extract::{Path, State};
     use axum::http::{HeaderMap, StatusCode};
-    use axum::response::IntoResponse;
     use axum::routing::post;
     use axum::{Json, Router};
     use serde_json::{Value, json};
