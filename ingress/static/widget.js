@@ -6,9 +6,11 @@
  * Vanilla JavaScript, no build step, no requests anywhere but the chatfleet host that
  * served this file. It opens a session (keeping a random visitor id in localStorage so a
  * returning visitor resumes the conversation), sends messages with a client_message_id
- * (a retried send is answered once), and long-polls with the cursor it was given, so no
- * message is lost or shown twice across reconnects. Errors are retried with exponential
- * backoff; an expired session is reopened.
+ * (a retried send is answered once), and receives with the cursor it was given, so no
+ * message is lost or shown twice across reconnects: over server-sent events where the
+ * browser has EventSource (the reply is shown as it is written, then replaced by the
+ * stored message), by long-polling otherwise or after the stream failed twice. Errors are
+ * retried with exponential backoff; an expired session is reopened.
  */
 (function () {
   "use strict";
@@ -27,6 +29,8 @@
   var seen = {}; // message ids already rendered
   var failures = 0;
   var polling = false;
+  var streamFailures = 0; // streams that failed to open; at 2, long-polling takes over
+  var live = {}; // reply id -> the bubble its deltas are written into
 
   // ---- UI ----------------------------------------------------------------------
   var css =
@@ -40,6 +44,7 @@
     ".cfw-assistant{align-self:flex-start;background:#eef1f6}" +
     ".cfw-agent{align-self:flex-start;background:#fff4d6;border:1px solid #f0d58a}" +
     ".cfw-system{align-self:center;color:#667;font-size:12px}" +
+    ".cfw-typing{align-self:flex-start;color:#667;font-size:12px;display:none}" +
     ".cfw-f{display:flex;border-top:1px solid #dde}" +
     ".cfw-f input{flex:1;border:0;padding:10px;font:inherit;outline:none;border-radius:0 0 0 10px}" +
     ".cfw-f button{border:0;background:#2b5cab;color:#fff;padding:0 16px;font:inherit;cursor:pointer;border-radius:0 0 10px 0}" +
@@ -54,18 +59,30 @@
   root.innerHTML =
     '<div class="cfw-h">Chat with us</div>' +
     '<div class="cfw-l" role="log" aria-live="polite"></div>' +
+    '<div class="cfw-typing">typing…</div>' +
     '<div class="cfw-s"></div>' +
     '<form class="cfw-f"><input name="text" autocomplete="off" placeholder="Type a message" maxlength="4000">' +
     '<button type="submit">Send</button></form>';
   document.body.appendChild(root);
   var list = root.querySelector(".cfw-l");
   var status = root.querySelector(".cfw-s");
+  var typing = root.querySelector(".cfw-typing");
   var form = root.querySelector("form");
   var input = form.querySelector("input");
 
   function render(id, role, text) {
     if (id && seen[id]) return;
     if (id) seen[id] = true;
+    if (role !== "user") typing.style.display = "none";
+    var bubble = id && live[id];
+    if (bubble) {
+      // The stored message replaces what was shown while it was written.
+      delete live[id];
+      bubble.classList.remove("cfw-live");
+      bubble.setAttribute("data-id", id);
+      bubble.textContent = text;
+      return;
+    }
     var el = document.createElement("div");
     el.className = "cfw-m cfw-" + role;
     el.setAttribute("data-role", role);
@@ -203,5 +220,82 @@
     });
   }
 
-  poll();
+  // ---- streaming (server-sent events) --------------------------------------------
+  function liveBubble(replyId) {
+    if (!live[replyId]) {
+      var el = document.createElement("div");
+      el.className = "cfw-m cfw-assistant cfw-live";
+      el.setAttribute("data-role", "assistant");
+      el.setAttribute("data-live", replyId);
+      list.appendChild(el);
+      live[replyId] = el;
+    }
+    return live[replyId];
+  }
+
+  function stream() {
+    if (!window.EventSource || streamFailures >= 2) return poll();
+    ensureSession().then(function (s) {
+      var url = base + "/widget/v1/stream?token=" + encodeURIComponent(s.token) +
+        (cursor ? "&after=" + encodeURIComponent(cursor) : "");
+      var es = new EventSource(url);
+      var opened = false;
+      function data(e) {
+        try { return JSON.parse(e.data); } catch (x) { return {}; }
+      }
+      function again(wait) {
+        es.close();
+        delay(wait).then(stream);
+      }
+      es.onopen = function () {
+        opened = true;
+        streamFailures = 0;
+        setStatus("");
+      };
+      es.addEventListener("message", function (e) {
+        var m = data(e);
+        render(m.id, m.role, m.text);
+        if (e.lastEventId) cursor = e.lastEventId;
+      });
+      es.addEventListener("typing", function () {
+        typing.style.display = "block";
+      });
+      es.addEventListener("delta", function (e) {
+        var d = data(e);
+        if (seen[d.reply_id]) return; // stored already
+        typing.style.display = "none";
+        liveBubble(d.reply_id).textContent += d.text;
+        list.scrollTop = list.scrollHeight;
+      });
+      es.addEventListener("discard", function (e) {
+        var d = data(e);
+        typing.style.display = "none";
+        if (live[d.reply_id]) {
+          list.removeChild(live[d.reply_id]);
+          delete live[d.reply_id];
+        }
+      });
+      es.addEventListener("error", function (e) {
+        if (e.data) {
+          // The server ended the stream, saying why.
+          var code = (data(e).error || {}).code;
+          if (code === "stream_superseded") return es.close();
+          if (code === "session_expired" || code === "session_revoked") session = null;
+          return again(backoff(0));
+        }
+        if (!opened || es.readyState === EventSource.CLOSED) {
+          // Refused (a 4xx closes it: perhaps the session ended) or never opened.
+          streamFailures += 1;
+          if (opened) session = null;
+          return again(backoff(streamFailures));
+        }
+        // Dropped after it opened: EventSource reconnects by itself (with Last-Event-ID).
+      });
+    }).catch(function () {
+      streamFailures += 1;
+      delay(backoff(streamFailures)).then(stream);
+    });
+  }
+
+  stream();
 })();

@@ -254,3 +254,62 @@ async fn the_demo_page_chats_with_the_bot_and_a_human_agent_in_chromium() {
     drop(browser);
     p.stop().await;
 }
+
+/// With a model that writes slowly (the LLM double streams a word every 150 ms), the
+/// widget shows part of the reply while the turn still runs — nothing stored yet — and
+/// then the stored reply, once.
+#[tokio::test]
+async fn the_widget_shows_the_reply_as_it_is_written_in_chromium() {
+    let p = Platform::start_with(&[("CHATFLEET__LLM__PROVIDERS__OLLAMA__STREAM", "true")], 1).await;
+    p.sim.set_word_delay(std::time::Duration::from_millis(150));
+    let tenant = p.widget_tenant("stream-shop", &p.base).await;
+    let browser = Browser::start().await;
+    browser
+        .open(&format!("{}/widget/demo?client={}", p.base, tenant.slug))
+        .await;
+    browser.type_and_send("What do you sell?").await;
+
+    // Part of the reply, written into a live bubble, before anything is stored.
+    let partial = eventually(WAIT, "a partly written reply", || async {
+        let live = browser.find_all(".cfw-m.cfw-live").await;
+        let text = browser.text(live.first()?).await;
+        (!text.is_empty()).then_some(text)
+    })
+    .await;
+    let conversations = p
+        .env
+        .db
+        .tenant(tenant.id)
+        .conversations()
+        .list(0, 10)
+        .await
+        .expect("conversations");
+    let stored = p.stored(tenant.id, conversations[0].id).await;
+    assert!(
+        stored.iter().all(|m| m.role != shared::db::Role::Assistant),
+        "the reply was stored before any of it was shown: {partial:?}"
+    );
+
+    // Then the stored reply replaces it: shown once, in full.
+    let done = eventually(WAIT, "the stored reply", || async {
+        let finished = browser
+            .find_all(".cfw-m.cfw-assistant:not(.cfw-live)")
+            .await;
+        Some(browser.text(finished.first()?).await)
+    })
+    .await;
+    assert!(done.ends_with("You said: What do you sell?"), "{done}");
+    assert!(
+        done.starts_with(&partial),
+        "{partial:?} is how {done:?} began"
+    );
+    assert_eq!(
+        browser.find_all(".cfw-m.cfw-assistant").await.len(),
+        1,
+        "shown once"
+    );
+    assert!(browser.find_all(".cfw-m.cfw-live").await.is_empty());
+    browser.call(Method::DELETE, "", None).await;
+    drop(browser);
+    p.stop().await;
+}
