@@ -40,7 +40,7 @@ mod traffic;
 
 use report::{median_of, percentile, print, print_ceiling};
 use scrape::{accept_rounds, turn_stages, turns_in_flight};
-use traffic::{read_conversation, watch_graph, webhook};
+use traffic::{read_conversation, stream_conversation, watch_graph, webhook};
 
 /// The bench tenant's WhatsApp number and the app secret its webhooks are signed with.
 const PHONE_NUMBER_ID: &str = "100000000000001";
@@ -101,6 +101,13 @@ pub(crate) struct BenchArgs {
     /// `--noisy`: the provider's concurrent calls per worker.
     #[arg(long, default_value_t = 8)]
     noisy_slots: usize,
+    /// Each run twice, long-polling and then streaming (SSE, the provider streaming its
+    /// answers): time to the first delta beside time to the stored message.
+    #[arg(long)]
+    stream: bool,
+    /// The LLM double's pause between the words of a streamed answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    word_delay_ms: u64,
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -129,11 +136,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Send times and answer times of every accepted message, by its number `k` (the bench
-/// sends "message {k}").
+/// sends "message {k}"), and when streaming the time of its answer's first delta.
 #[derive(Default)]
 struct Timings {
     sent: HashMap<u64, Instant>,
     answered: HashMap<u64, Instant>,
+    first_delta: HashMap<u64, Instant>,
 }
 
 /// Answers per second, from the first answer to the last: a saturated fleet is still
@@ -177,8 +185,17 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         print_ceiling(&report["ceiling"]);
         return write(&args, &report);
     }
-    let mut runs = Vec::with_capacity(args.runs);
-    for _ in 0..args.runs {
+    anyhow::ensure!(
+        !args.stream || args.channel == "api",
+        "--stream drives the api channel (WhatsApp shows no deltas)"
+    );
+    let modes: &[bool] = if args.stream {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    let mut runs = Vec::with_capacity(args.runs * modes.len());
+    for streaming in (0..args.runs).flat_map(|_| modes.iter().copied()) {
         // Measured right before each run: this machine's speed moves within minutes,
         // and each run is read against its own yardstick.
         let ceiling = if args.ceiling {
@@ -186,7 +203,7 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         } else {
             None
         };
-        let mut run = run_once(settings, &args).await?;
+        let mut run = run_once(settings, &args, streaming).await?;
         if let Some(ceiling) = ceiling {
             run["fraction_of_ceiling"] = json!(
                 run["achieved_per_s"].as_f64().unwrap_or(0.0)
@@ -202,17 +219,29 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
             "{answered:?} of {accepted:?} accepted messages were answered"
         );
     }
-    let summary = if runs.len() > 1 {
-        let all: Vec<&Value> = runs.iter().collect();
-        let mut median = median_of(&all);
-        // A failure in any run counts.
-        for worst in ["dead_letters", "errors"] {
-            median[worst] = json!(runs.iter().filter_map(|r| r[worst].as_u64()).max());
-        }
-        print(&format!("median of {} runs: ", runs.len()), &median);
-        median
+    let mut summaries = Vec::new();
+    for &streaming in modes {
+        let of_mode: Vec<&Value> = runs
+            .iter()
+            .filter(|r| r["streaming"] == json!(streaming))
+            .collect();
+        let summary = if of_mode.len() > 1 {
+            let mut median = median_of(&of_mode);
+            // A failure in any run counts.
+            for worst in ["dead_letters", "errors"] {
+                median[worst] = json!(of_mode.iter().filter_map(|r| r[worst].as_u64()).max());
+            }
+            print(&format!("median of {} runs: ", of_mode.len()), &median);
+            median
+        } else {
+            of_mode[0].clone()
+        };
+        summaries.push(summary);
+    }
+    let summary = if summaries.len() == 1 {
+        summaries.remove(0)
     } else {
-        runs[0].clone()
+        json!({ "long_poll": summaries[0], "streaming": summaries[1] })
     };
     report["runs"] = json!(runs);
     report["summary"] = summary;
@@ -237,7 +266,7 @@ async fn ceiling(settings: &Settings, messages: usize) -> anyhow::Result<Value> 
 }
 
 /// One run of the scenario on a fleet of its own; its report.
-async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value> {
+async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> anyhow::Result<Value> {
     let latency = Duration::from_millis(args.llm_latency_ms);
     let whatsapp = args.channel == "whatsapp";
     let graph_stop = tokio_util::sync::CancellationToken::new();
@@ -251,7 +280,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
             sim: SimOptions {
                 latency,
                 error_rate: 0.0,
-                word_delay: Duration::ZERO,
+                word_delay: Duration::from_millis(args.word_delay_ms),
             },
             log_dir: None,
             db_proxy: false,
@@ -282,6 +311,10 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
                     "1000000".into(),
                 ),
                 ("CHATFLEET__WHATSAPP__APP_SECRET".into(), APP_SECRET.into()),
+                (
+                    "CHATFLEET__LLM__PROVIDERS__OLLAMA__STREAM".into(),
+                    streaming.to_string(),
+                ),
                 ("CHATFLEET__WHATSAPP__GRAPH_BASE_URL".into(), graph_url),
             ],
         },
@@ -421,7 +454,12 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
             pollers.spawn(async move {
                 // Refused: poll anyway (404 until a later message is accepted).
                 let _ = accepted_signal.await;
-                read_conversation(http, base, key, format!("b{c}"), timings, stop).await;
+                let conversation = format!("b{c}");
+                if streaming {
+                    stream_conversation(http, base, key, conversation, timings, stop).await;
+                } else {
+                    read_conversation(http, base, key, conversation, timings, stop).await;
+                }
             });
         }
     }
@@ -441,6 +479,20 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
         .map(|s| s.messages)
         .unwrap_or(0);
 
+    let mut first_delta: Vec<f64> = timings
+        .lock()
+        .map(|t| {
+            t.sent
+                .iter()
+                .filter_map(|(id, s)| {
+                    t.first_delta
+                        .get(id)
+                        .map(|d| d.saturating_duration_since(*s).as_secs_f64() * 1e3)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    first_delta.sort_by(f64::total_cmp);
     let (accepted, mut e2e, answered_rate) = {
         let t = timings.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let e2e: Vec<f64> = t
@@ -478,6 +530,9 @@ async fn run_once(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Value
     statuses.sort_by(f64::total_cmp);
     let run = json!({
         "channel": args.channel,
+        "streaming": streaming,
+        "word_delay_ms": args.word_delay_ms,
+        "first_delta_ms": row(&first_delta),
         "offered_per_s": args.rate,
         "duration_s": args.duration.as_secs(),
         "conversations": args.conversations,

@@ -45,11 +45,22 @@ pub(super) fn print(label: &str, r: &Value) {
         r["llm_calls"],
         f(&r["answered"]) / f(&r["llm_calls"])
     );
+    if r["streaming"] == json!(true) {
+        println!(
+            "  streaming (SSE, the provider streams; {} ms between words):",
+            r["word_delay_ms"]
+        );
+    }
+    let streaming = r["streaming"] == json!(true);
     for (name, v) in [
+        ("first delta (ms)", &r["first_delta_ms"]),
         ("end to end (ms)", &r["end_to_end_ms"]),
         ("platform overhead (ms)", &r["overhead_ms"]),
         ("status of a send (ms)", &r["status_ms"]),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(name, _)| streaming || !name.starts_with("first delta"))
+    {
         println!(
             "  {name:<28} p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
             f(&v["p50"]),

@@ -1,6 +1,7 @@
 //! The bench's traffic: the WhatsApp webhooks it sends, and how it sees each message
-//! answered (API long-polls read by conversation, replies arriving at the Graph API
-//! double), noting the time each bench message was answered.
+//! answered (API long-polls or SSE streams read by conversation, replies arriving at the
+//! Graph API double), noting the time each bench message was answered and, streaming,
+//! when the first delta of its answer arrived.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +69,94 @@ pub(super) async fn read_conversation(
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+}
+
+/// Reads one conversation's SSE stream: a reply's first delta is noted by its reply id;
+/// its stored message (after the user messages it answers, in the same read) answers
+/// every bench message not answered yet, whose first delta was that one.
+pub(super) async fn stream_conversation(
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    conversation: String,
+    timings: Arc<Mutex<Timings>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use futures::StreamExt;
+    let mut cursor = "0".to_owned();
+    let mut waiting: Vec<u64> = Vec::new();
+    let mut first_deltas: std::collections::HashMap<String, Instant> = Default::default();
+    while !stop.is_cancelled() {
+        let opened = http
+            .get(format!("{base}/api/v1/conversations/{conversation}/stream"))
+            .query(&[("after", cursor.as_str())])
+            .bearer_auth(&key)
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await;
+        let Ok(response) = opened.and_then(reqwest::Response::error_for_status) else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            let seen = Instant::now();
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = ("", None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = if v.trim() == "delta" {
+                            "delta"
+                        } else if v.trim() == "message" {
+                            "message"
+                        } else {
+                            ""
+                        };
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                let Ok(data) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                match event {
+                    "delta" => {
+                        if let Some(reply) = data["reply_id"].as_str() {
+                            first_deltas.entry(reply.to_owned()).or_insert(seen);
+                        }
+                    }
+                    "message" => {
+                        if let Some(id) = id {
+                            cursor = id;
+                        }
+                        let text = data["text"].as_str().unwrap_or_default();
+                        match data["role"].as_str() {
+                            Some("user") => waiting.extend(bench_messages(text)),
+                            Some("assistant") => {
+                                let delta =
+                                    data["id"].as_str().and_then(|r| first_deltas.remove(r));
+                                if let Ok(mut t) = timings.lock() {
+                                    for k in waiting.drain(..) {
+                                        t.answered.insert(k, seen);
+                                        if let Some(at) = delta {
+                                            t.first_delta.insert(k, at);
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
     }
