@@ -377,3 +377,61 @@ async fn widget_and_mobile_sessions_stream_their_conversation() {
     assert_eq!(foreign.status(), StatusCode::NOT_FOUND);
     p.stop().await;
 }
+
+/// A stream over `http.max_long_polls` is refused at once (503 `overloaded`); a session
+/// revoked while its stream is open ends it with an `error` event carrying the code.
+#[tokio::test]
+async fn streams_are_bounded_and_end_with_their_sessions() {
+    let origin = "https://bounded.example";
+    let p = Platform::start_with(&[("CHATFLEET__HTTP__MAX_LONG_POLLS", "1")], 1).await;
+    let tenant = p.widget_tenant("bounded", origin).await;
+    let (_, session) = p
+        .widget_session(&p.base, origin, json!({ "client": tenant.slug }))
+        .await;
+    let token = session["token"].as_str().expect("token");
+    let mut open = SseClient::open(
+        p.http
+            .get(format!("{}/widget/v1/stream", p.base))
+            .query(&[("token", token)]),
+    )
+    .await;
+
+    let over = p
+        .http
+        .get(format!("{}/mobile/v1/stream", p.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        over.status(),
+        StatusCode::UNAUTHORIZED,
+        "a widget token is no mobile token"
+    );
+    let (_, second) = p
+        .widget_session(&p.base, origin, json!({ "client": tenant.slug }))
+        .await;
+    let over = p
+        .http
+        .get(format!("{}/widget/v1/stream", p.base))
+        .query(&[("token", second["token"].as_str().expect("token"))])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(over.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = over.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "overloaded");
+
+    let (status, _) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/sessions/revoke", tenant.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = open.next().await;
+    assert_eq!(ended.event, "error");
+    assert_eq!(ended.data["error"]["code"], "session_revoked");
+    p.stop().await;
+}
