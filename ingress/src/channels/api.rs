@@ -177,26 +177,38 @@ pub(crate) async fn poll(
     Path(conversation_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    let client_id = authenticate(&state, &headers).await?;
+    let (client_id, conversation) = conversation_of(&state, &headers, &conversation_id).await?;
+    let params = PollParams::parse(
+        query.get("after").map(String::as_str),
+        query.get("wait").map(String::as_str),
+        state.api().max_wait.as_secs(),
+    )?;
+    let key = MailboxKey::new(client_id, Channel::Api, &conversation_id);
+    let polled = longpoll::wait_for(&state, &key, client_id, conversation, params, None).await?;
+    Ok(longpoll::answer(polled, |seq| seq.to_string()))
+}
+
+/// The caller's tenant (from its API key) and its conversation `conversation_id`: 400
+/// for a malformed id, 404 when the tenant has no such conversation (another tenant's
+/// is no different).
+async fn conversation_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    conversation_id: &str,
+) -> Result<(ClientId, shared::ids::ConversationId)> {
+    let client_id = authenticate(state, headers).await?;
     if conversation_id.is_empty() || conversation_id.len() > MAX_CONVERSATION_ID {
         return Err(ApiError::bad_request(
             "invalid_conversation_id",
             "conversation_id is malformed",
         ));
     }
-    let params = PollParams::parse(
-        query.get("after").map(String::as_str),
-        query.get("wait").map(String::as_str),
-        state.api().max_wait.as_secs(),
-    )?;
     let conversation = state
         .conversations()
-        .find(client_id, Channel::Api, &conversation_id)
+        .find(client_id, Channel::Api, conversation_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such conversation"))?;
-    let key = MailboxKey::new(client_id, Channel::Api, &conversation_id);
-    let polled = longpoll::wait_for(&state, &key, client_id, conversation, params, None).await?;
-    Ok(longpoll::answer(polled, |seq| seq.to_string()))
+    Ok((client_id, conversation))
 }
 
 /// Stream a conversation as server-sent events: every stored message after the cursor
@@ -214,20 +226,9 @@ pub(crate) async fn stream(
     Path(conversation_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    let client_id = authenticate(&state, &headers).await?;
-    if conversation_id.is_empty() || conversation_id.len() > MAX_CONVERSATION_ID {
-        return Err(ApiError::bad_request(
-            "invalid_conversation_id",
-            "conversation_id is malformed",
-        ));
-    }
+    let (client_id, conversation) = conversation_of(&state, &headers, &conversation_id).await?;
     let after = crate::stream::resume_from(&headers, query.get("after").map(String::as_str));
     let after = PollParams::parse(after, None, 0)?.after;
-    let conversation = state
-        .conversations()
-        .find(client_id, Channel::Api, &conversation_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such conversation"))?;
     crate::stream::open(
         &state,
         crate::stream::StreamOf {

@@ -138,12 +138,7 @@ async fn deliver(
             Err(reason) => return dead_letter(state, queue, &delivery, &reason).await,
         };
         let settings = state.whatsapp();
-        let url = format!(
-            "{}/{}/{}/messages",
-            settings.graph_base_url.trim_end_matches('/'),
-            settings.api_version,
-            phone_number_id
-        );
+        let url = messages_url(state, &phone_number_id);
         let mut last_id = None;
         for part in shared::knowledge::chunks(reply.text.expose(), MAX_CHARS, 0) {
             // The number's throughput limit, shared across replicas: wait for a slot.
@@ -232,6 +227,17 @@ async fn deliver(
     .await
 }
 
+/// The Graph API's messages endpoint of a number.
+fn messages_url(state: &AppState, phone_number_id: &str) -> String {
+    let settings = state.whatsapp();
+    format!(
+        "{}/{}/{}/messages",
+        settings.graph_base_url.trim_end_matches('/'),
+        settings.api_version,
+        phone_number_id
+    )
+}
+
 /// Marks the user's message read and shows WhatsApp's typing indicator (Cloud API:
 /// `status: read` with `typing_indicator`), once; a failure is logged and counted.
 async fn show_typing(state: AppState, http: reqwest::Client, signal: Reply) {
@@ -245,13 +251,7 @@ async fn show_typing(state: AppState, http: reqwest::Client, signal: Reply) {
             .clone()
             .ok_or("no message id to mark read")?;
         let token = access_token(&state, &signal, &phone_number_id).await?;
-        let settings = state.whatsapp();
-        let url = format!(
-            "{}/{}/{}/messages",
-            settings.graph_base_url.trim_end_matches('/'),
-            settings.api_version,
-            phone_number_id
-        );
+        let url = messages_url(&state, &phone_number_id);
         let body = json!({
             "messaging_product": "whatsapp",
             "status": "read",
