@@ -27,6 +27,7 @@
 
 mod checks;
 pub(crate) mod proxy;
+mod streams;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -163,7 +164,15 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         }
     );
 
-    // Drive, and break things meanwhile.
+    // Drive, and break things meanwhile; some conversations are read over SSE throughout.
+    let reading = CancellationToken::new();
+    let readers = streams::start(
+        http.clone(),
+        fleet.ingress_urls.clone(),
+        [api_key.clone(), neighbour_key.clone()],
+        args.conversations,
+        reading.clone(),
+    );
     let sent = Arc::new(AtomicU64::new(0));
     let driver = tokio::spawn(drive(
         http.clone(),
@@ -193,6 +202,8 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     );
 
     let still_open = checks::wait_settled(&db, &tenants, &accepted, Duration::from_secs(90)).await;
+    // Settled: give the streams a moment to carry the last replies, then stop reading.
+    let streamed = settle_streams(&db, &tenants, readers, reading).await?;
     let mut fleet = Arc::try_unwrap(fleet)
         .map_err(|_| anyhow::anyhow!("the fault task still holds the fleet"))?
         .into_inner();
@@ -212,17 +223,45 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         sim.requests().len() as u64 - sim.served()
     );
     print!("{report}");
+    println!(
+        "  SSE readers:          {} conversations, {} messages received ({} user messages again after a withdrawal); {} replies duplicated, {} missing, {} out of order",
+        streamed.conversations,
+        streamed.messages,
+        streamed.resent,
+        streamed.duplicates,
+        streamed.missing,
+        streamed.out_of_order
+    );
     if still_open > 0 {
         println!("  still open:           {still_open} (nothing moved for 90 s)");
     }
     if !args.keep {
         fleet::clean_up(&run_settings, &broker, &db).await?;
     }
-    if report.violations() > 0 {
+    if report.violations() + streamed.violations() > 0 {
         anyhow::bail!("chaos run {id}: guarantees violated");
     }
     println!("  verdict:              all guarantees held");
     Ok(())
+}
+
+/// Lets the SSE readers catch up with the settled mailboxes (until each received its
+/// mailbox whole, or 10 s), then stops them and checks what they got.
+async fn settle_streams(
+    db: &shared::db::Db,
+    tenants: &[shared::ids::ClientId],
+    readers: streams::Received,
+    reading: CancellationToken,
+) -> anyhow::Result<streams::StreamCheck> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let check = streams::check(db, tenants, &readers).await?;
+        if check.violations() == 0 || Instant::now() >= deadline {
+            reading.cancel();
+            return Ok(check);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Sends every conversation's messages in order (bursts of up to five back to back,
