@@ -27,6 +27,7 @@ mod operators;
 mod queues;
 mod replay;
 mod secrets;
+mod sse;
 mod tenant;
 mod up;
 
@@ -88,6 +89,9 @@ enum Command {
         /// Fraction of requests answered 503 (0.0-1.0).
         #[arg(long, default_value_t = 0.0)]
         error_rate: f64,
+        /// Pause between the words of a streamed answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        word_delay_ms: u64,
     },
 }
 
@@ -124,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
             bind,
             latency_ms,
             error_rate,
+            word_delay_ms,
         } => {
             if !(0.0..=1.0).contains(&error_rate) {
                 anyhow::bail!("--error-rate must be between 0.0 and 1.0");
@@ -133,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
                 worker::llm::sim::SimOptions {
                     latency: Duration::from_millis(latency_ms),
                     error_rate,
-                    word_delay: Duration::ZERO,
+                    word_delay: Duration::from_millis(word_delay_ms),
                 },
                 shutdown.clone(),
             )

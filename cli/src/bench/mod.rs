@@ -485,9 +485,11 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
             t.sent
                 .iter()
                 .filter_map(|(id, s)| {
+                    // A delta before the send belonged to an earlier turn's reply.
                     t.first_delta
                         .get(id)
-                        .map(|d| d.saturating_duration_since(*s).as_secs_f64() * 1e3)
+                        .filter(|d| **d >= *s)
+                        .map(|d| d.duration_since(*s).as_secs_f64() * 1e3)
                 })
                 .collect()
         })

@@ -106,28 +106,12 @@ pub(super) async fn stream_conversation(
         while let Some(Ok(chunk)) = body.next().await {
             let seen = Instant::now();
             buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let (mut event, mut id, mut data) = ("", None, String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = if v.trim() == "delta" {
-                            "delta"
-                        } else if v.trim() == "message" {
-                            "message"
-                        } else {
-                            ""
-                        };
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                let Ok(data) = serde_json::from_str::<Value>(&data) else {
+            for event in crate::sse::drain_events(&mut buffer) {
+                let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
                     continue;
                 };
-                match event {
+                let id = event.id;
+                match event.event.as_str() {
                     "delta" => {
                         if let Some(reply) = data["reply_id"].as_str() {
                             first_deltas.entry(reply.to_owned()).or_insert(seen);

@@ -79,29 +79,18 @@ async fn read(
             };
             let Some(Ok(chunk)) = chunk else { break };
             buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let (mut message, mut id, mut data) = (false, None, String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        message = v.trim() == "message";
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if !message {
+            for event in crate::sse::drain_events(&mut buffer) {
+                if event.event != "message" {
                     continue;
                 }
-                if let Ok(m) = serde_json::from_str::<serde_json::Value>(&data)
+                if let Ok(m) = serde_json::from_str::<serde_json::Value>(&event.data)
                     && let Ok(mut all) = received.lock()
                 {
                     let id = m["id"].as_str().unwrap_or_default().to_owned();
                     let role = m["role"].as_str().unwrap_or_default().to_owned();
                     all.entry(c).or_default().push((id, role));
                 }
-                if let Some(id) = id {
+                if let Some(id) = event.id {
                     last_event_id = id;
                 }
             }
