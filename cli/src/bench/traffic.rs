@@ -20,8 +20,13 @@ fn bench_messages(text: &str) -> impl Iterator<Item = u64> + '_ {
     })
 }
 
-/// Long-polls one conversation: each assistant entry answers every user entry before it
-/// that was not answered yet.
+/// The bench messages a reply answers: the LLM double's reply ends with "You said: "
+/// and the turn's text (the messages it answered, joined).
+fn answered_by(reply: &str) -> impl Iterator<Item = u64> + '_ {
+    bench_messages(reply.rsplit_once("You said: ").map_or("", |(_, said)| said))
+}
+
+/// Long-polls one conversation, noting when each bench message's reply was seen.
 pub(super) async fn read_conversation(
     http: reqwest::Client,
     base: String,
@@ -31,7 +36,6 @@ pub(super) async fn read_conversation(
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut cursor = "0".to_owned();
-    let mut waiting: Vec<u64> = Vec::new();
     while !stop.is_cancelled() {
         let r = http
             .get(format!(
@@ -58,25 +62,20 @@ pub(super) async fn read_conversation(
         };
         cursor = page["cursor"].as_str().unwrap_or(&cursor).to_owned();
         for entry in page["messages"].as_array().into_iter().flatten() {
-            let text = entry["text"].as_str().unwrap_or_default();
-            match entry["role"].as_str() {
-                Some("user") => waiting.extend(bench_messages(text)),
-                Some("assistant") => {
-                    if let Ok(mut t) = timings.lock() {
-                        for k in waiting.drain(..) {
-                            t.answered.insert(k, seen);
-                        }
-                    }
+            if entry["role"] == "assistant"
+                && let Ok(mut t) = timings.lock()
+            {
+                for k in answered_by(entry["text"].as_str().unwrap_or_default()) {
+                    t.answered.entry(k).or_insert(seen);
                 }
-                _ => {}
             }
         }
     }
 }
 
 /// Reads one conversation's SSE stream: a reply's first delta is noted by its reply id;
-/// its stored message (after the user messages it answers, in the same read) answers
-/// every bench message not answered yet, whose first delta was that one.
+/// its stored message answers the bench messages it names, whose first delta was that
+/// one.
 pub(super) async fn stream_conversation(
     http: reqwest::Client,
     base: String,
@@ -87,7 +86,6 @@ pub(super) async fn stream_conversation(
 ) {
     use futures::StreamExt;
     let mut cursor = "0".to_owned();
-    let mut waiting: Vec<u64> = Vec::new();
     let mut first_deltas: std::collections::HashMap<String, Instant> = Default::default();
     while !stop.is_cancelled() {
         let opened = http
@@ -121,22 +119,17 @@ pub(super) async fn stream_conversation(
                         if let Some(id) = id {
                             cursor = id;
                         }
-                        let text = data["text"].as_str().unwrap_or_default();
-                        match data["role"].as_str() {
-                            Some("user") => waiting.extend(bench_messages(text)),
-                            Some("assistant") => {
-                                let delta =
-                                    data["id"].as_str().and_then(|r| first_deltas.remove(r));
-                                if let Ok(mut t) = timings.lock() {
-                                    for k in waiting.drain(..) {
-                                        t.answered.insert(k, seen);
-                                        if let Some(at) = delta {
-                                            t.first_delta.insert(k, at);
-                                        }
-                                    }
+                        if data["role"] != "assistant" {
+                            continue;
+                        }
+                        let delta = data["id"].as_str().and_then(|r| first_deltas.remove(r));
+                        if let Ok(mut t) = timings.lock() {
+                            for k in answered_by(data["text"].as_str().unwrap_or_default()) {
+                                t.answered.entry(k).or_insert(seen);
+                                if let Some(at) = delta {
+                                    t.first_delta.entry(k).or_insert(at);
                                 }
                             }
-                            _ => {}
                         }
                     }
                     _ => {}
@@ -152,9 +145,8 @@ pub(super) async fn watch_graph(
     timings: Arc<Mutex<Timings>>,
 ) {
     while let Some(reply) = replies.recv().await {
-        let said = reply.text.rsplit_once("You said: ").map_or("", |(_, s)| s);
         if let Ok(mut t) = timings.lock() {
-            for k in bench_messages(said) {
+            for k in answered_by(&reply.text) {
                 t.answered.entry(k).or_insert(reply.at);
             }
         }
@@ -185,5 +177,8 @@ mod tests {
         let said: Vec<u64> = bench_messages("message 12\n\nmessage 140").collect();
         assert_eq!(said, [12, 140]);
         assert_eq!(bench_messages("no numbers here").count(), 0);
+        // A reply names what it answered after "You said: ", not before.
+        let reply = "[m] message 3 was earlier | You said: message 12\n\nmessage 14";
+        assert_eq!(answered_by(reply).collect::<Vec<_>>(), [12, 14]);
     }
 }
