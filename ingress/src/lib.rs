@@ -115,6 +115,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         session_ttl: settings.sessions.ttl,
         admin: settings.admin.clone(),
         secrets: SecretBox::new(&settings.security.encryption_ring()),
+        tools: settings.tools.clone(),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
         edge: edge::Edge::new(settings.edge.clone(), &settings.http.trusted_proxies),
         plans: settings.plans.clone(),

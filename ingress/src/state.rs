@@ -44,6 +44,8 @@ pub(crate) struct Services {
     pub session_ttl: std::time::Duration,
     pub admin: shared::settings::AdminSettings,
     pub secrets: SecretBox,
+    /// Tool definitions' limits and URL rules.
+    pub tools: shared::settings::ToolsSettings,
     pub knowledge: Knowledge,
     /// The edge's limits and trusted proxies.
     pub edge: crate::edge::Edge,
@@ -127,6 +129,9 @@ impl AppState {
     }
     pub(crate) fn secrets(&self) -> &SecretBox {
         &self.inner.secrets
+    }
+    pub(crate) fn tools(&self) -> &shared::settings::ToolsSettings {
+        &self.inner.tools
     }
     pub(crate) fn knowledge(&self) -> &Knowledge {
         &self.inner.knowledge

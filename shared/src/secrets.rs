@@ -1,9 +1,9 @@
-//! Channel credentials at rest: sealed with XChaCha20-Poly1305 under the first key of the
-//! encryption key ring (`security.encryption_keys`, or `security.encryption_key` alone),
-//! with the owning tenant and channel as associated data, so a ciphertext copied into
-//! another tenant's row fails to open instead of leaking. Stored as
-//! `nonce (24 bytes) || ciphertext`. Every key of the ring opens (the AEAD tag tells which
-//! key sealed), so a new key goes first, `chatfleet secrets reseal` re-seals what older
+//! Channel and tool credentials at rest: sealed with XChaCha20-Poly1305 under the first
+//! key of the encryption key ring (`security.encryption_keys`, or
+//! `security.encryption_key` alone), with the owning tenant and channel (or tool) as
+//! associated data, so a ciphertext copied into another tenant's row fails to open
+//! instead of leaking. Stored as `nonce (24 bytes) || ciphertext`. Every key of the ring
+//! opens (the AEAD tag tells which key sealed), so a new key goes first, `chatfleet secrets reseal` re-seals what older
 //! keys sealed ([`SecretBox::reseal`]), and the old keys can then be removed.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -49,22 +49,55 @@ impl SecretBox {
         channel: Channel,
         stored: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        match self.open_with(client_id, channel, stored)? {
+        match self.open_with(&associated_data(client_id, channel), stored)? {
             (0, _) => Ok(None),
             (_, plain) => self.seal(client_id, channel, &plain).map(Some),
         }
     }
 
     pub fn seal(&self, client_id: ClientId, channel: Channel, plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.seal_with(&associated_data(client_id, channel), plaintext)
+    }
+
+    pub fn open(&self, client_id: ClientId, channel: Channel, stored: &[u8]) -> Result<Vec<u8>> {
+        self.open_with(&associated_data(client_id, channel), stored)
+            .map(|(_, plain)| plain)
+    }
+
+    /// Seals the credential of a tenant's tool (its name is associated data, like the
+    /// tenant: a copy under another tool or tenant does not open).
+    pub fn seal_tool_auth(&self, client_id: ClientId, tool: &str, plain: &[u8]) -> Result<Vec<u8>> {
+        self.seal_with(&tool_associated_data(client_id, tool), plain)
+    }
+
+    pub fn open_tool_auth(&self, client_id: ClientId, tool: &str, stored: &[u8]) -> Result<Vec<u8>> {
+        self.open_with(&tool_associated_data(client_id, tool), stored)
+            .map(|(_, plain)| plain)
+    }
+
+    /// [`Self::reseal`] for a tool's credential.
+    pub fn reseal_tool_auth(
+        &self,
+        client_id: ClientId,
+        tool: &str,
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let aad = tool_associated_data(client_id, tool);
+        match self.open_with(&aad, stored)? {
+            (0, _) => Ok(None),
+            (_, plain) => self.seal_with(&aad, &plain).map(Some),
+        }
+    }
+
+    fn seal_with(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let aad = associated_data(client_id, channel);
         let sealed = self.ring[0]
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: plaintext,
-                    aad: &aad,
+                    aad,
                 },
             )
             .map_err(|e| Error::Crypto(e.to_string()))?;
@@ -73,31 +106,17 @@ impl SecretBox {
         Ok(out)
     }
 
-    pub fn open(&self, client_id: ClientId, channel: Channel, stored: &[u8]) -> Result<Vec<u8>> {
-        self.open_with(client_id, channel, stored)
-            .map(|(_, plain)| plain)
-    }
-
     /// The plaintext and the position in the ring of the key that opened it.
-    fn open_with(
-        &self,
-        client_id: ClientId,
-        channel: Channel,
-        stored: &[u8],
-    ) -> Result<(usize, Vec<u8>)> {
+    fn open_with(&self, aad: &[u8], stored: &[u8]) -> Result<(usize, Vec<u8>)> {
         if stored.len() < NONCE_LEN {
             return Err(Error::Crypto("ciphertext too short".into()));
         }
         let (nonce, sealed) = stored.split_at(NONCE_LEN);
-        let aad = associated_data(client_id, channel);
         self.ring
             .iter()
             .enumerate()
             .find_map(|(i, cipher)| {
-                let payload = Payload {
-                    msg: sealed,
-                    aad: &aad,
-                };
+                let payload = Payload { msg: sealed, aad };
                 cipher
                     .decrypt(XNonce::from_slice(nonce), payload)
                     .ok()
@@ -105,10 +124,40 @@ impl SecretBox {
             })
             .ok_or_else(|| {
                 Error::Crypto(
-                    "authentication failed (no key of the ring, or another tenant or channel)"
+                    "authentication failed (no key of the ring, or another tenant, channel or tool)"
                         .into(),
                 )
             })
+    }
+}
+
+/// A tool endpoint's credential: what [`SecretBox::seal_tool_auth`] seals (as JSON) and
+/// the worker opens to call the tool.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ToolCredential {
+    Bearer { token: String },
+    Header { name: String, value: String },
+    Basic { username: String, password: String },
+}
+
+impl std::fmt::Debug for ToolCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ToolCredential([redacted])")
+    }
+}
+
+impl ToolCredential {
+    /// Seals the credential for `tool` of `client_id`.
+    pub fn seal(&self, secrets: &SecretBox, client_id: ClientId, tool: &str) -> Result<Vec<u8>> {
+        let plain = serde_json::to_vec(self).map_err(|e| Error::Internal(e.to_string()))?;
+        secrets.seal_tool_auth(client_id, tool, &plain)
+    }
+
+    /// Opens what [`Self::seal`] sealed.
+    pub fn open(secrets: &SecretBox, client_id: ClientId, tool: &str, sealed: &[u8]) -> Result<Self> {
+        let plain = secrets.open_tool_auth(client_id, tool, sealed)?;
+        serde_json::from_slice(&plain).map_err(|e| Error::Crypto(e.to_string()))
     }
 }
 
@@ -136,6 +185,10 @@ pub fn visitor_key(visitor_id: &str) -> String {
 
 fn associated_data(client_id: ClientId, channel: Channel) -> Vec<u8> {
     format!("chatfleet/credentials/{client_id}/{channel}").into_bytes()
+}
+
+fn tool_associated_data(client_id: ClientId, tool: &str) -> Vec<u8> {
+    format!("chatfleet/tool-auth/{client_id}/{tool}").into_bytes()
 }
 
 #[cfg(test)]

@@ -128,6 +128,7 @@ async fn a_user_turn_is_recorded_once_and_answered_once() {
         completion_tokens: Some(2),
         estimated_prompt_tokens: None,
         config_version: 1,
+        choices: Vec::new(),
     };
     let reply_id = ReplyId::random();
     assert_eq!(

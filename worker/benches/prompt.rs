@@ -40,7 +40,9 @@ fn tenant() -> TenantConfig {
             prompt_token_budget: None,
             coalesce_window_ms: 0,
             whatsapp_typing_indicator: true,
+            builtin_tools: Vec::new(),
         },
+        tools: Vec::new(),
         modes: (0..4)
             .map(|i| AgentMode {
                 module_key: format!("mode{i}"),

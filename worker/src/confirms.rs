@@ -156,6 +156,7 @@ mod tests {
                 completion_tokens: None,
                 estimated_prompt_tokens: None,
                 config_version: 1,
+                choices: Vec::new(),
             };
             assert_eq!(
                 env.db

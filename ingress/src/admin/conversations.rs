@@ -60,6 +60,8 @@ pub(crate) struct ConversationDetail {
     conversation: ConversationOut,
     /// The last 500 messages, oldest first.
     messages: Vec<crate::wire::MessageOut>,
+    /// The last 500 tool calls its turns made, oldest first.
+    tool_calls: Vec<crate::wire::ToolCallOut>,
 }
 
 /// The client's conversations by ascending id.
@@ -110,9 +112,16 @@ pub(crate) async fn get_one(
         .messages()
         .in_conversation(conversation_id, MESSAGES)
         .await?;
+    let tool_calls = state
+        .db()
+        .tenant(client.id)
+        .tool_calls()
+        .for_conversation(conversation_id, MESSAGES)
+        .await?;
     Ok(Json(ConversationDetail {
         conversation: summary.into(),
         messages: messages.into_iter().map(Into::into).collect(),
+        tool_calls: tool_calls.into_iter().map(Into::into).collect(),
     }))
 }
 

@@ -207,7 +207,7 @@ pub(crate) struct UsageRange {
     to: Option<NaiveDate>,
 }
 
-/// Messages answered and tokens spent per day (UTC).
+/// Messages answered, tokens spent and tool calls made per day (UTC).
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/usage", params(("id" = String, Path, description = "client id or slug"), UsageRange),
     security(("admin_token" = [])), responses((status = 200, body = Vec<UsageDayOut>)))]
 pub(crate) async fn usage(

@@ -14,6 +14,7 @@ pub(crate) mod config;
 pub(crate) mod conversations;
 pub(crate) mod credentials;
 pub(crate) mod knowledge;
+pub(crate) mod tools;
 
 use axum::http::StatusCode;
 use axum::middleware;
@@ -39,6 +40,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .merge(credentials::routes())
         .merge(conversations::routes())
         .merge(knowledge::routes())
+        .merge(tools::routes())
         .merge(audit::routes())
         .route_layer(middleware::from_fn_with_state(state, auth::require_admin));
     Router::new()

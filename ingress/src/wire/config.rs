@@ -3,7 +3,7 @@
 //! layer (`ConfigUpdate::validate`), whose messages name the field.
 
 use serde::{Deserialize, Deserializer, Serialize};
-use shared::db::{AgentMode, ClientConfig, ConfigUpdate, ModePatch};
+use shared::db::{self, AgentMode, ClientConfig, ConfigUpdate, ModePatch};
 use shared::tenant;
 
 /// The tone a persona takes.
@@ -43,6 +43,35 @@ impl From<PersonaTone> for tenant::PersonaTone {
             PersonaTone::Empathetic => Self::Empathetic,
             PersonaTone::Playful => Self::Playful,
             PersonaTone::Concise => Self::Concise,
+        }
+    }
+}
+
+/// A tool the platform provides, switched on per tenant (`builtin_tools`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BuiltinTool {
+    /// The model hands the conversation to a person, as the handoff phrase does.
+    HandoffToHuman,
+    /// The model answers with a text and choices (`{text, choices: [string]}`) the user
+    /// can pick; the reply carries `choices`.
+    OfferChoices,
+}
+
+impl From<db::BuiltinTool> for BuiltinTool {
+    fn from(t: db::BuiltinTool) -> Self {
+        match t {
+            db::BuiltinTool::HandoffToHuman => Self::HandoffToHuman,
+            db::BuiltinTool::OfferChoices => Self::OfferChoices,
+        }
+    }
+}
+
+impl From<BuiltinTool> for db::BuiltinTool {
+    fn from(t: BuiltinTool) -> Self {
+        match t {
+            BuiltinTool::HandoffToHuman => Self::HandoffToHuman,
+            BuiltinTool::OfferChoices => Self::OfferChoices,
         }
     }
 }
@@ -104,6 +133,8 @@ pub(crate) struct ConfigOut {
     /// WhatsApp users see their message read and a typing indicator while the bot
     /// writes (default true).
     pub whatsapp_typing_indicator: bool,
+    /// The built-in tools the model is offered.
+    pub builtin_tools: Vec<BuiltinTool>,
 }
 
 impl From<ClientConfig> for ConfigOut {
@@ -125,6 +156,7 @@ impl From<ClientConfig> for ConfigOut {
             prompt_token_budget: c.prompt_token_budget,
             coalesce_window_ms: c.coalesce_window_ms,
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
+            builtin_tools: c.builtin_tools.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -154,6 +186,9 @@ pub(crate) struct ConfigIn {
     /// writes (default true).
     #[serde(default = "default_typing_indicator")]
     pub whatsapp_typing_indicator: bool,
+    /// The built-in tools the model is offered (none when left out).
+    #[serde(default)]
+    pub builtin_tools: Vec<BuiltinTool>,
 }
 
 impl From<ConfigIn> for ConfigUpdate {
@@ -174,6 +209,7 @@ impl From<ConfigIn> for ConfigUpdate {
             prompt_token_budget: c.prompt_token_budget,
             coalesce_window_ms: c.coalesce_window_ms,
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
+            builtin_tools: c.builtin_tools.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -205,6 +241,7 @@ pub(crate) struct ConfigPatch {
     pub prompt_token_budget: Option<Option<u32>>,
     pub coalesce_window_ms: Option<u32>,
     pub whatsapp_typing_indicator: Option<bool>,
+    pub builtin_tools: Option<Vec<BuiltinTool>>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
@@ -229,6 +266,9 @@ impl ConfigPatch {
         }
         if let Some(tone) = self.persona_tone {
             current.persona_tone = tone.into();
+        }
+        if let Some(tools) = self.builtin_tools {
+            current.builtin_tools = tools.into_iter().map(Into::into).collect();
         }
         set!(
             persona_name,
@@ -332,6 +372,7 @@ mod tests {
             prompt_token_budget: Some(2048),
             coalesce_window_ms: 0,
             whatsapp_typing_indicator: true,
+            builtin_tools: Vec::new(),
         }
     }
 

@@ -54,6 +54,9 @@ pub(crate) struct MessageOut {
     pub channel_message_id: Option<String>,
     /// For an answered user message: the id of the reply that answered it.
     pub answered_by: Option<u64>,
+    /// The choices a reply offers the user (`offer_choices`); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -74,6 +77,7 @@ impl From<StoredMessage> for MessageOut {
             delivery_status: m.delivery_status.map(DeliveryStatus::as_str),
             channel_message_id: m.channel_message_id,
             answered_by: m.answered_by,
+            choices: m.choices,
             created_at: m.created_at,
         }
     }
@@ -86,6 +90,10 @@ pub(crate) struct PolledMessage {
     pub id: Uuid,
     pub role: MessageRole,
     pub text: String,
+    /// The choices a reply offers the user (`offer_choices`): show them as buttons that
+    /// send the choice's text. Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -95,6 +103,7 @@ impl From<MailboxItem> for PolledMessage {
             id: item.id,
             role: item.role.into(),
             text: item.text,
+            choices: item.choices,
             created_at: item.created_at,
         }
     }

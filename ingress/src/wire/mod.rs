@@ -8,12 +8,15 @@ mod config;
 mod messages;
 mod records;
 mod tenants;
+mod tools;
 
 pub(crate) use config::{
-    AgentModeIn, AgentModeOut, ConfigIn, ConfigOut, ConfigPatch, ModePatchIn, PersonaTone,
+    AgentModeIn, AgentModeOut, BuiltinTool, ConfigIn, ConfigOut, ConfigPatch, ModePatchIn,
+    PersonaTone,
 };
 pub(crate) use messages::{MessageOut, MessageRole, PolledMessage, PolledMessages};
 pub(crate) use records::{
     ApiKeyOut, ChannelAccountOut, ConversationOut, KnowledgeDocumentOut, UsageDayOut,
 };
 pub(crate) use tenants::{ClientOut, ClientPatchIn, ClientStatus, Plan};
+pub(crate) use tools::{ToolAuthIn, ToolCallOut, ToolIn, ToolMethod, ToolOut, ToolPatchIn};

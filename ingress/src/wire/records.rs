@@ -120,6 +120,8 @@ pub(crate) struct UsageDayOut {
     pub messages: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Tool calls the tenant's turns made.
+    pub tool_calls: u64,
 }
 
 impl From<UsageDay> for UsageDayOut {
@@ -129,6 +131,7 @@ impl From<UsageDay> for UsageDayOut {
             messages: u.messages,
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
+            tool_calls: u.tool_calls,
         }
     }
 }

@@ -6,7 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{AgentMode, Client, ClientConfig, TenantConfig};
+use crate::db::{
+    AgentMode, BuiltinTool, Client, ClientConfig, TenantConfig, Tool, ToolAuthKind, ToolMethod,
+};
 use crate::ids::ClientId;
 use crate::tenant::{ClientStatus, PersonaTone, Plan};
 
@@ -15,6 +17,8 @@ pub(super) struct CachedTenant {
     client: CachedClient,
     config: CachedConfig,
     modes: Vec<CachedMode>,
+    /// Absent from entries written before tools existed: read as absent, rebuilt.
+    tools: Vec<CachedTool>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +55,8 @@ struct CachedConfig {
     coalesce_window_ms: u32,
     /// Absent from entries written before the column existed: read as absent, rebuilt.
     whatsapp_typing_indicator: bool,
+    /// Words (`handoff_to_human`); absent from older entries: read as absent, rebuilt.
+    builtin_tools: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +65,22 @@ struct CachedMode {
     prompt_fragment: String,
     is_active: bool,
     priority: i32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedTool {
+    name: String,
+    description: String,
+    parameters: serde_json::Value,
+    /// `GET` or `POST`.
+    method: String,
+    url: String,
+    auth_kind: Option<String>,
+    /// Sealed: opened only by the worker that calls the tool.
+    auth_sealed: Option<Vec<u8>>,
+    timeout_ms: u32,
+    side_effects: bool,
+    is_active: bool,
 }
 
 impl From<&TenantConfig> for CachedTenant {
@@ -93,7 +115,24 @@ impl From<&TenantConfig> for CachedTenant {
                 prompt_token_budget: k.prompt_token_budget,
                 coalesce_window_ms: k.coalesce_window_ms,
                 whatsapp_typing_indicator: k.whatsapp_typing_indicator,
+                builtin_tools: k.builtin_tools.iter().map(|b| b.as_str().to_owned()).collect(),
             },
+            tools: t
+                .tools
+                .iter()
+                .map(|x| CachedTool {
+                    name: x.name.clone(),
+                    description: x.description.clone(),
+                    parameters: x.parameters.clone(),
+                    method: x.method.as_str().to_owned(),
+                    url: x.url.clone(),
+                    auth_kind: x.auth_kind.map(|a| a.as_str().to_owned()),
+                    auth_sealed: x.auth_sealed.clone(),
+                    timeout_ms: x.timeout_ms,
+                    side_effects: x.side_effects,
+                    is_active: x.is_active,
+                })
+                .collect(),
             modes: t
                 .modes
                 .iter()
@@ -108,10 +147,40 @@ impl From<&TenantConfig> for CachedTenant {
     }
 }
 
-impl From<CachedTenant> for TenantConfig {
-    fn from(t: CachedTenant) -> Self {
+impl TryFrom<CachedTenant> for TenantConfig {
+    type Error = crate::db::UnknownWord;
+
+    /// Fails on a word this build does not know (an entry of a newer build): the entry
+    /// is treated as absent.
+    fn try_from(t: CachedTenant) -> Result<Self, Self::Error> {
         let (c, k) = (t.client, t.config);
-        Self {
+        let builtin_tools = k
+            .builtin_tools
+            .iter()
+            .map(|w| w.parse::<BuiltinTool>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let tools = t
+            .tools
+            .into_iter()
+            .map(|x| {
+                Ok(Tool {
+                    name: x.name,
+                    description: x.description,
+                    parameters: x.parameters,
+                    method: x.method.parse::<ToolMethod>()?,
+                    url: x.url,
+                    auth_kind: x
+                        .auth_kind
+                        .map(|a| a.parse::<ToolAuthKind>())
+                        .transpose()?,
+                    auth_sealed: x.auth_sealed,
+                    timeout_ms: x.timeout_ms,
+                    side_effects: x.side_effects,
+                    is_active: x.is_active,
+                })
+            })
+            .collect::<Result<Vec<_>, Self::Error>>()?;
+        Ok(Self {
             client: Client {
                 id: c.id,
                 slug: c.slug,
@@ -140,7 +209,9 @@ impl From<CachedTenant> for TenantConfig {
                 prompt_token_budget: k.prompt_token_budget,
                 coalesce_window_ms: k.coalesce_window_ms,
                 whatsapp_typing_indicator: k.whatsapp_typing_indicator,
+                builtin_tools,
             },
+            tools,
             modes: t
                 .modes
                 .into_iter()
@@ -151,6 +222,6 @@ impl From<CachedTenant> for TenantConfig {
                     priority: m.priority,
                 })
                 .collect(),
-        }
+        })
     }
 }

@@ -158,7 +158,7 @@ impl TenantConfigs {
         Ok(body.and_then(|b| {
             serde_json::from_str::<CachedTenant>(&b)
                 .ok()
-                .map(Into::into)
+                .and_then(|c| TenantConfig::try_from(c).ok())
         }))
     }
 

@@ -10,6 +10,7 @@ use super::text_column::text_column;
 use super::{Client, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
+use super::tools::{BuiltinTool, Tool};
 use crate::tenant::PersonaTone;
 
 /// The `client_configs` row, with the column names as field names.
@@ -33,6 +34,8 @@ pub struct ClientConfig {
     pub coalesce_window_ms: u32,
     /// WhatsApp users see their message read and a typing indicator while a turn runs.
     pub whatsapp_typing_indicator: bool,
+    /// The built-in tools the model is offered, in order.
+    pub builtin_tools: Vec<BuiltinTool>,
 }
 
 text_column!(PersonaTone, "persona tone", {
@@ -65,6 +68,8 @@ pub struct ConfigUpdate {
     pub coalesce_window_ms: u32,
     /// WhatsApp users see their message read and a typing indicator while a turn runs.
     pub whatsapp_typing_indicator: bool,
+    /// The built-in tools the model is offered, in order.
+    pub builtin_tools: Vec<BuiltinTool>,
 }
 
 impl ConfigUpdate {
@@ -136,6 +141,7 @@ impl From<ClientConfig> for ConfigUpdate {
             prompt_token_budget: c.prompt_token_budget,
             coalesce_window_ms: c.coalesce_window_ms,
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
+            builtin_tools: c.builtin_tools,
         }
     }
 }
@@ -166,6 +172,8 @@ pub struct TenantConfig {
     pub config: ClientConfig,
     /// Active modes only, highest priority (lowest number) first.
     pub modes: Vec<AgentMode>,
+    /// Active tools only, by name.
+    pub tools: Vec<Tool>,
 }
 
 /// The most an answer's output limit may be.
@@ -174,7 +182,7 @@ pub const MAX_OUTPUT_TOKENS: u32 = 16_384;
 const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_model, \
     llm_temperature, llm_max_output_tokens, max_context_turns, rag_top_k, human_handoff_phrase, handoff_message, config_version, \
     fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms, \
-    whatsapp_typing_indicator";
+    whatsapp_typing_indicator, builtin_tools";
 
 #[derive(Debug)]
 pub struct Configs<'a> {
@@ -208,10 +216,12 @@ impl<'a> Configs<'a> {
         .iter()
         .map(mode_from_row)
         .collect::<Result<Vec<_>>>()?;
+        let tools = super::Tools::new(self.pool, client_id).active().await?;
         Ok(Some(TenantConfig {
             client,
             config,
             modes,
+            tools,
         }))
     }
 
@@ -237,7 +247,7 @@ impl<'a> Configs<'a> {
              max_context_turns = ?, rag_top_k = ?, \
              human_handoff_phrase = ?, handoff_message = ?, fallback_message = ?, fallback_model = ?, \
              prompt_token_budget = ?, coalesce_window_ms = ?, whatsapp_typing_indicator = ?, \
-             config_version = config_version + 1 \
+             builtin_tools = ?, config_version = config_version + 1 \
              WHERE client_id = ?",
         )?
         .bind(&update.persona_name)
@@ -255,6 +265,7 @@ impl<'a> Configs<'a> {
         .bind(update.prompt_token_budget)
         .bind(update.coalesce_window_ms)
         .bind(update.whatsapp_typing_indicator)
+        .bind(builtin_tools_column(&update.builtin_tools))
         .bind(client_id.get())
         .execute(&mut *tx)
         .await?;
@@ -438,7 +449,27 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
         prompt_token_budget: row.try_get("prompt_token_budget")?,
         coalesce_window_ms: row.try_get("coalesce_window_ms")?,
         whatsapp_typing_indicator: row.try_get("whatsapp_typing_indicator")?,
+        builtin_tools: {
+            let words: String = row.try_get("builtin_tools")?;
+            words
+                .split(',')
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse::<BuiltinTool>().map_err(|e| Error::Internal(e.to_string())))
+                .collect::<Result<Vec<_>>>()?
+        },
     })
+}
+
+/// The `builtin_tools` column: the names, comma-separated, each once, in a fixed order.
+fn builtin_tools_column(tools: &[BuiltinTool]) -> String {
+    let mut tools = tools.to_vec();
+    tools.sort();
+    tools.dedup();
+    tools
+        .iter()
+        .map(|t| t.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn mode_from_row(row: &sqlx::mysql::MySqlRow) -> Result<AgentMode> {

@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 
 /// Tables that hold tenant data (each has a `client_id` column; `tests/guard_scan.rs`
 /// fails when a migration creates one that is not listed here).
-pub const TENANT_TABLES: [&str; 9] = [
+pub const TENANT_TABLES: [&str; 11] = [
     "client_configs",
     "agent_modes",
     "conversations",
@@ -54,6 +54,8 @@ pub const TENANT_TABLES: [&str; 9] = [
     "knowledge_documents",
     "usage_daily",
     "mobile_devices",
+    "tools",
+    "tool_calls",
 ];
 
 /// Statements that passed [`check`], by text. Refusals are not remembered: they end

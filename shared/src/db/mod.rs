@@ -22,6 +22,7 @@ mod knowledge;
 mod messages;
 mod operators;
 mod text_column;
+mod tools;
 mod usage;
 
 use std::time::Duration;
@@ -47,6 +48,10 @@ pub use operators::{
     AuditEntry, AuditLog, NewAuditEntry, Operator, OperatorToken, Operators, Scope,
 };
 pub use text_column::UnknownWord;
+pub use tools::{
+    BuiltinTool, MAX_TOOL_TIMEOUT_MS, Tool, ToolAuthKind, ToolCallRecord, ToolCallRow,
+    ToolCallStatus, ToolCalls, ToolMethod, Tools,
+};
 pub use usage::{Usage, UsageDay};
 
 use crate::error::{Error, Result};
@@ -202,6 +207,12 @@ impl<'a> TenantDb<'a> {
     }
     pub fn devices(&self) -> Devices<'a> {
         Devices::new(&self.db.pool, self.client_id)
+    }
+    pub fn tools(&self) -> Tools<'a> {
+        Tools::new(&self.db.pool, self.client_id)
+    }
+    pub fn tool_calls(&self) -> ToolCalls<'a> {
+        ToolCalls::new(&self.db.pool, self.client_id)
     }
 }
 

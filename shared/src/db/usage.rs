@@ -1,4 +1,5 @@
-//! Usage metering: messages answered and tokens spent, per tenant and day. A day is
+//! Usage metering: messages answered, tokens spent and tool calls made, per tenant and
+//! day. A day is
 //! kept in [`SHARDS`] rows per tenant (picked by conversation), so concurrent turns of one
 //! tenant do not queue on one row's lock; reads sum them.
 
@@ -20,6 +21,8 @@ pub struct UsageDay {
     pub messages: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Tool calls the tenant's turns made (built-in tools included).
+    pub tool_calls: u64,
 }
 
 #[derive(Debug)]
@@ -48,15 +51,34 @@ impl<'a> Usage<'a> {
         .bind(to)
         .fetch_all(self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UsageDay {
-                    day: r.try_get("day")?,
+        let mut days = std::collections::BTreeMap::new();
+        for r in &rows {
+            let day: NaiveDate = r.try_get("day")?;
+            days.insert(
+                day,
+                UsageDay {
+                    day,
                     messages: r.try_get("messages")?,
                     prompt_tokens: r.try_get("prompt_tokens")?,
                     completion_tokens: r.try_get("completion_tokens")?,
+                    tool_calls: 0,
+                },
+            );
+        }
+        let calls = super::ToolCalls::new(self.pool, client_id)
+            .per_day(from, to)
+            .await?;
+        for (day, calls) in calls {
+            days.entry(day)
+                .or_insert(UsageDay {
+                    day,
+                    messages: 0,
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    tool_calls: 0,
                 })
-            })
-            .collect()
+                .tool_calls = calls;
+        }
+        Ok(days.into_values().collect())
     }
 }

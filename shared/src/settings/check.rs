@@ -49,6 +49,23 @@ impl Settings {
                 format!("{proxy:?} is neither an IP address nor a CIDR block (10.0.0.0/8)"),
             );
         }
+        for network in &self.tools.allowed_private_networks {
+            check(
+                super::parse::network(network).is_some(),
+                "tools.allowed_private_networks",
+                format!("{network:?} is neither an IP address nor a CIDR block (127.0.0.0/8)"),
+            );
+        }
+        check(
+            (1..=1000).contains(&self.tools.max_per_tenant),
+            "tools.max_per_tenant",
+            "must be 1-1000".into(),
+        );
+        check(
+            (1..=16).contains(&self.tools.max_rounds),
+            "tools.max_rounds",
+            "must be 1-16".into(),
+        );
         for (key, value) in [
             (
                 "edge.sessions_per_ip_per_minute",

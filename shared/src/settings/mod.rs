@@ -43,6 +43,7 @@ pub struct Settings {
     pub whatsapp: WhatsappSettings,
     pub sessions: SessionSettings,
     pub stream: StreamSettings,
+    pub tools: ToolsSettings,
     pub mobile: MobileSettings,
     pub admin: AdminSettings,
     pub security: SecuritySettings,
@@ -59,6 +60,30 @@ pub struct StreamSettings {
     /// At most one delta per turn this often.
     #[serde(rename = "delta_interval_ms", deserialize_with = "parse::millis")]
     pub delta_interval: Duration,
+}
+
+/// Tenants' tools: the HTTP endpoints their bots call through function calling.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolsSettings {
+    /// Most tool definitions one tenant may have.
+    pub max_per_tenant: u32,
+    /// Most rounds of tool calls in one turn; then the model answers without tools.
+    pub max_rounds: u32,
+    /// Whether tool URLs may be `http://` (else `https://` only).
+    pub allow_http: bool,
+    /// Private networks tools may reach after all (CIDRs): loopback, private, link-local,
+    /// CGNAT and metadata addresses are refused otherwise.
+    pub allowed_private_networks: Vec<String>,
+}
+
+impl ToolsSettings {
+    /// [`Self::allowed_private_networks`] parsed (validated at load).
+    pub fn allowed_networks(&self) -> Vec<ipnet::IpNet> {
+        self.allowed_private_networks
+            .iter()
+            .filter_map(|n| parse::network(n))
+            .collect()
+    }
 }
 
 /// Widget and mobile sessions.
@@ -402,6 +427,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("amqp.retry_delays_s")
                     .with_list_parse_key("http.trusted_proxies")
+                    .with_list_parse_key("tools.allowed_private_networks")
                     .with_list_parse_key("security.encryption_keys")
                     .with_list_parse_key("security.session_keys")
                     .source(Some(sources.vars)),

@@ -63,3 +63,11 @@ pub(super) fn positive_seconds_list<'de, D: Deserializer<'de>>(
     }
     Ok(list.into_iter().map(Duration::from_secs).collect())
 }
+
+/// A network given as a CIDR block or a single address (a /32 or /128).
+pub(super) fn network(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}

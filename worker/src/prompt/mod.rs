@@ -308,7 +308,9 @@ mod tests {
                 prompt_token_budget: None,
                 coalesce_window_ms: 0,
                 whatsapp_typing_indicator: true,
+                builtin_tools: Vec::new(),
             },
+            tools: Vec::new(),
             modes: vec![
                 AgentMode {
                     module_key: "sales".into(),

@@ -31,6 +31,8 @@ pub struct StoredMessage {
     pub channel_message_id: Option<String>,
     /// For an answered user message: the id of the reply that answered it.
     pub answered_by: Option<u64>,
+    /// The choices a reply offers (`offer_choices`); empty: none.
+    pub choices: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -42,6 +44,8 @@ pub struct MailboxItem {
     pub id: Uuid,
     pub role: Role,
     pub text: String,
+    /// The choices a reply offers (`offer_choices`); empty: none.
+    pub choices: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -56,7 +60,7 @@ impl Messages<'_> {
         let rows = guard::query(
             "SELECT id, envelope_id, role, content, state, reply_kind, prompt_tokens, \
              completion_tokens, estimated_prompt_tokens, config_version, seq, delivery_status, \
-             channel_message_id, reply_message_id, created_at FROM messages \
+             channel_message_id, reply_message_id, choices, created_at FROM messages \
              WHERE client_id = ? AND conversation_id = ? \
              ORDER BY id DESC LIMIT ?",
         )?
@@ -83,6 +87,7 @@ impl Messages<'_> {
                     seq: r.try_get("seq")?,
                     delivery_status: r.try_get("delivery_status")?,
                     channel_message_id: r.try_get("channel_message_id")?,
+                    choices: choices(r)?,
                     created_at: r.try_get("created_at")?,
                 })
             })
@@ -100,7 +105,7 @@ impl Messages<'_> {
     ) -> Result<Vec<MailboxItem>> {
         let client_id = self.client_id;
         let rows = guard::query(
-            "SELECT seq, envelope_id, role, content, created_at \
+            "SELECT seq, envelope_id, role, content, choices, created_at \
              FROM messages FORCE INDEX (uq_messages_seq) \
              WHERE client_id = ? AND conversation_id = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
         )?
@@ -122,6 +127,19 @@ fn mailbox_item(row: &MySqlRow) -> Result<MailboxItem> {
         id: row.try_get("envelope_id")?,
         role: row.try_get("role")?,
         text: row.try_get("content")?,
+        choices: choices(row)?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// The `choices` column: a JSON array of strings, or NULL.
+fn choices(row: &MySqlRow) -> Result<Vec<String>> {
+    let stored: Option<String> = row.try_get("choices")?;
+    stored
+        .map(|c| {
+            serde_json::from_str(&c)
+                .map_err(|e| crate::Error::Internal(format!("stored choices are not JSON: {e}")))
+        })
+        .transpose()
+        .map(Option::unwrap_or_default)
 }

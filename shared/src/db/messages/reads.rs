@@ -270,6 +270,7 @@ mod tests {
             completion_tokens: None,
             estimated_prompt_tokens: None,
             config_version: 1,
+            choices: Vec::new(),
         };
         let (q1, _) = ask("q1").await;
         // q2 arrives while q1 is being answered; q3 is ignored (a reaction, say).
@@ -427,6 +428,7 @@ mod tests {
             completion_tokens: None,
             estimated_prompt_tokens: None,
             config_version: 1,
+            choices: Vec::new(),
         };
         let mut unconfirmed = std::collections::HashMap::new();
         for conversation in [mine, other] {

@@ -22,6 +22,8 @@ pub struct NewReply {
     pub completion_tokens: Option<u32>,
     pub estimated_prompt_tokens: Option<u32>,
     pub config_version: u64,
+    /// The choices the reply offers (`offer_choices`); empty: none.
+    pub choices: Vec<String>,
 }
 
 /// What [`Messages::store_reply`] did.
@@ -105,7 +107,13 @@ impl Messages<'_> {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let call = guard::query_scalar("CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")?
+        let choices = (!reply.choices.is_empty())
+            .then(|| serde_json::to_string(&reply.choices))
+            .transpose()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let call = guard::query_scalar(
+            "CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )?
             .bind(client_id.get())
             .bind(reply.conversation_id.get())
             .bind(reply.reply_id.as_uuid())
@@ -118,7 +126,8 @@ impl Messages<'_> {
             .bind(reply.estimated_prompt_tokens)
             .bind(reply.config_version)
             .bind(answers)
-            .bind(reply.conversation_id.get() % usage::SHARDS);
+            .bind(reply.conversation_id.get() % usage::SHARDS)
+            .bind(choices);
         let outcome: Vec<StoreOutcome> = self
             .direct
             .run(async move |conn| call.fetch_all(conn).await)
@@ -292,6 +301,7 @@ mod tests {
             completion_tokens: None,
             estimated_prompt_tokens: Some(9),
             config_version: 3,
+            choices: Vec::new(),
         };
         assert_eq!(
             db.tenant(t.id)

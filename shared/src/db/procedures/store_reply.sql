@@ -1,7 +1,8 @@
 -- Stores a reply, marks the user messages it answers (`p_answers`, comma-separated ids)
 -- answered and counts the usage, in one transaction. Outcome (column `outcome`): 'stored';
 -- 'not_bot' when a bot or fallback reply (`p_bot_only`) meets a conversation a human
--- has; 'answered_before' when none of `p_answers` is still pending.
+-- has; 'answered_before' when none of `p_answers` is still pending. `p_choices`: the
+-- choices the reply offers (a JSON array), or NULL.
 CREATE PROCEDURE store_reply(
     IN p_client_id               BIGINT UNSIGNED,
     IN p_conversation_id         BIGINT UNSIGNED,
@@ -15,7 +16,8 @@ CREATE PROCEDURE store_reply(
     IN p_estimated_prompt_tokens INT UNSIGNED,
     IN p_config_version          BIGINT UNSIGNED,
     IN p_answers                 TEXT,
-    IN p_usage_shard             TINYINT UNSIGNED)
+    IN p_usage_shard             TINYINT UNSIGNED,
+    IN p_choices                 TEXT CHARACTER SET utf8mb4)
 MODIFIES SQL DATA
 SQL SECURITY INVOKER
 store: BEGIN
@@ -39,10 +41,10 @@ store: BEGIN
     END IF;
     INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state,
         reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens,
-        config_version, seq, history_seq)
+        config_version, seq, history_seq, choices)
         VALUES (p_client_id, p_conversation_id, p_reply_id, p_role, p_content, 'stored',
         p_reply_kind, p_prompt_tokens, p_completion_tokens, p_estimated_prompt_tokens,
-        p_config_version, v_seq, v_seq);
+        p_config_version, v_seq, v_seq, p_choices);
     SET v_reply_row = LAST_INSERT_ID();
     UPDATE messages FORCE INDEX (ix_messages_open)
         SET state = 'answered', reply_message_id = v_reply_row,
