@@ -72,6 +72,9 @@ pub const AUDIT_UNRECORDED: &str = "chatfleet_audit_unrecorded_total";
 pub const LLM_WAITING: &str = "chatfleet_llm_waiting";
 /// Counter: turns answered by the tenant's fallback model.
 pub const LLM_FALLBACKS: &str = "chatfleet_llm_fallbacks_total";
+/// Counter `{outcome}`: tenants' tool calls (`ok`, `error`, `refused`, `invalid`,
+/// `not_called`; `reused`: a turn run again took a recorded result).
+pub const TOOL_CALLS: &str = "chatfleet_tool_calls_total";
 /// Counter `{channel, result}`: replies handed to a provider (WhatsApp's Graph API).
 pub const DELIVERIES: &str = "chatfleet_deliveries_total";
 /// Counter: push notifications sent.
@@ -84,7 +87,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 35] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -114,6 +117,7 @@ pub const ALL: [&str; 34] = [
     EDGE_LIMIT_UNAVAILABLE,
     AUDIT_UNRECORDED,
     LLM_FALLBACKS,
+    TOOL_CALLS,
     DELIVERIES,
     PUSH_SENT,
     PUSH_FAILED,

@@ -70,7 +70,12 @@ impl SecretBox {
         self.seal_with(&tool_associated_data(client_id, tool), plain)
     }
 
-    pub fn open_tool_auth(&self, client_id: ClientId, tool: &str, stored: &[u8]) -> Result<Vec<u8>> {
+    pub fn open_tool_auth(
+        &self,
+        client_id: ClientId,
+        tool: &str,
+        stored: &[u8],
+    ) -> Result<Vec<u8>> {
         self.open_with(&tool_associated_data(client_id, tool), stored)
             .map(|(_, plain)| plain)
     }
@@ -155,7 +160,12 @@ impl ToolCredential {
     }
 
     /// Opens what [`Self::seal`] sealed.
-    pub fn open(secrets: &SecretBox, client_id: ClientId, tool: &str, sealed: &[u8]) -> Result<Self> {
+    pub fn open(
+        secrets: &SecretBox,
+        client_id: ClientId,
+        tool: &str,
+        sealed: &[u8],
+    ) -> Result<Self> {
         let plain = secrets.open_tool_auth(client_id, tool, sealed)?;
         serde_json::from_slice(&plain).map_err(|e| Error::Crypto(e.to_string()))
     }

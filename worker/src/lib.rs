@@ -41,6 +41,7 @@ mod inbox;
 pub mod llm;
 mod ops;
 pub mod prompt;
+mod tools;
 mod turn;
 mod window;
 
@@ -81,6 +82,8 @@ pub(crate) struct Ctx {
     inactive_notice: String,
     tokenizer: prompt::Tokenizer,
     knowledge: Knowledge,
+    /// Calls tenants' tools.
+    tools: tools::ToolRunner,
 }
 
 impl Ctx {
@@ -126,6 +129,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         inactive_notice: settings.tenancy.inactive_notice.clone(),
         tokenizer: prompt::Tokenizer::new()?,
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
+        tools: tools::ToolRunner::new(
+            &settings.tools,
+            shared::secrets::SecretBox::new(&settings.security.encryption_ring()),
+        )?,
     });
     let ops = ops::serve(ctx.clone(), settings.worker.metrics_bind, shutdown.clone()).await?;
     tracing::info!(addr = %ops, "metrics, health and readiness served");

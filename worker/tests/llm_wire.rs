@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use serde_json::json;
 use shared::pii::Secret;
 use shared::settings::{LlmSettings, ProviderKind, ProviderSettings};
 use tokio_util::sync::CancellationToken;
 use worker::llm::sim::{LlmSim, SimOptions, WireFormat};
-use worker::llm::{ChatMessage, ChatRequest, ChatRole, LlmClient, LlmError};
+use worker::llm::{ChatMessage, ChatRequest, ChatRole, LlmClient, LlmError, ToolSpec};
 
 fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
     let provider = ProviderSettings {
@@ -43,24 +44,16 @@ fn request(model: &str) -> ChatRequest {
         temperature: 0.4,
         num_ctx: 4096,
         max_output_tokens: 300,
+        tools: Vec::new(),
         deltas: None,
         messages: vec![
-            ChatMessage {
-                role: ChatRole::System,
-                content: "You are Ava, an AI assistant for Acme.\nTone: friendly.".into(),
-            },
-            ChatMessage {
-                role: ChatRole::User,
-                content: "earlier".into(),
-            },
-            ChatMessage {
-                role: ChatRole::Assistant,
-                content: "reply".into(),
-            },
-            ChatMessage {
-                role: ChatRole::User,
-                content: "where is my order?".into(),
-            },
+            ChatMessage::new(
+                ChatRole::System,
+                "You are Ava, an AI assistant for Acme.\nTone: friendly.",
+            ),
+            ChatMessage::new(ChatRole::User, "earlier"),
+            ChatMessage::new(ChatRole::Assistant, "reply"),
+            ChatMessage::new(ChatRole::User, "where is my order?"),
         ],
     }
 }
@@ -108,6 +101,58 @@ async fn both_wire_formats_streaming_and_not() {
             if kind == ProviderKind::Ollama {
                 assert_eq!(seen.num_ctx, Some(4096), "num_ctx is always sent to Ollama");
             }
+        }
+    }
+}
+
+/// Tool calling in both wire formats, streaming and not: the tools go out, the model's
+/// calls come back with their arguments whole (OpenAI streams them in pieces), and the
+/// results sent back (`role: tool`, with the call's id or the tool's name) reach the
+/// model, which quotes them.
+#[tokio::test]
+async fn tool_calls_round_trip_in_both_wire_formats() {
+    let sim = sim().await;
+    for kind in [ProviderKind::Ollama, ProviderKind::Openai] {
+        for stream in [false, true] {
+            let client = LlmClient::new(&settings(&sim.base_url(), kind, stream));
+            let mut asked = request("m");
+            asked.messages.last_mut().expect("user").content =
+                "TOOL order_status {\"order_id\": \"A-1\"}\nTOOL weather {}".into();
+            asked.tools = vec![ToolSpec {
+                name: "order_status".into(),
+                description: "Looks up an order".into(),
+                parameters: json!({"type": "object", "properties": {"order_id": {"type": "string"}}}),
+            }];
+            let first = client.chat(&asked).await.expect("a round of calls");
+            let names: Vec<&str> = first.tool_calls.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(
+                names,
+                ["order_status", "weather"],
+                "{kind:?} stream={stream}"
+            );
+            let args: serde_json::Value =
+                serde_json::from_str(&first.tool_calls[0].arguments).expect("JSON arguments");
+            assert_eq!(args, json!({"order_id": "A-1"}), "{kind:?} stream={stream}");
+            let seen = sim.requests().pop().expect("recorded");
+            assert_eq!(seen.tools, ["order_status"], "{kind:?} stream={stream}");
+            asked.messages.push(ChatMessage {
+                role: ChatRole::Assistant,
+                content: String::new(),
+                tool_calls: first.tool_calls.clone(),
+                answers: None,
+            });
+            for (call, result) in first.tool_calls.iter().zip(["shipped", "sunny"]) {
+                asked.messages.push(ChatMessage::tool_result(call, result));
+            }
+            let answer = client.chat(&asked).await.expect("an answer");
+            assert!(answer.tool_calls.is_empty(), "{kind:?} stream={stream}");
+            assert!(
+                answer
+                    .text
+                    .contains("Tool order_status said: shipped | Tool weather said: sunny"),
+                "{kind:?} stream={stream}: {}",
+                answer.text
+            );
         }
     }
 }

@@ -115,7 +115,11 @@ impl From<&TenantConfig> for CachedTenant {
                 prompt_token_budget: k.prompt_token_budget,
                 coalesce_window_ms: k.coalesce_window_ms,
                 whatsapp_typing_indicator: k.whatsapp_typing_indicator,
-                builtin_tools: k.builtin_tools.iter().map(|b| b.as_str().to_owned()).collect(),
+                builtin_tools: k
+                    .builtin_tools
+                    .iter()
+                    .map(|b| b.as_str().to_owned())
+                    .collect(),
             },
             tools: t
                 .tools
@@ -169,10 +173,7 @@ impl TryFrom<CachedTenant> for TenantConfig {
                     parameters: x.parameters,
                     method: x.method.parse::<ToolMethod>()?,
                     url: x.url,
-                    auth_kind: x
-                        .auth_kind
-                        .map(|a| a.parse::<ToolAuthKind>())
-                        .transpose()?,
+                    auth_kind: x.auth_kind.map(|a| a.parse::<ToolAuthKind>()).transpose()?,
                     auth_sealed: x.auth_sealed,
                     timeout_ms: x.timeout_ms,
                     side_effects: x.side_effects,

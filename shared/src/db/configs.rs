@@ -7,10 +7,10 @@ use sqlx::mysql::MySqlPool;
 
 use super::guard;
 use super::text_column::text_column;
+use super::tools::{BuiltinTool, Tool};
 use super::{Client, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
-use super::tools::{BuiltinTool, Tool};
 use crate::tenant::PersonaTone;
 
 /// The `client_configs` row, with the column names as field names.
@@ -454,7 +454,10 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
             words
                 .split(',')
                 .filter(|w| !w.is_empty())
-                .map(|w| w.parse::<BuiltinTool>().map_err(|e| Error::Internal(e.to_string())))
+                .map(|w| {
+                    w.parse::<BuiltinTool>()
+                        .map_err(|e| Error::Internal(e.to_string()))
+                })
                 .collect::<Result<Vec<_>>>()?
         },
     })

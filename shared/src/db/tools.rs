@@ -274,7 +274,12 @@ impl<'a> Tools<'a> {
 
     /// The tenant's active tools (what its turns offer the model), by name.
     pub(super) async fn active(&self) -> Result<Vec<Tool>> {
-        Ok(self.list().await?.into_iter().filter(|t| t.is_active).collect())
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|t| t.is_active)
+            .collect())
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<Tool>> {
@@ -576,8 +581,7 @@ mod tests {
         let problem = |t: Tool| t.validate().expect_err("refused").to_string();
         assert!(problem(tool("ftp://shop.example/x", order_schema())).contains("url"));
         assert!(
-            problem(tool("https://shop.example/{missing}", order_schema()))
-                .contains("{missing}")
+            problem(tool("https://shop.example/{missing}", order_schema())).contains("{missing}")
         );
         assert!(problem(tool("https://{order_id}.example/", order_schema())).contains("host"));
         assert!(

@@ -67,7 +67,9 @@ pub(super) fn positive_seconds_list<'de, D: Deserializer<'de>>(
 /// A network given as a CIDR block or a single address (a /32 or /128).
 pub(super) fn network(text: &str) -> Option<ipnet::IpNet> {
     let text = text.trim();
-    text.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }

@@ -30,12 +30,72 @@ pub enum ChatRole {
     System,
     User,
     Assistant,
+    /// A tool's result, answering one of the assistant's tool calls.
+    Tool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One message of the chat, provider-neutral (each wire format writes it its own way).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
     pub role: ChatRole,
     pub content: String,
+    /// The tools an assistant message asked for.
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool message: the call it answers (its id and the tool's name).
+    pub answers: Option<(String, String)>,
+}
+
+impl ChatMessage {
+    /// A message of text only.
+    pub fn new(role: ChatRole, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            answers: None,
+        }
+    }
+
+    /// A tool's result for `call`.
+    pub fn tool_result(call: &ToolCall, content: impl Into<String>) -> Self {
+        Self {
+            role: ChatRole::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            answers: Some((call.id.clone(), call.name.clone())),
+        }
+    }
+}
+
+/// A tool the model asked to call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The provider's id of the call (made up for Ollama, which gives none).
+    pub id: String,
+    pub name: String,
+    /// The arguments as the model wrote them: JSON text, not necessarily valid.
+    pub arguments: String,
+}
+
+/// A tool offered to the model: a function with a JSON Schema of its arguments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// `tools` as both wire formats write it: `[{type: "function", function: {…}}]`.
+fn serialize_tools<S: serde::Serializer>(tools: &[ToolSpec], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Function<'a> {
+        r#type: &'static str,
+        function: &'a ToolSpec,
+    }
+    s.collect_seq(tools.iter().map(|function| Function {
+        r#type: "function",
+        function,
+    }))
 }
 
 /// One chat completion request, provider-neutral.
@@ -53,6 +113,8 @@ pub struct ChatRequest {
     /// The most tokens the answer may have (`max_tokens`, Ollama's `num_predict`).
     pub max_output_tokens: u32,
     pub messages: Vec<ChatMessage>,
+    /// The tools the model may call (none: it answers in text).
+    pub tools: Vec<ToolSpec>,
     /// Where a streamed answer's text goes as it arrives (clients watching the
     /// conversation see it being written); `None`: nobody watches.
     pub deltas: Option<DeltaSink>,
@@ -85,6 +147,8 @@ impl ChatRequest {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub text: String,
+    /// The tools the model asked to call instead of answering (or beside its text).
+    pub tool_calls: Vec<ToolCall>,
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
 }

@@ -1,13 +1,16 @@
 //! Ollama's native chat API (`POST /api/chat`), non-streaming and NDJSON streaming.
 //! `options.num_ctx` is always set: Ollama's own default (2048) silently truncates
-//! longer prompts.
+//! longer prompts. Tools go as `tools`; the model's calls come back as
+//! `message.tool_calls` (arguments as an object, no ids: the worker numbers them), their
+//! results go as `role: "tool"` messages naming the tool (`tool_name`).
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use shared::settings::ProviderSettings;
 
 use super::{
-    ChatMessage, ChatRequest, Completion, LlmError, body, lines, status_error, transport_error,
+    ChatMessage, ChatRequest, ChatRole, Completion, LlmError, ToolCall, ToolSpec, body, lines,
+    serialize_tools, status_error, transport_error,
 };
 
 /// The request body, serialized straight from the turn's messages (no intermediate JSON
@@ -15,7 +18,13 @@ use super::{
 #[derive(Serialize)]
 struct ChatBody<'a> {
     model: &'a str,
+    #[serde(serialize_with = "serialize_messages")]
     messages: &'a [ChatMessage],
+    #[serde(
+        serialize_with = "serialize_tools",
+        skip_serializing_if = "<[ToolSpec]>::is_empty"
+    )]
+    tools: &'a [ToolSpec],
     stream: bool,
     options: ChatOptions,
 }
@@ -28,10 +37,89 @@ struct ChatOptions {
     num_predict: u32,
 }
 
+/// One message as Ollama takes it.
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: ChatRole,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireToolCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_name: Option<&'a str>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireToolCall {
+    function: WireFunction,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireFunction {
+    name: String,
+    /// An object (Ollama's form); arguments that were not JSON go as the string.
+    #[serde(default)]
+    arguments: serde_json::Value,
+}
+
+fn serialize_messages<S: serde::Serializer>(
+    messages: &[ChatMessage],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(messages.iter().map(|m| {
+        WireMessage {
+            role: m.role,
+            content: &m.content,
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .map(|c| WireToolCall {
+                    function: WireFunction {
+                        name: c.name.clone(),
+                        arguments: serde_json::from_str(&c.arguments)
+                            .unwrap_or_else(|_| serde_json::Value::String(c.arguments.clone())),
+                    },
+                })
+                .collect(),
+            tool_name: m.answers.as_ref().map(|(_, name)| name.as_str()),
+        }
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct AnswerMessage {
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+}
+
+impl std::fmt::Debug for WireToolCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireToolCall")
+            .field("name", &self.function.name)
+            .finish()
+    }
+}
+
+/// Takes a message's tool calls, numbering them after those taken before.
+fn take_calls(calls: &mut Vec<ToolCall>, message: &mut AnswerMessage) {
+    for call in message.tool_calls.drain(..) {
+        let arguments = match call.function.arguments {
+            serde_json::Value::String(raw) => raw,
+            other => other.to_string(),
+        };
+        calls.push(ToolCall {
+            id: format!("call_{}", calls.len()),
+            name: call.function.name,
+            arguments,
+        });
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct ChatChunk {
     #[serde(default)]
-    message: Option<ChatMessage>,
+    message: Option<AnswerMessage>,
     #[serde(default)]
     done: bool,
     #[serde(default)]
@@ -59,6 +147,7 @@ pub(super) async fn chat(
         .json(&ChatBody {
             model,
             messages: &request.messages,
+            tools: &request.tools,
             stream: provider.stream,
             options: ChatOptions {
                 temperature: request.temperature,
@@ -76,9 +165,10 @@ pub(super) async fn chat(
     if !provider.stream {
         let chunk: ChatChunk = serde_json::from_slice(&body(response, limit).await?)
             .map_err(|e| LlmError::Malformed(e.to_string()))?;
-        return finish(String::new(), chunk);
+        return finish(String::new(), Vec::new(), chunk);
     }
     let mut text = String::new();
+    let mut calls = Vec::new();
     let mut stream = std::pin::pin!(lines(response, limit));
     while let Some(line) = stream.next().await {
         let chunk: ChatChunk =
@@ -87,25 +177,32 @@ pub(super) async fn chat(
             if let Some(m) = chunk.message.as_ref().filter(|_| chunk.error.is_none()) {
                 request.stream_piece(&m.content);
             }
-            return finish(text, chunk);
+            return finish(text, calls, chunk);
         }
-        if let Some(m) = chunk.message {
+        if let Some(mut m) = chunk.message {
             request.stream_piece(&m.content);
             text.push_str(&m.content);
+            take_calls(&mut calls, &mut m);
         }
     }
     Err(LlmError::Malformed("stream ended before done".into()))
 }
 
-fn finish(mut text: String, last: ChatChunk) -> Result<Completion, LlmError> {
+fn finish(
+    mut text: String,
+    mut calls: Vec<ToolCall>,
+    last: ChatChunk,
+) -> Result<Completion, LlmError> {
     if let Some(error) = last.error {
         return Err(LlmError::Malformed(error));
     }
-    if let Some(m) = last.message {
+    if let Some(mut m) = last.message {
         text.push_str(&m.content);
+        take_calls(&mut calls, &mut m);
     }
     Ok(Completion {
         text,
+        tool_calls: calls,
         prompt_tokens: last.prompt_eval_count,
         completion_tokens: last.eval_count,
     })

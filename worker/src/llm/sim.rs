@@ -4,6 +4,11 @@
 //!
 //! Replies are deterministic and show what the platform sent:
 //! `[<model>] <first line of the system prompt> | You said: <last user message>`.
+//! Tools are called deterministically too: while a request offers tools, each line
+//! `TOOL <name> <arguments>` of the last user message becomes a call of `<name>` with
+//! those arguments (as written: invalid JSON stays invalid), once; `TOOL-LOOP` lines are
+//! called again every round. After tool results, the answer quotes them:
+//! `… | Tool <name> said: <result> | You said: …`.
 //! Embeddings are deterministic too (hashed bag of words, unit length), so retrieval
 //! tests rank by shared words. Latency and an error rate are configurable; every chat
 //! request is recorded for tests to inspect.
@@ -24,7 +29,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::{ChatMessage, ChatRole};
+use super::{ChatMessage, ChatRole, ToolCall};
 
 /// Embedding dimension of the simulator.
 pub const EMBEDDING_DIM: usize = 64;
@@ -67,6 +72,8 @@ pub struct RecordedChat {
     pub max_tokens: Option<u64>,
     pub stream: bool,
     pub messages: Vec<ChatMessage>,
+    /// The names of the tools offered.
+    pub tools: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +229,52 @@ impl LlmSim {
     }
 }
 
+/// What the simulator answers: text, or tool calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimAnswer {
+    Text(String),
+    Calls(Vec<ToolCall>),
+}
+
+/// The simulator's deterministic answer to a conversation offered `tools` (names): the
+/// tool calls its last user message asks for, else [`reply_for`].
+pub fn answer_for(model: &str, messages: &[ChatMessage], tools: &[String]) -> SimAnswer {
+    let last_user = messages.iter().rposition(|m| m.role == ChatRole::User);
+    let after_user = last_user.map_or(&messages[..0], |i| &messages[i + 1..]);
+    let called_before = after_user.iter().any(|m| !m.tool_calls.is_empty());
+    if !tools.is_empty()
+        && let Some(i) = last_user
+    {
+        let calls: Vec<ToolCall> = messages[i]
+            .content
+            .lines()
+            .filter_map(|line| {
+                let (command, rest) = line.trim().split_once(' ')?;
+                let again = match command {
+                    "TOOL" => false,
+                    "TOOL-LOOP" => true,
+                    _ => return None,
+                };
+                if called_before && !again {
+                    return None;
+                }
+                let (name, arguments) = rest.trim().split_once(' ').unwrap_or((rest.trim(), "{}"));
+                Some((name.to_owned(), arguments.trim().to_owned()))
+            })
+            .enumerate()
+            .map(|(n, (name, arguments))| ToolCall {
+                id: format!("call_{}_{n}", after_user.len()),
+                name,
+                arguments,
+            })
+            .collect();
+        if !calls.is_empty() {
+            return SimAnswer::Calls(calls);
+        }
+    }
+    SimAnswer::Text(reply_for(model, messages))
+}
+
 /// The simulator's deterministic answer to a conversation.
 pub fn reply_for(model: &str, messages: &[ChatMessage]) -> String {
     let persona = messages
@@ -235,7 +288,19 @@ pub fn reply_for(model: &str, messages: &[ChatMessage]) -> String {
         .find(|m| m.role == ChatRole::User)
         .map(|m| m.content.as_str())
         .unwrap_or("");
-    format!("[{model}] {persona} | You said: {last_user}")
+    let since_user = messages
+        .iter()
+        .rposition(|m| m.role == ChatRole::User)
+        .map_or(&messages[..0], |i| &messages[i + 1..]);
+    let results: String = since_user
+        .iter()
+        .filter(|m| m.role == ChatRole::Tool)
+        .map(|m| {
+            let name = m.answers.as_ref().map_or("?", |(_, name)| name.as_str());
+            format!(" | Tool {name} said: {}", m.content)
+        })
+        .collect();
+    format!("[{model}] {persona}{results} | You said: {last_user}")
 }
 
 /// A deterministic unit vector for `text`: each lower-cased word adds to a hashed bucket.
@@ -309,10 +374,82 @@ fn bad_request(msg: &str) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
 }
 
+/// A chat message of either wire format, as received.
+#[derive(Debug, Deserialize)]
+struct SimMessage {
+    role: ChatRole,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<Value>,
+    /// OpenAI: the call a tool message answers.
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    /// Ollama: the tool a tool message answers.
+    #[serde(default)]
+    tool_name: Option<String>,
+}
+
+/// The received messages, provider-neutral: a tool call's arguments as JSON text, a tool
+/// result's call id and tool name (found from the call, for OpenAI).
+fn neutral(messages: Vec<SimMessage>) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::new();
+    for m in messages {
+        let tool_calls = m
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ToolCall {
+                id: c["id"]
+                    .as_str()
+                    .map_or_else(|| format!("call_{i}"), str::to_owned),
+                name: c["function"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                arguments: match &c["function"]["arguments"] {
+                    Value::String(raw) => raw.clone(),
+                    other => other.to_string(),
+                },
+            })
+            .collect();
+        let answers = (m.role == ChatRole::Tool).then(|| {
+            let id = m.tool_call_id.clone().unwrap_or_default();
+            let name = m.tool_name.clone().unwrap_or_else(|| {
+                out.iter()
+                    .flat_map(|o| &o.tool_calls)
+                    .find(|c| c.id == id)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default()
+            });
+            (id, name)
+        });
+        out.push(ChatMessage {
+            role: m.role,
+            content: m.content.unwrap_or_default(),
+            tool_calls,
+            answers,
+        });
+    }
+    out
+}
+
+/// The names of the tools a request offers.
+fn tool_names(tools: &Value) -> Vec<String> {
+    tools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 #[derive(Debug, Deserialize)]
 struct OllamaChatRequest {
     model: String,
-    messages: Vec<ChatMessage>,
+    messages: Vec<SimMessage>,
+    #[serde(default)]
+    tools: Value,
     #[serde(default = "default_true")]
     stream: bool,
     #[serde(default)]
@@ -331,6 +468,8 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     let Ok(req) = serde_json::from_slice::<OllamaChatRequest>(&body) else {
         return bad_request("invalid chat request");
     };
+    let messages = neutral(req.messages);
+    let tools = tool_names(&req.tools);
     record(
         &shared,
         RecordedChat {
@@ -340,26 +479,44 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
             num_ctx: req.options["num_ctx"].as_u64(),
             max_tokens: req.options["num_predict"].as_u64(),
             stream: req.stream,
-            messages: req.messages.clone(),
+            messages: messages.clone(),
+            tools: tools.clone(),
         },
     );
     if let Err(r) = gate(&shared, &req.model).await {
         return r;
     }
     shared.served.fetch_add(1, Ordering::SeqCst);
-    let text = reply_for(&req.model, &req.messages);
-    let prompt_tokens = count_tokens(&req.messages);
-    let eval = text.split_whitespace().count() as u64;
+    let prompt_tokens = count_tokens(&messages);
     let created = chrono::Utc::now().to_rfc3339();
-    let last = json!({
-        "model": req.model, "created_at": created,
-        "message": { "role": "assistant", "content": if req.stream { String::new() } else { text.clone() } },
-        "done": true, "done_reason": "stop",
-        "prompt_eval_count": prompt_tokens, "eval_count": eval,
-        "total_duration": 1, "load_duration": 0, "prompt_eval_duration": 1, "eval_duration": 1,
-    });
+    let (text, calls) = match answer_for(&req.model, &messages, &tools) {
+        SimAnswer::Text(text) => (text, Vec::new()),
+        SimAnswer::Calls(calls) => (String::new(), calls),
+    };
+    let eval = text.split_whitespace().count() as u64 + calls.len() as u64;
+    let tool_calls: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            let arguments = serde_json::from_str::<Value>(&c.arguments)
+                .unwrap_or_else(|_| Value::String(c.arguments.clone()));
+            json!({ "function": { "name": c.name, "arguments": arguments } })
+        })
+        .collect();
+    let mut message = json!({ "role": "assistant", "content": if req.stream { String::new() } else { text.clone() } });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let done = |message: Value| {
+        json!({
+            "model": req.model, "created_at": created,
+            "message": message,
+            "done": true, "done_reason": "stop",
+            "prompt_eval_count": prompt_tokens, "eval_count": eval,
+            "total_duration": 1, "load_duration": 0, "prompt_eval_duration": 1, "eval_duration": 1,
+        })
+    };
     if !req.stream {
-        return Json(last).into_response();
+        return Json(done(message)).into_response();
     }
     let mut parts: Vec<String> = words(&text)
         .into_iter()
@@ -371,6 +528,13 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
             format!("{chunk}\n")
         })
         .collect();
+    if !calls.is_empty() {
+        // Ollama streams a call whole, in a chunk of its own.
+        let chunk =
+            json!({ "model": req.model, "created_at": created, "message": message, "done": false });
+        parts.push(format!("{chunk}\n"));
+    }
+    let last = done(json!({ "role": "assistant", "content": "" }));
     parts.push(format!("{last}\n"));
     streamed(&shared, "application/x-ndjson", parts)
 }
@@ -378,7 +542,9 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
 #[derive(Debug, Deserialize)]
 struct OpenAiChatRequest {
     model: String,
-    messages: Vec<ChatMessage>,
+    messages: Vec<SimMessage>,
+    #[serde(default)]
+    tools: Value,
     #[serde(default)]
     stream: bool,
     #[serde(default)]
@@ -393,6 +559,8 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
     let Ok(req) = serde_json::from_slice::<OpenAiChatRequest>(&body) else {
         return bad_request("invalid chat request");
     };
+    let messages = neutral(req.messages);
+    let tools = tool_names(&req.tools);
     record(
         &shared,
         RecordedChat {
@@ -402,46 +570,80 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
             num_ctx: None,
             max_tokens: req.max_tokens.as_u64(),
             stream: req.stream,
-            messages: req.messages.clone(),
+            messages: messages.clone(),
+            tools: tools.clone(),
         },
     );
     if let Err(r) = gate(&shared, &req.model).await {
         return r;
     }
     shared.served.fetch_add(1, Ordering::SeqCst);
-    let text = reply_for(&req.model, &req.messages);
-    let prompt_tokens = count_tokens(&req.messages);
-    let completion_tokens = text.split_whitespace().count() as u64;
+    let (text, calls) = match answer_for(&req.model, &messages, &tools) {
+        SimAnswer::Text(text) => (text, Vec::new()),
+        SimAnswer::Calls(calls) => (String::new(), calls),
+    };
+    let prompt_tokens = count_tokens(&messages);
+    let completion_tokens = text.split_whitespace().count() as u64 + calls.len() as u64;
     let usage = json!({
         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     });
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
+    let finish = if calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
     if !req.stream {
+        let message = if calls.is_empty() {
+            json!({ "role": "assistant", "content": text })
+        } else {
+            let tool_calls: Vec<Value> = calls
+                .iter()
+                .map(|c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }))
+                .collect();
+            json!({ "role": "assistant", "content": null, "tool_calls": tool_calls })
+        };
         return Json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": req.model,
-            "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+            "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
             "usage": usage,
         }))
         .into_response();
     }
     let mut parts = Vec::new();
     let mut push = |v: Value| parts.push(format!("data: {v}\n\n"));
-    push(
+    let chunk = |delta: Value, finish: Value| {
         json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-        "choices": [{ "index": 0, "delta": { "role": "assistant", "content": "" }, "finish_reason": null }] }),
-    );
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+    };
+    push(chunk(
+        json!({ "role": "assistant", "content": "" }),
+        Value::Null,
+    ));
     for w in words(&text) {
-        push(
-            json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-            "choices": [{ "index": 0, "delta": { "content": w }, "finish_reason": null }] }),
-        );
+        push(chunk(json!({ "content": w }), Value::Null));
     }
-    push(
-        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
-        "choices": [{ "index": 0, "delta": {}, "finish_reason": "stop" }] }),
-    );
+    // A call streams as OpenAI streams it: its id and name first, its arguments in pieces.
+    for (index, c) in calls.iter().enumerate() {
+        push(chunk(
+            json!({ "tool_calls": [{ "index": index, "id": c.id, "type": "function", "function": { "name": c.name, "arguments": "" } }] }),
+            Value::Null,
+        ));
+        let cut = c
+            .arguments
+            .char_indices()
+            .nth(c.arguments.chars().count() / 2)
+            .map_or(0, |(i, _)| i);
+        for piece in [&c.arguments[..cut], &c.arguments[cut..]] {
+            push(chunk(
+                json!({ "tool_calls": [{ "index": index, "function": { "arguments": piece } }] }),
+                Value::Null,
+            ));
+        }
+    }
+    push(chunk(json!({}), Value::from(finish)));
     if req.stream_options["include_usage"] == json!(true) {
         push(
             json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": req.model,
@@ -558,22 +760,13 @@ mod tests {
     #[test]
     fn replies_show_model_persona_and_last_user_message() {
         let messages = vec![
-            ChatMessage {
-                role: ChatRole::System,
-                content: "You are Ava, an AI assistant for Acme.\nTone: friendly.".into(),
-            },
-            ChatMessage {
-                role: ChatRole::User,
-                content: "first".into(),
-            },
-            ChatMessage {
-                role: ChatRole::Assistant,
-                content: "ok".into(),
-            },
-            ChatMessage {
-                role: ChatRole::User,
-                content: "second".into(),
-            },
+            ChatMessage::new(
+                ChatRole::System,
+                "You are Ava, an AI assistant for Acme.\nTone: friendly.",
+            ),
+            ChatMessage::new(ChatRole::User, "first"),
+            ChatMessage::new(ChatRole::Assistant, "ok"),
+            ChatMessage::new(ChatRole::User, "second"),
         ];
         assert_eq!(
             reply_for("m1", &messages),

@@ -214,19 +214,16 @@ impl Plan {
         user_message: &str,
     ) -> Vec<ChatMessage> {
         let mut messages = Vec::with_capacity(turns.len() - self.first_turn + 2);
-        messages.push(ChatMessage {
-            role: ChatRole::System,
-            content: render_system(
+        messages.push(ChatMessage::new(
+            ChatRole::System,
+            render_system(
                 tenant,
                 knowledge[..self.chunks].iter().map(String::as_str),
                 modes[..self.modes].iter().copied(),
             ),
-        });
+        ));
         for (role, content) in &turns[self.first_turn..] {
-            messages.push(ChatMessage {
-                role: *role,
-                content: (*content).to_owned(),
-            });
+            messages.push(ChatMessage::new(*role, (*content).to_owned()));
         }
         let content = match self.user_tokens {
             None => user_message.to_owned(),
@@ -239,10 +236,7 @@ impl Plan {
                 )
             }
         };
-        messages.push(ChatMessage {
-            role: ChatRole::User,
-            content,
-        });
+        messages.push(ChatMessage::new(ChatRole::User, content));
         messages
     }
 

@@ -62,7 +62,7 @@ impl Tokenizer {
     }
 
     /// At most the first `tokens` tokens of `text`, cut on a character boundary.
-    pub(super) fn truncate(&self, text: &str, tokens: usize) -> String {
+    pub fn truncate(&self, text: &str, tokens: usize) -> String {
         let encoded = self.bpe.encode_ordinary(text);
         let mut keep = tokens.min(encoded.len());
         // A token can end inside a multi-byte character; back off until it decodes.

@@ -15,6 +15,7 @@ mod decide;
 mod live;
 mod replay;
 mod reply;
+mod tool_loop;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -242,7 +243,13 @@ impl Turn<'_> {
                     config.whatsapp_typing_indicator,
                 ))
                 .await;
-                let asked = ask_llm(ctx, tenant, &history, &text, live.as_ref());
+                // Tool calls are known by the turn's first message, the same however
+                // often the turn runs.
+                let calls = tool_loop::CallsOf::Turn {
+                    turn_id: turns[0].envelope_id,
+                    conversation_id: self.conversation_id,
+                };
+                let asked = ask_llm(ctx, tenant, &history, &text, live.as_ref(), calls);
                 let mut answer = match timed("llm", asked).await {
                     Ok(answer) => answer,
                     Err(e) => {
@@ -252,6 +259,14 @@ impl Turn<'_> {
                         return Err(e);
                     }
                 };
+                if answer.hand_off {
+                    tracing::info!("the model handed the conversation to a human");
+                    if let Some(live) = live {
+                        Box::pin(live.discard()).await;
+                    }
+                    self.hand_off(&env, last).await?;
+                    return reply(ctx, &env, &answering, answer).await.map(drop);
+                }
                 // Every delta out before the stored reply is announced.
                 let shown = match live {
                     Some(live) => {

@@ -45,7 +45,10 @@ pub(crate) async fn dry_run(ctx: &Ctx, env: &Envelope) -> Result<()> {
         }
         None => Vec::new(),
     };
-    let answer = ask_llm(ctx, &tenant, &history, &env.message.as_prompt_text(), None).await?;
+    // Tool calls as the original turn made them, if it started with this message.
+    let calls = super::tool_loop::CallsOf::DryRun { turn_id: env.id };
+    let text = env.message.as_prompt_text();
+    let answer = ask_llm(ctx, &tenant, &history, &text, None, calls).await?;
     let reply = Reply::answering(
         Destination::of(env, conversation),
         vec![env.id],

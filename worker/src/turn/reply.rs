@@ -60,6 +60,7 @@ pub(super) async fn reply(
                 completion_tokens: answer.completion_tokens,
                 estimated_prompt_tokens: answer.estimated_prompt_tokens,
                 config_version: turn.config_version,
+                choices: answer.choices,
             }),
     )
     .await?;

@@ -111,23 +111,22 @@ impl Messages<'_> {
             .then(|| serde_json::to_string(&reply.choices))
             .transpose()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let call = guard::query_scalar(
-            "CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )?
-            .bind(client_id.get())
-            .bind(reply.conversation_id.get())
-            .bind(reply.reply_id.as_uuid())
-            .bind(role)
-            .bind(&reply.text)
-            .bind(reply.kind)
-            .bind(bot_only)
-            .bind(reply.prompt_tokens)
-            .bind(reply.completion_tokens)
-            .bind(reply.estimated_prompt_tokens)
-            .bind(reply.config_version)
-            .bind(answers)
-            .bind(reply.conversation_id.get() % usage::SHARDS)
-            .bind(choices);
+        let call =
+            guard::query_scalar("CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")?
+                .bind(client_id.get())
+                .bind(reply.conversation_id.get())
+                .bind(reply.reply_id.as_uuid())
+                .bind(role)
+                .bind(&reply.text)
+                .bind(reply.kind)
+                .bind(bot_only)
+                .bind(reply.prompt_tokens)
+                .bind(reply.completion_tokens)
+                .bind(reply.estimated_prompt_tokens)
+                .bind(reply.config_version)
+                .bind(answers)
+                .bind(reply.conversation_id.get() % usage::SHARDS)
+                .bind(choices);
         let outcome: Vec<StoreOutcome> = self
             .direct
             .run(async move |conn| call.fetch_all(conn).await)
