@@ -41,6 +41,7 @@ mod inbox;
 pub mod llm;
 mod ops;
 pub mod prompt;
+pub mod tool_sim;
 mod tools;
 mod turn;
 mod window;

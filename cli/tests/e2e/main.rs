@@ -19,5 +19,6 @@ mod security;
 mod streaming;
 mod support;
 mod tls;
+mod tools;
 mod whatsapp;
 mod widget;

@@ -21,7 +21,8 @@ pub struct Platform {
     pub sim: LlmSim,
     pub base: String,
     pub http: reqwest::Client,
-    shutdown: CancellationToken,
+    /// Stops everything the platform started (and what a test ties to it).
+    pub shutdown: CancellationToken,
     ingress: JoinHandle<()>,
     workers: Vec<JoinHandle<anyhow::Result<()>>>,
 }

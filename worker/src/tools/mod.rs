@@ -204,6 +204,13 @@ impl ToolRunner {
             }
             let response = match request.send().await {
                 Ok(response) => response,
+                Err(e) if hop > 0 => {
+                    let failed = transport_outcome(&e);
+                    return Outcome {
+                        result: format!("{} (redirected)", failed.result),
+                        ..failed
+                    };
+                }
                 Err(e) => return transport_outcome(&e),
             };
             let status = response.status();
