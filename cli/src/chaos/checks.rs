@@ -283,7 +283,8 @@ pub(super) async fn run(
 fn parse(text: &str) -> Vec<(usize, usize)> {
     text.split("\n\n")
         .filter_map(|part| {
-            let (c, m) = part.trim().split_once(' ')?;
+            // A marker is a message's first line (a tool call may follow it).
+            let (c, m) = part.trim().lines().next()?.split_once(' ')?;
             Some((
                 c.strip_prefix('c')?.parse().ok()?,
                 m.strip_prefix('m')?.parse().ok()?,
@@ -301,5 +302,9 @@ mod tests {
         assert_eq!(parse("c3 m7"), [(3, 7)]);
         assert_eq!(parse("c3 m7\n\nc3 m8"), [(3, 7), (3, 8)]);
         assert!(parse("hello there").is_empty());
+        assert_eq!(
+            parse("c3 m4\nTOOL record {\"c\": 3, \"m\": 4}\n\nc3 m5"),
+            [(3, 4), (3, 5)]
+        );
     }
 }

@@ -27,6 +27,7 @@
 
 mod checks;
 pub(crate) mod proxy;
+mod side_effects;
 mod streams;
 
 use std::collections::HashMap;
@@ -123,10 +124,11 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
                 word_delay: Duration::ZERO,
             },
             log_dir: args.log_dir.clone(),
-            env: vec![(
-                "CHATFLEET__WORKER__TENANT_MAX_HELD".into(),
-                TENANT_MAX_HELD.into(),
-            )],
+            env: [("CHATFLEET__WORKER__TENANT_MAX_HELD", TENANT_MAX_HELD)]
+                .into_iter()
+                .chain(side_effects::SETTINGS)
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             db_proxy: true,
             // The checks find every earlier exchange of a conversation in each prompt.
             history_turns: 100,
@@ -148,6 +150,9 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     } = harness;
     let proxy = proxy.ok_or_else(|| anyhow::anyhow!("the chaos fleet runs behind a proxy"))?;
     let (neighbour, neighbour_key) = fleet::add_tenant(&db, "chaos-neighbour", 100).await?;
+    // Before any message: no process has the tenant's configuration cached yet.
+    let endpoint = worker::tool_sim::ToolSim::start("127.0.0.2:0".parse()?, stop.clone()).await?;
+    side_effects::add_tool(&db, client_id, &endpoint).await?;
     let tenants = [client_id, neighbour];
     eprintln!(
         "chaos {id}: {} ingress, {} workers, LLM double {} ms / {:.0}% errors; sending {} messages over {} conversations{}",
@@ -212,6 +217,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     tokio::task::spawn_blocking(move || fleet.stop()).await?;
     stop.cancel();
     let report = checks::run(&db, &broker, &tenants, &accepted, &sim.requests()).await?;
+    let effects = side_effects::check(&endpoint);
     println!("chaos run {id} ({:.0?}):", started.elapsed());
     println!("  faults:               {faults}");
     println!(
@@ -223,6 +229,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         sim.requests().len() as u64 - sim.served()
     );
     print!("{report}");
+    print!("{effects}");
     println!(
         "  SSE readers:          {} conversations, {} messages received ({} user messages again after a withdrawal); {} replies duplicated, {} missing, {} out of order",
         streamed.conversations,
@@ -238,7 +245,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     if !args.keep {
         fleet::clean_up(&run_settings, &broker, &db).await?;
     }
-    if report.violations() + streamed.violations() > 0 {
+    if report.violations() + streamed.violations() + effects.violations.len() > 0 {
         anyhow::bail!("chaos run {id}: guarantees violated");
     }
     println!("  verdict:              all guarantees held");
@@ -290,7 +297,7 @@ async fn drive(
             let mut accepted = Vec::with_capacity(count);
             let mut burst = 0;
             for m in 0..count {
-                let text = format!("c{c} m{m}");
+                let text = side_effects::message_text(c, m, c % TENANTS == 0);
                 let idempotency = format!("chaos-c{c}-m{m}");
                 let mut tries = 0u32;
                 let message_id = loop {
