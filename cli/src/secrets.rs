@@ -1,6 +1,8 @@
-//! `chatfleet secrets reseal`: re-seals every stored channel credential under the first
-//! key of the encryption key ring, tenant by tenant, so the keys after it can be removed
-//! from `security.encryption_keys`. Safe to run again (what the first key sealed is left
+//! `chatfleet secrets reseal`: re-seals every stored channel and tool credential under
+//! the first key of the encryption key ring, tenant by tenant, so the keys after it can
+//! be removed from `security.encryption_keys`. A tenant whose tool credentials changed
+//! has its configuration refreshed everywhere (workers carry tools in their cached
+//! configuration). Safe to run again (what the first key sealed is left
 //! alone) and beside a running fleet (a credential changed meanwhile is left to its
 //! writer).
 
@@ -27,7 +29,9 @@ pub(crate) async fn run(settings: &Settings, command: SecretsCommand) -> anyhow:
     let SecretsCommand::Reseal = command;
     let db = Db::connect(&settings.database).await?;
     let secrets = SecretBox::new(&settings.security.encryption_ring());
-    let tally = reseal(&db, &secrets).await;
+    let cache = shared::cache::Cache::connect(&settings.redis).await?;
+    let configs = shared::cache::TenantConfigs::new(db.clone(), cache, settings.tenancy.config_ttl);
+    let tally = reseal(&db, &secrets, &configs).await;
     db.close().await;
     let tally = tally?;
     println!(
@@ -45,7 +49,11 @@ pub(crate) async fn run(settings: &Settings, command: SecretsCommand) -> anyhow:
     Ok(())
 }
 
-async fn reseal(db: &Db, secrets: &SecretBox) -> anyhow::Result<Tally> {
+async fn reseal(
+    db: &Db,
+    secrets: &SecretBox,
+    configs: &shared::cache::TenantConfigs,
+) -> anyhow::Result<Tally> {
     let mut tally = Tally::default();
     let mut after = 0;
     loop {
@@ -68,6 +76,28 @@ async fn reseal(db: &Db, secrets: &SecretBox) -> anyhow::Result<Tally> {
                         .unreadable
                         .push(format!("tenant {} account {id}", client.id)),
                 }
+            }
+            let tools = db.tenant(client.id).tools();
+            let mut changed = false;
+            for tool in tools.list().await? {
+                let Some(sealed) = tool.auth_sealed else {
+                    continue;
+                };
+                match secrets.reseal_tool_auth(client.id, &tool.name, &sealed) {
+                    Ok(None) => tally.current += 1,
+                    Ok(Some(new)) => {
+                        if tools.replace_sealed(&tool.name, &sealed, &new).await? {
+                            tally.resealed += 1;
+                            changed = true;
+                        }
+                    }
+                    Err(_) => tally
+                        .unreadable
+                        .push(format!("tenant {} tool {}", client.id, tool.name)),
+                }
+            }
+            if changed {
+                configs.refresh(client.id).await?;
             }
         }
     }

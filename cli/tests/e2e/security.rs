@@ -554,6 +554,21 @@ async fn keys_rotate_without_logging_anyone_out_or_losing_a_credential() {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
+    // A tool's credential is sealed under the same ring.
+    let (status, body) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/tools", tenant.id),
+            Some(json!({
+                "name": "lookup", "description": "Looks things up", "method": "GET",
+                "url": "https://tools.example/lookup",
+                "parameters": { "type": "object", "properties": {} },
+                "auth": { "type": "header", "name": "X-Api-Key", "value": "rotate-tool-key" },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
     let new_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     let old_session_key = p.env.settings.security.session_keys[0].expose().clone();
     let replica = |session_keys: Vec<String>| {
@@ -614,7 +629,7 @@ async fn keys_rotate_without_logging_anyone_out_or_losing_a_credential() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("2 credentials re-sealed"), "{stdout}");
+    assert!(stdout.contains("3 credentials re-sealed"), "{stdout}");
     let key: [u8; 32] = base64::engine::general_purpose::STANDARD
         .decode(&new_key)
         .expect("b64")
@@ -636,6 +651,29 @@ async fn keys_rotate_without_logging_anyone_out_or_losing_a_credential() {
             .expect("the new key opens it");
         assert!(String::from_utf8_lossy(&plain).contains("rotate"));
     }
+    let tool = p
+        .env
+        .db
+        .tenant(tenant.id)
+        .tools()
+        .get("lookup")
+        .await
+        .expect("tool")
+        .expect("the tool");
+    let credential = shared::secrets::ToolCredential::open(
+        &only_new,
+        tenant.id,
+        "lookup",
+        tool.auth_sealed.as_deref().expect("sealed"),
+    )
+    .expect("the new key opens the tool's credential");
+    assert_eq!(
+        credential,
+        shared::secrets::ToolCredential::Header {
+            name: "X-Api-Key".into(),
+            value: "rotate-tool-key".into()
+        }
+    );
     p.stop().await;
 }
 

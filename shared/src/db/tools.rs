@@ -396,9 +396,11 @@ impl<'a> Tools<'a> {
     }
 
     /// Replaces a tool's sealed credential with `new` if it is still `old` (re-sealing
-    /// under a new key); false when it changed meanwhile.
+    /// under a new key), bumping the configuration version (caches carry the sealed
+    /// bytes); false when it changed meanwhile.
     pub async fn replace_sealed(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool> {
         let client_id = self.client_id;
+        let mut tx = self.pool.begin().await?;
         let done = guard::query(
             "UPDATE tools SET auth_sealed = ? WHERE client_id = ? AND name = ? AND auth_sealed = ?",
         )?
@@ -406,9 +408,14 @@ impl<'a> Tools<'a> {
         .bind(client_id.get())
         .bind(name)
         .bind(old)
-        .execute(self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        bump_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
