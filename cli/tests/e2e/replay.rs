@@ -91,3 +91,62 @@ async fn a_dry_run_shows_todays_answer_beside_the_original_and_stores_nothing() 
     assert!(entries[1]["text"].as_str().unwrap_or("").contains("Zed"));
     p.stop().await;
 }
+
+/// A dry-run replay of a turn that called a side-effect tool does not call it again: the
+/// model is given the original turn's recorded result.
+#[tokio::test]
+async fn a_dry_run_never_repeats_a_side_effect() {
+    let p = Platform::start_with(
+        &[
+            ("CHATFLEET__TOOLS__ALLOW_HTTP", "true"),
+            ("CHATFLEET__TOOLS__ALLOWED_PRIVATE_NETWORKS", "127.0.0.2/32"),
+        ],
+        1,
+    )
+    .await;
+    let endpoint =
+        worker::tool_sim::ToolSim::start("127.0.0.2:0".parse().expect("addr"), p.shutdown.clone())
+            .await
+            .expect("tool endpoint");
+    let t = p.tenant("shop").await;
+    let (status, body) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/tools", t.id),
+            Some(json!({
+                "name": "book", "description": "Books a table", "method": "POST",
+                "url": format!("{}/book", endpoint.base_url()),
+                "parameters": { "type": "object", "properties": { "n": { "type": "integer" } } },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let from = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let (original, _) = p.ask(&t.api_key, "c", "TOOL book {\"n\": 4}", "0").await;
+    assert!(
+        original["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Tool book said:"),
+        "{original}"
+    );
+    assert_eq!(endpoint.calls().len(), 1);
+
+    let client = t.slug.clone();
+    let lines = replay(
+        &p,
+        &[
+            "--from", &from, "--mode", "dry-run", "--client", &client, "--wait-s", "30",
+        ],
+    )
+    .await;
+    let replayed = lines[0]["replayed_reply"]
+        .as_str()
+        .expect("a replayed reply");
+    assert_eq!(
+        replayed, original["text"],
+        "the recorded result, quoted as before"
+    );
+    assert_eq!(endpoint.calls().len(), 1, "the dry run called the endpoint");
+    p.stop().await;
+}
