@@ -48,7 +48,9 @@
     ".cfw-f{display:flex;border-top:1px solid #dde}" +
     ".cfw-f input{flex:1;border:0;padding:10px;font:inherit;outline:none;border-radius:0 0 0 10px}" +
     ".cfw-f button{border:0;background:#2b5cab;color:#fff;padding:0 16px;font:inherit;cursor:pointer;border-radius:0 0 10px 0}" +
-    ".cfw-s{padding:2px 10px;color:#a33;font-size:12px;min-height:16px}";
+    ".cfw-s{padding:2px 10px;color:#a33;font-size:12px;min-height:16px}" +
+    ".cfw-c{align-self:flex-start;display:flex;flex-wrap:wrap;gap:4px}" +
+    ".cfw-c button{border:1px solid #2b5cab;background:#fff;color:#2b5cab;border-radius:12px;padding:3px 10px;font:inherit;cursor:pointer}";
   var style = document.createElement("style");
   style.textContent = css;
   document.head.appendChild(style);
@@ -70,7 +72,26 @@
   var form = root.querySelector("form");
   var input = form.querySelector("input");
 
-  function render(id, role, text) {
+  // A reply's choices (offer_choices): buttons that send the choice's text, once.
+  function renderChoices(choices) {
+    if (!choices || !choices.length) return;
+    var box = document.createElement("div");
+    box.className = "cfw-c";
+    choices.forEach(function (choice) {
+      var b = document.createElement("button");
+      b.type = "button";
+      b.textContent = choice; // untrusted text, like messages
+      b.addEventListener("click", function () {
+        box.remove();
+        submitText(choice);
+      });
+      box.appendChild(b);
+    });
+    list.appendChild(box);
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function render(id, role, text, choices) {
     if (id && seen[id]) return;
     if (id) seen[id] = true;
     if (role !== "user") typing.style.display = "none";
@@ -81,6 +102,7 @@
       bubble.classList.remove("cfw-live");
       bubble.setAttribute("data-id", id);
       bubble.textContent = text;
+      renderChoices(choices);
       return;
     }
     var el = document.createElement("div");
@@ -90,6 +112,7 @@
     el.textContent = text; // never innerHTML: messages are untrusted text
     list.appendChild(el);
     list.scrollTop = list.scrollHeight;
+    renderChoices(choices);
   }
 
   function setStatus(text) {
@@ -174,6 +197,10 @@
     var text = input.value.trim();
     if (!text) return;
     input.value = "";
+    submitText(text);
+  });
+
+  function submitText(text) {
     send(text, newId(), 0).then(function (ok) {
       render(ok.message_id, "user", text);
       setStatus("");
@@ -181,7 +208,7 @@
       setStatus("Not sent: " + e.message);
       input.value = text;
     });
-  });
+  }
 
   // ---- receiving ---------------------------------------------------------------
   function delay(ms) {
@@ -200,7 +227,7 @@
     authed(q).then(function (r) {
       if (r.status === 200) {
         return r.json().then(function (body) {
-          body.messages.forEach(function (m) { render(m.id, m.role, m.text); });
+          body.messages.forEach(function (m) { render(m.id, m.role, m.text, m.choices); });
           cursor = body.cursor;
           failures = 0;
           setStatus("");
@@ -254,7 +281,7 @@
       };
       es.addEventListener("message", function (e) {
         var m = data(e);
-        render(m.id, m.role, m.text);
+        render(m.id, m.role, m.text, m.choices);
         if (e.lastEventId) cursor = e.lastEventId;
       });
       es.addEventListener("typing", function () {

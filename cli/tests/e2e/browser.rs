@@ -220,6 +220,39 @@ async fn the_demo_page_chats_with_the_bot_and_a_human_agent_in_chromium() {
         "{bot:?}"
     );
 
+    // Choices offered by the model (the built-in offer_choices tool) are buttons that
+    // send the choice's text.
+    let (status, body) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", tenant.id),
+            Some(json!({ "builtin_tools": ["offer_choices"] })),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    browser
+        .type_and_send(
+            r#"TOOL offer_choices {"text": "Which card?", "choices": ["Gold", "Silver"]}"#,
+        )
+        .await;
+    let buttons = browser.texts_when(".cfw-c button", 2).await;
+    assert_eq!(buttons, ["Gold", "Silver"]);
+    let silver = browser.find_all(".cfw-c button").await[1].clone();
+    browser
+        .call(
+            Method::POST,
+            &format!("/element/{silver}/click"),
+            Some(json!({})),
+        )
+        .await;
+    let mine = browser.texts_when(".cfw-m.cfw-user", 3).await;
+    assert_eq!(mine[2], "Silver");
+    browser.texts_when(".cfw-m.cfw-assistant", 3).await;
+    assert!(
+        browser.find_all(".cfw-c").await.is_empty(),
+        "the choices stay after a pick"
+    );
+
     // A human agent writes into the same conversation: the widget shows it as such.
     let visitor = p
         .env
@@ -245,7 +278,7 @@ async fn the_demo_page_chats_with_the_bot_and_a_human_agent_in_chromium() {
     let agent = browser.texts_when(".cfw-m.cfw-agent", 1).await;
     assert_eq!(agent, ["Hi, this is Ana from the shop."]);
     // Nothing shown twice across the polls that carried all this.
-    assert_eq!(browser.find_all(".cfw-m").await.len(), 3);
+    assert_eq!(browser.find_all(".cfw-m").await.len(), 7);
 
     let shot = browser.screenshot("widget-demo.png").await;
     assert!(std::fs::metadata(&shot).expect("screenshot").len() > 1_000);

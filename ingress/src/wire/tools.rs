@@ -55,9 +55,9 @@ impl TryFrom<ToolAuthIn> for ToolCredential {
     /// Refuses a credential no request could carry; the message names the field.
     fn try_from(auth: ToolAuthIn) -> Result<Self, String> {
         let clean = |field: &str, v: &str| {
-            if v.is_empty() || v.len() > 2048 || v.chars().any(char::is_control) {
+            if v.is_empty() || v.len() > 1024 || v.chars().any(char::is_control) {
                 Err(format!(
-                    "auth.{field} must be 1-2048 characters without control characters"
+                    "auth.{field} must be 1-1024 characters without control characters"
                 ))
             } else {
                 Ok(())
