@@ -244,6 +244,12 @@ pub struct ToolCallRow {
     pub created_at: DateTime<Utc>,
 }
 
+const TOOL_COLUMNS: &str = "name, description, parameters, method, url, auth_kind, \
+    auth_sealed, timeout_ms, side_effects, is_active";
+
+const CALL_COLUMNS: &str =
+    "turn_id, call_index, tool, arguments, status, result, duration_ms, created_at";
+
 /// A tenant's tool definitions.
 #[derive(Debug)]
 pub struct Tools<'a> {
@@ -260,10 +266,9 @@ impl<'a> Tools<'a> {
     /// Every tool of the tenant, by name.
     pub async fn list(&self) -> Result<Vec<Tool>> {
         let client_id = self.client_id;
-        guard::query(
-            "SELECT name, description, parameters, method, url, auth_kind, auth_sealed, \
-             timeout_ms, side_effects, is_active FROM tools WHERE client_id = ? ORDER BY name",
-        )?
+        guard::query(&format!(
+            "SELECT {TOOL_COLUMNS} FROM tools WHERE client_id = ? ORDER BY name"
+        ))?
         .bind(client_id.get())
         .fetch_all(self.pool)
         .await?
@@ -284,10 +289,9 @@ impl<'a> Tools<'a> {
 
     pub async fn get(&self, name: &str) -> Result<Option<Tool>> {
         let client_id = self.client_id;
-        guard::query(
-            "SELECT name, description, parameters, method, url, auth_kind, auth_sealed, \
-             timeout_ms, side_effects, is_active FROM tools WHERE client_id = ? AND name = ?",
-        )?
+        guard::query(&format!(
+            "SELECT {TOOL_COLUMNS} FROM tools WHERE client_id = ? AND name = ?"
+        ))?
         .bind(client_id.get())
         .bind(name)
         .fetch_optional(self.pool)
@@ -452,10 +456,10 @@ impl<'a> ToolCalls<'a> {
     /// The calls a turn made, in order (empty for a turn that has not run before).
     pub async fn for_turn(&self, turn_id: EnvelopeId) -> Result<Vec<ToolCallRecord>> {
         let client_id = self.client_id;
-        guard::query(
-            "SELECT turn_id, call_index, tool, arguments, status, result, duration_ms, created_at \
-             FROM tool_calls WHERE client_id = ? AND turn_id = ? ORDER BY call_index",
-        )?
+        guard::query(&format!(
+            "SELECT {CALL_COLUMNS} FROM tool_calls WHERE client_id = ? AND turn_id = ? \
+             ORDER BY call_index"
+        ))?
         .bind(client_id.get())
         .bind(turn_id.as_uuid())
         .fetch_all(self.pool)
@@ -500,10 +504,10 @@ impl<'a> ToolCalls<'a> {
         limit: u32,
     ) -> Result<Vec<ToolCallRow>> {
         let client_id = self.client_id;
-        let mut rows = guard::query(
-            "SELECT turn_id, call_index, tool, arguments, status, result, duration_ms, created_at \
-             FROM tool_calls WHERE client_id = ? AND conversation_id = ? ORDER BY id DESC LIMIT ?",
-        )?
+        let mut rows = guard::query(&format!(
+            "SELECT {CALL_COLUMNS} FROM tool_calls WHERE client_id = ? AND conversation_id = ? \
+             ORDER BY id DESC LIMIT ?"
+        ))?
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(limit)
