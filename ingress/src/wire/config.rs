@@ -246,7 +246,7 @@ pub(crate) struct ConfigPatch {
 
 /// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
 /// `None` through `#[serde(default)]`).
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(super) fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

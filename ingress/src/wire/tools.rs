@@ -3,11 +3,13 @@
 //! sealed at once; only its kind comes out (`auth_type`).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::db::{self, ToolAuthKind, ToolCallRow};
 use shared::secrets::ToolCredential;
 use uuid::Uuid;
+
+use super::config::present;
 
 /// How the endpoint is called: `GET` sends the arguments not in the URL as query
 /// parameters, `POST` as a JSON body.
@@ -134,15 +136,6 @@ pub(crate) struct ToolPatchIn {
     pub timeout_ms: Option<u32>,
     pub side_effects: Option<bool>,
     pub is_active: Option<bool>,
-}
-
-/// `Some(None)` for an explicit `null`.
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// A tool as the API shows it: everything but the credential.

@@ -22,6 +22,7 @@ mod knowledge;
 mod messages;
 mod operators;
 mod text_column;
+mod tool_calls;
 mod tools;
 mod usage;
 
@@ -48,10 +49,8 @@ pub use operators::{
     AuditEntry, AuditLog, NewAuditEntry, Operator, OperatorToken, Operators, Scope,
 };
 pub use text_column::UnknownWord;
-pub use tools::{
-    BuiltinTool, MAX_TOOL_TIMEOUT_MS, Tool, ToolAuthKind, ToolCallRecord, ToolCallRow,
-    ToolCallStatus, ToolCalls, ToolMethod, Tools,
-};
+pub use tool_calls::{ToolCallRecord, ToolCallRow, ToolCallStatus, ToolCalls};
+pub use tools::{BuiltinTool, MAX_TOOL_TIMEOUT_MS, Tool, ToolAuthKind, ToolMethod, Tools};
 pub use usage::{Usage, UsageDay};
 
 use crate::error::{Error, Result};
