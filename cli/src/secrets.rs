@@ -96,9 +96,59 @@ async fn reseal(
                         .push(format!("tenant {} tool {}", client.id, tool.name)),
                 }
             }
+            reseal_webhooks(db, secrets, client.id, &mut tally).await?;
             if changed {
                 configs.refresh(client.id).await?;
             }
         }
     }
+}
+
+/// Re-seals the tenant's webhook signing secrets (the current one, and the one before
+/// the last rotation).
+async fn reseal_webhooks(
+    db: &Db,
+    secrets: &SecretBox,
+    client_id: shared::ids::ClientId,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let webhooks = db.tenant(client_id).webhooks();
+    for (id, current, previous) in webhooks.sealed_all().await? {
+        let reseal = |sealed: &[u8]| secrets.reseal_webhook_secret(client_id, id, sealed);
+        let (Ok(new_current), new_previous) = (
+            reseal(&current),
+            previous.as_deref().map(reseal).transpose(),
+        ) else {
+            tally
+                .unreadable
+                .push(format!("tenant {client_id} webhook {id}"));
+            continue;
+        };
+        let new_previous: Option<Vec<u8>> = new_previous
+            .unwrap_or_else(|_| {
+                tally
+                    .unreadable
+                    .push(format!("tenant {client_id} webhook {id} (previous secret)"));
+                None
+            })
+            .flatten();
+        if new_current.is_none() && new_previous.is_none() {
+            tally.current += 1;
+            continue;
+        }
+        let current_pair = (
+            current.as_slice(),
+            new_current.as_deref().unwrap_or(&current),
+        );
+        let previous_pair = previous.as_deref().map(|old| {
+            (
+                old,
+                new_previous.as_deref().unwrap_or(old),
+            )
+        });
+        if webhooks.replace_sealed(id, current_pair, previous_pair).await? {
+            tally.resealed += 1;
+        }
+    }
+    Ok(())
 }

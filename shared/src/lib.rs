@@ -18,6 +18,7 @@ pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod net;
 pub mod knowledge;
 pub mod metric;
 pub mod mq;
@@ -28,6 +29,7 @@ pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod webhooks;
 pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;

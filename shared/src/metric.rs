@@ -81,13 +81,19 @@ pub const DELIVERIES: &str = "chatfleet_deliveries_total";
 pub const PUSH_SENT: &str = "chatfleet_push_sent_total";
 /// Counter: push notifications that failed.
 pub const PUSH_FAILED: &str = "chatfleet_push_failed_total";
+/// Counter `{type}`: webhook events recorded (one per event, whatever its endpoints).
+pub const WEBHOOK_EVENTS: &str = "chatfleet_webhook_events_total";
+/// Counter `{outcome}`: webhook attempts (`delivered`, `failed`, `gone`, `dead`).
+pub const WEBHOOK_DELIVERIES: &str = "chatfleet_webhook_deliveries_total";
+/// Histogram: seconds a webhook attempt took (to the answer's status, or the failure).
+pub const WEBHOOK_LATENCY_SECONDS: &str = "chatfleet_webhook_latency_seconds";
 /// Gauge `{queue}`: messages waiting in a queue.
 pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 /// Gauge `{queue}`: consumers of a queue.
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 35] = [
+pub const ALL: [&str; 38] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -123,6 +129,9 @@ pub const ALL: [&str; 35] = [
     PUSH_FAILED,
     QUEUE_DEPTH,
     QUEUE_CONSUMERS,
+    WEBHOOK_EVENTS,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_LATENCY_SECONDS,
 ];
 
 /// A histogram's series of one kind: `sample(LLM_SECONDS, "count")` is

@@ -94,6 +94,41 @@ impl SecretBox {
         }
     }
 
+    /// Seals a webhook endpoint's signing secret (the tenant and the endpoint's id are
+    /// the associated data).
+    pub fn seal_webhook_secret(
+        &self,
+        client_id: ClientId,
+        webhook_id: u64,
+        plain: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.seal_with(&webhook_associated_data(client_id, webhook_id), plain)
+    }
+
+    pub fn open_webhook_secret(
+        &self,
+        client_id: ClientId,
+        webhook_id: u64,
+        stored: &[u8],
+    ) -> Result<Vec<u8>> {
+        self.open_with(&webhook_associated_data(client_id, webhook_id), stored)
+            .map(|(_, plain)| plain)
+    }
+
+    /// [`Self::reseal`] for a webhook's signing secret.
+    pub fn reseal_webhook_secret(
+        &self,
+        client_id: ClientId,
+        webhook_id: u64,
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let aad = webhook_associated_data(client_id, webhook_id);
+        match self.open_with(&aad, stored)? {
+            (0, _) => Ok(None),
+            (_, plain) => self.seal_with(&aad, &plain).map(Some),
+        }
+    }
+
     fn seal_with(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
@@ -199,6 +234,10 @@ fn associated_data(client_id: ClientId, channel: Channel) -> Vec<u8> {
 
 fn tool_associated_data(client_id: ClientId, tool: &str) -> Vec<u8> {
     format!("chatfleet/tool-auth/{client_id}/{tool}").into_bytes()
+}
+
+fn webhook_associated_data(client_id: ClientId, webhook_id: u64) -> Vec<u8> {
+    format!("chatfleet/webhook-secret/{client_id}/{webhook_id}").into_bytes()
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{
-    AgentMode, BuiltinTool, Client, ClientConfig, TenantConfig, Tool, ToolAuthKind, ToolMethod,
+    AgentMode, BuiltinTool, Client, ClientConfig, EventFilter, TenantConfig, Tool, ToolAuthKind,
+    ToolMethod, WebhookSubscription,
 };
 use crate::ids::ClientId;
 use crate::tenant::{ClientStatus, PersonaTone, Plan};
@@ -19,6 +20,16 @@ pub(super) struct CachedTenant {
     modes: Vec<CachedMode>,
     /// Absent from entries written before tools existed: read as absent, rebuilt.
     tools: Vec<CachedTool>,
+    /// Absent from entries written before webhooks existed: read as absent, rebuilt.
+    webhooks: Vec<CachedWebhook>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedWebhook {
+    id: u64,
+    /// Event type names, or `*`.
+    events: Vec<String>,
+    callback: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,6 +148,15 @@ impl From<&TenantConfig> for CachedTenant {
                     is_active: x.is_active,
                 })
                 .collect(),
+            webhooks: t
+                .webhooks
+                .iter()
+                .map(|w| CachedWebhook {
+                    id: w.id,
+                    events: w.events.words(),
+                    callback: w.callback,
+                })
+                .collect(),
             modes: t
                 .modes
                 .iter()
@@ -181,6 +201,20 @@ impl TryFrom<CachedTenant> for TenantConfig {
                 })
             })
             .collect::<Result<Vec<_>, Self::Error>>()?;
+        let webhooks = t
+            .webhooks
+            .into_iter()
+            .map(|w| {
+                Ok(WebhookSubscription {
+                    id: w.id,
+                    events: EventFilter::parse(&w.events).map_err(|word| crate::db::UnknownWord {
+                        set: "webhook event type",
+                        word,
+                    })?,
+                    callback: w.callback,
+                })
+            })
+            .collect::<Result<Vec<_>, Self::Error>>()?;
         Ok(Self {
             client: Client {
                 id: c.id,
@@ -213,6 +247,7 @@ impl TryFrom<CachedTenant> for TenantConfig {
                 builtin_tools,
             },
             tools,
+            webhooks,
             modes: t
                 .modes
                 .into_iter()

@@ -174,6 +174,8 @@ pub struct TenantConfig {
     pub modes: Vec<AgentMode>,
     /// Active tools only, by name.
     pub tools: Vec<Tool>,
+    /// Enabled webhook endpoints and what each wants.
+    pub webhooks: Vec<super::WebhookSubscription>,
 }
 
 /// The most an answer's output limit may be.
@@ -217,11 +219,15 @@ impl<'a> Configs<'a> {
         .map(mode_from_row)
         .collect::<Result<Vec<_>>>()?;
         let tools = super::Tools::new(self.pool, client_id).active().await?;
+        let webhooks = super::Webhooks::new(self.pool, client_id)
+            .subscriptions()
+            .await?;
         Ok(Some(TenantConfig {
             client,
             config,
             modes,
             tools,
+            webhooks,
         }))
     }
 

@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 
 /// Tables that hold tenant data (each has a `client_id` column; `tests/guard_scan.rs`
 /// fails when a migration creates one that is not listed here).
-pub const TENANT_TABLES: [&str; 11] = [
+pub const TENANT_TABLES: [&str; 15] = [
     "client_configs",
     "agent_modes",
     "conversations",
@@ -56,6 +56,10 @@ pub const TENANT_TABLES: [&str; 11] = [
     "mobile_devices",
     "tools",
     "tool_calls",
+    "webhooks",
+    "webhook_events",
+    "webhook_deliveries",
+    "webhook_attempts",
 ];
 
 /// Statements that passed [`check`], by text. Refusals are not remembered: they end

@@ -25,6 +25,8 @@ mod text_column;
 mod tool_calls;
 mod tools;
 mod usage;
+mod webhook_log;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -52,6 +54,12 @@ pub use text_column::UnknownWord;
 pub use tool_calls::{ToolCallRecord, ToolCallRow, ToolCallStatus, ToolCalls};
 pub use tools::{BuiltinTool, MAX_TOOL_TIMEOUT_MS, Tool, ToolAuthKind, ToolMethod, Tools};
 pub use usage::{Usage, UsageDay};
+pub use webhook_log::{
+    Attempt, DeliveryState, NewAttempt, OwedDelivery, RecordedEvent, WebhookLog,
+};
+pub use webhooks::{
+    EventFilter, NewWebhook, SealedSecrets, Webhook, WebhookSubscription, Webhooks,
+};
 
 use crate::error::{Error, Result};
 use crate::ids::{Channel, ClientId};
@@ -212,6 +220,12 @@ impl<'a> TenantDb<'a> {
     }
     pub fn tool_calls(&self) -> ToolCalls<'a> {
         ToolCalls::new(&self.db.pool, self.client_id)
+    }
+    pub fn webhooks(&self) -> Webhooks<'a> {
+        Webhooks::new(&self.db.pool, self.client_id)
+    }
+    pub fn webhook_log(&self) -> WebhookLog<'a> {
+        WebhookLog::new(&self.db.pool, self.client_id)
     }
 }
 

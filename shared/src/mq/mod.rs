@@ -22,7 +22,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 pub use ceiling::Ceiling;
 pub use publisher::{Publisher, ReplyRoute};
 pub use subscription::Subscription;
-pub use topology::{RetryRung, Topology};
+pub use topology::{RetryRung, Topology, WEBHOOK_HOLD};
 
 use crate::error::{Error, Result};
 use crate::pii::Secret;

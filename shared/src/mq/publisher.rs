@@ -136,6 +136,28 @@ impl Publisher {
         .await
     }
 
+    /// Queues a webhook delivery's attempt: at once, or after waiting `wait` (rounded up
+    /// to a declared wait queue, see [`super::Topology::webhook_wait_queue`]).
+    pub async fn publish_webhook_job(
+        &self,
+        job: &crate::webhooks::Job,
+        wait: Option<Duration>,
+    ) -> Result<()> {
+        let topology = self.broker.topology();
+        let queue = match wait {
+            Some(wait) if !wait.is_zero() => topology.webhook_wait_queue(wait),
+            _ => topology.webhook_work(),
+        };
+        let mut table = FieldTable::default();
+        table.insert(headers::CLIENT_ID.into(), text(&job.client_id.to_string()));
+        let props = properties(
+            format!("{}:{}:{}", job.event_id, job.webhook_id, job.attempt),
+            None,
+            table,
+        );
+        self.publish("", &queue, &job.to_json(), props).await
+    }
+
     /// Sends a delivery to wait on rung `rung` of the retry ladder, to come back as
     /// attempt `next_attempt` (the same attempt when it was only delayed, +1 when it
     /// failed). The caller acks the original after this returns.

@@ -28,7 +28,15 @@ pub struct Topology {
     delivery_limit: u32,
     retry_delays: Vec<Duration>,
     archive_max_age: String,
+    /// The waits of webhook deliveries, distinct and ascending: the retry schedule's
+    /// non-zero delays and [`WEBHOOK_HOLD`].
+    webhook_waits: Vec<Duration>,
 }
+
+/// How long a webhook delivery that may not go yet (an earlier event of its conversation
+/// is still owed, or its endpoint is at its concurrency limit) waits before it is looked
+/// at again.
+pub const WEBHOOK_HOLD: Duration = Duration::from_secs(1);
 
 /// Where a retried message waits: the index into the retry ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +49,7 @@ impl Topology {
             delivery_limit: settings.delivery_limit,
             retry_delays: settings.retry_delays.clone(),
             archive_max_age: settings.archive_max_age.clone(),
+            webhook_waits: webhook_waits(&settings.webhook_schedule),
         }
     }
 
@@ -87,9 +96,27 @@ impl Topology {
         format!("{}.events", self.prefix)
     }
 
+    /// The queue webhook deliveries are made from.
+    pub fn webhook_work(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
+    /// Where a webhook delivery waits `wait` (rounded up to a declared wait) before it
+    /// returns to [`Self::webhook_work`].
+    pub fn webhook_wait_queue(&self, wait: Duration) -> String {
+        let declared = self
+            .webhook_waits
+            .iter()
+            .find(|w| **w >= wait)
+            .or(self.webhook_waits.last())
+            .copied()
+            .unwrap_or(WEBHOOK_HOLD);
+        format!("{}.webhooks.wait.{}s", self.prefix, declared.as_secs())
+    }
+
     /// Every queue, for tooling and clean-up.
     pub fn queues(&self) -> Vec<String> {
-        let mut queues = vec![self.inbound_work(), self.dead_queue()];
+        let mut queues = vec![self.inbound_work(), self.dead_queue(), self.webhook_work()];
+        queues.extend(self.webhook_waits.iter().map(|w| self.webhook_wait_queue(*w)));
         queues.extend((0..self.retry_delays.len()).filter_map(|i| self.retry_queue(RetryRung(i))));
         queues.extend(MsgChannel::ALL.iter().map(|c| self.outbound_queue(*c)));
         queues.push(self.replay_queue());
@@ -173,6 +200,23 @@ impl Topology {
         )
         .await?;
 
+        // Webhooks: deliveries are made from one queue; each wait (a retry's delay, or a
+        // hold while an earlier event is owed) is a queue whose TTL returns the delivery
+        // to it through the default exchange.
+        let mut webhooks = quorum_args();
+        webhooks.insert("x-delivery-limit".into(), long(self.delivery_limit));
+        dead_letter_to(&mut webhooks, &self.dead_exchange(), None);
+        self.queue(ch, &self.webhook_work(), webhooks).await?;
+        for wait in &self.webhook_waits {
+            let mut args = quorum_args();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+            );
+            dead_letter_to(&mut args, "", Some(&self.webhook_work()));
+            self.queue(ch, &self.webhook_wait_queue(*wait), args).await?;
+        }
+
         // Archive: a stream holding every envelope and reply for `archive_max_age`; the
         // source of `chatfleet replay` (read by timestamp with x-stream-offset).
         let mut archive = FieldTable::default();
@@ -227,6 +271,20 @@ impl Topology {
         .await
         .map_err(|e| declare_error(&format!("{queue} <- {exchange} ({key})"), e))
     }
+}
+
+/// The distinct non-zero delays of the schedule and the hold, ascending.
+fn webhook_waits(schedule: &[Duration]) -> Vec<Duration> {
+    let mut waits: Vec<Duration> = schedule
+        .iter()
+        .copied()
+        .filter(|d| !d.is_zero())
+        .chain([WEBHOOK_HOLD])
+        .map(|d| Duration::from_secs(d.as_secs().max(1)))
+        .collect();
+    waits.sort();
+    waits.dedup();
+    waits
 }
 
 fn quorum_args() -> FieldTable {

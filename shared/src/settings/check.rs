@@ -56,6 +56,29 @@ impl Settings {
                 format!("{network:?} is neither an IP address nor a CIDR block (127.0.0.0/8)"),
             );
         }
+        for network in &self.webhooks.allowed_private_networks {
+            check(
+                super::parse::network(network).is_some(),
+                "webhooks.allowed_private_networks",
+                format!("{network:?} is neither an IP address nor a CIDR block (127.0.0.0/8)"),
+            );
+        }
+        check(
+            (1..=100).contains(&self.webhooks.max_per_tenant),
+            "webhooks.max_per_tenant",
+            "must be 1-100".into(),
+        );
+        check(
+            (1..=64).contains(&self.webhooks.concurrency_per_endpoint)
+                && self.webhooks.concurrency_per_endpoint <= self.webhooks.concurrency_per_tenant,
+            "webhooks.concurrency_per_endpoint",
+            "must be 1-64 and at most webhooks.concurrency_per_tenant".into(),
+        );
+        check(
+            self.webhooks.timeout.as_secs() <= 60,
+            "webhooks.timeout_s",
+            "must be at most 60".into(),
+        );
         check(
             (1..=1000).contains(&self.tools.max_per_tenant),
             "tools.max_per_tenant",

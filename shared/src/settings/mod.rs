@@ -44,6 +44,7 @@ pub struct Settings {
     pub sessions: SessionSettings,
     pub stream: StreamSettings,
     pub tools: ToolsSettings,
+    pub webhooks: WebhooksSettings,
     pub mobile: MobileSettings,
     pub admin: AdminSettings,
     pub security: SecuritySettings,
@@ -79,10 +80,42 @@ pub struct ToolsSettings {
 impl ToolsSettings {
     /// [`Self::allowed_private_networks`] parsed (validated at load).
     pub fn allowed_networks(&self) -> Vec<ipnet::IpNet> {
-        self.allowed_private_networks
-            .iter()
-            .filter_map(|n| parse::network(n))
-            .collect()
+        parse::networks(&self.allowed_private_networks)
+    }
+}
+
+/// Tenants' webhooks: events POSTed to their endpoints, signed, retried through RabbitMQ.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhooksSettings {
+    /// Seconds before each attempt (the first is usually 0); after the last attempt
+    /// fails the delivery is dead-lettered.
+    #[serde(deserialize_with = "parse::seconds_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// An endpoint failing this long (seconds) is disabled.
+    #[serde(deserialize_with = "parse::positive_seconds")]
+    pub disable_after: Duration,
+    /// How long a later event of a conversation waits for an earlier one still being
+    /// retried before it goes out marked `out_of_order`.
+    #[serde(rename = "order_wait_s", deserialize_with = "parse::positive_seconds")]
+    pub order_wait: Duration,
+    /// An attempt with no answer within this is failed.
+    #[serde(rename = "timeout_s", deserialize_with = "parse::positive_seconds")]
+    pub timeout: Duration,
+    /// Most endpoints one tenant may have.
+    pub max_per_tenant: u32,
+    /// Most attempts in flight to one endpoint, and to one tenant's endpoints together.
+    pub concurrency_per_endpoint: u32,
+    pub concurrency_per_tenant: u32,
+    /// Whether endpoint URLs may be `http://` (else `https://` only).
+    pub allow_http: bool,
+    /// Private networks endpoints may be in after all (CIDRs).
+    pub allowed_private_networks: Vec<String>,
+}
+
+impl WebhooksSettings {
+    /// [`Self::allowed_private_networks`] parsed (validated at load).
+    pub fn allowed_networks(&self) -> Vec<ipnet::IpNet> {
+        parse::networks(&self.allowed_private_networks)
     }
 }
 
@@ -184,6 +217,10 @@ pub struct AmqpSettings {
     )]
     pub retry_delays: Vec<Duration>,
     pub archive_max_age: String,
+    /// `webhooks.retry_schedule`, copied here at load: the webhook delay queues are part
+    /// of the topology.
+    #[serde(skip)]
+    pub webhook_schedule: Vec<Duration>,
     #[serde(
         rename = "confirm_timeout_s",
         deserialize_with = "parse::positive_seconds"
@@ -428,6 +465,8 @@ impl Settings {
                     .with_list_parse_key("amqp.retry_delays_s")
                     .with_list_parse_key("http.trusted_proxies")
                     .with_list_parse_key("tools.allowed_private_networks")
+                    .with_list_parse_key("webhooks.allowed_private_networks")
+                    .with_list_parse_key("webhooks.retry_schedule")
                     .with_list_parse_key("security.encryption_keys")
                     .with_list_parse_key("security.session_keys")
                     .source(Some(sources.vars)),
@@ -439,6 +478,7 @@ impl Settings {
         let mut settings: Settings = raw
             .try_deserialize()
             .map_err(|e| Error::Settings(e.to_string()))?;
+        settings.amqp.webhook_schedule = settings.webhooks.retry_schedule.clone();
         for provider in settings.llm.providers.values_mut() {
             if provider.max_concurrency == 0 {
                 provider.max_concurrency = provider.kind.default_max_concurrency();

@@ -64,6 +64,22 @@ pub(super) fn positive_seconds_list<'de, D: Deserializer<'de>>(
     Ok(list.into_iter().map(Duration::from_secs).collect())
 }
 
+/// A non-empty list of whole numbers of seconds (zeros allowed), at most a day each.
+pub(super) fn seconds_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let list = Vec::<u64>::deserialize(d)?;
+    if list.is_empty() || list.iter().any(|s| *s > 86_400) {
+        return Err(serde::de::Error::custom(
+            "must be a non-empty list of seconds, each at most 86400",
+        ));
+    }
+    Ok(list.into_iter().map(Duration::from_secs).collect())
+}
+
+/// The networks of a list that parse (lists are validated at load).
+pub(super) fn networks(list: &[String]) -> Vec<ipnet::IpNet> {
+    list.iter().filter_map(|n| network(n)).collect()
+}
+
 /// A network given as a CIDR block or a single address (a /32 or /128).
 pub(super) fn network(text: &str) -> Option<ipnet::IpNet> {
     let text = text.trim();

@@ -1,11 +1,10 @@
 //! Calling a tenant's tools: the arguments the model gave checked against the tool's
 //! schema, the URL filled in, the tenant's credential added, the endpoint called within
-//! the tool's timeout under the address rules of [`net`], redirects followed (at most
+//! the tool's timeout under the address rules of [`shared::net`], redirects followed (at most
 //! [`MAX_REDIRECTS`], each checked again), the answer cut at [`MAX_RESULT_BYTES`]. A
 //! call never fails a turn: whatever goes wrong is the tool's result, for the model to
 //! read. Also the built-in tools' definitions ([`builtin_spec`]).
 
-mod net;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,7 +66,7 @@ impl ToolRunner {
     pub(crate) fn new(settings: &ToolsSettings, secrets: SecretBox) -> anyhow::Result<Self> {
         let allowed = Arc::new(settings.allowed_networks());
         let http = reqwest::Client::builder()
-            .dns_resolver(Arc::new(net::GuardedResolver {
+            .dns_resolver(Arc::new(shared::net::GuardedResolver {
                 allowed: allowed.clone(),
             }))
             .redirect(reqwest::redirect::Policy::none())
@@ -144,30 +143,8 @@ impl ToolRunner {
     /// Refuses a URL whose scheme is not allowed or whose host is a literal address that
     /// may not be reached (names are checked by the resolver).
     fn check_url(&self, url: &reqwest::Url) -> Result<(), Outcome> {
-        match url.scheme() {
-            "https" => {}
-            "http" if self.allow_http => {}
-            other => {
-                return Err(Outcome::failed(
-                    ToolCallStatus::Refused,
-                    format!("{other}:// URLs are not allowed for tools"),
-                ));
-            }
-        }
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal
-            && !net::permitted(ip, &self.allowed)
-        {
-            return Err(Outcome::failed(
-                ToolCallStatus::Refused,
-                format!("{ip} is not a public address"),
-            ));
-        }
-        Ok(())
+        shared::net::check_target(url, self.allow_http, &self.allowed)
+            .map_err(|reason| Outcome::failed(ToolCallStatus::Refused, reason))
     }
 
     /// Sends the call, following redirects, and reads the answer.
@@ -383,7 +360,7 @@ fn authorized(
 fn transport_outcome(e: &reqwest::Error) -> Outcome {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(refused) = err.downcast_ref::<net::Refused>() {
+        if let Some(refused) = err.downcast_ref::<shared::net::Refused>() {
             return Outcome::failed(ToolCallStatus::Refused, refused);
         }
         source = err.source();

@@ -1,7 +1,8 @@
-//! Which addresses a tenant's tool may reach: public ones, and those in the operator's
-//! `tools.allowed_private_networks`. Checked on the addresses a host name resolves to
-//! (by the HTTP client's resolver, so the address checked is the address connected to)
-//! and on literal addresses in a URL, for the first request and every redirect.
+//! Which addresses a tenant's URLs (tools, webhooks) may reach: public ones, and those in
+//! the operator's `allowed_private_networks`. Checked on the addresses a host name
+//! resolves to (by the HTTP client's resolver, so the address checked is the address
+//! connected to) and on literal addresses in a URL ([`check_target`]), for the first
+//! request and every redirect.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 /// Why an address was refused; found in a failed request's error chain.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct Refused(pub String);
+pub struct Refused(pub String);
 
 /// Whether `ip` may be reached: public, or in an allowed network.
-pub(crate) fn permitted(ip: IpAddr, allowed: &[IpNet]) -> bool {
+pub fn permitted(ip: IpAddr, allowed: &[IpNet]) -> bool {
     allowed.iter().any(|n| n.contains(&ip)) || is_public(ip)
 }
 
@@ -75,10 +76,34 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] == 0x2001 && segments[1] == 0x0db8))
 }
 
-/// The HTTP client's resolver for tools: resolves as the system does and keeps only the
+/// Refuses a URL whose scheme is not allowed (`https`, and `http` when `allow_http`) or
+/// whose host is a literal address that may not be reached (names are checked by
+/// [`GuardedResolver`] when connecting); the reason otherwise.
+pub fn check_target(
+    url: &reqwest::Url,
+    allow_http: bool,
+    allowed: &[IpNet],
+) -> Result<(), String> {
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        other => return Err(format!("{other}:// URLs are not allowed")),
+    }
+    let literal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    };
+    match literal {
+        Some(ip) if !permitted(ip, allowed) => Err(format!("{ip} is not a public address")),
+        _ => Ok(()),
+    }
+}
+
+/// The HTTP client's resolver for tenants' URLs: resolves as the system does and keeps only the
 /// permitted addresses; none left is a [`Refused`] error.
 #[derive(Debug)]
-pub(crate) struct GuardedResolver {
+pub struct GuardedResolver {
     pub allowed: Arc<Vec<IpNet>>,
 }
 
