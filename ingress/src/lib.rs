@@ -116,6 +116,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         admin: settings.admin.clone(),
         secrets: SecretBox::new(&settings.security.encryption_ring()),
         tools: settings.tools.clone(),
+        webhooks: settings.webhooks.clone(),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
         edge: edge::Edge::new(settings.edge.clone(), &settings.http.trusted_proxies),
         plans: settings.plans.clone(),
@@ -129,6 +130,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Widget)),
         tokio::spawn(deliver::mailbox::run(state.clone(), Channel::Mobile)),
         tokio::spawn(deliver::whatsapp::run(state.clone())),
+        tokio::spawn(deliver::webhooks::run(state.clone())),
     ];
 
     // Kept to close the publisher's channel once the deliverers are done.

@@ -46,6 +46,8 @@ pub(crate) struct Services {
     pub secrets: SecretBox,
     /// Tool definitions' limits and URL rules.
     pub tools: shared::settings::ToolsSettings,
+    /// Webhook endpoints' limits, URL rules and retry schedule.
+    pub webhooks: shared::settings::WebhooksSettings,
     pub knowledge: Knowledge,
     /// The edge's limits and trusted proxies.
     pub edge: crate::edge::Edge,
@@ -88,6 +90,13 @@ impl AppState {
     }
     pub(crate) fn configs(&self) -> &TenantConfigs {
         &self.inner.configs
+    }
+    pub(crate) fn webhook_settings(&self) -> &shared::settings::WebhooksSettings {
+        &self.inner.webhooks
+    }
+    /// Emits webhook events (see [`shared::webhooks::Emitter`]).
+    pub(crate) fn webhooks(&self) -> shared::webhooks::Emitter<'_> {
+        shared::webhooks::Emitter::new(&self.inner.db, &self.inner.configs, &self.inner.publisher)
     }
     pub(crate) fn mobile(&self) -> &MobileSettings {
         &self.inner.mobile

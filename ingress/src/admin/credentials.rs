@@ -126,6 +126,12 @@ pub(crate) async fn create_channel(
         _ => None,
     };
     let settings = Value::Object(req.settings.unwrap_or_default());
+    if req.channel == Channel::Api
+        && let Some(url) = settings.get("callback_url").and_then(Value::as_str)
+    {
+        super::webhooks::check_url(&state, url)
+            .map_err(|e| ApiError::new(e.status(), e.code(), format!("settings.callback_{}", e.message())))?;
+    }
     let account_id = state
         .db()
         .tenant(client.id)
@@ -146,9 +152,13 @@ pub(crate) async fn create_channel(
             ))
         })?;
     state.owners().changed().await?;
+    let callback_secret =
+        super::webhooks::sync_callback(&state, client.id, req.channel, account_id, &settings)
+            .await?;
     tracing::info!(client_id = %client.id, channel = %req.channel, "channel account registered");
-    let created = ChannelAccountOut::from(created);
+    let mut created = ChannelAccountOut::from(created);
     let mut after = audited(&created);
+    created.callback_secret = callback_secret;
     if let (Some(Value::Object(fields)), Some(creds)) = (after.as_mut(), &req.credentials) {
         fields.insert("credentials".into(), masked(creds));
     }
@@ -173,17 +183,28 @@ pub(crate) async fn update_channel(
 ) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     let req: ChannelPatchBody = body(raw).await?;
-    let before = audited(account_out(&state, client.id, account).await?);
-    let accounts = state.db().tenant(client.id).channel_accounts();
-    if !accounts
-        .update_settings(account, &Value::Object(req.settings))
-        .await?
+    let old = account_out(&state, client.id, account).await?;
+    let before = audited(&old);
+    let settings = Value::Object(req.settings);
+    let channel: Channel = old.channel.parse().map_err(|_| {
+        ApiError::internal(&shared::Error::Internal("a stored channel is unknown".into()))
+    })?;
+    if channel == Channel::Api
+        && let Some(url) = settings.get("callback_url").and_then(Value::as_str)
     {
+        super::webhooks::check_url(&state, url)
+            .map_err(|e| ApiError::new(e.status(), e.code(), format!("settings.callback_{}", e.message())))?;
+    }
+    let accounts = state.db().tenant(client.id).channel_accounts();
+    if !accounts.update_settings(account, &settings).await? {
         return Err(ApiError::not_found(format!("no channel account {account}")));
     }
     state.owners().changed().await?;
-    let updated = account_out(&state, client.id, account).await?;
+    let callback_secret =
+        super::webhooks::sync_callback(&state, client.id, channel, account, &settings).await?;
+    let mut updated = account_out(&state, client.id, account).await?;
     let after = audited(&updated);
+    updated.callback_secret = callback_secret;
     Ok(noted(Json(updated), client.id, before, after))
 }
 
@@ -224,6 +245,8 @@ pub(crate) async fn delete_channel(
         .await?
     {
         state.owners().changed().await?;
+        // Its callback endpoint went with it (a foreign key).
+        state.configs().refresh(client.id).await?;
         Ok(noted(StatusCode::NO_CONTENT, client.id, before, None))
     } else {
         Err(ApiError::not_found(format!("no channel account {account}")))

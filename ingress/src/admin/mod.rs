@@ -15,6 +15,7 @@ pub(crate) mod conversations;
 pub(crate) mod credentials;
 pub(crate) mod knowledge;
 pub(crate) mod tools;
+pub(crate) mod webhooks;
 
 use axum::http::StatusCode;
 use axum::middleware;
@@ -41,6 +42,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .merge(conversations::routes())
         .merge(knowledge::routes())
         .merge(tools::routes())
+        .merge(webhooks::routes())
         .merge(audit::routes())
         .route_layer(middleware::from_fn_with_state(state, auth::require_admin));
     Router::new()

@@ -9,6 +9,7 @@ mod messages;
 mod records;
 mod tenants;
 mod tools;
+mod webhooks;
 
 pub(crate) use config::{
     AgentModeIn, AgentModeOut, BuiltinTool, ConfigIn, ConfigOut, ConfigPatch, ModePatchIn,
@@ -20,3 +21,6 @@ pub(crate) use records::{
 };
 pub(crate) use tenants::{ClientOut, ClientPatchIn, ClientStatus, Plan};
 pub(crate) use tools::{ToolAuthIn, ToolCallOut, ToolIn, ToolMethod, ToolOut, ToolPatchIn};
+pub(crate) use webhooks::{
+    AttemptOut, AttemptPage, CreatedWebhook, RotatedSecret, WebhookIn, WebhookOut, WebhookPatchIn,
+};

@@ -49,6 +49,11 @@ pub(crate) struct ChannelAccountOut {
     /// Whether credentials are stored (their content is never shown).
     pub has_credentials: bool,
     pub created_at: DateTime<Utc>,
+    /// An API account's callback signing secret (`whsec_…`): shown once, in the response
+    /// that set `settings.callback_url` first. Rotate it through the callback's webhook
+    /// (`POST …/webhooks/{webhook_id}/rotate-secret`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_secret: Option<String>,
 }
 
 impl From<ChannelAccount> for ChannelAccountOut {
@@ -60,6 +65,7 @@ impl From<ChannelAccount> for ChannelAccountOut {
             settings: a.settings,
             has_credentials: a.has_credentials,
             created_at: a.created_at,
+            callback_secret: None,
         }
     }
 }

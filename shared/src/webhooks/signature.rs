@@ -25,6 +25,11 @@ pub fn key_of(secret: &str) -> Option<Vec<u8>> {
     STANDARD.decode(secret.strip_prefix(PREFIX)?).ok()
 }
 
+/// The key of a secret stored as its text (what the key ring seals).
+pub fn key_from_utf8(secret: &[u8]) -> Option<Vec<u8>> {
+    key_of(std::str::from_utf8(secret).ok()?)
+}
+
 /// One signature: `v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
