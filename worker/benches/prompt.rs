@@ -43,6 +43,7 @@ fn tenant() -> TenantConfig {
             builtin_tools: Vec::new(),
         },
         tools: Vec::new(),
+        webhooks: Vec::new(),
         modes: (0..4)
             .map(|i| AgentMode {
                 module_key: format!("mode{i}"),

@@ -235,6 +235,26 @@ impl Dispatcher {
         }
     }
 
+    /// `dead_letter` for a message that got the fallback and went to the dead-letter queue
+    /// (best effort: the message is parked either way).
+    async fn announce_dead_letter(&self, env: &Envelope, reason: &str) {
+        let Ok(Some(conversation_id)) = self
+            .ctx
+            .conversations
+            .find(env.client_id, env.channel, env.external_id.expose())
+            .await
+        else {
+            return;
+        };
+        let event = shared::webhooks::NewEvent::about(shared::webhooks::EventType::DeadLetter, env.id)
+            .in_conversation(conversation_id, env.channel)
+            .with("message_id", env.id.to_string())
+            .with("reason", reason.to_owned());
+        if let Err(e) = self.ctx.webhooks().emit(env.client_id, event).await {
+            tracing::warn!(error = %e, "could not announce the dead letter to webhooks");
+        }
+    }
+
     async fn fail(&self, delivery: &Delivery, envelope: Option<&Envelope>, error: &TurnError) {
         let topology = self.ctx.topology();
         let moved = match error.disposition(delivery.attempt, topology.retry_delays()) {
@@ -268,6 +288,9 @@ impl Dispatcher {
                     .publisher
                     .dead_letter(delivery, &topology.inbound_work(), &reason)
                     .await;
+                if let (Ok(()), Some(env)) = (&moved, envelope) {
+                    self.announce_dead_letter(env, &reason).await;
+                }
                 if let (Ok(()), Some(env)) = (&moved, envelope)
                     && let Err(e) = self
                         .ctx

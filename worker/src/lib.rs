@@ -91,6 +91,10 @@ impl Ctx {
     fn topology(&self) -> &Topology {
         self.broker.topology()
     }
+    /// Emits webhook events (see [`shared::webhooks::Emitter`]).
+    fn webhooks(&self) -> shared::webhooks::Emitter<'_> {
+        shared::webhooks::Emitter::new(&self.db, &self.configs, &self.publisher)
+    }
 }
 
 /// Runs a worker until `shutdown` fires, then drains in-flight turns (up to

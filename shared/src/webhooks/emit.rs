@@ -99,6 +99,16 @@ impl<'a> Emitter<'a> {
         }
     }
 
+    /// Whether any endpoint of the tenant wants events of this type (to skip work that
+    /// only an event needs).
+    pub async fn wanted(&self, client_id: ClientId, kind: EventType, channel: Channel) -> Result<bool> {
+        Ok(self
+            .configs
+            .get(client_id)
+            .await?
+            .is_some_and(|t| t.webhooks.iter().any(|w| w.wants(kind, Some(channel)))))
+    }
+
     /// Records the event for every endpoint of the tenant that wants it and queues the
     /// first attempts (each with a confirm). An error means the event may not have
     /// reached every endpoint: the caller fails as it would for any publish.

@@ -305,6 +305,7 @@ mod tests {
                 builtin_tools: Vec::new(),
             },
             tools: Vec::new(),
+            webhooks: Vec::new(),
             modes: vec![
                 AgentMode {
                     module_key: "sales".into(),

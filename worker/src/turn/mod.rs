@@ -27,6 +27,7 @@ use shared::db::{
 };
 use shared::envelope::{Envelope, Event, EventKind, ReplyKind};
 use shared::ids::ConversationId;
+use shared::webhooks::EventType;
 use shared::metric;
 use shared::pii::Pii;
 
@@ -367,6 +368,13 @@ impl Turn<'_> {
             );
             event.envelope_id = Some(last.envelope_id);
             ctx.publisher.publish_event(&event).await?;
+            let handoff = shared::webhooks::NewEvent::about(
+                EventType::ConversationHandoff,
+                last.envelope_id,
+            )
+            .in_conversation(self.conversation_id, env.channel)
+            .with("message_id", last.envelope_id.to_string());
+            ctx.webhooks().emit(client_id, handoff).await?;
             metrics::counter!(metric::HANDOFFS).increment(1);
         }
         Ok(())
@@ -407,10 +415,43 @@ pub(crate) async fn record_only(ctx: &Ctx, env: &Envelope) -> Result<()> {
 /// conversation's other pending messages. A replayed envelope is recorded like any
 /// other (a forced live replay carries a new id; the original may be long gone).
 async fn record(ctx: &Ctx, conversation_id: ConversationId, env: &Envelope) -> Result<()> {
-    if env.channel.records_at_acceptance() && env.replay.is_none() {
-        return Ok(());
+    if !(env.channel.records_at_acceptance() && env.replay.is_none()) {
+        record_envelope(ctx, conversation_id, env).await?;
     }
-    record_envelope(ctx, conversation_id, env).await?;
+    announce_received(ctx, conversation_id, env).await
+}
+
+/// `message.received` for a recorded user message (and `conversation.created` before
+/// it for the conversation's first): every channel's messages pass here, in order.
+async fn announce_received(
+    ctx: &Ctx,
+    conversation_id: ConversationId,
+    env: &Envelope,
+) -> Result<()> {
+    let client_id = env.client_id;
+    let emitter = ctx.webhooks();
+    let first = shared::webhooks::NewEvent::about(EventType::ConversationCreated, conversation_id)
+        .in_conversation(conversation_id, env.channel)
+        .with("external_id", env.external_id.expose().clone());
+    if emitter
+        .wanted(client_id, EventType::ConversationCreated, env.channel)
+        .await?
+        && ctx
+            .db
+            .tenant(client_id)
+            .messages()
+            .first_user_envelope(conversation_id)
+            .await?
+            .is_none_or(|id| id == env.id)
+    {
+        emitter.emit(client_id, first).await?;
+    }
+    let received = shared::webhooks::NewEvent::about(EventType::MessageReceived, env.id)
+        .in_conversation(conversation_id, env.channel)
+        .with("message_id", env.id.to_string())
+        .with("external_id", env.external_id.expose().clone())
+        .with("text", env.message.as_prompt_text());
+    emitter.emit(client_id, received).await?;
     Ok(())
 }
 

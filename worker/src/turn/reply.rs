@@ -79,6 +79,7 @@ pub(super) async fn reply(
                 .map(|()| false);
         }
     }
+    Box::pin(announce_replied(ctx, &reply)).await?;
     reply.polls_woken = Box::pin(wake_polls(ctx, &reply)).await;
     timed("publish", publish(ctx, &reply, &env.trace.request_id)).await?;
     // A fallback answer is not final: `chatfleet dlq requeue` reopens its messages.
@@ -125,6 +126,32 @@ pub(super) async fn relay_unpublished(
         publish(ctx, &reply, &env.trace.request_id).await?;
     }
     Ok(())
+}
+
+/// `message.replied` for a stored reply (before it is published: a turn that fails
+/// between the two runs again, finds the reply stored and emits the same event).
+async fn announce_replied(ctx: &Ctx, reply: &Reply) -> Result<()> {
+    let Some(conversation_id) = reply.conversation_id else {
+        return Ok(());
+    };
+    let event = shared::webhooks::NewEvent::about(
+        shared::webhooks::EventType::MessageReplied,
+        reply.id,
+    )
+    .in_conversation(conversation_id, reply.channel)
+    .with("message_id", reply.id.to_string())
+    .with("external_id", reply.external_id.expose().clone())
+    .with("kind", serde_json::to_value(reply.kind).unwrap_or_default())
+    .with(
+        "in_reply_to",
+        reply
+            .in_reply_to
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+    )
+    .with("text", reply.text.expose().clone());
+    Ok(ctx.webhooks().emit(reply.client_id, event).await?)
 }
 
 /// Publishes a stored reply with a confirm and queues the confirm's record.

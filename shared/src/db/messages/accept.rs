@@ -185,6 +185,23 @@ impl Messages<'_> {
         }))
     }
 
+    /// The envelope id of the conversation's first user message, if it has one.
+    pub async fn first_user_envelope(
+        &self,
+        conversation_id: ConversationId,
+    ) -> Result<Option<EnvelopeId>> {
+        let client_id = self.client_id;
+        let id: Option<Uuid> = guard::query_scalar(
+            "SELECT envelope_id FROM messages WHERE client_id = ? AND conversation_id = ? \
+             AND role = 'user' ORDER BY id LIMIT 1",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(id.map(EnvelopeId::from_uuid))
+    }
+
     /// The row id of the user message an envelope recorded, if it was recorded.
     pub async fn user_message_id(&self, envelope_id: EnvelopeId) -> Result<Option<u64>> {
         let client_id = self.client_id;
