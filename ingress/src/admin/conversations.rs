@@ -17,6 +17,7 @@ use shared::envelope::{Destination, Event, EventKind, Reply, ReplyKind};
 use shared::ids::{ClientId, ConversationId, ReplyId};
 use shared::mq::ReplyRoute;
 use shared::pii::Pii;
+use shared::webhooks::{EventType, NewEvent};
 use uuid::Uuid;
 
 use super::{Page, body, resolve};
@@ -180,6 +181,16 @@ pub(crate) async fn agent_message(
         .messages()
         .store_agent_message(conv.id, reply_id, &text)
         .await?;
+    let announced = NewEvent::about(EventType::MessageAgent, reply_id)
+        .in_conversation(conv.id, conv.channel)
+        .with("message_id", reply_id.to_string())
+        .with("external_id", conv.external_id.clone())
+        .with("text", text.clone());
+    state
+        .webhooks()
+        .emit(client.id, announced)
+        .await
+        .map_err(|e| ApiError::broker_unavailable(&e))?;
     let version = state
         .db()
         .tenant(client.id)
@@ -275,6 +286,18 @@ async fn switch(
         state
             .publisher()
             .publish_event(&event)
+            .await
+            .map_err(|e| ApiError::broker_unavailable(&e))?;
+        let webhook_type = match mode {
+            ConversationMode::Human => EventType::ConversationHandoff,
+            ConversationMode::Bot => EventType::ConversationHandedBack,
+        };
+        state
+            .webhooks()
+            .emit(
+                client.id,
+                NewEvent::about(webhook_type, event.id).in_conversation(conv.id, conv.channel),
+            )
             .await
             .map_err(|e| ApiError::broker_unavailable(&e))?;
     }

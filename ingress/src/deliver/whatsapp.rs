@@ -197,6 +197,16 @@ async fn deliver(
                     if let Err(e) = state.publisher().publish_event(&event).await {
                         tracing::warn!(error = %e, "could not announce the failed delivery");
                     }
+                    let announced = shared::webhooks::NewEvent::about(
+                        shared::webhooks::EventType::DeliveryFailed,
+                        reply.id,
+                    )
+                    .in_conversation(conversation_id, Channel::Whatsapp)
+                    .with("message_id", reply.id.to_string())
+                    .with("reason", reason.clone());
+                    if let Err(e) = state.webhooks().emit(reply.client_id, announced).await {
+                        tracing::warn!(error = %e, "could not announce the failed delivery to webhooks");
+                    }
                     let _ = delivery.ack().await;
                     return;
                 }

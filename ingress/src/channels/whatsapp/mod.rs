@@ -296,6 +296,16 @@ async fn apply_status(
             .publish_event(&event)
             .await
             .map_err(|e| ApiError::broker_unavailable(&e))?;
+        if let Some(kind) = shared::webhooks::EventType::of_delivery_status(delivery.as_str()) {
+            let announced = shared::webhooks::NewEvent::about(kind, &status.id)
+                .in_conversation(conversation_id, Channel::Whatsapp)
+                .with("channel_message_id", status.id.clone());
+            state
+                .webhooks()
+                .emit(client_id, announced)
+                .await
+                .map_err(|e| ApiError::broker_unavailable(&e))?;
+        }
     }
     Ok(())
 }
