@@ -140,13 +140,13 @@ async fn reseal_webhooks(
             current.as_slice(),
             new_current.as_deref().unwrap_or(&current),
         );
-        let previous_pair = previous.as_deref().map(|old| {
-            (
-                old,
-                new_previous.as_deref().unwrap_or(old),
-            )
-        });
-        if webhooks.replace_sealed(id, current_pair, previous_pair).await? {
+        let previous_pair = previous
+            .as_deref()
+            .map(|old| (old, new_previous.as_deref().unwrap_or(old)));
+        if webhooks
+            .replace_sealed(id, current_pair, previous_pair)
+            .await?
+        {
             tally.resealed += 1;
         }
     }

@@ -18,10 +18,10 @@ pub mod db;
 pub mod envelope;
 pub mod error;
 pub mod ids;
-pub mod net;
 pub mod knowledge;
 pub mod metric;
 pub mod mq;
+pub mod net;
 pub mod pii;
 pub mod prometheus;
 pub mod readiness;
@@ -29,9 +29,9 @@ pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
-pub mod webhooks;
 pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod webhooks;
 
 pub use error::{Error, Result};

@@ -79,11 +79,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 /// Refuses a URL whose scheme is not allowed (`https`, and `http` when `allow_http`) or
 /// whose host is a literal address that may not be reached (names are checked by
 /// [`GuardedResolver`] when connecting); the reason otherwise.
-pub fn check_target(
-    url: &reqwest::Url,
-    allow_http: bool,
-    allowed: &[IpNet],
-) -> Result<(), String> {
+pub fn check_target(url: &reqwest::Url, allow_http: bool, allowed: &[IpNet]) -> Result<(), String> {
     match url.scheme() {
         "https" => {}
         "http" if allow_http => {}

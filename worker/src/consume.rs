@@ -246,10 +246,11 @@ impl Dispatcher {
         else {
             return;
         };
-        let event = shared::webhooks::NewEvent::about(shared::webhooks::EventType::DeadLetter, env.id)
-            .in_conversation(conversation_id, env.channel)
-            .with("message_id", env.id.to_string())
-            .with("reason", reason.to_owned());
+        let event =
+            shared::webhooks::NewEvent::about(shared::webhooks::EventType::DeadLetter, env.id)
+                .in_conversation(conversation_id, env.channel)
+                .with("message_id", env.id.to_string())
+                .with("reason", reason.to_owned());
         if let Err(e) = self.ctx.webhooks().emit(env.client_id, event).await {
             tracing::warn!(error = %e, "could not announce the dead letter to webhooks");
         }

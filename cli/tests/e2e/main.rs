@@ -20,5 +20,6 @@ mod streaming;
 mod support;
 mod tls;
 mod tools;
+mod webhooks;
 mod whatsapp;
 mod widget;

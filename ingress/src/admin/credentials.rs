@@ -129,8 +129,13 @@ pub(crate) async fn create_channel(
     if req.channel == Channel::Api
         && let Some(url) = settings.get("callback_url").and_then(Value::as_str)
     {
-        super::webhooks::check_url(&state, url)
-            .map_err(|e| ApiError::new(e.status(), e.code(), format!("settings.callback_{}", e.message())))?;
+        super::webhooks::check_url(&state, url).map_err(|e| {
+            ApiError::new(
+                e.status(),
+                e.code(),
+                format!("settings.callback_{}", e.message()),
+            )
+        })?;
     }
     let account_id = state
         .db()
@@ -187,13 +192,20 @@ pub(crate) async fn update_channel(
     let before = audited(&old);
     let settings = Value::Object(req.settings);
     let channel: Channel = old.channel.parse().map_err(|_| {
-        ApiError::internal(&shared::Error::Internal("a stored channel is unknown".into()))
+        ApiError::internal(&shared::Error::Internal(
+            "a stored channel is unknown".into(),
+        ))
     })?;
     if channel == Channel::Api
         && let Some(url) = settings.get("callback_url").and_then(Value::as_str)
     {
-        super::webhooks::check_url(&state, url)
-            .map_err(|e| ApiError::new(e.status(), e.code(), format!("settings.callback_{}", e.message())))?;
+        super::webhooks::check_url(&state, url).map_err(|e| {
+            ApiError::new(
+                e.status(),
+                e.code(),
+                format!("settings.callback_{}", e.message()),
+            )
+        })?;
     }
     let accounts = state.db().tenant(client.id).channel_accounts();
     if !accounts.update_settings(account, &settings).await? {

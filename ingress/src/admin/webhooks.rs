@@ -74,18 +74,15 @@ pub(super) fn check_url(state: &AppState, url: &str) -> Result<()> {
         return Err(invalid("url must not hold credentials"));
     }
     let settings = state.webhook_settings();
-    shared::net::check_target(
-        &parsed,
-        settings.allow_http,
-        &settings.allowed_networks(),
+    shared::net::check_target(&parsed, settings.allow_http, &settings.allowed_networks()).map_err(
+        |reason| {
+            invalid(if settings.allow_http {
+                format!("url: {reason}")
+            } else {
+                format!("url: {reason} (https:// only on this platform, to a public address)")
+            })
+        },
     )
-    .map_err(|reason| {
-        invalid(if settings.allow_http {
-            format!("url: {reason}")
-        } else {
-            format!("url: {reason} (https:// only on this platform, to a public address)")
-        })
-    })
 }
 
 fn events(words: &[String]) -> Result<EventFilter> {
@@ -142,7 +139,11 @@ fn not_managed(webhook: &Webhook) -> Result<()> {
 }
 
 /// Creates an endpoint with a new secret; the endpoint and the secret.
-async fn create(state: &AppState, client_id: ClientId, new: &NewWebhook) -> Result<(Webhook, String)> {
+async fn create(
+    state: &AppState,
+    client_id: ClientId,
+    new: &NewWebhook,
+) -> Result<(Webhook, String)> {
     let secret = signature::new_secret();
     let id = state
         .db()
@@ -251,7 +252,13 @@ pub(crate) async fn update_webhook(
     if let Some(enabled) = patch.enabled {
         webhook.enabled = enabled;
     }
-    if !state.db().tenant(client.id).webhooks().update(&webhook).await? {
+    if !state
+        .db()
+        .tenant(client.id)
+        .webhooks()
+        .update(&webhook)
+        .await?
+    {
         return Err(ApiError::not_found(format!("no webhook {webhook_id}")));
     }
     state.configs().refresh(client.id).await?;
@@ -276,7 +283,13 @@ pub(crate) async fn delete_webhook(
     let old = find(&state, client.id, webhook_id).await?;
     not_managed(&old)?;
     let before = audited(WebhookOut::from(old));
-    if !state.db().tenant(client.id).webhooks().delete(webhook_id).await? {
+    if !state
+        .db()
+        .tenant(client.id)
+        .webhooks()
+        .delete(webhook_id)
+        .await?
+    {
         return Err(ApiError::not_found(format!("no webhook {webhook_id}")));
     }
     state.configs().refresh(client.id).await?;

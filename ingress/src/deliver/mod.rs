@@ -3,5 +3,5 @@
 
 pub(crate) mod mailbox;
 mod push;
-pub(crate) mod whatsapp;
 pub(crate) mod webhooks;
+pub(crate) mod whatsapp;

@@ -207,9 +207,11 @@ impl TryFrom<CachedTenant> for TenantConfig {
             .map(|w| {
                 Ok(WebhookSubscription {
                     id: w.id,
-                    events: EventFilter::parse(&w.events).map_err(|word| crate::db::UnknownWord {
-                        set: "webhook event type",
-                        word,
+                    events: EventFilter::parse(&w.events).map_err(|word| {
+                        crate::db::UnknownWord {
+                            set: "webhook event type",
+                            word,
+                        }
                     })?,
                     callback: w.callback,
                 })

@@ -224,7 +224,12 @@ impl<'a> WebhookLog<'a> {
     }
 
     /// Settles a delivery (delivered, or dead).
-    pub async fn settle(&self, webhook_id: u64, event_id: Uuid, state: DeliveryState) -> Result<()> {
+    pub async fn settle(
+        &self,
+        webhook_id: u64,
+        event_id: Uuid,
+        state: DeliveryState,
+    ) -> Result<()> {
         let client_id = self.client_id;
         guard::query(
             "UPDATE webhook_deliveries SET state = ?, done_at = NOW(6) \

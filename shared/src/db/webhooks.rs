@@ -51,9 +51,8 @@ impl EventFilter {
     fn from_column(text: &str) -> Self {
         let words: Vec<String> = text.split(',').map(str::to_owned).collect();
         // A word this build does not know (written by a newer one) is skipped.
-        Self::parse(&words).unwrap_or_else(|_| {
-            Self::Only(words.iter().filter_map(|w| w.parse().ok()).collect())
-        })
+        Self::parse(&words)
+            .unwrap_or_else(|_| Self::Only(words.iter().filter_map(|w| w.parse().ok()).collect()))
     }
 
     pub fn contains(&self, kind: EventType) -> bool {
@@ -215,11 +214,10 @@ impl<'a> Webhooks<'a> {
         // The version bump locks the tenant's config row: creations queue behind it, so
         // the count holds until this one commits.
         bump_version(&mut tx, client_id).await?;
-        let count: i64 =
-            guard::query_scalar("SELECT COUNT(*) FROM webhooks WHERE client_id = ?")?
-                .bind(client_id.get())
-                .fetch_one(&mut *tx)
-                .await?;
+        let count: i64 = guard::query_scalar("SELECT COUNT(*) FROM webhooks WHERE client_id = ?")?
+            .bind(client_id.get())
+            .fetch_one(&mut *tx)
+            .await?;
         if count >= i64::from(max) {
             return Err(Error::Invalid(format!(
                 "a tenant may have at most {max} webhooks (webhooks.max_per_tenant)"
@@ -461,7 +459,10 @@ mod tests {
     #[test]
     fn filters_read_their_words_and_callbacks_want_only_api_replies() {
         let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(EventFilter::parse(&words(&["*", "x"])), Ok(EventFilter::All));
+        assert_eq!(
+            EventFilter::parse(&words(&["*", "x"])),
+            Ok(EventFilter::All)
+        );
         assert_eq!(
             EventFilter::parse(&words(&["message.sent"])),
             Err("message.sent".into())

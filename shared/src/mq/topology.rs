@@ -116,7 +116,11 @@ impl Topology {
     /// Every queue, for tooling and clean-up.
     pub fn queues(&self) -> Vec<String> {
         let mut queues = vec![self.inbound_work(), self.dead_queue(), self.webhook_work()];
-        queues.extend(self.webhook_waits.iter().map(|w| self.webhook_wait_queue(*w)));
+        queues.extend(
+            self.webhook_waits
+                .iter()
+                .map(|w| self.webhook_wait_queue(*w)),
+        );
         queues.extend((0..self.retry_delays.len()).filter_map(|i| self.retry_queue(RetryRung(i))));
         queues.extend(MsgChannel::ALL.iter().map(|c| self.outbound_queue(*c)));
         queues.push(self.replay_queue());
@@ -214,7 +218,8 @@ impl Topology {
                 AMQPValue::LongLongInt(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
             );
             dead_letter_to(&mut args, "", Some(&self.webhook_work()));
-            self.queue(ch, &self.webhook_wait_queue(*wait), args).await?;
+            self.queue(ch, &self.webhook_wait_queue(*wait), args)
+                .await?;
         }
 
         // Archive: a stream holding every envelope and reply for `archive_max_age`; the

@@ -101,7 +101,12 @@ impl<'a> Emitter<'a> {
 
     /// Whether any endpoint of the tenant wants events of this type (to skip work that
     /// only an event needs).
-    pub async fn wanted(&self, client_id: ClientId, kind: EventType, channel: Channel) -> Result<bool> {
+    pub async fn wanted(
+        &self,
+        client_id: ClientId,
+        kind: EventType,
+        channel: Channel,
+    ) -> Result<bool> {
         Ok(self
             .configs
             .get(client_id)
@@ -167,7 +172,8 @@ impl<'a> Emitter<'a> {
             };
             self.publisher.publish_webhook_job(&job, None).await?;
         }
-        metrics::counter!(crate::metric::WEBHOOK_EVENTS, "type" => event.kind.as_str()).increment(1);
+        metrics::counter!(crate::metric::WEBHOOK_EVENTS, "type" => event.kind.as_str())
+            .increment(1);
         Ok(())
     }
 }

@@ -5,7 +5,6 @@
 //! call never fails a turn: whatever goes wrong is the tool's result, for the model to
 //! read. Also the built-in tools' definitions ([`builtin_spec`]).
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

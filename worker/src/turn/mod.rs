@@ -27,9 +27,9 @@ use shared::db::{
 };
 use shared::envelope::{Envelope, Event, EventKind, ReplyKind};
 use shared::ids::ConversationId;
-use shared::webhooks::EventType;
 use shared::metric;
 use shared::pii::Pii;
+use shared::webhooks::EventType;
 
 use crate::Ctx;
 use crate::error::{Result, TurnError};
@@ -368,12 +368,10 @@ impl Turn<'_> {
             );
             event.envelope_id = Some(last.envelope_id);
             ctx.publisher.publish_event(&event).await?;
-            let handoff = shared::webhooks::NewEvent::about(
-                EventType::ConversationHandoff,
-                last.envelope_id,
-            )
-            .in_conversation(self.conversation_id, env.channel)
-            .with("message_id", last.envelope_id.to_string());
+            let handoff =
+                shared::webhooks::NewEvent::about(EventType::ConversationHandoff, last.envelope_id)
+                    .in_conversation(self.conversation_id, env.channel)
+                    .with("message_id", last.envelope_id.to_string());
             ctx.webhooks().emit(client_id, handoff).await?;
             metrics::counter!(metric::HANDOFFS).increment(1);
         }

@@ -134,23 +134,21 @@ async fn announce_replied(ctx: &Ctx, reply: &Reply) -> Result<()> {
     let Some(conversation_id) = reply.conversation_id else {
         return Ok(());
     };
-    let event = shared::webhooks::NewEvent::about(
-        shared::webhooks::EventType::MessageReplied,
-        reply.id,
-    )
-    .in_conversation(conversation_id, reply.channel)
-    .with("message_id", reply.id.to_string())
-    .with("external_id", reply.external_id.expose().clone())
-    .with("kind", serde_json::to_value(reply.kind).unwrap_or_default())
-    .with(
-        "in_reply_to",
-        reply
-            .in_reply_to
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-    )
-    .with("text", reply.text.expose().clone());
+    let event =
+        shared::webhooks::NewEvent::about(shared::webhooks::EventType::MessageReplied, reply.id)
+            .in_conversation(conversation_id, reply.channel)
+            .with("message_id", reply.id.to_string())
+            .with("external_id", reply.external_id.expose().clone())
+            .with("kind", serde_json::to_value(reply.kind).unwrap_or_default())
+            .with(
+                "in_reply_to",
+                reply
+                    .in_reply_to
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )
+            .with("text", reply.text.expose().clone());
     Ok(ctx.webhooks().emit(reply.client_id, event).await?)
 }
 

@@ -53,7 +53,9 @@ fn semaphore<K: std::hash::Hash + Eq + Copy>(
     key: K,
     permits: u32,
 ) -> Arc<Semaphore> {
-    let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if map.len() > 10_000 {
         map.retain(|_, s| s.available_permits() < permits as usize);
     }
@@ -72,9 +74,15 @@ mod tests {
         let tenant = ClientId::new(1);
         let a1 = limits.take(tenant, 1).expect("free");
         let _a2 = limits.take(tenant, 1).expect("free");
-        assert!(limits.take(tenant, 1).is_none(), "endpoint 1 is at its limit");
+        assert!(
+            limits.take(tenant, 1).is_none(),
+            "endpoint 1 is at its limit"
+        );
         let _b1 = limits.take(tenant, 2).expect("another endpoint");
-        assert!(limits.take(tenant, 3).is_none(), "the tenant is at its limit");
+        assert!(
+            limits.take(tenant, 3).is_none(),
+            "the tenant is at its limit"
+        );
         assert!(limits.take(ClientId::new(2), 1).is_some(), "another tenant");
         drop(a1);
         assert!(limits.take(tenant, 1).is_some(), "a permit came back");

@@ -110,7 +110,11 @@ async fn hold(state: &AppState, delivery: &Delivery, job: &Job) {
 /// Dead-letters a job that is not one.
 async fn park(state: &AppState, delivery: &Delivery, reason: &str) {
     let queue = state.broker().topology().webhook_work();
-    match state.publisher().dead_letter(delivery, &queue, reason).await {
+    match state
+        .publisher()
+        .dead_letter(delivery, &queue, reason)
+        .await
+    {
         Ok(()) => {
             let _ = delivery.ack().await;
         }
@@ -153,7 +157,9 @@ impl Attempt<'_> {
                 .earlier_owed(job.webhook_id, conversation, owed.seq)
                 .await?
         {
-            let waited = (chrono::Utc::now() - owed.created_at).to_std().unwrap_or_default();
+            let waited = (chrono::Utc::now() - owed.created_at)
+                .to_std()
+                .unwrap_or_default();
             if waited < state.webhook_settings().order_wait {
                 return state
                     .publisher()
@@ -259,7 +265,10 @@ impl Attempt<'_> {
                     .secrets()
                     .open_webhook_secret(job.client_id, job.webhook_id, stored)?;
             let key = signature::key_from_utf8(&secret).ok_or_else(|| {
-                shared::Error::Internal(format!("webhook {} has a malformed secret", job.webhook_id))
+                shared::Error::Internal(format!(
+                    "webhook {} has a malformed secret",
+                    job.webhook_id
+                ))
             })?;
             keys.push(key);
         }

@@ -1,0 +1,338 @@
+//! Tenants' webhooks end to end: endpoints through the admin API, a receiver double on
+//! 127.0.0.2 (the one private address these runs allow) that fails, answers or is gone
+//! by path, signatures checked against each tenant's own secret, retries with the same
+//! `webhook-id`, the order of a conversation's events, rotation and 410.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::testkit::{TestTenant, eventually};
+use shared::webhooks::signature;
+
+use crate::support::{Method, Platform};
+
+const SETTINGS: [(&str, &str); 3] = [
+    ("CHATFLEET__WEBHOOKS__ALLOW_HTTP", "true"),
+    (
+        "CHATFLEET__WEBHOOKS__ALLOWED_PRIVATE_NETWORKS",
+        "127.0.0.2/32",
+    ),
+    ("CHATFLEET__WEBHOOKS__RETRY_SCHEDULE", "0,1,1,1,1"),
+];
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    id: String,
+    timestamp: i64,
+    signatures: String,
+    body: Vec<u8>,
+    /// What it answered.
+    status: u16,
+}
+
+impl Received {
+    fn event(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    /// Whether one of its signatures is the secret's.
+    fn signed_by(&self, secret: &str) -> bool {
+        let key = signature::key_of(secret).expect("a secret");
+        let expected = signature::sign(&key, &self.id, self.timestamp, &self.body);
+        self.signatures.split(' ').any(|s| s == expected)
+    }
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start(shutdown: tokio_util::sync::CancellationToken) -> (Self, String) {
+        let receiver = Self::default();
+        let app = axum::Router::new()
+            .route("/{tenant}/{behaviour}", axum::routing::post(answer))
+            .with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+            .await
+            .expect("bind the receiver");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+        });
+        (receiver, base)
+    }
+
+    fn at(&self, path: &str) -> Vec<Received> {
+        let got = self.got.lock().expect("lock");
+        got.iter().filter(|r| r.path == path).cloned().collect()
+    }
+}
+
+/// `fail3`: 500 to the first three requests of each `webhook-id`, then 200; `gone`: 410;
+/// anything else 200.
+async fn answer(
+    State(receiver): State<Receiver>,
+    UrlPath((tenant, behaviour)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AxumStatus {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let path = format!("/{tenant}/{behaviour}");
+    let id = header("webhook-id");
+    let mut got = receiver.got.lock().expect("lock");
+    let earlier = got.iter().filter(|r| r.path == path && r.id == id).count();
+    let status = match behaviour.as_str() {
+        "fail3" if earlier < 3 => 500,
+        "gone" => 410,
+        _ => 200,
+    };
+    got.push(Received {
+        path,
+        id,
+        timestamp: header("webhook-timestamp").parse().unwrap_or_default(),
+        signatures: header("webhook-signature"),
+        body: body.to_vec(),
+        status,
+    });
+    AxumStatus::from_u16(status).expect("a status")
+}
+
+/// Creates an endpoint; its id and secret.
+async fn add_webhook(p: &Platform, t: &TestTenant, url: String, events: Value) -> (u64, String) {
+    let (status, body) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/webhooks", t.id),
+            Some(json!({ "url": url, "events": events })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let secret = body["secret"].as_str().expect("a secret").to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    (body["id"].as_u64().expect("an id"), secret)
+}
+
+/// The delivered (2xx) events at `path`, by type, with what was received.
+fn delivered(received: &[Received]) -> HashMap<String, Vec<Received>> {
+    let mut by_type: HashMap<String, Vec<Received>> = HashMap::new();
+    for r in received.iter().filter(|r| r.status == 200) {
+        let kind = r.event()["type"].as_str().unwrap_or_default().to_owned();
+        by_type.entry(kind).or_default().push(r.clone());
+    }
+    by_type
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_in_order_kept_to_their_tenant_and_disabled_when_gone() {
+    let p = Platform::start_with(&SETTINGS, 1).await;
+    let (receiver, base) = Receiver::start(p.shutdown.clone()).await;
+    let (a, b) = (p.tenant("alpha").await, p.tenant("beta").await);
+    let path = format!("/admin/v1/clients/{}/webhooks", a.id);
+
+    // Bad input names its field.
+    for (bad, field) in [
+        (
+            json!({ "url": "ftp://hooks.example/x", "events": ["*"] }),
+            "url",
+        ),
+        (
+            json!({ "url": "http://127.0.0.1:9/x", "events": ["*"] }),
+            "url",
+        ),
+        (
+            json!({ "url": format!("{base}/a/ok"), "events": [] }),
+            "events",
+        ),
+        (
+            json!({ "url": format!("{base}/a/ok"), "events": ["message.sent"] }),
+            "message.sent",
+        ),
+    ] {
+        let (status, body) = p.admin(Method::POST, &path, Some(bad)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
+        assert!(body.to_string().contains(field), "{field}: {body}");
+    }
+
+    let (a_hook, a_secret) = add_webhook(
+        &p,
+        &a,
+        format!("{base}/a/fail3"),
+        json!(["message.received", "message.replied"]),
+    )
+    .await;
+    let (b_hook, b_secret) = add_webhook(&p, &b, format!("{base}/b/ok"), json!(["*"])).await;
+    // Another tenant's endpoint is not found.
+    let (status, _) = p
+        .admin(Method::GET, &format!("{path}/{b_hook}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, listed) = p.admin(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!listed.to_string().contains(&a_secret), "{listed}");
+
+    p.ask(&a.api_key, "c1", "hello from alpha", "0").await;
+    p.ask(&b.api_key, "c1", "hello from beta", "0").await;
+
+    // Alpha's receiver fails three times per event, then answers: each event arrives four
+    // times under one webhook-id, signed with alpha's secret, received before replied.
+    let got = eventually(Duration::from_secs(60), "alpha's events delivered", || {
+        let got = receiver.at("/a/fail3");
+        let done = delivered(&got);
+        async move {
+            (done.contains_key("message.received") && done.contains_key("message.replied"))
+                .then_some(got)
+        }
+    })
+    .await;
+    let done = delivered(&got);
+    for kind in ["message.received", "message.replied"] {
+        let event = &done[kind][0];
+        let tries: Vec<&Received> = got.iter().filter(|r| r.id == event.id).collect();
+        assert_eq!(tries.len(), 4, "{kind}: {tries:?}");
+        assert!(tries.iter().all(|r| r.signed_by(&a_secret)), "{kind}");
+        assert!(!tries.iter().any(|r| r.signed_by(&b_secret)), "{kind}");
+        let e = event.event();
+        assert_eq!(e["client_id"], a.id.get(), "{e}");
+        assert_eq!(e["id"], event.id.as_str(), "{e}");
+    }
+    let (received, replied) = (
+        done["message.received"][0].event(),
+        done["message.replied"][0].event(),
+    );
+    assert_eq!(received["data"]["text"], "hello from alpha");
+    assert!(
+        received["data"]["seq"].as_u64() < replied["data"]["seq"].as_u64(),
+        "{received} {replied}"
+    );
+    let received_at = got
+        .iter()
+        .position(|r| r.status == 200 && r.id == done["message.received"][0].id)
+        .expect("delivered");
+    let first_replied = got
+        .iter()
+        .position(|r| r.id == done["message.replied"][0].id)
+        .expect("sent");
+    assert!(
+        received_at < first_replied,
+        "the reply's event went out while the message's was still being retried"
+    );
+    let (status, attempts) = p
+        .admin(
+            Method::GET,
+            &format!("{path}/{a_hook}/attempts?limit=200"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{attempts}");
+    let of_received: Vec<&Value> = attempts["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .filter(|x| x["event_id"] == done["message.received"][0].id.as_str())
+        .collect();
+    assert_eq!(of_received.len(), 4, "{attempts}");
+    assert_eq!(of_received[0]["response_status"], 500);
+    assert_eq!(of_received[3]["response_status"], 200);
+
+    // Beta's endpoint hears only beta, signed with beta's secret.
+    let b_got = eventually(Duration::from_secs(30), "beta's events", || {
+        let got = receiver.at("/b/ok");
+        async move { (delivered(&got).contains_key("message.replied")).then_some(got) }
+    })
+    .await;
+    assert!(b_got.iter().all(|r| r.signed_by(&b_secret)));
+    assert!(b_got.iter().all(|r| r.event()["client_id"] == b.id.get()));
+    let kinds: Vec<String> = b_got
+        .iter()
+        .map(|r| r.event()["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        kinds.contains(&"conversation.created".to_owned()),
+        "{kinds:?}"
+    );
+
+    // After a rotation both secrets sign.
+    let (status, rotated) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/webhooks/{b_hook}/rotate-secret", b.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret"].as_str().expect("secret").to_owned();
+    let before = receiver.at("/b/ok").len();
+    p.ask(&b.api_key, "c2", "after the rotation", "0").await;
+    let after = eventually(
+        Duration::from_secs(30),
+        "deliveries after the rotation",
+        || {
+            let got = receiver.at("/b/ok");
+            async move { (got.len() > before).then_some(got) }
+        },
+    )
+    .await;
+    let fresh = &after[before];
+    assert!(
+        fresh.signed_by(&new_secret) && fresh.signed_by(&b_secret),
+        "{fresh:?}"
+    );
+
+    // 410 disables at once; a disabled endpoint gets nothing more.
+    let (gone, _) = add_webhook(
+        &p,
+        &a,
+        format!("{base}/a/gone"),
+        json!(["message.received"]),
+    )
+    .await;
+    p.ask(&a.api_key, "c2", "to a gone endpoint", "0").await;
+    let disabled = eventually(
+        Duration::from_secs(30),
+        "the gone endpoint disabled",
+        || {
+            let p = &p;
+            let url = format!("{path}/{gone}");
+            async move {
+                let (_, w) = p.admin(Method::GET, &url, None).await;
+                (w["enabled"] == false).then_some(w)
+            }
+        },
+    )
+    .await;
+    assert!(
+        disabled["disabled_reason"].to_string().contains("410"),
+        "{disabled}"
+    );
+    let gone_requests = receiver.at("/a/gone").len();
+    assert_eq!(gone_requests, 1);
+    p.ask(&a.api_key, "c3", "after it was disabled", "0").await;
+    eventually(
+        Duration::from_secs(30),
+        "the next event delivered elsewhere",
+        || {
+            let n = delivered(&receiver.at("/a/fail3"))
+                .get("message.received")
+                .map_or(0, Vec::len);
+            async move { (n >= 3).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(receiver.at("/a/gone").len(), gone_requests);
+}
