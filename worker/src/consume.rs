@@ -290,7 +290,7 @@ impl Dispatcher {
                     .dead_letter(delivery, &topology.inbound_work(), &reason)
                     .await;
                 if let (Ok(()), Some(env)) = (&moved, envelope) {
-                    self.announce_dead_letter(env, &reason).await;
+                    Box::pin(self.announce_dead_letter(env, &reason)).await;
                 }
                 if let (Ok(()), Some(env)) = (&moved, envelope)
                     && let Err(e) = self

@@ -372,7 +372,7 @@ impl Turn<'_> {
                 shared::webhooks::NewEvent::about(EventType::ConversationHandoff, last.envelope_id)
                     .in_conversation(self.conversation_id, env.channel)
                     .with("message_id", last.envelope_id.to_string());
-            ctx.webhooks().emit(client_id, handoff).await?;
+            Box::pin(ctx.webhooks().emit(client_id, handoff)).await?;
             metrics::counter!(metric::HANDOFFS).increment(1);
         }
         Ok(())
@@ -416,7 +416,7 @@ async fn record(ctx: &Ctx, conversation_id: ConversationId, env: &Envelope) -> R
     if !(env.channel.records_at_acceptance() && env.replay.is_none()) {
         record_envelope(ctx, conversation_id, env).await?;
     }
-    announce_received(ctx, conversation_id, env).await
+    Box::pin(announce_received(ctx, conversation_id, env)).await
 }
 
 /// `message.received` for a recorded user message (and `conversation.created` before
