@@ -32,6 +32,7 @@ pub mod telemetry;
 pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod text;
 pub mod webhooks;
 
 pub use error::{Error, Result};

@@ -15,6 +15,18 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 #[error("{0}")]
 pub struct Refused(pub String);
 
+/// The refusal somewhere in a failed request's error chain, if an address was refused.
+pub fn refusal<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e Refused> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<Refused>() {
+            return Some(refused);
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// Whether `ip` may be reached: public, or in an allowed network.
 pub fn permitted(ip: IpAddr, allowed: &[IpNet]) -> bool {
     allowed.iter().any(|n| n.contains(&ip)) || is_public(ip)

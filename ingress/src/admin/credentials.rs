@@ -126,17 +126,7 @@ pub(crate) async fn create_channel(
         _ => None,
     };
     let settings = Value::Object(req.settings.unwrap_or_default());
-    if req.channel == Channel::Api
-        && let Some(url) = settings.get("callback_url").and_then(Value::as_str)
-    {
-        super::webhooks::check_url(&state, url).map_err(|e| {
-            ApiError::new(
-                e.status(),
-                e.code(),
-                format!("settings.callback_{}", e.message()),
-            )
-        })?;
-    }
+    let callback_url = super::webhooks::callback_url(&state, req.channel, &settings)?;
     let account_id = state
         .db()
         .tenant(client.id)
@@ -158,8 +148,7 @@ pub(crate) async fn create_channel(
         })?;
     state.owners().changed().await?;
     let callback_secret =
-        super::webhooks::sync_callback(&state, client.id, req.channel, account_id, &settings)
-            .await?;
+        super::webhooks::sync_callback(&state, client.id, account_id, callback_url).await?;
     tracing::info!(client_id = %client.id, channel = %req.channel, "channel account registered");
     let mut created = ChannelAccountOut::from(created);
     let mut after = audited(&created);
@@ -196,24 +185,14 @@ pub(crate) async fn update_channel(
             "a stored channel is unknown".into(),
         ))
     })?;
-    if channel == Channel::Api
-        && let Some(url) = settings.get("callback_url").and_then(Value::as_str)
-    {
-        super::webhooks::check_url(&state, url).map_err(|e| {
-            ApiError::new(
-                e.status(),
-                e.code(),
-                format!("settings.callback_{}", e.message()),
-            )
-        })?;
-    }
+    let callback_url = super::webhooks::callback_url(&state, channel, &settings)?;
     let accounts = state.db().tenant(client.id).channel_accounts();
     if !accounts.update_settings(account, &settings).await? {
         return Err(ApiError::not_found(format!("no channel account {account}")));
     }
     state.owners().changed().await?;
     let callback_secret =
-        super::webhooks::sync_callback(&state, client.id, channel, account, &settings).await?;
+        super::webhooks::sync_callback(&state, client.id, account, callback_url).await?;
     let mut updated = account_out(&state, client.id, account).await?;
     let after = audited(&updated);
     updated.callback_secret = callback_secret;

@@ -367,14 +367,12 @@ struct CallbackSettings {
     callback_url: Option<String>,
 }
 
-/// Makes an API channel account's callback endpoint match its settings: created (with a
-/// new secret, returned) when `callback_url` appears, moved when it changes, removed when
-/// it goes. Other channels' accounts have none.
-pub(super) async fn sync_callback(
+/// The callback URL an API channel account's settings name, checked like any endpoint's
+/// (`None` for other channels and for no URL). Called before the account is written, so
+/// a bad URL changes nothing.
+pub(super) fn callback_url(
     state: &AppState,
-    client_id: ClientId,
     channel: shared::ids::Channel,
-    account_id: u64,
     settings: &serde_json::Value,
 ) -> Result<Option<String>> {
     if channel != shared::ids::Channel::Api {
@@ -387,6 +385,18 @@ pub(super) async fn sync_callback(
     if let Some(url) = &wanted {
         check_url(state, url).map_err(|e| invalid(format!("settings.callback_{}", e.message())))?;
     }
+    Ok(wanted)
+}
+
+/// Makes an API channel account's callback endpoint match its checked `callback_url`
+/// ([`callback_url`]): created (with a new secret, returned) when it appears, moved when
+/// it changes, removed when it goes.
+pub(super) async fn sync_callback(
+    state: &AppState,
+    client_id: ClientId,
+    account_id: u64,
+    wanted: Option<String>,
+) -> Result<Option<String>> {
     let webhooks = state.db().tenant(client_id).webhooks();
     let existing = webhooks.of_account(account_id).await?;
     let secret = match (existing, wanted) {

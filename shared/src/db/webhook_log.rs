@@ -271,7 +271,7 @@ impl<'a> WebhookLog<'a> {
         .bind(attempt.attempt)
         .bind(attempt.response_status)
         .bind(attempt.duration_ms)
-        .bind(attempt.error.map(|e| truncate(e, 500)))
+        .bind(attempt.error.map(|e| crate::text::prefix_within(e, 500)))
         .execute(self.pool)
         .await?;
         Ok(())
@@ -345,15 +345,4 @@ impl<'a> WebhookLog<'a> {
         tx.commit().await?;
         Ok(ids)
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -358,14 +358,7 @@ const MAX_SHORT_STRING: usize = 255;
 /// short request ids; this is the second guard, so no caller's id can make a publish
 /// panic after its message was committed.
 fn short_string(s: &str) -> &str {
-    if s.len() <= MAX_SHORT_STRING {
-        return s;
-    }
-    let mut end = MAX_SHORT_STRING;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::text::prefix_within(s, MAX_SHORT_STRING)
 }
 
 fn text(s: &str) -> AMQPValue {

@@ -357,12 +357,8 @@ fn authorized(
 /// A transport failure as the tool's result: a refused address, a timeout, a
 /// connection that failed.
 fn transport_outcome(e: &reqwest::Error) -> Outcome {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(refused) = err.downcast_ref::<shared::net::Refused>() {
-            return Outcome::failed(ToolCallStatus::Refused, refused);
-        }
-        source = err.source();
+    if let Some(refused) = shared::net::refusal(e) {
+        return Outcome::failed(ToolCallStatus::Refused, refused);
     }
     if e.is_timeout() {
         return Outcome::failed(ToolCallStatus::Error, "the endpoint timed out");

@@ -105,15 +105,13 @@ pub(super) async fn post(
 
 /// A failed request's cause: a refused address by its reason, else the error chain.
 fn describe(error: &reqwest::Error) -> String {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    if let Some(refused) = shared::net::refusal(error) {
+        return refused.to_string();
+    }
     let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
     while let Some(e) = source {
-        if let Some(refused) = e.downcast_ref::<shared::net::Refused>() {
-            return refused.to_string();
-        }
-        if !std::ptr::eq(e, error as &dyn std::error::Error) {
-            text = format!("{text}: {e}");
-        }
+        text = format!("{text}: {e}");
         source = e.source();
     }
     text
