@@ -7,6 +7,9 @@
 -- signing beside the new one until `previous_until`. An endpoint with
 -- `channel_account_id` is an API channel account's callback (`settings.callback_url`):
 -- the account's settings own its URL.
+-- A callback's channel account is its own tenant's: the foreign key includes client_id.
+ALTER TABLE channel_accounts ADD UNIQUE KEY uq_channel_accounts_tenant_id (client_id, id);
+
 CREATE TABLE webhooks (
     id                 BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     client_id          BIGINT UNSIGNED NOT NULL,
@@ -24,10 +27,11 @@ CREATE TABLE webhooks (
     created_at         DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     updated_at         DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
     PRIMARY KEY (id),
-    KEY ix_webhooks_client (client_id, id),
+    UNIQUE KEY uq_webhooks_tenant_id (client_id, id),
     UNIQUE KEY uq_webhooks_account (client_id, channel_account_id),
     CONSTRAINT fk_webhooks_client FOREIGN KEY (client_id) REFERENCES clients (id) ON DELETE CASCADE,
-    CONSTRAINT fk_webhooks_account FOREIGN KEY (channel_account_id) REFERENCES channel_accounts (id) ON DELETE CASCADE
+    CONSTRAINT fk_webhooks_account FOREIGN KEY (client_id, channel_account_id)
+        REFERENCES channel_accounts (client_id, id) ON DELETE CASCADE
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 -- Every event that had at least one subscribed endpoint when it happened, as sent
@@ -63,7 +67,8 @@ CREATE TABLE webhook_deliveries (
     done_at         DATETIME(6)     NULL,
     PRIMARY KEY (client_id, webhook_id, event_id),
     KEY ix_webhook_deliveries_order (client_id, webhook_id, conversation_id, state, seq),
-    CONSTRAINT fk_webhook_deliveries_webhook FOREIGN KEY (webhook_id) REFERENCES webhooks (id) ON DELETE CASCADE,
+    CONSTRAINT fk_webhook_deliveries_webhook FOREIGN KEY (client_id, webhook_id)
+        REFERENCES webhooks (client_id, id) ON DELETE CASCADE,
     CONSTRAINT ck_webhook_deliveries_state CHECK (state IN ('pending', 'delivered', 'dead'))
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
@@ -81,7 +86,8 @@ CREATE TABLE webhook_attempts (
     created_at      DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (id),
     KEY ix_webhook_attempts_webhook (client_id, webhook_id, id),
-    CONSTRAINT fk_webhook_attempts_webhook FOREIGN KEY (webhook_id) REFERENCES webhooks (id) ON DELETE CASCADE
+    CONSTRAINT fk_webhook_attempts_webhook FOREIGN KEY (client_id, webhook_id)
+        REFERENCES webhooks (client_id, id) ON DELETE CASCADE
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 -- The last event sequence number handed out in each conversation.
