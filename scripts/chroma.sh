@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# ChromaDB and schemathesis for chatfleet: installed with pip into a virtual environment that is reused
-# between runs ($CHATFLEET_VENV, default ~/.cache/chatfleet-venv), started on demand.
+# ChromaDB, schemathesis and the Standard Webhooks verifier for chatfleet: installed with
+# pip into a virtual environment that is reused between runs ($CHATFLEET_VENV, default
+# ~/.cache/chatfleet-venv), started on demand.
 # Sourced by scripts/up and scripts/test.
 set -euo pipefail
 
@@ -17,6 +18,19 @@ ensure_schemathesis_installed() {
       || { echo "error: pip could not install schemathesis" >&2; return 1; }
   fi
   export CHATFLEET_SCHEMATHESIS="$CHATFLEET_VENV/bin/st"
+}
+
+# The Standard Webhooks project's reference verifier (PyPI), which the webhooks test runs
+# against every delivery.
+STANDARDWEBHOOKS_VERSION=1.3.0
+ensure_standardwebhooks_installed() {
+  ensure_chroma_installed
+  if ! "$CHATFLEET_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('standardwebhooks') != '$STANDARDWEBHOOKS_VERSION')" 2>/dev/null; then
+    echo "installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $CHATFLEET_VENV (once)" >&2
+    "$CHATFLEET_VENV/bin/pip" install --quiet --disable-pip-version-check "standardwebhooks==$STANDARDWEBHOOKS_VERSION" \
+      || { echo "error: pip could not install standardwebhooks" >&2; return 1; }
+  fi
+  export CHATFLEET_VENV_PYTHON="$CHATFLEET_VENV/bin/python"
 }
 
 ensure_chroma_installed() {

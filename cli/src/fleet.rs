@@ -302,6 +302,26 @@ impl Fleet {
         Ok(())
     }
 
+    /// SIGKILLs an ingress process and starts another on its address (clients and
+    /// readers of the old one reconnect to the same URL).
+    pub(crate) fn kill_random_ingress(&mut self) -> anyhow::Result<()> {
+        if self.ingress.is_empty() {
+            return Ok(());
+        }
+        let i = rand::random_range(0..self.ingress.len());
+        let victim = &mut self.ingress[i];
+        let killed = victim.kill();
+        let reaped = victim.wait();
+        killed?;
+        reaped?;
+        let bind = self.ingress_urls[i]
+            .trim_start_matches("http://")
+            .to_owned();
+        self.spawned += 1;
+        self.ingress[i] = self.spawn("ingress", &[("CHATFLEET__HTTP__BIND".into(), bind)])?;
+        Ok(())
+    }
+
     pub(crate) fn kill_random_worker(&mut self) -> anyhow::Result<()> {
         if self.workers.is_empty() {
             return Ok(());

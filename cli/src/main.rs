@@ -14,6 +14,8 @@
 //! - `tenant create|api-key`: make tenants without the admin API.
 //! - `admin-token create|list|revoke`: operators of the admin API.
 //! - `secrets reseal`: re-encrypt stored credentials under the first encryption key.
+//! - `webhooks list|attempts|redeliver`: a tenant's webhook endpoints, their attempts,
+//!   and sending events again with their own ids.
 //! - `llm-sim`: the LLM test double (Ollama and OpenAI wire formats).
 
 // A command-line tool talks to its user on stdout.
@@ -30,6 +32,7 @@ mod secrets;
 mod sse;
 mod tenant;
 mod up;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -78,6 +81,9 @@ enum Command {
     /// security.encryption_keys.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Tenants' webhook endpoints: list, attempts, redeliver.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Run the LLM simulator (speaks Ollama and OpenAI wire formats).
     LlmSim {
         /// Address to listen on.
@@ -124,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenant(command) => tenant::run(&settings, command).await,
         Command::Secrets(command) => secrets::run(&settings, command).await,
         Command::AdminToken(command) => operators::run(&settings, command).await,
+        Command::Webhooks(command) => webhooks::run(&settings, command).await,
         Command::LlmSim {
             bind,
             latency_ms,

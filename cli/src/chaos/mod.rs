@@ -6,7 +6,8 @@
 //! `--messages` messages over `--conversations` API conversations (each conversation
 //! sends in order, sometimes in bursts, through either ingress, retrying a 503 with the
 //! same Idempotency-Key as a real client would). Meanwhile it SIGKILLs a random worker
-//! every `--kill-every-s` seconds (and starts a new one), and, unless `--short`, restarts
+//! every `--kill-every-s` seconds (and starts a new one; every third kill takes an
+//! ingress instead, restarted on its address), and, unless `--short`, restarts
 //! RabbitMQ once, restarts Redis once and makes the database unreachable for
 //! `--db-outage-s` seconds (through a TCP proxy in front of it).
 //!
@@ -21,7 +22,9 @@
 //! - no duplicate replies (every stored reply answers something, and reached the channel
 //!   once);
 //! - no reply out of order within its conversation;
-//! - every LLM prompt held all earlier messages of its conversation.
+//! - every LLM prompt held all earlier messages of its conversation;
+//! - every webhook event reached its tenant's receiver (which fails a fifth of the
+//!   requests), signed with that tenant's secret, in order per conversation.
 //!
 //! It prints the figures and exits non-zero on any violation.
 
@@ -29,6 +32,7 @@ mod checks;
 pub(crate) mod proxy;
 mod side_effects;
 mod streams;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -127,6 +131,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
             env: [("CHATFLEET__WORKER__TENANT_MAX_HELD", TENANT_MAX_HELD)]
                 .into_iter()
                 .chain(side_effects::SETTINGS)
+                .chain(webhooks::SETTINGS)
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             db_proxy: true,
@@ -154,6 +159,14 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     let endpoint = worker::tool_sim::ToolSim::start("127.0.0.2:0".parse()?, stop.clone()).await?;
     side_effects::add_tool(&db, client_id, &endpoint).await?;
     let tenants = [client_id, neighbour];
+    let receiver = webhooks::Receiver::start(stop.clone()).await?;
+    let hooks = webhooks::add_endpoints(
+        &db,
+        &shared::secrets::SecretBox::new(&run_settings.security.encryption_ring()),
+        &tenants,
+        &receiver,
+    )
+    .await?;
     eprintln!(
         "chaos {id}: {} ingress, {} workers, LLM double {} ms / {:.0}% errors; sending {} messages over {} conversations{}",
         args.ingress,
@@ -209,6 +222,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     let still_open = checks::wait_settled(&db, &tenants, &accepted, Duration::from_secs(90)).await;
     // Settled: give the streams a moment to carry the last replies, then stop reading.
     let streamed = settle_streams(&db, &tenants, readers, reading).await?;
+    webhooks::wait_delivered(&db, &hooks, Duration::from_secs(60)).await;
     let mut fleet = Arc::try_unwrap(fleet)
         .map_err(|_| anyhow::anyhow!("the fault task still holds the fleet"))?
         .into_inner();
@@ -218,6 +232,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     stop.cancel();
     let report = checks::run(&db, &broker, &tenants, &accepted, &sim.requests()).await?;
     let effects = side_effects::check(&endpoint);
+    let hooked = webhooks::check(&db, &tenants, &accepted, &hooks, &receiver).await?;
     println!("chaos run {id} ({:.0?}):", started.elapsed());
     println!("  faults:               {faults}");
     println!(
@@ -230,6 +245,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     );
     print!("{report}");
     print!("{effects}");
+    print!("{hooked}");
     println!(
         "  SSE readers:          {} conversations, {} messages received ({} user messages again after a withdrawal); {} replies duplicated, {} missing, {} out of order",
         streamed.conversations,
@@ -245,7 +261,9 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     if !args.keep {
         fleet::clean_up(&run_settings, &broker, &db).await?;
     }
-    if report.violations() + streamed.violations() + effects.violations.len() > 0 {
+    if report.violations() + streamed.violations() + effects.violations.len() + hooked.violations()
+        > 0
+    {
         anyhow::bail!("chaos run {id}: guarantees violated");
     }
     println!("  verdict:              all guarantees held");
@@ -340,7 +358,7 @@ async fn drive(
     Ok(all)
 }
 
-/// Kills a worker every few seconds; unless short, restarts RabbitMQ at a fifth of the
+/// Kills a worker (every third time an ingress) every few seconds; unless short, restarts RabbitMQ at a fifth of the
 /// messages, Redis at two fifths and cuts the database at three fifths. Returns a summary.
 async fn break_things(
     fleet: Arc<tokio::sync::Mutex<Fleet>>,
@@ -350,7 +368,7 @@ async fn break_things(
     stop: CancellationToken,
 ) -> anyhow::Result<String> {
     let total = args.messages as u64;
-    let mut kills = 0;
+    let (mut kills, mut ingress_kills) = (0, 0);
     let mut done = Vec::new();
     let wanted = |fault: &str| !args.short && args.faults.iter().any(|f| f == fault);
     let mut broker_at = wanted("broker").then_some(total / 5);
@@ -364,7 +382,13 @@ async fn break_things(
         }
         let progress = sent.load(Ordering::Relaxed);
         if Instant::now() >= next_kill {
-            fleet.lock().await.kill_random_worker()?;
+            // Every third kill takes an ingress (the webhook and channel deliverers).
+            if kills % 3 == 2 {
+                fleet.lock().await.kill_random_ingress()?;
+                ingress_kills += 1;
+            } else {
+                fleet.lock().await.kill_random_worker()?;
+            }
             kills += 1;
             next_kill = Instant::now() + Duration::from_secs(args.kill_every_s);
         }
@@ -394,7 +418,7 @@ async fn break_things(
         }
     }
     Ok(format!(
-        "{kills} worker kills{}{}",
+        "{kills} kills ({ingress_kills} of an ingress){}{}",
         if done.is_empty() { "" } else { ", " },
         done.join(", ")
     ))

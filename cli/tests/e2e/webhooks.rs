@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use shared::testkit::{TestTenant, eventually};
 use shared::webhooks::signature;
 
-use crate::support::{Method, Platform};
+use crate::support::{Method, Platform, chatfleet};
 
 const SETTINGS: [(&str, &str); 3] = [
     ("CHATFLEET__WEBHOOKS__ALLOW_HTTP", "true"),
@@ -335,4 +335,139 @@ async fn webhooks_are_signed_retried_in_order_kept_to_their_tenant_and_disabled_
     )
     .await;
     assert_eq!(receiver.at("/a/gone").len(), gone_requests);
+
+    // A REST channel account with a callback_url gets each reply, signed with the secret
+    // shown when the account was made, and nothing else.
+    let (status, account) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/channels", b.id),
+            Some(json!({
+                "channel": "api", "external_account_id": "beta-integration",
+                "settings": { "callback_url": format!("{base}/bcallback/ok") },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{account}");
+    let callback_secret = account["callback_secret"]
+        .as_str()
+        .expect("the callback's secret, shown once")
+        .to_owned();
+    p.ask(&b.api_key, "c3", "to the integration", "0").await;
+    let called = eventually(Duration::from_secs(30), "the reply's callback", || {
+        let got = receiver.at("/bcallback/ok");
+        async move { (!got.is_empty()).then_some(got) }
+    })
+    .await;
+    assert!(called.iter().all(|r| r.signed_by(&callback_secret)));
+    assert!(
+        called.iter().all(
+            |r| r.event()["type"] == "message.replied" && r.event()["data"]["text"].is_string()
+        ),
+        "{called:?}"
+    );
+
+    // The Standard Webhooks reference verifier accepts every delivery under the secret it
+    // was signed with, and rejects each with its body or its timestamp changed.
+    let mut signed: Vec<(&Received, &str)> = Vec::new();
+    signed.extend(got.iter().map(|r| (r, a_secret.as_str())));
+    signed.extend(b_got.iter().map(|r| (r, b_secret.as_str())));
+    signed.push((fresh, new_secret.as_str()));
+    signed.push((fresh, b_secret.as_str()));
+    signed.extend(called.iter().map(|r| (r, callback_secret.as_str())));
+    let verdict = reference_verifier(&signed).await;
+    assert_eq!(verdict["verified"], signed.len(), "{verdict}");
+    assert_eq!(verdict["rejected_tampered"], 2 * signed.len(), "{verdict}");
+
+    // Operators: `chatfleet webhooks list|attempts|redeliver`.
+    let (client, hook) = (a.id.to_string(), a_hook.to_string());
+    let (ok, listed) = chatfleet(&p, &["webhooks", "list", "--client", &client, "--json"]).await;
+    assert!(
+        ok && listed.contains(&format!("{base}/a/fail3")),
+        "{listed}"
+    );
+    assert!(!listed.contains(&a_secret), "{listed}");
+    let event_id = done["message.received"][0].id.clone();
+    let endpoint = ["--client", client.as_str(), "--webhook", hook.as_str()];
+    let attempts_of = || {
+        let mut args = vec!["webhooks", "attempts"];
+        args.extend(endpoint);
+        args.extend(["--event", event_id.as_str(), "--json"]);
+        args
+    };
+    let (ok, lines) = chatfleet(&p, &attempts_of()).await;
+    assert!(ok, "{lines}");
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+    let (ok, refused) = chatfleet(&p, &[&["webhooks", "redeliver"], &endpoint[..]].concat()).await;
+    assert!(
+        !ok,
+        "a redelivery of everything must be asked for: {refused}"
+    );
+    let mut redeliver = vec!["webhooks", "redeliver"];
+    redeliver.extend(endpoint);
+    redeliver.extend(["--event", event_id.as_str()]);
+    let (ok, said) = chatfleet(&p, &redeliver).await;
+    assert!(ok && said.contains("queued 1"), "{said}");
+    let again = eventually(Duration::from_secs(30), "the event sent again", || {
+        let n = receiver
+            .at("/a/fail3")
+            .iter()
+            .filter(|r| r.id == event_id)
+            .count();
+        async move { (n == 5).then_some(n) }
+    })
+    .await;
+    assert_eq!(again, 5);
+    let (ok, lines) = chatfleet(&p, &attempts_of()).await;
+    assert!(ok && lines.lines().count() == 5, "{lines}");
+    p.stop().await;
+}
+
+/// Runs the Standard Webhooks project's reference verifier (scripts/verify-webhooks.py,
+/// in the virtual environment `scripts/test` makes) over deliveries, each with the
+/// secret it must verify under; its verdict.
+async fn reference_verifier(deliveries: &[(&Received, &str)]) -> Value {
+    let python = std::env::var("CHATFLEET_VENV_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/chatfleet-venv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/verify-webhooks.py");
+    let input: String = deliveries
+        .iter()
+        .map(|(r, secret)| {
+            json!({
+                "secret": secret, "id": r.id, "timestamp": r.timestamp,
+                "signature": r.signatures,
+                "body": String::from_utf8_lossy(&r.body),
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(&python)
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{python} does not run ({e}): scripts/test installs standardwebhooks")
+            });
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, input.as_bytes()).expect("write");
+        drop(stdin);
+        child.wait_with_output().expect("the verifier ran")
+    })
+    .await
+    .expect("runner");
+    assert!(
+        out.status.success(),
+        "the reference verifier refused: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("its verdict")
 }

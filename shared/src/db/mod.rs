@@ -55,7 +55,7 @@ pub use tool_calls::{ToolCallRecord, ToolCallRow, ToolCallStatus, ToolCalls};
 pub use tools::{BuiltinTool, MAX_TOOL_TIMEOUT_MS, Tool, ToolAuthKind, ToolMethod, Tools};
 pub use usage::{Usage, UsageDay};
 pub use webhook_log::{
-    Attempt, DeliveryState, NewAttempt, OwedDelivery, RecordedEvent, WebhookLog,
+    Attempt, DeliveryState, EventSelector, NewAttempt, OwedDelivery, RecordedEvent, WebhookLog,
 };
 pub use webhooks::{
     EventFilter, NewWebhook, SealedSecrets, Webhook, WebhookSubscription, Webhooks,

@@ -17,6 +17,24 @@ use crate::error::Result;
 use crate::ids::{ClientId, ConversationId};
 use crate::webhooks::EventType;
 
+/// Which of an endpoint's events an operator means (`chatfleet webhooks`): recorded at
+/// or after `since`, and of one type or with one id when given.
+#[derive(Debug, Clone, Copy)]
+pub struct EventSelector {
+    pub since: DateTime<Utc>,
+    pub kind: Option<EventType>,
+    pub id: Option<Uuid>,
+}
+
+impl EventSelector {
+    /// Whether an event (or an attempt at it, made at `at`) is chosen.
+    pub fn matches(&self, id: Uuid, kind: &str, at: DateTime<Utc>) -> bool {
+        at >= self.since
+            && self.kind.is_none_or(|k| k.as_str() == kind)
+            && self.id.is_none_or(|i| i == id)
+    }
+}
+
 /// An event to record.
 #[derive(Debug, Clone)]
 pub struct RecordedEvent {
@@ -54,6 +72,25 @@ pub struct OwedDelivery {
     pub attempts: u32,
     /// When the event was recorded.
     pub created_at: DateTime<Utc>,
+}
+
+/// A delivery joined with its event; a query appends its `WHERE`.
+const DELIVERY_COLUMNS: &str = "SELECT d.event_id, e.type, e.body, e.created_at, \
+     d.conversation_id, d.seq, d.state, d.attempts \
+     FROM webhook_deliveries d JOIN webhook_events e \
+       ON e.client_id = d.client_id AND e.id = d.event_id";
+
+fn owed_of(r: &sqlx::mysql::MySqlRow) -> Result<OwedDelivery> {
+    let conversation: Option<u64> = r.try_get("conversation_id")?;
+    Ok(OwedDelivery {
+        event_type: r.try_get("type")?,
+        body: r.try_get("body")?,
+        conversation_id: conversation.map(ConversationId::new),
+        seq: r.try_get("seq")?,
+        state: r.try_get("state")?,
+        attempts: r.try_get("attempts")?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 /// One attempt, as listed.
@@ -158,30 +195,32 @@ impl<'a> WebhookLog<'a> {
     /// A delivery with its event; `None` when there is none (the endpoint was removed).
     pub async fn delivery(&self, webhook_id: u64, event_id: Uuid) -> Result<Option<OwedDelivery>> {
         let client_id = self.client_id;
-        let row = guard::query(
-            "SELECT e.type, e.body, e.created_at, d.conversation_id, d.seq, d.state, d.attempts \
-             FROM webhook_deliveries d JOIN webhook_events e \
-               ON e.client_id = d.client_id AND e.id = d.event_id \
-             WHERE d.client_id = ? AND d.webhook_id = ? AND d.event_id = ?",
-        )?
+        let row = guard::query(&format!(
+            "{DELIVERY_COLUMNS} WHERE d.client_id = ? AND d.webhook_id = ? AND d.event_id = ?"
+        ))?
         .bind(client_id.get())
         .bind(webhook_id)
         .bind(event_id)
         .fetch_optional(self.pool)
         .await?;
-        row.map(|r| {
-            let conversation: Option<u64> = r.try_get("conversation_id")?;
-            Ok(OwedDelivery {
-                event_type: r.try_get("type")?,
-                body: r.try_get("body")?,
-                conversation_id: conversation.map(ConversationId::new),
-                seq: r.try_get("seq")?,
-                state: r.try_get("state")?,
-                attempts: r.try_get("attempts")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(owed_of).transpose()
+    }
+
+    /// Every delivery of the endpoint with its event id, by conversation and `seq` (what
+    /// `chatfleet chaos` checks against what its receiver got).
+    pub async fn deliveries(&self, webhook_id: u64) -> Result<Vec<(Uuid, OwedDelivery)>> {
+        let client_id = self.client_id;
+        let rows = guard::query(&format!(
+            "{DELIVERY_COLUMNS} WHERE d.client_id = ? AND d.webhook_id = ? \
+             ORDER BY d.conversation_id, d.seq"
+        ))?
+        .bind(client_id.get())
+        .bind(webhook_id)
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("event_id")?, owed_of(r)?)))
+            .collect()
     }
 
     /// Whether an earlier event of the conversation is still owed to the endpoint.
@@ -307,28 +346,25 @@ impl<'a> WebhookLog<'a> {
             .collect()
     }
 
-    /// Makes the endpoint's deliveries of events since `since` (of type `event_type`
-    /// when given) owed again from their first attempt; their event ids, oldest first.
-    pub async fn reopen(
-        &self,
-        webhook_id: u64,
-        since: DateTime<Utc>,
-        event_type: Option<&str>,
-    ) -> Result<Vec<Uuid>> {
+    /// Makes the endpoint's deliveries of the chosen events owed again from their first
+    /// attempt; their event ids, oldest first.
+    pub async fn reopen(&self, webhook_id: u64, chosen: &EventSelector) -> Result<Vec<Uuid>> {
         let client_id = self.client_id;
         let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = guard::query_scalar(
             "SELECT d.event_id FROM webhook_deliveries d JOIN webhook_events e \
                ON e.client_id = d.client_id AND e.id = d.event_id \
              WHERE d.client_id = ? AND d.webhook_id = ? AND e.created_at >= ? \
-               AND (? IS NULL OR e.type = ?) \
+               AND (? IS NULL OR e.type = ?) AND (? IS NULL OR e.id = ?) \
              ORDER BY e.created_at, d.seq FOR UPDATE",
         )?
         .bind(client_id.get())
         .bind(webhook_id)
-        .bind(since)
-        .bind(event_type)
-        .bind(event_type)
+        .bind(chosen.since)
+        .bind(chosen.kind.map(EventType::as_str))
+        .bind(chosen.kind.map(EventType::as_str))
+        .bind(chosen.id)
+        .bind(chosen.id)
         .fetch_all(&mut *tx)
         .await?;
         for id in &ids {

@@ -183,6 +183,13 @@ impl Turn<'_> {
             .or_else(|| self.envs.last())
             .unwrap_or(&self.first)
             .clone();
+        Box::pin(announce_received(
+            self.ctx,
+            self.conversation_id,
+            &env,
+            &turns,
+        ))
+        .await?;
         let answering = Answering {
             conversation_id: self.conversation_id,
             message_ids: turns.iter().map(|p| p.message_id).collect(),
@@ -416,40 +423,46 @@ async fn record(ctx: &Ctx, conversation_id: ConversationId, env: &Envelope) -> R
     if !(env.channel.records_at_acceptance() && env.replay.is_none()) {
         record_envelope(ctx, conversation_id, env).await?;
     }
-    Box::pin(announce_received(ctx, conversation_id, env)).await
+    Ok(())
 }
 
-/// `message.received` for a recorded user message (and `conversation.created` before
-/// it for the conversation's first): every channel's messages pass here, in order.
+/// `message.received` for each message a turn takes up (and `conversation.created`
+/// before the conversation's first). Every user message of every channel is taken up by
+/// a turn, in order, however it arrived (recorded at acceptance, parked, coalesced); a
+/// turn that runs again announces the same events, which are recorded once.
 async fn announce_received(
     ctx: &Ctx,
     conversation_id: ConversationId,
     env: &Envelope,
+    turns: &[PendingTurn],
 ) -> Result<()> {
     let client_id = env.client_id;
     let emitter = ctx.webhooks();
-    let first = shared::webhooks::NewEvent::about(EventType::ConversationCreated, conversation_id)
-        .in_conversation(conversation_id, env.channel)
-        .with("external_id", env.external_id.expose().clone());
     if emitter
         .wanted(client_id, EventType::ConversationCreated, env.channel)
         .await?
-        && ctx
+        && let Some(first) = ctx
             .db
             .tenant(client_id)
             .messages()
             .first_user_envelope(conversation_id)
             .await?
-            .is_none_or(|id| id == env.id)
+        && turns.iter().any(|p| p.envelope_id == first)
     {
-        emitter.emit(client_id, first).await?;
+        let created =
+            shared::webhooks::NewEvent::about(EventType::ConversationCreated, conversation_id)
+                .in_conversation(conversation_id, env.channel)
+                .with("external_id", env.external_id.expose().clone());
+        emitter.emit(client_id, created).await?;
     }
-    let received = shared::webhooks::NewEvent::about(EventType::MessageReceived, env.id)
-        .in_conversation(conversation_id, env.channel)
-        .with("message_id", env.id.to_string())
-        .with("external_id", env.external_id.expose().clone())
-        .with("text", env.message.as_prompt_text());
-    emitter.emit(client_id, received).await?;
+    for p in turns {
+        let received = shared::webhooks::NewEvent::about(EventType::MessageReceived, p.envelope_id)
+            .in_conversation(conversation_id, env.channel)
+            .with("message_id", p.envelope_id.to_string())
+            .with("external_id", env.external_id.expose().clone())
+            .with("text", p.text.clone());
+        emitter.emit(client_id, received).await?;
+    }
     Ok(())
 }
 

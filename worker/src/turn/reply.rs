@@ -123,6 +123,8 @@ pub(super) async fn relay_unpublished(
         tracing::info!(reply_id = %stored.id, "publishing a stored reply the broker never confirmed");
         let mut reply = reply_from_stored(env, conversation_id, stored);
         reply.in_reply_to = answers;
+        // Its turn may have died before announcing it too (the same event id: once).
+        Box::pin(announce_replied(ctx, &reply)).await?;
         publish(ctx, &reply, &env.trace.request_id).await?;
     }
     Ok(())

@@ -71,6 +71,7 @@ pub(crate) async fn run(state: AppState) {
                 state: &state,
                 http: &http,
                 job,
+                redelivered: delivery.redelivered,
             }
             .run()
             .await;
@@ -129,6 +130,9 @@ struct Attempt<'a> {
     state: &'a AppState,
     http: &'a reqwest::Client,
     job: Job,
+    /// The broker handed this job out before and it was never acked: whoever held it
+    /// died (or lost its channel) after claiming its attempt, maybe before making it.
+    redelivered: bool,
 }
 
 impl Attempt<'_> {
@@ -139,7 +143,11 @@ impl Attempt<'_> {
         let Some(owed) = log.delivery(job.webhook_id, job.event_id).await? else {
             return Ok(()); // the endpoint was removed
         };
-        if owed.state != DeliveryState::Pending || owed.attempts >= job.attempt {
+        // A claimed attempt is made again only when its job came back unacked: the one
+        // who claimed it may have died before sending, or before queueing the next, and
+        // nothing else would. Otherwise a claimed attempt is a duplicated job's.
+        let retake = self.redelivered && owed.attempts == job.attempt;
+        if owed.state != DeliveryState::Pending || (owed.attempts >= job.attempt && !retake) {
             return Ok(()); // settled, or this attempt was made (a duplicated job)
         }
         let Some(webhook) = tenant.webhooks().get(job.webhook_id).await? else {
@@ -168,7 +176,7 @@ impl Attempt<'_> {
             }
             out_of_order = true;
         }
-        if !log.claim(job.webhook_id, job.event_id, job.attempt).await? {
+        if !retake && !log.claim(job.webhook_id, job.event_id, job.attempt).await? {
             return Ok(());
         }
         let answer = self.send(&webhook, &owed, out_of_order).await?;
