@@ -8,7 +8,8 @@
 //!   it with today's configuration and prompt and the conversation's history before it,
 //!   store nothing, take no lock and call no channel; the reply comes back on
 //!   `<prefix>.outbound.replay`, and the original and new replies are printed side by
-//!   side, then `N replayed, M changed, K failed`.
+//!   side, with the webhook events the turn would have sent to the tenant's endpoints
+//!   as they are subscribed today, then `N replayed, M changed, K failed`.
 //! - `--mode live`: the envelopes are processed for real again. Already answered ones are
 //!   skipped by the workers (their ids are idempotency keys) unless `--force` gives them
 //!   new ids, which makes them new messages.
@@ -20,11 +21,12 @@ use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use shared::db::Db;
-use shared::envelope::{Envelope, Replay, ReplayMode, Reply};
-use shared::ids::{ClientId, EnvelopeId};
+use shared::db::{Db, WebhookSubscription};
+use shared::envelope::{Envelope, Replay, ReplayMode, Reply, ReplyKind};
+use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::mq::Broker;
 use shared::settings::Settings;
+use shared::webhooks::EventType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -192,7 +194,7 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
         });
         publisher.publish_envelope(&env).await?;
     }
-    let mut new_replies: HashMap<EnvelopeId, String> = HashMap::new();
+    let mut new_replies: HashMap<EnvelopeId, (String, ReplyKind)> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_s);
     while new_replies.len() < ours.len() {
         let Ok(Some(d)) = tokio::time::timeout_at(deadline, answers.next()).await else {
@@ -202,7 +204,7 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
             Ok(reply) if reply.in_reply_to.iter().any(|id| ours.contains(id)) => {
                 let _ = d.ack().await;
                 for id in &reply.in_reply_to {
-                    new_replies.insert(*id, reply.text.expose().clone());
+                    new_replies.insert(*id, (reply.text.expose().clone(), reply.kind));
                 }
                 bar.set_position(new_replies.len() as u64);
             }
@@ -215,11 +217,19 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
     bar.finish_and_clear();
     answers.close().await;
     broker.close().await;
+    let subscriptions = subscriptions(settings, &envelopes).await?;
 
     let (mut changed, mut failed) = (0, 0);
     for env in &envelopes {
         let before = originals.get(&env.id);
-        let after = new_replies.get(&env.id);
+        let after = new_replies.get(&env.id).map(|(text, _)| text);
+        let events = would_have_sent(
+            subscriptions
+                .get(&env.client_id)
+                .map_or(&[][..], Vec::as_slice),
+            env.channel,
+            new_replies.get(&env.id).map(|(_, kind)| *kind),
+        );
         let differs = after.is_some() && before != after;
         changed += usize::from(differs);
         failed += usize::from(after.is_none());
@@ -236,6 +246,9 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
                     "original_reply": before,
                     "replayed_reply": after,
                     "changed": differs,
+                    "would_have_sent": events.iter()
+                        .map(|(kind, webhooks)| json!({ "type": kind.as_str(), "webhooks": webhooks }))
+                        .collect::<Vec<_>>(),
                 })
             );
             continue;
@@ -264,6 +277,10 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
         } else {
             println!("   reply:  {}", show(after.or(before)));
         }
+        for (kind, webhooks) in &events {
+            let ids: Vec<String> = webhooks.iter().map(u64::to_string).collect();
+            println!("   would have sent {kind} to webhook {}", ids.join(", "));
+        }
     }
     let summary = format!(
         "{} replayed, {changed} changed, {failed} failed",
@@ -276,4 +293,49 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
         println!("{summary}");
     }
     Ok(())
+}
+
+/// Each replayed tenant's webhook subscriptions as they are today.
+async fn subscriptions(
+    settings: &Settings,
+    envelopes: &[Envelope],
+) -> anyhow::Result<HashMap<ClientId, Vec<WebhookSubscription>>> {
+    let db = Db::connect(&settings.database).await?;
+    let mut found = HashMap::new();
+    for env in envelopes {
+        if !found.contains_key(&env.client_id) {
+            let of_tenant = db.tenant(env.client_id).webhooks().subscriptions().await?;
+            found.insert(env.client_id, of_tenant);
+        }
+    }
+    db.close().await;
+    Ok(found)
+}
+
+/// The webhook events a replayed turn would have sent, each with the endpoints that
+/// want it: its message received, a handoff when today's answer hands over, and the
+/// reply (none without one).
+fn would_have_sent(
+    subscriptions: &[WebhookSubscription],
+    channel: Channel,
+    reply: Option<ReplyKind>,
+) -> Vec<(EventType, Vec<u64>)> {
+    let mut kinds = vec![EventType::MessageReceived];
+    if reply == Some(ReplyKind::HandoffNotice) {
+        kinds.push(EventType::ConversationHandoff);
+    }
+    if reply.is_some() {
+        kinds.push(EventType::MessageReplied);
+    }
+    kinds
+        .into_iter()
+        .filter_map(|kind| {
+            let ids: Vec<u64> = subscriptions
+                .iter()
+                .filter(|w| w.wants(kind, Some(channel)))
+                .map(|w| w.id)
+                .collect();
+            (!ids.is_empty()).then_some((kind, ids))
+        })
+        .collect()
 }

@@ -24,7 +24,17 @@ async fn replay(p: &Platform, args: &[&str]) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_dry_run_shows_todays_answer_beside_the_original_and_stores_nothing() {
-    let p = Platform::start().await;
+    let p = Platform::start_with(
+        &[
+            ("CHATFLEET__WEBHOOKS__ALLOW_HTTP", "true"),
+            (
+                "CHATFLEET__WEBHOOKS__ALLOWED_PRIVATE_NETWORKS",
+                "127.0.0.2/32",
+            ),
+        ],
+        1,
+    )
+    .await;
     let t = p.tenant("shop").await;
     let from = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
     let (original, cursor) = p.ask(&t.api_key, "c", "hello there", "0").await;
@@ -36,6 +46,16 @@ async fn a_dry_run_shows_todays_answer_beside_the_original_and_stores_nothing() 
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // An endpoint for replies only, made after the original turn: the dry run shows what
+    // today's subscriptions would have got.
+    let (status, hook) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/webhooks", t.id),
+            Some(json!({ "url": "http://127.0.0.2:9/hook", "events": ["message.replied"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
 
     let client = t.slug.clone();
     let lines = replay(
@@ -56,6 +76,10 @@ async fn a_dry_run_shows_todays_answer_beside_the_original_and_stores_nothing() 
         "{replayed}"
     );
     assert_eq!(e["changed"], true);
+    assert_eq!(
+        e["would_have_sent"],
+        json!([{ "type": "message.replied", "webhooks": [hook["id"]] }])
+    );
     assert_eq!(summary[0]["summary"], "1 replayed, 1 changed, 0 failed");
     // Nothing was stored or sent: the conversation still holds the two messages.
     let conversation = p.conversation(t.id, "c").await;

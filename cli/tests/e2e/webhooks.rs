@@ -78,8 +78,8 @@ impl Receiver {
     }
 }
 
-/// `fail3`: 500 to the first three requests of each `webhook-id`, then 200; `gone`: 410;
-/// anything else 200.
+/// `fail3`: 500 to the first three requests of each `webhook-id`, then 200; `down`: 500;
+/// `gone`: 410; anything else 200.
 async fn answer(
     State(receiver): State<Receiver>,
     UrlPath((tenant, behaviour)): UrlPath<(String, String)>,
@@ -99,6 +99,7 @@ async fn answer(
     let earlier = got.iter().filter(|r| r.path == path && r.id == id).count();
     let status = match behaviour.as_str() {
         "fail3" if earlier < 3 => 500,
+        "down" => 500,
         "gone" => 410,
         _ => 200,
     };
@@ -420,6 +421,53 @@ async fn webhooks_are_signed_retried_in_order_kept_to_their_tenant_and_disabled_
     assert_eq!(again, 5);
     let (ok, lines) = chatfleet(&p, &attempts_of()).await;
     assert!(ok && lines.lines().count() == 5, "{lines}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_longer_than_disable_after_is_disabled_and_the_others_hear_of_it() {
+    let mut settings = SETTINGS.to_vec();
+    settings.push(("CHATFLEET__WEBHOOKS__DISABLE_AFTER", "2"));
+    settings.push(("CHATFLEET__WEBHOOKS__RETRY_SCHEDULE", "0,1,1,1,1,1,1,1,1,1"));
+    let p = Platform::start_with(&settings, 1).await;
+    let (receiver, base) = Receiver::start(p.shutdown.clone()).await;
+    let t = p.tenant("gamma").await;
+    let (down, _) = add_webhook(
+        &p,
+        &t,
+        format!("{base}/g/down"),
+        json!(["message.received"]),
+    )
+    .await;
+    let (_, watcher_secret) =
+        add_webhook(&p, &t, format!("{base}/g/ok"), json!(["webhook.disabled"])).await;
+    p.ask(&t.api_key, "c1", "to an endpoint that is down", "0")
+        .await;
+    let heard = eventually(Duration::from_secs(60), "webhook.disabled", || {
+        let got = delivered(&receiver.at("/g/ok"));
+        async move { got.get("webhook.disabled").map(|d| d[0].clone()) }
+    })
+    .await;
+    assert!(heard.signed_by(&watcher_secret));
+    let event = heard.event();
+    assert_eq!(event["data"]["webhook_id"], down, "{event}");
+    let (_, w) = p
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/clients/{}/webhooks/{down}", t.id),
+            None,
+        )
+        .await;
+    assert_eq!(w["enabled"], false, "{w}");
+    assert!(
+        w["disabled_reason"]
+            .to_string()
+            .contains("webhooks.disable_after"),
+        "{w}"
+    );
+    // It failed for at least disable_after before it was given up: several attempts.
+    let tries = receiver.at("/g/down").len();
+    assert!(tries >= 3, "{tries} attempts");
     p.stop().await;
 }
 
