@@ -302,11 +302,10 @@ async fn subscriptions(
 ) -> anyhow::Result<HashMap<ClientId, Vec<WebhookSubscription>>> {
     let db = Db::connect(&settings.database).await?;
     let mut found = HashMap::new();
-    for env in envelopes {
-        if !found.contains_key(&env.client_id) {
-            let of_tenant = db.tenant(env.client_id).webhooks().subscriptions().await?;
-            found.insert(env.client_id, of_tenant);
-        }
+    let tenants: HashSet<ClientId> = envelopes.iter().map(|e| e.client_id).collect();
+    for client_id in tenants {
+        let of_tenant = db.tenant(client_id).webhooks().subscriptions().await?;
+        found.insert(client_id, of_tenant);
     }
     db.close().await;
     Ok(found)

@@ -471,6 +471,106 @@ async fn an_endpoint_failing_longer_than_disable_after_is_disabled_and_the_other
     p.stop().await;
 }
 
+/// The webhook deliverer (ingress) and the worker are separate processes here: both are
+/// SIGKILLed and started again after the receiver failed the first attempt. The retry
+/// waits in the broker, so the event still arrives, and answered 200 exactly once.
+#[tokio::test]
+async fn a_delivery_being_retried_survives_killing_every_process() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let sim = worker::llm::sim::LlmSim::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        worker::llm::sim::SimOptions::default(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("llm-sim");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let sim_url = sim.base_url();
+    let bind = format!("127.0.0.1:{port}");
+    let mut vars = SETTINGS.to_vec();
+    vars.extend([
+        ("CHATFLEET__WEBHOOKS__RETRY_SCHEDULE", "0,2,2,2,2"),
+        (
+            "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+            sim_url.as_str(),
+        ),
+        ("CHATFLEET__HTTP__BIND", bind.as_str()),
+    ]);
+    let env = shared::testkit::TestEnv::start(&vars).await;
+    let (receiver, base) = Receiver::start(shutdown.clone()).await;
+    let t = env.tenant("delta").await;
+    let secret = signature::new_secret();
+    let secrets = shared::secrets::SecretBox::new(&env.settings.security.encryption_ring());
+    env.db
+        .tenant(t.id)
+        .webhooks()
+        .create(
+            &shared::db::NewWebhook {
+                url: format!("{base}/d/fail3"),
+                events: shared::db::EventFilter::parse(&["message.received".to_owned()])
+                    .expect("a filter"),
+                description: String::new(),
+                include_text: true,
+                channel_account_id: None,
+            },
+            16,
+            |id| secrets.seal_webhook_secret(t.id, id, secret.as_bytes()),
+        )
+        .await
+        .expect("an endpoint");
+    let spawn = |role: &str| {
+        env.command(env!("CARGO_BIN_EXE_chatfleet"))
+            .arg(role)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("a chatfleet process")
+    };
+    let mut fleet = vec![spawn("ingress"), spawn("worker")];
+    let http = reqwest::Client::new();
+    let url = format!("http://{bind}/api/v1/messages");
+    eventually(Duration::from_secs(30), "the message accepted", || {
+        let request = http
+            .post(&url)
+            .bearer_auth(&t.api_key)
+            .header("idempotency-key", "k1")
+            .json(&json!({ "conversation_id": "c1", "text": "through the kills" }));
+        async move {
+            let r = request.send().await.ok()?;
+            (r.status() == StatusCode::ACCEPTED).then_some(())
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the first attempt", || {
+        let n = receiver.at("/d/fail3").len();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    for mut child in fleet.drain(..) {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+    let mut fleet = vec![spawn("ingress"), spawn("worker")];
+    let got = eventually(Duration::from_secs(60), "delivered after the kills", || {
+        let got = receiver.at("/d/fail3");
+        async move { got.iter().any(|r| r.status == 200).then_some(got) }
+    })
+    .await;
+    for mut child in fleet.drain(..) {
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+    let id = &got[0].id;
+    assert!(got.iter().all(|r| &r.id == id && r.signed_by(&secret)));
+    assert_eq!(got.iter().filter(|r| r.status == 200).count(), 1, "{got:?}");
+    assert!(got.len() >= 4, "{got:?}");
+    shutdown.cancel();
+    env.teardown().await;
+}
+
 /// Runs the Standard Webhooks project's reference verifier (scripts/verify-webhooks.py,
 /// in the virtual environment `scripts/test` makes) over deliveries, each with the
 /// secret it must verify under; its verdict.
