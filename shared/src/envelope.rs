@@ -229,6 +229,10 @@ pub struct Reply {
     /// WhatsApp wamid to mark read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel_message_id: Option<String>,
+    /// The choices the reply offers (`offer_choices`): WhatsApp sends them as buttons or
+    /// a list; empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
 }
 
 /// The conversation a reply goes to: one tenant's, on one channel.
@@ -280,6 +284,7 @@ impl Reply {
             created_at: Utc::now(),
             polls_woken: false,
             channel_message_id: None,
+            choices: Vec::new(),
         }
     }
 

@@ -969,3 +969,90 @@ async fn a_turn_marks_the_message_read_and_shows_typing_once() {
     );
     p.stop().await;
 }
+
+/// Choices the model offers (`offer_choices`) go out as WhatsApp reply buttons (up to
+/// three short ones) or a list (up to ten), and a tap comes back as the choice's words.
+#[tokio::test]
+async fn choices_go_out_as_reply_buttons_or_a_list() {
+    let (graph, graph_url) = graph::Graph::start().await;
+    let mut vars = settings().to_vec();
+    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
+    let p = Platform::start_with(&vars, 1).await;
+    let t = p.tenant("wa-choices").await;
+    register(
+        &p,
+        t.id.get(),
+        "446",
+        json!({ "access_token": "EAAG-choices" }),
+    )
+    .await;
+    let (status, body) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", t.id),
+            Some(json!({ "builtin_tools": ["offer_choices"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let user = "15550004444";
+    for (n, (ask, shape)) in [
+        (
+            r#"TOOL offer_choices {"text": "Which size?", "choices": ["Small", "Large"]}"#,
+            "button",
+        ),
+        (
+            r#"TOOL offer_choices {"text": "Which day?", "choices": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]}"#,
+            "list",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = webhook(vec![change(
+            "446",
+            vec![message(&format!("wamid.ch{n}"), user, ask)],
+        )]);
+        assert_eq!(signed_post(&p, body).await, StatusCode::OK);
+        let sent = eventually(WAIT, "the interactive reply", || async {
+            let sent = graph.sent_to(user);
+            (sent.len() > n).then(|| sent[n].body.clone())
+        })
+        .await;
+        assert_eq!(sent["type"], "interactive", "{sent}");
+        assert_eq!(sent["interactive"]["type"], shape, "{sent}");
+        assert!(
+            sent["interactive"]["body"]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Which")),
+            "{sent}"
+        );
+        if shape == "button" {
+            assert_eq!(
+                sent["interactive"]["action"]["buttons"][1]["reply"]["title"],
+                "Large"
+            );
+        } else {
+            let rows = &sent["interactive"]["action"]["sections"][0]["rows"];
+            assert_eq!(rows.as_array().map(Vec::len), Some(5), "{sent}");
+        }
+    }
+    // A tap on a button is the user saying its title.
+    let tap = json!({ "from": user, "id": "wamid.tap", "timestamp": "1750000001", "type": "interactive",
+        "interactive": { "type": "button_reply", "button_reply": { "id": "choice-2", "title": "Large" } } });
+    assert_eq!(
+        signed_post(&p, webhook(vec![change("446", vec![tap])])).await,
+        StatusCode::OK
+    );
+    let answer = eventually(WAIT, "the answer to the tap", || async {
+        let sent = graph.sent_to(user);
+        (sent.len() > 2).then(|| sent[2].body.clone())
+    })
+    .await;
+    assert!(
+        answer["text"]["body"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("You said: Large")),
+        "{answer}"
+    );
+    p.stop().await;
+}

@@ -45,6 +45,7 @@ pub(super) async fn reply(
     if let Some(id) = answer.reply_id {
         reply.id = id;
     }
+    reply.choices.clone_from(&answer.choices);
     let stored = timed(
         "store",
         ctx.db
@@ -189,6 +190,7 @@ fn reply_from_stored(
     Reply {
         id: stored.id,
         created_at: stored.created_at,
+        choices: stored.choices,
         ..Reply::answering(
             Destination::of(env, Some(conversation_id)),
             vec![env.id],

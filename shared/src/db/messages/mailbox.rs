@@ -133,7 +133,7 @@ fn mailbox_item(row: &MySqlRow) -> Result<MailboxItem> {
 }
 
 /// The `choices` column: a JSON array of strings, or NULL.
-fn choices(row: &MySqlRow) -> Result<Vec<String>> {
+pub(super) fn choices(row: &MySqlRow) -> Result<Vec<String>> {
     let stored: Option<String> = row.try_get("choices")?;
     stored
         .map(|c| {

@@ -121,6 +121,8 @@ pub struct StoredReply {
     pub text: String,
     pub config_version: u64,
     pub created_at: DateTime<Utc>,
+    /// The choices it offers (read where the outbox relays it).
+    pub choices: Vec<String>,
 }
 
 /// A previous turn, for the prompt.
@@ -174,6 +176,7 @@ fn stored_reply(row: &MySqlRow) -> Result<StoredReply> {
             .try_get::<Option<u64>, _>("config_version")?
             .unwrap_or_default(),
         created_at: row.try_get("created_at")?,
+        choices: Vec::new(),
     })
 }
 

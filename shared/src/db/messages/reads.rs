@@ -91,7 +91,7 @@ impl Messages<'_> {
         let rows = guard::query(
             "(SELECT 'relay' AS part, m.id, m.envelope_id, m.role, m.content, m.created_at, \
                 m.reply_kind, m.config_version, NULL AS mode, m.seq AS k1, \
-                CAST(0 AS UNSIGNED) AS k2 FROM messages m FORCE INDEX (ix_messages_open) \
+                CAST(0 AS UNSIGNED) AS k2, m.choices FROM messages m FORCE INDEX (ix_messages_open) \
               WHERE m.client_id = ? AND m.conversation_id = ? AND m.state = 'stored' \
                 AND m.published_at IS NULL) \
              UNION ALL \
@@ -99,13 +99,13 @@ impl Messages<'_> {
                 CAST(NULL AS UNSIGNED), \
                 (SELECT c.mode FROM conversations c \
                  WHERE c.client_id = m.client_id AND c.id = m.conversation_id), \
-                m.seq, CAST(0 AS UNSIGNED) FROM messages m FORCE INDEX (ix_messages_open) \
+                m.seq, CAST(0 AS UNSIGNED), NULL FROM messages m FORCE INDEX (ix_messages_open) \
               WHERE m.client_id = ? AND m.conversation_id = ? AND m.role = 'user' \
                 AND m.state = 'pending' ORDER BY m.seq ASC LIMIT ?) \
              UNION ALL \
              (SELECT 'history', m.id, NULL, m.role, m.content, NULL, NULL, \
                 CAST(NULL AS UNSIGNED), NULL, \
-                m.history_seq, m.id FROM messages m FORCE INDEX (ix_messages_history) \
+                m.history_seq, m.id, NULL FROM messages m FORCE INDEX (ix_messages_history) \
               WHERE m.client_id = ? AND m.conversation_id = ? AND m.history_seq IS NOT NULL \
                 AND m.role IN ('user', 'assistant', 'agent') \
               ORDER BY m.history_seq DESC, m.id DESC LIMIT ?)",
@@ -140,10 +140,11 @@ impl Messages<'_> {
         };
         let mut unpublished = Vec::new();
         for r in part("relay") {
-            let reply = stored_reply(r)?;
+            let mut reply = stored_reply(r)?;
             if confirmed(reply.id) {
                 continue;
             }
+            reply.choices = super::mailbox::choices(r)?;
             let answers = self.answers_of(r.try_get("id")?).await?;
             unpublished.push((reply, answers));
         }

@@ -4,7 +4,8 @@
 //!
 //! - A reply that was sent before (its delivery status is set) is never sent again.
 //! - Replies over 4096 characters go out as several messages, split at paragraph, then
-//!   sentence, then word boundaries, in order.
+//!   sentence, then word boundaries, in order; choices go as buttons or a list
+//!   ([`outgoing`]).
 //! - Each number sends at most `whatsapp.messages_per_second` (a Redis token bucket
 //!   shared by every deliverer replica).
 //! - Errors are decided by Graph's `error.code`, not the HTTP status alone: 131047 (the
@@ -28,12 +29,12 @@ use tracing::Instrument;
 
 use crate::AppState;
 
+mod outgoing;
+
 /// Unacked replies held at once.
 const PREFETCH: u16 = 64;
 /// Recipients served concurrently.
 const LANES: usize = 16;
-/// Longest text of one WhatsApp message.
-const MAX_CHARS: usize = 4096;
 /// In-process tries of a transient failure before the message goes back to the queue.
 const TRIES: u32 = 4;
 
@@ -140,7 +141,8 @@ async fn deliver(
         let settings = state.whatsapp();
         let url = messages_url(state, &phone_number_id);
         let mut last_id = None;
-        for part in shared::knowledge::chunks(reply.text.expose(), MAX_CHARS, 0) {
+        let to = reply.external_id.expose();
+        for message in outgoing::messages(to, reply.text.expose(), &reply.choices) {
             // The number's throughput limit, shared across replicas: wait for a slot.
             loop {
                 match state
@@ -166,7 +168,7 @@ async fn deliver(
                 tries += 1;
                 let attempt = tokio::select! {
                     _ = state.shutdown().cancelled() => Outcome::Transient("shutting down".into()),
-                    sent = send(http, &url, &token, reply.external_id.expose(), &part) => sent,
+                    sent = send(http, &url, &token, &message) => sent,
                 };
                 match attempt {
                     Outcome::Transient(reason) if tries < TRIES && !state.shutdown().is_cancelled() => {
@@ -327,15 +329,8 @@ async fn access_token(
         .ok_or_else(|| "the WhatsApp account has no access_token".into())
 }
 
-async fn send(http: &reqwest::Client, url: &str, token: &str, to: &str, text: &str) -> Outcome {
-    let body = json!({
-        "messaging_product": "whatsapp",
-        "recipient_type": "individual",
-        "to": to,
-        "type": "text",
-        "text": { "body": text },
-    });
-    let response = match http.post(url).bearer_auth(token).json(&body).send().await {
+async fn send(http: &reqwest::Client, url: &str, token: &str, message: &Value) -> Outcome {
+    let response = match http.post(url).bearer_auth(token).json(message).send().await {
         Ok(r) => r,
         Err(e) => return Outcome::Transient(format!("Graph API unreachable: {e}")),
     };
