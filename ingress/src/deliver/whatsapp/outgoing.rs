@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn a_long_text_goes_first_and_the_buttons_carry_its_last_part() {
         let paragraph = "word ".repeat(300); // 1,500 characters
-        let text = vec![paragraph.trim(); 4].join("\n\n"); // ~6,000
+        let text = [paragraph.trim(); 4].join("\n\n"); // ~6,000
         let out = messages("1", &text, &choices(&["Yes", "No"]));
         let last = out.last().expect("messages");
         assert_eq!(last["type"], "interactive");
