@@ -629,6 +629,29 @@ mod graph {
     }
 }
 
+/// A platform whose WhatsApp deliverer talks to a Graph double (with `extra` settings),
+/// and a tenant `slug` owning the number `number` with the access token `EAAG-<slug>`.
+async fn graph_platform(
+    slug: &str,
+    number: &str,
+    extra: &[(&str, &str)],
+) -> (graph::Graph, Platform, shared::testkit::TestTenant) {
+    let (graph, graph_url) = graph::Graph::start().await;
+    let mut vars = settings().to_vec();
+    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
+    vars.extend_from_slice(extra);
+    let p = Platform::start_with(&vars, 1).await;
+    let t = p.tenant(slug).await;
+    register(
+        &p,
+        t.id.get(),
+        number,
+        json!({ "access_token": format!("EAAG-{slug}") }),
+    )
+    .await;
+    (graph, p, t)
+}
+
 async fn signed_post(p: &Platform, body: String) -> StatusCode {
     let signature = ingress::sign_whatsapp_webhook(SECRET, body.as_bytes());
     post(p, "/whatsapp/webhook", &body, Some(signature)).await
@@ -636,18 +659,7 @@ async fn signed_post(p: &Platform, body: String) -> StatusCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
-    let (graph, graph_url) = graph::Graph::start().await;
-    let mut vars = settings().to_vec();
-    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
-    let p = Platform::start_with(&vars, 1).await;
-    let t = p.tenant("wa-out").await;
-    register(
-        &p,
-        t.id.get(),
-        "444",
-        json!({ "access_token": "EAAG-tenant-token" }),
-    )
-    .await;
+    let (graph, p, t) = graph_platform("wa-out", "444", &[]).await;
 
     // A plain reply: the tenant's token, the documented body.
     let hello = webhook(vec![change(
@@ -661,7 +673,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
     .await;
     let sent = graph.sent_to("15550001111");
     assert_eq!(sent[0].phone_number_id, "444");
-    assert_eq!(sent[0].authorization, "Bearer EAAG-tenant-token");
+    assert_eq!(sent[0].authorization, "Bearer EAAG-wa-out");
     assert_eq!(sent[0].body["messaging_product"], "whatsapp");
     assert_eq!(sent[0].body["type"], "text");
     assert!(
@@ -848,13 +860,12 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_numbers_send_rate_is_limited() {
-    let (graph, graph_url) = graph::Graph::start().await;
-    let mut vars = settings().to_vec();
-    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
-    vars.push(("CHATFLEET__WHATSAPP__MESSAGES_PER_SECOND", "2"));
-    let p = Platform::start_with(&vars, 1).await;
-    let t = p.tenant("wa-rate").await;
-    register(&p, t.id.get(), "555", json!({ "access_token": "token" })).await;
+    let (graph, p, t) = graph_platform(
+        "wa-rate",
+        "555",
+        &[("CHATFLEET__WHATSAPP__MESSAGES_PER_SECOND", "2")],
+    )
+    .await;
     let users: Vec<String> = (0..6).map(|i| format!("1555000070{i}")).collect();
     let batch = webhook(vec![change(
         "555",
@@ -888,18 +899,7 @@ async fn a_numbers_send_rate_is_limited() {
 /// holds the reply back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_marks_the_message_read_and_shows_typing_once() {
-    let (graph, graph_url) = graph::Graph::start().await;
-    let mut vars = settings().to_vec();
-    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
-    let p = Platform::start_with(&vars, 1).await;
-    let t = p.tenant("wa-typing").await;
-    register(
-        &p,
-        t.id.get(),
-        "555",
-        json!({ "access_token": "EAAG-typing-token" }),
-    )
-    .await;
+    let (graph, p, t) = graph_platform("wa-typing", "555", &[]).await;
     let hello = webhook(vec![change(
         "555",
         vec![message("wamid.t1", "15550002222", "hello")],
@@ -916,7 +916,7 @@ async fn a_turn_marks_the_message_read_and_shows_typing_once() {
     .await;
     assert_eq!(reads.len(), 1, "once per turn: {reads:?}");
     assert_eq!(reads[0].phone_number_id, "555");
-    assert_eq!(reads[0].authorization, "Bearer EAAG-typing-token");
+    assert_eq!(reads[0].authorization, "Bearer EAAG-wa-typing");
     assert_eq!(
         reads[0].body,
         json!({ "messaging_product": "whatsapp", "status": "read", "message_id": "wamid.t1",
@@ -974,18 +974,7 @@ async fn a_turn_marks_the_message_read_and_shows_typing_once() {
 /// three short ones) or a list (up to ten), and a tap comes back as the choice's words.
 #[tokio::test]
 async fn choices_go_out_as_reply_buttons_or_a_list() {
-    let (graph, graph_url) = graph::Graph::start().await;
-    let mut vars = settings().to_vec();
-    vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
-    let p = Platform::start_with(&vars, 1).await;
-    let t = p.tenant("wa-choices").await;
-    register(
-        &p,
-        t.id.get(),
-        "446",
-        json!({ "access_token": "EAAG-choices" }),
-    )
-    .await;
+    let (graph, p, t) = graph_platform("wa-choices", "446", &[]).await;
     let (status, body) = p
         .admin(
             Method::PATCH,
