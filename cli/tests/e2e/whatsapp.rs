@@ -860,7 +860,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_numbers_send_rate_is_limited() {
-    let (graph, p, t) = graph_platform(
+    let (graph, p, _) = graph_platform(
         "wa-rate",
         "555",
         &[("CHATFLEET__WHATSAPP__MESSAGES_PER_SECOND", "2")],
