@@ -36,7 +36,7 @@ use crate::{admin, wire};
     ),
     components(schemas(
         wire::ClientOut, wire::ClientPatchIn, wire::Plan, wire::ClientStatus,
-        wire::ConfigOut, wire::ConfigIn, wire::PersonaTone, wire::ConfigPatch, wire::AgentModeOut, wire::AgentModeIn,
+        wire::ConfigOut, wire::ConfigIn, wire::TemplateRef, wire::PersonaTone, wire::ConfigPatch, wire::AgentModeOut, wire::AgentModeIn,
         wire::ModePatchIn, wire::ChannelAccountOut, wire::ApiKeyOut, wire::ConversationOut,
         wire::MessageOut, wire::MessageRole, wire::PolledMessages, wire::PolledMessage,
         wire::KnowledgeDocumentOut, wire::UsageDayOut, wire::BuiltinTool,

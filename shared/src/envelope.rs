@@ -233,6 +233,58 @@ pub struct Reply {
     /// a list; empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+    /// A WhatsApp template message instead of text (an agent's, sent through the admin
+    /// API): it may go out while the 24-hour window is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Template>,
+}
+
+/// A WhatsApp message template, by the name and language it was approved under, with
+/// its parameters (Graph's `components`) when it has any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    pub language: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<serde_json::Value>,
+}
+
+impl Template {
+    /// What is wrong with it, naming the field; `None` when it can be sent.
+    pub fn problem(&self) -> Option<String> {
+        let name_ok = (1..=512).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            return Some("name must be 1-512 characters of a-z, 0-9 and '_'".into());
+        }
+        let (lang, region) = self
+            .language
+            .split_once('_')
+            .map_or((self.language.as_str(), None), |(l, r)| (l, Some(r)));
+        let language_ok = (2..=3).contains(&lang.len())
+            && lang.bytes().all(|b| b.is_ascii_lowercase())
+            && region.is_none_or(|r| {
+                (2..=4).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphabetic())
+            });
+        if !language_ok {
+            return Some("language must be a language code such as en or en_US".into());
+        }
+        match &self.components {
+            Some(c) if !c.is_array() => Some("components must be an array".into()),
+            Some(c) if c.to_string().len() > 16_384 => {
+                Some("components must be at most 16 KiB of JSON".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// How it is shown where a text is expected (stored messages, history).
+    pub fn as_text(&self) -> String {
+        format!("[template {} ({})]", self.name, self.language)
+    }
 }
 
 /// The conversation a reply goes to: one tenant's, on one channel.
@@ -285,6 +337,7 @@ impl Reply {
             polls_woken: false,
             channel_message_id: None,
             choices: Vec::new(),
+            template: None,
         }
     }
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use shared::db::{self, AgentMode, ClientConfig, ConfigUpdate, ModePatch};
 use shared::tenant;
+use shared::envelope::Template;
 
 /// The tone a persona takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -109,6 +110,35 @@ fn some_tone<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Person
     tone(deserializer).map(Some)
 }
 
+/// A WhatsApp message template by the name and language it was approved under.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TemplateRef {
+    #[schema(example = "order_update")]
+    pub name: String,
+    #[schema(example = "en_US")]
+    pub language: String,
+}
+
+impl From<TemplateRef> for Template {
+    fn from(t: TemplateRef) -> Self {
+        Self {
+            name: t.name,
+            language: t.language,
+            components: None,
+        }
+    }
+}
+
+impl From<Template> for TemplateRef {
+    fn from(t: Template) -> Self {
+        Self {
+            name: t.name,
+            language: t.language,
+        }
+    }
+}
+
 /// A tenant's configuration: the `client_configs` row.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ConfigOut {
@@ -135,6 +165,9 @@ pub(crate) struct ConfigOut {
     pub whatsapp_typing_indicator: bool,
     /// The built-in tools the model is offered.
     pub builtin_tools: Vec<BuiltinTool>,
+    /// Sent once per closed 24-hour window when a WhatsApp reply or agent message has to
+    /// wait for the user to write again (null: it just waits).
+    pub whatsapp_reengagement_template: Option<TemplateRef>,
 }
 
 impl From<ClientConfig> for ConfigOut {
@@ -157,6 +190,7 @@ impl From<ClientConfig> for ConfigOut {
             coalesce_window_ms: c.coalesce_window_ms,
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
             builtin_tools: c.builtin_tools.into_iter().map(Into::into).collect(),
+            whatsapp_reengagement_template: c.whatsapp_reengagement_template.map(Into::into),
         }
     }
 }
@@ -189,6 +223,9 @@ pub(crate) struct ConfigIn {
     /// The built-in tools the model is offered (none when left out).
     #[serde(default)]
     pub builtin_tools: Vec<BuiltinTool>,
+    /// WhatsApp's re-engagement template (none when left out).
+    #[serde(default)]
+    pub whatsapp_reengagement_template: Option<TemplateRef>,
 }
 
 impl From<ConfigIn> for ConfigUpdate {
@@ -210,6 +247,7 @@ impl From<ConfigIn> for ConfigUpdate {
             coalesce_window_ms: c.coalesce_window_ms,
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
             builtin_tools: c.builtin_tools.into_iter().map(Into::into).collect(),
+            whatsapp_reengagement_template: c.whatsapp_reengagement_template.map(Into::into),
         }
     }
 }
@@ -242,6 +280,9 @@ pub(crate) struct ConfigPatch {
     pub coalesce_window_ms: Option<u32>,
     pub whatsapp_typing_indicator: Option<bool>,
     pub builtin_tools: Option<Vec<BuiltinTool>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<TemplateRef>)]
+    pub whatsapp_reengagement_template: Option<Option<TemplateRef>>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
@@ -269,6 +310,9 @@ impl ConfigPatch {
         }
         if let Some(tools) = self.builtin_tools {
             current.builtin_tools = tools.into_iter().map(Into::into).collect();
+        }
+        if let Some(template) = self.whatsapp_reengagement_template {
+            current.whatsapp_reengagement_template = template.map(Into::into);
         }
         set!(
             persona_name,
@@ -373,6 +417,7 @@ mod tests {
             coalesce_window_ms: 0,
             whatsapp_typing_indicator: true,
             builtin_tools: Vec::new(),
+            whatsapp_reengagement_template: None,
         }
     }
 

@@ -13,7 +13,7 @@ mod webhooks;
 
 pub(crate) use config::{
     AgentModeIn, AgentModeOut, BuiltinTool, ConfigIn, ConfigOut, ConfigPatch, ModePatchIn,
-    PersonaTone,
+    PersonaTone, TemplateRef,
 };
 pub(crate) use messages::{MessageOut, MessageRole, PolledMessage, PolledMessages};
 pub(crate) use records::{

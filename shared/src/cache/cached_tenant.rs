@@ -68,6 +68,9 @@ struct CachedConfig {
     whatsapp_typing_indicator: bool,
     /// Words (`handoff_to_human`); absent from older entries: read as absent, rebuilt.
     builtin_tools: Vec<String>,
+    /// Absent from older entries: none.
+    #[serde(default)]
+    whatsapp_reengagement_template: Option<crate::envelope::Template>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,6 +134,7 @@ impl From<&TenantConfig> for CachedTenant {
                     .iter()
                     .map(|b| b.as_str().to_owned())
                     .collect(),
+                whatsapp_reengagement_template: k.whatsapp_reengagement_template.clone(),
             },
             tools: t
                 .tools
@@ -247,6 +251,7 @@ impl TryFrom<CachedTenant> for TenantConfig {
                 coalesce_window_ms: k.coalesce_window_ms,
                 whatsapp_typing_indicator: k.whatsapp_typing_indicator,
                 builtin_tools,
+                whatsapp_reengagement_template: k.whatsapp_reengagement_template,
             },
             tools,
             webhooks,

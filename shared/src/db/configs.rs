@@ -10,6 +10,7 @@ use super::text_column::text_column;
 use super::tools::{BuiltinTool, Tool};
 use super::{Client, is_duplicate_key};
 use crate::error::{Error, Result};
+use crate::envelope::Template;
 use crate::ids::ClientId;
 use crate::tenant::PersonaTone;
 
@@ -36,6 +37,9 @@ pub struct ClientConfig {
     pub whatsapp_typing_indicator: bool,
     /// The built-in tools the model is offered, in order.
     pub builtin_tools: Vec<BuiltinTool>,
+    /// Sent (once per closed window) when a WhatsApp reply waits for the user to write
+    /// again; `None`: the reply just waits.
+    pub whatsapp_reengagement_template: Option<Template>,
 }
 
 text_column!(PersonaTone, "persona tone", {
@@ -70,6 +74,9 @@ pub struct ConfigUpdate {
     pub whatsapp_typing_indicator: bool,
     /// The built-in tools the model is offered, in order.
     pub builtin_tools: Vec<BuiltinTool>,
+    /// Sent (once per closed window) when a WhatsApp reply waits for the user to write
+    /// again; `None`: the reply just waits.
+    pub whatsapp_reengagement_template: Option<Template>,
 }
 
 impl ConfigUpdate {
@@ -115,6 +122,15 @@ impl ConfigUpdate {
         if self.fallback_message.trim().is_empty() || self.fallback_message.len() > 2000 {
             problems.push("fallback_message must be 1-2000 characters".to_owned());
         }
+        if let Some(template) = &self.whatsapp_reengagement_template {
+            if let Some(problem) = template.problem() {
+                problems.push(format!("whatsapp_reengagement_template: {problem}"));
+            } else if template.components.is_some() {
+                problems.push(
+                    "whatsapp_reengagement_template takes a name and a language only".to_owned(),
+                );
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -142,6 +158,7 @@ impl From<ClientConfig> for ConfigUpdate {
             coalesce_window_ms: c.coalesce_window_ms,
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
             builtin_tools: c.builtin_tools,
+            whatsapp_reengagement_template: c.whatsapp_reengagement_template,
         }
     }
 }
@@ -184,7 +201,8 @@ pub const MAX_OUTPUT_TOKENS: u32 = 16_384;
 const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_model, \
     llm_temperature, llm_max_output_tokens, max_context_turns, rag_top_k, human_handoff_phrase, handoff_message, config_version, \
     fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms, \
-    whatsapp_typing_indicator, builtin_tools";
+    whatsapp_typing_indicator, builtin_tools, \
+    CAST(whatsapp_reengagement_template AS CHAR) AS whatsapp_reengagement_template";
 
 #[derive(Debug)]
 pub struct Configs<'a> {
@@ -253,7 +271,8 @@ impl<'a> Configs<'a> {
              max_context_turns = ?, rag_top_k = ?, \
              human_handoff_phrase = ?, handoff_message = ?, fallback_message = ?, fallback_model = ?, \
              prompt_token_budget = ?, coalesce_window_ms = ?, whatsapp_typing_indicator = ?, \
-             builtin_tools = ?, config_version = config_version + 1 \
+             builtin_tools = ?, whatsapp_reengagement_template = ?, \
+             config_version = config_version + 1 \
              WHERE client_id = ?",
         )?
         .bind(&update.persona_name)
@@ -272,6 +291,12 @@ impl<'a> Configs<'a> {
         .bind(update.coalesce_window_ms)
         .bind(update.whatsapp_typing_indicator)
         .bind(builtin_tools_column(&update.builtin_tools))
+        .bind(
+            update
+                .whatsapp_reengagement_template
+                .as_ref()
+                .and_then(|t| serde_json::to_string(t).ok()),
+        )
         .bind(client_id.get())
         .execute(&mut *tx)
         .await?;
@@ -465,6 +490,13 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
                         .map_err(|e| Error::Internal(e.to_string()))
                 })
                 .collect::<Result<Vec<_>>>()?
+        },
+        whatsapp_reengagement_template: {
+            let stored: Option<String> = row.try_get("whatsapp_reengagement_template")?;
+            stored
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|e| Error::Internal(format!("stored template is not JSON: {e}")))?
         },
     })
 }

@@ -303,6 +303,7 @@ mod tests {
                 coalesce_window_ms: 0,
                 whatsapp_typing_indicator: true,
                 builtin_tools: Vec::new(),
+                whatsapp_reengagement_template: None,
             },
             tools: Vec::new(),
             webhooks: Vec::new(),

@@ -92,6 +92,10 @@ pub enum DeliveryStatus {
     Delivered,
     Read,
     Failed,
+    /// Held: WhatsApp's 24-hour window was closed; it goes when the user writes again.
+    AwaitingWindow,
+    /// Held longer than `whatsapp.hold_max_days`: given up.
+    Expired,
 }
 
 text_column!(DeliveryStatus, "delivery status", {
@@ -99,6 +103,8 @@ text_column!(DeliveryStatus, "delivery status", {
     Delivered => "delivered",
     Read => "read",
     Failed => "failed",
+    AwaitingWindow => "awaiting_window",
+    Expired => "expired",
 });
 
 /// The outcome of recording a user turn.
