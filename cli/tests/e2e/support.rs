@@ -261,11 +261,21 @@ impl Platform {
 
     /// The API conversation `external` of a tenant (it must exist).
     pub async fn conversation(&self, client: ClientId, external: &str) -> ConversationId {
+        self.conversation_on(client, Channel::Api, external).await
+    }
+
+    /// The conversation `external` of a tenant on `channel` (it must exist).
+    pub async fn conversation_on(
+        &self,
+        client: ClientId,
+        channel: Channel,
+        external: &str,
+    ) -> ConversationId {
         self.env
             .db
             .tenant(client)
             .conversations()
-            .find(Channel::Api, external)
+            .find(channel, external)
             .await
             .expect("find conversation")
             .unwrap_or_else(|| panic!("no conversation {external}"))

@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shared::db::DeliveryStatus;
-use shared::ids::Channel;
+use shared::ids::{Channel, ClientId, ConversationId};
 use shared::testkit::eventually;
 
 use crate::support::{Method, Platform, WAIT, chatfleet, next_event};
@@ -597,6 +597,7 @@ mod graph {
             return (StatusCode::OK, Json(json!({ "success": true })));
         }
         let to = body["to"].as_str().unwrap_or("").to_owned();
+        let body_type = body["type"].as_str().unwrap_or("").to_owned();
         let previous = graph.sent_to(&to).len();
         graph.sent.lock().expect("lock").push(Sent {
             at: std::time::Instant::now(),
@@ -613,7 +614,8 @@ mod graph {
                 "fbtrace_id": "Az8or2yhqkZfEZ-_4Qn_Bam" } })),
             )
         };
-        if to == CLOSED_WINDOW {
+        // Outside the window only templates go.
+        if to == CLOSED_WINDOW && body_type != "template" {
             return error(131_047, "Re-engagement message");
         }
         if to == THROTTLED_ONCE && previous == 0 {
@@ -790,8 +792,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "parts in order");
 
-    // 131047: marked failed, not retried. 130429: retried, then sent.
-    let mut failures = p.events(&format!("delivery.failed.{}", t.id)).await;
+    // 131047: held for the window (not failed, not retried). 130429: retried, then sent.
     let closed = webhook(vec![change(
         "444",
         vec![message("wamid.c1", graph::CLOSED_WINDOW, "late reply")],
@@ -815,7 +816,7 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
         .await
         .expect("find")
         .expect("conv");
-    let failed = eventually(WAIT, "the closed-window reply marked failed", || async {
+    let held = eventually(WAIT, "the closed-window reply held", || async {
         let stored = p
             .env
             .db
@@ -826,19 +827,14 @@ async fn replies_are_sent_through_the_graph_api_once_split_and_by_error_code() {
             .ok()?;
         stored
             .into_iter()
-            .find(|m| m.delivery_status == Some(DeliveryStatus::Failed))
+            .find(|m| m.delivery_status == Some(DeliveryStatus::AwaitingWindow))
     })
     .await;
-    assert_eq!(failed.role, shared::db::Role::Assistant);
+    assert_eq!(held.role, shared::db::Role::Assistant);
     assert_eq!(
         graph.sent_to(graph::CLOSED_WINDOW).len(),
         1,
         "no retry of a closed window"
-    );
-    let event = next_event(&mut failures).await;
-    assert_eq!(
-        (event.kind, event.status.as_deref()),
-        (shared::envelope::EventKind::Delivery, Some("failed"))
     );
     let conv = p
         .env
@@ -1043,5 +1039,244 @@ async fn choices_go_out_as_reply_buttons_or_a_list() {
             .is_some_and(|t| t.ends_with("You said: Large")),
         "{answer}"
     );
+    p.stop().await;
+}
+
+/// The user says hello to `number` and gets the answer; then the window closes. The
+/// user's conversation.
+async fn answered_then_closed(
+    p: &Platform,
+    graph: &graph::Graph,
+    client: ClientId,
+    number: &str,
+    user: &str,
+) -> ConversationId {
+    let hello = webhook(vec![change(
+        number,
+        vec![message(&format!("wamid.hello-{user}"), user, "hello")],
+    )]);
+    assert_eq!(signed_post(p, hello).await, StatusCode::OK);
+    eventually(WAIT, "the first answer", || async {
+        (graph.sent_to(user).len() == 1).then_some(())
+    })
+    .await;
+    let conv = p.conversation_on(client, Channel::Whatsapp, user).await;
+    close_window(p, client, conv).await;
+    conv
+}
+
+/// Makes the user's last message 25 hours old (through the store), closing the window.
+async fn close_window(p: &Platform, client: ClientId, conv: ConversationId) {
+    let pool = sqlx::MySqlPool::connect(p.env.settings.database.url.expose())
+        .await
+        .expect("connect");
+    sqlx::query(
+        "UPDATE conversations SET user_last_at = NOW(6) - INTERVAL 25 HOUR \
+         WHERE client_id = ? AND id = ?",
+    )
+    .bind(client.get())
+    .bind(conv.get())
+    .execute(&pool)
+    .await
+    .expect("the window closed");
+    pool.close().await;
+}
+
+/// The texts and template names the Graph double got for `user`, in order.
+fn sent_texts(graph: &graph::Graph, user: &str) -> Vec<String> {
+    graph
+        .sent_to(user)
+        .iter()
+        .map(|s| match s.body["type"].as_str() {
+            Some("template") => format!(
+                "template:{}",
+                s.body["template"]["name"].as_str().unwrap_or("")
+            ),
+            _ => s.body["text"]["body"].as_str().unwrap_or("").to_owned(),
+        })
+        .collect()
+}
+
+/// WhatsApp's 24-hour window: past it, an agent's messages are held (the tenant's
+/// re-engagement template goes once), shown as held in the conversation, and delivered
+/// in order, once, before the answer when the user writes again; a template goes out
+/// whatever the window.
+#[tokio::test]
+async fn the_24_hour_window_holds_messages_until_the_user_writes_again() {
+    let (graph, p, t) = graph_platform("wa-window", "447", &[]).await;
+    let (status, body) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", t.id),
+            Some(json!({ "whatsapp_reengagement_template": { "name": "come_back", "language": "en" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let user = "15550005555";
+    let conv = answered_then_closed(&p, &graph, t.id, "447", user).await;
+
+    let agent = |text: &'static str| {
+        let p = &p;
+        async move {
+            let (status, body) = p
+                .admin(
+                    Method::POST,
+                    &format!(
+                        "/admin/v1/clients/{}/conversations/{}/messages",
+                        t.id,
+                        conv.get()
+                    ),
+                    Some(json!({ "text": text })),
+                )
+                .await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        }
+    };
+    let held_count = || async {
+        p.stored(t.id, conv)
+            .await
+            .iter()
+            .filter(|m| m.delivery_status == Some(DeliveryStatus::AwaitingWindow))
+            .count()
+    };
+    agent("first, while you were away").await;
+    eventually(WAIT, "the agent's message held", || async {
+        (held_count().await == 1).then_some(())
+    })
+    .await;
+    agent("second, while you were away").await;
+    eventually(WAIT, "both held", || async {
+        (held_count().await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sent_texts(&graph, user)[1..],
+        ["template:come_back".to_owned()],
+        "held messages are not sent; the template goes once per closed window"
+    );
+    let (_, view) = p
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/clients/{}/conversations/{}", t.id, conv.get()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        view.to_string().matches("awaiting_window").count(),
+        2,
+        "the conversation view shows what is held: {view}"
+    );
+
+    // The user writes again: the held messages go first, in order, then the answer.
+    let back = webhook(vec![change(
+        "447",
+        vec![message("wamid.w2", user, "I am back")],
+    )]);
+    assert_eq!(signed_post(&p, back).await, StatusCode::OK);
+    let texts = eventually(WAIT, "the held messages and the answer", || async {
+        let texts = sent_texts(&graph, user);
+        (texts.len() >= 5).then_some(texts)
+    })
+    .await;
+    assert_eq!(texts[2], "first, while you were away", "{texts:?}");
+    assert_eq!(texts[3], "second, while you were away", "{texts:?}");
+    assert!(texts[4].ends_with("You said: I am back"), "{texts:?}");
+    eventually(WAIT, "nothing held any more", || async {
+        (held_count().await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sent_texts(&graph, user).len(),
+        5,
+        "each held message went once"
+    );
+
+    // A template goes out whatever the window; it is stored as the agent's.
+    let (status, body) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/conversations/{}/template", t.id, conv.get()),
+            Some(json!({ "name": "order_update", "language": "en_US",
+                "components": [{ "type": "body", "parameters": [{ "type": "text", "text": "42" }] }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let template = eventually(WAIT, "the template at Graph", || async {
+        graph.sent_to(user).get(5).map(|s| s.body.clone())
+    })
+    .await;
+    assert_eq!(template["type"], "template", "{template}");
+    assert_eq!(template["template"]["language"]["code"], "en_US");
+    assert_eq!(
+        template["template"]["components"][0]["parameters"][0]["text"],
+        "42"
+    );
+    let stored = p.stored(t.id, conv).await;
+    let last = stored.last().expect("stored");
+    assert_eq!(last.role, shared::db::Role::Agent);
+    assert!(last.content.contains("order_update"), "{}", last.content);
+    // Bad templates and other channels are refused, naming what is wrong.
+    for (bad, says) in [
+        (json!({ "name": "Order Update", "language": "en" }), "name"),
+        (
+            json!({ "name": "order_update", "language": "english" }),
+            "language",
+        ),
+        (
+            json!({ "name": "order_update", "language": "en", "components": {} }),
+            "components",
+        ),
+    ] {
+        let (status, body) = p
+            .admin(
+                Method::POST,
+                &format!(
+                    "/admin/v1/clients/{}/conversations/{}/template",
+                    t.id,
+                    conv.get()
+                ),
+                Some(bad),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.to_string().contains(says), "{says}: {body}");
+    }
+    p.stop().await;
+}
+
+/// A message held longer than `whatsapp.hold_max_days` expires: marked so, announced
+/// (`delivery.expired`), never sent.
+#[tokio::test]
+async fn a_held_message_expires_after_hold_max_days() {
+    // About two seconds.
+    let (graph, p, t) = graph_platform(
+        "wa-expiry",
+        "448",
+        &[("CHATFLEET__WHATSAPP__HOLD_MAX_DAYS", "0.000025")],
+    )
+    .await;
+    let user = "15550006666";
+    let conv = answered_then_closed(&p, &graph, t.id, "448", user).await;
+    let mut expired = p.events(&format!("delivery.expired.{}", t.id)).await;
+    let (status, body) = p
+        .admin(
+            Method::POST,
+            &format!(
+                "/admin/v1/clients/{}/conversations/{}/messages",
+                t.id,
+                conv.get()
+            ),
+            Some(json!({ "text": "too late" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let event = next_event(&mut expired).await;
+    assert_eq!(event.status.as_deref(), Some("expired"));
+    let stored = p.stored(t.id, conv).await;
+    assert_eq!(
+        stored.last().and_then(|m| m.delivery_status),
+        Some(DeliveryStatus::Expired)
+    );
+    assert_eq!(graph.sent_to(user).len(), 1, "never sent");
     p.stop().await;
 }

@@ -13,8 +13,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use shared::db::ConversationMode;
 use shared::db::ConversationSummary;
-use shared::envelope::{Destination, Event, EventKind, Reply, ReplyKind};
-use shared::ids::{ClientId, ConversationId, ReplyId};
+use shared::envelope::{Destination, Event, EventKind, Reply, ReplyKind, Template};
+use shared::ids::{Channel, ClientId, ConversationId, ReplyId};
 use shared::mq::ReplyRoute;
 use shared::pii::Pii;
 use shared::webhooks::{EventType, NewEvent};
@@ -38,6 +38,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route(
             "/admin/v1/clients/{id}/conversations/{conversation_id}/messages",
             post(agent_message),
+        )
+        .route(
+            "/admin/v1/clients/{id}/conversations/{conversation_id}/template",
+            post(template_message),
         )
         .route(
             "/admin/v1/clients/{id}/conversations/{conversation_id}/handoff",
@@ -174,32 +178,101 @@ pub(crate) async fn agent_message(
             "text must be 1-16384 bytes",
         ));
     }
+    send_as_agent(&state, client.id, &conv, text, None).await
+}
+
+/// A WhatsApp template message: by name and language as approved in WhatsApp Manager,
+/// with its parameters in Graph's `components` form.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TemplateBody {
+    #[schema(example = "order_update")]
+    name: String,
+    #[schema(example = "en_US")]
+    language: String,
+    /// Graph's `components` (header, body and button parameters), passed as given.
+    #[schema(value_type = Option<Vec<Object>>)]
+    components: Option<serde_json::Value>,
+}
+
+/// Send a WhatsApp template message as a human agent: it goes out even when the
+/// 24-hour window is closed, and is stored as an agent message.
+#[utoipa::path(post, path = "/admin/v1/clients/{id}/conversations/{conversation_id}/template",
+    params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
+    request_body = TemplateBody, security(("admin_token" = [])),
+    responses((status = 202, body = AgentMessageAccepted), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+pub(crate) async fn template_message(
+    State(state): State<AppState>,
+    Path((id, conversation)): Path<(String, u64)>,
+    raw: Body,
+) -> Result<Response> {
+    let client = resolve(&state, &id).await?;
+    let conv = summary(&state, client.id, conversation).await?;
+    let req: TemplateBody = body(raw).await?;
+    if conv.channel != Channel::Whatsapp {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!(
+                "templates are WhatsApp's; conversation {} is on {}",
+                conv.id,
+                conv.channel.as_str()
+            ),
+        ));
+    }
+    let template = Template {
+        name: req.name,
+        language: req.language,
+        components: req.components,
+    };
+    if let Some(problem) = template.problem() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            problem,
+        ));
+    }
+    let text = template.as_text();
+    send_as_agent(&state, client.id, &conv, text, Some(template)).await
+}
+
+/// Stores a human agent's message, announces it and queues it for the channel.
+async fn send_as_agent(
+    state: &AppState,
+    client_id: ClientId,
+    conv: &ConversationSummary,
+    text: String,
+    template: Option<Template>,
+) -> Result<Response> {
     let reply_id = ReplyId::random();
     state
         .db()
-        .tenant(client.id)
+        .tenant(client_id)
         .messages()
         .store_agent_message(conv.id, reply_id, &text)
         .await?;
-    let announced = NewEvent::about(EventType::MessageAgent, reply_id)
+    let mut announced = NewEvent::about(EventType::MessageAgent, reply_id)
         .in_conversation(conv.id, conv.channel)
         .with("message_id", reply_id.to_string())
         .with("external_id", conv.external_id.clone())
         .with("text", text.clone());
+    if let Some(t) = &template {
+        announced = announced.with("template", serde_json::to_value(t).unwrap_or_default());
+    }
     state
         .webhooks()
-        .emit(client.id, announced)
+        .emit(client_id, announced)
         .await
         .map_err(|e| ApiError::broker_unavailable(&e))?;
     let version = state
         .db()
-        .tenant(client.id)
+        .tenant(client_id)
         .configs()
         .get()
         .await?
         .map_or(0, |c| c.config_version);
     let to = Destination {
-        client_id: client.id,
+        client_id,
         channel: conv.channel,
         external_id: Pii::new(conv.external_id.clone()),
         channel_account: None,
@@ -207,6 +280,7 @@ pub(crate) async fn agent_message(
     };
     let reply = Reply {
         id: reply_id,
+        template,
         ..Reply::answering(to, Vec::new(), ReplyKind::Agent, text, version)
     };
     // Unconfirmed, it stays in the outbox: the conversation's next turn publishes it.
@@ -217,7 +291,7 @@ pub(crate) async fn agent_message(
         .map_err(|e| ApiError::broker_unavailable(&e))?;
     state
         .db()
-        .tenant(client.id)
+        .tenant(client_id)
         .messages()
         .mark_published(&[reply_id])
         .await?;

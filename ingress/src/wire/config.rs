@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use shared::db::{self, AgentMode, ClientConfig, ConfigUpdate, ModePatch};
-use shared::tenant;
 use shared::envelope::Template;
+use shared::tenant;
 
 /// The tone a persona takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -9,8 +9,8 @@ use super::guard;
 use super::text_column::text_column;
 use super::tools::{BuiltinTool, Tool};
 use super::{Client, is_duplicate_key};
-use crate::error::{Error, Result};
 use crate::envelope::Template;
+use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::tenant::PersonaTone;
 

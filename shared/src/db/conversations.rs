@@ -25,6 +25,15 @@ pub struct ConversationSummary {
 const SUMMARY: &str =
     "id, channel, external_id, status, mode, created_at, last_message_at FROM conversations";
 
+/// A conversation's side of WhatsApp's 24-hour window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserWindow {
+    /// When the user last wrote (`None`: not known, for conversations older than this).
+    pub user_last_at: Option<DateTime<Utc>>,
+    /// The number the user writes to (WhatsApp's phone_number_id).
+    pub channel_account: Option<String>,
+}
+
 /// Who answers a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConversationMode {
@@ -116,6 +125,64 @@ impl<'a> Conversations<'a> {
             .fetch_optional(self.pool)
             .await?;
         row.as_ref().map(summary).transpose()
+    }
+
+    /// Notes that the user wrote at `at` (the latest time wins) through `channel_account`
+    /// (WhatsApp's phone_number_id): the 24-hour window runs from it.
+    pub async fn touch_user(
+        &self,
+        conversation_id: ConversationId,
+        at: DateTime<Utc>,
+        channel_account: Option<&str>,
+    ) -> Result<()> {
+        let client_id = self.client_id;
+        guard::query(
+            "UPDATE conversations SET user_last_at = GREATEST(COALESCE(user_last_at, ?), ?), \
+             channel_account = COALESCE(?, channel_account) WHERE client_id = ? AND id = ?",
+        )?
+        .bind(at)
+        .bind(at)
+        .bind(channel_account)
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// When the user last wrote and through which number; `None` for no conversation.
+    pub async fn window(&self, conversation_id: ConversationId) -> Result<Option<UserWindow>> {
+        let client_id = self.client_id;
+        let row = guard::query(
+            "SELECT user_last_at, channel_account FROM conversations WHERE client_id = ? AND id = ?",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .fetch_optional(self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(UserWindow {
+                user_last_at: r.try_get("user_last_at")?,
+                channel_account: r.try_get("channel_account")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Claims the re-engagement of the conversation's closed window (the one after the
+    /// user's last message): true once per window, for whoever sends the template.
+    pub async fn claim_reengagement(&self, conversation_id: ConversationId) -> Result<bool> {
+        let client_id = self.client_id;
+        let done = guard::query(
+            "UPDATE conversations SET reengaged_for = COALESCE(user_last_at, '1970-01-01') \
+             WHERE client_id = ? AND id = ? AND (reengaged_for IS NULL \
+               OR reengaged_for <> COALESCE(user_last_at, '1970-01-01'))",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Switches who answers; returns whether the mode changed. Takes the conversation

@@ -39,7 +39,7 @@ pub use clients::{Client, ClientPatch, Clients, NewClient};
 pub use configs::{
     AgentMode, ClientConfig, ConfigUpdate, Configs, ModePatch, NewAgentMode, TenantConfig,
 };
-pub use conversations::{ConversationMode, ConversationSummary, Conversations};
+pub use conversations::{ConversationMode, ConversationSummary, Conversations, UserWindow};
 pub use devices::Devices;
 pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
 pub use messages::{

@@ -14,11 +14,14 @@ use super::{Broker, Delivery, RetryRung, broker_error, headers};
 use crate::envelope::{Envelope, Event, Reply};
 use crate::error::{Error, Result};
 
-/// Where a reply goes: its channel's outbound queue, or the dry-run replay queue.
+/// Where a reply goes: its channel's outbound queue, the dry-run replay queue, or (a
+/// WhatsApp reply held for a closed window) the queue where it waits out
+/// `whatsapp.hold_max_days` before it comes back to be expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyRoute {
     Channel,
     Replay,
+    Held,
 }
 
 /// A confirming publisher on its own channel, shared by many tasks (publishes are
@@ -103,13 +106,18 @@ impl Publisher {
             text(&reply.client_id.to_string()),
         );
         table.insert(headers::CHANNEL.into(), text(reply.channel.as_str()));
-        let key = match route {
-            ReplyRoute::Channel => reply.channel.as_str(),
-            ReplyRoute::Replay => "replay",
+        let topology = self.broker.topology();
+        let (exchange, key) = match route {
+            ReplyRoute::Channel => (
+                topology.outbound_exchange(),
+                reply.channel.as_str().to_owned(),
+            ),
+            ReplyRoute::Replay => (topology.outbound_exchange(), "replay".to_owned()),
+            ReplyRoute::Held => (String::new(), topology.whatsapp_held_queue()),
         };
         self.publish(
-            &self.broker.topology().outbound_exchange(),
-            key,
+            &exchange,
+            &key,
             &reply.to_json(),
             properties(reply.id.to_string(), request_id, table),
         )

@@ -31,12 +31,18 @@ pub struct Topology {
     /// The waits of webhook deliveries, distinct and ascending: the retry schedule's
     /// non-zero delays and [`WEBHOOK_HOLD`].
     webhook_waits: Vec<Duration>,
+    /// How long a WhatsApp reply held for a closed window waits before it is looked at
+    /// again (to expire it): `whatsapp.hold_max_days`.
+    whatsapp_hold: Duration,
 }
 
 /// How long a webhook delivery that may not go yet (an earlier event of its conversation
 /// is still owed, or its endpoint is at its concurrency limit) waits before it is looked
 /// at again.
 pub const WEBHOOK_HOLD: Duration = Duration::from_secs(1);
+
+/// `whatsapp.hold_max_days`' default, for settings built without loading.
+const DEFAULT_WHATSAPP_HOLD: Duration = Duration::from_secs(7 * 86_400);
 
 /// Where a retried message waits: the index into the retry ladder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +56,11 @@ impl Topology {
             retry_delays: settings.retry_delays.clone(),
             archive_max_age: settings.archive_max_age.clone(),
             webhook_waits: webhook_waits(&settings.webhook_schedule),
+            whatsapp_hold: if settings.whatsapp_hold.is_zero() {
+                DEFAULT_WHATSAPP_HOLD
+            } else {
+                settings.whatsapp_hold
+            },
         }
     }
 
@@ -85,6 +96,16 @@ impl Topology {
     }
     pub fn outbound_queue(&self, channel: MsgChannel) -> String {
         format!("{}.outbound.{}", self.prefix, channel.as_str())
+    }
+    /// Where a WhatsApp reply held for a closed window waits out `whatsapp.hold_max_days`
+    /// (named by it, so a changed setting declares a new queue), then returns to the
+    /// channel's outbound queue to be expired if it is still held.
+    pub fn whatsapp_held_queue(&self) -> String {
+        format!(
+            "{}.outbound.whatsapp.held.{}s",
+            self.prefix,
+            self.whatsapp_hold.as_secs()
+        )
     }
     pub fn replay_queue(&self) -> String {
         format!("{}.outbound.replay", self.prefix)
@@ -123,6 +144,7 @@ impl Topology {
         );
         queues.extend((0..self.retry_delays.len()).filter_map(|i| self.retry_queue(RetryRung(i))));
         queues.extend(MsgChannel::ALL.iter().map(|c| self.outbound_queue(*c)));
+        queues.push(self.whatsapp_held_queue());
         queues.push(self.replay_queue());
         queues.push(self.archive());
         queues
@@ -195,6 +217,19 @@ impl Topology {
             self.bind(ch, &queue, &self.outbound_exchange(), channel.as_str())
                 .await?;
         }
+        let mut held = quorum_args();
+        held.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(
+                i64::try_from(self.whatsapp_hold.as_millis()).unwrap_or(i64::MAX),
+            ),
+        );
+        dead_letter_to(
+            &mut held,
+            "",
+            Some(&self.outbound_queue(MsgChannel::Whatsapp)),
+        );
+        self.queue(ch, &self.whatsapp_held_queue(), held).await?;
         self.queue(ch, &self.replay_queue(), quorum_args()).await?;
         self.bind(
             ch,

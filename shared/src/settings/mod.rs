@@ -221,6 +221,10 @@ pub struct AmqpSettings {
     /// of the topology.
     #[serde(skip)]
     pub webhook_schedule: Vec<Duration>,
+    /// `whatsapp.hold_max_days`, copied here at load: held WhatsApp replies wait in a
+    /// queue with that TTL.
+    #[serde(skip)]
+    pub whatsapp_hold: Duration,
     #[serde(
         rename = "confirm_timeout_s",
         deserialize_with = "parse::positive_seconds"
@@ -328,6 +332,10 @@ pub struct WhatsappSettings {
     pub messages_per_second: u32,
     /// Largest webhook body read (413 beyond, without reading the rest).
     pub max_body_bytes: usize,
+    /// How long a reply waits for a closed 24-hour window to open again before it
+    /// expires (`delivery.expired`).
+    #[serde(rename = "hold_max_days", deserialize_with = "parse::positive_days")]
+    pub hold_max: Duration,
 }
 
 /// Rates at the edge for callers nobody vouches for (the widget's and the mobile app's
@@ -479,6 +487,7 @@ impl Settings {
             .try_deserialize()
             .map_err(|e| Error::Settings(e.to_string()))?;
         settings.amqp.webhook_schedule = settings.webhooks.retry_schedule.clone();
+        settings.amqp.whatsapp_hold = settings.whatsapp.hold_max;
         for provider in settings.llm.providers.values_mut() {
             if provider.max_concurrency == 0 {
                 provider.max_concurrency = provider.kind.default_max_concurrency();

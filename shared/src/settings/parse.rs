@@ -30,6 +30,18 @@ pub(super) fn positive_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Durati
     }
 }
 
+/// A positive number of days (fractions allowed: tests hold for seconds), at most ten
+/// years.
+pub(super) fn positive_days<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let days = f64::deserialize(d)?;
+    if !(days > 0.0 && days <= 3650.0) {
+        return Err(serde::de::Error::custom(
+            "must be a positive number of days, at most 3650",
+        ));
+    }
+    Ok(Duration::from_secs_f64(days * 86_400.0).max(Duration::from_secs(1)))
+}
+
 /// A socket address, or the empty string for none.
 pub(super) fn optional_address<'de, D: Deserializer<'de>>(
     d: D,

@@ -19,6 +19,8 @@ pub enum EventType {
     DeliveryDelivered,
     DeliveryRead,
     DeliveryFailed,
+    /// A reply held for WhatsApp's closed window was given up (`whatsapp.hold_max_days`).
+    DeliveryExpired,
     ConversationHandoff,
     ConversationHandedBack,
     /// A message got the fallback and went to the dead-letter queue.
@@ -28,7 +30,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 13] = [
         Self::ConversationCreated,
         Self::MessageReceived,
         Self::MessageReplied,
@@ -37,6 +39,7 @@ impl EventType {
         Self::DeliveryDelivered,
         Self::DeliveryRead,
         Self::DeliveryFailed,
+        Self::DeliveryExpired,
         Self::ConversationHandoff,
         Self::ConversationHandedBack,
         Self::DeadLetter,
@@ -53,6 +56,7 @@ impl EventType {
             Self::DeliveryDelivered => "delivery.delivered",
             Self::DeliveryRead => "delivery.read",
             Self::DeliveryFailed => "delivery.failed",
+            Self::DeliveryExpired => "delivery.expired",
             Self::ConversationHandoff => "conversation.handoff",
             Self::ConversationHandedBack => "conversation.handed_back",
             Self::DeadLetter => "dead_letter",

@@ -12,6 +12,7 @@
 
 mod ask;
 mod decide;
+mod held;
 mod live;
 mod replay;
 mod reply;
@@ -26,7 +27,7 @@ use shared::db::{
     ClosedAs, ConversationMode, HistoryTurn, Pending, PendingTurn, RecordedUser, TenantConfig,
 };
 use shared::envelope::{Envelope, Event, EventKind, ReplyKind};
-use shared::ids::ConversationId;
+use shared::ids::{Channel, ConversationId};
 use shared::metric;
 use shared::pii::Pii;
 use shared::webhooks::EventType;
@@ -190,6 +191,15 @@ impl Turn<'_> {
             &turns,
         ))
         .await?;
+        if env.channel == Channel::Whatsapp {
+            Box::pin(held::reopen(
+                self.ctx,
+                self.conversation_id,
+                &env,
+                last.created_at,
+            ))
+            .await?;
+        }
         let answering = Answering {
             conversation_id: self.conversation_id,
             message_ids: turns.iter().map(|p| p.message_id).collect(),

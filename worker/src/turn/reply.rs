@@ -182,7 +182,7 @@ async fn wake_polls(ctx: &Ctx, reply: &Reply) -> bool {
     }
 }
 
-fn reply_from_stored(
+pub(super) fn reply_from_stored(
     env: &Envelope,
     conversation_id: ConversationId,
     stored: StoredReply,

@@ -9,6 +9,7 @@
 //! as the user's words.
 
 use serde_json::{Value, json};
+use shared::envelope::Template;
 
 /// Longest text of one WhatsApp message.
 const MAX_TEXT: usize = 4096;
@@ -105,6 +106,25 @@ pub(super) fn messages(to: &str, text: &str, choices: &[String]) -> Vec<Value> {
     out
 }
 
+/// A template message (`type: template`): the only kind WhatsApp delivers while the
+/// 24-hour window is closed.
+pub(super) fn template(to: &str, template: &Template) -> Value {
+    let mut body = json!({
+        "name": template.name,
+        "language": { "code": template.language },
+    });
+    if let Some(components) = &template.components {
+        body["components"] = components.clone();
+    }
+    json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "template",
+        "template": body,
+    })
+}
+
 fn text_message(to: &str, body: &str) -> Value {
     json!({
         "messaging_product": "whatsapp",
@@ -131,6 +151,33 @@ mod tests {
 
     fn choices(titles: &[&str]) -> Vec<String> {
         titles.iter().map(|t| (*t).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_template_carries_its_language_code_and_components() {
+        let t = Template {
+            name: "order_update".into(),
+            language: "en_US".into(),
+            components: Some(
+                json!([{ "type": "body", "parameters": [{ "type": "text", "text": "42" }] }]),
+            ),
+        };
+        let m = template("15550001", &t);
+        assert_eq!(m["type"], "template");
+        assert_eq!(m["template"]["name"], "order_update");
+        assert_eq!(m["template"]["language"]["code"], "en_US");
+        assert_eq!(
+            m["template"]["components"][0]["parameters"][0]["text"],
+            "42"
+        );
+        let bare = template(
+            "1",
+            &Template {
+                components: None,
+                ..t
+            },
+        );
+        assert!(bare["template"].get("components").is_none(), "{bare}");
     }
 
     #[test]

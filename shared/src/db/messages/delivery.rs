@@ -2,12 +2,35 @@
 //! (sent, delivered, read, failed; only forward), the provider's message id, and a
 //! reply's delivery to its mailbox (once per reply).
 
-use super::{DeliveryStatus, Messages};
+use super::{DeliveryStatus, Messages, StoredReply};
 use crate::db::guard;
 use crate::error::Result;
 use crate::ids::{ConversationId, ReplyId};
 
 impl Messages<'_> {
+    /// The conversation's replies and agent messages held for a closed window, oldest
+    /// first.
+    pub async fn held(&self, conversation_id: ConversationId) -> Result<Vec<StoredReply>> {
+        let client_id = self.client_id;
+        let rows = guard::query(
+            "SELECT envelope_id, reply_kind, content, config_version, created_at, choices \
+             FROM messages WHERE client_id = ? AND conversation_id = ? \
+               AND delivery_status = 'awaiting_window' AND role IN ('assistant', 'agent') \
+             ORDER BY seq ASC, id ASC",
+        )?
+        .bind(client_id.get())
+        .bind(conversation_id.get())
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let mut reply = super::stored_reply(r)?;
+                reply.choices = super::mailbox::choices(r)?;
+                Ok(reply)
+            })
+            .collect()
+    }
+
     /// The delivery status of a stored reply (`None`: not sent yet, or unknown reply).
     pub async fn delivery_status(&self, reply_id: ReplyId) -> Result<Option<DeliveryStatus>> {
         let client_id = self.client_id;
