@@ -84,8 +84,14 @@ fn default_max_output_tokens() -> u32 {
 
 /// A new tenant's typing indicator setting (the column's default), for a `PUT` that
 /// leaves it out.
-fn default_typing_indicator() -> bool {
+fn default_true() -> bool {
     true
+}
+
+fn default_media_fallback_message() -> String {
+    "The user sent a file that could not be opened. Say so briefly and ask them to describe \
+     it in words."
+        .into()
 }
 
 /// A `persona_tone`, refused with a message that names the field and the tones.
@@ -168,6 +174,14 @@ pub(crate) struct ConfigOut {
     /// Sent once per closed 24-hour window when a WhatsApp reply or agent message has to
     /// wait for the user to write again (null: it just waits).
     pub whatsapp_reengagement_template: Option<TemplateRef>,
+    /// WhatsApp voice notes and audio are transcribed and read as the user's words
+    /// (default true; needs `speech.provider`).
+    pub transcribe_audio: bool,
+    /// The model accepts images: WhatsApp images go to it (default false: their caption
+    /// and a note that an image was sent).
+    pub llm_vision: bool,
+    /// What the bot is told when a file the user sent could not be read.
+    pub media_fallback_message: String,
 }
 
 impl From<ClientConfig> for ConfigOut {
@@ -191,6 +205,9 @@ impl From<ClientConfig> for ConfigOut {
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
             builtin_tools: c.builtin_tools.into_iter().map(Into::into).collect(),
             whatsapp_reengagement_template: c.whatsapp_reengagement_template.map(Into::into),
+            transcribe_audio: c.transcribe_audio,
+            llm_vision: c.llm_vision,
+            media_fallback_message: c.media_fallback_message,
         }
     }
 }
@@ -218,7 +235,7 @@ pub(crate) struct ConfigIn {
     pub coalesce_window_ms: u32,
     /// WhatsApp users see their message read and a typing indicator while the bot
     /// writes (default true).
-    #[serde(default = "default_typing_indicator")]
+    #[serde(default = "default_true")]
     pub whatsapp_typing_indicator: bool,
     /// The built-in tools the model is offered (none when left out).
     #[serde(default)]
@@ -226,6 +243,15 @@ pub(crate) struct ConfigIn {
     /// WhatsApp's re-engagement template (none when left out).
     #[serde(default)]
     pub whatsapp_reengagement_template: Option<TemplateRef>,
+    /// Default true.
+    #[serde(default = "default_true")]
+    pub transcribe_audio: bool,
+    /// Default false.
+    #[serde(default)]
+    pub llm_vision: bool,
+    /// Default: a request to say the file could not be opened.
+    #[serde(default = "default_media_fallback_message")]
+    pub media_fallback_message: String,
 }
 
 impl From<ConfigIn> for ConfigUpdate {
@@ -248,6 +274,9 @@ impl From<ConfigIn> for ConfigUpdate {
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
             builtin_tools: c.builtin_tools.into_iter().map(Into::into).collect(),
             whatsapp_reengagement_template: c.whatsapp_reengagement_template.map(Into::into),
+            transcribe_audio: c.transcribe_audio,
+            llm_vision: c.llm_vision,
+            media_fallback_message: c.media_fallback_message,
         }
     }
 }
@@ -283,6 +312,9 @@ pub(crate) struct ConfigPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<TemplateRef>)]
     pub whatsapp_reengagement_template: Option<Option<TemplateRef>>,
+    pub transcribe_audio: Option<bool>,
+    pub llm_vision: Option<bool>,
+    pub media_fallback_message: Option<String>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
@@ -328,7 +360,10 @@ impl ConfigPatch {
             fallback_model,
             prompt_token_budget,
             coalesce_window_ms,
-            whatsapp_typing_indicator
+            whatsapp_typing_indicator,
+            transcribe_audio,
+            llm_vision,
+            media_fallback_message
         );
         current
     }
@@ -418,6 +453,9 @@ mod tests {
             whatsapp_typing_indicator: true,
             builtin_tools: Vec::new(),
             whatsapp_reengagement_template: None,
+            transcribe_audio: true,
+            llm_vision: false,
+            media_fallback_message: "Say the file could not be opened.".into(),
         }
     }
 

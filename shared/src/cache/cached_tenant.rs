@@ -71,6 +71,10 @@ struct CachedConfig {
     /// Absent from older entries: none.
     #[serde(default)]
     whatsapp_reengagement_template: Option<crate::envelope::Template>,
+    /// Absent from entries written before the columns existed: read as absent, rebuilt.
+    transcribe_audio: bool,
+    llm_vision: bool,
+    media_fallback_message: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,6 +139,9 @@ impl From<&TenantConfig> for CachedTenant {
                     .map(|b| b.as_str().to_owned())
                     .collect(),
                 whatsapp_reengagement_template: k.whatsapp_reengagement_template.clone(),
+                transcribe_audio: k.transcribe_audio,
+                llm_vision: k.llm_vision,
+                media_fallback_message: k.media_fallback_message.clone(),
             },
             tools: t
                 .tools
@@ -252,6 +259,9 @@ impl TryFrom<CachedTenant> for TenantConfig {
                 whatsapp_typing_indicator: k.whatsapp_typing_indicator,
                 builtin_tools,
                 whatsapp_reengagement_template: k.whatsapp_reengagement_template,
+                transcribe_audio: k.transcribe_audio,
+                llm_vision: k.llm_vision,
+                media_fallback_message: k.media_fallback_message,
             },
             tools,
             webhooks,

@@ -40,6 +40,12 @@ pub struct ClientConfig {
     /// Sent (once per closed window) when a WhatsApp reply waits for the user to write
     /// again; `None`: the reply just waits.
     pub whatsapp_reengagement_template: Option<Template>,
+    /// WhatsApp voice notes and audio are transcribed and read as the user's words.
+    pub transcribe_audio: bool,
+    /// The model accepts images: WhatsApp images go to it (else their caption and a note).
+    pub llm_vision: bool,
+    /// What the bot is told when a file the user sent could not be read.
+    pub media_fallback_message: String,
 }
 
 text_column!(PersonaTone, "persona tone", {
@@ -77,6 +83,12 @@ pub struct ConfigUpdate {
     /// Sent (once per closed window) when a WhatsApp reply waits for the user to write
     /// again; `None`: the reply just waits.
     pub whatsapp_reengagement_template: Option<Template>,
+    /// WhatsApp voice notes and audio are transcribed and read as the user's words.
+    pub transcribe_audio: bool,
+    /// The model accepts images: WhatsApp images go to it (else their caption and a note).
+    pub llm_vision: bool,
+    /// What the bot is told when a file the user sent could not be read.
+    pub media_fallback_message: String,
 }
 
 impl ConfigUpdate {
@@ -122,6 +134,10 @@ impl ConfigUpdate {
         if self.fallback_message.trim().is_empty() || self.fallback_message.len() > 2000 {
             problems.push("fallback_message must be 1-2000 characters".to_owned());
         }
+        if self.media_fallback_message.trim().is_empty() || self.media_fallback_message.len() > 2000
+        {
+            problems.push("media_fallback_message must be 1-2000 characters".to_owned());
+        }
         if let Some(template) = &self.whatsapp_reengagement_template {
             if let Some(problem) = template.problem() {
                 problems.push(format!("whatsapp_reengagement_template: {problem}"));
@@ -159,6 +175,9 @@ impl From<ClientConfig> for ConfigUpdate {
             whatsapp_typing_indicator: c.whatsapp_typing_indicator,
             builtin_tools: c.builtin_tools,
             whatsapp_reengagement_template: c.whatsapp_reengagement_template,
+            transcribe_audio: c.transcribe_audio,
+            llm_vision: c.llm_vision,
+            media_fallback_message: c.media_fallback_message,
         }
     }
 }
@@ -202,7 +221,8 @@ const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_
     llm_temperature, llm_max_output_tokens, max_context_turns, rag_top_k, human_handoff_phrase, handoff_message, config_version, \
     fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms, \
     whatsapp_typing_indicator, builtin_tools, \
-    CAST(whatsapp_reengagement_template AS CHAR) AS whatsapp_reengagement_template";
+    CAST(whatsapp_reengagement_template AS CHAR) AS whatsapp_reengagement_template, \
+    transcribe_audio, llm_vision, media_fallback_message";
 
 #[derive(Debug)]
 pub struct Configs<'a> {
@@ -272,6 +292,7 @@ impl<'a> Configs<'a> {
              human_handoff_phrase = ?, handoff_message = ?, fallback_message = ?, fallback_model = ?, \
              prompt_token_budget = ?, coalesce_window_ms = ?, whatsapp_typing_indicator = ?, \
              builtin_tools = ?, whatsapp_reengagement_template = ?, \
+             transcribe_audio = ?, llm_vision = ?, media_fallback_message = ?, \
              config_version = config_version + 1 \
              WHERE client_id = ?",
         )?
@@ -297,6 +318,9 @@ impl<'a> Configs<'a> {
                 .as_ref()
                 .and_then(|t| serde_json::to_string(t).ok()),
         )
+        .bind(update.transcribe_audio)
+        .bind(update.llm_vision)
+        .bind(&update.media_fallback_message)
         .bind(client_id.get())
         .execute(&mut *tx)
         .await?;
@@ -498,6 +522,9 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
                 .transpose()
                 .map_err(|e| Error::Internal(format!("stored template is not JSON: {e}")))?
         },
+        transcribe_audio: row.try_get("transcribe_audio")?,
+        llm_vision: row.try_get("llm_vision")?,
+        media_fallback_message: row.try_get("media_fallback_message")?,
     })
 }
 
