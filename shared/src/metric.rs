@@ -81,6 +81,9 @@ pub const DELIVERIES: &str = "chatfleet_deliveries_total";
 pub const PUSH_SENT: &str = "chatfleet_push_sent_total";
 /// Counter: push notifications that failed.
 pub const PUSH_FAILED: &str = "chatfleet_push_failed_total";
+/// Counter: WhatsApp media the bot could not read (download or transcription failed;
+/// the message went on as its placeholder).
+pub const MEDIA_UNREAD: &str = "chatfleet_media_unread_total";
 /// Counter `{type}`: webhook events recorded (one per event, whatever its endpoints).
 pub const WEBHOOK_EVENTS: &str = "chatfleet_webhook_events_total";
 /// Counter `{outcome}`: webhook attempts (`delivered`, `failed`, `gone`, `dead`).

@@ -64,6 +64,25 @@ impl SecretBox {
             .map(|(_, plain)| plain)
     }
 
+    /// The `access_token` in a tenant's sealed WhatsApp credentials (the Graph API's
+    /// bearer for its number).
+    pub fn whatsapp_access_token(
+        &self,
+        client_id: ClientId,
+        stored: &[u8],
+    ) -> std::result::Result<String, String> {
+        let plain = self
+            .open(client_id, Channel::Whatsapp, stored)
+            .map_err(|e| e.to_string())?;
+        let creds: serde_json::Value = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
+        creds
+            .get("access_token")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| "the WhatsApp account has no access_token".into())
+    }
+
     /// Seals the credential of a tenant's tool (its name is associated data, like the
     /// tenant: a copy under another tool or tenant does not open).
     pub fn seal_tool_auth(&self, client_id: ClientId, tool: &str, plain: &[u8]) -> Result<Vec<u8>> {

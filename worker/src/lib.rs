@@ -39,6 +39,7 @@ pub mod error;
 pub mod handoff;
 mod inbox;
 pub mod llm;
+mod media;
 mod ops;
 pub mod prompt;
 pub mod tool_sim;
@@ -85,6 +86,8 @@ pub(crate) struct Ctx {
     knowledge: Knowledge,
     /// Calls tenants' tools.
     tools: tools::ToolRunner,
+    /// Fetches and transcribes WhatsApp media.
+    media: media::MediaReader,
 }
 
 impl Ctx {
@@ -138,6 +141,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             &settings.tools,
             shared::secrets::SecretBox::new(&settings.security.encryption_ring()),
         )?,
+        media: media::MediaReader::new(&settings)?,
     });
     let ops = ops::serve(ctx.clone(), settings.worker.metrics_bind, shutdown.clone()).await?;
     tracing::info!(addr = %ops, "metrics, health and readiness served");

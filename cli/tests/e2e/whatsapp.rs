@@ -507,13 +507,17 @@ async fn an_unconfirmed_batch_is_a_503_and_metas_retry_is_answered_once() {
 }
 
 /// A local stand-in for Meta's Graph API: records every send and answers with the real
-/// shapes, including errors by recipient.
+/// shapes, including errors by recipient; serves media (`GET /{version}/{media_id}`,
+/// then the file at the URL it gives) that a test put there.
 mod graph {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use axum::extract::{Path, State};
     use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::post;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
     use axum::{Json, Router};
     use serde_json::{Value, json};
 
@@ -532,11 +536,23 @@ mod graph {
         pub body: Value,
     }
 
+    /// A media file: its bytes, type and the `file_size` Graph declares for it.
+    #[derive(Debug, Clone)]
+    pub struct Media {
+        pub bytes: Vec<u8>,
+        pub mime: String,
+        pub declared_size: u64,
+    }
+
     #[derive(Clone, Default)]
     pub struct Graph {
         pub sent: Arc<Mutex<Vec<Sent>>>,
         /// `status: read` calls (read receipts and typing indicators).
         pub reads: Arc<Mutex<Vec<Sent>>>,
+        media: Arc<Mutex<HashMap<String, Media>>>,
+        /// Files downloaded (with a bearer token).
+        pub downloads: Arc<AtomicUsize>,
+        base: Arc<Mutex<String>>,
     }
 
     impl Graph {
@@ -544,13 +560,28 @@ mod graph {
             let graph = Self::default();
             let app = Router::new()
                 .route("/{version}/{phone}/messages", post(messages))
+                .route("/{version}/{media_id}", get(media_info))
+                .route("/files/{media_id}", get(media_file))
                 .with_state(graph.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
             let url = format!("http://{}", listener.local_addr().expect("addr"));
+            *graph.base.lock().expect("lock") = url.clone();
             tokio::spawn(async move { axum::serve(listener, app).await.expect("graph double") });
             (graph, url)
+        }
+
+        /// Serves `media` under `id` (as Graph declares its size: `declared_size`).
+        pub fn add_media(&self, id: &str, media: Media) {
+            self.media
+                .lock()
+                .expect("lock")
+                .insert(id.to_owned(), media);
+        }
+
+        pub fn downloads(&self) -> usize {
+            self.downloads.load(Ordering::SeqCst)
         }
 
         pub fn sent(&self) -> Vec<Sent> {
@@ -567,6 +598,56 @@ mod graph {
                 .filter(|s| s.body["to"] == to)
                 .collect()
         }
+    }
+
+    /// Graph's error for an unknown (or expired) media id.
+    fn no_media() -> Response {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": {
+                "message": "Unsupported get request. Object with ID does not exist",
+                "type": "GraphMethodException", "code": 100, "error_subcode": 33,
+                "fbtrace_id": "A3hJ8c3lq9-nX" } })),
+        )
+            .into_response()
+    }
+
+    async fn media_info(
+        State(graph): State<Graph>,
+        Path((_version, media_id)): Path<(String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        if !headers.contains_key("authorization") {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        let Some(media) = graph.media.lock().expect("lock").get(&media_id).cloned() else {
+            return no_media();
+        };
+        let base = graph.base.lock().expect("lock").clone();
+        Json(json!({
+            "messaging_product": "whatsapp",
+            "url": format!("{base}/files/{media_id}"),
+            "mime_type": media.mime,
+            "sha256": "c0ffee",
+            "file_size": media.declared_size,
+            "id": media_id,
+        }))
+        .into_response()
+    }
+
+    async fn media_file(
+        State(graph): State<Graph>,
+        Path(media_id): Path<String>,
+        headers: HeaderMap,
+    ) -> Response {
+        if !headers.contains_key("authorization") {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        let Some(media) = graph.media.lock().expect("lock").get(&media_id).cloned() else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        graph.downloads.fetch_add(1, Ordering::SeqCst);
+        ([("content-type", media.mime)], media.bytes).into_response()
     }
 
     async fn messages(
@@ -639,8 +720,10 @@ async fn graph_platform(
     extra: &[(&str, &str)],
 ) -> (graph::Graph, Platform, shared::testkit::TestTenant) {
     let (graph, graph_url) = graph::Graph::start().await;
+    let media_host = graph_url.trim_start_matches("http://").to_owned();
     let mut vars = settings().to_vec();
     vars.push(("CHATFLEET__WHATSAPP__GRAPH_BASE_URL", graph_url.as_str()));
+    vars.push(("CHATFLEET__WHATSAPP__MEDIA_HOST", media_host.as_str()));
     vars.extend_from_slice(extra);
     let p = Platform::start_with(&vars, 1).await;
     let t = p.tenant(slug).await;
@@ -1278,5 +1361,112 @@ async fn a_held_message_expires_after_hold_max_days() {
         Some(DeliveryStatus::Expired)
     );
     assert_eq!(graph.sent_to(user).len(), 1, "never sent");
+    p.stop().await;
+}
+
+fn voice_note(wamid: &str, from: &str, media_id: &str) -> Value {
+    json!({ "from": from, "id": wamid, "timestamp": "1750000000", "type": "audio",
+        "audio": { "id": media_id, "mime_type": "audio/ogg; codecs=opus", "voice": true } })
+}
+
+/// Voice notes are fetched with the tenant's token, transcribed once and answered as the
+/// user's words; a file too large (declared or actually), gone, or not transcribable is
+/// answered with its placeholder and the tenant's media_fallback_message in the prompt,
+/// never dead-lettered.
+#[tokio::test]
+async fn voice_notes_are_transcribed_once_and_unreadable_media_is_still_answered() {
+    let (graph, p, _) = graph_platform(
+        "wa-voice",
+        "449",
+        &[
+            ("CHATFLEET__SPEECH__PROVIDER", "ollama"),
+            ("CHATFLEET__WHATSAPP__MAX_MEDIA_BYTES", "2048"),
+        ],
+    )
+    .await;
+    let audio = |bytes: &[u8], declared: usize| graph::Media {
+        bytes: bytes.to_vec(),
+        mime: "audio/ogg; codecs=opus".into(),
+        declared_size: declared as u64,
+    };
+    let words = b"what time do you open on sunday";
+    graph.add_media("m-voice", audio(words, words.len()));
+    let user = "15550007001";
+    let post_voice = |wamid: &'static str, user: &'static str, media: &'static str| {
+        let p = &p;
+        async move {
+            let body = webhook(vec![change("449", vec![voice_note(wamid, user, media)])]);
+            assert_eq!(signed_post(p, body).await, StatusCode::OK);
+        }
+    };
+    post_voice("wamid.v1", user, "m-voice").await;
+    let answer = eventually(WAIT, "the answer to the voice note", || async {
+        graph.sent_to(user).first().map(|s| s.body.clone())
+    })
+    .await;
+    assert!(
+        answer["text"]["body"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("You said: [voice note] what time do you open on sunday")),
+        "{answer}"
+    );
+    assert_eq!((p.sim.transcriptions(), graph.downloads()), (1, 1));
+    // Meta's retry of the same message is the same turn: nothing is fetched or
+    // transcribed again (the next message's answer shows the retry was handled first).
+    post_voice("wamid.v1", user, "m-voice").await;
+    let after = webhook(vec![change(
+        "449",
+        vec![message("wamid.v2", user, "thanks")],
+    )]);
+    assert_eq!(signed_post(&p, after).await, StatusCode::OK);
+    eventually(WAIT, "the next answer", || async {
+        (graph.sent_to(user).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!((p.sim.transcriptions(), graph.downloads()), (1, 1));
+
+    // Files the bot cannot read: too large by file_size, larger than declared, expired,
+    // and a transcription outage.
+    let big = vec![b'x'; 4096];
+    graph.add_media("m-big", audio(&big, big.len()));
+    graph.add_media("m-liar", audio(&big, 100));
+    graph.add_media("m-outage", audio(b"UNAVAILABLE noise", 17));
+    let cases = [
+        ("wamid.b1", "15550007002", "m-big"),
+        ("wamid.l1", "15550007003", "m-liar"),
+        ("wamid.x1", "15550007004", "m-expired"),
+        ("wamid.o1", "15550007005", "m-outage"),
+    ];
+    for (wamid, user, media) in cases {
+        post_voice(wamid, user, media).await;
+    }
+    for (_, user, media) in cases {
+        let answer = eventually(WAIT, "an answer to an unreadable file", || async {
+            graph.sent_to(user).first().map(|s| s.body.clone())
+        })
+        .await;
+        assert!(
+            answer["text"]["body"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("You said: [audio]")),
+            "{media}: {answer}"
+        );
+    }
+    // The model was told the tenant's fallback message with each of them.
+    let noted = p
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.messages.last().is_some_and(|m| m.content == "[audio]")
+                && r.messages[0]
+                    .content
+                    .contains("could not be opened. Say so briefly")
+        })
+        .count();
+    assert!(noted >= cases.len(), "{noted} prompts carried the note");
+    let dead = p.env.broker.topology().dead_queue();
+    let stats = p.env.broker.queue_stats(&dead).await.expect("stats");
+    assert_eq!(stats.messages, 0, "nothing was dead-lettered");
     p.stop().await;
 }

@@ -244,6 +244,17 @@ impl Settings {
             format!("{:?} is not one of llm.providers", self.embeddings.provider),
         );
         check(
+            self.speech.provider.is_empty()
+                || self.llm.providers.contains_key(&self.speech.provider),
+            "speech.provider",
+            format!("{:?} is not one of llm.providers", self.speech.provider),
+        );
+        check(
+            (1024..=100 * 1024 * 1024).contains(&self.whatsapp.max_media_bytes),
+            "whatsapp.max_media_bytes",
+            "must be between 1 KiB and 100 MiB".into(),
+        );
+        check(
             self.whatsapp.messages_per_second > 0,
             "whatsapp.messages_per_second",
             "must be positive".into(),

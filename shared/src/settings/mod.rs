@@ -39,6 +39,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub llm: LlmSettings,
     pub embeddings: EmbeddingsSettings,
+    pub speech: SpeechSettings,
     pub vector: VectorSettings,
     pub whatsapp: WhatsappSettings,
     pub sessions: SessionSettings,
@@ -304,6 +305,15 @@ pub struct ProviderSettings {
     pub stream: bool,
 }
 
+/// Speech to text for WhatsApp voice notes: an OpenAI-compatible
+/// `POST /v1/audio/transcriptions` at one of `llm.providers`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SpeechSettings {
+    /// A provider of `llm.providers`; empty: voice notes are not transcribed.
+    pub provider: String,
+    pub model: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct EmbeddingsSettings {
     pub provider: String,
@@ -332,6 +342,12 @@ pub struct WhatsappSettings {
     pub messages_per_second: u32,
     /// Largest webhook body read (413 beyond, without reading the rest).
     pub max_body_bytes: usize,
+    /// Largest media file (voice note, image) fetched from the Graph API, by its
+    /// declared `file_size` and while it streams.
+    pub max_media_bytes: u64,
+    /// The host (and port, if not the scheme's) media URLs from the Graph API must be on;
+    /// any other is refused.
+    pub media_host: String,
     /// How long a reply waits for a closed 24-hour window to open again before it
     /// expires (`delivery.expired`).
     #[serde(rename = "hold_max_days", deserialize_with = "parse::positive_days")]

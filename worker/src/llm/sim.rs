@@ -10,7 +10,9 @@
 //! called again every round. After tool results, the answer quotes them:
 //! `… | Tool <name> said: <result> | You said: …`.
 //! Embeddings are deterministic too (hashed bag of words, unit length), so retrieval
-//! tests rank by shared words. Latency and an error rate are configurable; every chat
+//! tests rank by shared words. `/v1/audio/transcriptions` (OpenAI's multipart form:
+//! `file`, `model`) "hears" a file's bytes as UTF-8 text, and answers 503 to a file
+//! that starts with `UNAVAILABLE` (a transcription outage). Latency and an error rate are configurable; every chat
 //! request is recorded for tests to inspect.
 
 use std::net::SocketAddr;
@@ -87,6 +89,7 @@ struct Shared {
     /// Time actually spent waiting out the latency (the timer rounds up), and how often.
     held_micros: AtomicU64,
     holds: AtomicU64,
+    transcriptions: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -133,6 +136,7 @@ impl LlmSim {
             .route("/v1/chat/completions", post(openai_chat))
             .route("/v1/embeddings", post(openai_embed))
             .route("/v1/models", get(openai_models))
+            .route("/v1/audio/transcriptions", post(openai_transcribe))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -164,6 +168,11 @@ impl LlmSim {
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default()
+    }
+
+    /// How many transcription requests were received.
+    pub fn transcriptions(&self) -> u64 {
+        self.shared.transcriptions.load(Ordering::SeqCst)
     }
 
     /// Answers every request with 503 while `true` (an LLM outage).
@@ -738,6 +747,33 @@ async fn openai_embed(State(shared): State<Arc<Shared>>, body: axum::body::Bytes
         "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
     }))
     .into_response()
+}
+
+/// OpenAI's transcription endpoint: the file's bytes, read as UTF-8, are its words.
+async fn openai_transcribe(
+    State(shared): State<Arc<Shared>>,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    shared.transcriptions.fetch_add(1, Ordering::SeqCst);
+    let (mut file, mut model) = (None, None);
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name() {
+            Some("file") => file = field.bytes().await.ok(),
+            Some("model") => model = field.text().await.ok(),
+            _ => {}
+        }
+    }
+    let (Some(file), Some(_model)) = (file, model) else {
+        return bad_request("a transcription needs a file and a model");
+    };
+    if file.starts_with(b"UNAVAILABLE") {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": { "message": "llm-sim: transcription unavailable", "type": "server_error" } })),
+        )
+            .into_response();
+    }
+    Json(json!({ "text": String::from_utf8_lossy(&file) })).into_response()
 }
 
 async fn ollama_tags() -> Response {

@@ -267,7 +267,16 @@ impl Turn<'_> {
                     turn_id: turns[0].envelope_id,
                     conversation_id: self.conversation_id,
                 };
-                let asked = ask_llm(ctx, tenant, &history, &text, live.as_ref(), calls);
+                // A file the bot could not read: the tenant's word on it goes with the
+                // prompt (as its first capability, the last dropped for the budget).
+                let noted;
+                let prompted = if turns.iter().any(|p| crate::media::unread(&p.text)) {
+                    noted = crate::media::with_fallback_note(tenant);
+                    &noted
+                } else {
+                    tenant
+                };
+                let asked = ask_llm(ctx, prompted, &history, &text, live.as_ref(), calls);
                 let mut answer = match timed("llm", asked).await {
                     Ok(answer) => answer,
                     Err(e) => {
@@ -476,20 +485,32 @@ async fn announce_received(
     Ok(())
 }
 
-/// Records the user message an envelope carries, once (see `Messages::record_user`).
+/// Records the user message an envelope carries, once (see `Messages::record_user`). A
+/// WhatsApp voice note is recorded as its transcript, made only for a message not
+/// recorded before: a retry or a redelivery never transcribes again.
 async fn record_envelope(
     ctx: &Ctx,
     conversation_id: ConversationId,
     env: &Envelope,
 ) -> Result<RecordedUser> {
-    Ok(ctx
-        .db
-        .tenant(env.client_id)
-        .messages()
+    let messages = ctx.db.tenant(env.client_id).messages();
+    let text = if crate::media::transcribable(env).is_some()
+        && messages.user_message_id(env.id).await?.is_none()
+    {
+        let transcribe = ctx
+            .configs
+            .get(env.client_id)
+            .await?
+            .is_some_and(|t| t.config.transcribe_audio);
+        Box::pin(ctx.media.stored_text(&ctx.db, env, transcribe)).await
+    } else {
+        env.message.as_prompt_text()
+    };
+    Ok(messages
         .record_user(
             conversation_id,
             env.id,
-            &env.message.as_prompt_text(),
+            &text,
             env.channel_message_id.as_deref(),
         )
         .await?)

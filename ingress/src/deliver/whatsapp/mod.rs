@@ -496,17 +496,7 @@ async fn access_token(
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the WhatsApp account has no credentials")?;
-    let plain = state
-        .secrets()
-        .open(client_id, Channel::Whatsapp, &sealed)
-        .map_err(|e| e.to_string())?;
-    let creds: Value = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
-    creds
-        .get("access_token")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| "the WhatsApp account has no access_token".into())
+    state.secrets().whatsapp_access_token(client_id, &sealed)
 }
 
 /// Posts one message; the id Graph gave it.
