@@ -1,5 +1,7 @@
 //! WhatsApp media the bot understands: a voice note (or any audio) becomes its
-//! transcript, stored as the user's message; anything unreadable keeps today's
+//! transcript, stored as the user's message; an image goes to a model that takes images
+//! (the tenant's `llm_vision`) with its caption, fetched for the turn and never stored
+//! (others read the caption and `[image]`); anything unreadable keeps today's
 //! placeholder (`[audio]`), and the turn tells the model the tenant's
 //! `media_fallback_message` (see [`unread`]).
 //!
@@ -16,6 +18,7 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use base64::Engine;
 use futures::StreamExt;
 use serde::Deserialize;
 use shared::db::{AgentMode, Db, TenantConfig};
@@ -23,6 +26,8 @@ use shared::envelope::{Envelope, MessageContent};
 use shared::ids::Channel;
 use shared::secrets::SecretBox;
 use shared::settings::{ProviderSettings, Settings};
+
+use crate::llm::ChatImage;
 
 /// What a voice note's stored text starts with: the model reads it as the user's words.
 const VOICE_NOTE: &str = "[voice note]";
@@ -124,6 +129,30 @@ impl MediaReader {
                 metrics::counter!(shared::metric::MEDIA_UNREAD).increment(1);
                 tracing::warn!(client_id = %env.client_id, reason = unread.reason(), "a voice note was not transcribed");
                 placeholder
+            }
+        }
+    }
+
+    /// The image of a WhatsApp image message, for a model that takes images; `None` when
+    /// it could not be fetched (logged and counted).
+    pub(crate) async fn image(&self, db: &Db, env: &Envelope) -> Option<ChatImage> {
+        let media_id = image_id(env)?;
+        match self.fetch(db, env, media_id).await {
+            Ok((bytes, mime)) if mime.starts_with("image/") => Some(ChatImage {
+                mime,
+                base64: base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .into(),
+            }),
+            Ok((_, mime)) => {
+                metrics::counter!(shared::metric::MEDIA_UNREAD).increment(1);
+                tracing::warn!(client_id = %env.client_id, %mime, "an image message was not an image");
+                None
+            }
+            Err(unread) => {
+                metrics::counter!(shared::metric::MEDIA_UNREAD).increment(1);
+                tracing::warn!(client_id = %env.client_id, reason = unread.reason(), "an image was not fetched");
+                None
             }
         }
     }
@@ -308,6 +337,18 @@ pub(crate) fn transcribable(env: &Envelope) -> Option<&str> {
             url_or_id,
             ..
         } if env.channel == Channel::Whatsapp && media_type == "audio" => Some(url_or_id),
+        _ => None,
+    }
+}
+
+/// The media id of a WhatsApp image.
+pub(crate) fn image_id(env: &Envelope) -> Option<&str> {
+    match &env.message {
+        MessageContent::Media {
+            media_type,
+            url_or_id,
+            ..
+        } if env.channel == Channel::Whatsapp && media_type == "image" => Some(url_or_id),
         _ => None,
     }
 }

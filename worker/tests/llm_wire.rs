@@ -140,6 +140,7 @@ async fn tool_calls_round_trip_in_both_wire_formats() {
                 content: String::new(),
                 tool_calls: first.tool_calls.clone(),
                 answers: None,
+                images: Vec::new(),
             });
             for (call, result) in first.tool_calls.iter().zip(["shipped", "sunny"]) {
                 asked.messages.push(ChatMessage::tool_result(call, result));
@@ -263,4 +264,38 @@ async fn calls_waiting_for_a_slot_are_counted() {
         0.0,
         "no call waits any more"
     );
+}
+
+/// A user message's image goes as OpenAI's `image_url` data URL part beside the text,
+/// and as Ollama's `images`; the text still reads as the message.
+#[tokio::test]
+async fn images_go_in_each_wire_format() {
+    let sim = sim().await;
+    for (kind, mime) in [
+        (ProviderKind::Ollama, "image/*"),
+        (ProviderKind::Openai, "image/png"),
+    ] {
+        let client = LlmClient::new(&settings(&sim.base_url(), kind, false));
+        let mut asked = request("llama3.1:8b");
+        if let Some(user) = asked.messages.last_mut() {
+            user.images = vec![worker::llm::ChatImage {
+                mime: "image/png".into(),
+                base64: "iVBORw0KGgo=".into(),
+            }];
+        }
+        let answer = client.chat(&asked).await.expect("an answer");
+        assert!(
+            answer.text.ends_with("You said: where is my order?"),
+            "{kind:?}"
+        );
+        let seen = sim.requests().pop().expect("recorded");
+        let user = seen.messages.last().expect("the user message");
+        assert_eq!(user.content, "where is my order?", "{kind:?}");
+        assert_eq!(user.images.len(), 1, "{kind:?}");
+        assert_eq!(
+            (user.images[0].mime.as_str(), &*user.images[0].base64),
+            (mime, "iVBORw0KGgo="),
+            "{kind:?}"
+        );
+    }
 }

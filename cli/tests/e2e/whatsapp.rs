@@ -1470,3 +1470,81 @@ async fn voice_notes_are_transcribed_once_and_unreadable_media_is_still_answered
     assert_eq!(stats.messages, 0, "nothing was dead-lettered");
     p.stop().await;
 }
+
+/// An image with a caption reaches a model that takes images as an image part beside
+/// the caption (fetched for the turn, not stored); with `llm_vision` off the model reads
+/// the caption and that an image was sent.
+#[tokio::test]
+async fn images_reach_a_vision_model_and_others_read_the_caption() {
+    let (graph, p, t) = graph_platform("wa-image", "450", &[]).await;
+    let photo = b"\xff\xd8\xff\xe0 not really a jpeg".to_vec();
+    graph.add_media(
+        "m-photo",
+        graph::Media {
+            declared_size: photo.len() as u64,
+            bytes: photo.clone(),
+            mime: "image/jpeg".into(),
+        },
+    );
+    let image = |wamid: &str, user: &str| {
+        json!({ "from": user, "id": wamid, "timestamp": "1750000000", "type": "image",
+            "image": { "id": "m-photo", "mime_type": "image/jpeg", "caption": "is this the one?" } })
+    };
+    let asked_about = |user: &'static str, wamid: &'static str| {
+        let (p, graph) = (&p, &graph);
+        let body = webhook(vec![change("450", vec![image(wamid, user)])]);
+        async move {
+            assert_eq!(signed_post(p, body).await, StatusCode::OK);
+            eventually(WAIT, "the answer to the image", || async {
+                (!graph.sent_to(user).is_empty()).then_some(())
+            })
+            .await;
+            p.sim
+                .requests()
+                .into_iter()
+                .rev()
+                .find(|r| {
+                    r.messages
+                        .last()
+                        .is_some_and(|m| m.content.contains("is this the one?"))
+                })
+                .expect("the model was asked")
+        }
+    };
+    let plain = asked_about("15550008001", "wamid.i1").await;
+    let user = plain.messages.last().expect("a user message");
+    assert_eq!(user.content, "[image] is this the one?");
+    assert!(
+        user.images.is_empty(),
+        "no image for a model without vision"
+    );
+
+    let (status, body) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", t.id),
+            Some(json!({ "llm_vision": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = asked_about("15550008002", "wamid.i2").await;
+    let user = seen.messages.last().expect("a user message");
+    assert_eq!(user.images.len(), 1, "{user:?}");
+    if seen.format == worker::llm::sim::WireFormat::OpenAi {
+        assert_eq!(user.images[0].mime, "image/jpeg"); // Ollama's images carry no type
+    }
+    use base64::Engine;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(user.images[0].base64.as_bytes())
+            .expect("base64"),
+        photo
+    );
+    // Stored: the caption and the note, never the bytes.
+    let conv = p
+        .conversation_on(t.id, Channel::Whatsapp, "15550008002")
+        .await;
+    let stored = p.stored(t.id, conv).await;
+    assert_eq!(stored[0].content, "[image] is this the one?");
+    p.stop().await;
+}

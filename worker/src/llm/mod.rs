@@ -43,6 +43,22 @@ pub struct ChatMessage {
     pub tool_calls: Vec<ToolCall>,
     /// A tool message: the call it answers (its id and the tool's name).
     pub answers: Option<(String, String)>,
+    /// Images a user message shows (for models that accept them).
+    pub images: Vec<ChatImage>,
+}
+
+/// An image in a user message: its media type and its bytes in base64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatImage {
+    pub mime: String,
+    pub base64: Arc<str>,
+}
+
+impl ChatImage {
+    /// As a `data:` URL (OpenAI's `image_url`).
+    pub fn data_url(&self) -> String {
+        format!("data:{};base64,{}", self.mime, self.base64)
+    }
 }
 
 impl ChatMessage {
@@ -53,6 +69,7 @@ impl ChatMessage {
             content: content.into(),
             tool_calls: Vec::new(),
             answers: None,
+            images: Vec::new(),
         }
     }
 
@@ -63,6 +80,7 @@ impl ChatMessage {
             content: content.into(),
             tool_calls: Vec::new(),
             answers: Some((call.id.clone(), call.name.clone())),
+            images: Vec::new(),
         }
     }
 }

@@ -46,6 +46,9 @@ struct WireMessage<'a> {
     tool_calls: Vec<WireToolCall>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_name: Option<&'a str>,
+    /// A user message's images, base64.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images: Vec<&'a str>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,6 +84,7 @@ fn serialize_messages<S: serde::Serializer>(
                 })
                 .collect(),
             tool_name: m.answers.as_ref().map(|(_, name)| name.as_str()),
+            images: m.images.iter().map(|i| &*i.base64).collect(),
         }
     }))
 }

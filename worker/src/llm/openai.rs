@@ -48,11 +48,31 @@ struct Usage {
 struct WireMessage<'a> {
     role: ChatRole,
     /// `null` for an assistant message that only calls tools.
-    content: Option<&'a str>,
+    content: WireContent<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<WireToolCall<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_call_id: Option<&'a str>,
+}
+
+/// A message's content: text (or `null`), or text and images as content parts.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireContent<'a> {
+    Text(Option<&'a str>),
+    Parts(Vec<WirePart<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WirePart<'a> {
+    Text { text: &'a str },
+    ImageUrl { image_url: WireImageUrl },
+}
+
+#[derive(Serialize)]
+struct WireImageUrl {
+    url: String,
 }
 
 #[derive(Serialize)]
@@ -75,7 +95,19 @@ fn serialize_messages<S: serde::Serializer>(
     s.collect_seq(messages.iter().map(|m| {
         WireMessage {
             role: m.role,
-            content: (!m.content.is_empty() || m.tool_calls.is_empty()).then_some(&m.content),
+            content: if m.images.is_empty() {
+                WireContent::Text(
+                    (!m.content.is_empty() || m.tool_calls.is_empty()).then_some(&m.content),
+                )
+            } else {
+                WireContent::Parts(
+                    std::iter::once(WirePart::Text { text: &m.content })
+                        .chain(m.images.iter().map(|i| WirePart::ImageUrl {
+                            image_url: WireImageUrl { url: i.data_url() },
+                        }))
+                        .collect(),
+                )
+            },
             tool_calls: m
                 .tool_calls
                 .iter()

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::{ChatMessage, ChatRole, ToolCall};
+use super::{ChatImage, ChatMessage, ChatRole, ToolCall};
 
 /// Embedding dimension of the simulator.
 pub const EMBEDDING_DIM: usize = 64;
@@ -387,8 +387,12 @@ fn bad_request(msg: &str) -> Response {
 #[derive(Debug, Deserialize)]
 struct SimMessage {
     role: ChatRole,
+    /// Text, or (OpenAI) content parts of text and `image_url`s.
     #[serde(default)]
-    content: Option<String>,
+    content: Option<Value>,
+    /// Ollama: a user message's images, base64.
+    #[serde(default)]
+    images: Vec<String>,
     #[serde(default)]
     tool_calls: Vec<Value>,
     /// OpenAI: the call a tool message answers.
@@ -433,14 +437,50 @@ fn neutral(messages: Vec<SimMessage>) -> Vec<ChatMessage> {
             });
             (id, name)
         });
+        let (content, mut images) = match m.content {
+            Some(Value::String(text)) => (text, Vec::new()),
+            Some(Value::Array(parts)) => content_parts(&parts),
+            _ => (String::new(), Vec::new()),
+        };
+        images.extend(m.images.into_iter().map(|b| ChatImage {
+            mime: "image/*".into(),
+            base64: b.into(),
+        }));
         out.push(ChatMessage {
             role: m.role,
-            content: m.content.unwrap_or_default(),
+            content,
             tool_calls,
             answers,
+            images,
         });
     }
     out
+}
+
+/// OpenAI content parts: the text parts joined, and the images of the `image_url` parts
+/// (data URLs).
+fn content_parts(parts: &[Value]) -> (String, Vec<ChatImage>) {
+    let mut text = Vec::new();
+    let mut images = Vec::new();
+    for part in parts {
+        match part["type"].as_str() {
+            Some("text") => text.push(part["text"].as_str().unwrap_or_default()),
+            Some("image_url") => {
+                let url = part["image_url"]["url"].as_str().unwrap_or_default();
+                if let Some((mime, data)) = url
+                    .strip_prefix("data:")
+                    .and_then(|u| u.split_once(";base64,"))
+                {
+                    images.push(ChatImage {
+                        mime: mime.to_owned(),
+                        base64: data.into(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    (text.join("\n"), images)
 }
 
 /// The names of the tools a request offers.

@@ -11,7 +11,7 @@ use shared::metric;
 
 use crate::Ctx;
 use crate::error::Result;
-use crate::llm::{ChatMessage, ChatRequest, ChatRole, Completion, DeltaPiece};
+use crate::llm::{ChatImage, ChatMessage, ChatRequest, ChatRole, Completion, DeltaPiece};
 use crate::prompt;
 
 use super::live::LiveReply;
@@ -64,6 +64,7 @@ pub(crate) async fn ask_llm(
     text: &str,
     live: Option<&LiveReply>,
     calls: CallsOf,
+    images: Vec<ChatImage>,
 ) -> Result<Answer> {
     let client_id = tenant.client.id;
     let config = &tenant.config;
@@ -112,6 +113,11 @@ pub(crate) async fn ask_llm(
             metrics::counter!(metric::PROMPT_TRUNCATED_MESSAGES).increment(1);
         }
     }
+    let mut messages = prompt.messages;
+    // The images go with the user's message (the last), which the budget always keeps.
+    if let Some(user) = messages.last_mut() {
+        user.images = images;
+    }
     let mut used = prompt.tokens + tools_tokens;
     let estimated = u32::try_from(used).unwrap_or(u32::MAX);
     let started = std::time::Instant::now();
@@ -123,7 +129,7 @@ pub(crate) async fn ask_llm(
         temperature: config.llm_temperature,
         num_ctx,
         max_output_tokens: config.llm_max_output_tokens,
-        messages: prompt.messages,
+        messages,
         tools,
         deltas: live.map(LiveReply::sink),
     };
@@ -169,6 +175,7 @@ pub(crate) async fn ask_llm(
             content: completion.text,
             tool_calls: completion.tool_calls.clone(),
             answers: None,
+            images: Vec::new(),
         });
         for (call, result) in completion.tool_calls.iter().zip(results) {
             let result = fit(

@@ -267,16 +267,23 @@ impl Turn<'_> {
                     turn_id: turns[0].envelope_id,
                     conversation_id: self.conversation_id,
                 };
+                // Images, for a model that takes them (fetched now: never stored).
+                let (images, image_unread) = if config.llm_vision {
+                    Box::pin(self.images(&turns)).await
+                } else {
+                    (Vec::new(), false)
+                };
                 // A file the bot could not read: the tenant's word on it goes with the
                 // prompt (as its first capability, the last dropped for the budget).
                 let noted;
-                let prompted = if turns.iter().any(|p| crate::media::unread(&p.text)) {
-                    noted = crate::media::with_fallback_note(tenant);
-                    &noted
-                } else {
-                    tenant
-                };
-                let asked = ask_llm(ctx, prompted, &history, &text, live.as_ref(), calls);
+                let prompted =
+                    if image_unread || turns.iter().any(|p| crate::media::unread(&p.text)) {
+                        noted = crate::media::with_fallback_note(tenant);
+                        &noted
+                    } else {
+                        tenant
+                    };
+                let asked = ask_llm(ctx, prompted, &history, &text, live.as_ref(), calls, images);
                 let mut answer = match timed("llm", asked).await {
                     Ok(answer) => answer,
                     Err(e) => {
@@ -373,6 +380,26 @@ impl Turn<'_> {
             }
         }
         Ok(pending)
+    }
+
+    /// The images of the turn's messages whose deliveries it holds (a message recorded
+    /// by another worker's delivery reaches the model as its caption), and whether one
+    /// could not be fetched.
+    async fn images(&self, turns: &[PendingTurn]) -> (Vec<crate::llm::ChatImage>, bool) {
+        let (mut images, mut unread) = (Vec::new(), false);
+        for p in turns {
+            let Some(env) = self.envs.iter().find(|e| e.id == p.envelope_id) else {
+                continue;
+            };
+            if crate::media::image_id(env).is_none() {
+                continue;
+            }
+            match self.ctx.media.image(&self.ctx.db, env).await {
+                Some(image) => images.push(image),
+                None => unread = true,
+            }
+        }
+        (images, unread)
     }
 
     /// Hands the conversation to a human and announces it (once: a phrase said again

@@ -48,7 +48,7 @@ pub(crate) async fn dry_run(ctx: &Ctx, env: &Envelope) -> Result<()> {
     // Tool calls as the original turn made them, if it started with this message.
     let calls = super::tool_loop::CallsOf::DryRun { turn_id: env.id };
     let text = env.message.as_prompt_text();
-    let answer = ask_llm(ctx, &tenant, &history, &text, None, calls).await?;
+    let answer = ask_llm(ctx, &tenant, &history, &text, None, calls, Vec::new()).await?;
     let reply = Reply::answering(
         Destination::of(env, conversation),
         vec![env.id],
