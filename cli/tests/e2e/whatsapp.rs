@@ -511,7 +511,6 @@ async fn an_unconfirmed_batch_is_a_503_and_metas_retry_is_answered_once() {
 /// then the file at the URL it gives) that a test put there.
 mod graph {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
     use axum::extract::{Path, State};
@@ -544,14 +543,17 @@ mod graph {
         pub declared_size: u64,
     }
 
+    /// A media id whose URL Graph gives on another host (which must be refused).
+    pub const OFF_HOST: &str = "m-off-host";
+
     #[derive(Clone, Default)]
     pub struct Graph {
         pub sent: Arc<Mutex<Vec<Sent>>>,
         /// `status: read` calls (read receipts and typing indicators).
         pub reads: Arc<Mutex<Vec<Sent>>>,
         media: Arc<Mutex<HashMap<String, Media>>>,
-        /// Files downloaded (with a bearer token).
-        pub downloads: Arc<AtomicUsize>,
+        /// The media ids whose files were downloaded (with a bearer token), in order.
+        downloaded: Arc<Mutex<Vec<String>>>,
         base: Arc<Mutex<String>>,
     }
 
@@ -581,7 +583,15 @@ mod graph {
         }
 
         pub fn downloads(&self) -> usize {
-            self.downloads.load(Ordering::SeqCst)
+            self.downloaded.lock().expect("lock").len()
+        }
+
+        pub fn downloaded(&self, media_id: &str) -> bool {
+            self.downloaded
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|d| d == media_id)
         }
 
         pub fn sent(&self) -> Vec<Sent> {
@@ -623,7 +633,10 @@ mod graph {
         let Some(media) = graph.media.lock().expect("lock").get(&media_id).cloned() else {
             return no_media();
         };
-        let base = graph.base.lock().expect("lock").clone();
+        let mut base = graph.base.lock().expect("lock").clone();
+        if media_id == OFF_HOST {
+            base = base.replace("127.0.0.1", "localhost");
+        }
         Json(json!({
             "messaging_product": "whatsapp",
             "url": format!("{base}/files/{media_id}"),
@@ -646,7 +659,7 @@ mod graph {
         let Some(media) = graph.media.lock().expect("lock").get(&media_id).cloned() else {
             return StatusCode::NOT_FOUND.into_response();
         };
-        graph.downloads.fetch_add(1, Ordering::SeqCst);
+        graph.downloaded.lock().expect("lock").push(media_id);
         ([("content-type", media.mime)], media.bytes).into_response()
     }
 
@@ -1431,11 +1444,13 @@ async fn voice_notes_are_transcribed_once_and_unreadable_media_is_still_answered
     graph.add_media("m-big", audio(&big, big.len()));
     graph.add_media("m-liar", audio(&big, 100));
     graph.add_media("m-outage", audio(b"UNAVAILABLE noise", 17));
+    graph.add_media(graph::OFF_HOST, audio(words, words.len()));
     let cases = [
         ("wamid.b1", "15550007002", "m-big"),
         ("wamid.l1", "15550007003", "m-liar"),
         ("wamid.x1", "15550007004", "m-expired"),
         ("wamid.o1", "15550007005", "m-outage"),
+        ("wamid.h1", "15550007006", graph::OFF_HOST),
     ];
     for (wamid, user, media) in cases {
         post_voice(wamid, user, media).await;
@@ -1465,6 +1480,10 @@ async fn voice_notes_are_transcribed_once_and_unreadable_media_is_still_answered
         })
         .count();
     assert!(noted >= cases.len(), "{noted} prompts carried the note");
+    assert!(
+        !graph.downloaded(graph::OFF_HOST),
+        "nothing is fetched from another host"
+    );
     let dead = p.env.broker.topology().dead_queue();
     let stats = p.env.broker.queue_stats(&dead).await.expect("stats");
     assert_eq!(stats.messages, 0, "nothing was dead-lettered");
