@@ -275,15 +275,21 @@ impl Turn<'_> {
                 };
                 // A file the bot could not read: the tenant's word on it goes with the
                 // prompt (as its first capability, the last dropped for the budget).
-                let noted;
                 let prompted =
                     if image_unread || turns.iter().any(|p| crate::media::unread(&p.text)) {
-                        noted = crate::media::with_fallback_note(tenant);
-                        &noted
+                        Arc::new(crate::media::with_fallback_note(tenant))
                     } else {
-                        tenant
+                        self.tenant.clone()
                     };
-                let asked = ask_llm(ctx, prompted, &history, &text, live.as_ref(), calls, images);
+                let asked = ask_llm(
+                    ctx,
+                    &prompted,
+                    &history,
+                    &text,
+                    live.as_ref(),
+                    calls,
+                    images,
+                );
                 let mut answer = match timed("llm", asked).await {
                     Ok(answer) => answer,
                     Err(e) => {
@@ -521,15 +527,20 @@ async fn record_envelope(
     env: &Envelope,
 ) -> Result<RecordedUser> {
     let messages = ctx.db.tenant(env.client_id).messages();
-    let text = if crate::media::transcribable(env).is_some()
-        && messages.user_message_id(env.id).await?.is_none()
-    {
-        let transcribe = ctx
-            .configs
-            .get(env.client_id)
-            .await?
-            .is_some_and(|t| t.config.transcribe_audio);
-        Box::pin(ctx.media.stored_text(&ctx.db, env, transcribe)).await
+    let text = if crate::media::transcribable(env).is_some() {
+        // Boxed: a turn's task stays small (see `timed`).
+        Box::pin(async {
+            if messages.user_message_id(env.id).await?.is_some() {
+                return Ok::<_, TurnError>(env.message.as_prompt_text()); // recorded before
+            }
+            let transcribe = ctx
+                .configs
+                .get(env.client_id)
+                .await?
+                .is_some_and(|t| t.config.transcribe_audio);
+            Ok(ctx.media.stored_text(&ctx.db, env, transcribe).await)
+        })
+        .await?
     } else {
         env.message.as_prompt_text()
     };
