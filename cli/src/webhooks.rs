@@ -265,12 +265,7 @@ async fn redeliver(
     let broker = Broker::connect(&settings.amqp, "chatfleet-webhooks").await?;
     let publisher = broker.publisher().await?;
     for event_id in &events {
-        let job = Job {
-            client_id: id,
-            webhook_id: endpoint.webhook,
-            event_id: *event_id,
-            attempt: 1,
-        };
+        let job = Job::first(id, endpoint.webhook, *event_id);
         publisher.publish_webhook_job(&job, None).await?;
     }
     broker.close().await;

@@ -164,12 +164,7 @@ impl<'a> Emitter<'a> {
             )
             .await?;
         for webhook_id in owed {
-            let job = Job {
-                client_id,
-                webhook_id,
-                event_id: id,
-                attempt: 1,
-            };
+            let job = Job::first(client_id, webhook_id, id);
             self.publisher.publish_webhook_job(&job, None).await?;
         }
         metrics::counter!(crate::metric::WEBHOOK_EVENTS, "type" => event.kind.as_str())

@@ -25,9 +25,25 @@ pub struct Job {
     pub event_id: Uuid,
     /// The attempt this job makes (1 for the first).
     pub attempt: u32,
+    /// The attempt was claimed by a deliverer that died (the broker handed the job back
+    /// unacked): it is made again, though the row says it was claimed. Kept when the job
+    /// waits on the hold queue, where the broker's own redelivery flag is lost.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retake: bool,
 }
 
 impl Job {
+    /// The first attempt of an event's delivery to an endpoint.
+    pub fn first(client_id: ClientId, webhook_id: u64, event_id: Uuid) -> Self {
+        Self {
+            client_id,
+            webhook_id,
+            event_id,
+            attempt: 1,
+            retake: false,
+        }
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }

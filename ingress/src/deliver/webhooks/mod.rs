@@ -53,8 +53,12 @@ pub(crate) async fn run(state: AppState) {
     let mut attempts = tokio::task::JoinSet::new();
     while let Some(delivery) = jobs.next().await {
         while attempts.try_join_next().is_some() {}
-        let job: Job = match serde_json::from_slice(&delivery.body) {
-            Ok(job) => job,
+        let job: Job = match serde_json::from_slice::<Job>(&delivery.body) {
+            // Handed back unacked: whoever held it may have died holding its claim.
+            Ok(job) => Job {
+                retake: job.retake || delivery.redelivered,
+                ..job
+            },
             Err(e) => {
                 park(&state, &delivery, &format!("undecodable webhook job: {e}")).await;
                 continue;
@@ -71,7 +75,6 @@ pub(crate) async fn run(state: AppState) {
                 state: &state,
                 http: &http,
                 job,
-                redelivered: delivery.redelivered,
             }
             .run()
             .await;
@@ -130,9 +133,6 @@ struct Attempt<'a> {
     state: &'a AppState,
     http: &'a reqwest::Client,
     job: Job,
-    /// The broker handed this job out before and it was never acked: whoever held it
-    /// died (or lost its channel) after claiming its attempt, maybe before making it.
-    redelivered: bool,
 }
 
 impl Attempt<'_> {
@@ -146,7 +146,7 @@ impl Attempt<'_> {
         // A claimed attempt is made again only when its job came back unacked: the one
         // who claimed it may have died before sending, or before queueing the next, and
         // nothing else would. Otherwise a claimed attempt is a duplicated job's.
-        let retake = self.redelivered && owed.attempts == job.attempt;
+        let retake = job.retake && owed.attempts == job.attempt;
         if owed.state != DeliveryState::Pending || (owed.attempts >= job.attempt && !retake) {
             return Ok(()); // settled, or this attempt was made (a duplicated job)
         }
@@ -159,7 +159,9 @@ impl Attempt<'_> {
                 .await;
         }
         let mut out_of_order = false;
+        // A retaken attempt passed this check when it was claimed.
         if job.attempt == 1
+            && !retake
             && let Some(conversation) = owed.conversation_id
             && log
                 .earlier_owed(job.webhook_id, conversation, owed.seq)
@@ -224,6 +226,7 @@ impl Attempt<'_> {
             Some(wait) => {
                 let next = Job {
                     attempt: job.attempt + 1,
+                    retake: false,
                     ..job
                 };
                 state
