@@ -1,4 +1,4 @@
-//! `chatfleet secrets reseal`: re-seals every stored channel and tool credential under
+//! `chatfleet secrets reseal`: re-seals every stored channel, tool and LLM credential under
 //! the first key of the encryption key ring, tenant by tenant, so the keys after it can
 //! be removed from `security.encryption_keys`. A tenant whose tool credentials changed
 //! has its configuration refreshed everywhere (workers carry tools in their cached
@@ -97,11 +97,39 @@ async fn reseal(
                 }
             }
             reseal_webhooks(db, secrets, client.id, &mut tally).await?;
+            changed |= reseal_llm_keys(db, secrets, client.id, &mut tally).await?;
             if changed {
                 configs.refresh(client.id).await?;
             }
         }
     }
+}
+
+/// Re-seals the tenant's own LLM keys; true when one changed (cached configurations
+/// carry them).
+async fn reseal_llm_keys(
+    db: &Db,
+    secrets: &SecretBox,
+    client_id: shared::ids::ClientId,
+    tally: &mut Tally,
+) -> anyhow::Result<bool> {
+    let keys = db.tenant(client_id).llm_credentials();
+    let mut changed = false;
+    for key in keys.list().await? {
+        match secrets.reseal_llm_key(client_id, &key.provider, &key.key_sealed) {
+            Ok(None) => tally.current += 1,
+            Ok(Some(new)) => {
+                if keys.replace_sealed(&key.provider, &key.key_sealed, &new).await? {
+                    tally.resealed += 1;
+                    changed = true;
+                }
+            }
+            Err(_) => tally
+                .unreadable
+                .push(format!("tenant {client_id} LLM key for {}", key.provider)),
+        }
+    }
+    Ok(changed)
 }
 
 /// Re-seals the tenant's webhook signing secrets (the current one, and the one before

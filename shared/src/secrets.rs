@@ -148,6 +148,33 @@ impl SecretBox {
         }
     }
 
+    /// Seals a tenant's own API key for an LLM provider (the tenant and the provider's
+    /// name are the associated data).
+    pub fn seal_llm_key(&self, client_id: ClientId, provider: &str, key: &str) -> Result<Vec<u8>> {
+        self.seal_with(&llm_associated_data(client_id, provider), key.as_bytes())
+    }
+
+    pub fn open_llm_key(&self, client_id: ClientId, provider: &str, stored: &[u8]) -> Result<String> {
+        let plain = self
+            .open_with(&llm_associated_data(client_id, provider), stored)
+            .map(|(_, plain)| plain)?;
+        String::from_utf8(plain).map_err(|e| Error::Crypto(e.to_string()))
+    }
+
+    /// [`Self::reseal`] for a tenant's LLM key.
+    pub fn reseal_llm_key(
+        &self,
+        client_id: ClientId,
+        provider: &str,
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let aad = llm_associated_data(client_id, provider);
+        match self.open_with(&aad, stored)? {
+            (0, _) => Ok(None),
+            (_, plain) => self.seal_with(&aad, &plain).map(Some),
+        }
+    }
+
     fn seal_with(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
@@ -259,9 +286,27 @@ fn webhook_associated_data(client_id: ClientId, webhook_id: u64) -> Vec<u8> {
     format!("chatfleet/webhook-secret/{client_id}/{webhook_id}").into_bytes()
 }
 
+fn llm_associated_data(client_id: ClientId, provider: &str) -> Vec<u8> {
+    format!("chatfleet/llm-key/{client_id}/{provider}").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_llm_key_opens_only_for_its_tenant_and_provider() {
+        let secrets = SecretBox::new(&[[3u8; 32]]);
+        let a = ClientId::new(1);
+        let b = ClientId::new(2);
+        let sealed = secrets.seal_llm_key(a, "openai", "sk-tenant-a").expect("seal");
+        assert_eq!(
+            secrets.open_llm_key(a, "openai", &sealed).expect("opens"),
+            "sk-tenant-a"
+        );
+        assert!(secrets.open_llm_key(b, "openai", &sealed).is_err());
+        assert!(secrets.open_llm_key(a, "groq", &sealed).is_err());
+    }
 
     #[test]
     fn sealed_credentials_open_only_for_their_tenant_and_channel() {

@@ -129,6 +129,7 @@ async fn a_user_turn_is_recorded_once_and_answered_once() {
         estimated_prompt_tokens: None,
         config_version: 1,
         choices: Vec::new(),
+        accounting: Default::default(),
     };
     let reply_id = ReplyId::random();
     assert_eq!(

@@ -157,6 +157,7 @@ mod tests {
                 estimated_prompt_tokens: None,
                 config_version: 1,
                 choices: Vec::new(),
+                accounting: Default::default(),
             };
             assert_eq!(
                 env.db

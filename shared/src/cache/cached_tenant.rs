@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{
-    AgentMode, BuiltinTool, Client, ClientConfig, EventFilter, TenantConfig, Tool, ToolAuthKind,
-    ToolMethod, WebhookSubscription,
+    AgentMode, BudgetAction, BudgetPolicy, BuiltinTool, Client, ClientConfig, EventFilter,
+    LlmCredential, TenantConfig, Tool, ToolAuthKind, ToolMethod, WebhookSubscription,
 };
 use crate::ids::ClientId;
 use crate::tenant::{ClientStatus, PersonaTone, Plan};
@@ -22,6 +22,18 @@ pub(super) struct CachedTenant {
     tools: Vec<CachedTool>,
     /// Absent from entries written before webhooks existed: read as absent, rebuilt.
     webhooks: Vec<CachedWebhook>,
+    /// Absent from entries written before tenants' keys existed: read as absent, rebuilt.
+    llm_credentials: Vec<CachedLlmCredential>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedLlmCredential {
+    provider: String,
+    /// Sealed: opened only by the worker that calls the provider.
+    key_sealed: Vec<u8>,
+    key_last4: String,
+    base_url: Option<String>,
+    organization: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +87,11 @@ struct CachedConfig {
     transcribe_audio: bool,
     llm_vision: bool,
     media_fallback_message: String,
+    /// Absent from entries written before budgets existed: read as absent, rebuilt.
+    budget_monthly: Option<f64>,
+    budget_warning_pct: u8,
+    budget_action: String,
+    fallback_to_platform_key: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,7 +159,22 @@ impl From<&TenantConfig> for CachedTenant {
                 transcribe_audio: k.transcribe_audio,
                 llm_vision: k.llm_vision,
                 media_fallback_message: k.media_fallback_message.clone(),
+                budget_monthly: k.budget.monthly,
+                budget_warning_pct: k.budget.warning_pct,
+                budget_action: k.budget.action.as_str().to_owned(),
+                fallback_to_platform_key: k.fallback_to_platform_key,
             },
+            llm_credentials: t
+                .llm_credentials
+                .iter()
+                .map(|c| CachedLlmCredential {
+                    provider: c.provider.clone(),
+                    key_sealed: c.key_sealed.clone(),
+                    key_last4: c.key_last4.clone(),
+                    base_url: c.base_url.clone(),
+                    organization: c.organization.clone(),
+                })
+                .collect(),
             tools: t
                 .tools
                 .iter()
@@ -262,9 +294,26 @@ impl TryFrom<CachedTenant> for TenantConfig {
                 transcribe_audio: k.transcribe_audio,
                 llm_vision: k.llm_vision,
                 media_fallback_message: k.media_fallback_message,
+                budget: BudgetPolicy {
+                    monthly: k.budget_monthly,
+                    warning_pct: k.budget_warning_pct,
+                    action: k.budget_action.parse::<BudgetAction>()?,
+                },
+                fallback_to_platform_key: k.fallback_to_platform_key,
             },
             tools,
             webhooks,
+            llm_credentials: t
+                .llm_credentials
+                .into_iter()
+                .map(|c| LlmCredential {
+                    provider: c.provider,
+                    key_sealed: c.key_sealed,
+                    key_last4: c.key_last4,
+                    base_url: c.base_url,
+                    organization: c.organization,
+                })
+                .collect(),
             modes: t
                 .modes
                 .into_iter()

@@ -14,6 +14,7 @@ mod conversations;
 mod invalidated;
 mod mailbox;
 mod rate_limit;
+mod spending;
 mod stream_events;
 mod tenant_config;
 mod wakeups;
@@ -26,6 +27,7 @@ pub use api_keys::ApiKeyOwners;
 pub use conversation_lock::{ConversationLock, ConversationLocks};
 pub use conversations::ConversationIds;
 pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes, PollSlot};
+pub use spending::{BudgetFlag, SpendPeriod, Spent};
 pub use stream_events::{StreamEvent, StreamEvents, StreamEventsOf};
 pub use tenant_config::{Source as ConfigSource, TenantConfigs};
 
@@ -237,6 +239,18 @@ impl TenantKeys<'_> {
     }
     pub fn rate_bucket(&self) -> String {
         format!("{}:t:{}:rate", self.prefix, self.client_id)
+    }
+    /// What the tenant's month (`YYYY-MM`, its timezone) cost so far, in micro-units.
+    pub fn month_spend(&self, month: &str) -> String {
+        format!("{}:t:{}:spend:{month}", self.prefix, self.client_id)
+    }
+    /// The LLM tokens the tenant's day (`YYYY-MM-DD`, its timezone) spent so far.
+    pub fn day_tokens(&self, day: &str) -> String {
+        format!("{}:t:{}:tokens:{day}", self.prefix, self.client_id)
+    }
+    /// Set once the month's `flag` (warning, exceeded) was announced.
+    pub fn budget_flag(&self, month: &str, flag: &str) -> String {
+        format!("{}:t:{}:budget:{month}:{flag}", self.prefix, self.client_id)
     }
     /// The generation of a session's long-poll slot.
     pub fn poll_slot(&self, channel: crate::ids::Channel, session_id: &str) -> String {

@@ -94,6 +94,17 @@ pub struct Clients<'a> {
     pool: &'a MySqlPool,
 }
 
+/// A tenant's timezone is an IANA name (`Europe/Berlin`): its budget months and usage
+/// days follow it.
+fn check_timezone(timezone: &str) -> Result<()> {
+    if timezone.len() > 64 || timezone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(Error::Invalid(format!(
+            "timezone must be an IANA time zone name such as \"Europe/Berlin\" or \"UTC\", got {timezone:?}"
+        )));
+    }
+    Ok(())
+}
+
 impl<'a> Clients<'a> {
     pub(super) fn new(pool: &'a MySqlPool) -> Self {
         Self { pool }
@@ -102,6 +113,7 @@ impl<'a> Clients<'a> {
     /// Creates a tenant and its default configuration. A taken slug is an
     /// [`Error::Invalid`] that says so.
     pub async fn create(&self, new: &NewClient) -> Result<ClientId> {
+        check_timezone(&new.timezone)?;
         let mut tx = self.pool.begin().await?;
         let inserted = guard::query(
             "INSERT INTO clients (slug, name, timezone, locale, plan) VALUES (?, ?, ?, ?, ?)",
@@ -178,12 +190,8 @@ impl<'a> Clients<'a> {
         {
             return Err(Error::Invalid("name must be 1-255 characters".into()));
         }
-        if patch
-            .timezone
-            .as_ref()
-            .is_some_and(|t| t.is_empty() || t.len() > 64)
-        {
-            return Err(Error::Invalid("timezone must be 1-64 characters".into()));
+        if let Some(timezone) = &patch.timezone {
+            check_timezone(timezone)?;
         }
         if patch
             .locale

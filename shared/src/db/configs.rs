@@ -46,7 +46,62 @@ pub struct ClientConfig {
     pub llm_vision: bool,
     /// What the bot is told when a file the user sent could not be read.
     pub media_fallback_message: String,
+    /// What the tenant's month may cost, and what happens past it.
+    pub budget: BudgetPolicy,
+    /// When the tenant's own key is refused, the platform's key answers instead (else the
+    /// turn takes the tenant's fallback path).
+    pub fallback_to_platform_key: bool,
 }
+
+/// A tenant's monthly budget (`budget_monthly`, `budget_warning_pct`, `budget_action`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BudgetPolicy {
+    /// In the prices' currency; `None`: no budget.
+    pub monthly: Option<f64>,
+    /// `budget.warning` once the month's spending reaches this share of the budget.
+    pub warning_pct: u8,
+    pub action: BudgetAction,
+}
+
+impl Default for BudgetPolicy {
+    fn default() -> Self {
+        Self {
+            monthly: None,
+            warning_pct: 80,
+            action: BudgetAction::None,
+        }
+    }
+}
+
+impl BudgetPolicy {
+    /// The budget in micro-units, if there is one.
+    pub fn monthly_micros(&self) -> Option<u64> {
+        self.monthly.map(|b| (b * 1e6).round().max(0.0) as u64)
+    }
+}
+
+/// What a turn does once the tenant's month has spent its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetAction {
+    /// The tenant's `fallback_model` answers.
+    FallbackModel,
+    /// The user gets the tenant's `fallback_message`, without an LLM call.
+    FallbackMessage,
+    /// The conversation goes to a human (with the handoff message).
+    Handoff,
+    /// Only the events.
+    None,
+}
+
+text_column!(BudgetAction, "budget action", {
+    FallbackModel => "fallback_model",
+    FallbackMessage => "fallback_message",
+    Handoff => "handoff",
+    None => "none",
+});
+
+/// The largest budget accepted (in currency units).
+const MAX_BUDGET: f64 = 1e12;
 
 text_column!(PersonaTone, "persona tone", {
     Friendly => "friendly",
@@ -89,6 +144,11 @@ pub struct ConfigUpdate {
     pub llm_vision: bool,
     /// What the bot is told when a file the user sent could not be read.
     pub media_fallback_message: String,
+    /// What the tenant's month may cost, and what happens past it.
+    pub budget: BudgetPolicy,
+    /// When the tenant's own key is refused, the platform's key answers instead (else the
+    /// turn takes the tenant's fallback path).
+    pub fallback_to_platform_key: bool,
 }
 
 impl ConfigUpdate {
@@ -147,6 +207,19 @@ impl ConfigUpdate {
                 );
             }
         }
+        if let Some(budget) = self.budget.monthly
+            && !(budget.is_finite() && (0.0..=MAX_BUDGET).contains(&budget))
+        {
+            problems.push("budget_monthly must be zero or more (at most 1e12), or null".to_owned());
+        }
+        if !(1..=100).contains(&self.budget.warning_pct) {
+            problems.push("budget_warning_pct must be 1-100".to_owned());
+        }
+        if self.budget.action == BudgetAction::FallbackModel && self.fallback_model.is_none() {
+            problems.push(
+                "budget_action fallback_model needs a fallback_model to answer with".to_owned(),
+            );
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -178,6 +251,8 @@ impl From<ClientConfig> for ConfigUpdate {
             transcribe_audio: c.transcribe_audio,
             llm_vision: c.llm_vision,
             media_fallback_message: c.media_fallback_message,
+            budget: c.budget,
+            fallback_to_platform_key: c.fallback_to_platform_key,
         }
     }
 }
@@ -212,6 +287,8 @@ pub struct TenantConfig {
     pub tools: Vec<Tool>,
     /// Enabled webhook endpoints and what each wants.
     pub webhooks: Vec<super::WebhookSubscription>,
+    /// The tenant's own provider credentials, keys sealed.
+    pub llm_credentials: Vec<super::LlmCredential>,
 }
 
 /// The most an answer's output limit may be.
@@ -222,7 +299,9 @@ const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_
     fallback_message, fallback_model, prompt_token_budget, coalesce_window_ms, \
     whatsapp_typing_indicator, builtin_tools, \
     CAST(whatsapp_reengagement_template AS CHAR) AS whatsapp_reengagement_template, \
-    transcribe_audio, llm_vision, media_fallback_message";
+    transcribe_audio, llm_vision, media_fallback_message, \
+    CAST(budget_monthly AS DOUBLE) AS budget_monthly, budget_warning_pct, budget_action, \
+    fallback_to_platform_key";
 
 #[derive(Debug)]
 pub struct Configs<'a> {
@@ -260,12 +339,16 @@ impl<'a> Configs<'a> {
         let webhooks = super::Webhooks::new(self.pool, client_id)
             .subscriptions()
             .await?;
+        let llm_credentials = super::LlmCredentials::new(self.pool, client_id)
+            .list()
+            .await?;
         Ok(Some(TenantConfig {
             client,
             config,
             modes,
             tools,
             webhooks,
+            llm_credentials,
         }))
     }
 
@@ -293,7 +376,8 @@ impl<'a> Configs<'a> {
              prompt_token_budget = ?, coalesce_window_ms = ?, whatsapp_typing_indicator = ?, \
              builtin_tools = ?, whatsapp_reengagement_template = ?, \
              transcribe_audio = ?, llm_vision = ?, media_fallback_message = ?, \
-             config_version = config_version + 1 \
+             budget_monthly = ?, budget_warning_pct = ?, budget_action = ?, \
+             fallback_to_platform_key = ?, config_version = config_version + 1 \
              WHERE client_id = ?",
         )?
         .bind(&update.persona_name)
@@ -321,6 +405,10 @@ impl<'a> Configs<'a> {
         .bind(update.transcribe_audio)
         .bind(update.llm_vision)
         .bind(&update.media_fallback_message)
+        .bind(update.budget.monthly)
+        .bind(update.budget.warning_pct)
+        .bind(update.budget.action)
+        .bind(update.fallback_to_platform_key)
         .bind(client_id.get())
         .execute(&mut *tx)
         .await?;
@@ -525,6 +613,12 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
         transcribe_audio: row.try_get("transcribe_audio")?,
         llm_vision: row.try_get("llm_vision")?,
         media_fallback_message: row.try_get("media_fallback_message")?,
+        budget: BudgetPolicy {
+            monthly: row.try_get("budget_monthly")?,
+            warning_pct: row.try_get("budget_warning_pct")?,
+            action: row.try_get("budget_action")?,
+        },
+        fallback_to_platform_key: row.try_get("fallback_to_platform_key")?,
     })
 }
 

@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 
 /// Tables that hold tenant data (each has a `client_id` column; `tests/guard_scan.rs`
 /// fails when a migration creates one that is not listed here).
-pub const TENANT_TABLES: [&str; 15] = [
+pub const TENANT_TABLES: [&str; 16] = [
     "client_configs",
     "agent_modes",
     "conversations",
@@ -60,6 +60,7 @@ pub const TENANT_TABLES: [&str; 15] = [
     "webhook_events",
     "webhook_deliveries",
     "webhook_attempts",
+    "llm_credentials",
 ];
 
 /// Statements that passed [`check`], by text. Refusals are not remembered: they end

@@ -19,6 +19,7 @@ mod devices;
 mod direct;
 pub mod guard;
 mod knowledge;
+mod llm_credentials;
 mod messages;
 mod operators;
 mod text_column;
@@ -37,13 +38,16 @@ pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use channel_accounts::{ChannelAccount, ChannelAccounts};
 pub use clients::{Client, ClientPatch, Clients, NewClient};
 pub use configs::{
-    AgentMode, ClientConfig, ConfigUpdate, Configs, ModePatch, NewAgentMode, TenantConfig,
+    AgentMode, BudgetAction, BudgetPolicy, ClientConfig, ConfigUpdate, Configs, ModePatch,
+    NewAgentMode, TenantConfig,
 };
 pub use conversations::{ConversationMode, ConversationSummary, Conversations, UserWindow};
 pub use devices::Devices;
 pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
+pub use llm_credentials::{LlmCredential, LlmCredentials};
 pub use messages::{
-    ClosedAs, DeliveryStatus, HistoryTurn, MailboxItem, MessageState, Messages, NewReply,
+    ClosedAs, DeliveryStatus, HistoryTurn, KeyOwner, MailboxItem, MessageState, Messages, NewReply,
+    ReplyAccounting,
     NewUserMessage, OpenTurn, Pending, PendingTurn, RecordedUser, Role, StoreOutcome,
     StoredMessage, StoredReply,
 };
@@ -214,6 +218,9 @@ impl<'a> TenantDb<'a> {
     }
     pub fn devices(&self) -> Devices<'a> {
         Devices::new(&self.db.pool, self.client_id)
+    }
+    pub fn llm_credentials(&self) -> LlmCredentials<'a> {
+        LlmCredentials::new(&self.db.pool, self.client_id)
     }
     pub fn tools(&self) -> Tools<'a> {
         Tools::new(&self.db.pool, self.client_id)

@@ -23,6 +23,24 @@ pub struct UsageDay {
     pub completion_tokens: u64,
     /// Tool calls the tenant's turns made (built-in tools included).
     pub tool_calls: u64,
+    /// What the day's priced LLM calls and transcriptions cost, in micro-units.
+    pub cost_micros: u64,
+    /// Replies whose model had no price (their cost is unknown, not zero).
+    pub unpriced_replies: u64,
+}
+
+impl UsageDay {
+    fn empty(day: NaiveDate) -> Self {
+        Self {
+            day,
+            messages: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            tool_calls: 0,
+            cost_micros: 0,
+            unpriced_replies: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -43,7 +61,9 @@ impl<'a> Usage<'a> {
         let rows = guard::query(
             "SELECT day, CAST(SUM(messages) AS UNSIGNED) AS messages, \
              CAST(SUM(prompt_tokens) AS UNSIGNED) AS prompt_tokens, \
-             CAST(SUM(completion_tokens) AS UNSIGNED) AS completion_tokens FROM usage_daily \
+             CAST(SUM(completion_tokens) AS UNSIGNED) AS completion_tokens, \
+             CAST(SUM(cost_micros) AS UNSIGNED) AS cost_micros, \
+             CAST(SUM(unpriced_replies) AS UNSIGNED) AS unpriced_replies FROM usage_daily \
              WHERE client_id = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day ASC",
         )?
         .bind(client_id.get())
@@ -62,6 +82,8 @@ impl<'a> Usage<'a> {
                     prompt_tokens: r.try_get("prompt_tokens")?,
                     completion_tokens: r.try_get("completion_tokens")?,
                     tool_calls: 0,
+                    cost_micros: r.try_get("cost_micros")?,
+                    unpriced_replies: r.try_get("unpriced_replies")?,
                 },
             );
         }
@@ -70,15 +92,42 @@ impl<'a> Usage<'a> {
             .await?;
         for (day, calls) in calls {
             days.entry(day)
-                .or_insert(UsageDay {
-                    day,
-                    messages: 0,
-                    prompt_tokens: 0,
-                    completion_tokens: 0,
-                    tool_calls: 0,
-                })
+                .or_insert_with(|| UsageDay::empty(day))
                 .tool_calls = calls;
         }
         Ok(days.into_values().collect())
+    }
+
+    /// What the days from `from` to `to` (inclusive) cost in micro-units, and the LLM
+    /// tokens they spent: how a month's or a day's spending counter is rebuilt.
+    pub async fn spent(&self, from: NaiveDate, to: NaiveDate) -> Result<(u64, u64)> {
+        let client_id = self.client_id;
+        let row = guard::query(
+            "SELECT CAST(IFNULL(SUM(cost_micros), 0) AS UNSIGNED) AS cost_micros, \
+             CAST(IFNULL(SUM(prompt_tokens + completion_tokens), 0) AS UNSIGNED) AS tokens \
+             FROM usage_daily WHERE client_id = ? AND day BETWEEN ? AND ?",
+        )?
+        .bind(client_id.get())
+        .bind(from)
+        .bind(to)
+        .fetch_one(self.pool)
+        .await?;
+        Ok((row.try_get("cost_micros")?, row.try_get("tokens")?))
+    }
+
+    /// Counts a cost outside a reply (a voice note's transcription) on `day`.
+    pub async fn add_cost(&self, day: NaiveDate, shard: u64, cost_micros: u64) -> Result<()> {
+        let client_id = self.client_id;
+        guard::query(
+            "INSERT INTO usage_daily (client_id, day, shard, cost_micros) VALUES (?, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE cost_micros = cost_micros + VALUES(cost_micros)",
+        )?
+        .bind(client_id.get())
+        .bind(day)
+        .bind(shard % SHARDS)
+        .bind(cost_micros)
+        .execute(self.pool)
+        .await?;
+        Ok(())
     }
 }

@@ -249,6 +249,7 @@ impl Settings {
             "speech.provider",
             format!("{:?} is not one of llm.providers", self.speech.provider),
         );
+        self.check_prices(&mut check);
         check(
             (1024..=100 * 1024 * 1024).contains(&self.whatsapp.max_media_bytes),
             "whatsapp.max_media_bytes",
@@ -337,6 +338,59 @@ impl Settings {
             Ok(())
         } else {
             Err(Error::Settings(problems.join("; ")))
+        }
+    }
+}
+
+impl Settings {
+    /// Prices name configured providers, are not negative, and share one currency (a
+    /// budget is one number); allowlisted hosts are host names.
+    fn check_prices(&self, check: &mut impl FnMut(bool, &str, String)) {
+        let currency = self.llm.currency(&self.speech);
+        let mut priced = |key: String, provider: &str, amounts: &[f64], cur: &str| {
+            check(
+                self.llm.providers.contains_key(provider),
+                &key,
+                format!("{provider:?} is not one of llm.providers (keys are \"<provider>/<model>\")"),
+            );
+            check(
+                amounts.iter().all(|a| a.is_finite() && *a >= 0.0),
+                &key,
+                "prices must be zero or more".into(),
+            );
+            check(
+                !cur.trim().is_empty() && Some(cur) == currency,
+                &format!("{key}.currency"),
+                format!(
+                    "every price must be in one currency ({}), got {cur:?}",
+                    currency.unwrap_or_default()
+                ),
+            );
+        };
+        for (name, p) in &self.llm.prices {
+            let provider = name.split_once('/').map_or("", |(p, _)| p);
+            priced(
+                format!("llm.prices.{name:?}"),
+                provider,
+                &[p.prompt_per_million, p.completion_per_million],
+                &p.currency,
+            );
+        }
+        for (name, p) in &self.speech.prices {
+            let provider = name.split_once('/').map_or("", |(p, _)| p);
+            priced(
+                format!("speech.prices.{name:?}"),
+                provider,
+                &[p.per_minute],
+                &p.currency,
+            );
+        }
+        for host in &self.llm.tenant_base_url_allowlist {
+            check(
+                !host.is_empty() && !host.contains(['/', ':', ' ']),
+                "llm.tenant_base_url_allowlist",
+                format!("{host:?} is not a host name"),
+            );
         }
     }
 }

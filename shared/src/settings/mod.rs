@@ -157,6 +157,10 @@ pub struct PlanLimits {
     /// A tenant's weight when tenants wait for the same LLM slots: slots go to the
     /// waiting tenant holding the fewest per unit of weight.
     pub weight: u32,
+    /// Most LLM tokens (prompt and completion) the tenant's turns spend in a day of its
+    /// timezone; unset: no limit. Past it, messages wait like rate-limited ones.
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,9 +263,61 @@ pub struct LlmSettings {
     #[serde(default)]
     pub context_windows: BTreeMap<String, u32>,
     pub providers: BTreeMap<String, ProviderSettings>,
+    /// What `"<provider>/<model>"` costs; a model without an entry is unpriced.
+    #[serde(default)]
+    pub prices: BTreeMap<String, TokenPrice>,
+    /// Hosts a tenant's own credentials may point `base_url` at (exact host names).
+    #[serde(default)]
+    pub tenant_base_url_allowlist: Vec<String>,
+}
+
+/// A model's price per million tokens (`llm.prices."<provider>/<model>"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TokenPrice {
+    pub prompt_per_million: f64,
+    pub completion_per_million: f64,
+    pub currency: String,
+}
+
+impl TokenPrice {
+    /// What `prompt` and `completion` tokens cost, in micro-units of the currency.
+    pub fn cost_micros(&self, prompt: u32, completion: u32) -> u64 {
+        // Per million tokens in units is per token in micro-units.
+        let micros = f64::from(prompt) * self.prompt_per_million
+            + f64::from(completion) * self.completion_per_million;
+        micros.round().max(0.0) as u64
+    }
+}
+
+/// A transcription model's price per minute of audio (`speech.prices."<provider>/<model>"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct MinutePrice {
+    pub per_minute: f64,
+    pub currency: String,
+}
+
+impl MinutePrice {
+    /// What `seconds` of audio cost, in micro-units of the currency.
+    pub fn cost_micros(&self, seconds: f64) -> u64 {
+        (seconds / 60.0 * self.per_minute * 1e6).round().max(0.0) as u64
+    }
 }
 
 impl LlmSettings {
+    /// The price of `model` at `provider`, if the operator set one.
+    pub fn price(&self, provider: &str, model: &str) -> Option<&TokenPrice> {
+        self.prices.get(&format!("{provider}/{model}"))
+    }
+
+    /// The currency of every price (one, checked at load); `None` when nothing is priced.
+    pub fn currency<'a>(&'a self, speech: &'a SpeechSettings) -> Option<&'a str> {
+        self.prices
+            .values()
+            .map(|p| p.currency.as_str())
+            .chain(speech.prices.values().map(|p| p.currency.as_str()))
+            .next()
+    }
+
     /// The context window (`num_ctx`) used for `model`.
     pub fn context_window(&self, model: &str) -> u32 {
         self.context_windows
@@ -312,6 +368,9 @@ pub struct SpeechSettings {
     /// A provider of `llm.providers`; empty: voice notes are not transcribed.
     pub provider: String,
     pub model: String,
+    /// What `"<provider>/<model>"` costs per minute of audio; unset: unpriced.
+    #[serde(default)]
+    pub prices: BTreeMap<String, MinutePrice>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -27,10 +27,16 @@ pub enum EventType {
     DeadLetter,
     /// One of the tenant's endpoints was disabled (sent to its other endpoints).
     WebhookDisabled,
+    /// A provider refused the tenant's own key (401/402/403, quota).
+    LlmCredentialsFailed,
+    /// The month's spending reached `budget_warning_pct` of the budget (once a month).
+    BudgetWarning,
+    /// The month's spending reached the budget (once a month): `budget_action` applies.
+    BudgetExceeded,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 16] = [
         Self::ConversationCreated,
         Self::MessageReceived,
         Self::MessageReplied,
@@ -44,6 +50,9 @@ impl EventType {
         Self::ConversationHandedBack,
         Self::DeadLetter,
         Self::WebhookDisabled,
+        Self::LlmCredentialsFailed,
+        Self::BudgetWarning,
+        Self::BudgetExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +70,9 @@ impl EventType {
             Self::ConversationHandedBack => "conversation.handed_back",
             Self::DeadLetter => "dead_letter",
             Self::WebhookDisabled => "webhook.disabled",
+            Self::LlmCredentialsFailed => "llm.credentials_failed",
+            Self::BudgetWarning => "budget.warning",
+            Self::BudgetExceeded => "budget.exceeded",
         }
     }
 

@@ -34,7 +34,7 @@ use crate::ids::{ClientId, ReplyId};
 pub use accept::NewUserMessage;
 pub use mailbox::{MailboxItem, StoredMessage};
 pub use reads::{OpenTurn, Pending, PendingTurn};
-pub use replies::{ClosedAs, NewReply, StoreOutcome};
+pub use replies::{ClosedAs, KeyOwner, NewReply, ReplyAccounting, StoreOutcome};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -272,6 +272,7 @@ mod tests {
             estimated_prompt_tokens: None,
             config_version: 1,
             choices: Vec::new(),
+            accounting: Default::default(),
         };
         let (q1, _) = ask("q1").await;
         // q2 arrives while q1 is being answered; q3 is ignored (a reaction, say).
@@ -430,6 +431,7 @@ mod tests {
             estimated_prompt_tokens: None,
             config_version: 1,
             choices: Vec::new(),
+            accounting: Default::default(),
         };
         let mut unconfirmed = std::collections::HashMap::new();
         for conversation in [mine, other] {

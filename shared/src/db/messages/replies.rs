@@ -24,7 +24,41 @@ pub struct NewReply {
     pub config_version: u64,
     /// The choices the reply offers (`offer_choices`); empty: none.
     pub choices: Vec<String>,
+    /// Who answered, what it cost, and the day it counts on.
+    pub accounting: ReplyAccounting,
 }
+
+/// Who answered a reply and what its turn cost.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplyAccounting {
+    /// The tenant's own date (its timezone) the usage counts on; `None`: UTC's.
+    pub day: Option<chrono::NaiveDate>,
+    /// The provider and model that answered; `None`: no LLM call.
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub key_owner: Option<KeyOwner>,
+    /// What the turn's LLM calls (tool rounds included) cost, in micro-units; `None` when
+    /// one of them had no price, or there was no call.
+    pub cost_micros: Option<u64>,
+    /// A call had no price (the reply counts as unpriced, not as free).
+    pub unpriced: bool,
+    /// Why a fallback answered instead of the tenant's model.
+    pub fallback_reason: Option<String>,
+}
+
+/// Whose key an LLM call used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOwner {
+    /// The tenant's own credentials (`llm-credentials`).
+    Tenant,
+    /// The operator's (`llm.providers.<name>.api_key`).
+    Platform,
+}
+
+text_column!(KeyOwner, "key owner", {
+    Tenant => "tenant",
+    Platform => "platform",
+});
 
 /// What [`Messages::store_reply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,8 +145,10 @@ impl Messages<'_> {
             .then(|| serde_json::to_string(&reply.choices))
             .transpose()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let call =
-            guard::query_scalar("CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")?
+        let spent = &reply.accounting;
+        let call = guard::query_scalar(
+            "CALL store_reply(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )?
                 .bind(client_id.get())
                 .bind(reply.conversation_id.get())
                 .bind(reply.reply_id.as_uuid())
@@ -126,7 +162,14 @@ impl Messages<'_> {
                 .bind(reply.config_version)
                 .bind(answers)
                 .bind(reply.conversation_id.get() % usage::SHARDS)
-                .bind(choices);
+                .bind(choices)
+                .bind(spent.day)
+                .bind(spent.provider.clone())
+                .bind(spent.model.clone())
+                .bind(spent.key_owner)
+                .bind(spent.cost_micros)
+                .bind(spent.unpriced)
+                .bind(spent.fallback_reason.clone());
         let outcome: Vec<StoreOutcome> = self
             .direct
             .run(async move |conn| call.fetch_all(conn).await)
@@ -301,6 +344,7 @@ mod tests {
             estimated_prompt_tokens: Some(9),
             config_version: 3,
             choices: Vec::new(),
+            accounting: Default::default(),
         };
         assert_eq!(
             db.tenant(t.id)

@@ -2,7 +2,11 @@
 -- answered and counts the usage, in one transaction. Outcome (column `outcome`): 'stored';
 -- 'not_bot' when a bot or fallback reply (`p_bot_only`) meets a conversation a human
 -- has; 'answered_before' when none of `p_answers` is still pending. `p_choices`: the
--- choices the reply offers (a JSON array), or NULL.
+-- choices the reply offers (a JSON array), or NULL. `p_day`: the tenant's own date (its
+-- timezone; NULL: UTC's), the usage row counted. `p_llm_provider`, `p_llm_model`, `p_key_owner`
+-- ('tenant' | 'platform'): who answered, NULL for a reply without an LLM call;
+-- `p_cost_micros`: what the turn's LLM calls cost, NULL when one had no price
+-- (`p_unpriced`); `p_fallback_reason`: why a fallback answered instead of the model.
 CREATE PROCEDURE store_reply(
     IN p_client_id               BIGINT UNSIGNED,
     IN p_conversation_id         BIGINT UNSIGNED,
@@ -17,7 +21,14 @@ CREATE PROCEDURE store_reply(
     IN p_config_version          BIGINT UNSIGNED,
     IN p_answers                 TEXT,
     IN p_usage_shard             TINYINT UNSIGNED,
-    IN p_choices                 TEXT CHARACTER SET utf8mb4)
+    IN p_choices                 TEXT CHARACTER SET utf8mb4,
+    IN p_day                     DATE,
+    IN p_llm_provider            VARCHAR(64),
+    IN p_llm_model               VARCHAR(200),
+    IN p_key_owner               VARCHAR(8),
+    IN p_cost_micros             BIGINT UNSIGNED,
+    IN p_unpriced                BOOLEAN,
+    IN p_fallback_reason         VARCHAR(255))
 MODIFIES SQL DATA
 SQL SECURITY INVOKER
 store: BEGIN
@@ -41,10 +52,12 @@ store: BEGIN
     END IF;
     INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, state,
         reply_kind, prompt_tokens, completion_tokens, estimated_prompt_tokens,
-        config_version, seq, history_seq, choices)
+        config_version, seq, history_seq, choices, llm_provider, llm_model, key_owner,
+        cost_micros, fallback_reason)
         VALUES (p_client_id, p_conversation_id, p_reply_id, p_role, p_content, 'stored',
         p_reply_kind, p_prompt_tokens, p_completion_tokens, p_estimated_prompt_tokens,
-        p_config_version, v_seq, v_seq, p_choices);
+        p_config_version, v_seq, v_seq, p_choices, p_llm_provider, p_llm_model, p_key_owner,
+        p_cost_micros, p_fallback_reason);
     SET v_reply_row = LAST_INSERT_ID();
     UPDATE messages FORCE INDEX (ix_messages_open)
         SET state = 'answered', reply_message_id = v_reply_row,
@@ -58,12 +71,15 @@ store: BEGIN
         LEAVE store;
     END IF;
     INSERT INTO usage_daily (client_id, day, shard, messages, prompt_tokens,
-        completion_tokens)
-        VALUES (p_client_id, UTC_DATE(), p_usage_shard, v_answered,
-        IFNULL(p_prompt_tokens, 0), IFNULL(p_completion_tokens, 0))
+        completion_tokens, cost_micros, unpriced_replies)
+        VALUES (p_client_id, IFNULL(p_day, UTC_DATE()), p_usage_shard, v_answered,
+        IFNULL(p_prompt_tokens, 0), IFNULL(p_completion_tokens, 0),
+        IFNULL(p_cost_micros, 0), IF(p_unpriced, 1, 0))
         ON DUPLICATE KEY UPDATE messages = messages + VALUES(messages),
         prompt_tokens = prompt_tokens + VALUES(prompt_tokens),
-        completion_tokens = completion_tokens + VALUES(completion_tokens);
+        completion_tokens = completion_tokens + VALUES(completion_tokens),
+        cost_micros = cost_micros + VALUES(cost_micros),
+        unpriced_replies = unpriced_replies + VALUES(unpriced_replies);
     COMMIT;
     SELECT 'stored' AS outcome;
 END;
