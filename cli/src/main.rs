@@ -16,6 +16,7 @@
 //! - `secrets reseal`: re-encrypt stored credentials under the first encryption key.
 //! - `webhooks list|attempts|redeliver`: a tenant's webhook endpoints, their attempts,
 //!   and sending events again with their own ids.
+//! - `usage --client [--month]`: a tenant's month, day by day, with its cost and budget.
 //! - `llm-sim`: the LLM test double (Ollama and OpenAI wire formats).
 
 // A command-line tool talks to its user on stdout.
@@ -32,6 +33,7 @@ mod secrets;
 mod sse;
 mod tenant;
 mod up;
+mod usage;
 mod webhooks;
 
 use std::net::SocketAddr;
@@ -84,6 +86,8 @@ enum Command {
     /// Tenants' webhook endpoints: list, attempts, redeliver.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// A tenant's month: messages, tokens, tool calls and cost per day, and its budget.
+    Usage(usage::UsageArgs),
     /// Run the LLM simulator (speaks Ollama and OpenAI wire formats).
     LlmSim {
         /// Address to listen on.
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Secrets(command) => secrets::run(&settings, command).await,
         Command::AdminToken(command) => operators::run(&settings, command).await,
         Command::Webhooks(command) => webhooks::run(&settings, command).await,
+        Command::Usage(args) => usage::run(&settings, args).await,
         Command::LlmSim {
             bind,
             latency_ms,

@@ -117,6 +117,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         secrets: SecretBox::new(&settings.security.encryption_ring()),
         tools: settings.tools.clone(),
         webhooks: settings.webhooks.clone(),
+        llm: settings.llm.clone(),
+        speech: settings.speech.clone(),
         knowledge: Knowledge::new(&settings.vector, &settings.embeddings, &settings.llm)?,
         edge: edge::Edge::new(settings.edge.clone(), &settings.http.trusted_proxies),
         plans: settings.plans.clone(),

@@ -48,6 +48,10 @@ pub(crate) struct Services {
     pub tools: shared::settings::ToolsSettings,
     /// Webhook endpoints' limits, URL rules and retry schedule.
     pub webhooks: shared::settings::WebhooksSettings,
+    /// The LLM providers tenants may bring keys for, their allowed base URLs and prices.
+    pub llm: shared::settings::LlmSettings,
+    /// Transcription prices (with the LLM's, the currency of usage and budgets).
+    pub speech: shared::settings::SpeechSettings,
     pub knowledge: Knowledge,
     /// The edge's limits and trusted proxies.
     pub edge: crate::edge::Edge,
@@ -93,6 +97,13 @@ impl AppState {
     }
     pub(crate) fn webhook_settings(&self) -> &shared::settings::WebhooksSettings {
         &self.inner.webhooks
+    }
+    pub(crate) fn llm_settings(&self) -> &shared::settings::LlmSettings {
+        &self.inner.llm
+    }
+    /// The currency of every price, if any is set.
+    pub(crate) fn currency(&self) -> Option<&str> {
+        self.inner.llm.currency(&self.inner.speech)
     }
     /// Emits webhook events (see [`shared::webhooks::Emitter`]).
     pub(crate) fn webhooks(&self) -> shared::webhooks::Emitter<'_> {

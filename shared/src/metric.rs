@@ -52,6 +52,16 @@ pub const PROMPT_TRUNCATED_MESSAGES: &str = "chatfleet_prompt_truncated_messages
 pub const LLM_SECONDS: &str = "chatfleet_llm_seconds";
 /// Counter `{provider, kind}`: tokens, prompt and completion.
 pub const LLM_TOKENS: &str = "chatfleet_llm_tokens_total";
+/// Counter `{provider, model}`: what priced LLM calls and transcriptions cost, in
+/// micro-units of the prices' currency.
+pub const LLM_COST_MICROS: &str = "chatfleet_llm_cost_micros_total";
+/// Counter `{provider, model}`: LLM calls and transcriptions of a model without a price.
+pub const LLM_UNPRICED_CALLS: &str = "chatfleet_llm_unpriced_calls_total";
+/// Counter `{provider}`: calls whose tenant's own key was refused.
+pub const LLM_TENANT_KEY_REFUSED: &str = "chatfleet_llm_tenant_key_refused_total";
+/// Counter `{action}`: turns a spent budget changed (fallback_model, fallback_message,
+/// handoff).
+pub const BUDGET_ACTIONS: &str = "chatfleet_budget_actions_total";
 /// Counter `{provider}`: failed LLM calls.
 pub const LLM_ERRORS: &str = "chatfleet_llm_errors_total";
 /// Counter `{provider}`: times a provider's circuit breaker opened.
@@ -96,7 +106,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 38] = [
+pub const ALL: [&str; 42] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -118,6 +128,10 @@ pub const ALL: [&str; 38] = [
     PROMPT_TRUNCATED_MESSAGES,
     LLM_SECONDS,
     LLM_TOKENS,
+    LLM_COST_MICROS,
+    LLM_UNPRICED_CALLS,
+    LLM_TENANT_KEY_REFUSED,
+    BUDGET_ACTIONS,
     LLM_ERRORS,
     LLM_BREAKER_OPENED,
     LLM_TENANT_BREAKER_OPENED,

@@ -41,6 +41,7 @@ mod inbox;
 pub mod llm;
 mod media;
 mod ops;
+mod spend;
 pub mod prompt;
 pub mod tool_sim;
 mod tools;
@@ -80,6 +81,10 @@ pub(crate) struct Ctx {
     broker: Broker,
     llm: LlmClient,
     llm_settings: LlmSettings,
+    /// Transcription prices, beside the LLM's (`speech.prices`).
+    speech_settings: shared::settings::SpeechSettings,
+    /// Opens tenants' own LLM keys.
+    secrets: shared::secrets::SecretBox,
     plans: PlansSettings,
     inactive_notice: String,
     tokenizer: prompt::Tokenizer,
@@ -131,8 +136,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         confirms,
         answered: answered::Answered::new(),
         broker: broker.clone(),
-        llm: LlmClient::new(&settings.llm),
+        llm: LlmClient::new(&settings.llm)
+            .with_tenant_networks(settings.tools.allowed_networks()),
         llm_settings: settings.llm.clone(),
+        speech_settings: settings.speech.clone(),
+        secrets: shared::secrets::SecretBox::new(&settings.security.encryption_ring()),
         plans: settings.plans.clone(),
         inactive_notice: settings.tenancy.inactive_notice.clone(),
         tokenizer: prompt::Tokenizer::new()?,

@@ -43,6 +43,10 @@ pub(crate) struct MediaReader {
     max_bytes: u64,
     /// The transcription provider and model; `None`: no transcription.
     speech: Option<(ProviderSettings, String)>,
+    /// What transcription costs (`speech.prices."<provider>/<model>"`); `None`: unpriced.
+    speech_price: Option<shared::settings::MinutePrice>,
+    /// `speech.provider`'s name (the cost metrics' label).
+    speech_provider: String,
     secrets: SecretBox,
 }
 
@@ -74,6 +78,9 @@ struct MediaInfo {
 #[derive(Deserialize)]
 struct Transcription {
     text: String,
+    /// Seconds of audio (`verbose_json`), what transcription is priced by.
+    #[serde(default)]
+    duration: Option<f64>,
 }
 
 impl MediaReader {
@@ -83,6 +90,11 @@ impl MediaReader {
             .providers
             .get(&settings.speech.provider)
             .map(|p| (p.clone(), settings.speech.model.clone()));
+        let speech_price = settings
+            .speech
+            .prices
+            .get(&format!("{}/{}", settings.speech.provider, settings.speech.model))
+            .cloned();
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -97,38 +109,69 @@ impl MediaReader {
             media_host: settings.whatsapp.media_host.clone(),
             max_bytes: settings.whatsapp.max_media_bytes,
             speech,
+            speech_price,
+            speech_provider: settings.speech.provider.clone(),
             secrets: SecretBox::new(&settings.security.encryption_ring()),
         })
     }
 
     /// The text stored for the message of `env`: a WhatsApp voice note's transcript
     /// (when the tenant has `transcribe_audio` and a transcription provider is set),
-    /// else what the message always reads as.
-    pub(crate) async fn stored_text(&self, db: &Db, env: &Envelope, transcribe: bool) -> String {
+    /// else what the message always reads as; and what a transcription cost
+    /// (micro-units; `None`: none made, or unpriced).
+    pub(crate) async fn stored_text(
+        &self,
+        db: &Db,
+        env: &Envelope,
+        transcribe: bool,
+    ) -> (String, Option<u64>) {
         let placeholder = env.message.as_prompt_text();
         let Some(media_id) = transcribable(env) else {
-            return placeholder;
+            return (placeholder, None);
         };
         if !transcribe {
-            return placeholder;
+            return (placeholder, None);
         }
         let Some((provider, model)) = &self.speech else {
-            return placeholder;
+            return (placeholder, None);
         };
         let read = async {
             let (bytes, mime) = self.fetch(db, env, media_id).await?;
             self.transcribe(provider, model, bytes, &mime).await
         };
         match read.await {
-            Ok(text) if !text.trim().is_empty() => format!("{VOICE_NOTE} {}", text.trim()),
-            Ok(_) => {
-                tracing::info!(client_id = %env.client_id, "the voice note had no words");
-                placeholder
+            Ok(heard) => {
+                let cost = self.transcription_cost(&heard);
+                if heard.text.trim().is_empty() {
+                    tracing::info!(client_id = %env.client_id, "the voice note had no words");
+                    return (placeholder, cost);
+                }
+                (format!("{VOICE_NOTE} {}", heard.text.trim()), cost)
             }
             Err(unread) => {
                 metrics::counter!(shared::metric::MEDIA_UNREAD).increment(1);
                 tracing::warn!(client_id = %env.client_id, reason = unread.reason(), "a voice note was not transcribed");
-                placeholder
+                (placeholder, None)
+            }
+        }
+    }
+
+    /// What a transcription cost (`speech.prices`, by the minutes the provider heard).
+    fn transcription_cost(&self, heard: &Transcription) -> Option<u64> {
+        let (_, model) = self.speech.as_ref()?;
+        let labels = [
+            ("provider", self.speech_provider.clone()),
+            ("model", model.clone()),
+        ];
+        match (&self.speech_price, heard.duration) {
+            (Some(price), Some(seconds)) => {
+                let cost = price.cost_micros(seconds);
+                metrics::counter!(shared::metric::LLM_COST_MICROS, &labels).increment(cost);
+                Some(cost)
+            }
+            _ => {
+                metrics::counter!(shared::metric::LLM_UNPRICED_CALLS, &labels).increment(1);
+                None
             }
         }
     }
@@ -282,7 +325,7 @@ impl MediaReader {
         model: &str,
         bytes: Vec<u8>,
         mime: &str,
-    ) -> Result<String, Unread> {
+    ) -> Result<Transcription, Unread> {
         let url = format!(
             "{}/v1/audio/transcriptions",
             provider.base_url.trim_end_matches('/')
@@ -300,6 +343,7 @@ impl MediaReader {
                 .map_err(|e| Unread::Permanent(format!("unusable media type {mime:?}: {e}")))?;
             let form = reqwest::multipart::Form::new()
                 .text("model", model.to_owned())
+                .text("response_format", "verbose_json")
                 .part("file", file);
             let mut request = self
                 .http
@@ -320,7 +364,6 @@ impl MediaReader {
             response
                 .json::<Transcription>()
                 .await
-                .map(|t| t.text)
                 .map_err(|e| Unread::Permanent(format!("unreadable transcription: {e}")))
         })
         .retry(backoff())

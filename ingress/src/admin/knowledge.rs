@@ -17,7 +17,7 @@ use shared::db::Registered;
 use super::resolve;
 use crate::AppState;
 use crate::error::{ApiError, Result};
-use crate::wire::{KnowledgeDocumentOut, UsageDayOut};
+use crate::wire::{KnowledgeDocumentOut, UsageDayOut, UsageMonthOut, UsageOut, UsageTotalOut};
 
 /// Largest document accepted.
 const MAX_DOCUMENT_BYTES: usize = 5 * 1024 * 1024;
@@ -108,9 +108,28 @@ pub(crate) async fn create(
         }
         Registered::New(new) => new,
     };
+    // The tenant's own key for the embeddings provider, if it brought one.
+    let own = state
+        .db()
+        .tenant(client.id)
+        .llm_credentials()
+        .list()
+        .await?
+        .into_iter()
+        .find(|c| c.provider == state.knowledge().provider());
+    let own_key = own
+        .as_ref()
+        .map(|c| state.secrets().open_llm_key(client.id, &c.provider, &c.key_sealed))
+        .transpose()?;
+    let own = own.as_ref().zip(own_key.as_deref()).map(|(c, api_key)| {
+        shared::knowledge::OwnKey {
+            api_key,
+            base_url: c.base_url.as_deref(),
+        }
+    });
     match state
         .knowledge()
-        .ingest(client.id, document_id, title, &req.content)
+        .ingest(client.id, document_id, title, &req.content, own)
         .await
     {
         Ok(chunks) => {
@@ -207,16 +226,18 @@ pub(crate) struct UsageRange {
     to: Option<NaiveDate>,
 }
 
-/// Messages answered, tokens spent and tool calls made per day (UTC).
+/// Messages answered, tokens spent, tool calls made and cost per day (of the client's
+/// timezone), their total, and the client's month against its budget.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/usage", params(("id" = String, Path, description = "client id or slug"), UsageRange),
-    security(("admin_token" = [])), responses((status = 200, body = Vec<UsageDayOut>)))]
+    security(("admin_token" = [])), responses((status = 200, body = UsageOut)))]
 pub(crate) async fn usage(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(range): Query<UsageRange>,
-) -> Result<Json<Vec<UsageDayOut>>> {
+) -> Result<Json<UsageOut>> {
     let client = resolve(&state, &id).await?;
-    let to = range.to.unwrap_or_else(|| chrono::Utc::now().date_naive());
+    let period = shared::cache::SpendPeriod::at(&client.timezone, chrono::Utc::now());
+    let to = range.to.unwrap_or(period.day);
     let from = range.from.unwrap_or(to - chrono::Duration::days(30));
     if from > to {
         return Err(ApiError::new(
@@ -225,6 +246,33 @@ pub(crate) async fn usage(
             "from must not be after to",
         ));
     }
-    let days = state.db().tenant(client.id).usage().days(from, to).await?;
-    Ok(Json(days.into_iter().map(Into::into).collect()))
+    let usage = state.db().tenant(client.id).usage();
+    let days: Vec<UsageDayOut> = usage
+        .days(from, to)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let (month_micros, _) = usage.spent(period.month_first, period.month_last).await?;
+    let budget = state
+        .db()
+        .tenant(client.id)
+        .configs()
+        .get()
+        .await?
+        .map(|c| c.budget)
+        .unwrap_or_default();
+    Ok(Json(UsageOut {
+        currency: state.currency().map(str::to_owned),
+        total: UsageTotalOut::of(&days),
+        days,
+        month: UsageMonthOut {
+            month: period.month,
+            spent: month_micros as f64 / 1e6,
+            budget_monthly: budget.monthly,
+            over_budget: budget
+                .monthly_micros()
+                .is_some_and(|b| month_micros >= b),
+        },
+    }))
 }

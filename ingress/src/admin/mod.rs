@@ -14,6 +14,7 @@ pub(crate) mod config;
 pub(crate) mod conversations;
 pub(crate) mod credentials;
 pub(crate) mod knowledge;
+pub(crate) mod llm_credentials;
 pub(crate) mod tools;
 pub(crate) mod webhooks;
 
@@ -41,6 +42,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .merge(credentials::routes())
         .merge(conversations::routes())
         .merge(knowledge::routes())
+        .merge(llm_credentials::routes())
         .merge(tools::routes())
         .merge(webhooks::routes())
         .merge(audit::routes())

@@ -111,6 +111,67 @@ fn tone<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PersonaTone, D::Er
         })
 }
 
+/// What a tenant's turns do once its month's budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BudgetAction {
+    /// The tenant's `fallback_model` answers.
+    FallbackModel,
+    /// The user gets the `fallback_message`, without an LLM call.
+    FallbackMessage,
+    /// The conversation goes to a human.
+    Handoff,
+    /// Only the `budget.exceeded` event.
+    None,
+}
+
+impl From<db::BudgetAction> for BudgetAction {
+    fn from(a: db::BudgetAction) -> Self {
+        match a {
+            db::BudgetAction::FallbackModel => Self::FallbackModel,
+            db::BudgetAction::FallbackMessage => Self::FallbackMessage,
+            db::BudgetAction::Handoff => Self::Handoff,
+            db::BudgetAction::None => Self::None,
+        }
+    }
+}
+
+impl From<BudgetAction> for db::BudgetAction {
+    fn from(a: BudgetAction) -> Self {
+        match a {
+            BudgetAction::FallbackModel => Self::FallbackModel,
+            BudgetAction::FallbackMessage => Self::FallbackMessage,
+            BudgetAction::Handoff => Self::Handoff,
+            BudgetAction::None => Self::None,
+        }
+    }
+}
+
+/// A `budget_action`, refused with a message that names the field and the actions.
+fn budget_action<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BudgetAction, D::Error> {
+    let word = String::deserialize(deserializer)?;
+    word.parse::<db::BudgetAction>().map(Into::into).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "budget_action must be one of fallback_model, fallback_message, handoff, none, got {word:?}"
+        ))
+    })
+}
+
+/// [`budget_action`] for a field that may be left out.
+fn some_budget_action<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BudgetAction>, D::Error> {
+    budget_action(deserializer).map(Some)
+}
+
+fn default_warning_pct() -> u8 {
+    80
+}
+
+fn default_budget_action() -> BudgetAction {
+    BudgetAction::None
+}
+
 /// [`tone`] for a field that may be left out.
 fn some_tone<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PersonaTone>, D::Error> {
     tone(deserializer).map(Some)
@@ -182,6 +243,16 @@ pub(crate) struct ConfigOut {
     pub llm_vision: bool,
     /// What the bot is told when a file the user sent could not be read.
     pub media_fallback_message: String,
+    /// The month's budget in the prices' currency (null: none); the month follows the
+    /// client's timezone.
+    pub budget_monthly: Option<f64>,
+    /// `budget.warning` once the month's spending reaches this share (default 80).
+    pub budget_warning_pct: u8,
+    /// What happens once the month's budget is spent (default none).
+    pub budget_action: BudgetAction,
+    /// When the client's own LLM key is refused, the platform's key answers instead
+    /// (default false: the fallback message, with the reason recorded).
+    pub fallback_to_platform_key: bool,
 }
 
 impl From<ClientConfig> for ConfigOut {
@@ -208,6 +279,10 @@ impl From<ClientConfig> for ConfigOut {
             transcribe_audio: c.transcribe_audio,
             llm_vision: c.llm_vision,
             media_fallback_message: c.media_fallback_message,
+            budget_monthly: c.budget.monthly,
+            budget_warning_pct: c.budget.warning_pct,
+            budget_action: c.budget.action.into(),
+            fallback_to_platform_key: c.fallback_to_platform_key,
         }
     }
 }
@@ -252,6 +327,18 @@ pub(crate) struct ConfigIn {
     /// Default: a request to say the file could not be opened.
     #[serde(default = "default_media_fallback_message")]
     pub media_fallback_message: String,
+    /// Default null: no budget.
+    #[serde(default)]
+    pub budget_monthly: Option<f64>,
+    /// Default 80.
+    #[serde(default = "default_warning_pct")]
+    pub budget_warning_pct: u8,
+    /// Default none.
+    #[serde(default = "default_budget_action", deserialize_with = "budget_action")]
+    pub budget_action: BudgetAction,
+    /// Default false.
+    #[serde(default)]
+    pub fallback_to_platform_key: bool,
 }
 
 impl From<ConfigIn> for ConfigUpdate {
@@ -277,6 +364,12 @@ impl From<ConfigIn> for ConfigUpdate {
             transcribe_audio: c.transcribe_audio,
             llm_vision: c.llm_vision,
             media_fallback_message: c.media_fallback_message,
+            budget: db::BudgetPolicy {
+                monthly: c.budget_monthly,
+                warning_pct: c.budget_warning_pct,
+                action: c.budget_action.into(),
+            },
+            fallback_to_platform_key: c.fallback_to_platform_key,
         }
     }
 }
@@ -315,6 +408,13 @@ pub(crate) struct ConfigPatch {
     pub transcribe_audio: Option<bool>,
     pub llm_vision: Option<bool>,
     pub media_fallback_message: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>)]
+    pub budget_monthly: Option<Option<f64>>,
+    pub budget_warning_pct: Option<u8>,
+    #[serde(default, deserialize_with = "some_budget_action")]
+    pub budget_action: Option<BudgetAction>,
+    pub fallback_to_platform_key: Option<bool>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
@@ -346,6 +446,15 @@ impl ConfigPatch {
         if let Some(template) = self.whatsapp_reengagement_template {
             current.whatsapp_reengagement_template = template.map(Into::into);
         }
+        if let Some(budget) = self.budget_monthly {
+            current.budget.monthly = budget;
+        }
+        if let Some(pct) = self.budget_warning_pct {
+            current.budget.warning_pct = pct;
+        }
+        if let Some(action) = self.budget_action {
+            current.budget.action = action.into();
+        }
         set!(
             persona_name,
             persona_language,
@@ -363,7 +472,8 @@ impl ConfigPatch {
             whatsapp_typing_indicator,
             transcribe_audio,
             llm_vision,
-            media_fallback_message
+            media_fallback_message,
+            fallback_to_platform_key
         );
         current
     }
@@ -456,7 +566,31 @@ mod tests {
             transcribe_audio: true,
             llm_vision: false,
             media_fallback_message: "Say the file could not be opened.".into(),
+            budget: db::BudgetPolicy::default(),
+            fallback_to_platform_key: false,
         }
+    }
+
+    #[test]
+    fn an_unknown_budget_action_names_the_field_and_the_actions() {
+        let refused = serde_json::from_str::<ConfigPatch>(r#"{ "budget_action": "pray" }"#)
+            .expect_err("pray");
+        let message = refused.to_string();
+        assert!(
+            message.contains("budget_action must be one of fallback_model")
+                && message.contains("\"pray\""),
+            "{message}"
+        );
+        let patch: ConfigPatch = serde_json::from_str(
+            r#"{ "budget_monthly": 12.5, "budget_action": "handoff" }"#,
+        )
+        .expect("patch");
+        let patched = patch.apply(current());
+        assert_eq!(patched.budget.monthly, Some(12.5));
+        assert_eq!(patched.budget.action, db::BudgetAction::Handoff);
+        let cleared: ConfigPatch =
+            serde_json::from_str(r#"{ "budget_monthly": null }"#).expect("patch");
+        assert_eq!(cleared.apply(patched).budget.monthly, None);
     }
 
     /// Left out keeps, given changes, `null` clears an optional field.

@@ -57,6 +57,25 @@ pub(crate) struct MessageOut {
     /// The choices a reply offers the user (`offer_choices`); absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+    /// For a reply the model wrote: the provider and model that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm_provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm_model: Option<String>,
+    /// `tenant` (the client's own key) or `platform`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "platform")]
+    pub key_owner: Option<&'static str>,
+    /// What the turn's LLM calls cost, in the prices' currency; null with `unpriced`
+    /// true when a model had no price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unpriced: bool,
+    /// Why a fallback answered instead of the client's model (`budget_exceeded`,
+    /// `llm.credentials_failed: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -78,6 +97,12 @@ impl From<StoredMessage> for MessageOut {
             channel_message_id: m.channel_message_id,
             answered_by: m.answered_by,
             choices: m.choices,
+            llm_provider: m.accounting.provider,
+            llm_model: m.accounting.model,
+            key_owner: m.accounting.key_owner.map(|k| k.as_str()),
+            cost: m.accounting.cost_micros.map(|c| c as f64 / 1e6),
+            unpriced: m.accounting.unpriced,
+            fallback_reason: m.accounting.fallback_reason,
             created_at: m.created_at,
         }
     }

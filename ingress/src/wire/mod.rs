@@ -12,12 +12,14 @@ mod tools;
 mod webhooks;
 
 pub(crate) use config::{
-    AgentModeIn, AgentModeOut, BuiltinTool, ConfigIn, ConfigOut, ConfigPatch, ModePatchIn,
+    AgentModeIn, AgentModeOut, BudgetAction, BuiltinTool, ConfigIn, ConfigOut, ConfigPatch,
+    ModePatchIn,
     PersonaTone, TemplateRef,
 };
 pub(crate) use messages::{MessageOut, MessageRole, PolledMessage, PolledMessages};
 pub(crate) use records::{
-    ApiKeyOut, ChannelAccountOut, ConversationOut, KnowledgeDocumentOut, UsageDayOut,
+    ApiKeyOut, ChannelAccountOut, ConversationOut, KnowledgeDocumentOut, UsageDayOut, UsageMonthOut,
+    UsageOut, UsageTotalOut,
 };
 pub(crate) use tenants::{ClientOut, ClientPatchIn, ClientStatus, Plan};
 pub(crate) use tools::{ToolAuthIn, ToolCallOut, ToolIn, ToolMethod, ToolOut, ToolPatchIn};

@@ -128,6 +128,11 @@ pub(crate) struct UsageDayOut {
     pub completion_tokens: u64,
     /// Tool calls the tenant's turns made.
     pub tool_calls: u64,
+    /// What the day's priced LLM calls and transcriptions cost, in `currency`.
+    pub cost: f64,
+    /// Replies whose model had no price: their cost is unknown, not zero (`cost` leaves
+    /// them out).
+    pub unpriced_replies: u64,
 }
 
 impl From<UsageDay> for UsageDayOut {
@@ -138,6 +143,63 @@ impl From<UsageDay> for UsageDayOut {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             tool_calls: u.tool_calls,
+            cost: u.cost_micros as f64 / 1e6,
+            unpriced_replies: u.unpriced_replies,
         }
     }
+}
+
+/// A tenant's usage over a range of its days, and its month against its budget.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct UsageOut {
+    /// The currency of every cost (null: the platform prices nothing).
+    #[schema(example = "USD")]
+    pub currency: Option<String>,
+    /// Days with traffic, ascending (days of the client's timezone; before budgets
+    /// existed, of UTC).
+    pub days: Vec<UsageDayOut>,
+    /// The days summed.
+    pub total: UsageTotalOut,
+    /// The client's current month.
+    pub month: UsageMonthOut,
+}
+
+/// Days of usage summed.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub(crate) struct UsageTotalOut {
+    pub messages: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub tool_calls: u64,
+    pub cost: f64,
+    pub unpriced_replies: u64,
+}
+
+impl UsageTotalOut {
+    pub fn of(days: &[UsageDayOut]) -> Self {
+        let mut total = Self::default();
+        let mut micros = 0u64;
+        for d in days {
+            total.messages += d.messages;
+            total.prompt_tokens += d.prompt_tokens;
+            total.completion_tokens += d.completion_tokens;
+            total.tool_calls += d.tool_calls;
+            total.unpriced_replies += d.unpriced_replies;
+            micros += (d.cost * 1e6).round() as u64;
+        }
+        total.cost = micros as f64 / 1e6;
+        total
+    }
+}
+
+/// The client's month (its timezone) against its budget.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct UsageMonthOut {
+    #[schema(example = "2026-12")]
+    pub month: String,
+    /// What the month cost so far, in `currency`.
+    pub spent: f64,
+    pub budget_monthly: Option<f64>,
+    /// The month's spending reached the budget: `budget_action` applies.
+    pub over_budget: bool,
 }

@@ -30,7 +30,8 @@ pub struct UsageDay {
 }
 
 impl UsageDay {
-    fn empty(day: NaiveDate) -> Self {
+    /// A day without traffic (a start for sums).
+    pub fn empty(day: NaiveDate) -> Self {
         Self {
             day,
             messages: 0,

@@ -17,6 +17,21 @@ pub struct Embedder {
     model: String,
 }
 
+/// A tenant's own key for the embeddings provider (and its own base URL, if it set one).
+#[derive(Clone, Copy)]
+pub struct OwnKey<'a> {
+    pub api_key: &'a str,
+    pub base_url: Option<&'a str>,
+}
+
+impl std::fmt::Debug for OwnKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnKey")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Deserialize)]
 struct OllamaEmbed {
     embeddings: Vec<Vec<f32>>,
@@ -44,17 +59,26 @@ impl Embedder {
         }
     }
 
-    /// One vector per text, in order. Any failure is [`Error::Embedding`].
-    pub async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+    /// One vector per text, in order, with the tenant's own key when it has one. Any
+    /// failure is [`Error::Embedding`].
+    pub async fn embed(&self, texts: &[String], own: Option<OwnKey<'_>>) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(texts.len());
         for batch in texts.chunks(BATCH) {
-            out.extend(self.embed_batch(batch).await?);
+            out.extend(self.embed_batch(batch, own).await?);
         }
         Ok(out)
     }
 
-    async fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let base = self.provider.base_url.trim_end_matches('/');
+    async fn embed_batch(
+        &self,
+        texts: &[String],
+        own: Option<OwnKey<'_>>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let base = own
+            .and_then(|k| k.base_url)
+            .unwrap_or(&self.provider.base_url)
+            .trim_end_matches('/');
+        let api_key = own.map_or(self.provider.api_key.expose().as_str(), |k| k.api_key);
         let (url, body) = match self.provider.kind {
             ProviderKind::Ollama => (
                 format!("{base}/api/embed"),
@@ -66,8 +90,8 @@ impl Embedder {
             ),
         };
         let mut request = self.http.post(url).json(&body);
-        if !self.provider.api_key.expose().is_empty() {
-            request = request.bearer_auth(self.provider.api_key.expose());
+        if !api_key.is_empty() {
+            request = request.bearer_auth(api_key);
         }
         let response = request
             .send()

@@ -12,7 +12,7 @@ mod chunk;
 mod embed;
 
 pub use chunk::chunks;
-pub use embed::Embedder;
+pub use embed::{Embedder, OwnKey};
 
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
@@ -28,6 +28,8 @@ pub fn collection_name(prefix: &str, client_id: ClientId) -> String {
 pub struct Knowledge {
     chroma: chroma::Chroma,
     embedder: Embedder,
+    /// `embeddings.provider`: a tenant's own key for it embeds the tenant's knowledge.
+    provider: String,
     prefix: String,
     chunk_chars: usize,
     chunk_overlap: usize,
@@ -48,10 +50,16 @@ impl Knowledge {
         Ok(Self {
             chroma: chroma::Chroma::new(&vector.url, vector.timeout, vector.token.expose()),
             embedder: Embedder::new(provider, &embeddings.model),
+            provider: embeddings.provider.clone(),
             prefix: vector.prefix.clone(),
             chunk_chars: vector.chunk_chars,
             chunk_overlap: vector.chunk_overlap,
         })
+    }
+
+    /// The provider embeddings are made with (`embeddings.provider`).
+    pub fn provider(&self) -> &str {
+        &self.provider
     }
 
     fn collection(&self, client_id: ClientId) -> String {
@@ -66,12 +74,13 @@ impl Knowledge {
         document_id: u64,
         title: &str,
         content: &str,
+        own: Option<OwnKey<'_>>,
     ) -> Result<usize> {
         let pieces = chunks(content, self.chunk_chars, self.chunk_overlap);
         if pieces.is_empty() {
             return Err(Error::Invalid("the document has no text".into()));
         }
-        let vectors = self.embedder.embed(&pieces).await?;
+        let vectors = self.embedder.embed(&pieces, own).await?;
         let collection = self
             .chroma
             .collection(&self.collection(client_id), client_id)
@@ -103,6 +112,7 @@ impl Knowledge {
         client_id: ClientId,
         query: &str,
         top_k: u32,
+        own: Option<OwnKey<'_>>,
     ) -> Result<Vec<String>> {
         if top_k == 0 {
             return Ok(Vec::new());
@@ -114,7 +124,7 @@ impl Knowledge {
         else {
             return Ok(Vec::new());
         };
-        let vector = self.embedder.embed(&[query.to_owned()]).await?;
+        let vector = self.embedder.embed(&[query.to_owned()], own).await?;
         let Some(vector) = vector.into_iter().next() else {
             return Ok(Vec::new());
         };

@@ -136,6 +136,36 @@ pub struct ChatRequest {
     /// Where a streamed answer's text goes as it arrives (clients watching the
     /// conversation see it being written); `None`: nobody watches.
     pub deltas: Option<DeltaSink>,
+    /// The tenant's own credentials, for the provider that has them (a model routed to
+    /// another provider uses the operator's key).
+    pub credentials: Arc<[TenantKey]>,
+}
+
+/// A tenant's own credentials for one provider, opened for the call.
+#[derive(Clone)]
+pub struct TenantKey {
+    pub provider: String,
+    pub api_key: shared::pii::Secret<String>,
+    /// Replaces the provider's `base_url` (an allowlisted host).
+    pub base_url: Option<String>,
+    /// Sent as `OpenAI-Organization`.
+    pub organization: Option<String>,
+}
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantKey")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where one call goes and with which key.
+pub(crate) struct Endpoint<'a> {
+    pub base_url: &'a str,
+    pub api_key: &'a str,
+    pub organization: Option<&'a str>,
 }
 
 /// Text of an answer as a provider streams it, piece by piece.
@@ -202,6 +232,8 @@ pub enum LlmError {
         last: String,
         /// Whether the failure that opened it may heal by itself (a quota).
         transient: bool,
+        /// Whether it was the tenant's key that was refused.
+        key_refused: bool,
     },
 }
 
@@ -234,6 +266,34 @@ impl LlmError {
             },
             Self::TenantCircuitOpen { .. } => true,
             _ => false,
+        }
+    }
+
+    /// Whether the provider refused the key (401, 403), wants paying (402) or says the
+    /// key's quota is spent (a 429 naming quota or billing).
+    pub fn is_key_refused(&self) -> bool {
+        match self {
+            Self::Status { status, body, .. } => match status {
+                401 | 402 | 403 => true,
+                429 => {
+                    let body = body.to_ascii_lowercase();
+                    body.contains("quota") || body.contains("billing")
+                }
+                _ => false,
+            },
+            Self::TenantCircuitOpen { key_refused, .. } => *key_refused,
+            _ => false,
+        }
+    }
+
+    /// The error as it may be logged, recorded or told: a refused key's answer is left
+    /// out (providers quote the key they refused, if partly masked).
+    pub fn described(&self) -> String {
+        match self {
+            Self::Status { status, .. } if self.is_key_refused() => {
+                format!("LLM provider answered {status}: the key was refused or its quota is spent")
+            }
+            _ => self.to_string(),
         }
     }
 
@@ -325,6 +385,7 @@ impl Provider {
                     model: model.to_owned(),
                     last: b.last.clone(),
                     transient: b.transient,
+                    key_refused: b.key_refused,
                 })
             }
             _ => Ok(()),
@@ -342,9 +403,11 @@ impl Provider {
                 breaker: breaker::Breaker::new(self.breaker_failures, self.breaker_cooldown),
                 last: String::new(),
                 transient: false,
+                key_refused: false,
             });
-        b.last = error.to_string();
+        b.last = error.described();
         b.transient = error.is_transient();
+        b.key_refused = error.is_key_refused();
         b.breaker.failed(std::time::Instant::now())
     }
 
@@ -362,12 +425,16 @@ struct TenantBreaker {
     breaker: breaker::Breaker,
     last: String,
     transient: bool,
+    key_refused: bool,
 }
 
 /// All configured providers, sharing one HTTP client.
 #[derive(Clone)]
 pub struct LlmClient {
     http: reqwest::Client,
+    /// For tenants' own base URLs: addresses checked after DNS (the SSRF rules of
+    /// tools), no redirects.
+    tenant_http: reqwest::Client,
     providers: Arc<BTreeMap<String, Provider>>,
     default_provider: String,
     /// Largest response body read (`llm.max_response_bytes`).
@@ -412,10 +479,18 @@ impl LlmClient {
                 .tcp_nodelay(true)
                 .build()
                 .unwrap_or_default(),
+            tenant_http: guarded_client(Vec::new()),
             providers: Arc::new(providers),
             default_provider: settings.default_provider.clone(),
             max_response_bytes: settings.max_response_bytes,
         }
+    }
+
+    /// Lets tenants' own base URLs reach these private networks after all (the
+    /// networks tools may reach, `tools.allowed_private_networks`).
+    pub fn with_tenant_networks(mut self, allowed: Vec<ipnet::IpNet>) -> Self {
+        self.tenant_http = guarded_client(allowed);
+        self
     }
 
     /// Splits a tenant's `llm_model` into (provider name, model name).
@@ -428,30 +503,59 @@ impl LlmClient {
         (self.default_provider.as_str(), llm_model)
     }
 
-    /// Sends one chat request to the provider its `model` selects. Borrowed: a caller
-    /// that falls back to another model sends the same messages again, uncopied.
+    /// The tenant's own credentials `request` uses for `provider`, if it has them.
+    pub fn tenant_key<'r>(request: &'r ChatRequest, provider: &str) -> Option<&'r TenantKey> {
+        request.credentials.iter().find(|k| k.provider == provider)
+    }
+
+    /// Sends one chat request to the provider its `model` selects, with the tenant's own
+    /// key for that provider if it has one. Borrowed: a caller that falls back to another
+    /// model sends the same messages again, uncopied.
+    ///
+    /// A tenant's failures count against its own breaker, never the provider's: its
+    /// key refused (401/402/403, quota), its model unknown, and — when its credentials
+    /// point at a base URL of its own — every failure, since that server is the tenant's.
     pub async fn chat(&self, request: &ChatRequest) -> Result<Completion, LlmError> {
         let (name, model) = self.route(&request.model);
         let provider = self
             .providers
             .get(name)
             .ok_or_else(|| LlmError::Unreachable(format!("no provider named {name:?}")))?;
+        let own = Self::tenant_key(request, name);
+        let own_server = own.is_some_and(|k| k.base_url.is_some());
         provider.admit_tenant(request.tenant, model)?;
-        if !provider.breaker.admit(std::time::Instant::now()) {
+        if !own_server && !provider.breaker.admit(std::time::Instant::now()) {
             return Err(LlmError::CircuitOpen(name.to_owned()));
         }
+        let endpoint = match own {
+            Some(key) => Endpoint {
+                base_url: key.base_url.as_deref().unwrap_or(&provider.settings.base_url),
+                api_key: key.api_key.expose(),
+                organization: key.organization.as_deref(),
+            },
+            None => Endpoint {
+                base_url: &provider.settings.base_url,
+                api_key: provider.settings.api_key.expose(),
+                organization: None,
+            },
+        };
         let _slot = provider.slot(name, request.tenant, request.weight).await;
         let timeout = provider.settings.timeout;
         let started = std::time::Instant::now();
+        let stream = provider.settings.stream;
+        let http = if own_server {
+            &self.tenant_http
+        } else {
+            &self.http
+        };
         let call = async {
+            let limit = self.max_response_bytes;
             match provider.settings.kind {
                 ProviderKind::Ollama => {
-                    let limit = self.max_response_bytes;
-                    ollama::chat(&self.http, &provider.settings, model, request, limit).await
+                    ollama::chat(http, &endpoint, stream, model, request, limit).await
                 }
                 ProviderKind::Openai => {
-                    let limit = self.max_response_bytes;
-                    openai::chat(&self.http, &provider.settings, model, request, limit).await
+                    openai::chat(http, &endpoint, stream, model, request, limit).await
                 }
             }
         };
@@ -473,7 +577,7 @@ impl LlmClient {
                         .increment(u64::from(tokens.unwrap_or(0)));
                 }
             }
-            Err(e) if e.is_tenants_own() => {
+            Err(e) if e.is_tenants_own() || own_server => {
                 metrics::counter!(metric::LLM_ERRORS, "provider" => name.to_owned(), "kind" => e.kind())
                     .increment(1);
                 if provider.tenant_failed(request.tenant, model, e) {
@@ -481,7 +585,7 @@ impl LlmClient {
                         provider = name,
                         client_id = %request.tenant,
                         model,
-                        error = %e,
+                        error = e.described(),
                         "the tenant's own calls to the model keep failing; its breaker opened"
                     );
                     metrics::counter!(metric::LLM_TENANT_BREAKER_OPENED, "provider" => name.to_owned())
@@ -504,6 +608,20 @@ impl LlmClient {
         }
         outcome
     }
+}
+
+/// The client for tenants' own base URLs: every address checked after DNS, no redirects,
+/// no proxy.
+fn guarded_client(allowed: Vec<ipnet::IpNet>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(shared::net::GuardedResolver {
+            allowed: Arc::new(allowed),
+        }))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_default()
 }
 
 /// Maps a transport error.

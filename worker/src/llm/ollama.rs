@@ -6,9 +6,9 @@
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use shared::settings::ProviderSettings;
 
 use super::{
+    Endpoint,
     ChatMessage, ChatRequest, ChatRole, Completion, LlmError, ToolCall, ToolSpec, body, lines,
     serialize_tools, status_error, transport_error,
 };
@@ -138,7 +138,8 @@ struct ChatChunk {
 /// provider prefix) with `request`'s messages and settings.
 pub(super) async fn chat(
     http: &reqwest::Client,
-    provider: &ProviderSettings,
+    endpoint: &Endpoint<'_>,
+    stream: bool,
     model: &str,
     request: &ChatRequest,
     limit: usize,
@@ -146,27 +147,27 @@ pub(super) async fn chat(
     let mut call = http
         .post(format!(
             "{}/api/chat",
-            provider.base_url.trim_end_matches('/')
+            endpoint.base_url.trim_end_matches('/')
         ))
         .json(&ChatBody {
             model,
             messages: &request.messages,
             tools: &request.tools,
-            stream: provider.stream,
+            stream: stream,
             options: ChatOptions {
                 temperature: request.temperature,
                 num_ctx: request.num_ctx,
                 num_predict: request.max_output_tokens,
             },
         });
-    if !provider.api_key.expose().is_empty() {
-        call = call.bearer_auth(provider.api_key.expose());
+    if !endpoint.api_key.is_empty() {
+        call = call.bearer_auth(endpoint.api_key);
     }
     let response = call.send().await.map_err(transport_error)?;
     if !response.status().is_success() {
         return Err(status_error(response).await);
     }
-    if !provider.stream {
+    if !stream {
         let chunk: ChatChunk = serde_json::from_slice(&body(response, limit).await?)
             .map_err(|e| LlmError::Malformed(e.to_string()))?;
         return finish(String::new(), Vec::new(), chunk);

@@ -6,9 +6,9 @@
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use shared::settings::ProviderSettings;
 
 use super::{
+    Endpoint,
     ChatMessage, ChatRequest, ChatRole, Completion, LlmError, ToolCall, ToolSpec, body, lines,
     serialize_tools, status_error, transport_error,
 };
@@ -199,7 +199,8 @@ struct Response {
 /// provider prefix) with `request`'s messages and settings.
 pub(super) async fn chat(
     http: &reqwest::Client,
-    provider: &ProviderSettings,
+    endpoint: &Endpoint<'_>,
+    stream: bool,
     model: &str,
     request: &ChatRequest,
     limit: usize,
@@ -207,7 +208,7 @@ pub(super) async fn chat(
     let mut call = http
         .post(format!(
             "{}/v1/chat/completions",
-            provider.base_url.trim_end_matches('/')
+            endpoint.base_url.trim_end_matches('/')
         ))
         .json(&ChatBody {
             model,
@@ -215,19 +216,22 @@ pub(super) async fn chat(
             tools: &request.tools,
             temperature: request.temperature,
             max_tokens: request.max_output_tokens,
-            stream: provider.stream,
-            stream_options: provider.stream.then_some(StreamOptions {
+            stream: stream,
+            stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
         });
-    if !provider.api_key.expose().is_empty() {
-        call = call.bearer_auth(provider.api_key.expose());
+    if !endpoint.api_key.is_empty() {
+        call = call.bearer_auth(endpoint.api_key);
+    }
+    if let Some(organization) = endpoint.organization {
+        call = call.header("OpenAI-Organization", organization);
     }
     let response = call.send().await.map_err(transport_error)?;
     if !response.status().is_success() {
         return Err(status_error(response).await);
     }
-    if !provider.stream {
+    if !stream {
         let parsed: Response = serde_json::from_slice(&body(response, limit).await?)
             .map_err(|e| LlmError::Malformed(e.to_string()))?;
         let message = parsed

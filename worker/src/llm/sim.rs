@@ -11,9 +11,11 @@
 //! `… | Tool <name> said: <result> | You said: …`.
 //! Embeddings are deterministic too (hashed bag of words, unit length), so retrieval
 //! tests rank by shared words. `/v1/audio/transcriptions` (OpenAI's multipart form:
-//! `file`, `model`) "hears" a file's bytes as UTF-8 text, and answers 503 to a file
+//! `file`, `model`, `response_format`) "hears" a file's bytes as UTF-8 text (with
+//! `verbose_json`, a second of audio per ten bytes as its `duration`), and answers 503 to a file
 //! that starts with `UNAVAILABLE` (a transcription outage). Latency and an error rate are configurable; every chat
-//! request is recorded for tests to inspect.
+//! request is recorded (with the key it presented) for tests to inspect, and keys can be
+//! revoked (answered 401 as OpenAI does).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,6 +78,8 @@ pub struct RecordedChat {
     pub messages: Vec<ChatMessage>,
     /// The names of the tools offered.
     pub tools: Vec<String>,
+    /// The `Authorization: Bearer` key the call presented (empty: none).
+    pub api_key: String,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +89,8 @@ struct Shared {
     unavailable: AtomicBool,
     /// Models that misbehave whatever the error rate.
     faulty_models: Mutex<Vec<(String, ModelFault)>>,
+    /// Keys answered 401, as a provider answers a revoked key.
+    revoked_keys: Mutex<Vec<String>>,
     served: AtomicU64,
     /// Time actually spent waiting out the latency (the timer rounds up), and how often.
     held_micros: AtomicU64,
@@ -195,6 +201,13 @@ impl LlmSim {
     }
 
     /// Holds every request for `model` without answering (a hung model).
+    /// Answers every call presenting `key` 401, quoting the key masked as OpenAI does.
+    pub fn revoke_key(&self, key: &str) {
+        if let Ok(mut keys) = self.shared.revoked_keys.lock() {
+            keys.push(key.to_owned());
+        }
+    }
+
     pub fn hang_model(&self, model: &str) {
         self.fault(model, ModelFault::Hang);
     }
@@ -337,6 +350,37 @@ fn count_tokens(messages: &[ChatMessage]) -> u64 {
         .iter()
         .map(|m| m.content.split_whitespace().count() as u64 + 4)
         .sum()
+}
+
+/// The bearer key of a request (empty: none).
+fn bearer(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A 401 for a revoked key, its body quoting the key partly masked (as OpenAI's does:
+/// whatever reads the body must not pass it on).
+fn refused_key(shared: &Shared, key: &str) -> Option<Response> {
+    let revoked = shared
+        .revoked_keys
+        .lock()
+        .is_ok_and(|keys| keys.iter().any(|k| k == key));
+    revoked.then(|| {
+        let shown: String = key.chars().take(8).collect();
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": {
+                "message": format!("Incorrect API key provided: {shown}****. You can find your API key at https://platform.openai.com/account/api-keys."),
+                "type": "invalid_request_error",
+                "code": "invalid_api_key"
+            } })),
+        )
+            .into_response()
+    })
 }
 
 /// Waits the configured latency; `Err` with a 503 when the request should fail.
@@ -513,7 +557,12 @@ fn words(text: &str) -> Vec<String> {
     text.split_inclusive(' ').map(str::to_owned).collect()
 }
 
-async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn ollama_chat(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let api_key = bearer(&headers);
     let Ok(req) = serde_json::from_slice::<OllamaChatRequest>(&body) else {
         return bad_request("invalid chat request");
     };
@@ -530,8 +579,12 @@ async fn ollama_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
             stream: req.stream,
             messages: messages.clone(),
             tools: tools.clone(),
+            api_key: api_key.clone(),
         },
     );
+    if let Some(refused) = refused_key(&shared, &api_key) {
+        return refused;
+    }
     if let Err(r) = gate(&shared, &req.model).await {
         return r;
     }
@@ -604,7 +657,12 @@ struct OpenAiChatRequest {
     stream_options: Value,
 }
 
-async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn openai_chat(
+    State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let api_key = bearer(&headers);
     let Ok(req) = serde_json::from_slice::<OpenAiChatRequest>(&body) else {
         return bad_request("invalid chat request");
     };
@@ -621,8 +679,12 @@ async fn openai_chat(State(shared): State<Arc<Shared>>, body: axum::body::Bytes)
             stream: req.stream,
             messages: messages.clone(),
             tools: tools.clone(),
+            api_key: api_key.clone(),
         },
     );
+    if let Some(refused) = refused_key(&shared, &api_key) {
+        return refused;
+    }
     if let Err(r) = gate(&shared, &req.model).await {
         return r;
     }
@@ -795,11 +857,14 @@ async fn openai_transcribe(
     mut form: axum::extract::Multipart,
 ) -> Response {
     shared.transcriptions.fetch_add(1, Ordering::SeqCst);
-    let (mut file, mut model) = (None, None);
+    let (mut file, mut model, mut verbose) = (None, None, false);
     while let Ok(Some(field)) = form.next_field().await {
         match field.name() {
             Some("file") => file = field.bytes().await.ok(),
             Some("model") => model = field.text().await.ok(),
+            Some("response_format") => {
+                verbose = field.text().await.is_ok_and(|f| f == "verbose_json");
+            }
             _ => {}
         }
     }
@@ -813,7 +878,14 @@ async fn openai_transcribe(
         )
             .into_response();
     }
-    Json(json!({ "text": String::from_utf8_lossy(&file) })).into_response()
+    let text = String::from_utf8_lossy(&file);
+    if verbose {
+        // A second of speech per ten bytes: durations tests can price.
+        let duration = file.len() as f64 / 10.0;
+        return Json(json!({ "task": "transcribe", "duration": duration, "text": text }))
+            .into_response();
+    }
+    Json(json!({ "text": text })).into_response()
 }
 
 async fn ollama_tags() -> Response {

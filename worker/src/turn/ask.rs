@@ -3,15 +3,26 @@
 //! tenant's fallback model when the primary fails transiently, and the tool loop: while
 //! the model calls tools, their results go back to it ([`tool_loop`](super::tool_loop)),
 //! for at most `tools.max_rounds` rounds; then it is asked once more without tools.
+//!
+//! Each call uses the tenant's own key for its provider when it has one; a refused key
+//! (401/402/403, quota) is the tenant's: `llm.credentials_failed` is emitted and the turn
+//! answers with the tenant's fallback message, the reason recorded, unless the tenant
+//! allowed the platform's key (`fallback_to_platform_key`). Every call is priced
+//! (`llm.prices`); the turn's cost is recorded with its reply.
 
-use shared::db::{ClientConfig, HistoryTurn, TenantConfig};
+use std::sync::Arc;
+
+use shared::db::{HistoryTurn, KeyOwner, ReplyAccounting, TenantConfig};
 use shared::envelope::ReplyKind;
 use shared::ids::{ClientId, ReplyId};
 use shared::metric;
+use shared::webhooks::{EventType, NewEvent};
 
 use crate::Ctx;
 use crate::error::Result;
-use crate::llm::{ChatImage, ChatMessage, ChatRequest, ChatRole, Completion, DeltaPiece};
+use crate::llm::{
+    ChatImage, ChatMessage, ChatRequest, ChatRole, Completion, DeltaPiece, LlmClient, TenantKey,
+};
 use crate::prompt;
 
 use super::live::LiveReply;
@@ -35,6 +46,8 @@ pub(crate) struct Answer {
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
     pub estimated_prompt_tokens: Option<u32>,
+    /// Who answered and what the turn's calls cost.
+    pub accounting: ReplyAccounting,
 }
 
 impl Answer {
@@ -49,8 +62,28 @@ impl Answer {
             prompt_tokens: None,
             completion_tokens: None,
             estimated_prompt_tokens: None,
+            accounting: ReplyAccounting::default(),
         }
     }
+
+    /// The tenant's fallback message, saying why it answered.
+    pub fn fallback(tenant: &TenantConfig, reason: String) -> Self {
+        let mut answer = Self::notice(ReplyKind::Fallback, tenant.config.fallback_message.clone());
+        answer.accounting.fallback_reason = Some(reason);
+        answer
+    }
+
+    /// The LLM tokens the answer spent.
+    pub fn tokens(&self) -> u64 {
+        u64::from(self.prompt_tokens.unwrap_or(0)) + u64::from(self.completion_tokens.unwrap_or(0))
+    }
+}
+
+/// What a call to the tenant's model came to.
+enum Asked {
+    Answered(Completion),
+    /// The tenant's own key was refused and nothing may replace it: the reason.
+    KeyRefused(String),
 }
 
 /// Assembles the prompt (DESIGN.md §8) from the tenant's configuration, its knowledge,
@@ -83,7 +116,15 @@ pub(crate) async fn ask_llm(
             .count(&serde_json::to_string(&tools).unwrap_or_default())
     };
     let budget = budget as usize;
-    let knowledge = retrieve(ctx, client_id, text, config.rag_top_k).await;
+    let credentials = tenant_keys(ctx, tenant);
+    let own = credentials
+        .iter()
+        .find(|k| k.provider == ctx.knowledge.provider())
+        .map(|k| shared::knowledge::OwnKey {
+            api_key: k.api_key.expose(),
+            base_url: k.base_url.as_deref(),
+        });
+    let knowledge = retrieve(ctx, client_id, text, config.rag_top_k, own).await;
     let prompt = prompt::assemble(
         &ctx.tokenizer,
         budget.saturating_sub(tools_tokens),
@@ -132,13 +173,21 @@ pub(crate) async fn ask_llm(
         messages,
         tools,
         deltas: live.map(LiveReply::sink),
+        credentials,
     };
     let mut tool_loop = None;
     let mut spent = Spent::default();
     let mut rounds = 0;
     let completion = loop {
-        let completion = chat(ctx, config, &mut request).await?;
-        spent.add(&completion);
+        let completion = match chat(ctx, tenant, &mut request, &mut spent).await? {
+            Asked::Answered(completion) => completion,
+            Asked::KeyRefused(reason) => {
+                if let Some(sink) = &request.deltas {
+                    let _ = sink.send(DeltaPiece::Restart);
+                }
+                return Ok(spent.onto(Answer::fallback(tenant, reason)));
+            }
+        };
         if completion.tool_calls.is_empty() || request.tools.is_empty() {
             break completion;
         }
@@ -206,28 +255,123 @@ pub(crate) async fn ask_llm(
 
 /// Sends the request to the tenant's model, or to its fallback model when the primary
 /// fails with an outage or the tenant's own model failing (an unknown model name, its
-/// quota); the request keeps asking the model that answered.
-async fn chat(ctx: &Ctx, config: &ClientConfig, request: &mut ChatRequest) -> Result<Completion> {
-    match ctx.llm.chat(request).await {
-        Ok(c) => Ok(c),
-        Err(e)
-            if (e.is_transient() || e.is_tenants_own())
-                && config
-                    .fallback_model
-                    .as_deref()
-                    .is_some_and(|f| f != request.model) =>
-        {
-            let fallback = config.fallback_model.as_deref().unwrap_or_default();
-            tracing::warn!(error = %e, fallback, "primary model failed; asking the fallback model");
-            metrics::counter!(metric::LLM_FALLBACKS).increment(1);
-            fallback.clone_into(&mut request.model);
-            if let Some(sink) = &request.deltas {
-                let _ = sink.send(DeltaPiece::Restart);
-            }
-            Ok(ctx.llm.chat(request).await?)
+/// quota); the request keeps asking the model that answered. What each call cost goes
+/// to `spent`.
+async fn chat(
+    ctx: &Ctx,
+    tenant: &TenantConfig,
+    request: &mut ChatRequest,
+    spent: &mut Spent,
+) -> Result<Asked> {
+    let config = &tenant.config;
+    let e = match ctx.llm.chat(request).await {
+        Ok(c) => {
+            spent.add(ctx, request, &c);
+            return Ok(Asked::Answered(c));
         }
-        Err(e) => Err(e.into()),
+        Err(e) => e,
+    };
+    let (provider, _) = ctx.llm.route(&request.model);
+    let provider = provider.to_owned();
+    if e.is_key_refused() && LlmClient::tenant_key(request, &provider).is_some() {
+        let reason = format!("llm.credentials_failed: {provider}: {}", e.described());
+        Box::pin(credentials_failed(ctx, tenant, &provider, &e)).await?;
+        if !config.fallback_to_platform_key {
+            tracing::warn!(provider, error = e.described(), "the tenant's own key was refused; answering with its fallback message");
+            return Ok(Asked::KeyRefused(reason));
+        }
+        tracing::warn!(provider, error = e.described(), "the tenant's own key was refused; the platform's key answers (fallback_to_platform_key)");
+        request.credentials = request
+            .credentials
+            .iter()
+            .filter(|k| k.provider != provider)
+            .cloned()
+            .collect();
+        spent.reason = Some(format!("{reason}; the platform's key answered"));
+        if let Some(sink) = &request.deltas {
+            let _ = sink.send(DeltaPiece::Restart);
+        }
+        let c = ctx.llm.chat(request).await?;
+        spent.add(ctx, request, &c);
+        return Ok(Asked::Answered(c));
     }
+    let fallback = config.fallback_model.as_deref().filter(|f| *f != request.model);
+    let Some(fallback) = fallback.filter(|_| e.is_transient() || e.is_tenants_own()) else {
+        return Err(e.into());
+    };
+    tracing::warn!(error = e.described(), fallback, "primary model failed; asking the fallback model");
+    metrics::counter!(metric::LLM_FALLBACKS).increment(1);
+    fallback.clone_into(&mut request.model);
+    if let Some(sink) = &request.deltas {
+        let _ = sink.send(DeltaPiece::Restart);
+    }
+    match ctx.llm.chat(request).await {
+        Ok(c) => {
+            spent.add(ctx, request, &c);
+            Ok(Asked::Answered(c))
+        }
+        Err(e) => {
+            let (provider, _) = ctx.llm.route(&request.model);
+            if e.is_key_refused() && LlmClient::tenant_key(request, provider).is_some() {
+                let provider = provider.to_owned();
+                Box::pin(credentials_failed(ctx, tenant, &provider, &e)).await?;
+                return Ok(Asked::KeyRefused(format!(
+                    "llm.credentials_failed: {provider}: {}",
+                    e.described()
+                )));
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The tenant's own keys, opened for this turn's calls (a key that does not open is
+/// left out, and logged: the platform's key is no substitute the tenant asked for, so
+/// its calls to that provider fail as refused).
+fn tenant_keys(ctx: &Ctx, tenant: &TenantConfig) -> Arc<[TenantKey]> {
+    tenant
+        .llm_credentials
+        .iter()
+        .map(|c| {
+            let api_key = ctx
+                .secrets
+                .open_llm_key(tenant.client.id, &c.provider, &c.key_sealed)
+                .unwrap_or_else(|e| {
+                    tracing::error!(provider = c.provider, error = %e, "the tenant's LLM key does not open (encryption key ring?)");
+                    String::new()
+                });
+            TenantKey {
+                provider: c.provider.clone(),
+                api_key: shared::pii::Secret::new(api_key),
+                base_url: c.base_url.clone(),
+                organization: c.organization.clone(),
+            }
+        })
+        .collect()
+}
+
+/// `llm.credentials_failed`: the provider refused the tenant's own key (once per
+/// provider and hour: the event id is made of them, so a failing key does not flood
+/// the tenant's endpoints).
+async fn credentials_failed(
+    ctx: &Ctx,
+    tenant: &TenantConfig,
+    provider: &str,
+    error: &crate::llm::LlmError,
+) -> Result<()> {
+    metrics::counter!(metric::LLM_TENANT_KEY_REFUSED, "provider" => provider.to_owned())
+        .increment(1);
+    let hour = chrono::Utc::now().format("%Y-%m-%dT%H");
+    let status = match error {
+        crate::llm::LlmError::Status { status, .. } => Some(*status),
+        _ => None,
+    };
+    let event = NewEvent::about(EventType::LlmCredentialsFailed, format!("{provider}/{hour}"))
+        .with("provider", provider.to_owned())
+        .with("status", status)
+        .with("error", error.described());
+    ctx.webhooks().emit(tenant.client.id, event).await?;
+    Ok(())
 }
 
 /// A tool's result cut to `tokens` (what is left of the budget), saying so.
@@ -240,21 +384,74 @@ fn fit(ctx: &Ctx, result: String, tokens: usize) -> String {
     format!("{}{note}", ctx.tokenizer.truncate(&result, keep))
 }
 
-/// Tokens a turn's calls to the model spent, over all rounds.
+/// Tokens a turn's calls to the model spent, over all rounds, what they cost, and who
+/// answered last.
 #[derive(Default)]
 struct Spent {
     prompt: Option<u32>,
     completion: Option<u32>,
+    cost_micros: u64,
+    /// A call had no price.
+    unpriced: bool,
+    /// The provider, model and key of the last call that answered.
+    served: Option<(String, String, KeyOwner)>,
+    /// Why another key or model answered.
+    reason: Option<String>,
 }
 
 impl Spent {
-    fn add(&mut self, c: &Completion) {
+    fn add(&mut self, ctx: &Ctx, request: &ChatRequest, c: &Completion) {
         let sum = |a: Option<u32>, b: Option<u32>| match (a, b) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
         };
         self.prompt = sum(self.prompt, c.prompt_tokens);
         self.completion = sum(self.completion, c.completion_tokens);
+        let (provider, model) = ctx.llm.route(&request.model);
+        let labels = [
+            ("provider", provider.to_owned()),
+            ("model", model.to_owned()),
+        ];
+        match ctx.llm_settings.price(provider, model) {
+            Some(price) => {
+                let cost = price.cost_micros(
+                    c.prompt_tokens.unwrap_or(0),
+                    c.completion_tokens.unwrap_or(0),
+                );
+                self.cost_micros = self.cost_micros.saturating_add(cost);
+                metrics::counter!(metric::LLM_COST_MICROS, &labels).increment(cost);
+            }
+            None => {
+                self.unpriced = true;
+                metrics::counter!(metric::LLM_UNPRICED_CALLS, &labels).increment(1);
+            }
+        }
+        let owner = if LlmClient::tenant_key(request, provider).is_some() {
+            KeyOwner::Tenant
+        } else {
+            KeyOwner::Platform
+        };
+        self.served = Some((provider.to_owned(), model.to_owned(), owner));
+    }
+
+    /// What was spent, recorded on `answer`.
+    fn onto(&self, mut answer: Answer) -> Answer {
+        answer.prompt_tokens = self.prompt;
+        answer.completion_tokens = self.completion;
+        let a = &mut answer.accounting;
+        if let Some((provider, model, owner)) = &self.served {
+            a.provider = Some(provider.clone());
+            a.model = Some(model.clone());
+            a.key_owner = Some(*owner);
+        }
+        if self.served.is_some() || self.cost_micros > 0 {
+            a.unpriced = self.unpriced;
+            a.cost_micros = (!self.unpriced).then_some(self.cost_micros);
+        }
+        if a.fallback_reason.is_none() {
+            a.fallback_reason.clone_from(&self.reason);
+        }
+        answer
     }
 
     fn answer(
@@ -264,27 +461,27 @@ impl Spent {
         choices: Vec<String>,
         estimated: u32,
     ) -> Answer {
-        Answer {
-            reply_id: None,
-            kind,
-            text,
-            choices,
-            hand_off: false,
-            prompt_tokens: self.prompt,
-            completion_tokens: self.completion,
-            estimated_prompt_tokens: Some(estimated),
-        }
+        let mut answer = Answer::notice(kind, text);
+        answer.choices = choices;
+        answer.estimated_prompt_tokens = Some(estimated);
+        self.onto(answer)
     }
 }
 
 /// The tenant's `top_k` knowledge chunks for `query`, best first. Retrieval is an
 /// enhancement: when the embeddings provider or ChromaDB fails, the turn goes on
 /// without knowledge (logged and counted) rather than failing.
-async fn retrieve(ctx: &Ctx, client_id: ClientId, query: &str, top_k: u32) -> Vec<String> {
+async fn retrieve(
+    ctx: &Ctx,
+    client_id: ClientId,
+    query: &str,
+    top_k: u32,
+    own: Option<shared::knowledge::OwnKey<'_>>,
+) -> Vec<String> {
     if top_k == 0 {
         return Vec::new();
     }
-    match ctx.knowledge.search(client_id, query, top_k).await {
+    match ctx.knowledge.search(client_id, query, top_k, own).await {
         Ok(chunks) => chunks,
         Err(e) => {
             tracing::warn!(error = %e, "knowledge retrieval failed; answering without it");

@@ -24,7 +24,8 @@ use std::time::Duration;
 use chrono::Utc;
 use shared::cache::ConversationLock;
 use shared::db::{
-    ClosedAs, ConversationMode, HistoryTurn, Pending, PendingTurn, RecordedUser, TenantConfig,
+    BudgetAction, ClosedAs, ConversationMode, HistoryTurn, Pending, PendingTurn, RecordedUser,
+    TenantConfig,
 };
 use shared::envelope::{Envelope, Event, EventKind, ReplyKind};
 use shared::ids::{Channel, ConversationId};
@@ -205,6 +206,7 @@ impl Turn<'_> {
             message_ids: turns.iter().map(|p| p.message_id).collect(),
             envelope_ids: turns.iter().map(|p| p.envelope_id).collect(),
             config_version: self.tenant.config.config_version,
+            period: crate::spend::period(&self.tenant),
         };
         if turns.len() > 1 {
             tracing::info!(
@@ -248,6 +250,43 @@ impl Turn<'_> {
                     metrics::counter!(metric::RATE_LIMITED).increment(1);
                     return Err(TurnError::RateLimited(wait));
                 }
+                let gate = Box::pin(crate::spend::gate(ctx, tenant)).await?;
+                if let Some(wait) = gate.tokens_wait {
+                    tracing::info!("the tenant's tokens for the day are spent; the message waits");
+                    metrics::counter!(metric::RATE_LIMITED).increment(1);
+                    return Err(TurnError::RateLimited(wait));
+                }
+                // The month's budget is spent: the tenant's budget_action.
+                let mut asking = self.tenant.clone();
+                if gate.over_budget {
+                    let action = config.budget.action;
+                    metrics::counter!(metric::BUDGET_ACTIONS, "action" => action.as_str())
+                        .increment(1);
+                    match action {
+                        BudgetAction::FallbackMessage => {
+                            let notice = Answer::fallback(tenant, "budget_exceeded".into());
+                            return reply(ctx, &env, &answering, notice).await.map(drop);
+                        }
+                        BudgetAction::Handoff => {
+                            tracing::info!("the month's budget is spent; handing the conversation to a human");
+                            self.hand_off(&env, last).await?;
+                            let mut notice = Answer::notice(
+                                ReplyKind::HandoffNotice,
+                                config.handoff_message.clone(),
+                            );
+                            notice.accounting.fallback_reason = Some("budget_exceeded".into());
+                            return reply(ctx, &env, &answering, notice).await.map(drop);
+                        }
+                        BudgetAction::FallbackModel => {
+                            if let Some(model) = &config.fallback_model {
+                                let mut cheaper = (*self.tenant).clone();
+                                cheaper.config.llm_model.clone_from(model);
+                                asking = Arc::new(cheaper);
+                            }
+                        }
+                        BudgetAction::None => {}
+                    }
+                }
                 let text = turns
                     .iter()
                     .map(|p| p.text.as_str())
@@ -277,9 +316,9 @@ impl Turn<'_> {
                 // prompt (as its first capability, the last dropped for the budget).
                 let prompted =
                     if image_unread || turns.iter().any(|p| crate::media::unread(&p.text)) {
-                        Arc::new(crate::media::with_fallback_note(tenant))
+                        Arc::new(crate::media::with_fallback_note(&asking))
                     } else {
-                        self.tenant.clone()
+                        asking
                     };
                 let asked = ask_llm(
                     ctx,
@@ -531,7 +570,7 @@ async fn record_envelope(
         // Boxed: a turn's task stays small (see `timed`).
         Box::pin(async {
             if messages.user_message_id(env.id).await?.is_some() {
-                return Ok::<_, TurnError>(env.message.as_prompt_text()); // recorded before
+                return Ok::<_, TurnError>((env.message.as_prompt_text(), None)); // recorded before
             }
             let transcribe = ctx
                 .configs
@@ -542,16 +581,23 @@ async fn record_envelope(
         })
         .await?
     } else {
-        env.message.as_prompt_text()
+        (env.message.as_prompt_text(), None)
     };
-    Ok(messages
+    let (text, transcription_cost) = text;
+    let recorded = messages
         .record_user(
             conversation_id,
             env.id,
             &text,
             env.channel_message_id.as_deref(),
         )
-        .await?)
+        .await?;
+    if let Some(cost) = transcription_cost
+        && let Some(tenant) = ctx.configs.get(env.client_id).await?
+    {
+        Box::pin(crate::spend::count_extra(ctx, &tenant, conversation_id.get(), cost)).await?;
+    }
+    Ok(recorded)
 }
 
 /// Runs one stage of a turn, timing it (see [`observe`]).

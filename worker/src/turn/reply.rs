@@ -4,7 +4,7 @@
 //! before anything new.
 
 use chrono::Utc;
-use shared::cache::MailboxKey;
+use shared::cache::{MailboxKey, SpendPeriod};
 use shared::db::{ClosedAs, NewReply, StoreOutcome, StoredReply};
 use shared::envelope::{Destination, Envelope, Reply, ReplyKind};
 use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId};
@@ -25,6 +25,8 @@ pub(super) struct Answering {
     pub envelope_ids: Vec<EnvelopeId>,
     /// The tenant's configuration the answer was made with.
     pub config_version: u64,
+    /// The tenant's month and day the turn counts on.
+    pub period: SpendPeriod,
 }
 
 /// Stores the answer to the turn's messages (only if they are all still unanswered),
@@ -33,8 +35,10 @@ pub(super) async fn reply(
     ctx: &Ctx,
     env: &Envelope,
     turn: &Answering,
-    answer: Answer,
+    mut answer: Answer,
 ) -> Result<bool> {
+    answer.accounting.day = Some(turn.period.day);
+    let tokens = answer.tokens();
     let mut reply = Reply::answering(
         Destination::of(env, Some(turn.conversation_id)),
         turn.envelope_ids.clone(),
@@ -62,6 +66,7 @@ pub(super) async fn reply(
                 estimated_prompt_tokens: answer.estimated_prompt_tokens,
                 config_version: turn.config_version,
                 choices: answer.choices,
+                accounting: answer.accounting.clone(),
             }),
     )
     .await?;
@@ -78,6 +83,18 @@ pub(super) async fn reply(
             return close_all(ctx, env.client_id, turn, ClosedAs::Ignored)
                 .await
                 .map(|()| false);
+        }
+    }
+    if tokens > 0 || answer.accounting.cost_micros.is_some_and(|c| c > 0) {
+        // The cached configuration: no round trip.
+        if let Some(tenant) = Box::pin(ctx.configs.get(env.client_id)).await? {
+            let counted =
+                crate::spend::count(ctx, &tenant, &turn.period, &answer.accounting, tokens);
+            // The reply is stored and counted in the database; the counters catch up
+            // when rebuilt.
+            if let Err(e) = Box::pin(counted).await {
+                tracing::warn!(error = %e, "could not count the reply's spending in Redis");
+            }
         }
     }
     Box::pin(announce_replied(ctx, &reply)).await?;

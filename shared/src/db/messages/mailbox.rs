@@ -33,6 +33,8 @@ pub struct StoredMessage {
     pub answered_by: Option<u64>,
     /// The choices a reply offers (`offer_choices`); empty: none.
     pub choices: Vec<String>,
+    /// For a reply: who answered, what it cost, why a fallback answered (`day` unset).
+    pub accounting: super::ReplyAccounting,
     pub created_at: DateTime<Utc>,
 }
 
@@ -60,7 +62,8 @@ impl Messages<'_> {
         let rows = guard::query(
             "SELECT id, envelope_id, role, content, state, reply_kind, prompt_tokens, \
              completion_tokens, estimated_prompt_tokens, config_version, seq, delivery_status, \
-             channel_message_id, reply_message_id, choices, created_at FROM messages \
+             channel_message_id, reply_message_id, choices, llm_provider, llm_model, \
+             key_owner, cost_micros, fallback_reason, created_at FROM messages \
              WHERE client_id = ? AND conversation_id = ? \
              ORDER BY id DESC LIMIT ?",
         )?
@@ -88,6 +91,19 @@ impl Messages<'_> {
                     delivery_status: r.try_get("delivery_status")?,
                     channel_message_id: r.try_get("channel_message_id")?,
                     choices: choices(r)?,
+                    accounting: {
+                        let provider: Option<String> = r.try_get("llm_provider")?;
+                        let cost_micros: Option<u64> = r.try_get("cost_micros")?;
+                        super::ReplyAccounting {
+                            day: None,
+                            unpriced: provider.is_some() && cost_micros.is_none(),
+                            provider,
+                            model: r.try_get("llm_model")?,
+                            key_owner: r.try_get("key_owner")?,
+                            cost_micros,
+                            fallback_reason: r.try_get("fallback_reason")?,
+                        }
+                    },
                     created_at: r.try_get("created_at")?,
                 })
             })
