@@ -45,9 +45,12 @@ fn tenant() -> TenantConfig {
             transcribe_audio: true,
             llm_vision: false,
             media_fallback_message: "Say the file could not be opened.".into(),
+            budget: shared::db::BudgetPolicy::default(),
+            fallback_to_platform_key: false,
         },
         tools: Vec::new(),
         webhooks: Vec::new(),
+        llm_credentials: Vec::new(),
         modes: (0..4)
             .map(|i| AgentMode {
                 module_key: format!("mode{i}"),

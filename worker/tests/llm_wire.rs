@@ -9,7 +9,7 @@ use shared::pii::Secret;
 use shared::settings::{LlmSettings, ProviderKind, ProviderSettings};
 use tokio_util::sync::CancellationToken;
 use worker::llm::sim::{LlmSim, SimOptions, WireFormat};
-use worker::llm::{ChatMessage, ChatRequest, ChatRole, LlmClient, LlmError, ToolSpec};
+use worker::llm::{ChatMessage, ChatRequest, ChatRole, LlmClient, LlmError, TenantKey, ToolSpec};
 
 fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
     let provider = ProviderSettings {
@@ -33,6 +33,8 @@ fn settings(base_url: &str, kind: ProviderKind, stream: bool) -> LlmSettings {
             ("main".to_owned(), provider.clone()),
             ("other".to_owned(), provider),
         ]),
+        prices: BTreeMap::new(),
+        tenant_base_url_allowlist: Vec::new(),
     }
 }
 
@@ -46,6 +48,7 @@ fn request(model: &str) -> ChatRequest {
         max_output_tokens: 300,
         tools: Vec::new(),
         deltas: None,
+        credentials: std::sync::Arc::from(Vec::new()),
         messages: vec![
             ChatMessage::new(
                 ChatRole::System,
@@ -191,6 +194,78 @@ async fn a_provider_prefix_routes_and_is_stripped() {
     );
     client.chat(&request("other/mistral")).await.expect("chat");
     assert_eq!(sim.requests().pop().expect("recorded").model, "mistral");
+}
+
+/// A tenant's request with its own key for `provider`.
+fn with_key(mut request: ChatRequest, tenant: u64, provider: &str, key: &str) -> ChatRequest {
+    request.tenant = shared::ids::ClientId::new(tenant);
+    request.credentials = std::sync::Arc::from(vec![TenantKey {
+        provider: provider.into(),
+        api_key: Secret::new(key.into()),
+        base_url: None,
+        organization: None,
+    }]);
+    request
+}
+
+#[tokio::test]
+async fn a_tenants_own_key_goes_to_its_provider_only() {
+    for kind in [ProviderKind::Ollama, ProviderKind::Openai] {
+        let sim = sim().await;
+        let mut settings = settings(&sim.base_url(), kind, false);
+        for p in settings.providers.values_mut() {
+            p.api_key = Secret::new("platform-key".into());
+        }
+        let client = LlmClient::new(&settings);
+        client
+            .chat(&with_key(request("m"), 1, "main", "sk-tenant-a"))
+            .await
+            .expect("chat");
+        assert_eq!(sim.requests().pop().expect("recorded").api_key, "sk-tenant-a");
+        // Its key is for "main": a model on "other" goes with the platform's key.
+        client
+            .chat(&with_key(request("other/m"), 1, "main", "sk-tenant-a"))
+            .await
+            .expect("chat");
+        assert_eq!(sim.requests().pop().expect("recorded").api_key, "platform-key");
+        // Another tenant, no key of its own.
+        client.chat(&request("m")).await.expect("chat");
+        assert_eq!(sim.requests().pop().expect("recorded").api_key, "platform-key");
+    }
+}
+
+/// A revoked tenant key is that tenant's failure: its breaker opens (saying the key was
+/// refused, without the provider's answer that quotes the key), the provider's stays
+/// closed and other tenants are answered.
+#[tokio::test]
+async fn a_refused_tenant_key_opens_only_that_tenants_breaker() {
+    let sim = sim().await;
+    sim.revoke_key("sk-revoked-a");
+    let client = LlmClient::new(&settings(&sim.base_url(), ProviderKind::Openai, false));
+    for _ in 0..5 {
+        let err = client
+            .chat(&with_key(request("m"), 7, "main", "sk-revoked-a"))
+            .await
+            .expect_err("401");
+        assert!(err.is_key_refused() && err.is_tenants_own(), "{err}");
+        assert!(!err.described().contains("sk-revo"), "{}", err.described());
+    }
+    let open = client
+        .chat(&with_key(request("m"), 7, "main", "sk-revoked-a"))
+        .await
+        .expect_err("the tenant's breaker is open");
+    assert!(
+        matches!(open, LlmError::TenantCircuitOpen { .. }) && open.is_key_refused(),
+        "{open}"
+    );
+    assert!(!open.to_string().contains("sk-revo"), "{open}");
+    let served = sim.served();
+    for tenant in 1..=6 {
+        let mut other = request("m");
+        other.tenant = shared::ids::ClientId::new(tenant);
+        client.chat(&other).await.expect("other tenants are answered");
+    }
+    assert_eq!(sim.served(), served + 6);
 }
 
 #[tokio::test]

@@ -273,9 +273,13 @@ async fn usage_adds_up_to_the_stored_messages() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{usage}");
-    let days = usage.as_array().expect("days");
+    let days = usage["days"].as_array().expect("days");
     assert_eq!(days.len(), 1);
     assert_eq!(answers.len(), 8);
+    assert_eq!(usage["total"]["messages"].as_u64(), Some(8), "{usage}");
+    // No model has a price here: the replies are unpriced, not free.
+    assert_eq!(days[0]["unpriced_replies"].as_u64(), Some(8), "{usage}");
+    assert_eq!(usage["currency"], Value::Null, "{usage}");
     assert_eq!(days[0]["messages"].as_u64(), Some(answers.len() as u64));
     let prompt: u64 = answers
         .iter()
@@ -399,17 +403,17 @@ async fn the_vector_token_reaches_an_authenticating_chroma() {
             .expect("knowledge")
     };
     let without = knowledge("")
-        .ingest(tenant.id, 1, "faq", "Opening hours: 9 to 5.")
+        .ingest(tenant.id, 1, "faq", "Opening hours: 9 to 5.", None)
         .await;
     assert!(without.is_err(), "stored without the token");
     let refused = proxy.refused.load(Ordering::SeqCst);
     assert!(refused >= 1);
     let with = knowledge("chroma-token-of-ours");
-    with.ingest(tenant.id, 2, "faq", "Opening hours: 9 to 5.")
+    with.ingest(tenant.id, 2, "faq", "Opening hours: 9 to 5.", None)
         .await
         .expect("stored with the token");
     let found = with
-        .search(tenant.id, "when are you open", 1)
+        .search(tenant.id, "when are you open", 1, None)
         .await
         .expect("search");
     assert!(found.iter().any(|c| c.contains("9 to 5")), "{found:?}");

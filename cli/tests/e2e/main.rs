@@ -16,6 +16,7 @@ mod mobile;
 mod operations;
 mod replay;
 mod security;
+mod spending;
 mod streaming;
 mod support;
 mod tls;

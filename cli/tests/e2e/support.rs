@@ -36,6 +36,16 @@ impl Platform {
     /// Ingress + `workers` workers (each with its own connections and caches, like
     /// separate processes), with extra `CHATFLEET__…` settings.
     pub async fn start_with(extra: &[(&str, &str)], workers: usize) -> Self {
+        Self::start_tweaked(extra, workers, |_| {}).await
+    }
+
+    /// [`Self::start_with`], with settings variables cannot set (prices) changed by
+    /// `tweak` before anything starts (the in-process ingress and workers only).
+    pub async fn start_tweaked(
+        extra: &[(&str, &str)],
+        workers: usize,
+        tweak: impl FnOnce(&mut shared::settings::Settings),
+    ) -> Self {
         shared::testkit::init_tracing();
         let shutdown = CancellationToken::new();
         let sim = LlmSim::start(
@@ -51,7 +61,8 @@ impl Platform {
             sim_url.as_str(),
         )];
         vars.extend_from_slice(extra);
-        let env = TestEnv::start(&vars).await;
+        let mut env = TestEnv::start(&vars).await;
+        tweak(&mut env.settings);
         let running = ingress::start(env.settings.clone(), shutdown.clone())
             .await
             .expect("ingress starts");

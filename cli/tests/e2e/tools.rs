@@ -154,7 +154,7 @@ async fn a_tenants_tools_are_called_checked_and_kept_to_the_tenant() {
             None,
         )
         .await;
-    assert_eq!(usage[0]["tool_calls"], 1, "{usage}");
+    assert_eq!(usage["days"][0]["tool_calls"], 1, "{usage}");
 
     // Tenant B never sees A's tools and cannot call one by name.
     add_tool(

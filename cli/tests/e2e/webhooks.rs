@@ -27,7 +27,7 @@ const SETTINGS: [(&str, &str); 3] = [
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     path: String,
     id: String,
     timestamp: i64,
@@ -38,7 +38,7 @@ struct Received {
 }
 
 impl Received {
-    fn event(&self) -> Value {
+    pub(crate) fn event(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
     /// Whether one of its signatures is the secret's.
@@ -50,12 +50,12 @@ impl Received {
 }
 
 #[derive(Clone, Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    async fn start(shutdown: tokio_util::sync::CancellationToken) -> (Self, String) {
+    pub(crate) async fn start(shutdown: tokio_util::sync::CancellationToken) -> (Self, String) {
         let receiver = Self::default();
         let app = axum::Router::new()
             .route("/{tenant}/{behaviour}", axum::routing::post(answer))
@@ -72,7 +72,7 @@ impl Receiver {
         (receiver, base)
     }
 
-    fn at(&self, path: &str) -> Vec<Received> {
+    pub(crate) fn at(&self, path: &str) -> Vec<Received> {
         let got = self.got.lock().expect("lock");
         got.iter().filter(|r| r.path == path).cloned().collect()
     }
@@ -115,7 +115,12 @@ async fn answer(
 }
 
 /// Creates an endpoint; its id and secret.
-async fn add_webhook(p: &Platform, t: &TestTenant, url: String, events: Value) -> (u64, String) {
+pub(crate) async fn add_webhook(
+    p: &Platform,
+    t: &TestTenant,
+    url: String,
+    events: Value,
+) -> (u64, String) {
     let (status, body) = p
         .admin(
             Method::POST,
@@ -130,7 +135,7 @@ async fn add_webhook(p: &Platform, t: &TestTenant, url: String, events: Value) -
 }
 
 /// The delivered (2xx) events at `path`, by type, with what was received.
-fn delivered(received: &[Received]) -> HashMap<String, Vec<Received>> {
+pub(crate) fn delivered(received: &[Received]) -> HashMap<String, Vec<Received>> {
     let mut by_type: HashMap<String, Vec<Received>> = HashMap::new();
     for r in received.iter().filter(|r| r.status == 200) {
         let kind = r.event()["type"].as_str().unwrap_or_default().to_owned();

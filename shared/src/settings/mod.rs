@@ -547,6 +547,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("amqp.retry_delays_s")
                     .with_list_parse_key("http.trusted_proxies")
+                    .with_list_parse_key("llm.tenant_base_url_allowlist")
                     .with_list_parse_key("tools.allowed_private_networks")
                     .with_list_parse_key("webhooks.allowed_private_networks")
                     .with_list_parse_key("webhooks.retry_schedule")

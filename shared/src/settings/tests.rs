@@ -339,3 +339,57 @@ fn fairness_and_edge_settings_are_checked() {
             .contains("edge.sends_per_session_per_minute")
     );
 }
+
+/// Prices come from the deployment's config file (model names hold dots and colons),
+/// in one currency, for configured providers; a plan may cap tokens per day.
+#[test]
+fn prices_are_read_and_checked() {
+    let load = |toml: &str, vars: &[(&str, &str)]| {
+        let dir = std::env::temp_dir().join(format!("cf-prices-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("local.toml"), toml).expect("file");
+        let mut sources = sources(vars);
+        sources.config_dir = dir.clone();
+        let loaded = Settings::load_from(sources);
+        let _ = std::fs::remove_dir_all(dir);
+        loaded
+    };
+    let s = load(
+        r#"
+[llm.prices."ollama/llama3.1:8b"]
+prompt_per_million = 2
+completion_per_million = 8
+currency = "EUR"
+"#,
+        &[("CHATFLEET__PLANS__STARTER__TOKENS_PER_DAY", "5000")],
+    )
+    .expect("prices load");
+    let price = s.llm.price("ollama", "llama3.1:8b").expect("a price");
+    // 1,000 prompt tokens at 2 per million and 500 completion tokens at 8 per million:
+    // 0.002 + 0.004 = 0.006 units = 6,000 micro-units.
+    assert_eq!(price.cost_micros(1000, 500), 6000);
+    assert_eq!(s.llm.currency(&s.speech), Some("EUR"));
+    assert!(s.llm.price("ollama", "other").is_none());
+    assert_eq!(s.plans.starter.tokens_per_day, Some(5000));
+    assert_eq!(s.plans.growth.tokens_per_day, None);
+
+    let e = load(
+        r#"
+[llm.prices."nope/m"]
+prompt_per_million = 1
+completion_per_million = -1
+currency = "USD"
+[speech.prices."ollama/whisper"]
+per_minute = 0.006
+currency = "EUR"
+"#,
+        &[],
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(e.contains("\"nope\" is not one of llm.providers"), "{e}");
+    assert!(e.contains("prices must be zero or more"), "{e}");
+    assert!(e.contains("every price must be in one currency"), "{e}");
+    let e = load_err(&[("CHATFLEET__LLM__TENANT_BASE_URL_ALLOWLIST", "https://api.x.com")]);
+    assert!(e.contains("llm.tenant_base_url_allowlist"), "{e}");
+}

@@ -324,9 +324,10 @@ struct Provider {
     settings: ProviderSettings,
     slots: fair::FairSlots,
     breaker: breaker::Breaker,
-    /// Breakers of tenants' own failures, by tenant and model; only failing ones are
-    /// kept (a success removes its entry).
-    tenant_breakers: std::sync::Mutex<BTreeMap<(ClientId, String), TenantBreaker>>,
+    /// Breakers of tenants' own failures, by tenant, model and whether the tenant's own
+    /// key was used (its refused key does not stop calls with the platform's); only
+    /// failing ones are kept (a success removes its entry).
+    tenant_breakers: std::sync::Mutex<BTreeMap<(ClientId, String, bool), TenantBreaker>>,
     breaker_failures: u32,
     breaker_cooldown: Duration,
     /// When a wait for a slot was last logged (seconds since the epoch): at most once a
@@ -375,11 +376,11 @@ impl Provider {
     }
 
     /// Refuses at once a call of a tenant whose own breaker for `model` is open.
-    fn admit_tenant(&self, tenant: ClientId, model: &str) -> Result<(), LlmError> {
+    fn admit_tenant(&self, tenant: ClientId, model: &str, own: bool) -> Result<(), LlmError> {
         let Ok(breakers) = self.tenant_breakers.lock() else {
             return Ok(());
         };
-        match breakers.get(&(tenant, model.to_owned())) {
+        match breakers.get(&(tenant, model.to_owned(), own)) {
             Some(b) if !b.breaker.admit(std::time::Instant::now()) => {
                 Err(LlmError::TenantCircuitOpen {
                     model: model.to_owned(),
@@ -393,12 +394,12 @@ impl Provider {
     }
 
     /// Counts a tenant's own failure; true when it opened the tenant's breaker.
-    fn tenant_failed(&self, tenant: ClientId, model: &str, error: &LlmError) -> bool {
+    fn tenant_failed(&self, tenant: ClientId, model: &str, own: bool, error: &LlmError) -> bool {
         let Ok(mut breakers) = self.tenant_breakers.lock() else {
             return false;
         };
         let b = breakers
-            .entry((tenant, model.to_owned()))
+            .entry((tenant, model.to_owned(), own))
             .or_insert_with(|| TenantBreaker {
                 breaker: breaker::Breaker::new(self.breaker_failures, self.breaker_cooldown),
                 last: String::new(),
@@ -411,11 +412,11 @@ impl Provider {
         b.breaker.failed(std::time::Instant::now())
     }
 
-    fn tenant_succeeded(&self, tenant: ClientId, model: &str) {
+    fn tenant_succeeded(&self, tenant: ClientId, model: &str, own: bool) {
         if let Ok(mut breakers) = self.tenant_breakers.lock()
             && !breakers.is_empty()
         {
-            breakers.remove(&(tenant, model.to_owned()));
+            breakers.remove(&(tenant, model.to_owned(), own));
         }
     }
 }
@@ -523,7 +524,7 @@ impl LlmClient {
             .ok_or_else(|| LlmError::Unreachable(format!("no provider named {name:?}")))?;
         let own = Self::tenant_key(request, name);
         let own_server = own.is_some_and(|k| k.base_url.is_some());
-        provider.admit_tenant(request.tenant, model)?;
+        provider.admit_tenant(request.tenant, model, own.is_some())?;
         if !own_server && !provider.breaker.admit(std::time::Instant::now()) {
             return Err(LlmError::CircuitOpen(name.to_owned()));
         }
@@ -566,7 +567,7 @@ impl LlmClient {
         match &outcome {
             Ok(completion) => {
                 provider.breaker.succeeded();
-                provider.tenant_succeeded(request.tenant, model);
+                provider.tenant_succeeded(request.tenant, model, own.is_some());
                 metrics::histogram!(metric::LLM_SECONDS, "provider" => name.to_owned())
                     .record(started.elapsed().as_secs_f64());
                 for (kind, tokens) in [
@@ -580,7 +581,7 @@ impl LlmClient {
             Err(e) if e.is_tenants_own() || own_server => {
                 metrics::counter!(metric::LLM_ERRORS, "provider" => name.to_owned(), "kind" => e.kind())
                     .increment(1);
-                if provider.tenant_failed(request.tenant, model, e) {
+                if provider.tenant_failed(request.tenant, model, own.is_some(), e) {
                     tracing::warn!(
                         provider = name,
                         client_id = %request.tenant,

@@ -307,9 +307,12 @@ mod tests {
                 transcribe_audio: true,
                 llm_vision: false,
                 media_fallback_message: "Say the file could not be opened.".into(),
+                budget: shared::db::BudgetPolicy::default(),
+                fallback_to_platform_key: false,
             },
             tools: Vec::new(),
             webhooks: Vec::new(),
+            llm_credentials: Vec::new(),
             modes: vec![
                 AgentMode {
                     module_key: "sales".into(),

@@ -206,7 +206,7 @@ impl Turn<'_> {
             message_ids: turns.iter().map(|p| p.message_id).collect(),
             envelope_ids: turns.iter().map(|p| p.envelope_id).collect(),
             config_version: self.tenant.config.config_version,
-            period: crate::spend::period(&self.tenant),
+            day: crate::spend::period(&self.tenant).day,
         };
         if turns.len() > 1 {
             tracing::info!(
@@ -265,17 +265,17 @@ impl Turn<'_> {
                     match action {
                         BudgetAction::FallbackMessage => {
                             let notice = Answer::fallback(tenant, "budget_exceeded".into());
-                            return reply(ctx, &env, &answering, notice).await.map(drop);
+                            return Box::pin(reply(ctx, &env, &answering, notice)).await.map(drop);
                         }
                         BudgetAction::Handoff => {
                             tracing::info!("the month's budget is spent; handing the conversation to a human");
-                            self.hand_off(&env, last).await?;
+                            Box::pin(self.hand_off(&env, last)).await?;
                             let mut notice = Answer::notice(
                                 ReplyKind::HandoffNotice,
                                 config.handoff_message.clone(),
                             );
                             notice.accounting.fallback_reason = Some("budget_exceeded".into());
-                            return reply(ctx, &env, &answering, notice).await.map(drop);
+                            return Box::pin(reply(ctx, &env, &answering, notice)).await.map(drop);
                         }
                         BudgetAction::FallbackModel => {
                             if let Some(model) = &config.fallback_model {
@@ -592,10 +592,15 @@ async fn record_envelope(
             env.channel_message_id.as_deref(),
         )
         .await?;
-    if let Some(cost) = transcription_cost
-        && let Some(tenant) = ctx.configs.get(env.client_id).await?
-    {
-        Box::pin(crate::spend::count_extra(ctx, &tenant, conversation_id.get(), cost)).await?;
+    if let Some(cost) = transcription_cost {
+        // Boxed: a turn's task stays small (see `timed`).
+        Box::pin(async {
+            if let Some(tenant) = ctx.configs.get(env.client_id).await? {
+                crate::spend::count_extra(ctx, &tenant, conversation_id.get(), cost).await?;
+            }
+            Ok::<_, TurnError>(())
+        })
+        .await?;
     }
     Ok(recorded)
 }

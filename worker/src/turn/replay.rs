@@ -82,7 +82,7 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
         message_ids: vec![recorded.message_id],
         envelope_ids: vec![env.id],
         config_version: tenant.config.config_version,
-        period: crate::spend::period(&tenant),
+        day: crate::spend::period(&tenant).day,
     };
     let notice = Answer::notice(ReplyKind::Fallback, tenant.config.fallback_message.clone());
     reply(ctx, env, &turn, notice).await.map(drop)

@@ -4,7 +4,7 @@
 //! before anything new.
 
 use chrono::Utc;
-use shared::cache::{MailboxKey, SpendPeriod};
+use shared::cache::MailboxKey;
 use shared::db::{ClosedAs, NewReply, StoreOutcome, StoredReply};
 use shared::envelope::{Destination, Envelope, Reply, ReplyKind};
 use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId};
@@ -25,8 +25,8 @@ pub(super) struct Answering {
     pub envelope_ids: Vec<EnvelopeId>,
     /// The tenant's configuration the answer was made with.
     pub config_version: u64,
-    /// The tenant's month and day the turn counts on.
-    pub period: SpendPeriod,
+    /// The tenant's day (its timezone) the turn counts on.
+    pub day: chrono::NaiveDate,
 }
 
 /// Stores the answer to the turn's messages (only if they are all still unanswered),
@@ -37,7 +37,7 @@ pub(super) async fn reply(
     turn: &Answering,
     mut answer: Answer,
 ) -> Result<bool> {
-    answer.accounting.day = Some(turn.period.day);
+    answer.accounting.day = Some(turn.day);
     let tokens = answer.tokens();
     let mut reply = Reply::answering(
         Destination::of(env, Some(turn.conversation_id)),
@@ -88,8 +88,8 @@ pub(super) async fn reply(
     if tokens > 0 || answer.accounting.cost_micros.is_some_and(|c| c > 0) {
         // The cached configuration: no round trip.
         if let Some(tenant) = Box::pin(ctx.configs.get(env.client_id)).await? {
-            let counted =
-                crate::spend::count(ctx, &tenant, &turn.period, &answer.accounting, tokens);
+            let period = crate::spend::period(&tenant);
+            let counted = crate::spend::count(ctx, &tenant, &period, &answer.accounting, tokens);
             // The reply is stored and counted in the database; the counters catch up
             // when rebuilt.
             if let Err(e) = Box::pin(counted).await {
