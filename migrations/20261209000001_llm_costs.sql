@@ -15,7 +15,7 @@ CREATE TABLE llm_credentials (
     updated_at     DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (client_id, provider),
     CONSTRAINT fk_llm_credentials_client FOREIGN KEY (client_id) REFERENCES clients (id) ON DELETE CASCADE
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 -- Budgets: `budget_monthly` in the prices' currency (NULL: none), the warning threshold,
 -- what happens once the month's spending reaches the budget; and whether the platform's

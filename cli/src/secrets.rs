@@ -119,7 +119,10 @@ async fn reseal_llm_keys(
         match secrets.reseal_llm_key(client_id, &key.provider, &key.key_sealed) {
             Ok(None) => tally.current += 1,
             Ok(Some(new)) => {
-                if keys.replace_sealed(&key.provider, &key.key_sealed, &new).await? {
+                if keys
+                    .replace_sealed(&key.provider, &key.key_sealed, &new)
+                    .await?
+                {
                     tally.resealed += 1;
                     changed = true;
                 }

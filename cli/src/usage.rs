@@ -43,10 +43,7 @@ pub(crate) async fn run(settings: &Settings, args: UsageArgs) -> anyhow::Result<
         .await?
         .map(|c| c.budget)
         .unwrap_or_default();
-    let currency = settings
-        .llm
-        .currency(&settings.speech)
-        .unwrap_or("(no prices set)");
+    let currency = settings.llm.currency(&settings.speech);
     let total = days.iter().fold(UsageDay::empty(first), add);
     if args.json {
         let day = |d: &UsageDay| {
@@ -65,6 +62,7 @@ pub(crate) async fn run(settings: &Settings, args: UsageArgs) -> anyhow::Result<
         println!("{out}");
         return Ok(());
     }
+    let currency = currency.unwrap_or("(no prices set)");
     println!(
         "tenant {} ({}), {} in {}; costs in {currency}",
         client.id,
@@ -96,7 +94,11 @@ pub(crate) async fn run(settings: &Settings, args: UsageArgs) -> anyhow::Result<
         Some(b) => println!(
             "budget {:.6}: {:.1}% spent{}",
             b as f64 / 1e6,
-            if b == 0 { 100.0 } else { total.cost_micros as f64 * 100.0 / b as f64 },
+            if b == 0 {
+                100.0
+            } else {
+                total.cost_micros as f64 * 100.0 / b as f64
+            },
             if total.cost_micros >= b {
                 format!(" (over: budget_action {})", budget.action.as_str())
             } else {
@@ -142,7 +144,10 @@ mod tests {
     #[test]
     fn a_month_runs_from_its_first_to_its_last_day() {
         let (first, last) = month_bounds("2028-02").expect("a month");
-        assert_eq!((first.to_string(), last.to_string()), ("2028-02-01".into(), "2028-02-29".into()));
+        assert_eq!(
+            (first.to_string(), last.to_string()),
+            ("2028-02-01".into(), "2028-02-29".into())
+        );
         assert!(month_bounds("2028-13").is_err());
         assert!(month_bounds("February").is_err());
     }

@@ -154,7 +154,12 @@ impl SecretBox {
         self.seal_with(&llm_associated_data(client_id, provider), key.as_bytes())
     }
 
-    pub fn open_llm_key(&self, client_id: ClientId, provider: &str, stored: &[u8]) -> Result<String> {
+    pub fn open_llm_key(
+        &self,
+        client_id: ClientId,
+        provider: &str,
+        stored: &[u8],
+    ) -> Result<String> {
         let plain = self
             .open_with(&llm_associated_data(client_id, provider), stored)
             .map(|(_, plain)| plain)?;
@@ -299,7 +304,9 @@ mod tests {
         let secrets = SecretBox::new(&[[3u8; 32]]);
         let a = ClientId::new(1);
         let b = ClientId::new(2);
-        let sealed = secrets.seal_llm_key(a, "openai", "sk-tenant-a").expect("seal");
+        let sealed = secrets
+            .seal_llm_key(a, "openai", "sk-tenant-a")
+            .expect("seal");
         assert_eq!(
             secrets.open_llm_key(a, "openai", &sealed).expect("opens"),
             "sk-tenant-a"

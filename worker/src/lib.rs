@@ -41,8 +41,8 @@ mod inbox;
 pub mod llm;
 mod media;
 mod ops;
-mod spend;
 pub mod prompt;
+mod spend;
 pub mod tool_sim;
 mod tools;
 mod turn;
@@ -136,8 +136,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         confirms,
         answered: answered::Answered::new(),
         broker: broker.clone(),
-        llm: LlmClient::new(&settings.llm)
-            .with_tenant_networks(settings.tools.allowed_networks()),
+        llm: LlmClient::new(&settings.llm).with_tenant_networks(settings.tools.allowed_networks()),
         llm_settings: settings.llm.clone(),
         speech_settings: settings.speech.clone(),
         secrets: shared::secrets::SecretBox::new(&settings.security.encryption_ring()),

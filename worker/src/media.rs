@@ -93,7 +93,10 @@ impl MediaReader {
         let speech_price = settings
             .speech
             .prices
-            .get(&format!("{}/{}", settings.speech.provider, settings.speech.model))
+            .get(&format!(
+                "{}/{}",
+                settings.speech.provider, settings.speech.model
+            ))
             .cloned();
         Ok(Self {
             http: reqwest::Client::builder()

@@ -31,7 +31,11 @@ pub(crate) struct Gate {
 /// Whether anything watches the tenant's spending (else no counter is read or kept).
 fn watched(ctx: &Ctx, tenant: &TenantConfig) -> bool {
     tenant.config.budget.monthly.is_some()
-        || ctx.plans.limits(tenant.client.plan).tokens_per_day.is_some()
+        || ctx
+            .plans
+            .limits(tenant.client.plan)
+            .tokens_per_day
+            .is_some()
 }
 
 /// The tenant's month and day now.
@@ -142,8 +146,16 @@ async fn announce(
     let warning_micros = budget_micros / 100 * u64::from(budget.warning_pct)
         + budget_micros % 100 * u64::from(budget.warning_pct) / 100;
     for (flag, kind, threshold) in [
-        (BudgetFlag::Warning, EventType::BudgetWarning, warning_micros),
-        (BudgetFlag::Exceeded, EventType::BudgetExceeded, budget_micros),
+        (
+            BudgetFlag::Warning,
+            EventType::BudgetWarning,
+            warning_micros,
+        ),
+        (
+            BudgetFlag::Exceeded,
+            EventType::BudgetExceeded,
+            budget_micros,
+        ),
     ] {
         if month_micros < threshold
             || !ctx
@@ -188,9 +200,11 @@ fn until_next_day(tenant: &TenantConfig) -> Duration {
     // The tenant's day ends at most 26 hours on; find its first second past midnight.
     let mut probe = now;
     for step in [3600, 60, 1] {
-        while SpendPeriod::at(&tenant.client.timezone, probe + chrono::Duration::seconds(step))
-            .day
-            == today
+        while SpendPeriod::at(
+            &tenant.client.timezone,
+            probe + chrono::Duration::seconds(step),
+        )
+        .day == today
             && probe - now < chrono::Duration::hours(27)
         {
             probe += chrono::Duration::seconds(step);

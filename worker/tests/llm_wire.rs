@@ -221,16 +221,25 @@ async fn a_tenants_own_key_goes_to_its_provider_only() {
             .chat(&with_key(request("m"), 1, "main", "sk-tenant-a"))
             .await
             .expect("chat");
-        assert_eq!(sim.requests().pop().expect("recorded").api_key, "sk-tenant-a");
+        assert_eq!(
+            sim.requests().pop().expect("recorded").api_key,
+            "sk-tenant-a"
+        );
         // Its key is for "main": a model on "other" goes with the platform's key.
         client
             .chat(&with_key(request("other/m"), 1, "main", "sk-tenant-a"))
             .await
             .expect("chat");
-        assert_eq!(sim.requests().pop().expect("recorded").api_key, "platform-key");
+        assert_eq!(
+            sim.requests().pop().expect("recorded").api_key,
+            "platform-key"
+        );
         // Another tenant, no key of its own.
         client.chat(&request("m")).await.expect("chat");
-        assert_eq!(sim.requests().pop().expect("recorded").api_key, "platform-key");
+        assert_eq!(
+            sim.requests().pop().expect("recorded").api_key,
+            "platform-key"
+        );
     }
 }
 
@@ -263,7 +272,10 @@ async fn a_refused_tenant_key_opens_only_that_tenants_breaker() {
     for tenant in 1..=6 {
         let mut other = request("m");
         other.tenant = shared::ids::ClientId::new(tenant);
-        client.chat(&other).await.expect("other tenants are answered");
+        client
+            .chat(&other)
+            .await
+            .expect("other tenants are answered");
     }
     assert_eq!(sim.served(), served + 6);
 }

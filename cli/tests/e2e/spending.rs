@@ -70,13 +70,27 @@ async fn a_tenants_own_key_is_used_kept_to_it_and_its_refusal_is_its_own() {
     let p = Platform::start_with(&SETTINGS, 1).await;
     let (receiver, base) = Receiver::start(p.shutdown.clone()).await;
     let (a, b) = (p.tenant("alpha").await, p.tenant("beta").await);
-    add_webhook(&p, &a, format!("{base}/a/ok"), json!(["llm.credentials_failed"])).await;
+    add_webhook(
+        &p,
+        &a,
+        format!("{base}/a/ok"),
+        json!(["llm.credentials_failed"]),
+    )
+    .await;
     let keys = format!("/admin/v1/clients/{}/llm-credentials", a.id);
 
     // Bad input names its field; nothing is stored.
     for (path, bad, field) in [
-        (format!("{keys}/nope"), json!({ "api_key": "sk-x" }), "provider"),
-        (format!("{keys}/ollama"), json!({ "api_key": " " }), "api_key"),
+        (
+            format!("{keys}/nope"),
+            json!({ "api_key": "sk-x" }),
+            "provider",
+        ),
+        (
+            format!("{keys}/ollama"),
+            json!({ "api_key": " " }),
+            "api_key",
+        ),
         (
             format!("{keys}/ollama"),
             json!({ "api_key": "sk-x", "base_url": "https://evil.example/v1" }),
@@ -144,7 +158,10 @@ async fn a_tenants_own_key_is_used_kept_to_it_and_its_refusal_is_its_own() {
         let reply = reply_to(&p, &a, &format!("a-revoked-{i}"), "still there?").await;
         assert_eq!(reply.reply_kind, Some(ReplyKind::Fallback), "{reply:?}");
         let reason = reply.accounting.fallback_reason.clone().unwrap_or_default();
-        assert!(reason.starts_with("llm.credentials_failed: ollama"), "{reason}");
+        assert!(
+            reason.starts_with("llm.credentials_failed: ollama"),
+            "{reason}"
+        );
         assert!(!reason.contains("sk-tenant"), "{reason}");
     }
     let reply = reply_to(&p, &b, "b2", "beta is unaffected").await;
@@ -221,7 +238,13 @@ async fn costs_are_counted_and_budgets_hold_on_every_replica() {
     .await;
     let (receiver, base) = Receiver::start(p.shutdown.clone()).await;
     let t = p.tenant("gamma").await;
-    add_webhook(&p, &t, format!("{base}/t/ok"), json!(["budget.warning", "budget.exceeded"])).await;
+    add_webhook(
+        &p,
+        &t,
+        format!("{base}/t/ok"),
+        json!(["budget.warning", "budget.exceeded"]),
+    )
+    .await;
     patch_config(
         &p,
         &t,
@@ -263,7 +286,11 @@ async fn costs_are_counted_and_budgets_hold_on_every_replica() {
     let usage_path = format!("/admin/v1/clients/{}/usage", t.id);
     let (_, usage) = p.admin(Method::GET, &usage_path, None).await;
     assert_eq!(usage["currency"], "EUR", "{usage}");
-    assert_eq!(usage["days"][0]["cost"].as_f64(), Some(cost as f64 / 1e6), "{usage}");
+    assert_eq!(
+        usage["days"][0]["cost"].as_f64(),
+        Some(cost as f64 / 1e6),
+        "{usage}"
+    );
     assert_eq!(usage["days"][0]["unpriced_replies"], 1, "{usage}");
     assert_eq!(usage["total"]["messages"], 2, "{usage}");
 
@@ -309,7 +336,11 @@ async fn costs_are_counted_and_budgets_hold_on_every_replica() {
     // From the next message, on both workers: the fallback model answers.
     for i in 0..4 {
         let reply = reply_to(&p, &t, &format!("m{i}"), &format!("cheaper {i}")).await;
-        assert_eq!(reply.accounting.model.as_deref(), Some("cheap"), "{reply:?}");
+        assert_eq!(
+            reply.accounting.model.as_deref(),
+            Some("cheap"),
+            "{reply:?}"
+        );
     }
     // The fallback message, without an LLM call.
     patch_config(&p, &t, json!({ "budget_action": "fallback_message" })).await;
@@ -317,13 +348,20 @@ async fn costs_are_counted_and_budgets_hold_on_every_replica() {
     for i in 0..4 {
         let reply = reply_to(&p, &t, &format!("f{i}"), "anyone?").await;
         assert_eq!(reply.reply_kind, Some(ReplyKind::Fallback), "{reply:?}");
-        assert_eq!(reply.accounting.fallback_reason.as_deref(), Some("budget_exceeded"));
+        assert_eq!(
+            reply.accounting.fallback_reason.as_deref(),
+            Some("budget_exceeded")
+        );
     }
     assert_eq!(p.sim.requests().len(), calls, "no LLM call past the budget");
     // A human.
     patch_config(&p, &t, json!({ "budget_action": "handoff" })).await;
     let reply = reply_to(&p, &t, "h0", "a person please").await;
-    assert_eq!(reply.reply_kind, Some(ReplyKind::HandoffNotice), "{reply:?}");
+    assert_eq!(
+        reply.reply_kind,
+        Some(ReplyKind::HandoffNotice),
+        "{reply:?}"
+    );
     let (_, view) = p
         .admin(
             Method::GET,
@@ -340,7 +378,11 @@ async fn costs_are_counted_and_budgets_hold_on_every_replica() {
     // Raising the budget lifts the action at once.
     patch_config(&p, &t, json!({ "budget_monthly": 1000 })).await;
     let reply = reply_to(&p, &t, "r0", "what does this cost").await;
-    assert_eq!(reply.accounting.model.as_deref(), Some("priced"), "{reply:?}");
+    assert_eq!(
+        reply.accounting.model.as_deref(),
+        Some("priced"),
+        "{reply:?}"
+    );
     assert_eq!(reply.reply_kind, Some(ReplyKind::Bot));
     // Each event once in the month, however many turns passed the thresholds.
     let got = delivered(&receiver.at("/t/ok"));
@@ -356,16 +398,34 @@ async fn costs_are_counted_and_budgets_hold_on_every_replica() {
     let spent: u64 = stored.iter().filter_map(|m| m.accounting.cost_micros).sum();
     for i in 0..4 {
         let id = p.conversation(t.id, &format!("m{i}")).await;
-        assert!(p.stored(t.id, id).await.iter().all(|m| m.accounting.cost_micros.is_none()));
+        assert!(
+            p.stored(t.id, id)
+                .await
+                .iter()
+                .all(|m| m.accounting.cost_micros.is_none())
+        );
     }
-    let (_, usage) = p.admin(Method::GET, &usage_path, None).await;
-    assert_eq!(usage["month"]["spent"].as_f64(), Some(spent as f64 / 1e6), "{usage}");
-    assert_eq!(usage["total"]["cost"].as_f64(), Some(spent as f64 / 1e6), "{usage}");
+    let this_month = format!("{usage_path}?from={}", period.month_first);
+    let (_, usage) = p.admin(Method::GET, &this_month, None).await;
+    assert_eq!(
+        usage["month"]["spent"].as_f64(),
+        Some(spent as f64 / 1e6),
+        "{usage}"
+    );
+    assert_eq!(
+        usage["total"]["cost"].as_f64(),
+        Some(spent as f64 / 1e6),
+        "{usage}"
+    );
     let (ok, out) = chatfleet(&p, &["usage", "--client", &t.id.to_string(), "--json"]).await;
     assert!(ok, "{out}");
     let printed: Value = serde_json::from_str(out.trim()).expect("json");
-    assert_eq!(printed["total"]["cost"].as_f64(), Some(spent as f64 / 1e6), "{printed}");
-    assert_eq!(printed["currency"], "EUR");
+    assert_eq!(
+        printed["total"]["cost"].as_f64(),
+        Some(spent as f64 / 1e6),
+        "{printed}"
+    );
+    assert_eq!(printed["month"], period.month, "{printed}");
 
     // A plan's tokens per day: past them a message waits (never dropped) until the
     // tenant may spend again (here: a plan without the limit).
@@ -382,7 +442,11 @@ async fn costs_are_counted_and_budgets_hold_on_every_replica() {
     let held_until = tokio::time::Instant::now() + Duration::from_secs(4);
     while tokio::time::Instant::now() < held_until {
         let w0 = p.conversation(t.id, "w0").await;
-        let answered = p.stored(t.id, w0).await.iter().any(|m| m.reply_kind.is_some());
+        let answered = p
+            .stored(t.id, w0)
+            .await
+            .iter()
+            .any(|m| m.reply_kind.is_some());
         assert!(!answered, "a message past the day's tokens was answered");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -119,14 +119,19 @@ pub(crate) async fn create(
         .find(|c| c.provider == state.knowledge().provider());
     let own_key = own
         .as_ref()
-        .map(|c| state.secrets().open_llm_key(client.id, &c.provider, &c.key_sealed))
+        .map(|c| {
+            state
+                .secrets()
+                .open_llm_key(client.id, &c.provider, &c.key_sealed)
+        })
         .transpose()?;
-    let own = own.as_ref().zip(own_key.as_deref()).map(|(c, api_key)| {
-        shared::knowledge::OwnKey {
+    let own = own
+        .as_ref()
+        .zip(own_key.as_deref())
+        .map(|(c, api_key)| shared::knowledge::OwnKey {
             api_key,
             base_url: c.base_url.as_deref(),
-        }
-    });
+        });
     match state
         .knowledge()
         .ingest(client.id, document_id, title, &req.content, own)
@@ -270,9 +275,7 @@ pub(crate) async fn usage(
             month: period.month,
             spent: month_micros as f64 / 1e6,
             budget_monthly: budget.monthly,
-            over_budget: budget
-                .monthly_micros()
-                .is_some_and(|b| month_micros >= b),
+            over_budget: budget.monthly_micros().is_some_and(|b| month_micros >= b),
         },
     }))
 }

@@ -89,7 +89,12 @@ pub(crate) async fn list_credentials(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<LlmCredentialsOut>>> {
     let client = resolve(&state, &id).await?;
-    let found = state.db().tenant(client.id).llm_credentials().list().await?;
+    let found = state
+        .db()
+        .tenant(client.id)
+        .llm_credentials()
+        .list()
+        .await?;
     Ok(Json(found.into_iter().map(Into::into).collect()))
 }
 
@@ -114,7 +119,10 @@ pub(crate) async fn put_credentials(
         )));
     }
     let api_key = req.api_key.trim();
-    if api_key.is_empty() || api_key.len() > MAX_KEY_CHARS || api_key.chars().any(char::is_whitespace) {
+    if api_key.is_empty()
+        || api_key.len() > MAX_KEY_CHARS
+        || api_key.chars().any(char::is_whitespace)
+    {
         return Err(invalid(format!(
             "api_key must be 1-{MAX_KEY_CHARS} characters without spaces"
         )));
@@ -135,7 +143,9 @@ pub(crate) async fn put_credentials(
     };
     let credential = LlmCredential {
         provider: provider.clone(),
-        key_sealed: state.secrets().seal_llm_key(client.id, &provider, api_key)?,
+        key_sealed: state
+            .secrets()
+            .seal_llm_key(client.id, &provider, api_key)?,
         key_last4: last4,
         base_url: req.base_url.map(|u| u.trim_end_matches('/').to_owned()),
         organization: req.organization,
@@ -202,7 +212,10 @@ fn check_base_url(state: &AppState, url: &str) -> Result<()> {
     }
     let host = parsed.host_str().unwrap_or_default();
     let allowlist = &state.llm_settings().tenant_base_url_allowlist;
-    if !allowlist.iter().any(|allowed| allowed.eq_ignore_ascii_case(host)) {
+    if !allowlist
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(host))
+    {
         return Err(invalid(if allowlist.is_empty() {
             "base_url: this platform allows no base URL of a tenant's own (llm.tenant_base_url_allowlist is empty)".to_owned()
         } else {

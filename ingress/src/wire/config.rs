@@ -581,10 +581,9 @@ mod tests {
                 && message.contains("\"pray\""),
             "{message}"
         );
-        let patch: ConfigPatch = serde_json::from_str(
-            r#"{ "budget_monthly": 12.5, "budget_action": "handoff" }"#,
-        )
-        .expect("patch");
+        let patch: ConfigPatch =
+            serde_json::from_str(r#"{ "budget_monthly": 12.5, "budget_action": "handoff" }"#)
+                .expect("patch");
         let patched = patch.apply(current());
         assert_eq!(patched.budget.monthly, Some(12.5));
         assert_eq!(patched.budget.action, db::BudgetAction::Handoff);

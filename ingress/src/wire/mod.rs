@@ -13,13 +13,12 @@ mod webhooks;
 
 pub(crate) use config::{
     AgentModeIn, AgentModeOut, BudgetAction, BuiltinTool, ConfigIn, ConfigOut, ConfigPatch,
-    ModePatchIn,
-    PersonaTone, TemplateRef,
+    ModePatchIn, PersonaTone, TemplateRef,
 };
 pub(crate) use messages::{MessageOut, MessageRole, PolledMessage, PolledMessages};
 pub(crate) use records::{
-    ApiKeyOut, ChannelAccountOut, ConversationOut, KnowledgeDocumentOut, UsageDayOut, UsageMonthOut,
-    UsageOut, UsageTotalOut,
+    ApiKeyOut, ChannelAccountOut, ConversationOut, KnowledgeDocumentOut, UsageDayOut,
+    UsageMonthOut, UsageOut, UsageTotalOut,
 };
 pub(crate) use tenants::{ClientOut, ClientPatchIn, ClientStatus, Plan};
 pub(crate) use tools::{ToolAuthIn, ToolCallOut, ToolIn, ToolMethod, ToolOut, ToolPatchIn};

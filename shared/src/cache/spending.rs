@@ -209,9 +209,15 @@ mod tests {
         let new_york = SpendPeriod::at("America/New_York", at("2026-12-01T03:00:00Z"));
         assert_eq!(new_york.month, "2026-11");
         assert_eq!(new_york.month_last.to_string(), "2026-11-30");
-        assert_eq!(SpendPeriod::at("UTC", at("2026-11-30T23:30:00Z")).month, "2026-11");
+        assert_eq!(
+            SpendPeriod::at("UTC", at("2026-11-30T23:30:00Z")).month,
+            "2026-11"
+        );
         // A name this build does not know counts as UTC.
-        assert_eq!(SpendPeriod::at("Mars/Olympus", at("2026-11-30T23:30:00Z")).month, "2026-11");
+        assert_eq!(
+            SpendPeriod::at("Mars/Olympus", at("2026-11-30T23:30:00Z")).month,
+            "2026-11"
+        );
         // February of a leap year.
         let feb = SpendPeriod::at("UTC", at("2028-02-10T12:00:00Z"));
         assert_eq!(feb.month_last.to_string(), "2028-02-29");

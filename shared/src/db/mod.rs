@@ -47,9 +47,8 @@ pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
 pub use llm_credentials::{LlmCredential, LlmCredentials};
 pub use messages::{
     ClosedAs, DeliveryStatus, HistoryTurn, KeyOwner, MailboxItem, MessageState, Messages, NewReply,
-    ReplyAccounting,
-    NewUserMessage, OpenTurn, Pending, PendingTurn, RecordedUser, Role, StoreOutcome,
-    StoredMessage, StoredReply,
+    NewUserMessage, OpenTurn, Pending, PendingTurn, RecordedUser, ReplyAccounting, Role,
+    StoreOutcome, StoredMessage, StoredReply,
 };
 pub use operators::{
     AuditEntry, AuditLog, NewAuditEntry, Operator, OperatorToken, Operators, Scope,

@@ -351,7 +351,9 @@ impl Settings {
             check(
                 self.llm.providers.contains_key(provider),
                 &key,
-                format!("{provider:?} is not one of llm.providers (keys are \"<provider>/<model>\")"),
+                format!(
+                    "{provider:?} is not one of llm.providers (keys are \"<provider>/<model>\")"
+                ),
             );
             check(
                 amounts.iter().all(|a| a.is_finite() && *a >= 0.0),

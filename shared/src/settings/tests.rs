@@ -390,6 +390,9 @@ currency = "EUR"
     assert!(e.contains("\"nope\" is not one of llm.providers"), "{e}");
     assert!(e.contains("prices must be zero or more"), "{e}");
     assert!(e.contains("every price must be in one currency"), "{e}");
-    let e = load_err(&[("CHATFLEET__LLM__TENANT_BASE_URL_ALLOWLIST", "https://api.x.com")]);
+    let e = load_err(&[(
+        "CHATFLEET__LLM__TENANT_BASE_URL_ALLOWLIST",
+        "https://api.x.com",
+    )]);
     assert!(e.contains("llm.tenant_base_url_allowlist"), "{e}");
 }

@@ -274,7 +274,7 @@ impl LlmError {
     pub fn is_key_refused(&self) -> bool {
         match self {
             Self::Status { status, body, .. } => match status {
-                401 | 402 | 403 => true,
+                401..=403 => true,
                 429 => {
                     let body = body.to_ascii_lowercase();
                     body.contains("quota") || body.contains("billing")
@@ -530,7 +530,10 @@ impl LlmClient {
         }
         let endpoint = match own {
             Some(key) => Endpoint {
-                base_url: key.base_url.as_deref().unwrap_or(&provider.settings.base_url),
+                base_url: key
+                    .base_url
+                    .as_deref()
+                    .unwrap_or(&provider.settings.base_url),
                 api_key: key.api_key.expose(),
                 organization: key.organization.as_deref(),
             },

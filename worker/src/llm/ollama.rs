@@ -8,9 +8,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Endpoint,
-    ChatMessage, ChatRequest, ChatRole, Completion, LlmError, ToolCall, ToolSpec, body, lines,
-    serialize_tools, status_error, transport_error,
+    ChatMessage, ChatRequest, ChatRole, Completion, Endpoint, LlmError, ToolCall, ToolSpec, body,
+    lines, serialize_tools, status_error, transport_error,
 };
 
 /// The request body, serialized straight from the turn's messages (no intermediate JSON
@@ -153,7 +152,7 @@ pub(super) async fn chat(
             model,
             messages: &request.messages,
             tools: &request.tools,
-            stream: stream,
+            stream,
             options: ChatOptions {
                 temperature: request.temperature,
                 num_ctx: request.num_ctx,

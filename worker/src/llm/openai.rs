@@ -8,9 +8,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Endpoint,
-    ChatMessage, ChatRequest, ChatRole, Completion, LlmError, ToolCall, ToolSpec, body, lines,
-    serialize_tools, status_error, transport_error,
+    ChatMessage, ChatRequest, ChatRole, Completion, Endpoint, LlmError, ToolCall, ToolSpec, body,
+    lines, serialize_tools, status_error, transport_error,
 };
 
 /// The request body, serialized straight from the turn's messages (no intermediate JSON
@@ -216,7 +215,7 @@ pub(super) async fn chat(
             tools: &request.tools,
             temperature: request.temperature,
             max_tokens: request.max_output_tokens,
-            stream: stream,
+            stream,
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),

@@ -277,10 +277,18 @@ async fn chat(
         let reason = format!("llm.credentials_failed: {provider}: {}", e.described());
         Box::pin(credentials_failed(ctx, tenant, &provider, &e)).await?;
         if !config.fallback_to_platform_key {
-            tracing::warn!(provider, error = e.described(), "the tenant's own key was refused; answering with its fallback message");
+            tracing::warn!(
+                provider,
+                error = e.described(),
+                "the tenant's own key was refused; answering with its fallback message"
+            );
             return Ok(Asked::KeyRefused(reason));
         }
-        tracing::warn!(provider, error = e.described(), "the tenant's own key was refused; the platform's key answers (fallback_to_platform_key)");
+        tracing::warn!(
+            provider,
+            error = e.described(),
+            "the tenant's own key was refused; the platform's key answers (fallback_to_platform_key)"
+        );
         request.credentials = request
             .credentials
             .iter()
@@ -295,11 +303,18 @@ async fn chat(
         spent.add(ctx, request, &c);
         return Ok(Asked::Answered(c));
     }
-    let fallback = config.fallback_model.as_deref().filter(|f| *f != request.model);
+    let fallback = config
+        .fallback_model
+        .as_deref()
+        .filter(|f| *f != request.model);
     let Some(fallback) = fallback.filter(|_| e.is_transient() || e.is_tenants_own()) else {
         return Err(e.into());
     };
-    tracing::warn!(error = e.described(), fallback, "primary model failed; asking the fallback model");
+    tracing::warn!(
+        error = e.described(),
+        fallback,
+        "primary model failed; asking the fallback model"
+    );
     metrics::counter!(metric::LLM_FALLBACKS).increment(1);
     fallback.clone_into(&mut request.model);
     if let Some(sink) = &request.deltas {
@@ -366,10 +381,13 @@ async fn credentials_failed(
         crate::llm::LlmError::Status { status, .. } => Some(*status),
         _ => None,
     };
-    let event = NewEvent::about(EventType::LlmCredentialsFailed, format!("{provider}/{hour}"))
-        .with("provider", provider.to_owned())
-        .with("status", status)
-        .with("error", error.described());
+    let event = NewEvent::about(
+        EventType::LlmCredentialsFailed,
+        format!("{provider}/{hour}"),
+    )
+    .with("provider", provider.to_owned())
+    .with("status", status)
+    .with("error", error.described());
     ctx.webhooks().emit(tenant.client.id, event).await?;
     Ok(())
 }

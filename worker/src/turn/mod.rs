@@ -265,17 +265,23 @@ impl Turn<'_> {
                     match action {
                         BudgetAction::FallbackMessage => {
                             let notice = Answer::fallback(tenant, "budget_exceeded".into());
-                            return Box::pin(reply(ctx, &env, &answering, notice)).await.map(drop);
+                            return Box::pin(reply(ctx, &env, &answering, notice))
+                                .await
+                                .map(drop);
                         }
                         BudgetAction::Handoff => {
-                            tracing::info!("the month's budget is spent; handing the conversation to a human");
+                            tracing::info!(
+                                "the month's budget is spent; handing the conversation to a human"
+                            );
                             Box::pin(self.hand_off(&env, last)).await?;
                             let mut notice = Answer::notice(
                                 ReplyKind::HandoffNotice,
                                 config.handoff_message.clone(),
                             );
                             notice.accounting.fallback_reason = Some("budget_exceeded".into());
-                            return Box::pin(reply(ctx, &env, &answering, notice)).await.map(drop);
+                            return Box::pin(reply(ctx, &env, &answering, notice))
+                                .await
+                                .map(drop);
                         }
                         BudgetAction::FallbackModel => {
                             if let Some(model) = &config.fallback_model {
