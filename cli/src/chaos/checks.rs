@@ -31,6 +31,8 @@ pub(super) struct Report {
     undelivered: Vec<String>,
     out_of_order: Vec<String>,
     incomplete_prompts: Vec<String>,
+    /// Calls that presented another tenant's key, or the platform's for a tenant's own.
+    wrong_keys: Vec<String>,
 }
 
 impl Report {
@@ -40,6 +42,7 @@ impl Report {
             + self.undelivered.len()
             + self.out_of_order.len()
             + self.incomplete_prompts.len()
+            + self.wrong_keys.len()
     }
 }
 
@@ -62,6 +65,7 @@ impl fmt::Display for Report {
             ("replies never delivered", &self.undelivered),
             ("replies out of order", &self.out_of_order),
             ("prompts missing earlier turns", &self.incomplete_prompts),
+            ("calls with another tenant's key", &self.wrong_keys),
         ];
         for (what, found) in lines {
             writeln!(f, "  {what:<36}{}", found.len())?;
@@ -173,6 +177,7 @@ pub(super) async fn run(
     tenants: &[ClientId],
     accepted: &Accepted,
     requests: &[RecordedChat],
+    keys: &[String; super::TENANTS],
 ) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let dead = dead_letters(broker).await?;
@@ -264,6 +269,11 @@ pub(super) async fn run(
             continue;
         };
         report.prompts_checked += 1;
+        if request.api_key != keys[c % super::TENANTS] {
+            report.wrong_keys.push(format!(
+                "the call answering c{c} m{first} presented another key than its tenant's"
+            ));
+        }
         let seen: HashSet<usize> = earlier
             .iter()
             .flat_map(|t| parse(t))

@@ -22,7 +22,8 @@
 //! - no duplicate replies (every stored reply answers something, and reached the channel
 //!   once);
 //! - no reply out of order within its conversation;
-//! - every LLM prompt held all earlier messages of its conversation;
+//! - every LLM prompt held all earlier messages of its conversation, and presented its
+//!   tenant's key (the neighbour brings its own; the other tenant uses the platform's);
 //! - every webhook event reached its tenant's receiver (which fails a fifth of the
 //!   requests), signed with that tenant's secret, in order per conversation.
 //!
@@ -91,6 +92,43 @@ pub(crate) struct ChaosArgs {
 /// What the driver got accepted, per conversation in sending order.
 type Accepted = HashMap<usize, Vec<(usize, String)>>;
 
+/// The neighbour's own key for the default provider, and a budget it never reaches;
+/// returns the key each tenant's calls must present (the platform's, the neighbour's).
+async fn own_key_and_budget(
+    db: &shared::db::Db,
+    settings: &Settings,
+    neighbour: shared::ids::ClientId,
+) -> anyhow::Result<[String; TENANTS]> {
+    let provider = settings.llm.default_provider.clone();
+    let platform = settings
+        .llm
+        .providers
+        .get(&provider)
+        .map(|p| p.api_key.expose().clone())
+        .unwrap_or_default();
+    let own = "sk-chaos-neighbour-own-key".to_owned();
+    let secrets = shared::secrets::SecretBox::new(&settings.security.encryption_ring());
+    db.tenant(neighbour)
+        .llm_credentials()
+        .put(&shared::db::LlmCredential {
+            key_sealed: secrets.seal_llm_key(neighbour, &provider, &own)?,
+            provider,
+            key_last4: own[own.len() - 4..].to_owned(),
+            base_url: None,
+            organization: None,
+        })
+        .await?;
+    let configs = db.tenant(neighbour).configs();
+    let mut config: shared::db::ConfigUpdate = configs
+        .get()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no configuration"))?
+        .into();
+    config.budget.monthly = Some(1_000_000.0);
+    configs.update(&config).await?;
+    Ok([platform, own])
+}
+
 /// Conversation `c<N>` belongs to tenant `N % TENANTS`.
 const TENANTS: usize = 2;
 
@@ -155,6 +193,9 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     } = harness;
     let proxy = proxy.ok_or_else(|| anyhow::anyhow!("the chaos fleet runs behind a proxy"))?;
     let (neighbour, neighbour_key) = fleet::add_tenant(&db, "chaos-neighbour", 100).await?;
+    // The neighbour brings its own LLM key and has a budget: its every turn takes the
+    // tenant-key and spending paths (Redis counters) under the same faults.
+    let llm_keys = own_key_and_budget(&db, &run_settings, neighbour).await?;
     // Before any message: no process has the tenant's configuration cached yet.
     let endpoint = worker::tool_sim::ToolSim::start("127.0.0.2:0".parse()?, stop.clone()).await?;
     side_effects::add_tool(&db, client_id, &endpoint).await?;
@@ -230,7 +271,15 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     let parked = crate::bench::scrape::deliveries_parked(&http, &fleet.worker_metrics()).await;
     tokio::task::spawn_blocking(move || fleet.stop()).await?;
     stop.cancel();
-    let report = checks::run(&db, &broker, &tenants, &accepted, &sim.requests()).await?;
+    let report = checks::run(
+        &db,
+        &broker,
+        &tenants,
+        &accepted,
+        &sim.requests(),
+        &llm_keys,
+    )
+    .await?;
     let effects = side_effects::check(&endpoint);
     let hooked = webhooks::check(&db, &tenants, &accepted, &hooks, &receiver).await?;
     println!("chaos run {id} ({:.0?}):", started.elapsed());

@@ -372,6 +372,12 @@ currency = "EUR"
     assert!(s.llm.price("ollama", "other").is_none());
     assert_eq!(s.plans.starter.tokens_per_day, Some(5000));
     assert_eq!(s.plans.growth.tokens_per_day, None);
+    // Transcription by the minute: 90 seconds at 0.006 a minute is 0.009 = 9,000 micro-units.
+    let minute = MinutePrice {
+        per_minute: 0.006,
+        currency: "EUR".into(),
+    };
+    assert_eq!(minute.cost_micros(90.0), 9000);
 
     let e = load(
         r#"
