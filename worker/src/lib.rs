@@ -42,6 +42,7 @@ pub mod llm;
 mod media;
 mod ops;
 pub mod prompt;
+mod redact;
 mod spend;
 pub mod tool_sim;
 mod tools;

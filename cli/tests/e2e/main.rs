@@ -14,6 +14,7 @@ mod isolation;
 mod knowledge;
 mod mobile;
 mod operations;
+mod privacy;
 mod replay;
 mod security;
 mod spending;

@@ -253,6 +253,10 @@ pub(crate) struct ConfigOut {
     /// When the client's own LLM key is refused, the platform's key answers instead
     /// (default false: the fallback message, with the reason recorded).
     pub fallback_to_platform_key: bool,
+    /// E-mail addresses, phone numbers, card numbers (Luhn-checked) and IBANs
+    /// (checksum-checked) reach the LLM as placeholders (`<EMAIL_1>`…), restored in the
+    /// reply; the stored message keeps the original (default false).
+    pub redact_pii: bool,
 }
 
 impl From<ClientConfig> for ConfigOut {
@@ -283,6 +287,7 @@ impl From<ClientConfig> for ConfigOut {
             budget_warning_pct: c.budget.warning_pct,
             budget_action: c.budget.action.into(),
             fallback_to_platform_key: c.fallback_to_platform_key,
+            redact_pii: c.redact_pii,
         }
     }
 }
@@ -339,6 +344,9 @@ pub(crate) struct ConfigIn {
     /// Default false.
     #[serde(default)]
     pub fallback_to_platform_key: bool,
+    /// Default false.
+    #[serde(default)]
+    pub redact_pii: bool,
 }
 
 impl From<ConfigIn> for ConfigUpdate {
@@ -370,6 +378,7 @@ impl From<ConfigIn> for ConfigUpdate {
                 action: c.budget_action.into(),
             },
             fallback_to_platform_key: c.fallback_to_platform_key,
+            redact_pii: c.redact_pii,
         }
     }
 }
@@ -415,6 +424,7 @@ pub(crate) struct ConfigPatch {
     #[serde(default, deserialize_with = "some_budget_action")]
     pub budget_action: Option<BudgetAction>,
     pub fallback_to_platform_key: Option<bool>,
+    pub redact_pii: Option<bool>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
@@ -473,7 +483,8 @@ impl ConfigPatch {
             transcribe_audio,
             llm_vision,
             media_fallback_message,
-            fallback_to_platform_key
+            fallback_to_platform_key,
+            redact_pii
         );
         current
     }
@@ -568,6 +579,7 @@ mod tests {
             media_fallback_message: "Say the file could not be opened.".into(),
             budget: db::BudgetPolicy::default(),
             fallback_to_platform_key: false,
+            redact_pii: false,
         }
     }
 

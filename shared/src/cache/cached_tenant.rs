@@ -92,6 +92,8 @@ struct CachedConfig {
     budget_warning_pct: u8,
     budget_action: String,
     fallback_to_platform_key: bool,
+    /// Absent from older entries: read as absent, rebuilt.
+    redact_pii: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -163,6 +165,7 @@ impl From<&TenantConfig> for CachedTenant {
                 budget_warning_pct: k.budget.warning_pct,
                 budget_action: k.budget.action.as_str().to_owned(),
                 fallback_to_platform_key: k.fallback_to_platform_key,
+                redact_pii: k.redact_pii,
             },
             llm_credentials: t
                 .llm_credentials
@@ -300,6 +303,7 @@ impl TryFrom<CachedTenant> for TenantConfig {
                     action: k.budget_action.parse::<BudgetAction>()?,
                 },
                 fallback_to_platform_key: k.fallback_to_platform_key,
+                redact_pii: k.redact_pii,
             },
             tools,
             webhooks,

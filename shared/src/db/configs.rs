@@ -51,6 +51,9 @@ pub struct ClientConfig {
     /// When the tenant's own key is refused, the platform's key answers instead (else the
     /// turn takes the tenant's fallback path).
     pub fallback_to_platform_key: bool,
+    /// E-mail addresses, phone numbers, card numbers and IBANs reach the LLM as
+    /// placeholders, restored in the reply.
+    pub redact_pii: bool,
 }
 
 /// A tenant's monthly budget (`budget_monthly`, `budget_warning_pct`, `budget_action`).
@@ -149,6 +152,9 @@ pub struct ConfigUpdate {
     /// When the tenant's own key is refused, the platform's key answers instead (else the
     /// turn takes the tenant's fallback path).
     pub fallback_to_platform_key: bool,
+    /// E-mail addresses, phone numbers, card numbers and IBANs reach the LLM as
+    /// placeholders, restored in the reply.
+    pub redact_pii: bool,
 }
 
 impl ConfigUpdate {
@@ -253,6 +259,7 @@ impl From<ClientConfig> for ConfigUpdate {
             media_fallback_message: c.media_fallback_message,
             budget: c.budget,
             fallback_to_platform_key: c.fallback_to_platform_key,
+            redact_pii: c.redact_pii,
         }
     }
 }
@@ -301,7 +308,7 @@ const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_
     CAST(whatsapp_reengagement_template AS CHAR) AS whatsapp_reengagement_template, \
     transcribe_audio, llm_vision, media_fallback_message, \
     CAST(budget_monthly AS DOUBLE) AS budget_monthly, budget_warning_pct, budget_action, \
-    fallback_to_platform_key";
+    fallback_to_platform_key, redact_pii";
 
 #[derive(Debug)]
 pub struct Configs<'a> {
@@ -377,7 +384,7 @@ impl<'a> Configs<'a> {
              builtin_tools = ?, whatsapp_reengagement_template = ?, \
              transcribe_audio = ?, llm_vision = ?, media_fallback_message = ?, \
              budget_monthly = ?, budget_warning_pct = ?, budget_action = ?, \
-             fallback_to_platform_key = ?, config_version = config_version + 1 \
+             fallback_to_platform_key = ?, redact_pii = ?, config_version = config_version + 1 \
              WHERE client_id = ?",
         )?
         .bind(&update.persona_name)
@@ -409,6 +416,7 @@ impl<'a> Configs<'a> {
         .bind(update.budget.warning_pct)
         .bind(update.budget.action)
         .bind(update.fallback_to_platform_key)
+        .bind(update.redact_pii)
         .bind(client_id.get())
         .execute(&mut *tx)
         .await?;
@@ -619,6 +627,7 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
             action: row.try_get("budget_action")?,
         },
         fallback_to_platform_key: row.try_get("fallback_to_platform_key")?,
+        redact_pii: row.try_get("redact_pii")?,
     })
 }
 

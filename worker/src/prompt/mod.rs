@@ -309,6 +309,7 @@ mod tests {
                 media_fallback_message: "Say the file could not be opened.".into(),
                 budget: shared::db::BudgetPolicy::default(),
                 fallback_to_platform_key: false,
+                redact_pii: false,
             },
             tools: Vec::new(),
             webhooks: Vec::new(),

@@ -22,8 +22,10 @@ use crate::Ctx;
 use crate::error::Result;
 use crate::llm::{
     ChatImage, ChatMessage, ChatRequest, ChatRole, Completion, DeltaPiece, LlmClient, TenantKey,
+    ToolCall,
 };
 use crate::prompt;
+use crate::redact::Redactor;
 
 use super::live::LiveReply;
 use super::tool_loop::{CallsOf, Round, ToolLoop, offered};
@@ -116,6 +118,24 @@ pub(crate) async fn ask_llm(
             .count(&serde_json::to_string(&tools).unwrap_or_default())
     };
     let budget = budget as usize;
+    // The tenant's `redact_pii`: what the model (and the embeddings provider) reads holds
+    // placeholders; what comes back is restored.
+    let mut redactor = config.redact_pii.then(Redactor::default);
+    let redacted;
+    let (history, text) = match &mut redactor {
+        Some(r) => {
+            redacted = history
+                .iter()
+                .map(|h| HistoryTurn {
+                    role: h.role,
+                    content: r.redact(&h.content),
+                })
+                .collect::<Vec<_>>();
+            (redacted.as_slice(), r.redact(text))
+        }
+        None => (history, text.to_owned()),
+    };
+    let text = text.as_str();
     let credentials = tenant_keys(ctx, tenant);
     let own = credentials
         .iter()
@@ -172,7 +192,8 @@ pub(crate) async fn ask_llm(
         max_output_tokens: config.llm_max_output_tokens,
         messages,
         tools,
-        deltas: live.map(LiveReply::sink),
+        // Streamed text would show the placeholders: a redacting tenant's reply comes whole.
+        deltas: live.filter(|_| redactor.is_none()).map(LiveReply::sink),
         credentials,
     };
     let mut tool_loop = None;
@@ -202,9 +223,23 @@ pub(crate) async fn ask_llm(
             Some(l) => l,
             None => tool_loop.insert(Box::pin(ToolLoop::start(ctx, tenant, calls)).await?),
         };
-        let results = match Box::pin(tool_loop.round(&completion.tool_calls)).await? {
+        // A tool gets the values the user wrote, not the placeholders.
+        let restored: Vec<_> = completion
+            .tool_calls
+            .iter()
+            .map(|c| ToolCall {
+                arguments: restore(redactor.as_ref(), &c.arguments),
+                ..c.clone()
+            })
+            .collect();
+        let results = match Box::pin(tool_loop.round(&restored)).await? {
             Round::Results(results) => results,
             Round::Choices { text, choices } => {
+                let text = restore(redactor.as_ref(), &text);
+                let choices = choices
+                    .iter()
+                    .map(|c| restore(redactor.as_ref(), c))
+                    .collect();
                 return Ok(spent.answer(ReplyKind::Bot, text, choices, estimated));
             }
             Round::HandOff => {
@@ -227,6 +262,10 @@ pub(crate) async fn ask_llm(
             images: Vec::new(),
         });
         for (call, result) in completion.tool_calls.iter().zip(results) {
+            let result = match &mut redactor {
+                Some(r) => r.redact(&result),
+                None => result,
+            };
             let result = fit(
                 ctx,
                 result,
@@ -250,7 +289,17 @@ pub(crate) async fn ask_llm(
         rounds,
         "llm answered"
     );
-    Ok(spent.answer(ReplyKind::Bot, completion.text, Vec::new(), estimated))
+    if let Some(r) = &redactor {
+        tracing::debug!(replaced = r.replaced(), "personal data kept from the model");
+    }
+    let text = restore(redactor.as_ref(), &completion.text);
+    Ok(spent.answer(ReplyKind::Bot, text, Vec::new(), estimated))
+}
+
+/// `text` with the turn's placeholders put back (as it is, for a tenant that does not
+/// redact).
+fn restore(redactor: Option<&Redactor>, text: &str) -> String {
+    redactor.map_or_else(|| text.to_owned(), |r| r.restore(text))
 }
 
 /// Sends the request to the tenant's model, or to its fallback model when the primary
