@@ -85,9 +85,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let configs = TenantConfigs::new(db.clone(), cache.clone(), settings.tenancy.config_ttl);
     let owners = AccountOwners::new(db.clone(), cache.clone());
     let api_keys = ApiKeyOwners::new(db.clone(), cache.clone());
+    let conversations = ConversationIds::new(db.clone(), cache.clone());
     broadcast::start(
         cache.clone(),
         vec![
+            conversations.clone(),
             mailboxes.clone(),
             stream_events.clone(),
             configs.clone(),
@@ -107,7 +109,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         configs,
         owners,
         api_keys,
-        conversations: ConversationIds::new(db.clone()),
+        conversations,
         api: settings.api.clone(),
         whatsapp: settings.whatsapp.clone(),
         mobile: settings.mobile.clone(),

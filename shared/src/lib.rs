@@ -16,6 +16,7 @@ pub mod batching;
 pub mod cache;
 pub mod db;
 pub mod envelope;
+pub mod erasure;
 pub mod error;
 pub mod ids;
 pub mod knowledge;

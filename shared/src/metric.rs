@@ -62,6 +62,8 @@ pub const LLM_TENANT_KEY_REFUSED: &str = "chatfleet_llm_tenant_key_refused_total
 /// Counter `{action}`: turns a spent budget changed (fallback_model, fallback_message,
 /// handoff).
 pub const BUDGET_ACTIONS: &str = "chatfleet_budget_actions_total";
+/// Counter `{reason}`: conversations erased (`request`, `retention`).
+pub const CONVERSATIONS_ERASED: &str = "chatfleet_conversations_erased_total";
 /// Counter `{provider}`: failed LLM calls.
 pub const LLM_ERRORS: &str = "chatfleet_llm_errors_total";
 /// Counter `{provider}`: times a provider's circuit breaker opened.
@@ -106,7 +108,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 42] = [
+pub const ALL: [&str; 43] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -132,6 +134,7 @@ pub const ALL: [&str; 42] = [
     LLM_UNPRICED_CALLS,
     LLM_TENANT_KEY_REFUSED,
     BUDGET_ACTIONS,
+    CONVERSATIONS_ERASED,
     LLM_ERRORS,
     LLM_BREAKER_OPENED,
     LLM_TENANT_BREAKER_OPENED,

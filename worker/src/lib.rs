@@ -117,15 +117,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let cache = Cache::connect(&settings.redis).await?;
     let configs = TenantConfigs::new(db.clone(), cache.clone(), settings.tenancy.config_ttl);
     let locks = ConversationLocks::new(cache.clone(), settings.worker.lock_ttl);
+    let conversations = ConversationIds::new(db.clone(), cache.clone());
     broadcast::start(
         cache.clone(),
-        vec![configs.clone(), locks.clone()],
+        vec![configs.clone(), locks.clone(), conversations.clone()],
         shutdown.clone(),
     );
     let (confirms, confirms_writer) = confirms::Confirms::start(db.clone());
     let ctx = Arc::new(Ctx {
         db: db.clone(),
-        conversations: ConversationIds::new(db.clone()),
+        conversations,
         mailboxes: Mailboxes::new(cache.clone()),
         stream_events: StreamEvents::new(cache.clone()),
         delta_interval: settings.stream.delta_interval,

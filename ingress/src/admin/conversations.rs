@@ -103,31 +103,34 @@ pub(crate) async fn get_one(
     Path((id, conversation)): Path<(String, u64)>,
 ) -> Result<Json<ConversationDetail>> {
     let client = resolve(&state, &id).await?;
-    let conversation_id = ConversationId::new(conversation);
     let summary = state
         .db()
         .tenant(client.id)
         .conversations()
-        .get(conversation_id)
+        .get(ConversationId::new(conversation))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no conversation {conversation}")))?;
-    let messages = state
-        .db()
-        .tenant(client.id)
-        .messages()
-        .in_conversation(conversation_id, MESSAGES)
-        .await?;
-    let tool_calls = state
-        .db()
-        .tenant(client.id)
+    Ok(Json(detail(&state, client.id, summary, MESSAGES).await?))
+}
+
+/// A conversation with its last `limit` messages and tool calls.
+pub(super) async fn detail(
+    state: &AppState,
+    client_id: ClientId,
+    summary: ConversationSummary,
+    limit: u32,
+) -> Result<ConversationDetail> {
+    let tenant = state.db().tenant(client_id);
+    let messages = tenant.messages().in_conversation(summary.id, limit).await?;
+    let tool_calls = tenant
         .tool_calls()
-        .for_conversation(conversation_id, MESSAGES)
+        .for_conversation(summary.id, limit)
         .await?;
-    Ok(Json(ConversationDetail {
+    Ok(ConversationDetail {
         conversation: summary.into(),
         messages: messages.into_iter().map(Into::into).collect(),
         tool_calls: tool_calls.into_iter().map(Into::into).collect(),
-    }))
+    })
 }
 
 /// The agent's message was stored and is on its way to the user.

@@ -13,6 +13,7 @@ pub(crate) mod clients;
 pub(crate) mod config;
 pub(crate) mod conversations;
 pub(crate) mod credentials;
+pub(crate) mod end_users;
 pub(crate) mod knowledge;
 pub(crate) mod llm_credentials;
 pub(crate) mod tools;
@@ -41,6 +42,7 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .merge(config::routes())
         .merge(credentials::routes())
         .merge(conversations::routes())
+        .merge(end_users::routes())
         .merge(knowledge::routes())
         .merge(llm_credentials::routes())
         .merge(tools::routes())

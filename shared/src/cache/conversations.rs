@@ -1,12 +1,15 @@
 //! Conversation ids by their key (tenant, channel, external id), cached in the process:
-//! every message and every long-poll names its conversation by key, and a key's id never
-//! changes once the conversation exists (conversations are never deleted on their own;
-//! only a tenant's removal takes them, and with them everything that could ask). So a
-//! hit needs no invalidation and makes no round trip; a miss finds or creates the row.
+//! every message and every long-poll names its conversation by key, and a key's id
+//! changes only when the conversation is erased (its key then names a new one). So a hit
+//! makes no round trip; a miss finds or creates the row; an erasure is broadcast and
+//! every replica drops the erased id (all of them, when the subscription was lost and a
+//! broadcast may have been missed).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Cache;
+use super::broadcast::Listener;
 use crate::db::Db;
 use crate::error::Result;
 use crate::ids::{Channel, ClientId, ConversationId};
@@ -15,6 +18,7 @@ type Key = (ClientId, Channel, String);
 
 pub struct ConversationIds {
     db: Db,
+    cache: Cache,
     ids: moka::sync::Cache<Key, ConversationId>,
 }
 
@@ -25,14 +29,33 @@ impl std::fmt::Debug for ConversationIds {
 }
 
 impl ConversationIds {
-    pub fn new(db: Db) -> Arc<Self> {
+    pub fn new(db: Db, cache: Cache) -> Arc<Self> {
         Arc::new(Self {
             db,
+            cache,
             ids: moka::sync::Cache::builder()
                 .max_capacity(200_000)
                 .time_to_idle(Duration::from_secs(600))
+                .support_invalidation_closures()
                 .build(),
         })
+    }
+
+    /// Forgets an erased conversation here and on every replica.
+    pub async fn erased(&self, client_id: ClientId, conversation_id: ConversationId) -> Result<()> {
+        self.forget(client_id, conversation_id);
+        self.cache
+            .publish(
+                &self.cache.keys().erased_channel(),
+                &format!("{client_id}:{conversation_id}"),
+            )
+            .await
+    }
+
+    fn forget(&self, client_id: ClientId, conversation_id: ConversationId) {
+        let _ = self
+            .ids
+            .invalidate_entries_if(move |k, v| k.0 == client_id && *v == conversation_id);
     }
 
     /// The conversation for this key, created on first use.
@@ -77,5 +100,23 @@ impl ConversationIds {
             self.ids.insert(key, id);
         }
         Ok(found)
+    }
+}
+
+impl Listener for ConversationIds {
+    fn channel(&self) -> String {
+        self.cache.keys().erased_channel()
+    }
+    fn on_message(&self, payload: &str) {
+        let parsed = payload
+            .split_once(':')
+            .and_then(|(c, id)| Some((c.parse::<u64>().ok()?, id.parse::<u64>().ok()?)));
+        match parsed {
+            Some((c, id)) => self.forget(ClientId::new(c), ConversationId::new(id)),
+            None => self.ids.invalidate_all(),
+        }
+    }
+    fn on_subscribed(&self) {
+        self.ids.invalidate_all();
     }
 }

@@ -184,6 +184,12 @@ impl Keys {
         format!("{}:mailbox", self.prefix)
     }
 
+    /// The pub/sub channel that tells every replica a conversation was erased (its key no
+    /// longer names it).
+    pub fn erased_channel(&self) -> String {
+        format!("{}:erased", self.prefix)
+    }
+
     /// The pub/sub channel of turns' live events (typing, deltas) for streaming clients.
     pub fn stream_events_channel(&self) -> String {
         format!("{}:stream", self.prefix)

@@ -48,9 +48,9 @@ text_column!(ConversationMode, "conversation mode", {
 
 #[derive(Debug)]
 pub struct Conversations<'a> {
-    pool: &'a MySqlPool,
+    pub(super) pool: &'a MySqlPool,
     /// The tenant every statement is bound to.
-    client_id: ClientId,
+    pub(super) client_id: ClientId,
 }
 
 impl<'a> Conversations<'a> {

@@ -17,6 +17,7 @@ mod configs;
 mod conversations;
 mod devices;
 mod direct;
+mod erasure;
 pub mod guard;
 mod knowledge;
 mod llm_credentials;
@@ -43,6 +44,7 @@ pub use configs::{
 };
 pub use conversations::{ConversationMode, ConversationSummary, Conversations, UserWindow};
 pub use devices::Devices;
+pub use erasure::{ERASED_PREFIX, Erased};
 pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};
 pub use llm_credentials::{LlmCredential, LlmCredentials};
 pub use messages::{

@@ -33,10 +33,12 @@ pub enum EventType {
     BudgetWarning,
     /// The month's spending reached the budget (once a month): `budget_action` applies.
     BudgetExceeded,
+    /// A conversation was erased (an end user's erasure, or retention).
+    EndUserErased,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 16] = [
+    pub const ALL: [EventType; 17] = [
         Self::ConversationCreated,
         Self::MessageReceived,
         Self::MessageReplied,
@@ -53,6 +55,7 @@ impl EventType {
         Self::LlmCredentialsFailed,
         Self::BudgetWarning,
         Self::BudgetExceeded,
+        Self::EndUserErased,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl EventType {
             Self::LlmCredentialsFailed => "llm.credentials_failed",
             Self::BudgetWarning => "budget.warning",
             Self::BudgetExceeded => "budget.exceeded",
+            Self::EndUserErased => "end_user.erased",
         }
     }
 
