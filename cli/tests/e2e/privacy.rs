@@ -1,11 +1,27 @@
-//! Personal data kept from the LLM (`redact_pii`): the simulator, which echoes the
-//! user's words, must see placeholders only — in the question and in the history — while
-//! the user gets the reply with the originals back and the stored message keeps them.
+//! Privacy end to end. Personal data kept from the LLM (`redact_pii`): the simulator,
+//! which echoes the user's words, must see placeholders only — in the question and in the
+//! history — while the user gets the reply with the originals back and the stored message
+//! keeps them. An end user's export and erasure.
+
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use shared::testkit::{TestTenant, eventually};
 
 use crate::support::{Method, Platform};
+use crate::webhooks::{Receiver, add_webhook, delivered};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Webhooks to the receiver double on 127.0.0.2.
+const WEBHOOKS: [(&str, &str); 2] = [
+    ("CHATFLEET__WEBHOOKS__ALLOW_HTTP", "true"),
+    (
+        "CHATFLEET__WEBHOOKS__ALLOWED_PRIVATE_NETWORKS",
+        "127.0.0.2/32",
+    ),
+];
 
 const SAID: &str = "Mail jane.doe@example.com, call +49 151 2345 6789, card 4111 1111 1111 1111, \
                     IBAN DE89 3704 0044 0532 0130 00; not a card: 4111 1111 1111 1112";
@@ -82,5 +98,160 @@ async fn personal_data_reaches_the_model_as_placeholders_and_the_user_as_written
             .iter()
             .any(|m| m.content.contains("john@example.org"))
     }));
+    p.stop().await;
+}
+
+/// Erasure and export: an end user's conversation is exported whole and alone, then
+/// erased everywhere (idempotently, only within its tenant); a turn in flight stores
+/// nothing; the user's next message starts afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_user_is_exported_and_erased_everywhere() {
+    let p = Platform::start_with(&WEBHOOKS, 1).await;
+    let (receiver, base) = Receiver::start(p.shutdown.clone()).await;
+    let (a, b) = (p.tenant("alpha").await, p.tenant("beta").await);
+    add_webhook(&p, &a, format!("{base}/a/ok"), json!(["end_user.erased"])).await;
+    p.ask(&a.api_key, "c1", "my mail is ann@example.com", "")
+        .await;
+    p.ask(&b.api_key, "c1", "beta's own words", "").await;
+    let users =
+        |t: &TestTenant, query: &str| format!("/admin/v1/clients/{}/end-users{query}", t.id);
+
+    // Export: everything of the end user, nothing of another's.
+    let (status, export) = p
+        .admin(
+            Method::GET,
+            &users(&a, "/export?channel=api&external_id=c1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{export}");
+    let messages = export["conversations"][0]["messages"]
+        .as_array()
+        .expect("messages");
+    assert_eq!(messages.len(), 2, "{export}");
+    assert_eq!(messages[0]["content"], "my mail is ann@example.com");
+    assert!(messages[1]["delivery_status"].is_string() || messages[1]["state"] == "stored");
+    assert!(!export.to_string().contains("beta's own words"), "{export}");
+    let (status, nothing) = p
+        .admin(
+            Method::GET,
+            &users(&a, "/export?channel=api&external_id=nobody"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(nothing["conversations"], json!([]), "{nothing}");
+    let (status, _) = p
+        .admin(
+            Method::GET,
+            &users(&a, "/export?channel=fax&external_id=c1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Erase by id: 404 for an unknown one and for another tenant's.
+    let a1 = p.conversation(a.id, "c1").await;
+    let b1 = p.conversation(b.id, "c1").await;
+    let path = |t: &TestTenant, id: u64| format!("/admin/v1/clients/{}/conversations/{id}", t.id);
+    let (status, _) = p.admin(Method::DELETE, &path(&a, b1.get()), None).await;
+    assert!(status == StatusCode::NOT_FOUND || a1 == b1, "{status}");
+    let (status, _) = p.admin(Method::DELETE, &path(&a, 9_999_999), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for _ in 0..2 {
+        let (status, _) = p.admin(Method::DELETE, &path(&a, a1.get()), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+    assert!(p.stored(a.id, a1).await.is_empty());
+    assert_eq!(
+        p.stored(b.id, b1).await.len(),
+        2,
+        "the other tenant keeps its own"
+    );
+    let (_, view) = p.admin(Method::GET, &path(&a, a1.get()), None).await;
+    assert_eq!(
+        view["external_id"],
+        format!("erased:{}", a1.get()),
+        "{view}"
+    );
+    let heard = eventually(WAIT, "end_user.erased", || {
+        let got = delivered(&receiver.at("/a/ok"));
+        async move { got.get("end_user.erased").cloned() }
+    })
+    .await;
+    assert_eq!(heard.len(), 1, "erasing again is the same event");
+    assert!(!heard[0].event().to_string().contains("ann@example.com"));
+
+    // The user writes again: a new conversation, without the erased history.
+    p.ask(&a.api_key, "c1", "hello again", "").await;
+    assert_ne!(p.conversation(a.id, "c1").await, a1);
+    let last = p.sim.requests().pop().expect("asked");
+    assert!(
+        last.messages
+            .iter()
+            .all(|m| !m.content.contains("ann@example.com"))
+    );
+
+    // By end user; again is nothing; an unknown channel names the field.
+    let (status, body) = p
+        .admin(
+            Method::DELETE,
+            &users(&a, "?channel=api&external_id=c1"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["erased_conversations"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    let (_, body) = p
+        .admin(
+            Method::DELETE,
+            &users(&a, "?channel=api&external_id=c1"),
+            None,
+        )
+        .await;
+    assert_eq!(body["erased_conversations"], 0, "{body}");
+    let (status, body) = p
+        .admin(
+            Method::DELETE,
+            &users(&a, "?channel=fax&external_id=c1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.to_string().contains("channel"), "{body}");
+
+    // A turn in flight when its conversation is erased stores and delivers nothing.
+    p.sim.set_latency(Duration::from_secs(2));
+    let before = p.sim.requests().len();
+    let (status, _) = p.send(&a.api_key, "c2", "erase me mid-turn", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    p.wait_for_llm_requests(before + 1).await;
+    let c2 = p.conversation(a.id, "c2").await;
+    let (status, _) = p.admin(Method::DELETE, &path(&a, c2.get()), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let served = p.sim.served();
+    eventually(WAIT, "the turn's LLM call to end", || async {
+        (p.sim.served() > served).then_some(())
+    })
+    .await;
+    p.sim.set_latency(Duration::ZERO);
+    // The next message of the same key is answered in a fresh conversation, after the
+    // erased turn finished: by then that turn stored whatever it was going to.
+    p.ask(&a.api_key, "c2", "after", "").await;
+    assert!(
+        p.stored(a.id, c2).await.is_empty(),
+        "the erased turn stored a reply"
+    );
+    let (_, fresh) = p
+        .admin(
+            Method::GET,
+            &users(&a, "/export?channel=api&external_id=c2"),
+            None,
+        )
+        .await;
+    let texts = fresh.to_string();
+    assert!(!texts.contains("erase me mid-turn"), "{texts}");
     p.stop().await;
 }

@@ -113,7 +113,9 @@ pub(crate) async fn erase_conversation(
 ) -> Result<Response> {
     let client = resolve(&state, &id).await?;
     if !erase(&state, client.id, ConversationId::new(conversation)).await? {
-        return Err(ApiError::not_found(format!("no conversation {conversation}")));
+        return Err(ApiError::not_found(format!(
+            "no conversation {conversation}"
+        )));
     }
     Ok(noted(
         StatusCode::NO_CONTENT,
