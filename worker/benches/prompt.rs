@@ -48,6 +48,7 @@ fn tenant() -> TenantConfig {
             budget: shared::db::BudgetPolicy::default(),
             fallback_to_platform_key: false,
             redact_pii: false,
+            retention_days: None,
         },
         tools: Vec::new(),
         webhooks: Vec::new(),

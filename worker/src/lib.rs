@@ -43,6 +43,7 @@ mod media;
 mod ops;
 pub mod prompt;
 mod redact;
+mod retention;
 mod spend;
 pub mod tool_sim;
 mod tools;
@@ -153,6 +154,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         media: media::MediaReader::new(&settings)?,
     });
     let ops = ops::serve(ctx.clone(), settings.worker.metrics_bind, shutdown.clone()).await?;
+    retention::start(
+        ctx.clone(),
+        settings.worker.retention_interval,
+        shutdown.clone(),
+    );
     tracing::info!(addr = %ops, "metrics, health and readiness served");
     consume::run(
         ctx.clone(),

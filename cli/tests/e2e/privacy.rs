@@ -255,3 +255,64 @@ async fn an_end_user_is_exported_and_erased_everywhere() {
     assert!(!texts.contains("erase me mid-turn"), "{texts}");
     p.stop().await;
 }
+
+/// Retention: conversations whose last message is older than the tenant's limit are
+/// erased by the sweeper; newer ones and other tenants' stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_erases_what_is_older_than_the_limit() {
+    let p = Platform::start_with(&[("CHATFLEET__WORKER__RETENTION_INTERVAL_S", "1")], 1).await;
+    let (t, other) = (p.tenant("kept-short").await, p.tenant("kept-long").await);
+    let (status, body) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", t.id),
+            Some(json!({ "retention_days": 1 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", t.id),
+            Some(json!({ "retention_days": 0 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    for (tenant, conversation) in [(&t, "old"), (&t, "new"), (&other, "old")] {
+        p.ask(&tenant.api_key, conversation, "remember me", "")
+            .await;
+    }
+    let (old, new) = (
+        p.conversation(t.id, "old").await,
+        p.conversation(t.id, "new").await,
+    );
+    let others = p.conversation(other.id, "old").await;
+    // Two days pass for both tenants' "old" conversations.
+    let pool = sqlx::MySqlPool::connect(p.env.settings.database.url.expose())
+        .await
+        .expect("database");
+    sqlx::query(
+        "UPDATE conversations SET last_message_at = NOW(6) - INTERVAL 2 DAY WHERE id IN (?, ?)",
+    )
+    .bind(old.get())
+    .bind(others.get())
+    .execute(&pool)
+    .await
+    .expect("aged");
+    pool.close().await;
+    eventually(WAIT, "the old conversation to be erased", || async {
+        p.stored(t.id, old).await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        p.stored(t.id, new).await.len(),
+        2,
+        "a newer conversation stays"
+    );
+    assert_eq!(
+        p.stored(other.id, others).await.len(),
+        2,
+        "a tenant without a limit keeps all"
+    );
+    p.stop().await;
+}

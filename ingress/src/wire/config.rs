@@ -257,6 +257,9 @@ pub(crate) struct ConfigOut {
     /// (checksum-checked) reach the LLM as placeholders (`<EMAIL_1>`…), restored in the
     /// reply; the stored message keeps the original (default false).
     pub redact_pii: bool,
+    /// Conversations whose last message is older than this many days are erased (null:
+    /// kept).
+    pub retention_days: Option<u32>,
 }
 
 impl From<ClientConfig> for ConfigOut {
@@ -288,6 +291,7 @@ impl From<ClientConfig> for ConfigOut {
             budget_action: c.budget.action.into(),
             fallback_to_platform_key: c.fallback_to_platform_key,
             redact_pii: c.redact_pii,
+            retention_days: c.retention_days,
         }
     }
 }
@@ -347,6 +351,9 @@ pub(crate) struct ConfigIn {
     /// Default false.
     #[serde(default)]
     pub redact_pii: bool,
+    /// Default null: kept.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
 }
 
 impl From<ConfigIn> for ConfigUpdate {
@@ -379,6 +386,7 @@ impl From<ConfigIn> for ConfigUpdate {
             },
             fallback_to_platform_key: c.fallback_to_platform_key,
             redact_pii: c.redact_pii,
+            retention_days: c.retention_days,
         }
     }
 }
@@ -425,6 +433,9 @@ pub(crate) struct ConfigPatch {
     pub budget_action: Option<BudgetAction>,
     pub fallback_to_platform_key: Option<bool>,
     pub redact_pii: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    pub retention_days: Option<Option<u32>>,
 }
 
 /// A field that is present, `null` or not: `Some(None)` for `null` (absent fields stay
@@ -484,7 +495,8 @@ impl ConfigPatch {
             llm_vision,
             media_fallback_message,
             fallback_to_platform_key,
-            redact_pii
+            redact_pii,
+            retention_days
         );
         current
     }
@@ -580,6 +592,7 @@ mod tests {
             budget: db::BudgetPolicy::default(),
             fallback_to_platform_key: false,
             redact_pii: false,
+            retention_days: None,
         }
     }
 

@@ -94,6 +94,7 @@ struct CachedConfig {
     fallback_to_platform_key: bool,
     /// Absent from older entries: read as absent, rebuilt.
     redact_pii: bool,
+    retention_days: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,6 +167,7 @@ impl From<&TenantConfig> for CachedTenant {
                 budget_action: k.budget.action.as_str().to_owned(),
                 fallback_to_platform_key: k.fallback_to_platform_key,
                 redact_pii: k.redact_pii,
+                retention_days: k.retention_days,
             },
             llm_credentials: t
                 .llm_credentials
@@ -304,6 +306,7 @@ impl TryFrom<CachedTenant> for TenantConfig {
                 },
                 fallback_to_platform_key: k.fallback_to_platform_key,
                 redact_pii: k.redact_pii,
+                retention_days: k.retention_days,
             },
             tools,
             webhooks,

@@ -85,6 +85,23 @@ impl Cache {
         Ok(())
     }
 
+    /// Takes the fleet-wide lease `name` for `ttl` if nobody holds it: true for the one
+    /// replica that got it (it is not released; it runs out, so whatever it guards runs
+    /// at most once per `ttl` across the fleet).
+    pub async fn take_lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool> {
+        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.keys.lease(name))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(set.is_some())
+    }
+
     async fn publish(&self, channel: &str, payload: &str) -> Result<()> {
         let mut conn = self.pool.get().await.map_err(redis_error)?;
         let _: i64 = redis::cmd("PUBLISH")
@@ -182,6 +199,11 @@ impl Keys {
     /// The pub/sub channel that announces new mailbox entries to every ingress replica.
     pub fn mailbox_channel(&self) -> String {
         format!("{}:mailbox", self.prefix)
+    }
+
+    /// A fleet-wide lease (one replica at a time runs what it guards).
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.prefix)
     }
 
     /// The pub/sub channel that tells every replica a conversation was erased (its key no

@@ -54,6 +54,9 @@ pub struct ClientConfig {
     /// E-mail addresses, phone numbers, card numbers and IBANs reach the LLM as
     /// placeholders, restored in the reply.
     pub redact_pii: bool,
+    /// Conversations whose last message is older than this many days are erased
+    /// (`None`: kept).
+    pub retention_days: Option<u32>,
 }
 
 /// A tenant's monthly budget (`budget_monthly`, `budget_warning_pct`, `budget_action`).
@@ -155,6 +158,9 @@ pub struct ConfigUpdate {
     /// E-mail addresses, phone numbers, card numbers and IBANs reach the LLM as
     /// placeholders, restored in the reply.
     pub redact_pii: bool,
+    /// Conversations whose last message is older than this many days are erased
+    /// (`None`: kept).
+    pub retention_days: Option<u32>,
 }
 
 impl ConfigUpdate {
@@ -218,6 +224,12 @@ impl ConfigUpdate {
         {
             problems.push("budget_monthly must be zero or more (at most 1e12), or null".to_owned());
         }
+        if self
+            .retention_days
+            .is_some_and(|d| !(1..=36_500).contains(&d))
+        {
+            problems.push("retention_days must be 1-36500, or null".to_owned());
+        }
         if !(1..=100).contains(&self.budget.warning_pct) {
             problems.push("budget_warning_pct must be 1-100".to_owned());
         }
@@ -260,6 +272,7 @@ impl From<ClientConfig> for ConfigUpdate {
             budget: c.budget,
             fallback_to_platform_key: c.fallback_to_platform_key,
             redact_pii: c.redact_pii,
+            retention_days: c.retention_days,
         }
     }
 }
@@ -308,7 +321,7 @@ const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_
     CAST(whatsapp_reengagement_template AS CHAR) AS whatsapp_reengagement_template, \
     transcribe_audio, llm_vision, media_fallback_message, \
     CAST(budget_monthly AS DOUBLE) AS budget_monthly, budget_warning_pct, budget_action, \
-    fallback_to_platform_key, redact_pii";
+    fallback_to_platform_key, redact_pii, retention_days";
 
 #[derive(Debug)]
 pub struct Configs<'a> {
@@ -384,7 +397,8 @@ impl<'a> Configs<'a> {
              builtin_tools = ?, whatsapp_reengagement_template = ?, \
              transcribe_audio = ?, llm_vision = ?, media_fallback_message = ?, \
              budget_monthly = ?, budget_warning_pct = ?, budget_action = ?, \
-             fallback_to_platform_key = ?, redact_pii = ?, config_version = config_version + 1 \
+             fallback_to_platform_key = ?, redact_pii = ?, retention_days = ?, \
+             config_version = config_version + 1 \
              WHERE client_id = ?",
         )?
         .bind(&update.persona_name)
@@ -417,6 +431,7 @@ impl<'a> Configs<'a> {
         .bind(update.budget.action)
         .bind(update.fallback_to_platform_key)
         .bind(update.redact_pii)
+        .bind(update.retention_days)
         .bind(client_id.get())
         .execute(&mut *tx)
         .await?;
@@ -628,6 +643,7 @@ fn config_from_row(row: &sqlx::mysql::MySqlRow) -> Result<ClientConfig> {
         },
         fallback_to_platform_key: row.try_get("fallback_to_platform_key")?,
         redact_pii: row.try_get("redact_pii")?,
+        retention_days: row.try_get("retention_days")?,
     })
 }
 

@@ -487,6 +487,12 @@ pub struct WorkerSettings {
     /// delivery past that which would start a new turn waits in the retry ladder.
     pub tenant_max_held: usize,
     pub metrics_bind: SocketAddr,
+    /// How often the retention sweeper runs (one worker at a time across the fleet).
+    #[serde(
+        rename = "retention_interval_s",
+        deserialize_with = "parse::positive_seconds"
+    )]
+    pub retention_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

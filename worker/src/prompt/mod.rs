@@ -310,6 +310,7 @@ mod tests {
                 budget: shared::db::BudgetPolicy::default(),
                 fallback_to_platform_key: false,
                 redact_pii: false,
+                retention_days: None,
             },
             tools: Vec::new(),
             webhooks: Vec::new(),
