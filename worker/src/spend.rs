@@ -29,7 +29,7 @@ pub(crate) struct Gate {
 }
 
 /// Whether anything watches the tenant's spending (else no counter is read or kept).
-fn watched(ctx: &Ctx, tenant: &TenantConfig) -> bool {
+pub(crate) fn watched(ctx: &Ctx, tenant: &TenantConfig) -> bool {
     tenant.config.budget.monthly.is_some()
         || ctx
             .plans

@@ -27,6 +27,9 @@ pub(super) struct Answering {
     pub config_version: u64,
     /// The tenant's day (its timezone) the turn counts on.
     pub day: chrono::NaiveDate,
+    /// Something watches the tenant's spending (a budget, tokens per day): the reply's
+    /// cost and tokens go to its counters.
+    pub watched: bool,
 }
 
 /// Stores the answer to the turn's messages (only if they are all still unanswered),
@@ -85,7 +88,7 @@ pub(super) async fn reply(
                 .map(|()| false);
         }
     }
-    if tokens > 0 || answer.accounting.cost_micros.is_some_and(|c| c > 0) {
+    if turn.watched && (tokens > 0 || answer.accounting.cost_micros.is_some_and(|c| c > 0)) {
         // The cached configuration: no round trip.
         if let Some(tenant) = Box::pin(ctx.configs.get(env.client_id)).await? {
             let period = crate::spend::period(&tenant);
