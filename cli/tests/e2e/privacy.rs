@@ -316,3 +316,41 @@ async fn retention_erases_what_is_older_than_the_limit() {
     );
     p.stop().await;
 }
+
+/// A worker logging at every level (`RUST_LOG=trace`, its libraries included) never
+/// writes what a user said or who they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_hold_no_personal_data_at_any_level() {
+    let p = Platform::start_with(&[], 0).await;
+    let t = p.tenant("logged").await;
+    let log = std::env::temp_dir().join(format!("cf-trace-{}.log", t.id));
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut worker = p.env.command(env!("CARGO_BIN_EXE_chatfleet"));
+    worker
+        .arg("worker")
+        .env("RUST_LOG", "trace")
+        .env(
+            "CHATFLEET__LLM__PROVIDERS__OLLAMA__BASE_URL",
+            p.sim.base_url(),
+        )
+        .stdout(file)
+        .stderr(std::process::Stdio::null());
+    let mut worker = worker.spawn().expect("a worker");
+    let said = "my card is 4111 1111 1111 1111, write to zed.secret@example.com";
+    let (status, _) = p.send(&t.api_key, "+4915112345678", said, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    p.read_until(&t.api_key, "+4915112345678", "", 2).await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let written = std::fs::read_to_string(&log).expect("the log");
+    let _ = std::fs::remove_file(&log);
+    assert!(written.len() > 10_000, "the worker logged at trace level");
+    for personal in [
+        "zed.secret@example.com",
+        "4111 1111 1111 1111",
+        "4915112345678",
+    ] {
+        assert!(!written.contains(personal), "the log holds {personal}");
+    }
+    p.stop().await;
+}
