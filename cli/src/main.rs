@@ -109,7 +109,12 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load()?;
-    shared::telemetry::init(&settings.telemetry);
+    let service = match cli.command {
+        Command::Worker => "chatfleet-worker",
+        Command::Ingress => "chatfleet-ingress",
+        _ => "chatfleet",
+    };
+    let _telemetry = shared::telemetry::init(&settings.telemetry, service);
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     match cli.command {

@@ -252,7 +252,12 @@ fn serve_layers(
                     .get(&REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                tracing::info_span!("http", method = %request.method(), route, request_id, client_id = tracing::field::Empty)
+                let span = tracing::info_span!("http", method = %request.method(), route, request_id, client_id = tracing::field::Empty);
+                shared::telemetry::continue_trace(
+                    &span,
+                    channels::caller_traceparent(request.headers()).as_deref(),
+                );
+                span
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

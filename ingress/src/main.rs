@@ -6,7 +6,7 @@ use shared::shutdown::{CancellationToken, cancel_on_signals};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
-    shared::telemetry::init(&settings.telemetry);
+    let _telemetry = shared::telemetry::init(&settings.telemetry, "chatfleet-ingress");
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     let running = ingress::start(settings, shutdown).await?;

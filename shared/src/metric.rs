@@ -62,6 +62,8 @@ pub const LLM_TENANT_KEY_REFUSED: &str = "chatfleet_llm_tenant_key_refused_total
 /// Counter `{action}`: turns a spent budget changed (fallback_model, fallback_message,
 /// handoff).
 pub const BUDGET_ACTIONS: &str = "chatfleet_budget_actions_total";
+/// Counter: span batches the OTLP collector did not take (the spans are dropped).
+pub const TRACE_EXPORT_FAILURES: &str = "chatfleet_trace_export_failures_total";
 /// Counter `{reason}`: conversations erased (`request`, `retention`).
 pub const CONVERSATIONS_ERASED: &str = "chatfleet_conversations_erased_total";
 /// Counter `{provider}`: failed LLM calls.
@@ -108,7 +110,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 43] = [
+pub const ALL: [&str; 44] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -135,6 +137,7 @@ pub const ALL: [&str; 43] = [
     LLM_TENANT_KEY_REFUSED,
     BUDGET_ACTIONS,
     CONVERSATIONS_ERASED,
+    TRACE_EXPORT_FAILURES,
     LLM_ERRORS,
     LLM_BREAKER_OPENED,
     LLM_TENANT_BREAKER_OPENED,

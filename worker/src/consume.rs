@@ -179,6 +179,10 @@ impl Dispatcher {
             ),
             Err(_) => tracing::info_span!("turn", attempt = first.delivery.attempt),
         };
+        // One trace per message, across the broker (the ingress's span is the parent).
+        if let Ok(env) = &first.envelope {
+            shared::telemetry::continue_trace(&span, env.trace.traceparent.as_deref());
+        }
         let in_flight = metrics::gauge!(metric::TURNS_IN_FLIGHT);
         in_flight.increment(1.0);
         let undecodable = first.envelope.as_ref().err().cloned();

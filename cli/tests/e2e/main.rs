@@ -22,6 +22,7 @@ mod streaming;
 mod support;
 mod tls;
 mod tools;
+mod traces;
 mod webhooks;
 mod whatsapp;
 mod widget;

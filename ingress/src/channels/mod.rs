@@ -135,8 +135,14 @@ pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> String {
         .unwrap_or_else(shared::telemetry::new_request_id)
 }
 
-/// The W3C trace context, when the caller sent one.
+/// The W3C trace context the message carries on: this request's span when traces are
+/// exported (a child of the caller's trace, if it sent one), else the caller's as sent.
 pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<String> {
+    shared::telemetry::current_traceparent().or_else(|| caller_traceparent(headers))
+}
+
+/// The caller's W3C trace context, when it sent one (checked well formed at the edge).
+pub(crate) fn caller_traceparent(headers: &axum::http::HeaderMap) -> Option<String> {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())

@@ -251,6 +251,21 @@ impl Settings {
         );
         self.check_prices(&mut check);
         check(
+            (0.0..=1.0).contains(&self.telemetry.sample_ratio),
+            "telemetry.sample_ratio",
+            format!(
+                "must be between 0 and 1, got {}",
+                self.telemetry.sample_ratio
+            ),
+        );
+        check(
+            self.telemetry.otlp_endpoint.is_empty()
+                || self.telemetry.otlp_endpoint.starts_with("http://")
+                || self.telemetry.otlp_endpoint.starts_with("https://"),
+            "telemetry.otlp_endpoint",
+            "must be an http(s) URL, or empty".into(),
+        );
+        check(
             (1024..=100 * 1024 * 1024).contains(&self.whatsapp.max_media_bytes),
             "whatsapp.max_media_bytes",
             "must be between 1 KiB and 100 MiB".into(),

@@ -506,6 +506,13 @@ pub enum LogFormat {
 pub struct TelemetrySettings {
     pub format: LogFormat,
     pub filter: String,
+    /// An OTLP/HTTP collector (`http://collector:4318`): spans are exported to its
+    /// `/v1/traces`; empty: no traces.
+    #[serde(default)]
+    pub otlp_endpoint: String,
+    /// The share of traces started here that are kept (a trace continued from a caller's
+    /// `traceparent` follows the caller's decision).
+    pub sample_ratio: f64,
 }
 
 /// Where settings come from, besides the embedded defaults.

@@ -563,7 +563,8 @@ impl LlmClient {
                 }
             }
         };
-        let outcome = tokio::time::timeout(timeout, call)
+        let span = tracing::info_span!("llm", provider = name, model);
+        let outcome = tokio::time::timeout(timeout, tracing::Instrument::instrument(call, span))
             .await
             .map_err(|_| LlmError::Timeout(timeout))
             .and_then(|r| r);

@@ -162,6 +162,10 @@ pub(super) async fn chat(
     if !endpoint.api_key.is_empty() {
         call = call.bearer_auth(endpoint.api_key);
     }
+    // The provider (or the gateway in front of it) joins the message's trace.
+    if let Some(traceparent) = shared::telemetry::current_traceparent() {
+        call = call.header("traceparent", traceparent);
+    }
     let response = call.send().await.map_err(transport_error)?;
     if !response.status().is_success() {
         return Err(status_error(response).await);

@@ -80,6 +80,8 @@ pub struct RecordedChat {
     pub tools: Vec<String>,
     /// The `Authorization: Bearer` key the call presented (empty: none).
     pub api_key: String,
+    /// The W3C `traceparent` the call carried.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -580,6 +582,10 @@ async fn ollama_chat(
             messages: messages.clone(),
             tools: tools.clone(),
             api_key: api_key.clone(),
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         },
     );
     if let Some(refused) = refused_key(&shared, &api_key) {
@@ -680,6 +686,10 @@ async fn openai_chat(
             messages: messages.clone(),
             tools: tools.clone(),
             api_key: api_key.clone(),
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         },
     );
     if let Some(refused) = refused_key(&shared, &api_key) {
