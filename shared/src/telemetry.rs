@@ -64,8 +64,15 @@ pub fn init(settings: &TelemetrySettings, service: &str) -> Telemetry {
     };
     let provider = traces(settings, service);
     let spans = provider.as_ref().map(|p| {
+        // Spans are entered at every poll of the futures they instrument: no clock reads
+        // (busy/idle time), no thread attributes, no OpenTelemetry context switched on
+        // each entry (the `traceparent` is read from the span itself).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("chatfleet"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_context_activation(false)
             .with_filter(EnvFilter::new(TRACED))
     });
     let _ = tracing_subscriber::registry()
