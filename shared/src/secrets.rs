@@ -49,10 +49,7 @@ impl SecretBox {
         channel: Channel,
         stored: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        match self.open_with(&associated_data(client_id, channel), stored)? {
-            (0, _) => Ok(None),
-            (_, plain) => self.seal(client_id, channel, &plain).map(Some),
-        }
+        self.reseal_with(&associated_data(client_id, channel), stored)
     }
 
     pub fn seal(&self, client_id: ClientId, channel: Channel, plaintext: &[u8]) -> Result<Vec<u8>> {
@@ -106,11 +103,7 @@ impl SecretBox {
         tool: &str,
         stored: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        let aad = tool_associated_data(client_id, tool);
-        match self.open_with(&aad, stored)? {
-            (0, _) => Ok(None),
-            (_, plain) => self.seal_with(&aad, &plain).map(Some),
-        }
+        self.reseal_with(&tool_associated_data(client_id, tool), stored)
     }
 
     /// Seals a webhook endpoint's signing secret (the tenant and the endpoint's id are
@@ -141,11 +134,7 @@ impl SecretBox {
         webhook_id: u64,
         stored: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        let aad = webhook_associated_data(client_id, webhook_id);
-        match self.open_with(&aad, stored)? {
-            (0, _) => Ok(None),
-            (_, plain) => self.seal_with(&aad, &plain).map(Some),
-        }
+        self.reseal_with(&webhook_associated_data(client_id, webhook_id), stored)
     }
 
     /// Seals a tenant's own API key for an LLM provider (the tenant and the provider's
@@ -173,10 +162,15 @@ impl SecretBox {
         provider: &str,
         stored: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        let aad = llm_associated_data(client_id, provider);
-        match self.open_with(&aad, stored)? {
+        self.reseal_with(&llm_associated_data(client_id, provider), stored)
+    }
+
+    /// `stored` sealed again under the first key with the same associated data, or
+    /// `None` when the first key sealed it already.
+    fn reseal_with(&self, aad: &[u8], stored: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.open_with(aad, stored)? {
             (0, _) => Ok(None),
-            (_, plain) => self.seal_with(&aad, &plain).map(Some),
+            (_, plain) => self.seal_with(aad, &plain).map(Some),
         }
     }
 
