@@ -65,7 +65,12 @@ pub(crate) async fn gate(ctx: &Ctx, tenant: &TenantConfig) -> Result<Gate> {
         .limits(tenant.client.plan)
         .tokens_per_day
         .filter(|limit| spent.day_tokens.unwrap_or(0) >= *limit)
-        .map(|_| until_next_day(tenant));
+        .map(|_| {
+            (period.next_day - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .max(Duration::from_secs(1))
+        });
     Ok(Gate {
         over_budget,
         tokens_wait,
@@ -191,27 +196,4 @@ async fn announce(
 /// Micro-units as currency units (for people and events).
 pub(crate) fn micros_to_units(micros: u64) -> f64 {
     micros as f64 / 1e6
-}
-
-/// How long until the tenant's next day starts (at least a second).
-fn until_next_day(tenant: &TenantConfig) -> Duration {
-    let now = Utc::now();
-    let today = SpendPeriod::at(&tenant.client.timezone, now).day;
-    // The tenant's day ends at most 26 hours on; find its first second past midnight.
-    let mut probe = now;
-    for step in [3600, 60, 1] {
-        while SpendPeriod::at(
-            &tenant.client.timezone,
-            probe + chrono::Duration::seconds(step),
-        )
-        .day == today
-            && probe - now < chrono::Duration::hours(27)
-        {
-            probe += chrono::Duration::seconds(step);
-        }
-    }
-    (probe - now + chrono::Duration::seconds(1))
-        .to_std()
-        .unwrap_or_default()
-        .max(Duration::from_secs(1))
 }

@@ -42,16 +42,28 @@ pub struct SpendPeriod {
     pub month_first: NaiveDate,
     pub month_last: NaiveDate,
     pub day: NaiveDate,
+    /// When the tenant's next day starts.
+    pub next_day: DateTime<Utc>,
 }
 
 impl SpendPeriod {
     /// The period `now` falls in for a tenant in `timezone` (an IANA name; one this
     /// build does not know counts as UTC).
     pub fn at(timezone: &str, now: DateTime<Utc>) -> Self {
-        let day = match timezone.parse::<chrono_tz::Tz>() {
-            Ok(tz) => now.with_timezone(&tz).date_naive(),
-            Err(_) => now.date_naive(),
-        };
+        let tz = timezone.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::UTC);
+        let day = now.with_timezone(&tz).date_naive();
+        let tomorrow = day.succ_opt().unwrap_or(day).and_time(chrono::NaiveTime::MIN);
+        // The earliest instant the local date is tomorrow's (a midnight a clock change
+        // skips is its first hour on).
+        let next_day = tomorrow
+            .and_local_timezone(tz)
+            .earliest()
+            .or_else(|| {
+                (tomorrow + chrono::Duration::hours(1))
+                    .and_local_timezone(tz)
+                    .earliest()
+            })
+            .map_or(now + chrono::Duration::days(1), |t| t.with_timezone(&Utc));
         let month_first = day.with_day(1).unwrap_or(day);
         let next_month = month_first
             .checked_add_months(chrono::Months::new(1))
@@ -61,6 +73,7 @@ impl SpendPeriod {
             month_first,
             month_last: next_month.pred_opt().unwrap_or(day),
             day,
+            next_day,
         }
     }
 }
@@ -205,6 +218,7 @@ mod tests {
         assert_eq!(berlin.day.to_string(), "2026-12-01");
         assert_eq!(berlin.month_first.to_string(), "2026-12-01");
         assert_eq!(berlin.month_last.to_string(), "2026-12-31");
+        assert_eq!(berlin.next_day, at("2026-12-01T23:00:00Z"));
         // …still November in New York and in UTC.
         let new_york = SpendPeriod::at("America/New_York", at("2026-12-01T03:00:00Z"));
         assert_eq!(new_york.month, "2026-11");
