@@ -29,7 +29,7 @@ pub(crate) struct Gate {
 }
 
 /// Whether anything watches the tenant's spending (else no counter is read or kept).
-pub(crate) fn watched(ctx: &Ctx, tenant: &TenantConfig) -> bool {
+fn watched(ctx: &Ctx, tenant: &TenantConfig) -> bool {
     tenant.config.budget.monthly.is_some()
         || ctx
             .plans
@@ -97,7 +97,6 @@ async fn rebuild(ctx: &Ctx, tenant: &TenantConfig, period: &SpendPeriod) -> Resu
 pub(crate) async fn count(
     ctx: &Ctx,
     tenant: &TenantConfig,
-    period: &SpendPeriod,
     accounting: &ReplyAccounting,
     tokens: u64,
 ) -> Result<()> {
@@ -105,12 +104,13 @@ pub(crate) async fn count(
     if !watched(ctx, tenant) || (micros == 0 && tokens == 0) {
         return Ok(());
     }
+    let period = period(tenant);
     let spent = ctx
         .cache
-        .add_spent(tenant.client.id, period, micros, tokens)
+        .add_spent(tenant.client.id, &period, micros, tokens)
         .await?;
     if let Some(month) = spent.month_micros {
-        announce(ctx, tenant, period, month).await?;
+        announce(ctx, tenant, &period, month).await?;
     }
     Ok(())
 }
@@ -133,7 +133,7 @@ pub(crate) async fn count_extra(
         cost_micros: Some(micros),
         ..ReplyAccounting::default()
     };
-    count(ctx, tenant, &period, &accounting, 0).await
+    count(ctx, tenant, &accounting, 0).await
 }
 
 /// `budget.warning` and `budget.exceeded`, each once in the tenant's month, when

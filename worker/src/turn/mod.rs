@@ -207,7 +207,7 @@ impl Turn<'_> {
             envelope_ids: turns.iter().map(|p| p.envelope_id).collect(),
             config_version: self.tenant.config.config_version,
             day: crate::spend::period(&self.tenant).day,
-            watched: crate::spend::watched(self.ctx, &self.tenant),
+            tenant: self.tenant.clone(),
         };
         if turns.len() > 1 {
             tracing::info!(

@@ -83,7 +83,7 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
         envelope_ids: vec![env.id],
         config_version: tenant.config.config_version,
         day: crate::spend::period(&tenant).day,
-        watched: crate::spend::watched(ctx, &tenant),
+        tenant: tenant.clone(),
     };
     let notice = Answer::notice(ReplyKind::Fallback, tenant.config.fallback_message.clone());
     reply(ctx, env, &turn, notice).await.map(drop)

@@ -3,9 +3,11 @@
 //! without one; and the outbox, the stored replies the broker never confirmed, published
 //! before anything new.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use shared::cache::MailboxKey;
-use shared::db::{ClosedAs, NewReply, StoreOutcome, StoredReply};
+use shared::db::{ClosedAs, NewReply, StoreOutcome, StoredReply, TenantConfig};
 use shared::envelope::{Destination, Envelope, Reply, ReplyKind};
 use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId};
 use shared::metric;
@@ -27,9 +29,9 @@ pub(super) struct Answering {
     pub config_version: u64,
     /// The tenant's day (its timezone) the turn counts on.
     pub day: chrono::NaiveDate,
-    /// Something watches the tenant's spending (a budget, tokens per day): the reply's
-    /// cost and tokens go to its counters.
-    pub watched: bool,
+    /// The tenant (its budget and plan say whether the reply's cost and tokens go to
+    /// its spending counters).
+    pub tenant: Arc<TenantConfig>,
 }
 
 /// Stores the answer to the turn's messages (only if they are all still unanswered),
@@ -88,17 +90,11 @@ pub(super) async fn reply(
                 .map(|()| false);
         }
     }
-    if turn.watched && (tokens > 0 || answer.accounting.cost_micros.is_some_and(|c| c > 0)) {
-        // The cached configuration: no round trip.
-        if let Some(tenant) = Box::pin(ctx.configs.get(env.client_id)).await? {
-            let period = crate::spend::period(&tenant);
-            let counted = crate::spend::count(ctx, &tenant, &period, &answer.accounting, tokens);
-            // The reply is stored and counted in the database; the counters catch up
-            // when rebuilt.
-            if let Err(e) = Box::pin(counted).await {
-                tracing::warn!(error = %e, "could not count the reply's spending in Redis");
-            }
-        }
+    let counted = crate::spend::count(ctx, &turn.tenant, &answer.accounting, tokens);
+    // The reply is stored and counted in the database; the counters catch up when
+    // rebuilt.
+    if let Err(e) = Box::pin(counted).await {
+        tracing::warn!(error = %e, "could not count the reply's spending in Redis");
     }
     Box::pin(announce_replied(ctx, &reply)).await?;
     reply.polls_woken = Box::pin(wake_polls(ctx, &reply)).await;
