@@ -44,7 +44,7 @@ pub(crate) async fn run(settings: &Settings, args: UsageArgs) -> anyhow::Result<
         .map(|c| c.budget)
         .unwrap_or_default();
     let currency = settings.llm.currency(&settings.speech);
-    let total = days.iter().fold(UsageDay::empty(first), add);
+    let total = UsageDay::total(first, &days);
     if args.json {
         let day = |d: &UsageDay| {
             serde_json::json!({
@@ -114,16 +114,6 @@ pub(crate) async fn run(settings: &Settings, args: UsageArgs) -> anyhow::Result<
         );
     }
     Ok(())
-}
-
-fn add(mut sum: UsageDay, d: &UsageDay) -> UsageDay {
-    sum.messages += d.messages;
-    sum.prompt_tokens += d.prompt_tokens;
-    sum.completion_tokens += d.completion_tokens;
-    sum.tool_calls += d.tool_calls;
-    sum.cost_micros += d.cost_micros;
-    sum.unpriced_replies += d.unpriced_replies;
-    sum
 }
 
 /// The first and last day of `YYYY-MM`.

@@ -252,12 +252,8 @@ pub(crate) async fn usage(
         ));
     }
     let usage = state.db().tenant(client.id).usage();
-    let days: Vec<UsageDayOut> = usage
-        .days(from, to)
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    let days = usage.days(from, to).await?;
+    let total = UsageTotalOut::from(shared::db::UsageDay::total(to, &days));
     let (month_micros, _) = usage.spent(period.month_first, period.month_last).await?;
     let budget = state
         .db()
@@ -269,8 +265,8 @@ pub(crate) async fn usage(
         .unwrap_or_default();
     Ok(Json(UsageOut {
         currency: state.currency().map(str::to_owned),
-        total: UsageTotalOut::of(&days),
-        days,
+        total,
+        days: days.into_iter().map(UsageDayOut::from).collect(),
         month: UsageMonthOut {
             month: period.month,
             spent: month_micros as f64 / 1e6,

@@ -165,7 +165,7 @@ pub(crate) struct UsageOut {
 }
 
 /// Days of usage summed.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct UsageTotalOut {
     pub messages: u64,
     pub prompt_tokens: u64,
@@ -175,20 +175,16 @@ pub(crate) struct UsageTotalOut {
     pub unpriced_replies: u64,
 }
 
-impl UsageTotalOut {
-    pub fn of(days: &[UsageDayOut]) -> Self {
-        let mut total = Self::default();
-        let mut micros = 0u64;
-        for d in days {
-            total.messages += d.messages;
-            total.prompt_tokens += d.prompt_tokens;
-            total.completion_tokens += d.completion_tokens;
-            total.tool_calls += d.tool_calls;
-            total.unpriced_replies += d.unpriced_replies;
-            micros += (d.cost * 1e6).round() as u64;
+impl From<UsageDay> for UsageTotalOut {
+    fn from(u: UsageDay) -> Self {
+        Self {
+            messages: u.messages,
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            tool_calls: u.tool_calls,
+            cost: u.cost_micros as f64 / 1e6,
+            unpriced_replies: u.unpriced_replies,
         }
-        total.cost = micros as f64 / 1e6;
-        total
     }
 }
 

@@ -52,7 +52,10 @@ impl SpendPeriod {
     pub fn at(timezone: &str, now: DateTime<Utc>) -> Self {
         let tz = timezone.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::UTC);
         let day = now.with_timezone(&tz).date_naive();
-        let tomorrow = day.succ_opt().unwrap_or(day).and_time(chrono::NaiveTime::MIN);
+        let tomorrow = day
+            .succ_opt()
+            .unwrap_or(day)
+            .and_time(chrono::NaiveTime::MIN);
         // The earliest instant the local date is tomorrow's (a midnight a clock change
         // skips is its first hour on).
         let next_day = tomorrow

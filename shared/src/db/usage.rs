@@ -30,7 +30,20 @@ pub struct UsageDay {
 }
 
 impl UsageDay {
-    /// A day without traffic (a start for sums).
+    /// The days summed (dated `day`).
+    pub fn total<'d>(day: NaiveDate, days: impl IntoIterator<Item = &'d UsageDay>) -> Self {
+        days.into_iter().fold(Self::empty(day), |mut sum, d| {
+            sum.messages += d.messages;
+            sum.prompt_tokens += d.prompt_tokens;
+            sum.completion_tokens += d.completion_tokens;
+            sum.tool_calls += d.tool_calls;
+            sum.cost_micros += d.cost_micros;
+            sum.unpriced_replies += d.unpriced_replies;
+            sum
+        })
+    }
+
+    /// A day without traffic.
     pub fn empty(day: NaiveDate) -> Self {
         Self {
             day,
