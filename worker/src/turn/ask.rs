@@ -320,11 +320,7 @@ async fn chat(
         }
         Err(e) => e,
     };
-    let (provider, _) = ctx.llm.route(&request.model);
-    let provider = provider.to_owned();
-    if e.is_key_refused() && LlmClient::tenant_key(request, &provider).is_some() {
-        let reason = format!("llm.credentials_failed: {provider}: {}", e.described());
-        Box::pin(credentials_failed(ctx, tenant, &provider, &e)).await?;
+    if let Some((provider, reason)) = Box::pin(key_refused(ctx, tenant, request, &e)).await? {
         if !config.fallback_to_platform_key {
             tracing::warn!(
                 provider,
@@ -374,19 +370,29 @@ async fn chat(
             spent.add(ctx, request, &c);
             Ok(Asked::Answered(c))
         }
-        Err(e) => {
-            let (provider, _) = ctx.llm.route(&request.model);
-            if e.is_key_refused() && LlmClient::tenant_key(request, provider).is_some() {
-                let provider = provider.to_owned();
-                Box::pin(credentials_failed(ctx, tenant, &provider, &e)).await?;
-                return Ok(Asked::KeyRefused(format!(
-                    "llm.credentials_failed: {provider}: {}",
-                    e.described()
-                )));
-            }
-            Err(e.into())
-        }
+        Err(e) => match Box::pin(key_refused(ctx, tenant, request, &e)).await? {
+            Some((_, reason)) => Ok(Asked::KeyRefused(reason)),
+            None => Err(e.into()),
+        },
     }
+}
+
+/// When `error` is the provider refusing the tenant's own key for the request's model:
+/// `llm.credentials_failed` is emitted, and the provider and the reason returned.
+async fn key_refused(
+    ctx: &Ctx,
+    tenant: &TenantConfig,
+    request: &ChatRequest,
+    error: &crate::llm::LlmError,
+) -> Result<Option<(String, String)>> {
+    let (provider, _) = ctx.llm.route(&request.model);
+    if !error.is_key_refused() || LlmClient::tenant_key(request, provider).is_none() {
+        return Ok(None);
+    }
+    let provider = provider.to_owned();
+    credentials_failed(ctx, tenant, &provider, error).await?;
+    let reason = format!("llm.credentials_failed: {provider}: {}", error.described());
+    Ok(Some((provider, reason)))
 }
 
 /// The tenant's own keys, opened for this turn's calls (a key that does not open is
