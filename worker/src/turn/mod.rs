@@ -205,7 +205,6 @@ impl Turn<'_> {
             conversation_id: self.conversation_id,
             message_ids: turns.iter().map(|p| p.message_id).collect(),
             envelope_ids: turns.iter().map(|p| p.envelope_id).collect(),
-            config_version: self.tenant.config.config_version,
             day: crate::spend::period(&self.tenant).day,
             tenant: self.tenant.clone(),
         };

@@ -81,7 +81,6 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
         conversation_id,
         message_ids: vec![recorded.message_id],
         envelope_ids: vec![env.id],
-        config_version: tenant.config.config_version,
         day: crate::spend::period(&tenant).day,
         tenant: tenant.clone(),
     };

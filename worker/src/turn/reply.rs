@@ -25,12 +25,11 @@ pub(super) struct Answering {
     /// Their row ids.
     pub message_ids: Vec<u64>,
     pub envelope_ids: Vec<EnvelopeId>,
-    /// The tenant's configuration the answer was made with.
-    pub config_version: u64,
     /// The tenant's day (its timezone) the turn counts on.
     pub day: chrono::NaiveDate,
-    /// The tenant (its budget and plan say whether the reply's cost and tokens go to
-    /// its spending counters).
+    /// The tenant, as configured when the answer was made (its version is recorded with
+    /// the reply; its budget and plan say whether the reply's cost and tokens go to its
+    /// spending counters).
     pub tenant: Arc<TenantConfig>,
 }
 
@@ -49,7 +48,7 @@ pub(super) async fn reply(
         turn.envelope_ids.clone(),
         answer.kind,
         answer.text.clone(),
-        turn.config_version,
+        turn.tenant.config.config_version,
     );
     if let Some(id) = answer.reply_id {
         reply.id = id;
@@ -69,7 +68,7 @@ pub(super) async fn reply(
                 prompt_tokens: answer.prompt_tokens,
                 completion_tokens: answer.completion_tokens,
                 estimated_prompt_tokens: answer.estimated_prompt_tokens,
-                config_version: turn.config_version,
+                config_version: turn.tenant.config.config_version,
                 choices: answer.choices,
                 accounting: answer.accounting.clone(),
             }),
