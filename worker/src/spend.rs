@@ -80,9 +80,12 @@ pub(crate) async fn gate(ctx: &Ctx, tenant: &TenantConfig) -> Result<Gate> {
 /// Counters rebuilt from `usage_daily` (set only where still absent), and the month's
 /// events announced if the rebuilt spending crossed a threshold.
 async fn rebuild(ctx: &Ctx, tenant: &TenantConfig, period: &SpendPeriod) -> Result<Spent> {
-    let usage = ctx.db.tenant(tenant.client.id).usage();
-    let (month_micros, _) = usage.spent(period.month_first, period.month_last).await?;
-    let (_, day_tokens) = usage.spent(period.day, period.day).await?;
+    let (month_micros, day_tokens) = ctx
+        .db
+        .tenant(tenant.client.id)
+        .usage()
+        .spent(period)
+        .await?;
     let spent = ctx
         .cache
         .seed_spent(tenant.client.id, period, month_micros, day_tokens)

@@ -254,7 +254,7 @@ pub(crate) async fn usage(
     let usage = state.db().tenant(client.id).usage();
     let days = usage.days(from, to).await?;
     let total = UsageTotalOut::from(shared::db::UsageDay::total(to, &days));
-    let (month_micros, _) = usage.spent(period.month_first, period.month_last).await?;
+    let (month_micros, _) = usage.spent(&period).await?;
     let budget = state
         .db()
         .tenant(client.id)

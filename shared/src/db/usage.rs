@@ -112,18 +112,19 @@ impl<'a> Usage<'a> {
         Ok(days.into_values().collect())
     }
 
-    /// What the days from `from` to `to` (inclusive) cost in micro-units, and the LLM
-    /// tokens they spent: how a month's or a day's spending counter is rebuilt.
-    pub async fn spent(&self, from: NaiveDate, to: NaiveDate) -> Result<(u64, u64)> {
+    /// What the tenant's month (the days of `period`) cost in micro-units, and the LLM
+    /// tokens its day spent: how the spending counters are rebuilt, in one statement.
+    pub async fn spent(&self, period: &crate::cache::SpendPeriod) -> Result<(u64, u64)> {
         let client_id = self.client_id;
         let row = guard::query(
             "SELECT CAST(IFNULL(SUM(cost_micros), 0) AS UNSIGNED) AS cost_micros, \
-             CAST(IFNULL(SUM(prompt_tokens + completion_tokens), 0) AS UNSIGNED) AS tokens \
-             FROM usage_daily WHERE client_id = ? AND day BETWEEN ? AND ?",
+             CAST(IFNULL(SUM(IF(day = ?, prompt_tokens + completion_tokens, 0)), 0) AS UNSIGNED) \
+             AS tokens FROM usage_daily WHERE client_id = ? AND day BETWEEN ? AND ?",
         )?
+        .bind(period.day)
         .bind(client_id.get())
-        .bind(from)
-        .bind(to)
+        .bind(period.month_first)
+        .bind(period.month_last)
         .fetch_one(self.pool)
         .await?;
         Ok((row.try_get("cost_micros")?, row.try_get("tokens")?))
