@@ -11,8 +11,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use shared::db::Db;
-use shared::envelope::Envelope;
+use shared::ids::EnvelopeId;
 use shared::mq::{Broker, Delivery, headers};
+use shared::sealed::{DataKeys, Heading, Opened};
+use shared::secrets::SecretBox;
 use shared::settings::Settings;
 
 /// Most dead letters one command looks at.
@@ -89,6 +91,40 @@ impl Filter {
     }
 }
 
+/// A dead letter's body as `show` prints it: the envelope or reply opened with its
+/// conversation's data key; only its heading and `"erased": true` when the conversation
+/// was erased; as it is when it is no envelope or reply (or does not open).
+async fn shown_body(keys: &DataKeys, body: &[u8]) -> Value {
+    let as_is = || {
+        serde_json::from_slice(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    };
+    let Some(heading) = Heading::of(body) else {
+        return as_is();
+    };
+    let opened = match heading.received_at {
+        Some(_) => keys
+            .open_envelope(body)
+            .await
+            .map(|o| o.map(|env| serde_json::to_value(env).unwrap_or(Value::Null))),
+        None => keys
+            .open_reply(body)
+            .await
+            .map(|o| o.map(|reply| serde_json::to_value(reply).unwrap_or(Value::Null))),
+    };
+    match opened {
+        Ok(Opened::Readable(value)) => value,
+        Ok(Opened::Erased(heading)) => json!({
+            "id": heading.id,
+            "client_id": heading.client_id,
+            "channel": heading.channel.as_str(),
+            "conversation_id": heading.conversation_id,
+            "erased": true,
+        }),
+        Err(_) => as_is(),
+    }
+}
+
 fn summary(d: &Delivery) -> Value {
     let h = d.headers();
     let get = |k: &str| h.get(k).cloned();
@@ -122,7 +158,12 @@ pub(crate) async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Res
             break;
         }
     }
-    let outcome = act(&db, &broker, &letters, command).await;
+    let keys = DataKeys::new(
+        db.clone(),
+        SecretBox::new(&settings.security.encryption_ring()),
+        shared::cache::Cache::connect(&settings.redis).await?,
+    );
+    let outcome = act(&db, &keys, &broker, &letters, command).await;
     consumer.close().await;
     broker.close().await;
     db.close().await;
@@ -131,6 +172,7 @@ pub(crate) async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Res
 
 async fn act(
     db: &Db,
+    keys: &DataKeys,
     broker: &Broker,
     letters: &[Delivery],
     command: DlqCommand,
@@ -165,8 +207,7 @@ async fn act(
                 .ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
             let mut s = summary(d);
             s["headers"] = json!(d.headers());
-            s["body"] = serde_json::from_slice(&d.body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.body).into_owned()));
+            s["body"] = shown_body(keys, &d.body).await;
             println!("{}", serde_json::to_string_pretty(&s)?);
         }
         DlqCommand::Requeue { filter } => {
@@ -182,10 +223,10 @@ async fn act(
                 let put_back = if from == topology.inbound_work() {
                     // The user got the fallback message when it was dead-lettered: reopen
                     // the message so this time it gets a real answer.
-                    if let Ok(env) = serde_json::from_slice::<Envelope>(&d.body) {
-                        db.tenant(env.client_id)
+                    if let Some(heading) = Heading::of(&d.body) {
+                        db.tenant(heading.client_id)
                             .messages()
-                            .reopen_after_fallback(env.id)
+                            .reopen_after_fallback(EnvelopeId::from_uuid(heading.id))
                             .await?;
                     }
                     publisher.publish_inbound_raw(&d.routing_key, &d.body).await

@@ -22,9 +22,11 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use shared::db::{Db, WebhookSubscription};
-use shared::envelope::{Envelope, Replay, ReplayMode, Reply, ReplyKind};
+use shared::envelope::{Envelope, Replay, ReplayMode, ReplyKind};
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::mq::Broker;
+use shared::sealed::{DataKeys, Heading, Opened};
+use shared::secrets::SecretBox;
 use shared::settings::Settings;
 use shared::webhooks::EventType;
 
@@ -66,52 +68,108 @@ pub(crate) struct ReplayArgs {
     wait_s: u64,
 }
 
-/// Envelopes in archive order, and the text each envelope's original reply had.
+/// What the archive holds of the chosen range: envelopes in archive order, the text
+/// each envelope's original reply had, and the envelopes of erased conversations (their
+/// headings: what they said can no longer be read).
+struct Archived {
+    envelopes: Vec<Envelope>,
+    originals: HashMap<EnvelopeId, String>,
+    erased: Vec<Heading>,
+}
+
 async fn read_archive(
     broker: &Broker,
+    keys: &DataKeys,
     args: &ReplayArgs,
     client: Option<ClientId>,
-) -> anyhow::Result<(Vec<Envelope>, HashMap<EnvelopeId, String>)> {
+) -> anyhow::Result<Archived> {
     let to = args.to.unwrap_or_else(Utc::now);
     let mut archive = broker.read_archive(args.from).await?;
-    let mut envelopes = Vec::new();
-    let mut replies = HashMap::new();
-    // The stream has no end: a quiet second means we read up to now.
-    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), archive.next()).await {
-        let _ = d.ack().await;
-        if d.routing_key == "replay" {
-            continue; // an earlier dry run's answer
-        }
-        if let Ok(reply) = serde_json::from_slice::<Reply>(&d.body) {
-            for id in &reply.in_reply_to {
-                replies.insert(*id, reply.text.expose().clone());
-            }
-            continue;
-        }
-        let Ok(env) = serde_json::from_slice::<Envelope>(&d.body) else {
-            continue;
-        };
-        let wanted = env.replay.is_none()
-            && env.received_at >= args.from
-            && env.received_at <= to
-            && client.is_none_or(|c| env.client_id == c)
+    let mut found = Archived {
+        envelopes: Vec::new(),
+        originals: HashMap::new(),
+        erased: Vec::new(),
+    };
+    let in_range = |heading: &Heading| {
+        heading.replay.is_none()
+            && heading
+                .received_at
+                .is_some_and(|at| at >= args.from && at <= to)
+            && client.is_none_or(|c| heading.client_id == c)
             && args
                 .channel
                 .as_deref()
-                .is_none_or(|c| env.channel.as_str() == c)
-            && args
-                .conversation
-                .as_deref()
-                .is_none_or(|c| env.external_id.expose() == c);
-        if wanted && !envelopes.iter().any(|e: &Envelope| e.id == env.id) {
-            envelopes.push(env);
+                .is_none_or(|c| heading.channel.as_str() == c)
+    };
+    // The stream has no end: a quiet second means we read up to now.
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), archive.next()).await {
+        let _ = d.ack().await;
+        let Some(heading) = Heading::of(&d.body) else {
+            continue;
+        };
+        if d.routing_key == "replay" || !in_range(&heading) && heading.received_at.is_some() {
+            continue; // an earlier dry run's answer, or an envelope not asked for
+        }
+        if heading.received_at.is_none() {
+            if let Ok(Opened::Readable(reply)) = keys.open_reply(&d.body).await {
+                for id in &reply.in_reply_to {
+                    found.originals.insert(*id, reply.text.expose().clone());
+                }
+            }
+            continue;
+        }
+        match keys.open_envelope(&d.body).await {
+            Ok(Opened::Readable(env)) => {
+                let wanted = args
+                    .conversation
+                    .as_deref()
+                    .is_none_or(|c| env.external_id.expose() == c);
+                if wanted && !found.envelopes.iter().any(|e: &Envelope| e.id == env.id) {
+                    found.envelopes.push(env);
+                }
+            }
+            // An erased conversation cannot be told by its id in the channel.
+            Ok(Opened::Erased(heading)) if args.conversation.is_none() => {
+                if !found.erased.iter().any(|e| e.id == heading.id) {
+                    found.erased.push(heading);
+                }
+            }
+            Ok(Opened::Erased(_)) => {}
+            Err(e) => tracing::warn!(error = %e, "an archived envelope cannot be read; skipped"),
         }
     }
     archive.close().await;
     if let Some(limit) = args.limit {
-        envelopes.truncate(limit);
+        found.envelopes.truncate(limit);
     }
-    Ok((envelopes, replies))
+    Ok(found)
+}
+
+/// Prints the envelopes of erased conversations the range held, which were skipped.
+fn report_erased(erased: &[Heading], json: bool) {
+    for heading in erased {
+        if json {
+            println!(
+                "{}",
+                json!({
+                    "envelope_id": heading.id,
+                    "client_id": heading.client_id,
+                    "channel": heading.channel.as_str(),
+                    "received_at": heading.received_at,
+                    "erased": true,
+                })
+            );
+        } else {
+            println!(
+                "── {} · client {} · {} · erased (its conversation was erased: skipped)",
+                heading.channel.as_str(),
+                heading.client_id,
+                heading
+                    .received_at
+                    .map_or_else(String::new, |at| at.format("%Y-%m-%d %H:%M:%S").to_string()),
+            );
+        }
+    }
 }
 
 fn progress(n: usize, hidden: bool, what: &str) -> ProgressBar {
@@ -128,21 +186,31 @@ fn progress(n: usize, hidden: bool, what: &str) -> ProgressBar {
 }
 
 pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    let db = Db::connect(&settings.database).await?;
     let client = match &args.client {
         None => None,
         Some(c) => match c.parse::<u64>() {
             Ok(id) => Some(ClientId::new(id)),
             Err(_) => {
-                let db = Db::connect(&settings.database).await?;
                 let found = db.clients().by_slug(c).await?;
-                db.close().await;
                 Some(found.ok_or_else(|| anyhow::anyhow!("no client {c:?}"))?.id)
             }
         },
     };
+    let cache = shared::cache::Cache::connect(&settings.redis).await?;
+    let keys = DataKeys::new(
+        db.clone(),
+        SecretBox::new(&settings.security.encryption_ring()),
+        cache,
+    );
     let broker = Broker::connect(&settings.amqp, "chatfleet-replay").await?;
-    let (envelopes, originals) = read_archive(&broker, &args, client).await?;
-    let publisher = broker.publisher().await?;
+    let Archived {
+        envelopes,
+        originals,
+        erased,
+    } = read_archive(&broker, &keys, &args, client).await?;
+    report_erased(&erased, args.json);
+    let publisher = broker.publisher().await?.sealing(keys.clone());
     let replay_id = uuid::Uuid::now_v7();
     if args.mode == Mode::Live {
         let bar = progress(envelopes.len(), args.json, "re-injecting");
@@ -160,23 +228,25 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
         }
         bar.finish_and_clear();
         let summary = format!(
-            "{} re-injected{}",
+            "{} re-injected{}, {} erased",
             envelopes.len(),
             if args.force {
                 " as new messages"
             } else {
                 " (the workers skip those already answered)"
-            }
+            },
+            erased.len()
         );
         if args.json {
             println!(
                 "{}",
-                json!({ "summary": summary, "replayed": envelopes.len() })
+                json!({ "summary": summary, "replayed": envelopes.len(), "erased": erased.len() })
             );
         } else {
             println!("{summary}");
         }
         broker.close().await;
+        db.close().await;
         return Ok(());
     }
 
@@ -200,8 +270,8 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
         let Ok(Some(d)) = tokio::time::timeout_at(deadline, answers.next()).await else {
             break;
         };
-        match serde_json::from_slice::<Reply>(&d.body) {
-            Ok(reply) if reply.in_reply_to.iter().any(|id| ours.contains(id)) => {
+        match keys.open_reply(&d.body).await {
+            Ok(Opened::Readable(reply)) if reply.in_reply_to.iter().any(|id| ours.contains(id)) => {
                 let _ = d.ack().await;
                 for id in &reply.in_reply_to {
                     new_replies.insert(*id, (reply.text.expose().clone(), reply.kind));
@@ -217,7 +287,8 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
     bar.finish_and_clear();
     answers.close().await;
     broker.close().await;
-    let subscriptions = subscriptions(settings, &envelopes).await?;
+    let subscriptions = subscriptions(&db, &envelopes).await?;
+    db.close().await;
 
     let (mut changed, mut failed) = (0, 0);
     for env in &envelopes {
@@ -283,11 +354,12 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
         }
     }
     let summary = format!(
-        "{} replayed, {changed} changed, {failed} failed",
-        envelopes.len()
+        "{} replayed, {changed} changed, {failed} failed, {} erased",
+        envelopes.len(),
+        erased.len()
     );
     if args.json {
-        let v: Value = json!({ "summary": summary, "replayed": envelopes.len(), "changed": changed, "failed": failed });
+        let v: Value = json!({ "summary": summary, "replayed": envelopes.len(), "changed": changed, "failed": failed, "erased": erased.len() });
         println!("{v}");
     } else {
         println!("{summary}");
@@ -297,17 +369,15 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
 
 /// Each replayed tenant's webhook subscriptions as they are today.
 async fn subscriptions(
-    settings: &Settings,
+    db: &Db,
     envelopes: &[Envelope],
 ) -> anyhow::Result<HashMap<ClientId, Vec<WebhookSubscription>>> {
-    let db = Db::connect(&settings.database).await?;
     let mut found = HashMap::new();
     let tenants: HashSet<ClientId> = envelopes.iter().map(|e| e.client_id).collect();
     for client_id in tenants {
         let of_tenant = db.tenant(client_id).webhooks().subscriptions().await?;
         found.insert(client_id, of_tenant);
     }
-    db.close().await;
     Ok(found)
 }
 

@@ -1,10 +1,10 @@
-//! `chatfleet secrets reseal`: re-seals every stored channel, tool and LLM credential under
-//! the first key of the encryption key ring, tenant by tenant, so the keys after it can
-//! be removed from `security.encryption_keys`. A tenant whose tool credentials changed
-//! has its configuration refreshed everywhere (workers carry tools in their cached
-//! configuration). Safe to run again (what the first key sealed is left
-//! alone) and beside a running fleet (a credential changed meanwhile is left to its
-//! writer).
+//! `chatfleet secrets reseal`: re-seals every stored channel, tool and LLM credential,
+//! webhook secret and conversation data key under the first key of the encryption key
+//! ring, tenant by tenant, so the keys after it can be removed from
+//! `security.encryption_keys`. A tenant whose tool credentials changed has its
+//! configuration refreshed everywhere (workers carry tools in their cached
+//! configuration). Safe to run again (what the first key sealed is left alone) and
+//! beside a running fleet (a credential changed meanwhile is left to its writer).
 
 use clap::Subcommand;
 use shared::db::Db;
@@ -22,6 +22,9 @@ pub(crate) enum SecretsCommand {
 struct Tally {
     resealed: u64,
     current: u64,
+    /// Conversations' data keys, counted apart (there are many more of them).
+    data_keys_resealed: u64,
+    data_keys_current: u64,
     unreadable: Vec<String>,
 }
 
@@ -35,8 +38,9 @@ pub(crate) async fn run(settings: &Settings, command: SecretsCommand) -> anyhow:
     db.close().await;
     let tally = tally?;
     println!(
-        "{} credentials re-sealed under the first key, {} already were",
-        tally.resealed, tally.current
+        "{} credentials re-sealed under the first key, {} already were; \
+         {} conversation data keys re-sealed, {} already were",
+        tally.resealed, tally.current, tally.data_keys_resealed, tally.data_keys_current
     );
     if !tally.unreadable.is_empty() {
         anyhow::bail!(
@@ -97,9 +101,45 @@ async fn reseal(
                 }
             }
             reseal_webhooks(db, secrets, client.id, &mut tally).await?;
+            reseal_data_keys(db, secrets, client.id, &mut tally).await?;
             changed |= reseal_llm_keys(db, secrets, client.id, &mut tally).await?;
             if changed {
                 configs.refresh(client.id).await?;
+            }
+        }
+    }
+}
+
+/// Re-seals the data keys of the tenant's conversations (the key itself stays, so what
+/// it sealed on the broker opens as before).
+async fn reseal_data_keys(
+    db: &Db,
+    secrets: &SecretBox,
+    client_id: shared::ids::ClientId,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let conversations = db.tenant(client_id).conversations();
+    let mut after = 0;
+    loop {
+        let page = conversations.sealed_data_keys(after, 500).await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        after = last.get();
+        for (conversation_id, sealed) in page {
+            match secrets.reseal_data_key(client_id, conversation_id, &sealed) {
+                Ok(None) => tally.data_keys_current += 1,
+                Ok(Some(new)) => {
+                    if conversations
+                        .replace_data_key(conversation_id, &sealed, &new)
+                        .await?
+                    {
+                        tally.data_keys_resealed += 1;
+                    }
+                }
+                Err(_) => tally.unreadable.push(format!(
+                    "tenant {client_id} conversation {conversation_id}'s data key"
+                )),
             }
         }
     }

@@ -35,6 +35,7 @@ use shared::db::Db;
 use shared::ids::Channel;
 use shared::knowledge::Knowledge;
 use shared::mq::Broker;
+use shared::sealed::DataKeys;
 use shared::secrets::SecretBox;
 use shared::settings::Settings;
 use tokio::task::JoinHandle;
@@ -78,8 +79,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let db = Db::connect(&settings.database).await?;
     let broker = Broker::connect(&settings.amqp, "chatfleet-ingress").await?;
     broker.declare_topology().await?;
-    let publisher = broker.publisher().await?;
     let cache = Cache::connect(&settings.redis).await?;
+    let secrets = SecretBox::new(&settings.security.encryption_ring());
+    let data_keys = DataKeys::new(db.clone(), secrets.clone(), cache.clone());
+    let publisher = broker.publisher().await?.sealing(data_keys.clone());
     let mailboxes = Mailboxes::new(cache.clone());
     let stream_events = StreamEvents::new(cache.clone());
     let configs = TenantConfigs::new(db.clone(), cache.clone(), settings.tenancy.config_ttl);
@@ -95,6 +98,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             configs.clone(),
             owners.listener(),
             api_keys.listener(),
+            data_keys.clone(),
         ],
         shutdown.clone(),
     );
@@ -116,7 +120,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         sessions: SessionKeys::new(&settings.security.session_ring()),
         session_ttl: settings.sessions.ttl,
         admin: settings.admin.clone(),
-        secrets: SecretBox::new(&settings.security.encryption_ring()),
+        secrets,
+        data_keys,
         tools: settings.tools.clone(),
         webhooks: settings.webhooks.clone(),
         llm: settings.llm.clone(),

@@ -8,6 +8,7 @@ use shared::cache::{
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher};
+use shared::sealed::DataKeys;
 use shared::secrets::SecretBox;
 use shared::settings::{ApiSettings, MobileSettings, WhatsappSettings};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,8 @@ pub(crate) struct Services {
     pub session_ttl: std::time::Duration,
     pub admin: shared::settings::AdminSettings,
     pub secrets: SecretBox,
+    /// Opens the replies the deliverers take from the broker (sealed per conversation).
+    pub data_keys: Arc<DataKeys>,
     /// Tool definitions' limits and URL rules.
     pub tools: shared::settings::ToolsSettings,
     /// Webhook endpoints' limits, URL rules and retry schedule.
@@ -149,6 +152,9 @@ impl AppState {
     }
     pub(crate) fn secrets(&self) -> &SecretBox {
         &self.inner.secrets
+    }
+    pub(crate) fn data_keys(&self) -> &DataKeys {
+        &self.inner.data_keys
     }
     pub(crate) fn tools(&self) -> &shared::settings::ToolsSettings {
         &self.inner.tools

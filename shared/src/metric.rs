@@ -66,6 +66,9 @@ pub const BUDGET_ACTIONS: &str = "chatfleet_budget_actions_total";
 pub const TRACE_EXPORT_FAILURES: &str = "chatfleet_trace_export_failures_total";
 /// Counter `{reason}`: conversations erased (`request`, `retention`).
 pub const CONVERSATIONS_ERASED: &str = "chatfleet_conversations_erased_total";
+/// Counter `{what}` (`envelope`, `reply`): deliveries dropped because their conversation
+/// was erased after they were sent (their data key is gone).
+pub const ERASED_SKIPPED: &str = "chatfleet_erased_skipped_total";
 /// Counter `{provider}`: failed LLM calls.
 pub const LLM_ERRORS: &str = "chatfleet_llm_errors_total";
 /// Counter `{provider}`: times a provider's circuit breaker opened.
@@ -110,7 +113,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 44] = [
+pub const ALL: [&str; 45] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -137,6 +140,7 @@ pub const ALL: [&str; 44] = [
     LLM_TENANT_KEY_REFUSED,
     BUDGET_ACTIONS,
     CONVERSATIONS_ERASED,
+    ERASED_SKIPPED,
     TRACE_EXPORT_FAILURES,
     LLM_ERRORS,
     LLM_BREAKER_OPENED,

@@ -11,7 +11,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 
 use crate::error::{Error, Result};
-use crate::ids::{Channel, ClientId};
+use crate::ids::{Channel, ClientId, ConversationId};
 
 const NONCE_LEN: usize = 24;
 
@@ -165,6 +165,47 @@ impl SecretBox {
         self.reseal_with(&llm_associated_data(client_id, provider), stored)
     }
 
+    /// Seals a conversation's data key (the tenant and the conversation are the
+    /// associated data).
+    pub fn seal_data_key(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        key: &[u8; 32],
+    ) -> Result<Vec<u8>> {
+        self.seal_with(&data_key_associated_data(client_id, conversation_id), key)
+    }
+
+    pub fn open_data_key(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        stored: &[u8],
+    ) -> Result<[u8; 32]> {
+        let plain = self
+            .open_with(
+                &data_key_associated_data(client_id, conversation_id),
+                stored,
+            )
+            .map(|(_, plain)| plain)?;
+        plain
+            .try_into()
+            .map_err(|_| Error::Crypto("a data key is 32 bytes".into()))
+    }
+
+    /// [`Self::reseal`] for a conversation's data key.
+    pub fn reseal_data_key(
+        &self,
+        client_id: ClientId,
+        conversation_id: ConversationId,
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        self.reseal_with(
+            &data_key_associated_data(client_id, conversation_id),
+            stored,
+        )
+    }
+
     /// `stored` sealed again under the first key with the same associated data, or
     /// `None` when the first key sealed it already.
     fn reseal_with(&self, aad: &[u8], stored: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -283,6 +324,10 @@ fn tool_associated_data(client_id: ClientId, tool: &str) -> Vec<u8> {
 
 fn webhook_associated_data(client_id: ClientId, webhook_id: u64) -> Vec<u8> {
     format!("chatfleet/webhook-secret/{client_id}/{webhook_id}").into_bytes()
+}
+
+fn data_key_associated_data(client_id: ClientId, conversation_id: ConversationId) -> Vec<u8> {
+    format!("chatfleet/data-key/{client_id}/{conversation_id}").into_bytes()
 }
 
 fn llm_associated_data(client_id: ClientId, provider: &str) -> Vec<u8> {

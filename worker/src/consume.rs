@@ -1,5 +1,6 @@
 //! The consume loop: receives deliveries from `<prefix>.inbound.work` (manual acks,
-//! prefetch = the bound on in-flight turns), runs the turns of one conversation strictly
+//! prefetch = the bound on in-flight turns), opens their envelopes with their
+//! conversations' data keys (dropping those of erased conversations), runs the turns of one conversation strictly
 //! one after another in arrival order (different conversations run concurrently; across
 //! workers the conversation lock in `turn` keeps them apart), hands the deliveries that
 //! queued up behind a turn to the next turn together, applies each failure's
@@ -11,11 +12,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use shared::db::ClosedAs;
 use shared::envelope::{Envelope, ReplayMode};
 use shared::ids::ClientId;
 use shared::metric;
 use shared::mq::{Broker, Delivery, RetryRung};
+use shared::sealed::{Opened, Unreadable};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -339,14 +342,65 @@ pub(crate) async fn run(
         tracker: TaskTracker::new(),
     });
     let queue = broker.topology().inbound_work();
-    let mut deliveries = broker.subscribe(&queue, prefetch, "worker", shutdown);
-    while let Some(delivery) = deliveries.next().await {
-        let envelope =
-            serde_json::from_slice::<Envelope>(&delivery.body).map_err(|e| e.to_string());
-        dispatcher.dispatch(Job { delivery, envelope });
+    let mut deliveries = broker.subscribe(&queue, prefetch, "worker", shutdown.clone());
+    // Envelopes are opened concurrently (a data key not cached yet is a database read)
+    // and dispatched in the order they arrived.
+    let mut opening = futures::stream::FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            Some(job) = opening.next(), if !opening.is_empty() => {
+                if let Some(job) = job {
+                    dispatcher.dispatch(job);
+                }
+            }
+            delivery = deliveries.next() => match delivery {
+                Some(delivery) => opening.push_back(open(&dispatcher.ctx, delivery, &shutdown)),
+                None => break,
+            },
+        }
+    }
+    while let Some(job) = opening.next().await {
+        if let Some(job) = job {
+            dispatcher.dispatch(job);
+        }
     }
     drain(&dispatcher, drain_timeout).await;
     deliveries.close().await;
+}
+
+/// The delivery's envelope, opened with its conversation's data key: its turn's job
+/// (with the reason when it cannot be read: it is dead-lettered), or `None` when it was
+/// settled here — dropped because its conversation was erased since it was sent, or
+/// handed back to the queue because the worker is stopping while its key cannot be read
+/// (it is read again every few seconds until then: nothing else runs without the
+/// database either).
+async fn open(ctx: &Ctx, delivery: Delivery, shutdown: &CancellationToken) -> Option<Job> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let envelope = match ctx.data_keys.open_envelope(&delivery.body).await {
+            Ok(Opened::Readable(envelope)) => Ok(envelope),
+            Ok(Opened::Erased(heading)) => {
+                tracing::debug!(envelope_id = %heading.id, "the message's conversation was erased; dropped");
+                metrics::counter!(metric::ERASED_SKIPPED, "what" => "envelope").increment(1);
+                let _ = delivery.ack().await;
+                return None;
+            }
+            Err(Unreadable::Malformed(reason)) => Err(reason),
+            Err(Unreadable::Unavailable(e)) => {
+                tracing::warn!(error = %e, "cannot open a delivery now; trying again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = delivery.requeue().await;
+                        return None;
+                    }
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        return Some(Job { delivery, envelope });
+    }
 }
 
 async fn drain(dispatcher: &Dispatcher, timeout: Duration) {

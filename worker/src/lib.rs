@@ -59,6 +59,7 @@ use shared::cache::{
 use shared::db::Db;
 use shared::knowledge::Knowledge;
 use shared::mq::{Broker, Publisher, Topology};
+use shared::sealed::DataKeys;
 use shared::settings::{LlmSettings, PlansSettings, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -78,6 +79,8 @@ pub(crate) struct Ctx {
     delta_interval: Duration,
     lock_wait: Duration,
     publisher: Publisher,
+    /// Opens the envelopes taken from the broker (sealed per conversation).
+    data_keys: Arc<DataKeys>,
     confirms: confirms::Confirms,
     answered: answered::Answered,
     broker: Broker,
@@ -114,14 +117,24 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let db = Db::connect(&settings.database).await?;
     let broker = Broker::connect(&settings.amqp, "chatfleet-worker").await?;
     broker.declare_topology().await?;
-    let publisher = broker.publisher().await?;
     let cache = Cache::connect(&settings.redis).await?;
+    let data_keys = DataKeys::new(
+        db.clone(),
+        shared::secrets::SecretBox::new(&settings.security.encryption_ring()),
+        cache.clone(),
+    );
+    let publisher = broker.publisher().await?.sealing(data_keys.clone());
     let configs = TenantConfigs::new(db.clone(), cache.clone(), settings.tenancy.config_ttl);
     let locks = ConversationLocks::new(cache.clone(), settings.worker.lock_ttl);
     let conversations = ConversationIds::new(db.clone(), cache.clone());
     broadcast::start(
         cache.clone(),
-        vec![configs.clone(), locks.clone(), conversations.clone()],
+        vec![
+            configs.clone(),
+            locks.clone(),
+            conversations.clone(),
+            data_keys.clone(),
+        ],
         shutdown.clone(),
     );
     let (confirms, confirms_writer) = confirms::Confirms::start(db.clone());
@@ -136,6 +149,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         locks,
         lock_wait: settings.worker.lock_wait,
         publisher,
+        data_keys,
         confirms,
         answered: answered::Answered::new(),
         broker: broker.clone(),

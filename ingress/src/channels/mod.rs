@@ -46,7 +46,11 @@ pub(crate) async fn record_and_publish(
     envelope: &shared::envelope::Envelope,
 ) -> Result<()> {
     let (accepting, publishing, withdrawing) = (state.clone(), state.clone(), state.clone());
-    let (accepted, published) = (envelope.clone(), envelope.clone());
+    let accepted = envelope.clone();
+    let published = shared::envelope::Envelope {
+        conversation_id: Some(conversation_id),
+        ..envelope.clone()
+    };
     let (client_id, envelope_id) = (envelope.client_id, envelope.id);
     commit_then_publish(
         async move {

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use shared::cache::MailboxKey;
 use shared::db::Db;
-use shared::envelope::Reply;
 use shared::ids::{Channel, ClientId, ReplyId};
 use shared::mq::Delivery;
 use tokio::sync::{mpsc, oneshot};
@@ -117,20 +116,8 @@ async fn deliver(
     queue: &str,
     delivery: Delivery,
 ) {
-    let (reply, conversation_id) = match Reply::decode_for_channel(&delivery.body) {
-        Ok(decoded) => decoded,
-        Err(reason) => {
-            tracing::error!(%reason, "dead-lettering");
-            if state
-                .publisher()
-                .dead_letter(&delivery, queue, &reason)
-                .await
-                .is_ok()
-            {
-                let _ = delivery.ack().await;
-            }
-            return;
-        }
+    let Some((reply, conversation_id)) = super::open_reply(state, queue, &delivery).await else {
+        return;
     };
     let span = tracing::info_span!("deliver", %channel, client_id = %reply.client_id, reply_id = %reply.id);
     async {

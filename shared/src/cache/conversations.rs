@@ -108,15 +108,21 @@ impl Listener for ConversationIds {
         self.cache.keys().erased_channel()
     }
     fn on_message(&self, payload: &str) {
-        let parsed = payload
-            .split_once(':')
-            .and_then(|(c, id)| Some((c.parse::<u64>().ok()?, id.parse::<u64>().ok()?)));
-        match parsed {
-            Some((c, id)) => self.forget(ClientId::new(c), ConversationId::new(id)),
+        match erased_conversation(payload) {
+            Some((client_id, conversation_id)) => self.forget(client_id, conversation_id),
             None => self.ids.invalidate_all(),
         }
     }
     fn on_subscribed(&self) {
         self.ids.invalidate_all();
     }
+}
+
+/// The conversation an erasure's broadcast names (`<client_id>:<conversation_id>`).
+pub(crate) fn erased_conversation(payload: &str) -> Option<(ClientId, ConversationId)> {
+    let (client, conversation) = payload.split_once(':')?;
+    Some((
+        ClientId::new(client.parse().ok()?),
+        ConversationId::new(conversation.parse().ok()?),
+    ))
 }

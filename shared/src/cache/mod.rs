@@ -26,6 +26,7 @@ pub use accounts::{AccountOwners, TenantMetaApp};
 pub use api_keys::ApiKeyOwners;
 pub use conversation_lock::{ConversationLock, ConversationLocks};
 pub use conversations::ConversationIds;
+pub(crate) use conversations::erased_conversation;
 pub use mailbox::{MailboxKey, MailboxWatch, Mailboxes, PollSlot};
 pub use spending::{BudgetFlag, SpendPeriod, Spent};
 pub use stream_events::{StreamEvent, StreamEvents, StreamEventsOf};

@@ -2,7 +2,8 @@
 //! transcripts, channel message ids), its tool calls keep only their count (the usage of
 //! the day they were made), its webhook events and their deliveries go, a mobile
 //! device's push token goes, and the conversation row keeps its id and counters but no
-//! longer the end user's identifier (`external_id` becomes `erased:<id>`). Usage counts
+//! longer the end user's identifier (`external_id` becomes `erased:<id>`) nor its data key
+//! (the archive's and the dead-letter queue's sealed copies can no longer be opened). Usage counts
 //! (`usage_daily`) stay. One transaction, under the conversation row's lock, which the
 //! reply procedure takes too: a turn in flight finds its messages gone and stores nothing.
 //! Erasing again changes nothing.
@@ -73,7 +74,7 @@ impl Conversations<'_> {
         guard::query(
             "UPDATE conversations SET external_id = CONCAT('erased:', id), \
              channel_account = NULL, user_last_at = NULL, reengaged_for = NULL, \
-             mode = 'bot', status = 'closed' WHERE client_id = ? AND id = ?",
+             mode = 'bot', status = 'closed', data_key = NULL WHERE client_id = ? AND id = ?",
         )?
         .bind(client_id)
         .bind(id)

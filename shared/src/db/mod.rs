@@ -15,6 +15,7 @@ mod channel_accounts;
 mod clients;
 mod configs;
 mod conversations;
+mod data_keys;
 mod devices;
 mod direct;
 mod erasure;
@@ -43,6 +44,7 @@ pub use configs::{
     NewAgentMode, TenantConfig,
 };
 pub use conversations::{ConversationMode, ConversationSummary, Conversations, UserWindow};
+pub use data_keys::StoredDataKey;
 pub use devices::Devices;
 pub use erasure::{ERASED_PREFIX, Erased};
 pub use knowledge::{KnowledgeDocument, KnowledgeDocuments, Registered};

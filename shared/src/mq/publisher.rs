@@ -3,6 +3,7 @@
 //! binding) is an error rather than a silent drop. Callers answer 2xx or ack a delivery
 //! only after these methods return `Ok`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -13,6 +14,7 @@ use tokio::sync::RwLock;
 use super::{Broker, Delivery, RetryRung, broker_error, headers};
 use crate::envelope::{Envelope, Event, Reply};
 use crate::error::{Error, Result};
+use crate::sealed::DataKeys;
 
 /// Where a reply goes: its channel's outbound queue, the dry-run replay queue, or (a
 /// WhatsApp reply held for a closed window) the queue where it waits out
@@ -31,6 +33,9 @@ pub struct Publisher {
     broker: Broker,
     channel: RwLock<lapin::Channel>,
     confirm_timeout: Duration,
+    /// Seals the personal fields of envelopes and replies (every fleet process has it;
+    /// without, as in tests and tools that publish no personal data, they go as they are).
+    sealing: Option<Arc<DataKeys>>,
 }
 
 impl Publisher {
@@ -40,7 +45,17 @@ impl Publisher {
             broker,
             channel: RwLock::new(channel),
             confirm_timeout,
+            sealing: None,
         })
+    }
+
+    /// This publisher, sealing envelopes and replies with their conversations' data
+    /// keys (see [`crate::sealed`]).
+    pub fn sealing(self, keys: Arc<DataKeys>) -> Self {
+        Self {
+            sealing: Some(keys),
+            ..self
+        }
     }
 
     /// Publishes an envelope to the inbound exchange (`<channel>.<client_id>`).
@@ -51,10 +66,14 @@ impl Publisher {
             Some(envelope.trace.request_id.as_str()),
             envelope_headers(envelope, 1),
         );
+        let body = match &self.sealing {
+            Some(keys) => keys.seal_envelope(envelope).await?,
+            None => envelope.to_json(),
+        };
         self.publish(
             &topology.inbound_exchange(),
             &format!("{}.{}", envelope.channel, envelope.client_id),
-            &envelope.to_json(),
+            &body,
             props,
         )
         .await
@@ -115,10 +134,14 @@ impl Publisher {
             ReplyRoute::Replay => (topology.outbound_exchange(), "replay".to_owned()),
             ReplyRoute::Held => (String::new(), topology.whatsapp_held_queue()),
         };
+        let body = match &self.sealing {
+            Some(keys) => keys.seal_reply(reply).await?,
+            None => reply.to_json(),
+        };
         self.publish(
             &exchange,
             &key,
-            &reply.to_json(),
+            &body,
             properties(reply.id.to_string(), request_id, table),
         )
         .await

@@ -244,6 +244,13 @@ async fn accept(state: &AppState, app: &App, headers: &HeaderMap, body: Body) ->
                     traceparent: traceparent.clone(),
                 },
             );
+            // Named on the broker, so the envelope travels sealed under its key.
+            envelope.conversation_id = Some(
+                state
+                    .conversations()
+                    .get_or_create(client_id, Channel::Whatsapp, envelope.external_id.expose())
+                    .await?,
+            );
             envelope.sender.name = inbound.name.map(Pii::new);
             envelope.channel_message_id = Some(inbound.wamid);
             envelope.channel_account = Some(phone_number_id.clone());

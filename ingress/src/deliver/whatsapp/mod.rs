@@ -32,6 +32,7 @@ use shared::envelope::{Event, EventKind, Reply, ReplyKind};
 use shared::ids::{Channel, ConversationId};
 use shared::metric;
 use shared::mq::{Delivery, ReplyRoute};
+use shared::sealed::Heading;
 use shared::webhooks::{EventType, NewEvent};
 use tracing::Instrument;
 
@@ -61,19 +62,18 @@ pub(crate) async fn run(state: AppState) {
     let mut lanes = Vec::with_capacity(LANES);
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..LANES {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Delivery, Decoded)>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
         lanes.push(tx);
         let (state, http, queue) = (state.clone(), http.clone(), queue.clone());
         senders.spawn(async move {
-            while let Some((delivery, reply)) = rx.recv().await {
-                deliver(&state, &http, &queue, delivery, reply).await;
+            while let Some(delivery) = rx.recv().await {
+                deliver(&state, &http, &queue, delivery).await;
             }
         });
     }
     // The prefetch bounds the replies held across all lanes.
     while let Some(delivery) = deliveries.next().await {
-        let reply: Decoded = Reply::decode_for_channel(&delivery.body);
-        if lanes[lane(&reply)].send((delivery, reply)).is_err() {
+        if lanes[lane(&delivery.body)].send(delivery).is_err() {
             break;
         }
     }
@@ -82,17 +82,15 @@ pub(crate) async fn run(state: AppState) {
     deliveries.close().await;
 }
 
-/// A delivery's reply, decoded once, before it is given a lane.
-type Decoded = Result<(Reply, ConversationId), String>;
-
-/// The lane of a reply: the same for every reply to one recipient of one tenant (an
-/// undecodable one takes lane 0, where it is dead-lettered).
-fn lane(reply: &Decoded) -> usize {
-    let Ok((reply, _)) = reply else {
+/// The lane of a reply: the same for every reply of one conversation (one recipient of
+/// one tenant), read from the body's readable heading (one without takes lane 0, where
+/// it is dead-lettered).
+fn lane(body: &[u8]) -> usize {
+    let Some(heading) = Heading::of(body) else {
         return 0;
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (reply.client_id, reply.external_id.expose()).hash(&mut hasher);
+    (heading.client_id, heading.conversation_id).hash(&mut hasher);
     (hasher.finish() % LANES as u64) as usize
 }
 
@@ -114,16 +112,9 @@ impl Refusal {
     }
 }
 
-async fn deliver(
-    state: &AppState,
-    http: &reqwest::Client,
-    queue: &str,
-    delivery: Delivery,
-    reply: Decoded,
-) {
-    let (reply, conversation_id) = match reply {
-        Ok(decoded) => decoded,
-        Err(reason) => return dead_letter(state, queue, &delivery, &reason).await,
+async fn deliver(state: &AppState, http: &reqwest::Client, queue: &str, delivery: Delivery) {
+    let Some((reply, conversation_id)) = super::open_reply(state, queue, &delivery).await else {
+        return;
     };
     if reply.kind == ReplyKind::Typing {
         // Never waited for, never retried: the reply behind it must not wait on it.

@@ -1,0 +1,113 @@
+//! Conversations' data keys (crypto-shredding, see `crate::sealed`): read, created once
+//! (the first writer wins), listed and replaced for a re-seal. An erased conversation
+//! (its `external_id` begins with `erased:`) has none and never gets one again.
+
+use sqlx::Row;
+
+use super::Conversations;
+use super::guard;
+use crate::error::Result;
+use crate::ids::ConversationId;
+
+/// A conversation's data key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredDataKey {
+    /// Sealed under the key ring (`SecretBox::open_data_key`).
+    Sealed(Vec<u8>),
+    /// Not made yet (a conversation from before data keys).
+    Missing,
+    /// The conversation was erased, and its key with it.
+    Erased,
+    /// The tenant has no such conversation.
+    Unknown,
+}
+
+impl Conversations<'_> {
+    /// The conversation's data key.
+    pub async fn data_key(&self, conversation_id: ConversationId) -> Result<StoredDataKey> {
+        let row = guard::query(
+            "SELECT data_key, external_id LIKE 'erased:%' AS erased FROM conversations \
+             WHERE client_id = ? AND id = ?",
+        )?
+        .bind(self.client_id.get())
+        .bind(conversation_id.get())
+        .fetch_optional(self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(StoredDataKey::Unknown);
+        };
+        let key: Option<Vec<u8>> = row.try_get("data_key")?;
+        let erased: bool = row.try_get("erased")?;
+        Ok(match (key, erased) {
+            (_, true) => StoredDataKey::Erased,
+            (Some(key), false) => StoredDataKey::Sealed(key),
+            (None, false) => StoredDataKey::Missing,
+        })
+    }
+
+    /// Stores `sealed` as the conversation's data key unless it has one (or was erased);
+    /// whether it was stored. Whoever loses the race reads the winner's.
+    pub async fn create_data_key(
+        &self,
+        conversation_id: ConversationId,
+        sealed: &[u8],
+    ) -> Result<bool> {
+        let done = guard::query(
+            "UPDATE conversations SET data_key = ? WHERE client_id = ? AND id = ? \
+             AND data_key IS NULL AND external_id NOT LIKE 'erased:%'",
+        )?
+        .bind(sealed)
+        .bind(self.client_id.get())
+        .bind(conversation_id.get())
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sealed data keys of conversations by ascending id after `after_id`, at most
+    /// `limit` (for `chatfleet secrets reseal`).
+    pub async fn sealed_data_keys(
+        &self,
+        after_id: u64,
+        limit: u32,
+    ) -> Result<Vec<(ConversationId, Vec<u8>)>> {
+        let rows = guard::query(
+            "SELECT id, data_key FROM conversations WHERE client_id = ? AND id > ? \
+             AND data_key IS NOT NULL ORDER BY id ASC LIMIT ?",
+        )?
+        .bind(self.client_id.get())
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    ConversationId::new(row.try_get("id")?),
+                    row.try_get("data_key")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces a data key re-sealed under the ring's first key, unless it changed
+    /// meanwhile (erased); whether it was replaced.
+    pub async fn replace_data_key(
+        &self,
+        conversation_id: ConversationId,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool> {
+        let done = guard::query(
+            "UPDATE conversations SET data_key = ? WHERE client_id = ? AND id = ? \
+             AND data_key = ?",
+        )?
+        .bind(new)
+        .bind(self.client_id.get())
+        .bind(conversation_id.get())
+        .bind(old)
+        .execute(self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
