@@ -1,15 +1,19 @@
 //! Privacy end to end. Personal data kept from the LLM (`redact_pii`): the simulator,
 //! which echoes the user's words, must see placeholders only — in the question and in the
 //! history — while the user gets the reply with the originals back and the stored message
-//! keeps them. An end user's export and erasure.
+//! keeps them. An end user's export and erasure, the archive's and dead letters' copies
+//! shredded with the conversation's data key.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use shared::ids::Channel;
+use shared::sealed::{DataKeys, Heading, Opened};
+use shared::secrets::SecretBox;
 use shared::testkit::{TestTenant, eventually};
 
-use crate::support::{Method, Platform};
+use crate::support::{Method, Platform, chatfleet};
 use crate::webhooks::{Receiver, add_webhook, delivered};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -353,4 +357,283 @@ async fn logs_hold_no_personal_data_at_any_level() {
         assert!(!written.contains(personal), "the log holds {personal}");
     }
     p.stop().await;
+}
+
+/// Crypto-shredding: a WhatsApp conversation with a transcribed voice note, a tool call
+/// and replies Graph refuses (dead-lettered) crosses the broker sealed — the archive
+/// stream holds none of its texts or identifiers in the clear, while its data key opens
+/// them — and once it is erased, the database holds none of them either, its archived
+/// copies read as erased (replay skips them and says so, `dlq show` too), and another
+/// conversation of the tenant is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_conversation_is_shredded_in_the_archive_and_the_dead_letters() {
+    use crate::whatsapp::{
+        change, graph, graph_platform, message, signed_post, voice_note, webhook,
+    };
+
+    let from = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let (graph, p, t) = graph_platform(
+        "wa-shred",
+        "452",
+        &[
+            ("CHATFLEET__SPEECH__PROVIDER", "ollama"),
+            ("CHATFLEET__TOOLS__ALLOW_HTTP", "true"),
+            ("CHATFLEET__TOOLS__ALLOWED_PRIVATE_NETWORKS", "127.0.0.2/32"),
+        ],
+    )
+    .await;
+    let tools =
+        worker::tool_sim::ToolSim::start("127.0.0.2:0".parse().expect("addr"), p.shutdown.clone())
+            .await
+            .expect("the tool endpoint starts");
+    let (status, body) = p
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/clients/{}/tools", t.id),
+            Some(json!({
+                "name": "lookup", "description": "Looks up an order", "method": "GET",
+                "url": format!("{}/orders/{{order_id}}", tools.base_url()),
+                "parameters": { "type": "object", "properties": { "order_id": { "type": "string" } } },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let spoken = b"ninety nine red balloons";
+    graph.add_media(
+        "m-shred",
+        graph::Media {
+            bytes: spoken.to_vec(),
+            mime: "audio/ogg; codecs=opus".into(),
+            declared_size: spoken.len() as u64,
+        },
+    );
+    let (user, other) = (graph::REFUSED, "15550007070");
+    let secrets = ["balloons", "ORD-77-SECRET", user];
+    let client = t.id.to_string();
+    let dead_letters = |n: usize| {
+        let (p, client) = (&p, &client);
+        eventually(
+            WAIT,
+            "the refused replies dead-lettered",
+            move || async move {
+                let (ok, out) = chatfleet(p, &["dlq", "list", "--json", "--client", client]).await;
+                let ids: Vec<String> = out
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|l| l["id"].as_str().map(str::to_owned))
+                    .collect();
+                (ok && ids.len() == n).then_some(ids)
+            },
+        )
+    };
+    // One after the other (not coalesced into one turn): each reply is dead-lettered.
+    let post = |messages: Vec<serde_json::Value>| {
+        let p = &p;
+        async move {
+            assert_eq!(
+                signed_post(p, webhook(vec![change("452", messages)])).await,
+                StatusCode::OK
+            );
+        }
+    };
+    post(vec![voice_note("wamid.s1", user, "m-shred")]).await;
+    dead_letters(1).await;
+    post(vec![message(
+        "wamid.s2",
+        user,
+        r#"TOOL lookup {"order_id":"ORD-77-SECRET"}"#,
+    )])
+    .await;
+    let dead_letters = dead_letters(2).await;
+    post(vec![message(
+        "wamid.s3",
+        other,
+        "control words alpha omega",
+    )])
+    .await;
+    eventually(WAIT, "the control conversation's answer", || async {
+        (!graph.sent_to(other).is_empty()).then_some(())
+    })
+    .await;
+    let conversation = p.conversation_on(t.id, Channel::Whatsapp, user).await;
+    let control = p.conversation_on(t.id, Channel::Whatsapp, other).await;
+
+    // The archive: nothing of either conversation in the clear, all of it under its key.
+    let archived = read_archive(&p, &from).await;
+    let keys = DataKeys::new(
+        p.env.db.clone(),
+        SecretBox::new(&p.env.settings.security.encryption_ring()),
+        p.env.cache.clone(),
+    );
+    let mut opened = String::new();
+    for body in &archived {
+        let wire = String::from_utf8_lossy(body);
+        for secret in secrets.iter().chain(&["control words", other]) {
+            assert!(!wire.contains(secret), "{secret} in the clear: {wire}");
+        }
+        if Heading::of(body).is_some_and(|h| h.conversation_id == Some(conversation)) {
+            opened.push_str(&open(&keys, body).await.expect("its key opens it"));
+        }
+    }
+    for secret in &secrets[..2] {
+        assert!(
+            opened.contains(secret),
+            "{secret} not archived (sealed): {opened}"
+        );
+    }
+    let show = |id: String| {
+        let p = &p;
+        async move {
+            let (ok, out) = chatfleet(p, &["dlq", "show", &id]).await;
+            assert!(ok, "dlq show");
+            serde_json::from_str::<serde_json::Value>(&out).expect("JSON")
+        }
+    };
+    let shown = show(dead_letters[0].clone()).await;
+    assert!(
+        shown["body"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("You said")),
+        "dlq show opens a sealed reply: {shown}"
+    );
+    let pool = sqlx::MySqlPool::connect(p.env.settings.database.url.expose())
+        .await
+        .expect("database");
+    let count = |sql: &'static str| {
+        let pool = &pool;
+        let client = t.id.get();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(client)
+                .fetch_one(pool)
+                .await
+                .expect("counted")
+        }
+    };
+    const TOOL_TEXTS: &str = "SELECT COUNT(*) FROM tool_calls WHERE client_id = ? \
+                              AND (arguments LIKE '%ORD-77%' OR result LIKE '%ORD-77%')";
+    assert!(count(TOOL_TEXTS).await >= 1, "the tool call is recorded");
+
+    // Erased: the database, the archive and the dead letters hold nothing readable of it.
+    let (status, _) = p
+        .admin(
+            Method::DELETE,
+            &format!(
+                "/admin/v1/clients/{}/conversations/{}",
+                t.id,
+                conversation.get()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM messages WHERE client_id = ? \
+             AND (content LIKE '%balloons%' OR content LIKE '%ORD-77%')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(count(TOOL_TEXTS).await, 0);
+    assert!(
+        count("SELECT COUNT(*) FROM tool_calls WHERE client_id = ?").await >= 1,
+        "the count stays"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM conversations WHERE client_id = ? \
+             AND (external_id LIKE '%6666%' OR data_key IS NULL AND external_id NOT LIKE 'erased:%')"
+        )
+        .await,
+        0
+    );
+    pool.close().await;
+    let fresh = DataKeys::new(
+        p.env.db.clone(),
+        SecretBox::new(&p.env.settings.security.encryption_ring()),
+        p.env.cache.clone(),
+    );
+    let (mut erased, mut readable) = (0, 0);
+    for body in &archived {
+        match Heading::of(body).and_then(|h| h.conversation_id) {
+            Some(c) if c == conversation => {
+                assert!(open(&fresh, body).await.is_none(), "an erased copy opened");
+                erased += 1;
+            }
+            Some(c) if c == control => {
+                assert!(open(&fresh, body).await.is_some());
+                readable += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        erased >= 4 && readable >= 2,
+        "{erased} erased, {readable} readable"
+    );
+    let shown = show(dead_letters[1].clone()).await;
+    assert_eq!(shown["body"]["erased"], true, "{shown}");
+    assert!(!shown.to_string().contains("balloons"), "{shown}");
+
+    // Replay over the range: the erased conversation's two messages are reported and
+    // skipped, the other is replayed.
+    let (ok, out) = chatfleet(
+        &p,
+        &[
+            "replay", "--from", &from, "--mode", "dry-run", "--client", &client, "--json",
+            "--wait-s", "30",
+        ],
+    )
+    .await;
+    assert!(ok, "replay");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let erased_lines = lines.iter().filter(|l| l["erased"] == true).count();
+    assert_eq!(erased_lines, 2, "{out}");
+    let summary = lines.last().expect("a summary");
+    assert_eq!(
+        (summary["replayed"].as_u64(), summary["erased"].as_u64()),
+        (Some(1), Some(2)),
+        "{out}"
+    );
+    assert!(!out.contains("balloons") && !out.contains(user), "{out}");
+    p.stop().await;
+}
+
+/// Every body the archive stream holds from `from` on.
+async fn read_archive(p: &Platform, from: &str) -> Vec<Vec<u8>> {
+    let from: chrono::DateTime<chrono::Utc> = from.parse().expect("time");
+    let mut archive = p.env.broker.read_archive(from).await.expect("archive");
+    let mut bodies = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), archive.next()).await {
+        let _ = d.ack().await;
+        bodies.push(d.body.clone());
+    }
+    archive.close().await;
+    bodies
+}
+
+/// An archived envelope or reply opened with its conversation's key, as JSON; `None`
+/// when its conversation was erased.
+async fn open(keys: &DataKeys, body: &[u8]) -> Option<String> {
+    let heading = Heading::of(body).expect("a heading");
+    let opened = match heading.received_at {
+        Some(_) => keys
+            .open_envelope(body)
+            .await
+            .expect("readable")
+            .map(|e| serde_json::to_string(&e).expect("json")),
+        None => keys
+            .open_reply(body)
+            .await
+            .expect("readable")
+            .map(|r| serde_json::to_string(&r).expect("json")),
+    };
+    match opened {
+        Opened::Readable(json) => Some(json),
+        Opened::Erased(_) => None,
+    }
 }

@@ -80,7 +80,10 @@ async fn a_dry_run_shows_todays_answer_beside_the_original_and_stores_nothing() 
         e["would_have_sent"],
         json!([{ "type": "message.replied", "webhooks": [hook["id"]] }])
     );
-    assert_eq!(summary[0]["summary"], "1 replayed, 1 changed, 0 failed");
+    assert_eq!(
+        summary[0]["summary"],
+        "1 replayed, 1 changed, 0 failed, 0 erased"
+    );
     // Nothing was stored or sent: the conversation still holds the two messages.
     let conversation = p.conversation(t.id, "c").await;
     assert_eq!(p.stored(t.id, conversation).await.len(), 2);

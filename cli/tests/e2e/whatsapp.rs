@@ -20,11 +20,11 @@ fn settings() -> [(&'static str, &'static str); 2] {
     ]
 }
 
-fn message(wamid: &str, from: &str, text: &str) -> Value {
+pub(crate) fn message(wamid: &str, from: &str, text: &str) -> Value {
     json!({ "from": from, "id": wamid, "timestamp": "1750000000", "type": "text", "text": { "body": text } })
 }
 
-fn change(phone_number_id: &str, messages: Vec<Value>) -> Value {
+pub(crate) fn change(phone_number_id: &str, messages: Vec<Value>) -> Value {
     let contacts: Vec<Value> = messages
         .iter()
         .map(|m| json!({ "profile": { "name": "User" }, "wa_id": m["from"] }))
@@ -35,7 +35,7 @@ fn change(phone_number_id: &str, messages: Vec<Value>) -> Value {
         "contacts": contacts, "messages": messages } })
 }
 
-fn webhook(changes: Vec<Value>) -> String {
+pub(crate) fn webhook(changes: Vec<Value>) -> String {
     json!({ "object": "whatsapp_business_account", "entry": [{ "id": "1", "changes": changes }] })
         .to_string()
 }
@@ -509,7 +509,7 @@ async fn an_unconfirmed_batch_is_a_503_and_metas_retry_is_answered_once() {
 /// A local stand-in for Meta's Graph API: records every send and answers with the real
 /// shapes, including errors by recipient; serves media (`GET /{version}/{media_id}`,
 /// then the file at the URL it gives) that a test put there.
-mod graph {
+pub(crate) mod graph {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
@@ -526,6 +526,8 @@ mod graph {
     pub const CLOSED_WINDOW: &str = "15550009999";
     /// A recipient that hits the throughput limit (130429) once.
     pub const THROTTLED_ONCE: &str = "15550008888";
+    /// A recipient Graph refuses for good (error 100: the reply is dead-lettered).
+    pub const REFUSED: &str = "15550006666";
 
     #[derive(Debug, Clone)]
     pub struct Sent {
@@ -715,6 +717,9 @@ mod graph {
         if to == THROTTLED_ONCE && previous == 0 {
             return error(130_429, "Rate limit hit");
         }
+        if to == REFUSED {
+            return error(100, "Invalid parameter");
+        }
         (
             StatusCode::OK,
             Json(json!({
@@ -727,7 +732,7 @@ mod graph {
 
 /// A platform whose WhatsApp deliverer talks to a Graph double (with `extra` settings),
 /// and a tenant `slug` owning the number `number` with the access token `EAAG-<slug>`.
-async fn graph_platform(
+pub(crate) async fn graph_platform(
     slug: &str,
     number: &str,
     extra: &[(&str, &str)],
@@ -750,7 +755,7 @@ async fn graph_platform(
     (graph, p, t)
 }
 
-async fn signed_post(p: &Platform, body: String) -> StatusCode {
+pub(crate) async fn signed_post(p: &Platform, body: String) -> StatusCode {
     let signature = ingress::sign_whatsapp_webhook(SECRET, body.as_bytes());
     post(p, "/whatsapp/webhook", &body, Some(signature)).await
 }
@@ -1377,7 +1382,7 @@ async fn a_held_message_expires_after_hold_max_days() {
     p.stop().await;
 }
 
-fn voice_note(wamid: &str, from: &str, media_id: &str) -> Value {
+pub(crate) fn voice_note(wamid: &str, from: &str, media_id: &str) -> Value {
     json!({ "from": from, "id": wamid, "timestamp": "1750000000", "type": "audio",
         "audio": { "id": media_id, "mime_type": "audio/ogg; codecs=opus", "voice": true } })
 }
