@@ -76,10 +76,7 @@ pub(crate) async fn handle(ctx: &Ctx, inbox: &mut Inbox) -> Result<()> {
     let tenant = Box::pin(ctx.configs.get(client_id))
         .await?
         .ok_or(TurnError::UnknownTenant(client_id))?;
-    let conversation_id = ctx
-        .conversations
-        .get_or_create(client_id, first.channel, first.external_id.expose())
-        .await?;
+    let conversation_id = conversation_of(ctx, &first).await?;
     let mut turn = Turn {
         ctx,
         tenant,
@@ -505,11 +502,21 @@ pub(crate) async fn record_only(ctx: &Ctx, env: &Envelope) -> Result<()> {
     if env.channel.records_at_acceptance() && env.replay.is_none() {
         return Ok(());
     }
-    let conversation_id = ctx
-        .conversations
-        .get_or_create(env.client_id, env.channel, env.external_id.expose())
-        .await?;
+    let conversation_id = conversation_of(ctx, env).await?;
     record(ctx, conversation_id, env).await
+}
+
+/// The conversation of an envelope: the one its channel named on the broker (its seal
+/// opened under that conversation's key, so it is that conversation's), else (an
+/// envelope from a producer that names none) found or created by its key.
+pub(crate) async fn conversation_of(ctx: &Ctx, env: &Envelope) -> Result<ConversationId> {
+    match env.conversation_id {
+        Some(conversation_id) => Ok(conversation_id),
+        None => Ok(ctx
+            .conversations
+            .get_or_create(env.client_id, env.channel, env.external_id.expose())
+            .await?),
+    }
 }
 
 /// Records a user message once. A message its channel recorded at acceptance (committed

@@ -69,10 +69,7 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
     let Some(tenant) = ctx.configs.get(client_id).await? else {
         return Ok(());
     };
-    let conversation_id = ctx
-        .conversations
-        .get_or_create(client_id, env.channel, env.external_id.expose())
-        .await?;
+    let conversation_id = super::conversation_of(ctx, env).await?;
     let recorded = super::record_envelope(ctx, conversation_id, env).await?;
     if recorded.state != MessageState::Pending || tenant.config.fallback_message.is_empty() {
         return Ok(());
