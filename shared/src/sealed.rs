@@ -8,7 +8,7 @@
 //! id as associated data (a sealed field moved to another message does not open). The
 //! routing metadata (version, ids, tenant, channel, channel account, times, trace, replay
 //! mark) stays readable. So the archive stream and the dead-letter queue hold personal
-//! data only sealed; erasing a conversation deletes its key (`conversations.data_key`),
+//! data only sealed; erasing a conversation deletes its key (`conversation_keys`),
 //! and its copies there can no longer be opened: [`Opened::Erased`].
 //!
 //! A data key is 32 random bytes, made on the first message of a conversation, stored

@@ -542,11 +542,19 @@ async fn an_erased_conversation_is_shredded_in_the_archive_and_the_dead_letters(
     );
     assert_eq!(
         count(
-            "SELECT COUNT(*) FROM conversations WHERE client_id = ? \
-             AND (external_id LIKE '%6666%' OR data_key IS NULL AND external_id NOT LIKE 'erased:%')"
+            "SELECT COUNT(*) FROM conversations WHERE client_id = ? AND external_id LIKE '%6666%'"
         )
         .await,
         0
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM conversation_keys k JOIN conversations c \
+             ON c.id = k.conversation_id WHERE k.client_id = ? AND c.external_id LIKE 'erased:%'"
+        )
+        .await,
+        0,
+        "the erased conversation's key is gone"
     );
     pool.close().await;
     let fresh = DataKeys::new(

@@ -1,6 +1,7 @@
-//! Conversations' data keys (crypto-shredding, see `crate::sealed`): read, created once
-//! (the first writer wins), listed and replaced for a re-seal. An erased conversation
-//! (its `external_id` begins with `erased:`) has none and never gets one again.
+//! Conversations' data keys (crypto-shredding, see `crate::sealed`), in
+//! `conversation_keys`: read, created once (the first writer wins), listed and replaced
+//! for a re-seal. An erased conversation (its `external_id` begins with `erased:`) has
+//! none, and reads as erased whatever a writer racing the erasure left behind.
 
 use sqlx::Row;
 
@@ -26,8 +27,9 @@ impl Conversations<'_> {
     /// The conversation's data key.
     pub async fn data_key(&self, conversation_id: ConversationId) -> Result<StoredDataKey> {
         let row = guard::query(
-            "SELECT data_key, external_id LIKE 'erased:%' AS erased FROM conversations \
-             WHERE client_id = ? AND id = ?",
+            "SELECT k.data_key, c.external_id LIKE 'erased:%' AS erased FROM conversations c \
+             LEFT JOIN conversation_keys k ON k.conversation_id = c.id AND k.client_id = c.client_id \
+             WHERE c.client_id = ? AND c.id = ?",
         )?
         .bind(self.client_id.get())
         .bind(conversation_id.get())
@@ -45,20 +47,21 @@ impl Conversations<'_> {
         })
     }
 
-    /// Stores `sealed` as the conversation's data key unless it has one (or was erased);
-    /// whether it was stored. Whoever loses the race reads the winner's.
+    /// Stores `sealed` as the conversation's data key unless it has one; whether it was
+    /// stored. Whoever loses the race reads the winner's. The caller has just read that
+    /// the conversation exists and is not erased.
     pub async fn create_data_key(
         &self,
         conversation_id: ConversationId,
         sealed: &[u8],
     ) -> Result<bool> {
         let done = guard::query(
-            "UPDATE conversations SET data_key = ? WHERE client_id = ? AND id = ? \
-             AND data_key IS NULL AND external_id NOT LIKE 'erased:%'",
+            "INSERT IGNORE INTO conversation_keys (client_id, conversation_id, data_key) \
+             VALUES (?, ?, ?)",
         )?
-        .bind(sealed)
         .bind(self.client_id.get())
         .bind(conversation_id.get())
+        .bind(sealed)
         .execute(self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -72,8 +75,8 @@ impl Conversations<'_> {
         limit: u32,
     ) -> Result<Vec<(ConversationId, Vec<u8>)>> {
         let rows = guard::query(
-            "SELECT id, data_key FROM conversations WHERE client_id = ? AND id > ? \
-             AND data_key IS NOT NULL ORDER BY id ASC LIMIT ?",
+            "SELECT conversation_id AS id, data_key FROM conversation_keys \
+             WHERE client_id = ? AND conversation_id > ? ORDER BY conversation_id ASC LIMIT ?",
         )?
         .bind(self.client_id.get())
         .bind(after_id)
@@ -99,8 +102,8 @@ impl Conversations<'_> {
         new: &[u8],
     ) -> Result<bool> {
         let done = guard::query(
-            "UPDATE conversations SET data_key = ? WHERE client_id = ? AND id = ? \
-             AND data_key = ?",
+            "UPDATE conversation_keys SET data_key = ? WHERE client_id = ? \
+             AND conversation_id = ? AND data_key = ?",
         )?
         .bind(new)
         .bind(self.client_id.get())

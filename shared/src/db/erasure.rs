@@ -57,6 +57,7 @@ impl Conversations<'_> {
              WHERE client_id = ? AND conversation_id = ?",
             "DELETE FROM webhook_deliveries WHERE client_id = ? AND conversation_id = ?",
             "DELETE FROM webhook_events WHERE client_id = ? AND conversation_id = ?",
+            "DELETE FROM conversation_keys WHERE client_id = ? AND conversation_id = ?",
         ] {
             guard::query(statement)?
                 .bind(client_id)
@@ -74,7 +75,7 @@ impl Conversations<'_> {
         guard::query(
             "UPDATE conversations SET external_id = CONCAT('erased:', id), \
              channel_account = NULL, user_last_at = NULL, reengaged_for = NULL, \
-             mode = 'bot', status = 'closed', data_key = NULL WHERE client_id = ? AND id = ?",
+             mode = 'bot', status = 'closed' WHERE client_id = ? AND id = ?",
         )?
         .bind(client_id)
         .bind(id)
