@@ -8,17 +8,17 @@
 //! so other tenants' messages behind them are reached ([`crate::window`]), re-opens a
 //! lost broker connection, and drains on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use shared::db::ClosedAs;
 use shared::envelope::{Envelope, ReplayMode};
-use shared::ids::ClientId;
+use shared::ids::{ClientId, ConversationId};
 use shared::metric;
 use shared::mq::{Broker, Delivery, RetryRung};
-use shared::sealed::{Opened, Unreadable};
+use shared::sealed::{Heading, Opened, Unreadable};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -343,29 +343,65 @@ pub(crate) async fn run(
     });
     let queue = broker.topology().inbound_work();
     let mut deliveries = broker.subscribe(&queue, prefetch, "worker", shutdown.clone());
-    // Envelopes are opened concurrently (a data key not cached yet is a database read)
-    // and dispatched in the order they arrived.
-    let mut opening = futures::stream::FuturesOrdered::new();
-    loop {
+    // Envelopes are opened before they are dispatched (a data key not cached yet is a
+    // database read): one conversation's in the order they arrived, one after another,
+    // different conversations' concurrently and dispatched as each is ready, so a
+    // tenant's burst of new conversations does not hold back another tenant's message.
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut waiting: HashMap<Chain, VecDeque<Delivery>> = HashMap::new();
+    let open_next = |chain: Chain, delivery: Option<Delivery>| {
+        delivery.map(|delivery| opened(&dispatcher.ctx, chain, delivery, &shutdown))
+    };
+    let mut receiving = true;
+    while receiving || !running.is_empty() {
         tokio::select! {
-            Some(job) = opening.next(), if !opening.is_empty() => {
+            Some((chain, job)) = running.next(), if !running.is_empty() => {
                 if let Some(job) = job {
                     dispatcher.dispatch(job);
                 }
+                let next = waiting.get_mut(&chain).and_then(VecDeque::pop_front);
+                match open_next(chain, next) {
+                    Some(opening) => running.push(opening),
+                    None => {
+                        waiting.remove(&chain);
+                    }
+                }
             }
-            delivery = deliveries.next() => match delivery {
-                Some(delivery) => opening.push_back(open(&dispatcher.ctx, delivery, &shutdown)),
-                None => break,
+            delivery = deliveries.next(), if receiving => match delivery {
+                Some(delivery) => {
+                    let chain = chain_of(&delivery);
+                    match waiting.get_mut(&chain) {
+                        Some(queue) => queue.push_back(delivery),
+                        None => {
+                            waiting.insert(chain, VecDeque::new());
+                            running.extend(open_next(chain, Some(delivery)));
+                        }
+                    }
+                }
+                None => receiving = false,
             },
-        }
-    }
-    while let Some(job) = opening.next().await {
-        if let Some(job) = job {
-            dispatcher.dispatch(job);
         }
     }
     drain(&dispatcher, drain_timeout).await;
     deliveries.close().await;
+}
+
+/// The deliveries opened one after another: those of one conversation (by the readable
+/// heading; those without one, of one tenant).
+type Chain = Option<(ClientId, Option<ConversationId>)>;
+
+fn chain_of(delivery: &Delivery) -> Chain {
+    Heading::of(&delivery.body).map(|h| (h.client_id, h.conversation_id))
+}
+
+/// [`open`], with the chain the delivery belongs to.
+async fn opened(
+    ctx: &Ctx,
+    chain: Chain,
+    delivery: Delivery,
+    shutdown: &CancellationToken,
+) -> (Chain, Option<Job>) {
+    (chain, open(ctx, delivery, shutdown).await)
 }
 
 /// The delivery's envelope, opened with its conversation's data key: its turn's job
