@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 
 /// Tables that hold tenant data (each has a `client_id` column; `tests/guard_scan.rs`
 /// fails when a migration creates one that is not listed here).
-pub const TENANT_TABLES: [&str; 16] = [
+pub const TENANT_TABLES: [&str; 17] = [
     "client_configs",
     "agent_modes",
     "conversations",
@@ -61,6 +61,7 @@ pub const TENANT_TABLES: [&str; 16] = [
     "webhook_deliveries",
     "webhook_attempts",
     "llm_credentials",
+    "conversation_keys",
 ];
 
 /// Statements that passed [`check`], by text. Refusals are not remembered: they end
