@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::KeyInit;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::Serialize;
@@ -36,10 +36,9 @@ use crate::db::{Db, StoredDataKey};
 use crate::envelope::{Envelope, Replay, Reply};
 use crate::error::{Error, Result};
 use crate::ids::{Channel, ClientId, ConversationId};
-use crate::secrets::SecretBox;
+use crate::secrets::{SecretBox, open_under, seal_under};
 
 const SEALED: &str = "sealed";
-const NONCE_LEN: usize = 24;
 /// An envelope's personal fields.
 const ENVELOPE_PERSONAL: &[&str] = &["external_id", "sender", "message", "metadata"];
 /// A reply's personal fields.
@@ -200,19 +199,7 @@ impl DataKeys {
         let aad = associated_data(&fields)
             .ok_or_else(|| Error::Internal("a message has an id and a tenant".into()))?;
         let plain = serde_json::to_vec(&hidden).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
-        let sealed = key
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &aad,
-                },
-            )
-            .map_err(|e| Error::Crypto(e.to_string()))?;
-        let mut stored = nonce.to_vec();
-        stored.extend_from_slice(&sealed);
+        let stored = seal_under(&key, &aad, &plain)?;
         fields.insert(SEALED.into(), Value::String(BASE64.encode(stored)));
         serde_json::to_vec(&fields).map_err(|e| Error::Internal(e.to_string()))
     }
@@ -240,22 +227,12 @@ impl DataKeys {
             let stored = sealed
                 .as_str()
                 .and_then(|s| BASE64.decode(s).ok())
-                .filter(|s| s.len() > NONCE_LEN)
                 .ok_or_else(|| malformed("a sealed field that is not base64".into()))?;
             let aad = associated_data(&fields)
                 .ok_or_else(|| malformed("no id or tenant beside the seal".into()))?;
-            let (nonce, ciphertext) = stored.split_at(NONCE_LEN);
-            let plain = key
-                .decrypt(
-                    XNonce::from_slice(nonce),
-                    Payload {
-                        msg: ciphertext,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| {
-                    malformed("its seal does not open under its conversation's key".into())
-                })?;
+            let plain = open_under(&key, &aad, &stored).ok_or_else(|| {
+                malformed("its seal does not open under its conversation's key".into())
+            })?;
             let hidden: Map<String, Value> =
                 serde_json::from_slice(&plain).map_err(|e| malformed(e.to_string()))?;
             fields.extend(hidden);

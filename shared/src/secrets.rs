@@ -216,38 +216,15 @@ impl SecretBox {
     }
 
     fn seal_with(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
-        let sealed = self.ring[0]
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .map_err(|e| Error::Crypto(e.to_string()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&sealed);
-        Ok(out)
+        seal_under(&self.ring[0], aad, plaintext)
     }
 
     /// The plaintext and the position in the ring of the key that opened it.
     fn open_with(&self, aad: &[u8], stored: &[u8]) -> Result<(usize, Vec<u8>)> {
-        if stored.len() < NONCE_LEN {
-            return Err(Error::Crypto("ciphertext too short".into()));
-        }
-        let (nonce, sealed) = stored.split_at(NONCE_LEN);
         self.ring
             .iter()
             .enumerate()
-            .find_map(|(i, cipher)| {
-                let payload = Payload { msg: sealed, aad };
-                cipher
-                    .decrypt(XNonce::from_slice(nonce), payload)
-                    .ok()
-                    .map(|plain| (i, plain))
-            })
+            .find_map(|(i, cipher)| open_under(cipher, aad, stored).map(|plain| (i, plain)))
             .ok_or_else(|| {
                 Error::Crypto(
                     "authentication failed (no key of the ring, or another tenant, channel or tool)"
@@ -255,6 +232,38 @@ impl SecretBox {
                 )
             })
     }
+}
+
+/// `plaintext` sealed under `cipher` with a fresh random nonce, stored as
+/// `nonce (24 bytes) || ciphertext` (the ring's credentials, and the broker's sealed
+/// fields under a conversation's data key).
+pub(crate) fn seal_under(
+    cipher: &XChaCha20Poly1305,
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|e| Error::Crypto(e.to_string()))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// What [`seal_under`] sealed, when `cipher` opens it with `aad`.
+pub(crate) fn open_under(cipher: &XChaCha20Poly1305, aad: &[u8], stored: &[u8]) -> Option<Vec<u8>> {
+    let (nonce, sealed) = stored.split_at_checked(NONCE_LEN)?;
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+        .ok()
 }
 
 /// A tool endpoint's credential: what [`SecretBox::seal_tool_auth`] seals (as JSON) and
