@@ -103,9 +103,11 @@ pub(crate) async fn wait_for(
     let deadline = tokio::time::Instant::now() + params.wait;
     let watch = state.mailboxes().watch(key);
     let mut read = true;
+    // Both wake-ups stay armed across iterations and are re-armed the moment they fire:
+    // a reply announced while a contest is being looked into must still wake this poll.
+    let mut changed = watch.changed();
+    let mut contested = slot.map(PollSlot::contested);
     loop {
-        let changed = watch.changed();
-        let contested = slot.map(PollSlot::contested);
         if read {
             let items = state
                 .db()
@@ -116,16 +118,21 @@ pub(crate) async fn wait_for(
             if !items.is_empty() {
                 return Ok(Polled::Items(items));
             }
+            read = false;
         }
-        let contested = async {
-            match contested {
+        let contest = async {
+            match contested.as_mut() {
                 Some(c) => c.await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            _ = changed => read = true,
-            _ = contested => {
+            _ = &mut changed => {
+                changed = watch.changed();
+                read = true;
+            }
+            _ = contest => {
+                contested = slot.map(PollSlot::contested);
                 // Another claim of the slot, or the echo of our own: only a newer
                 // generation ends this poll. The mailbox did not change.
                 if let Some(slot) = slot
@@ -133,7 +140,6 @@ pub(crate) async fn wait_for(
                 {
                     return Ok(Polled::Superseded);
                 }
-                read = false;
             }
             _ = tokio::time::sleep_until(deadline) => return Ok(Polled::Nothing),
             _ = state.shutdown().cancelled() => return Ok(Polled::Nothing),

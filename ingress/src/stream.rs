@@ -84,9 +84,12 @@ pub(crate) fn open(state: &AppState, of: StreamOf) -> Result<Response> {
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.tick().await;
         let mut read = true;
+        // Both wake-ups stay armed across iterations and are re-armed the moment they
+        // fire: a notification while a live event is being written (the stream suspended
+        // at `yield`) must not fall between one iteration's future and the next.
+        let mut changed = watch.changed();
+        let mut contested = of.session.as_ref().map(|(slot, _)| slot.contested());
         loop {
-            let changed = watch.changed();
-            let contested = of.session.as_ref().map(|(slot, _)| slot.contested());
             if read {
                 let items = match state
                     .db()
@@ -112,8 +115,8 @@ pub(crate) fn open(state: &AppState, of: StreamOf) -> Result<Response> {
                 }
             }
             read = false;
-            let contested = async {
-                match contested {
+            let contest = async {
+                match contested.as_mut() {
                     Some(c) => c.await,
                     None => std::future::pending().await,
                 }
@@ -125,13 +128,17 @@ pub(crate) fn open(state: &AppState, of: StreamOf) -> Result<Response> {
                 }
             };
             tokio::select! {
-                _ = changed => read = true,
+                _ = &mut changed => {
+                    changed = watch.changed();
+                    read = true;
+                }
                 event = live.next() => {
                     if let Some(event) = event {
                         yield Ok(live_event(&event));
                     }
                 }
-                _ = contested => {
+                _ = contest => {
+                    contested = of.session.as_ref().map(|(slot, _)| slot.contested());
                     if let Some((slot, _)) = &of.session
                         && state.mailboxes().superseded(slot).await.unwrap_or(false)
                     {
