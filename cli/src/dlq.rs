@@ -229,7 +229,7 @@ async fn act(
                             .reopen_after_fallback(EnvelopeId::from_uuid(heading.id))
                             .await?;
                     }
-                    publisher.publish_inbound_raw(&d.routing_key, &d.body).await
+                    publisher.return_to_work(&d.body).await
                 } else if let Some(channel) =
                     from.strip_prefix(&format!("{}.outbound.", topology.prefix()))
                 {

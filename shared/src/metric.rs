@@ -21,6 +21,12 @@ pub const ACCEPT_BATCHES_SPLIT: &str = "chatfleet_accept_batches_split_total";
 pub const CONFIG_CACHE: &str = "chatfleet_config_cache_total";
 /// Counter: reply transactions run again after InnoDB chose them as a deadlock's victim.
 pub const DB_DEADLOCK_RETRIES: &str = "chatfleet_db_deadlock_retries_total";
+/// Gauge: the work shards a worker consumes now (their sum over the fleet is
+/// `amqp.work_shards` once it has settled).
+pub const WORK_SHARDS_HELD: &str = "chatfleet_work_shards_held";
+/// Counter: deliveries a worker moved from the way back in (`inbound.work`: retries,
+/// parked and requeued deliveries) to their work shards.
+pub const WORK_FORWARDED: &str = "chatfleet_work_forwarded_total";
 /// Gauge: turns a worker is running now.
 pub const TURNS_IN_FLIGHT: &str = "chatfleet_turns_in_flight";
 /// Histogram `{stage}` (seconds): where a turn's time goes, stage by stage.
@@ -113,7 +119,7 @@ pub const QUEUE_DEPTH: &str = "chatfleet_queue_depth";
 pub const QUEUE_CONSUMERS: &str = "chatfleet_queue_consumers";
 
 /// Every name above.
-pub const ALL: [&str; 45] = [
+pub const ALL: [&str; 47] = [
     INBOUND_ACCEPTED,
     INBOUND_REJECTED,
     ACCEPT_ROUND_MESSAGES,
@@ -156,6 +162,8 @@ pub const ALL: [&str; 45] = [
     PUSH_FAILED,
     QUEUE_DEPTH,
     QUEUE_CONSUMERS,
+    WORK_SHARDS_HELD,
+    WORK_FORWARDED,
     WEBHOOK_EVENTS,
     WEBHOOK_DELIVERIES,
     WEBHOOK_LATENCY_SECONDS,

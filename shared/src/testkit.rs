@@ -54,6 +54,9 @@ impl TestEnv {
             ("CHATFLEET__DATABASE__MAX_CONNECTIONS".into(), "8".into()),
             ("CHATFLEET__AMQP__PREFIX".into(), format!("t{id}")),
             ("CHATFLEET__AMQP__PREFETCH".into(), "32".into()),
+            // Few work shards: every test declares its own, and the broker here has 1,024
+            // file handles for all of them.
+            ("CHATFLEET__AMQP__WORK_SHARDS".into(), "2".into()),
             ("CHATFLEET__WORKER__TENANT_MAX_HELD".into(), "16".into()),
             // As many LLM calls at once as the window holds: tests that want a
             // saturated provider set fewer.

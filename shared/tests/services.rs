@@ -345,9 +345,11 @@ async fn envelopes_carry_the_request_id_and_prefetch_bounds_unacked_deliveries()
     for e in &sent {
         publisher.publish_envelope(e).await.expect("confirmed");
     }
+    // One tenant, no conversation named: one shard holds them all.
+    let shard = env.broker.topology().shard_of(ClientId::new(9), None);
     let mut consumer = env
         .broker
-        .consume(&env.broker.topology().inbound_work(), 2, "test")
+        .consume(&env.broker.topology().work_shard(shard), 2, "test")
         .await
         .expect("consume");
     let first = consumer.next().await.expect("first");
@@ -357,7 +359,7 @@ async fn envelopes_carry_the_request_id_and_prefetch_bounds_unacked_deliveries()
         first.message_id.as_deref(),
         Some(sent[0].id.to_string().as_str())
     );
-    assert_eq!(first.routing_key, "api.9");
+    assert_eq!(first.routing_key, format!("api.9.{shard}"));
     assert_eq!(first.attempt, 1);
     let headers = first.headers();
     assert_eq!(headers.get("x-client-id").map(String::as_str), Some("9"));
@@ -383,6 +385,68 @@ async fn envelopes_carry_the_request_id_and_prefetch_bounds_unacked_deliveries()
     assert_eq!(third.correlation_id.as_deref(), Some("req-3"));
     second.ack().await.expect("ack");
     third.ack().await.expect("ack");
+    env.teardown().await;
+}
+
+/// Each conversation's envelopes wait in one work shard (its hash's), the shards share
+/// the conversations out, the archive holds every envelope once, and an envelope of a
+/// publisher that predates the shards (a two-word routing key) takes the way back in.
+#[tokio::test]
+async fn a_conversations_envelopes_wait_in_its_one_work_shard() {
+    use shared::envelope::{Envelope, MessageContent, Trace};
+
+    let env = TestEnv::start(&[("CHATFLEET__AMQP__WORK_SHARDS", "4")]).await;
+    let topology = env.broker.topology().clone();
+    assert_eq!(topology.work_shards(), 4);
+    let publisher = env.broker.publisher().await.expect("publisher");
+    let mut expected = vec![0u32; 4];
+    for conversation in 1..=40u64 {
+        for n in 0..3 {
+            let mut envelope = Envelope::inbound(
+                EnvelopeId::random(),
+                ClientId::new(5),
+                Channel::Api,
+                format!("c{conversation}"),
+                MessageContent::text(format!("m{n}")),
+                Trace {
+                    request_id: format!("req-{conversation}-{n}"),
+                    traceparent: None,
+                },
+            );
+            envelope.conversation_id = Some(ConversationId::new(conversation));
+            publisher
+                .publish_envelope(&envelope)
+                .await
+                .expect("confirmed");
+            let shard =
+                topology.shard_of(ClientId::new(5), Some(ConversationId::new(conversation)));
+            expected[usize::from(shard)] += 1;
+        }
+    }
+    publisher
+        .publish_inbound_raw("api.5", b"{}")
+        .await
+        .expect("confirmed");
+    for shard in 0..4u16 {
+        let waiting = env
+            .broker
+            .queue_stats(&topology.work_shard(shard))
+            .await
+            .expect("shard")
+            .messages;
+        assert_eq!(waiting, expected[usize::from(shard)], "shard {shard}");
+        assert!(
+            waiting >= 9,
+            "40 conversations leave no shard nearly empty: {expected:?}"
+        );
+    }
+    let way_back = env
+        .broker
+        .queue_stats(&topology.inbound_work())
+        .await
+        .expect("way back");
+    assert_eq!(way_back.messages, 1, "the two-word key");
+    assert_eq!(env.broker.work_waiting().await.expect("waiting"), 121);
     env.teardown().await;
 }
 

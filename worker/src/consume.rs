@@ -1,5 +1,6 @@
-//! The consume loop: receives deliveries from `<prefix>.inbound.work` (manual acks,
-//! prefetch = the bound on in-flight turns), opens their envelopes with their
+//! The consume loop: receives deliveries from the work shards this worker holds and the
+//! way back in ([`crate::shards`]; manual acks, prefetch = the bound on in-flight turns),
+//! forwards those of the way back in to their shards, opens their envelopes with their
 //! conversations' data keys (dropping those of erased conversations), runs the turns of one conversation strictly
 //! one after another in arrival order (different conversations run concurrently; across
 //! workers the conversation lock in `turn` keeps them apart), hands the deliveries that
@@ -26,6 +27,7 @@ use tracing::Instrument;
 use crate::Ctx;
 use crate::error::{Disposition, TurnError};
 use crate::inbox::{Inbox, Job, Queued};
+use crate::shards::{Source, WorkFeed};
 use crate::turn;
 use crate::window::{Admission, TenantWindow};
 
@@ -341,8 +343,13 @@ pub(crate) async fn run(
         window: TenantWindow::new(tenant_max_held),
         tracker: TaskTracker::new(),
     });
-    let queue = broker.topology().inbound_work();
-    let mut deliveries = broker.subscribe(&queue, prefetch, "worker", shutdown.clone());
+    let mut deliveries = WorkFeed::start(
+        broker,
+        dispatcher.ctx.cache.clone(),
+        prefetch,
+        drain_timeout,
+        shutdown.clone(),
+    );
     // Envelopes are opened before they are dispatched (a data key not cached yet is a
     // database read): one conversation's in the order they arrived, one after another,
     // different conversations' concurrently and dispatched as each is ready, so a
@@ -368,7 +375,11 @@ pub(crate) async fn run(
                 }
             }
             delivery = deliveries.next(), if receiving => match delivery {
-                Some(delivery) => {
+                Some((Source::WayBack, delivery)) => {
+                    let ctx = dispatcher.ctx.clone();
+                    dispatcher.tracker.spawn(async move { forward(&ctx, delivery).await });
+                }
+                Some((Source::Shard(_), delivery)) => {
                     let chain = chain_of(&delivery);
                     match waiting.get_mut(&chain) {
                         Some(queue) => queue.push_back(delivery),
@@ -384,6 +395,27 @@ pub(crate) async fn run(
     }
     drain(&dispatcher, drain_timeout).await;
     deliveries.close().await;
+}
+
+/// Moves a delivery from the way back in to its work shard (by its readable heading;
+/// one without a heading goes to shard 0, to be dead-lettered there as undecodable).
+async fn forward(ctx: &Ctx, delivery: Delivery) {
+    let topology = ctx.topology();
+    let shard = Heading::of(&delivery.body)
+        .map_or(0, |h| topology.shard_of(h.client_id, h.conversation_id));
+    match ctx.publisher.forward_to_shard(&delivery, shard).await {
+        Ok(()) => {
+            metrics::counter!(metric::WORK_FORWARDED).increment(1);
+            if let Err(e) = delivery.ack().await {
+                tracing::warn!(error = %e, "ack of a forwarded delivery failed; it is forwarded again (its turn is idempotent)");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not forward a delivery to its shard; requeueing");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery.requeue().await;
+        }
+    }
 }
 
 /// The deliveries opened one after another: those of one conversation (by the readable

@@ -44,6 +44,7 @@ mod ops;
 pub mod prompt;
 mod redact;
 mod retention;
+mod shards;
 mod spend;
 pub mod tool_sim;
 mod tools;

@@ -42,13 +42,15 @@ pub(crate) async fn serve(
     Ok(addr)
 }
 
-/// Every 10 s: the depth and consumers of the work queue (what autoscalers watch).
+/// Every 10 s: the work waiting (the way back in and every shard, together) and the
+/// workers consuming the way back in (every worker does): what autoscalers watch.
 async fn watch_queue(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    let queue = ctx.topology().inbound_work();
+    let way_back = ctx.topology().inbound_work();
     loop {
-        if let Ok(stats) = ctx.broker.queue_stats(&queue).await {
-            metrics::gauge!(metric::QUEUE_DEPTH, "queue" => "inbound.work")
-                .set(stats.messages as f64);
+        if let Ok(stats) = ctx.broker.queue_stats(&way_back).await
+            && let Ok(depth) = ctx.broker.work_waiting().await
+        {
+            metrics::gauge!(metric::QUEUE_DEPTH, "queue" => "inbound.work").set(depth as f64);
             metrics::gauge!(metric::QUEUE_CONSUMERS, "queue" => "inbound.work")
                 .set(f64::from(stats.consumers));
         }

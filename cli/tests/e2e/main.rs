@@ -3,6 +3,7 @@
 //! the LLM simulator standing in for the model.
 
 mod admin;
+mod affinity;
 mod api;
 mod browser;
 mod config_changes;

@@ -10,7 +10,7 @@ use crate::support::{Platform, WAIT, worker_process};
 
 /// Parses the Prometheus text format: `# HELP` / `# TYPE` comments and
 /// `name{labels} value` samples; panics on any other line.
-fn samples(text: &str) -> BTreeMap<String, f64> {
+pub(crate) fn samples(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(comment) = line.strip_prefix("# ") {

@@ -96,9 +96,8 @@ async fn a_dry_run_shows_todays_answer_beside_the_original_and_stores_nothing() 
     )
     .await;
     assert_eq!(lines[0]["replayed"], 1);
-    let work = p.env.broker.topology().inbound_work();
-    eventually(WAIT, "the work queue to drain", || async {
-        (p.env.broker.queue_stats(&work).await.ok()?.messages == 0).then_some(())
+    eventually(WAIT, "the work queues to drain", || async {
+        (p.env.broker.work_waiting().await.ok()? == 0).then_some(())
     })
     .await;
     assert!(

@@ -82,6 +82,16 @@ impl Platform {
             })
             .await;
         }
+        // And every work shard has its worker.
+        if !workers.is_empty() {
+            for shard in 0..topology.work_shards() {
+                let queue = topology.work_shard(shard);
+                eventually(WAIT, "every work shard to be consumed", || async {
+                    (env.broker.queue_stats(&queue).await.ok()?.consumers >= 1).then_some(())
+                })
+                .await;
+            }
+        }
         Self {
             base: format!("http://{}", running.addr),
             http: reqwest::Client::new(),

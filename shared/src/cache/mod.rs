@@ -11,6 +11,7 @@ pub mod broadcast;
 mod cached_tenant;
 mod conversation_lock;
 mod conversations;
+mod fleet;
 mod invalidated;
 mod mailbox;
 mod rate_limit;
@@ -200,6 +201,11 @@ impl Keys {
     /// The pub/sub channel that announces new mailbox entries to every ingress replica.
     pub fn mailbox_channel(&self) -> String {
         format!("{}:mailbox", self.prefix)
+    }
+
+    /// The workers alive now (see `fleet.rs`).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
     }
 
     /// A fleet-wide lease (one replica at a time runs what it guards).

@@ -253,6 +253,21 @@ impl Broker {
         })
     }
 
+    /// Messages waiting for a worker: the way back in and every work shard, together
+    /// (what autoscalers watch).
+    pub async fn work_waiting(&self) -> Result<u64> {
+        let topology = self.topology();
+        let mut waiting = u64::from(self.queue_stats(&topology.inbound_work()).await?.messages);
+        for shard in 0..topology.work_shards() {
+            waiting += u64::from(
+                self.queue_stats(&topology.work_shard(shard))
+                    .await?
+                    .messages,
+            );
+        }
+        Ok(waiting)
+    }
+
     /// Closes the connection politely; gives up after 5 s (the broker may be gone).
     pub async fn close(&self) {
         if let Some(conn) = self.live() {

@@ -58,7 +58,7 @@ impl Publisher {
         }
     }
 
-    /// Publishes an envelope to the inbound exchange (`<channel>.<client_id>`).
+    /// Publishes an envelope to the inbound exchange (`<channel>.<client_id>.<shard>`).
     pub async fn publish_envelope(&self, envelope: &Envelope) -> Result<()> {
         let topology = self.broker.topology();
         let props = properties(
@@ -72,11 +72,23 @@ impl Publisher {
         };
         self.publish(
             &topology.inbound_exchange(),
-            &format!("{}.{}", envelope.channel, envelope.client_id),
+            &topology.envelope_routing_key(
+                envelope.channel,
+                envelope.client_id,
+                envelope.conversation_id,
+            ),
             &body,
             props,
         )
         .await
+    }
+
+    /// Moves a delivery, as it is, to work shard `shard` (the caller acks the original
+    /// after this returns): how a retried, parked or requeued delivery finds its shard.
+    pub async fn forward_to_shard(&self, delivery: &Delivery, shard: u16) -> Result<()> {
+        let queue = self.broker.topology().work_shard(shard);
+        self.publish("", &queue, &delivery.body, delivery.properties.clone())
+            .await
     }
 
     /// Publishes raw bytes to the inbound exchange as if they were an envelope: operator
@@ -88,6 +100,14 @@ impl Publisher {
             body,
         )
         .await
+    }
+
+    /// Puts raw bytes (a dead-lettered envelope, as it was) on the way back into the work
+    /// (`<prefix>.inbound.work`), from where a worker forwards it to its shard; it does not
+    /// pass the inbound exchange, so the archive does not hold it twice.
+    pub async fn return_to_work(&self, body: &[u8]) -> Result<()> {
+        self.publish_raw("", &self.broker.topology().inbound_work(), body)
+            .await
     }
 
     /// Publishes raw bytes to the outbound exchange under a channel's routing key: operator

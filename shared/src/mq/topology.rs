@@ -2,6 +2,15 @@
 //! configured prefix by the methods of [`Topology`] (there is no other way to spell one),
 //! and its idempotent declaration.
 //!
+//! The work is sharded: an envelope's routing key ends in its shard
+//! (`<channel>.<client_id>.<shard>`, the shard a hash of its tenant and conversation), and
+//! shard `n` is the quorum queue `<prefix>.inbound.work.<n>`, bound `*.*.<n>` and declared
+//! single-active-consumer, so one conversation's messages always wait in one queue and
+//! reach one worker at a time. `<prefix>.inbound.work` is the way back in: the retry
+//! ladder, parked and requeued deliveries, and envelopes of publishers that predate the
+//! shards (two-word routing keys, bound `*.*`) land there, and workers forward each to its
+//! shard.
+//!
 //! Declaring twice with the same settings is harmless (RabbitMQ treats an identical
 //! re-declaration as a no-op). Changing an argument of an existing queue (say the delivery
 //! limit) is refused by the broker with PRECONDITION_FAILED, which is reported with the
@@ -17,7 +26,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::error::{Error, Result};
-use crate::ids::Channel as MsgChannel;
+use crate::ids::{Channel as MsgChannel, ClientId, ConversationId};
 use crate::settings::AmqpSettings;
 
 /// The names of chatfleet's exchanges and queues under one prefix, and the knobs they are
@@ -26,6 +35,7 @@ use crate::settings::AmqpSettings;
 pub struct Topology {
     prefix: String,
     delivery_limit: u32,
+    work_shards: u16,
     retry_delays: Vec<Duration>,
     archive_max_age: String,
     /// The waits of webhook deliveries, distinct and ascending: the retry schedule's
@@ -53,6 +63,7 @@ impl Topology {
         Self {
             prefix: settings.prefix.clone(),
             delivery_limit: settings.delivery_limit,
+            work_shards: settings.work_shards.max(1),
             retry_delays: settings.retry_delays.clone(),
             archive_max_age: settings.archive_max_age.clone(),
             webhook_waits: webhook_waits(&settings.webhook_schedule),
@@ -71,9 +82,39 @@ impl Topology {
     pub fn inbound_exchange(&self) -> String {
         format!("{}.inbound", self.prefix)
     }
-    /// The queue workers consume.
+    /// The way back into the work: retries, parked and requeued deliveries (workers
+    /// forward each to its shard).
     pub fn inbound_work(&self) -> String {
         format!("{}.inbound.work", self.prefix)
+    }
+    /// How many work shards there are.
+    pub fn work_shards(&self) -> u16 {
+        self.work_shards
+    }
+    /// Work shard `n`'s queue.
+    pub fn work_shard(&self, n: u16) -> String {
+        format!("{}.inbound.work.{n}", self.prefix)
+    }
+    /// The shard of a tenant's conversation (of the tenant, for an envelope naming
+    /// none): a hash every process computes alike.
+    pub fn shard_of(&self, client_id: ClientId, conversation: Option<ConversationId>) -> u16 {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&client_id.get().to_le_bytes());
+        key[8..].copy_from_slice(&conversation.map_or(0, ConversationId::get).to_le_bytes());
+        let hash = xxhash_rust::xxh3::xxh3_64(&key);
+        u16::try_from(hash % u64::from(self.work_shards)).unwrap_or(0)
+    }
+    /// The routing key of an envelope on the inbound exchange.
+    pub fn envelope_routing_key(
+        &self,
+        channel: MsgChannel,
+        client_id: ClientId,
+        conversation: Option<ConversationId>,
+    ) -> String {
+        format!(
+            "{channel}.{client_id}.{}",
+            self.shard_of(client_id, conversation)
+        )
     }
     /// The retry ladder's delays, shortest first.
     pub fn retry_delays(&self) -> &[Duration] {
@@ -137,6 +178,7 @@ impl Topology {
     /// Every queue, for tooling and clean-up.
     pub fn queues(&self) -> Vec<String> {
         let mut queues = vec![self.inbound_work(), self.dead_queue(), self.webhook_work()];
+        queues.extend((0..self.work_shards).map(|n| self.work_shard(n)));
         queues.extend(
             self.webhook_waits
                 .iter()
@@ -179,11 +221,37 @@ impl Topology {
         // catches crash loops; dead letters go to <prefix>.dead at-least-once, which needs
         // reject-publish overflow (a full queue refuses publishes, and the publisher sees
         // a nack, instead of dropping the oldest message).
-        let mut work = quorum_args();
-        work.insert("x-delivery-limit".into(), long(self.delivery_limit));
-        dead_letter_to(&mut work, &self.dead_exchange(), None);
-        self.queue(ch, &self.inbound_work(), work).await?;
-        self.bind(ch, &self.inbound_work(), &self.inbound_exchange(), "#")
+        let work = || {
+            let mut args = quorum_args();
+            args.insert("x-delivery-limit".into(), long(self.delivery_limit));
+            dead_letter_to(&mut args, &self.dead_exchange(), None);
+            args
+        };
+        for n in 0..self.work_shards {
+            let mut args = work();
+            args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            self.queue(ch, &self.work_shard(n), args).await?;
+            self.bind(
+                ch,
+                &self.work_shard(n),
+                &self.inbound_exchange(),
+                &format!("*.*.{n}"),
+            )
+            .await?;
+        }
+        // The way back in. Before the shards it was bound `#`: that binding goes (or every
+        // envelope would be worked twice), and envelopes of older publishers (two-word
+        // keys) still come here to be forwarded.
+        self.queue(ch, &self.inbound_work(), work()).await?;
+        ch.queue_unbind(
+            self.inbound_work().as_str().into(),
+            self.inbound_exchange().as_str().into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_error(&self.inbound_work(), e))?;
+        self.bind(ch, &self.inbound_work(), &self.inbound_exchange(), "*.*")
             .await?;
 
         // Retry ladder: each rung holds messages for its TTL, then dead-letters them

@@ -145,6 +145,11 @@ impl Settings {
             ),
         );
         check(
+            (1..=256).contains(&self.amqp.work_shards),
+            "amqp.work_shards",
+            format!("must be 1..=256, got {}", self.amqp.work_shards),
+        );
+        check(
             self.amqp.delivery_limit > 0,
             "amqp.delivery_limit",
             "must be positive".into(),

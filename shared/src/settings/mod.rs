@@ -215,6 +215,9 @@ pub struct AmqpSettings {
     pub url: Secret<String>,
     pub prefix: String,
     pub prefetch: u16,
+    /// Work queues a conversation's messages are spread over by a hash of (tenant,
+    /// conversation); each is consumed by one worker at a time (see `mq::topology`).
+    pub work_shards: u16,
     pub delivery_limit: u32,
     #[serde(
         rename = "retry_delays_s",
