@@ -68,23 +68,30 @@ impl Processes {
         answered: usize,
     ) -> serde_json::Value {
         let per_message = answered.max(1) as f64;
-        self.groups
+        let entry = |used: f64, switches: f64| {
+            serde_json::json!({
+                "cores": used / wall,
+                "ms_per_answered": used * 1e3 / per_message,
+                "switches_per_answered": switches / per_message,
+            })
+        };
+        let mut platform = (0.0, 0.0);
+        let mut report: serde_json::Map<_, _> = self
+            .groups
             .iter()
             .zip(before.iter().zip(after))
             .map(|((group, _), (b, a))| {
                 let used = (a.cpu_seconds - b.cpu_seconds).max(0.0);
                 let switches = a.switches.saturating_sub(b.switches) as f64;
-                (
-                    (*group).to_owned(),
-                    serde_json::json!({
-                        "cores": used / wall,
-                        "ms_per_answered": used * 1e3 / per_message,
-                        "switches_per_answered": switches / per_message,
-                    }),
-                )
+                if *group != "bench" {
+                    platform = (platform.0 + used, platform.1 + switches);
+                }
+                ((*group).to_owned(), entry(used, switches))
             })
-            .collect::<serde_json::Map<_, _>>()
-            .into()
+            .collect();
+        // Everything but the load generator (and the LLM double, which runs in it).
+        report.insert("platform".to_owned(), entry(platform.0, platform.1));
+        report.into()
     }
 }
 

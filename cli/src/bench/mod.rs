@@ -17,6 +17,12 @@
 //! before each run (`shared::mq::Ceiling`: publishing with confirms and consuming with
 //! acks at once), so each run's answered rate has a yardstick of its own hour;
 //! `--ceiling-only` measures just that.
+//!
+//! By default every conversation receives a message every ten seconds, so a turn answers
+//! about one message, as in real chat; `--conversations` fewer makes them hot (each
+//! turn answers the messages that arrived while the one before it ran).
+//! `--compare-workers 1,4` runs the scenario once per worker count, one after another,
+//! and reads the answered rates against the first.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,7 +52,7 @@ use traffic::{read_conversation, stream_conversation, watch_graph, webhook};
 const PHONE_NUMBER_ID: &str = "100000000000001";
 const APP_SECRET: &str = "bench-app-secret";
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct BenchArgs {
     /// Messages offered per second.
     #[arg(long, default_value_t = 200)]
@@ -54,10 +60,16 @@ pub(crate) struct BenchArgs {
     /// How long to offer them (e.g. 10s, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
-    #[arg(long, default_value_t = 200)]
-    conversations: usize,
+    /// Conversations the messages are spread over (default: ten seconds' worth of
+    /// messages, so each conversation gets one every ten seconds).
+    #[arg(long)]
+    conversations: Option<usize>,
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Runs the scenario once per worker count given (e.g. 1,4), in one invocation, and
+    /// reads each answered rate against the first's (overrides --workers).
+    #[arg(long, value_delimiter = ',')]
+    compare_workers: Vec<usize>,
     /// The LLM double's latency, in milliseconds.
     #[arg(long, default_value_t = 0)]
     llm_latency_ms: u64,
@@ -108,6 +120,12 @@ pub(crate) struct BenchArgs {
     /// The LLM double's pause between the words of a streamed answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     word_delay_ms: u64,
+}
+
+impl BenchArgs {
+    fn conversations(&self) -> usize {
+        self.conversations.unwrap_or(self.rate as usize * 10).max(1)
+    }
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -162,8 +180,12 @@ fn answered_per_s(answers: &[Instant], send_window: Duration) -> f64 {
 
 pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.rate > 0 && args.conversations > 0 && args.workers > 0 && args.runs > 0,
-        "--rate, --conversations, --workers and --runs must be positive"
+        args.rate > 0
+            && args.conversations != Some(0)
+            && args.workers > 0
+            && !args.compare_workers.contains(&0)
+            && args.runs > 0,
+        "--rate, --conversations, --workers, --compare-workers and --runs must be positive"
     );
     let mut report = json!({});
     if args.noisy {
@@ -194,8 +216,22 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
     } else {
         &[false]
     };
-    let mut runs = Vec::with_capacity(args.runs * modes.len());
-    for streaming in (0..args.runs).flat_map(|_| modes.iter().copied()) {
+    let worker_counts = if args.compare_workers.is_empty() {
+        vec![args.workers]
+    } else {
+        args.compare_workers.clone()
+    };
+    let mut runs = Vec::with_capacity(args.runs * modes.len() * worker_counts.len());
+    let scenarios = (0..args.runs).flat_map(|_| {
+        modes
+            .iter()
+            .flat_map(|m| worker_counts.iter().map(move |w| (*m, *w)))
+    });
+    for (streaming, workers) in scenarios {
+        let args = BenchArgs {
+            workers,
+            ..args.clone()
+        };
         // Measured right before each run: this machine's speed moves within minutes,
         // and each run is read against its own yardstick.
         let ceiling = if args.ceiling {
@@ -220,10 +256,13 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         );
     }
     let mut summaries = Vec::new();
-    for &streaming in modes {
+    for (streaming, workers) in modes
+        .iter()
+        .flat_map(|m| worker_counts.iter().map(move |w| (*m, *w)))
+    {
         let of_mode: Vec<&Value> = runs
             .iter()
-            .filter(|r| r["streaming"] == json!(streaming))
+            .filter(|r| r["streaming"] == json!(streaming) && r["workers"] == json!(workers))
             .collect();
         let summary = if of_mode.len() > 1 {
             let mut median = median_of(&of_mode);
@@ -238,14 +277,47 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         };
         summaries.push(summary);
     }
+    if worker_counts.len() > 1 {
+        print_worker_comparison(&summaries);
+    }
     let summary = if summaries.len() == 1 {
         summaries.remove(0)
+    } else if worker_counts.len() > 1 {
+        json!(summaries)
     } else {
         json!({ "long_poll": summaries[0], "streaming": summaries[1] })
     };
     report["runs"] = json!(runs);
     report["summary"] = summary;
     write(&args, &report)
+}
+
+/// Each worker count's answered rate and CPU per answer against the first count's (of
+/// the same mode).
+fn print_worker_comparison(summaries: &[Value]) {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    for summary in summaries {
+        let Some(first) = summaries
+            .iter()
+            .find(|s| s["streaming"] == summary["streaming"])
+        else {
+            continue;
+        };
+        println!(
+            "  {} worker(s){}: {:.0} answered/s = {:.2}x {} worker(s); {:.2} messages per turn; fleet CPU {:.2} ms per answer",
+            summary["workers"],
+            if summary["streaming"] == json!(true) {
+                ", streaming"
+            } else {
+                ""
+            },
+            f(&summary["achieved_per_s"]),
+            f(&summary["achieved_per_s"]) / f(&first["achieved_per_s"]),
+            first["workers"],
+            f(&summary["answered"]) / f(&summary["llm_calls"]),
+            f(&summary["cpu_by_process"]["platform"]["ms_per_answered"]),
+        );
+    }
 }
 
 /// The broker's single-hop ceiling (and each side alone), over two connections as an
@@ -347,7 +419,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
     let processes = cpu::Processes::watch(harness.fleet.ingress_pids(), worker_pids.clone());
     let cpu_before = processes.sample();
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.conversations + 64)
+        .pool_max_idle_per_host(args.conversations() + 64)
         .timeout(Duration::from_secs(60))
         .build()?;
     let timings = Arc::new(Mutex::new(Timings::default()));
@@ -384,7 +456,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
     }
     for k in 0..total {
         tokio::time::sleep_until(started + per * k as u32).await;
-        let c = k % args.conversations;
+        let c = k % args.conversations();
         let request = if whatsapp {
             let body = webhook(c, k);
             http.post(format!("{base}/whatsapp/webhook"))
@@ -411,7 +483,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
         // before that the conversation does not exist (404), and a reader that backed
         // off would add its pause to the first answer's latency.
         let (first_accepted, accepted_signal) = tokio::sync::oneshot::channel::<()>();
-        let first_accepted = (!whatsapp && k < args.conversations).then_some(first_accepted);
+        let first_accepted = (!whatsapp && k < args.conversations()).then_some(first_accepted);
         sends.spawn(async move {
             let sent = Instant::now();
             let response = request.send().await;
@@ -443,7 +515,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
             }
         });
         // Each conversation's reader starts once its first message was sent.
-        if !whatsapp && k < args.conversations {
+        if !whatsapp && k < args.conversations() {
             let (http, base, key, timings, stop) = (
                 http.clone(),
                 base.clone(),
@@ -537,7 +609,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
         "first_delta_ms": row(&first_delta),
         "offered_per_s": args.rate,
         "duration_s": args.duration.as_secs(),
-        "conversations": args.conversations,
+        "conversations": args.conversations(),
         "workers": args.workers,
         "llm_latency_ms": args.llm_latency_ms,
         "history_turns": args.history_turns,
