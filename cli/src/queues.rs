@@ -32,7 +32,9 @@ pub(crate) async fn run(settings: &Settings, args: QueuesArgs) -> anyhow::Result
             settings.amqp.prefix
         );
     }
-    let amqp = reqwest::Url::parse(settings.amqp.url.expose())?;
+    // The management API of the first node, with its credentials.
+    let node = settings.amqp.nodes().swap_remove(0);
+    let amqp = reqwest::Url::parse(node.expose())?;
     let vhost = match amqp.path().trim_start_matches('/') {
         "" => "%2f".to_owned(),
         v => v.to_owned(),

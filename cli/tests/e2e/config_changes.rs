@@ -180,7 +180,8 @@ async fn interleaved_tenants_never_see_each_others_markers() {
     ] {
         for c in 0..10 {
             let conversation = format!("conv-{c}");
-            let last = format!("You said: {mine} message {}", first + 2 * c + 180);
+            // A turn that took several messages ends its reply with the last of them.
+            let last = format!("{mine} message {}", first + 2 * c + 180);
             let (mut entries, mut cursor) = p.read_until(&t.api_key, &conversation, "0", 1).await;
             while !entries.iter().any(|e| {
                 e["role"] == "assistant" && e["text"].as_str().unwrap_or("").ends_with(&last)

@@ -6,6 +6,7 @@ mod admin;
 mod affinity;
 mod api;
 mod browser;
+mod cluster;
 mod config_changes;
 mod delivery;
 mod failures;

@@ -44,7 +44,11 @@ pub mod headers {
     pub const DELIVERY_COUNT: &str = "x-delivery-count";
 }
 
-/// A handle on the broker: one connection, re-opened when it is lost.
+/// How long one node may take to accept a connection before the next is tried.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A handle on the broker: one connection, re-opened when it is lost (on the next node of
+/// the cluster when its node went away).
 #[derive(Debug, Clone)]
 pub struct Broker {
     inner: Arc<Inner>,
@@ -52,7 +56,10 @@ pub struct Broker {
 
 #[derive(Debug)]
 struct Inner {
-    url: Secret<String>,
+    /// The cluster's nodes, in the order they are tried.
+    nodes: Vec<Secret<String>>,
+    /// The node to try first: the one that answered last.
+    preferred: std::sync::atomic::AtomicUsize,
     name: String,
     topology: Topology,
     confirm_timeout: Duration,
@@ -65,7 +72,8 @@ impl Broker {
     pub async fn connect(settings: &AmqpSettings, name: &str) -> Result<Self> {
         let broker = Self {
             inner: Arc::new(Inner {
-                url: settings.url.clone(),
+                nodes: settings.nodes(),
+                preferred: std::sync::atomic::AtomicUsize::new(0),
                 name: name.to_owned(),
                 topology: Topology::new(settings),
                 confirm_timeout: settings.confirm_timeout,
@@ -100,18 +108,49 @@ impl Broker {
         if let Some(conn) = self.live() {
             return Ok(conn);
         }
-        let props =
-            ConnectionProperties::default().with_connection_name(self.inner.name.as_str().into());
-        let conn = Arc::new(
-            Connection::connect(self.inner.url.expose(), props)
-                .await
-                .map_err(|e| Error::broker("cannot connect to RabbitMQ", e))?,
-        );
+        let conn = Arc::new(self.connect_to_a_node().await?);
         if let Ok(mut current) = self.inner.current.lock() {
             *current = Some(conn.clone());
         }
-        tracing::info!(name = %self.inner.name, "connected to RabbitMQ");
         Ok(conn)
+    }
+
+    /// A new connection to the first node that answers, trying them in order from the
+    /// one that answered last.
+    async fn connect_to_a_node(&self) -> Result<Connection> {
+        use std::sync::atomic::Ordering;
+        let nodes = &self.inner.nodes;
+        let first = self.inner.preferred.load(Ordering::Relaxed);
+        let mut failure = None;
+        for node in (0..nodes.len()).map(|i| (first + i) % nodes.len()) {
+            let props = ConnectionProperties::default()
+                .with_connection_name(self.inner.name.as_str().into());
+            let attempt = Connection::connect(nodes[node].expose(), props);
+            match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {
+                Ok(Ok(conn)) => {
+                    self.inner.preferred.store(node, Ordering::Relaxed);
+                    tracing::info!(name = %self.inner.name, node = node + 1, nodes = nodes.len(), "connected to RabbitMQ");
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => {
+                    if nodes.len() > 1 {
+                        tracing::warn!(error = %e, node = node + 1, "cannot connect to this RabbitMQ node; trying the next");
+                    }
+                    failure = Some(Error::broker("cannot connect to RabbitMQ", e));
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        node = node + 1,
+                        "no answer from this RabbitMQ node within {NODE_CONNECT_TIMEOUT:?}"
+                    );
+                    failure = Some(Error::broker_gone(format!(
+                        "RabbitMQ node {} did not answer within {NODE_CONNECT_TIMEOUT:?}",
+                        node + 1
+                    )));
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| Error::broker_gone("no RabbitMQ node configured")))
     }
 
     async fn channel(&self) -> Result<lapin::Channel> {

@@ -328,9 +328,17 @@ impl Publisher {
                 "unroutable: {exchange} / {routing_key} ({})",
                 returned.reply_text
             ))),
-            Confirmation::Nack(_) => Err(Error::NotConfirmed(format!(
-                "broker refused {exchange} / {routing_key} (queue full or unavailable)"
-            ))),
+            Confirmation::Nack(_) => {
+                // A channel whose publish a quorum queue refused while its leader moved
+                // (a cluster node went away) can go on being refused after a new leader
+                // is elected: the next publish starts on a fresh channel.
+                let _ = channel
+                    .close(200, "a publish was refused; starting afresh".into())
+                    .await;
+                Err(Error::NotConfirmed(format!(
+                    "broker refused {exchange} / {routing_key} (queue full or unavailable)"
+                )))
+            }
             Confirmation::NotRequested => Err(Error::NotConfirmed("confirms are off".into())),
         }
     }

@@ -123,6 +123,13 @@ impl Settings {
             "amqp.url",
             "must be an amqp:// or amqps:// (TLS) URL".into(),
         );
+        for (i, url) in self.amqp.urls.iter().enumerate() {
+            check(
+                url.expose().starts_with("amqp://") || url.expose().starts_with("amqps://"),
+                "amqp.urls",
+                format!("node {} must be an amqp:// or amqps:// (TLS) URL", i + 1),
+            );
+        }
         check(
             is_name(&self.amqp.prefix),
             "amqp.prefix",
@@ -480,7 +487,10 @@ impl Settings {
             ("database.url", &self.database.url),
             ("amqp.url", &self.amqp.url),
             ("redis.url", &self.redis.url),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.amqp.urls.iter().map(|u| ("amqp.urls", u)))
+        {
             if strict && url.expose().to_ascii_uppercase().contains("CHANGE-ME") {
                 problems.push(format!("{key}: holds a CHANGE-ME placeholder password"));
             }

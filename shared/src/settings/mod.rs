@@ -213,6 +213,10 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
     pub url: Secret<String>,
+    /// The nodes of a RabbitMQ cluster, tried in order on connect and reconnect (from the
+    /// one that answered last); when set, `url` is not used.
+    #[serde(default)]
+    pub urls: Vec<Secret<String>>,
     pub prefix: String,
     pub prefetch: u16,
     /// Work queues a conversation's messages are spread over by a hash of (tenant,
@@ -238,6 +242,17 @@ pub struct AmqpSettings {
         deserialize_with = "parse::positive_seconds"
     )]
     pub confirm_timeout: Duration,
+}
+
+impl AmqpSettings {
+    /// The broker nodes to connect to, in the order to try them: `urls`, or `url` alone.
+    pub fn nodes(&self) -> Vec<Secret<String>> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -562,6 +577,7 @@ impl Settings {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("amqp.retry_delays_s")
+                    .with_list_parse_key("amqp.urls")
                     .with_list_parse_key("http.trusted_proxies")
                     .with_list_parse_key("llm.tenant_base_url_allowlist")
                     .with_list_parse_key("tools.allowed_private_networks")

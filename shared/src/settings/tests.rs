@@ -402,3 +402,40 @@ currency = "EUR"
     )]);
     assert!(e.contains("llm.tenant_base_url_allowlist"), "{e}");
 }
+
+#[test]
+fn a_broker_cluster_is_a_list_of_nodes_tried_in_order() {
+    let one = Settings::load_from(sources(&[])).expect("defaults");
+    assert_eq!(
+        one.amqp.nodes(),
+        vec![one.amqp.url.clone()],
+        "one node: amqp.url"
+    );
+    let cluster = Settings::load_from(sources(&[(
+        "CHATFLEET__AMQP__URLS",
+        "amqp://u:p@mq-1:5672/%2f,amqps://u:p@mq-2:5671/%2f,amqp://u:p@mq-3:5672/%2f",
+    )]))
+    .expect("three nodes");
+    let nodes: Vec<String> = cluster
+        .amqp
+        .nodes()
+        .iter()
+        .map(|n| n.expose().clone())
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            "amqp://u:p@mq-1:5672/%2f",
+            "amqps://u:p@mq-2:5671/%2f",
+            "amqp://u:p@mq-3:5672/%2f"
+        ]
+    );
+    let err = load_err(&[(
+        "CHATFLEET__AMQP__URLS",
+        "amqp://mq-1:5672,http://mq-2:15672",
+    )]);
+    assert!(
+        err.contains("amqp.urls: node 2 must be an amqp://"),
+        "{err}"
+    );
+}

@@ -1,0 +1,241 @@
+//! A RabbitMQ cluster (`amqp.urls`): the topology on three nodes of the test's own
+//! (`scripts/rabbitmq-cluster`), its queues replicated on all three, and the node leading
+//! the work queues stopped mid-conversation: ingress and worker reconnect to another
+//! node and nothing is lost, repeated or reordered.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use shared::testkit::eventually;
+
+use crate::support::Platform;
+
+/// Three RabbitMQ nodes, stopped and removed on drop.
+struct Cluster {
+    dir: PathBuf,
+    urls: String,
+}
+
+fn script(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-cluster");
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .expect("rabbitmq-cluster runs");
+    assert!(
+        out.status.success(),
+        "rabbitmq-cluster {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A first port with its two neighbours and their distribution ports (+10000) free.
+fn free_ports() -> u16 {
+    (0..200)
+        .map(|i| 21_000 + i * 7)
+        .find(|base| {
+            (0..3).all(|n| {
+                [base + n, base + n + 10_000]
+                    .iter()
+                    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            })
+        })
+        .expect("three free ports")
+}
+
+impl Cluster {
+    async fn start(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(name);
+        let first = free_ports().to_string();
+        let path = dir.to_string_lossy().into_owned();
+        let urls = tokio::task::spawn_blocking(move || script(&["start", &path, &first]))
+            .await
+            .expect("runner");
+        Self { dir, urls }
+    }
+
+    fn path(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    /// `rabbitmqctl` on node `n`'s behalf.
+    fn ctl(&self, n: u16, args: &[&str]) -> String {
+        let id = self
+            .dir
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default();
+        let node = format!(
+            "cf{n}-{}@localhost",
+            id.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        );
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", "rabbitmq", "--", "env", "HOME=/var/lib/rabbitmq"])
+            .arg("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .args(["-n", &node, "-q"])
+            .args(args);
+        let out = command.output().expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        script(&["stop", &self.path()]);
+    }
+}
+
+/// Sends `text`, again while the broker is between nodes (503), until it is accepted.
+async fn send_accepted(p: &Platform, key: &str, conversation: &str, text: &str) {
+    eventually(
+        Duration::from_secs(90),
+        "the message to be accepted",
+        || async {
+            let (status, _) = p.send(key, conversation, text, Some(text)).await;
+            (status == StatusCode::ACCEPTED).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
+    let name = format!(
+        "cf-cluster-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let cluster = Cluster::start(&name).await;
+    let p = Platform::start_with(&[("CHATFLEET__AMQP__URLS", cluster.urls.as_str())], 1).await;
+    let topology = p.env.broker.topology().clone();
+    let t = p.tenant("clustered").await;
+
+    // Every quorum queue and the archive stream have a member on each node.
+    let listed = cluster.ctl(
+        1,
+        &[
+            "list_queues",
+            "name",
+            "leader",
+            "members",
+            "--formatter",
+            "json",
+        ],
+    );
+    let queues: Vec<Value> = serde_json::from_str(&listed).expect("queues as JSON");
+    let of = |name: &str| {
+        queues
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {listed}"))
+            .clone()
+    };
+    for queue in [
+        topology.work_shard(0),
+        topology.work_shard(1),
+        topology.inbound_work(),
+        topology.archive(),
+    ] {
+        let members = of(&queue)["members"].as_array().map_or(0, Vec::len);
+        assert_eq!(members, 3, "{queue} on every node: {}", of(&queue));
+    }
+    let leader = of(&topology.work_shard(0))["leader"]
+        .as_str()
+        .expect("a leader")
+        .to_owned();
+    let leading: u16 = (1..=3)
+        .find(|n| leader.starts_with(&format!("cf{n}-")))
+        .expect("a node of ours leads");
+
+    let conversations = ["a", "b", "c"];
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        for c in conversations {
+            let text = format!("{c} before {round}");
+            send_accepted(&p, &t.api_key, c, &text).await;
+            expected.push((c, text));
+        }
+    }
+    // The leader goes away while these are on their way.
+    let path = cluster.path();
+    let stopping =
+        tokio::task::spawn_blocking(move || script(&["stop-node", &path, &leading.to_string()]));
+    for round in 0..4 {
+        for c in conversations {
+            let text = format!("{c} during {round}");
+            send_accepted(&p, &t.api_key, c, &text).await;
+            expected.push((c, text));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stopping.await.expect("stopped");
+    for round in 0..2 {
+        for c in conversations {
+            let text = format!("{c} after {round}");
+            send_accepted(&p, &t.api_key, c, &text).await;
+            expected.push((c, text));
+        }
+    }
+
+    // Each conversation: every message once, in the order sent, and answered after it.
+    for c in conversations {
+        let sent: Vec<&str> = expected
+            .iter()
+            .filter(|(of, _)| *of == c)
+            .map(|(_, text)| text.as_str())
+            .collect();
+        // A turn that took several messages ends its reply with the last of them.
+        let last = sent[sent.len() - 1];
+        let (mut entries, mut cursor) = p.read_until(&t.api_key, c, "0", 1).await;
+        while !entries
+            .iter()
+            .any(|e| e["role"] == "assistant" && e["text"].as_str().unwrap_or("").ends_with(last))
+        {
+            let (more, next) = p.read_until(&t.api_key, c, &cursor, 1).await;
+            entries.extend(more);
+            cursor = next;
+        }
+        let users: Vec<&str> = entries
+            .iter()
+            .filter(|e| e["role"] == "user")
+            .filter_map(|e| e["text"].as_str())
+            .collect();
+        assert_eq!(users, sent, "conversation {c}");
+        // Each reply answers the messages its turn took ("You said: m1\n\nm2"): the
+        // next ones in the order sent, after they were recorded; none twice, none skipped.
+        let mut next = 0;
+        for (i, e) in entries.iter().enumerate() {
+            if e["role"] != "assistant" {
+                continue;
+            }
+            let text = e["text"].as_str().unwrap_or("");
+            let said = text.rsplit("You said: ").next().unwrap_or("");
+            for message in said.split("\n\n") {
+                assert_eq!(
+                    Some(&message),
+                    sent.get(next),
+                    "{c}: {text:?} answers out of order (next unanswered: {:?})",
+                    sent.get(next)
+                );
+                assert!(
+                    entries[..i].iter().any(|u| u["text"] == message),
+                    "{c}: {text:?} before its message"
+                );
+                next += 1;
+            }
+        }
+        assert_eq!(next, sent.len(), "{c}: every message answered");
+    }
+    // The node comes back and rejoins its cluster (deleting the test's queues waits for
+    // every member of each).
+    let path = cluster.path();
+    tokio::task::spawn_blocking(move || script(&["start-node", &path, &leading.to_string()]))
+        .await
+        .expect("started again");
+    p.stop().await;
+    drop(cluster);
+}
