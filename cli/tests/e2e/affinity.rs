@@ -52,7 +52,15 @@ const TURNS: &str = "chatfleet_llm_seconds_count{provider=\"ollama\"}";
 
 #[tokio::test]
 async fn a_conversation_stays_with_one_worker_and_moves_when_it_dies() {
-    let p = Platform::start_with(&[("CHATFLEET__AMQP__WORK_SHARDS", "4")], 0).await;
+    // A worker killed mid-turn leaves the conversation's lock to expire: a short TTL.
+    let p = Platform::start_with(
+        &[
+            ("CHATFLEET__AMQP__WORK_SHARDS", "4"),
+            ("CHATFLEET__WORKER__LOCK_TTL_S", "3"),
+        ],
+        0,
+    )
+    .await;
     let t = p.tenant("shop").await;
     let workers = [Worker::start(&p), Worker::start(&p)];
     // The two share the four shards, two each, one consumer per shard.
