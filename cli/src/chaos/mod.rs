@@ -9,7 +9,9 @@
 //! every `--kill-every-s` seconds (and starts a new one; every third kill takes an
 //! ingress instead, restarted on its address), and, unless `--short`, restarts
 //! RabbitMQ once, restarts Redis once and makes the database unreachable for
-//! `--db-outage-s` seconds (through a TCP proxy in front of it).
+//! `--db-outage-s` seconds (through a TCP proxy in front of it). With `--cluster` the
+//! fleet runs on a three-node RabbitMQ cluster of its own (`amqp.urls`), and the broker
+//! fault stops the node leading the work queues for ten seconds instead.
 //!
 //! The conversations belong to two tenants, alternately, and each worker holds few
 //! deliveries of one tenant while the other uses it (`worker.tenant_max_held` 4):
@@ -30,6 +32,7 @@
 //! It prints the figures and exits non-zero on any violation.
 
 mod checks;
+mod cluster;
 pub(crate) mod proxy;
 mod side_effects;
 mod streams;
@@ -84,6 +87,11 @@ pub(crate) struct ChaosArgs {
     /// Write each fleet process's log (at warn level) to a file in this directory.
     #[arg(long)]
     log_dir: Option<std::path::PathBuf>,
+    /// Run the fleet on a three-node RabbitMQ cluster of its own (scripts/rabbitmq-cluster;
+    /// needs the checkout and root or the rabbitmq user); the broker fault then stops the
+    /// node leading the work queues for ten seconds.
+    #[arg(long)]
+    cluster: bool,
     /// Which infrastructure faults to inject besides worker kills (broker, redis, db).
     #[arg(long, value_delimiter = ',', default_value = "broker,redis,db")]
     faults: Vec<String>,
@@ -154,6 +162,22 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         "need workers and ingress"
     );
     let started = Instant::now();
+    let cluster = if args.cluster {
+        let cluster =
+            cluster::Cluster::start(&uuid::Uuid::new_v4().simple().to_string()[..8]).await?;
+        eprintln!("a RabbitMQ cluster of three nodes is up: {}", cluster.urls);
+        Some(cluster)
+    } else {
+        None
+    };
+    let mut settings = settings;
+    if let Some(cluster) = &cluster {
+        settings.amqp.urls = cluster
+            .urls
+            .split(',')
+            .map(|u| shared::pii::Secret::new(u.to_owned()))
+            .collect();
+    }
     let harness = fleet::start(
         &settings,
         fleet::Options {
@@ -171,6 +195,11 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
                 .chain(side_effects::SETTINGS)
                 .chain(webhooks::SETTINGS)
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .chain(
+                    cluster
+                        .as_ref()
+                        .map(|c| ("CHATFLEET__AMQP__URLS".to_owned(), c.urls.clone())),
+                )
                 .collect(),
             db_proxy: true,
             // The checks find every earlier exchange of a conversation in each prompt.
@@ -244,9 +273,12 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     let fleet = Arc::new(tokio::sync::Mutex::new(fleet));
     // Faults stop with the sending; the proxy and the LLM double serve to the end.
     let sending = CancellationToken::new();
+    let cluster = cluster.map(Arc::new);
     let faults = tokio::spawn(break_things(
         fleet.clone(),
         proxy.clone(),
+        cluster.clone(),
+        broker.topology().work_shard(0),
         args.clone(),
         sent.clone(),
         sending.clone(),
@@ -309,6 +341,9 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     }
     if !args.keep {
         fleet::clean_up(&run_settings, &broker, &db).await?;
+        if let Some(cluster) = cluster.and_then(|c| Arc::try_unwrap(c).ok()) {
+            cluster.stop().await?;
+        }
     }
     if report.violations() + streamed.violations() + effects.violations.len() + hooked.violations()
         > 0
@@ -412,6 +447,8 @@ async fn drive(
 async fn break_things(
     fleet: Arc<tokio::sync::Mutex<Fleet>>,
     proxy: DbProxy,
+    cluster: Option<Arc<cluster::Cluster>>,
+    work_queue: String,
     args: ChaosArgs,
     sent: Arc<AtomicU64>,
     stop: CancellationToken,
@@ -443,9 +480,19 @@ async fn break_things(
         }
         if broker_at.is_some_and(|at| progress >= at) {
             broker_at = None;
-            eprintln!("restarting RabbitMQ");
-            shell("rabbitmqctl -q stop_app && rabbitmqctl -q start_app")?;
-            done.push("RabbitMQ restarted");
+            if let Some(cluster) = &cluster {
+                eprintln!("stopping the RabbitMQ node leading {work_queue} for 10 s");
+                let node = cluster
+                    .bounce_leader_of(&work_queue, Duration::from_secs(10))
+                    .await?;
+                done.push(format!(
+                    "RabbitMQ node {node} (leading the work queue) stopped and started"
+                ));
+            } else {
+                eprintln!("restarting RabbitMQ");
+                shell("rabbitmqctl -q stop_app && rabbitmqctl -q start_app")?;
+                done.push("RabbitMQ restarted".to_owned());
+            }
         }
         if redis_at.is_some_and(|at| progress >= at) {
             redis_at = None;
@@ -455,7 +502,7 @@ async fn break_things(
                  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no \
                  --dir /var/lib/redis --logfile /var/log/redis/ci.log",
             )?;
-            done.push("Redis restarted");
+            done.push("Redis restarted".to_owned());
         }
         if db_at.is_some_and(|at| progress >= at) {
             db_at = None;
@@ -463,7 +510,7 @@ async fn break_things(
             proxy.cut().await;
             tokio::time::sleep(Duration::from_secs(args.db_outage_s)).await;
             proxy.restore();
-            done.push("database cut off");
+            done.push("database cut off".to_owned());
         }
     }
     Ok(format!(

@@ -78,8 +78,9 @@ impl Receiver {
     }
 }
 
-/// `fail3`: 500 to the first three requests of each `webhook-id`, then 200; `down`: 500;
-/// `gone`: 410; anything else 200.
+/// `fail3`: 500 to the first three requests of each `webhook-id`, then 200; `slow-received`:
+/// 500 to the first four requests of a `message.received`, to the first of anything else;
+/// `down`: 500; `gone`: 410; anything else 200.
 async fn answer(
     State(receiver): State<Receiver>,
     UrlPath((tenant, behaviour)): UrlPath<(String, String)>,
@@ -97,8 +98,11 @@ async fn answer(
     let id = header("webhook-id");
     let mut got = receiver.got.lock().expect("lock");
     let earlier = got.iter().filter(|r| r.path == path && r.id == id).count();
+    let kind = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null)["type"].clone();
     let status = match behaviour.as_str() {
         "fail3" if earlier < 3 => 500,
+        "slow-received" if kind == "message.received" && earlier < 4 => 500,
+        "slow-received" if earlier < 1 => 500,
         "down" => 500,
         "gone" => 410,
         _ => 200,
@@ -426,6 +430,70 @@ async fn webhooks_are_signed_retried_in_order_kept_to_their_tenant_and_disabled_
     assert_eq!(again, 5);
     let (ok, lines) = chatfleet(&p, &attempts_of()).await;
     assert!(ok && lines.lines().count() == 5, "{lines}");
+    p.stop().await;
+}
+
+/// An event that went ahead of an earlier one still being retried says so on every
+/// attempt until the earlier one is delivered, not only on the first: its retry arriving
+/// before the earlier event is marked `out_of_order` too.
+#[tokio::test]
+async fn a_retry_of_an_event_that_went_ahead_is_marked_out_of_order() {
+    let settings: Vec<(&str, &str)> = SETTINGS
+        .iter()
+        .copied()
+        .chain([("CHATFLEET__WEBHOOKS__ORDER_WAIT_S", "1")])
+        .collect();
+    let p = Platform::start_with(&settings, 1).await;
+    let (receiver, base) = Receiver::start(p.shutdown.clone()).await;
+    let t = p.tenant("ahead").await;
+    add_webhook(
+        &p,
+        &t,
+        format!("{base}/t/slow-received"),
+        json!(["message.received", "message.replied"]),
+    )
+    .await;
+    p.ask(&t.api_key, "c1", "hello", "0").await;
+    // The received event fails four times (delivered on its fifth attempt, ~4 s); the
+    // replied event waits a second for it, goes marked, fails once, and its retry is
+    // delivered while the received event is still owed.
+    let got = eventually(Duration::from_secs(60), "both events delivered", || {
+        let receiver = receiver.clone();
+        async move {
+            let got = delivered(&receiver.at("/t/slow-received"));
+            (got.get("message.received")?.len() == 1 && got.get("message.replied")?.len() == 1)
+                .then_some(got)
+        }
+    })
+    .await;
+    let (received, replied) = (&got["message.received"][0], &got["message.replied"][0]);
+    let arrivals = receiver.at("/t/slow-received");
+    let position = |r: &Received| {
+        arrivals
+            .iter()
+            .position(|a| a.id == r.id && a.status == 200)
+    };
+    assert!(
+        position(replied) < position(received),
+        "the reply's event went ahead: {:?}",
+        arrivals
+            .iter()
+            .map(|a| (a.event()["type"].clone(), a.status))
+            .collect::<Vec<_>>()
+    );
+    assert!(replied.event()["data"]["seq"].as_u64() > received.event()["data"]["seq"].as_u64());
+    assert_eq!(
+        replied.event()["data"]["out_of_order"],
+        true,
+        "delivered ahead of an owed event: {}",
+        replied.event()
+    );
+    assert_ne!(
+        received.event()["data"]["out_of_order"],
+        true,
+        "{}",
+        received.event()
+    );
     p.stop().await;
 }
 

@@ -158,15 +158,17 @@ impl Attempt<'_> {
                 .settle(job.webhook_id, job.event_id, DeliveryState::Dead)
                 .await;
         }
-        let mut out_of_order = false;
-        // A retaken attempt passed this check when it was claimed.
-        if job.attempt == 1
-            && !retake
-            && let Some(conversation) = owed.conversation_id
-            && log
-                .earlier_owed(job.webhook_id, conversation, owed.seq)
-                .await?
-        {
+        // An attempt that goes while an earlier event of its conversation is still owed
+        // to the endpoint says so, whichever attempt it is (a retry of an event that went
+        // ahead is still ahead); only the first waits, up to `order_wait`, for them.
+        let out_of_order = match owed.conversation_id {
+            Some(conversation) => {
+                log.earlier_owed(job.webhook_id, conversation, owed.seq)
+                    .await?
+            }
+            None => false,
+        };
+        if out_of_order && job.attempt == 1 && !retake {
             let waited = (chrono::Utc::now() - owed.created_at)
                 .to_std()
                 .unwrap_or_default();
@@ -176,7 +178,6 @@ impl Attempt<'_> {
                     .publish_webhook_job(&job, Some(WEBHOOK_HOLD))
                     .await;
             }
-            out_of_order = true;
         }
         if !retake && !log.claim(job.webhook_id, job.event_id, job.attempt).await? {
             return Ok(());

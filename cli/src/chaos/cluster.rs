@@ -1,0 +1,75 @@
+//! `chatfleet chaos --cluster`: the fleet on a three-node RabbitMQ cluster of the run's
+//! own (`scripts/rabbitmq-cluster`, so it needs the project's checkout and the local
+//! RabbitMQ installation), whose broker fault stops the node leading the work queues
+//! and starts it again.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// The cluster script, from the checkout this binary was built in.
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-cluster");
+
+/// Three nodes; stopped and removed by [`Cluster::stop`].
+pub(super) struct Cluster {
+    dir: PathBuf,
+    /// The nodes' AMQP URLs, comma-separated (`amqp.urls`).
+    pub urls: String,
+}
+
+fn script(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(SCRIPT).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "rabbitmq-cluster {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl Cluster {
+    /// Starts the nodes on the first free run of ports from 22,000.
+    pub(super) async fn start(id: &str) -> anyhow::Result<Self> {
+        let first = (0..200u16)
+            .map(|i| 22_000 + i * 7)
+            .find(|base| {
+                (0..3).all(|n| {
+                    [base + n, base + n + 10_000]
+                        .iter()
+                        .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+                })
+            })
+            .ok_or_else(|| anyhow::anyhow!("no free ports for a cluster"))?;
+        let dir = std::env::temp_dir().join(format!("chatfleet-chaos-{id}"));
+        let path = dir.to_string_lossy().into_owned();
+        let urls =
+            tokio::task::spawn_blocking(move || script(&["start", &path, &first.to_string()]))
+                .await??;
+        Ok(Self { dir, urls })
+    }
+
+    /// Stops the node leading `queue`, waits `down`, and starts it again; its number.
+    pub(super) async fn bounce_leader_of(
+        &self,
+        queue: &str,
+        down: Duration,
+    ) -> anyhow::Result<String> {
+        let path = self.dir.to_string_lossy().into_owned();
+        let queue = queue.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let leader = script(&["leader", &path, &queue])?;
+            anyhow::ensure!(!leader.is_empty(), "no node leads {queue}");
+            script(&["stop-node", &path, &leader])?;
+            std::thread::sleep(down);
+            script(&["start-node", &path, &leader])?;
+            Ok(leader)
+        })
+        .await?
+    }
+
+    pub(super) async fn stop(self) -> anyhow::Result<()> {
+        let path = self.dir.to_string_lossy().into_owned();
+        tokio::task::spawn_blocking(move || script(&["stop", &path])).await??;
+        Ok(())
+    }
+}
