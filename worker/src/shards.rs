@@ -6,7 +6,8 @@
 //! and reads the live members (see `shared::cache::fleet`); sorted by name, member `i`
 //! of `n` holds the shards `s` with `s % n == i`. A worker takes up a shard it is given
 //! and cancels its consumer of one it no longer holds (its deliveries in flight are still
-//! settled on that channel, closed after `worker.drain_timeout_s`). Where two workers
+//! settled on that channel, closed after `worker.drain_timeout_s`; those still on their
+//! way to it go back to the queue at once). Where two workers
 //! briefly disagree (a member joined or lapsed since one of them looked), both consume
 //! and the queue serves one of them; a worker that never reached Redis consumes every
 //! shard. A worker that stops leaves the fleet at once; one that dies lapses after
@@ -29,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How often a worker renews its membership and looks at the fleet.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How long a released shard's consumer waits for the deliveries still on their way to
+/// it, to hand them back.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(1);
 /// How long a member that stopped renewing still counts.
 pub(crate) const MEMBERSHIP_TTL: Duration = Duration::from_secs(3);
 
@@ -78,20 +82,26 @@ impl WorkFeed {
         let pumps = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
         let pump = {
             let (broker, tx, pumps) = (broker.clone(), tx.clone(), pumps.clone());
+            let shutdown = shutdown.clone();
             move |source: Source, stop: CancellationToken| {
                 let queue = match source {
                     Source::Shard(n) => topology.work_shard(n),
                     Source::WayBack => topology.inbound_work(),
                 };
                 let mut subscription = broker.subscribe(&queue, per_queue, "worker", stop);
-                let tx = tx.clone();
-                let pumps = pumps.clone();
+                let (tx, pumps, shutdown) = (tx.clone(), pumps.clone(), shutdown.clone());
                 async move {
                     pumps.lock().await.spawn(async move {
                         while let Some(delivery) = subscription.next().await {
                             if tx.send((source, delivery)).await.is_err() {
                                 break;
                             }
+                        }
+                        // A shard released to another worker: what was still on its way
+                        // here goes back to the queue now (at shutdown the channel's
+                        // closing hands it back).
+                        if !shutdown.is_cancelled() {
+                            subscription.hand_back_undelivered(HAND_BACK_WAIT).await;
                         }
                         subscription
                     });

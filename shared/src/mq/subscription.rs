@@ -87,6 +87,22 @@ impl Subscription {
         }
     }
 
+    /// After this consumer was stopped while the process runs on (its queue went to
+    /// another consumer): hands the deliveries that were still on their way to it back
+    /// to the queue at once, for the next consumer, instead of leaving them unacked until
+    /// the channel closes. Waits at most `within` for the broker to end the consumer.
+    pub async fn hand_back_undelivered(&mut self, within: Duration) {
+        let Some(consumer) = self.current.as_mut() else {
+            return;
+        };
+        let _ = tokio::time::timeout(within, async {
+            while let Some(delivery) = consumer.next().await {
+                let _ = delivery.requeue().await;
+            }
+        })
+        .await;
+    }
+
     /// Closes the consumer's channel (after the deliveries it handed out were settled)
     /// and waits for the broker's answer. A channel merely dropped closes in the
     /// background, and when the connection closes at the same moment lapin takes the
