@@ -255,21 +255,25 @@ impl DataKeys {
             return Ok(held);
         }
         let conversations = self.db.tenant(client_id).conversations();
-        let mut stored = conversations.data_key(conversation_id).await?;
-        if stored == StoredDataKey::Missing && create {
+        // Creating, the key is offered first: a new conversation's costs one statement;
+        // one that has a key (or was erased, or is unknown) is read after the offer.
+        let offered = if create {
             let mut fresh = [0u8; 32];
             rand::rng().fill_bytes(&mut fresh);
             let sealed = self
                 .secrets
                 .seal_data_key(client_id, conversation_id, &fresh)?;
-            stored = match conversations
+            conversations
                 .create_data_key(conversation_id, &sealed)
                 .await?
-            {
-                true => StoredDataKey::Sealed(sealed),
-                false => conversations.data_key(conversation_id).await?,
-            };
-        }
+                .then_some(sealed)
+        } else {
+            None
+        };
+        let stored = match offered {
+            Some(sealed) => StoredDataKey::Sealed(sealed),
+            None => conversations.data_key(conversation_id).await?,
+        };
         let held = match stored {
             StoredDataKey::Sealed(sealed) => {
                 let key = self

@@ -47,9 +47,9 @@ impl Conversations<'_> {
         })
     }
 
-    /// Stores `sealed` as the conversation's data key unless it has one; whether it was
-    /// stored. Whoever loses the race reads the winner's. The caller has just read that
-    /// the conversation exists and is not erased.
+    /// Stores `sealed` as the conversation's data key unless it has one, was erased or
+    /// does not exist; whether it was stored (one statement: a new conversation's key
+    /// costs no read first). Whoever loses a race reads the winner's.
     pub async fn create_data_key(
         &self,
         conversation_id: ConversationId,
@@ -57,11 +57,12 @@ impl Conversations<'_> {
     ) -> Result<bool> {
         let done = guard::query(
             "INSERT IGNORE INTO conversation_keys (client_id, conversation_id, data_key) \
-             VALUES (?, ?, ?)",
+             SELECT c.client_id, c.id, ? FROM conversations c \
+             WHERE c.client_id = ? AND c.id = ? AND c.external_id NOT LIKE 'erased:%'",
         )?
+        .bind(sealed)
         .bind(self.client_id.get())
         .bind(conversation_id.get())
-        .bind(sealed)
         .execute(self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
