@@ -221,13 +221,13 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
     } else {
         args.compare_workers.clone()
     };
-    let mut runs = Vec::with_capacity(args.runs * modes.len() * worker_counts.len());
-    let scenarios = (0..args.runs).flat_map(|_| {
-        modes
-            .iter()
-            .flat_map(|m| worker_counts.iter().map(move |w| (*m, *w)))
-    });
-    for (streaming, workers) in scenarios {
+    // Each (streaming, workers) scenario, in the order they run within a round.
+    let scenarios: Vec<(bool, usize)> = modes
+        .iter()
+        .flat_map(|m| worker_counts.iter().map(move |w| (*m, *w)))
+        .collect();
+    let mut runs = Vec::with_capacity(args.runs * scenarios.len());
+    for &(streaming, workers) in (0..args.runs).flat_map(|_| &scenarios) {
         let args = BenchArgs {
             workers,
             ..args.clone()
@@ -256,10 +256,7 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
         );
     }
     let mut summaries = Vec::new();
-    for (streaming, workers) in modes
-        .iter()
-        .flat_map(|m| worker_counts.iter().map(move |w| (*m, *w)))
-    {
+    for &(streaming, workers) in &scenarios {
         let of_mode: Vec<&Value> = runs
             .iter()
             .filter(|r| r["streaming"] == json!(streaming) && r["workers"] == json!(workers))
@@ -418,8 +415,9 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
     let worker_metrics = harness.fleet.worker_metrics();
     let processes = cpu::Processes::watch(harness.fleet.ingress_pids(), worker_pids.clone());
     let cpu_before = processes.sample();
+    let conversations = args.conversations();
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.conversations() + 64)
+        .pool_max_idle_per_host(conversations + 64)
         .timeout(Duration::from_secs(60))
         .build()?;
     let timings = Arc::new(Mutex::new(Timings::default()));
@@ -456,7 +454,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
     }
     for k in 0..total {
         tokio::time::sleep_until(started + per * k as u32).await;
-        let c = k % args.conversations();
+        let c = k % conversations;
         let request = if whatsapp {
             let body = webhook(c, k);
             http.post(format!("{base}/whatsapp/webhook"))
@@ -483,7 +481,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
         // before that the conversation does not exist (404), and a reader that backed
         // off would add its pause to the first answer's latency.
         let (first_accepted, accepted_signal) = tokio::sync::oneshot::channel::<()>();
-        let first_accepted = (!whatsapp && k < args.conversations()).then_some(first_accepted);
+        let first_accepted = (!whatsapp && k < conversations).then_some(first_accepted);
         sends.spawn(async move {
             let sent = Instant::now();
             let response = request.send().await;
@@ -515,7 +513,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
             }
         });
         // Each conversation's reader starts once its first message was sent.
-        if !whatsapp && k < args.conversations() {
+        if !whatsapp && k < conversations {
             let (http, base, key, timings, stop) = (
                 http.clone(),
                 base.clone(),
@@ -609,7 +607,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
         "first_delta_ms": row(&first_delta),
         "offered_per_s": args.rate,
         "duration_s": args.duration.as_secs(),
-        "conversations": args.conversations(),
+        "conversations": conversations,
         "workers": args.workers,
         "llm_latency_ms": args.llm_latency_ms,
         "history_turns": args.history_turns,

@@ -67,8 +67,9 @@ pub(super) async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result
     let quiet_key = harness.api_key.clone();
     let (_, noisy_key) = fleet::add_tenant(&harness.db, "noisy-flood", args.history_turns).await?;
     let base = harness.fleet.ingress_urls[0].clone();
+    let conversations = args.conversations();
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.conversations() + 512)
+        .pool_max_idle_per_host(conversations + 512)
         .timeout(Duration::from_secs(60))
         .build()?;
     let timings = Arc::new(Mutex::new(Timings::default()));
@@ -140,12 +141,12 @@ pub(super) async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result
     for (at, noisy, k) in schedule {
         tokio::time::sleep_until(started + at).await;
         let (key, conversation) = if noisy {
-            let c = (k - NOISY_BASE) as usize % args.conversations();
+            let c = (k - NOISY_BASE) as usize % conversations;
             (&noisy_key, format!("n{c}"))
         } else {
             (&quiet_key, format!("q{k}"))
         };
-        let first_of_its_conversation = !noisy || (k - NOISY_BASE) < args.conversations() as u64;
+        let first_of_its_conversation = !noisy || (k - NOISY_BASE) < conversations as u64;
         sends.spawn(send(key, conversation.clone(), k));
         if first_of_its_conversation {
             pollers.spawn(poll(key, conversation));

@@ -10,11 +10,13 @@ use std::time::Duration;
 /// The cluster script, from the checkout this binary was built in.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-cluster");
 
-/// Three nodes; stopped and removed by [`Cluster::stop`].
+/// Three nodes, stopped and removed when dropped (also when the run fails half-way),
+/// unless kept for inspection.
 pub(super) struct Cluster {
     dir: PathBuf,
     /// The nodes' AMQP URLs, comma-separated (`amqp.urls`).
     pub urls: String,
+    keep: bool,
 }
 
 fn script(args: &[&str]) -> anyhow::Result<String> {
@@ -28,24 +30,13 @@ fn script(args: &[&str]) -> anyhow::Result<String> {
 }
 
 impl Cluster {
-    /// Starts the nodes on the first free run of ports from 22,000.
-    pub(super) async fn start(id: &str) -> anyhow::Result<Self> {
-        let first = (0..200u16)
-            .map(|i| 22_000 + i * 7)
-            .find(|base| {
-                (0..3).all(|n| {
-                    [base + n, base + n + 10_000]
-                        .iter()
-                        .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-                })
-            })
-            .ok_or_else(|| anyhow::anyhow!("no free ports for a cluster"))?;
+    /// Starts the nodes (on the first free ports the script finds); `keep`: left
+    /// running at the end, and said where.
+    pub(super) async fn start(id: &str, keep: bool) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("chatfleet-chaos-{id}"));
         let path = dir.to_string_lossy().into_owned();
-        let urls =
-            tokio::task::spawn_blocking(move || script(&["start", &path, &first.to_string()]))
-                .await??;
-        Ok(Self { dir, urls })
+        let urls = tokio::task::spawn_blocking(move || script(&["start", &path])).await??;
+        Ok(Self { dir, urls, keep })
     }
 
     /// Stops the node leading `queue`, waits `down`, and starts it again; its number.
@@ -66,10 +57,15 @@ impl Cluster {
         })
         .await?
     }
+}
 
-    pub(super) async fn stop(self) -> anyhow::Result<()> {
+impl Drop for Cluster {
+    fn drop(&mut self) {
         let path = self.dir.to_string_lossy().into_owned();
-        tokio::task::spawn_blocking(move || script(&["stop", &path])).await??;
-        Ok(())
+        if self.keep {
+            eprintln!("the RabbitMQ cluster is kept: scripts/rabbitmq-cluster stop {path}");
+        } else if let Err(e) = script(&["stop", &path]) {
+            eprintln!("could not stop the RabbitMQ cluster in {path}: {e}");
+        }
     }
 }

@@ -81,7 +81,7 @@ pub(crate) struct ChaosArgs {
     /// Redis or database faults).
     #[arg(long)]
     short: bool,
-    /// Keep the run's database, queues and keys for inspection.
+    /// Keep the run's database, queues and keys (and `--cluster`'s nodes) for inspection.
     #[arg(long)]
     keep: bool,
     /// Write each fleet process's log (at warn level) to a file in this directory.
@@ -164,7 +164,8 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     let started = Instant::now();
     let cluster = if args.cluster {
         let cluster =
-            cluster::Cluster::start(&uuid::Uuid::new_v4().simple().to_string()[..8]).await?;
+            cluster::Cluster::start(&uuid::Uuid::new_v4().simple().to_string()[..8], args.keep)
+                .await?;
         eprintln!("a RabbitMQ cluster of three nodes is up: {}", cluster.urls);
         Some(cluster)
     } else {
@@ -341,10 +342,9 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     }
     if !args.keep {
         fleet::clean_up(&run_settings, &broker, &db).await?;
-        if let Some(cluster) = cluster.and_then(|c| Arc::try_unwrap(c).ok()) {
-            cluster.stop().await?;
-        }
     }
+    // The cluster (if any) stops as the last of it is dropped, after the clean-up.
+    drop(cluster);
     if report.violations() + streamed.violations() + effects.violations.len() + hooked.violations()
         > 0
     {

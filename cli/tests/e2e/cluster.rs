@@ -33,26 +33,12 @@ fn script(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A first port with its two neighbours and their distribution ports (+10000) free.
-fn free_ports() -> u16 {
-    (0..200)
-        .map(|i| 21_000 + i * 7)
-        .find(|base| {
-            (0..3).all(|n| {
-                [base + n, base + n + 10_000]
-                    .iter()
-                    .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-            })
-        })
-        .expect("three free ports")
-}
-
 impl Cluster {
     async fn start(name: &str) -> Self {
         let dir = std::env::temp_dir().join(name);
-        let first = free_ports().to_string();
         let path = dir.to_string_lossy().into_owned();
-        let urls = tokio::task::spawn_blocking(move || script(&["start", &path, &first]))
+        // On the first free ports the script finds.
+        let urls = tokio::task::spawn_blocking(move || script(&["start", &path]))
             .await
             .expect("runner");
         Self { dir, urls }

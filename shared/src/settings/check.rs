@@ -118,14 +118,13 @@ impl Settings {
             "must be positive".into(),
         );
         check(
-            self.amqp.url.expose().starts_with("amqp://")
-                || self.amqp.url.expose().starts_with("amqps://"),
+            is_amqp_url(self.amqp.url.expose()),
             "amqp.url",
             "must be an amqp:// or amqps:// (TLS) URL".into(),
         );
         for (i, url) in self.amqp.urls.iter().enumerate() {
             check(
-                url.expose().starts_with("amqp://") || url.expose().starts_with("amqps://"),
+                is_amqp_url(url.expose()),
                 "amqp.urls",
                 format!("node {} must be an amqp:// or amqps:// (TLS) URL", i + 1),
             );
@@ -534,6 +533,11 @@ impl Settings {
         }
         problems
     }
+}
+
+/// An AMQP node's URL, plain or TLS.
+fn is_amqp_url(url: &str) -> bool {
+    url.starts_with("amqp://") || url.starts_with("amqps://")
 }
 
 fn is_name(s: &str) -> bool {
