@@ -27,6 +27,11 @@ async fn up_serves_a_round_trip_and_drains_on_ctrl_c() {
                 .collect::<Vec<_>>()
                 .join(","),
         )
+        // And its work shards (the default would declare shards its teardown never names).
+        .env(
+            "CHATFLEET__AMQP__WORK_SHARDS",
+            s.amqp.work_shards.to_string(),
+        )
         .env("CHATFLEET__REDIS__PREFIX", &s.redis.prefix)
         .env("CHATFLEET__HTTP__BIND", "127.0.0.1:0")
         .env("CHATFLEET__WORKER__METRICS_BIND", "127.0.0.1:0")
