@@ -53,6 +53,10 @@ pub enum Error {
     /// The vector store (ChromaDB) failed.
     #[error("vector store: {0}")]
     Vector(String),
+    /// The tenant's data cannot be reached for now (its database shard is being moved
+    /// or is not configured here); retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
     /// A stored secret could not be decrypted (wrong `security.encryption_key`?).
     #[error("cannot decrypt stored credentials: {0}")]
     Crypto(String),
@@ -111,7 +115,8 @@ impl Error {
             | Self::NotConfirmed(_)
             | Self::Redis { .. }
             | Self::Embedding(_)
-            | Self::Vector(_) => true,
+            | Self::Vector(_)
+            | Self::Unavailable(_) => true,
             Self::Settings(_)
             | Self::Migration(_)
             | Self::Invalid(_)

@@ -39,6 +39,11 @@ pub struct TestTenant {
     pub api_key: String,
 }
 
+/// The setting that gives a test two database shards: `home` on the machine's MariaDB,
+/// `second` on the one `scripts/test` starts (`CHATFLEET_TEST_MYSQL_SHARD`), or on the
+/// server named after an `@` (`test:2@mysql://root@127.0.0.1:23307`).
+pub const TWO_SHARDS: (&str, &str) = ("CHATFLEET__DATABASE__SHARDS", "test:2");
+
 impl TestEnv {
     /// Fresh database `cf_t_<id>` (migrated), queue prefix `t<id>` (topology declared) and
     /// Redis prefix `t<id>`. `extra` adds `CHATFLEET__…` overrides.
@@ -98,6 +103,20 @@ impl TestEnv {
         }
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        if let Some(wanted) = vars.get(TWO_SHARDS.0)
+            && let Some(server) = wanted.strip_prefix(TWO_SHARDS.1)
+        {
+            let second = match server.strip_prefix('@') {
+                Some(url) => url.to_owned(),
+                None => std::env::var("CHATFLEET_TEST_MYSQL_SHARD").unwrap_or_else(|_| {
+                    panic!("CHATFLEET_TEST_MYSQL_SHARD is not set: run the suite with scripts/test, which starts a second MariaDB (scripts/mariadb-shard)")
+                }),
+            };
+            vars.insert(
+                TWO_SHARDS.0.into(),
+                format!("home={base}/cf_t_{id},second={second}/cf_t_{id}"),
+            );
         }
         let settings = Settings::load_from(Sources {
             env: "test".into(),
@@ -168,8 +187,7 @@ impl TestEnv {
         self.broker.close().await;
         let _ = self.cache.delete_prefixed().await;
         self.db.close().await;
-        let url = self.settings.database.url.expose().clone();
-        let _ = <sqlx::MySql as sqlx::migrate::MigrateDatabase>::drop_database(&url).await;
+        let _ = Db::drop_database(&self.settings.database).await;
     }
 }
 

@@ -43,6 +43,9 @@ pub(crate) struct NewClientBody {
     timezone: Option<String>,
     locale: Option<String>,
     plan: Option<Plan>,
+    /// The database shard (a name from `database.shards`) to place the tenant on;
+    /// absent: the shard holding the fewest tenants.
+    shard: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -66,7 +69,11 @@ pub(crate) async fn create(State(state): State<AppState>, raw: Body) -> Result<R
     if let Some(locale) = req.locale {
         new.locale = locale;
     }
-    let id = state.db().clients().create(&new).await?;
+    let id = state
+        .db()
+        .clients()
+        .create_on(&new, req.shard.as_deref())
+        .await?;
     let client = ClientOut::from(resolve(&state, &id.to_string()).await?);
     let after = audited(&client);
     Ok(noted((StatusCode::CREATED, Json(client)), id, None, after))

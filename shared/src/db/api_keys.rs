@@ -27,13 +27,13 @@ pub struct NewApiKey {
 
 #[derive(Debug)]
 pub struct ApiKeys<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> ApiKeys<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -55,7 +55,7 @@ impl<'a> ApiKeys<'a> {
         .bind(&prefix)
         .bind(hash.as_slice())
         .bind(name)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(NewApiKey {
             id: done.last_insert_id(),
@@ -72,7 +72,7 @@ impl<'a> ApiKeys<'a> {
         )?
         .bind(client_id.get())
         .bind(key_id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -96,7 +96,7 @@ impl ApiKeys<'_> {
              WHERE client_id = ? ORDER BY id ASC",
         )?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|r| {

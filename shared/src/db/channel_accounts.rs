@@ -24,13 +24,13 @@ pub struct ChannelAccount {
 
 #[derive(Debug)]
 pub struct ChannelAccounts<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> ChannelAccounts<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -53,7 +53,7 @@ impl<'a> ChannelAccounts<'a> {
         .bind(external_account_id)
         .bind(sealed_credentials)
         .bind(settings.to_string())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await;
         match inserted {
             Ok(done) => Ok(done.last_insert_id()),
@@ -72,7 +72,7 @@ impl<'a> ChannelAccounts<'a> {
              FROM channel_accounts WHERE client_id = ? ORDER BY id ASC",
         )?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -102,7 +102,7 @@ impl<'a> ChannelAccounts<'a> {
         )?
         .bind(client_id.get())
         .bind(channel.as_str())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         Ok(rows.into_iter().flatten().collect())
     }
@@ -114,7 +114,7 @@ impl<'a> ChannelAccounts<'a> {
             guard::query_scalar("SELECT id FROM channel_accounts WHERE client_id = ? AND id = ?")?
                 .bind(client_id.get())
                 .bind(id)
-                .fetch_optional(self.pool)
+                .fetch_optional(self.pool.get().await?)
                 .await?;
         if exists.is_none() {
             return Ok(false);
@@ -125,7 +125,7 @@ impl<'a> ChannelAccounts<'a> {
         .bind(settings.to_string())
         .bind(client_id.get())
         .bind(id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(true)
     }
@@ -135,7 +135,7 @@ impl<'a> ChannelAccounts<'a> {
         let done = guard::query("DELETE FROM channel_accounts WHERE client_id = ? AND id = ?")?
             .bind(client_id.get())
             .bind(id)
-            .execute(self.pool)
+            .execute(self.pool.get().await?)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -149,7 +149,7 @@ impl<'a> ChannelAccounts<'a> {
              WHERE client_id = ? AND credentials_encrypted IS NOT NULL ORDER BY id",
         )?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -177,7 +177,7 @@ impl<'a> ChannelAccounts<'a> {
         .bind(client_id.get())
         .bind(id)
         .bind(old)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -190,7 +190,7 @@ impl<'a> ChannelAccounts<'a> {
         )?
         .bind(client_id.get())
         .bind(id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         Ok(sealed.flatten())
     }

@@ -1,16 +1,19 @@
-//! Tenants (`clients`). Creating a tenant also creates its `client_configs` row with the
-//! defaults, in one transaction, so a tenant never exists without a configuration.
+//! Tenants (`clients`, on the home shard). Creating a tenant places it on a shard (the
+//! directory row, in the same transaction as its `clients` row) and creates its
+//! `client_configs` row with the defaults there; a tenant on another shard gets a copy
+//! of its `clients` row there too (its rows' foreign keys point at it). When that
+//! second step fails, the first is undone, so a tenant never exists without a
+//! configuration.
 
-use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::mysql::MySqlPool;
-
-use super::guard;
+use super::shards::{Placement, place};
 use super::text_column::text_column;
+use super::{Db, guard};
 use super::{client_id_of, is_duplicate_key};
 use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::tenant::{ClientStatus, Plan};
+use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 text_column!(Plan, "plan (expected starter, growth or enterprise)", {
     Starter => "starter",
@@ -91,7 +94,9 @@ const COLUMNS: &str =
 
 #[derive(Debug)]
 pub struct Clients<'a> {
-    pool: &'a MySqlPool,
+    db: &'a Db,
+    /// The home shard's pool.
+    pool: &'a sqlx::MySqlPool,
 }
 
 /// A tenant's timezone is an IANA name (`Europe/Berlin`): its budget months and usage
@@ -106,14 +111,25 @@ fn check_timezone(timezone: &str) -> Result<()> {
 }
 
 impl<'a> Clients<'a> {
-    pub(super) fn new(pool: &'a MySqlPool) -> Self {
-        Self { pool }
+    pub(super) fn new(db: &'a Db) -> Self {
+        Self {
+            db,
+            pool: &db.home().pool,
+        }
     }
 
-    /// Creates a tenant and its default configuration. A taken slug is an
-    /// [`Error::Invalid`] that says so.
+    /// Creates a tenant and its default configuration on the shard holding the fewest
+    /// tenants. A taken slug is an [`Error::Conflict`] that says so.
     pub async fn create(&self, new: &NewClient) -> Result<ClientId> {
+        self.create_on(new, None).await
+    }
+
+    /// [`Clients::create`] on the shard named `shard` (`None`: the least loaded); an
+    /// unknown shard is an [`Error::Invalid`] naming the shards.
+    pub async fn create_on(&self, new: &NewClient, shard: Option<&str>) -> Result<ClientId> {
         check_timezone(&new.timezone)?;
+        let shard = self.db.shards.choose(shard).await?;
+        let at_home = std::ptr::eq(shard, self.db.home());
         let mut tx = self.pool.begin().await?;
         let inserted = guard::query(
             "INSERT INTO clients (slug, name, timezone, locale, plan) VALUES (?, ?, ?, ?, ?)",
@@ -135,12 +151,54 @@ impl<'a> Clients<'a> {
             }
             Err(e) => return Err(e.into()),
         };
-        guard::query("INSERT INTO client_configs (client_id) VALUES (?)")?
+        let placement = Placement {
+            shard: shard.name.clone(),
+            moving_to: None,
+            moved_from: None,
+        };
+        place(&mut tx, id, &placement).await?;
+        if at_home {
+            guard::query("INSERT INTO client_configs (client_id) VALUES (?)")?
+                .bind(id.get())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(id);
+        }
+        tx.commit().await?;
+        if let Err(e) = super::moving::seed_copy(self.db, id, shard).await {
+            let undone = self.forget(id).await;
+            if let Err(undo) = undone {
+                tracing::error!(client_id = %id, error = %undo, "a tenant whose shard refused it could not be removed from the home");
+            }
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Removes a tenant that never reached its shard from the home again.
+    async fn forget(&self, id: ClientId) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        guard::query("DELETE FROM tenant_directory WHERE id = ?")?
+            .bind(id.get())
+            .execute(&mut *tx)
+            .await?;
+        guard::query("DELETE FROM clients WHERE id = ?")?
             .bind(id.get())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(())
+    }
+
+    /// Bumps the tenant's configuration version on its shard (a change to its `clients`
+    /// row shapes every turn, so caches must notice).
+    async fn bump_config_version(&self, client_id: ClientId) -> Result<()> {
+        let shard = self.db.shards.of(client_id).await?;
+        let mut tx = shard.pool.begin().await?;
+        super::configs::bump_version(&mut tx, client_id).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The tenant with this id. The tenant table itself is keyed by the tenant id.
@@ -168,17 +226,15 @@ impl<'a> Clients<'a> {
     /// the configuration version, so every cached copy is refreshed). `false` for an
     /// unknown tenant.
     pub async fn revoke_sessions(&self, client_id: ClientId, at: DateTime<Utc>) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
         let done = guard::query("UPDATE clients SET sessions_revoked_at = ? WHERE id = ?")?
             .bind(at)
             .bind(client_id.get())
-            .execute(&mut *tx)
+            .execute(self.pool)
             .await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        super::configs::bump_version(&mut tx, client_id).await?;
-        tx.commit().await?;
+        self.bump_config_version(client_id).await?;
         Ok(true)
     }
 
@@ -200,7 +256,6 @@ impl<'a> Clients<'a> {
         {
             return Err(Error::Invalid("locale must be 1-16 characters".into()));
         }
-        let mut tx = self.pool.begin().await?;
         let done = guard::query(
             "UPDATE clients SET name = COALESCE(?, name), timezone = COALESCE(?, timezone), \
              locale = COALESCE(?, locale), plan = COALESCE(?, plan), status = COALESCE(?, status) \
@@ -212,18 +267,17 @@ impl<'a> Clients<'a> {
         .bind(patch.plan.map(Plan::as_str))
         .bind(patch.status.map(ClientStatus::as_str))
         .bind(client_id.get())
-        .execute(&mut *tx)
+        .execute(self.pool)
         .await?;
         let exists: Option<u64> = guard::query_scalar("SELECT id FROM clients WHERE id = ?")?
             .bind(client_id.get())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(self.pool)
             .await?;
         if exists.is_none() {
             return Ok(None);
         }
         let _ = done;
-        super::configs::bump_version(&mut tx, client_id).await?;
-        tx.commit().await?;
+        self.bump_config_version(client_id).await?;
         self.get(client_id).await
     }
 

@@ -3,7 +3,6 @@
 //! Every write bumps `config_version`, which each reply records.
 
 use sqlx::Row;
-use sqlx::mysql::MySqlPool;
 
 use super::guard;
 use super::text_column::text_column;
@@ -325,13 +324,13 @@ const CONFIG_COLUMNS: &str = "persona_name, persona_tone, persona_language, llm_
 
 #[derive(Debug)]
 pub struct Configs<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> Configs<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -339,7 +338,7 @@ impl<'a> Configs<'a> {
     /// tenant.
     pub async fn load_tenant(&self) -> Result<Option<TenantConfig>> {
         let client_id = self.client_id;
-        let Some(client) = super::Clients::new(self.pool).get(client_id).await? else {
+        let Some(client) = super::Clients::new(self.pool.db()).get(client_id).await? else {
             return Ok(None);
         };
         let Some(config) = self.get().await? else {
@@ -350,7 +349,7 @@ impl<'a> Configs<'a> {
              WHERE client_id = ? AND is_active = TRUE ORDER BY priority ASC, module_key ASC",
         )?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?
         .iter()
         .map(mode_from_row)
@@ -378,7 +377,7 @@ impl<'a> Configs<'a> {
             "SELECT {CONFIG_COLUMNS} FROM client_configs WHERE client_id = ?"
         ))?
         .bind(client_id.get())
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         row.map(|r| config_from_row(&r)).transpose()
     }
@@ -387,7 +386,7 @@ impl<'a> Configs<'a> {
     pub async fn update(&self, update: &ConfigUpdate) -> Result<u64> {
         let client_id = self.client_id;
         update.validate()?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query(
             "UPDATE client_configs SET persona_name = ?, persona_tone = ?, persona_language = ?, \
              llm_model = ?, llm_temperature = ?, llm_max_output_tokens = ?, \
@@ -453,7 +452,7 @@ impl<'a> Configs<'a> {
              WHERE client_id = ? ORDER BY priority ASC, module_key ASC",
         )?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?
         .iter()
         .map(mode_from_row)
@@ -465,7 +464,7 @@ impl<'a> Configs<'a> {
         let client_id = self.client_id;
         validate_mode_key(&mode.module_key)?;
         validate_fragment(&mode.prompt_fragment)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let inserted = guard::query(
             "INSERT INTO agent_modes (client_id, module_key, prompt_fragment, is_active, priority) \
              VALUES (?, ?, ?, ?, ?)",
@@ -498,7 +497,7 @@ impl<'a> Configs<'a> {
         if let Some(fragment) = &patch.prompt_fragment {
             validate_fragment(fragment)?;
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let found: Option<u64> = guard::query_scalar(
             "SELECT id FROM agent_modes WHERE client_id = ? AND module_key = ? FOR UPDATE",
         )?
@@ -529,7 +528,7 @@ impl<'a> Configs<'a> {
     /// Deletes a mode. `None` when there is no such mode.
     pub async fn delete_mode(&self, module_key: &str) -> Result<Option<u64>> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query("DELETE FROM agent_modes WHERE client_id = ? AND module_key = ?")?
             .bind(client_id.get())
             .bind(module_key)

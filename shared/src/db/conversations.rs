@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::mysql::{MySqlPool, MySqlRow};
+use sqlx::mysql::MySqlRow;
 
 use super::guard;
 use super::text_column::text_column;
@@ -48,13 +48,13 @@ text_column!(ConversationMode, "conversation mode", {
 
 #[derive(Debug)]
 pub struct Conversations<'a> {
-    pub(super) pool: &'a MySqlPool,
+    pub(super) pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     pub(super) client_id: ClientId,
 }
 
 impl<'a> Conversations<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -77,7 +77,7 @@ impl<'a> Conversations<'a> {
         .bind(client_id.get())
         .bind(channel.as_str())
         .bind(external_id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(ConversationId::new(done.last_insert_id()))
     }
@@ -95,7 +95,7 @@ impl<'a> Conversations<'a> {
         .bind(client_id.get())
         .bind(channel.as_str())
         .bind(external_id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         Ok(id.map(ConversationId::new))
     }
@@ -109,7 +109,7 @@ impl<'a> Conversations<'a> {
         .bind(client_id.get())
         .bind(after_id)
         .bind(limit)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter().map(summary).collect()
     }
@@ -122,7 +122,7 @@ impl<'a> Conversations<'a> {
         let row = guard::query(&format!("SELECT {SUMMARY} WHERE client_id = ? AND id = ?"))?
             .bind(client_id.get())
             .bind(conversation_id.get())
-            .fetch_optional(self.pool)
+            .fetch_optional(self.pool.get().await?)
             .await?;
         row.as_ref().map(summary).transpose()
     }
@@ -145,7 +145,7 @@ impl<'a> Conversations<'a> {
         .bind(channel_account)
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }
@@ -158,7 +158,7 @@ impl<'a> Conversations<'a> {
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         row.map(|r| {
             Ok(UserWindow {
@@ -180,7 +180,7 @@ impl<'a> Conversations<'a> {
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -200,7 +200,7 @@ impl<'a> Conversations<'a> {
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(mode)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }

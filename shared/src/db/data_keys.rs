@@ -33,7 +33,7 @@ impl Conversations<'_> {
         )?
         .bind(self.client_id.get())
         .bind(conversation_id.get())
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         let Some(row) = row else {
             return Ok(StoredDataKey::Unknown);
@@ -63,7 +63,7 @@ impl Conversations<'_> {
         .bind(sealed)
         .bind(self.client_id.get())
         .bind(conversation_id.get())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -82,7 +82,7 @@ impl Conversations<'_> {
         .bind(self.client_id.get())
         .bind(after_id)
         .bind(limit)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -110,7 +110,7 @@ impl Conversations<'_> {
         .bind(self.client_id.get())
         .bind(conversation_id.get())
         .bind(old)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }

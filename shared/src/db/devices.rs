@@ -2,21 +2,19 @@
 //! from the installation that opened the first), and push tokens (a reply to a device's
 //! conversation is also sent as a push notification when the device registered one).
 
-use sqlx::mysql::MySqlPool;
-
 use super::guard;
 use crate::error::Result;
 use crate::ids::ClientId;
 
 #[derive(Debug)]
 pub struct Devices<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> Devices<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -32,14 +30,14 @@ impl<'a> Devices<'a> {
         .bind(client_id.get())
         .bind(device_id)
         .bind(secret_hash.as_slice())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         let stored: Option<Vec<u8>> = guard::query_scalar(
             "SELECT secret_hash FROM mobile_devices WHERE client_id = ? AND device_id = ?",
         )?
         .bind(client_id.get())
         .bind(device_id)
-        .fetch_one(self.pool)
+        .fetch_one(self.pool.get().await?)
         .await?;
         Ok(stored.unwrap_or_default())
     }
@@ -52,7 +50,7 @@ impl<'a> Devices<'a> {
         )?
         .bind(client_id.get())
         .bind(device_id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         Ok(stored.flatten())
     }
@@ -67,7 +65,7 @@ impl<'a> Devices<'a> {
         .bind(client_id.get())
         .bind(device_id)
         .bind(push_token)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }
@@ -80,7 +78,7 @@ impl<'a> Devices<'a> {
         )?
         .bind(client_id.get())
         .bind(device_id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         Ok(token.flatten())
     }

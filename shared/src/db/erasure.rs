@@ -32,7 +32,7 @@ impl Conversations<'_> {
     pub async fn erase(&self, conversation_id: ConversationId) -> Result<Option<Erased>> {
         let client_id = self.client_id.get();
         let id = conversation_id.get();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let Some(row) = guard::query(
             "SELECT channel, external_id FROM conversations WHERE client_id = ? AND id = ? \
              FOR UPDATE",
@@ -104,7 +104,7 @@ impl Conversations<'_> {
         .bind(self.client_id.get())
         .bind(before)
         .bind(limit)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         Ok(ids.into_iter().map(ConversationId::new).collect())
     }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::mysql::{MySqlPool, MySqlRow};
+use sqlx::mysql::MySqlRow;
 
 use super::{guard, is_duplicate_key};
 use crate::error::Result;
@@ -30,13 +30,13 @@ const COLUMNS: &str = "id, title, source, content_hash, chunk_count, created_at"
 
 #[derive(Debug)]
 pub struct KnowledgeDocuments<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> KnowledgeDocuments<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -55,7 +55,7 @@ impl<'a> KnowledgeDocuments<'a> {
         .bind(title)
         .bind(source)
         .bind(hash.as_slice())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await;
         match inserted {
             Ok(done) => Ok(Registered::New(done.last_insert_id())),
@@ -65,7 +65,7 @@ impl<'a> KnowledgeDocuments<'a> {
                 )?
                 .bind(client_id.get())
                 .bind(hash.as_slice())
-                .fetch_one(self.pool)
+                .fetch_one(self.pool.get().await?)
                 .await?;
                 Ok(Registered::Existing(id))
             }
@@ -81,7 +81,7 @@ impl<'a> KnowledgeDocuments<'a> {
         .bind(chunks)
         .bind(client_id.get())
         .bind(id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }
@@ -93,7 +93,7 @@ impl<'a> KnowledgeDocuments<'a> {
         ))?
         .bind(client_id.get())
         .bind(id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         row.as_ref().map(document).transpose()
     }
@@ -104,7 +104,7 @@ impl<'a> KnowledgeDocuments<'a> {
             "SELECT {COLUMNS} FROM knowledge_documents WHERE client_id = ? ORDER BY id ASC"
         ))?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter().map(document).collect()
     }
@@ -114,7 +114,7 @@ impl<'a> KnowledgeDocuments<'a> {
         let done = guard::query("DELETE FROM knowledge_documents WHERE client_id = ? AND id = ?")?
             .bind(client_id.get())
             .bind(id)
-            .execute(self.pool)
+            .execute(self.pool.get().await?)
             .await?;
         Ok(done.rows_affected() == 1)
     }

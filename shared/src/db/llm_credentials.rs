@@ -5,7 +5,6 @@
 //! (which carries the sealed keys) is replaced at once.
 
 use sqlx::Row;
-use sqlx::mysql::MySqlPool;
 
 use super::configs::bump_version;
 use super::guard;
@@ -33,7 +32,7 @@ impl std::fmt::Debug for LlmCredential {
 
 #[derive(Debug)]
 pub struct LlmCredentials<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
@@ -41,7 +40,7 @@ pub struct LlmCredentials<'a> {
 const COLUMNS: &str = "provider, key_sealed, key_last4, base_url, organization";
 
 impl<'a> LlmCredentials<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -52,7 +51,7 @@ impl<'a> LlmCredentials<'a> {
             "SELECT {COLUMNS} FROM llm_credentials WHERE client_id = ? ORDER BY provider"
         ))?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?
         .iter()
         .map(|r| {
@@ -71,7 +70,7 @@ impl<'a> LlmCredentials<'a> {
     /// new configuration version.
     pub async fn put(&self, credential: &LlmCredential) -> Result<u64> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         guard::query(
             "INSERT INTO llm_credentials (client_id, provider, key_sealed, key_last4, base_url, \
              organization) VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
@@ -95,7 +94,7 @@ impl<'a> LlmCredentials<'a> {
     /// Removes the tenant's credentials for `provider`; `None` when it had none.
     pub async fn delete(&self, provider: &str) -> Result<Option<u64>> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done =
             guard::query("DELETE FROM llm_credentials WHERE client_id = ? AND provider = ?")?
                 .bind(client_id.get())
@@ -114,7 +113,7 @@ impl<'a> LlmCredentials<'a> {
     /// key), bumping the configuration version; false when it changed meanwhile.
     pub async fn replace_sealed(&self, provider: &str, old: &[u8], new: &[u8]) -> Result<bool> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query(
             "UPDATE llm_credentials SET key_sealed = ? \
              WHERE client_id = ? AND provider = ? AND key_sealed = ?",

@@ -23,7 +23,9 @@ pub mod guard;
 mod knowledge;
 mod llm_credentials;
 mod messages;
+mod moving;
 mod operators;
+mod shards;
 mod text_column;
 mod tool_calls;
 mod tools;
@@ -54,9 +56,11 @@ pub use messages::{
     NewUserMessage, OpenTurn, Pending, PendingTurn, RecordedUser, ReplyAccounting, Role,
     StoreOutcome, StoredMessage, StoredReply,
 };
+pub use moving::MovedTable;
 pub use operators::{
     AuditEntry, AuditLog, NewAuditEntry, Operator, OperatorToken, Operators, Scope,
 };
+pub use shards::{DIRECTORY_TTL, PAUSE_SETTLES, Placement};
 pub use text_column::UnknownWord;
 pub use tool_calls::{ToolCallRecord, ToolCallRow, ToolCallStatus, ToolCalls};
 pub use tools::{BuiltinTool, MAX_TOOL_TIMEOUT_MS, Tool, ToolAuthKind, ToolMethod, Tools};
@@ -70,31 +74,50 @@ pub use webhooks::{
 
 use crate::error::{Error, Result};
 use crate::ids::{Channel, ClientId};
-use crate::settings::DatabaseSettings;
+use crate::settings::{DatabaseSettings, ShardTarget};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 use direct::{DirectPool, IDLE_BEFORE_PING};
+use shards::{Shard, Shards};
 
-/// The pools of connections to the chatfleet database: the message path's single
-/// statements ([`direct`]) and everything else (transactions, admin, migrations).
+/// The chatfleet databases: one per shard ([`shards`]), each with the message path's
+/// single statements ([`direct`]) and everything else (transactions, admin, migrations).
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: MySqlPool,
-    direct: DirectPool,
+    shards: std::sync::Arc<Shards>,
 }
 
 impl Db {
-    /// Connects to an existing database. Run [`Db::migrate`] (or `chatfleet migrate`) first.
+    /// Connects to every shard's existing database. Run [`Db::migrate`] (or `chatfleet
+    /// migrate`) first.
     ///
     /// `database.max_connections` is split: the message path's statements get up to that
     /// many, everything else up to half as many (at least two), each opened on demand.
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self> {
-        let options: MySqlConnectOptions = settings.url.expose().parse()?;
+        let mut list = Vec::new();
+        for target in settings.shard_list() {
+            let home = list.is_empty();
+            list.push(Self::connect_shard(&target, settings.max_connections, home).await?);
+        }
+        Ok(Self {
+            shards: std::sync::Arc::new(Shards::new(list)),
+        })
+    }
+
+    /// A shard's pools. The home must answer now, so a wrong URL or a server that is
+    /// down fails start-up; another shard that is down fails only its tenants'
+    /// statements until it is back.
+    async fn connect_shard(
+        target: &ShardTarget,
+        max_connections: u32,
+        must_answer: bool,
+    ) -> Result<Shard> {
+        let options: MySqlConnectOptions = target.url.expose().parse()?;
         let options = options.charset("utf8mb4").timezone(Some("+00:00".into()));
         let pool = MySqlPoolOptions::new()
-            .max_connections((settings.max_connections / 2).max(2))
-            .min_connections(1)
+            .max_connections((max_connections / 2).max(2))
+            .min_connections(u32::from(must_answer))
             .acquire_timeout(Duration::from_secs(10))
             // sqlx pings every connection it hands out by default: a round trip per
             // statement on the busiest path. Only a connection that sat idle long enough
@@ -109,62 +132,91 @@ impl Db {
                     Ok(true)
                 })
             })
-            .connect_with(options.clone())
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot connect to the database (is MariaDB up, and was `chatfleet migrate` run?)");
-                Error::Database(e)
-            })?;
-        let direct = DirectPool::new(options, settings.max_connections);
-        Ok(Self { pool, direct })
+            .connect_lazy_with(options.clone());
+        if must_answer && let Err(e) = pool.acquire().await {
+            tracing::error!(shard = %target.name, error = %e, "cannot connect to the database (is MariaDB up, and was `chatfleet migrate` run?)");
+            return Err(Error::Database(e));
+        }
+        let direct = DirectPool::new(options, max_connections);
+        Ok(Shard {
+            name: target.name.clone(),
+            pool,
+            direct,
+        })
     }
 
-    /// Creates the database when it does not exist, then applies pending migrations.
+    /// Creates each shard's database when it does not exist and applies pending
+    /// migrations to every shard; then, on the home, numbers new shards (their ids start
+    /// apart, see [`moving`]) and gives every tenant without a directory row the home.
     /// Safe to run concurrently from several processes (sqlx takes a migration lock).
     pub async fn migrate(settings: &DatabaseSettings) -> Result<Self> {
-        let url = settings.url.expose();
-        if !sqlx::MySql::database_exists(url).await? {
-            sqlx::MySql::create_database(url).await?;
+        for target in settings.shard_list() {
+            let url = target.url.expose();
+            if !sqlx::MySql::database_exists(url).await? {
+                sqlx::MySql::create_database(url).await?;
+            }
         }
         let db = Self::connect(settings).await?;
-        MIGRATOR.run(&db.pool).await?;
+        for shard in db.shards.all() {
+            MIGRATOR.run(&shard.pool).await?;
+        }
+        moving::number_shards(&db.shards).await?;
         Ok(db)
     }
 
-    /// Drops the whole database `settings` names (throw-away runs: tests, chaos runs).
+    /// Drops every shard's database `settings` names (throw-away runs: tests, chaos runs).
     pub async fn drop_database(settings: &DatabaseSettings) -> Result<()> {
-        sqlx::MySql::drop_database(settings.url.expose()).await?;
+        for target in settings.shard_list() {
+            sqlx::MySql::drop_database(target.url.expose()).await?;
+        }
         Ok(())
     }
 
-    /// Round-trips a trivial query (readiness checks).
+    /// Round-trips a trivial query on the home shard (readiness checks).
     pub async fn ping(&self) -> Result<()> {
-        guard::query("SELECT 1")?.execute(&self.pool).await?;
+        guard::query("SELECT 1")?.execute(&self.home().pool).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.direct.close();
-        self.pool.close().await;
+        for shard in self.shards.all() {
+            shard.direct.close();
+            shard.pool.close().await;
+        }
+    }
+
+    fn home(&self) -> &Shard {
+        self.shards.home()
+    }
+
+    /// The names of the shards, the home first.
+    pub fn shard_names(&self) -> Vec<&str> {
+        self.shards.all().iter().map(|s| s.name.as_str()).collect()
     }
 
     /// The tenant registry (`clients`): creating, listing and finding tenants.
     pub fn clients(&self) -> Clients<'_> {
-        Clients::new(&self.pool)
+        Clients::new(self)
     }
 
-    /// One tenant's data: every repository it hands out binds each statement to
-    /// `client_id` (the isolation guard checks each statement as well).
     /// The admin API's operators and their tokens (the platform's, not a tenant's).
     pub fn operators(&self) -> Operators<'_> {
-        Operators::new(&self.pool)
+        Operators::new(&self.home().pool)
     }
 
     /// The record of admin writes.
     pub fn audit(&self) -> AuditLog<'_> {
-        AuditLog::new(&self.pool)
+        AuditLog::new(&self.home().pool)
     }
 
+    /// Where the directory places `client_id` (`None`: no row; it is on the home).
+    pub async fn placement(&self, client_id: ClientId) -> Result<Option<Placement>> {
+        self.shards.placement(client_id).await
+    }
+
+    /// One tenant's data: every repository it hands out binds each statement to
+    /// `client_id` (the isolation guard checks each statement as well) and runs it on
+    /// the tenant's shard.
     pub fn tenant(&self, client_id: ClientId) -> TenantDb<'_> {
         TenantDb {
             db: self,
@@ -176,7 +228,10 @@ impl Db {
     /// revoked key: the one lookup that cannot start from a tenant, since it is how the
     /// tenant is found (by the key's public prefix, the hash compared in constant time).
     pub async fn api_key_owner(&self, presented: &str) -> Result<Option<ClientId>> {
-        api_keys::authenticate(&self.pool, presented).await
+        first_found(self.shards.all(), |shard| {
+            api_keys::authenticate(&shard.pool, presented)
+        })
+        .await
     }
 
     /// The tenant and account id that own `external_account_id` on `channel` (how an
@@ -186,7 +241,55 @@ impl Db {
         channel: Channel,
         external_account_id: &str,
     ) -> Result<Option<(ClientId, u64)>> {
-        channel_accounts::owner(&self.pool, channel, external_account_id).await
+        first_found(self.shards.all(), |shard| {
+            channel_accounts::owner(&shard.pool, channel, external_account_id)
+        })
+        .await
+    }
+}
+
+/// Asks every shard at once and answers with the first that finds something: a shard
+/// that is down delays (and fails) only lookups that no other shard answers.
+async fn first_found<'s, T, F>(
+    shards: &'s [Shard],
+    lookup: impl Fn(&'s Shard) -> F,
+) -> Result<Option<T>>
+where
+    F: Future<Output = Result<Option<T>>>,
+{
+    use futures::StreamExt;
+    let mut asked: futures::stream::FuturesUnordered<F> = shards.iter().map(lookup).collect();
+    let mut failure = None;
+    while let Some(answer) = asked.next().await {
+        match answer {
+            Ok(Some(found)) => return Ok(Some(found)),
+            Ok(None) => {}
+            Err(e) => failure = Some(e),
+        }
+    }
+    failure.map_or(Ok(None), Err)
+}
+
+/// A tenant's statements' way to its shard, found when the first one runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placed<'a> {
+    db: &'a Db,
+    client_id: ClientId,
+}
+
+impl<'a> Placed<'a> {
+    /// The pool of the tenant's shard (sqlx's: transactions and the admin path).
+    async fn get(&self) -> Result<&'a MySqlPool> {
+        Ok(&self.db.shards.of(self.client_id).await?.pool)
+    }
+
+    /// The tenant shard's message-path pool ([`direct`]).
+    async fn direct(&self) -> Result<&'a DirectPool> {
+        Ok(&self.db.shards.of(self.client_id).await?.direct)
+    }
+
+    fn db(&self) -> &'a Db {
+        self.db
     }
 }
 
@@ -198,44 +301,50 @@ pub struct TenantDb<'a> {
 }
 
 impl<'a> TenantDb<'a> {
+    fn placed(&self) -> Placed<'a> {
+        Placed {
+            db: self.db,
+            client_id: self.client_id,
+        }
+    }
     pub fn configs(&self) -> Configs<'a> {
-        Configs::new(&self.db.pool, self.client_id)
+        Configs::new(self.placed(), self.client_id)
     }
     pub fn api_keys(&self) -> ApiKeys<'a> {
-        ApiKeys::new(&self.db.pool, self.client_id)
+        ApiKeys::new(self.placed(), self.client_id)
     }
     pub fn channel_accounts(&self) -> ChannelAccounts<'a> {
-        ChannelAccounts::new(&self.db.pool, self.client_id)
+        ChannelAccounts::new(self.placed(), self.client_id)
     }
     pub fn knowledge(&self) -> KnowledgeDocuments<'a> {
-        KnowledgeDocuments::new(&self.db.pool, self.client_id)
+        KnowledgeDocuments::new(self.placed(), self.client_id)
     }
     pub fn usage(&self) -> Usage<'a> {
-        Usage::new(&self.db.pool, self.client_id)
+        Usage::new(self.placed(), self.client_id)
     }
     pub fn conversations(&self) -> Conversations<'a> {
-        Conversations::new(&self.db.pool, self.client_id)
+        Conversations::new(self.placed(), self.client_id)
     }
     pub fn messages(&self) -> Messages<'a> {
-        Messages::new(&self.db.pool, &self.db.direct, self.client_id)
+        Messages::new(self.placed(), self.client_id)
     }
     pub fn devices(&self) -> Devices<'a> {
-        Devices::new(&self.db.pool, self.client_id)
+        Devices::new(self.placed(), self.client_id)
     }
     pub fn llm_credentials(&self) -> LlmCredentials<'a> {
-        LlmCredentials::new(&self.db.pool, self.client_id)
+        LlmCredentials::new(self.placed(), self.client_id)
     }
     pub fn tools(&self) -> Tools<'a> {
-        Tools::new(&self.db.pool, self.client_id)
+        Tools::new(self.placed(), self.client_id)
     }
     pub fn tool_calls(&self) -> ToolCalls<'a> {
-        ToolCalls::new(&self.db.pool, self.client_id)
+        ToolCalls::new(self.placed(), self.client_id)
     }
     pub fn webhooks(&self) -> Webhooks<'a> {
-        Webhooks::new(&self.db.pool, self.client_id)
+        Webhooks::new(self.placed(), self.client_id)
     }
     pub fn webhook_log(&self) -> WebhookLog<'a> {
-        WebhookLog::new(&self.db.pool, self.client_id)
+        WebhookLog::new(self.placed(), self.client_id)
     }
 }
 
@@ -292,8 +401,8 @@ mod tests {
             .await
             .expect("b");
         let (mut one, mut two) = (
-            env.db.pool.begin().await.expect("begin"),
-            env.db.pool.begin().await.expect("begin"),
+            env.db.home().pool.begin().await.expect("begin"),
+            env.db.home().pool.begin().await.expect("begin"),
         );
         touch(&mut one, t.id, a).await.expect("one locks a");
         touch(&mut two, t.id, b).await.expect("two locks b");

@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::Row;
-use sqlx::mysql::MySqlPool;
 use uuid::Uuid;
 
 use super::guard;
@@ -64,13 +63,13 @@ const CALL_COLUMNS: &str =
 /// The record of a tenant's tool calls.
 #[derive(Debug)]
 pub struct ToolCalls<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> ToolCalls<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -83,7 +82,7 @@ impl<'a> ToolCalls<'a> {
         ))?
         .bind(client_id.get())
         .bind(turn_id.as_uuid())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?
         .iter()
         .map(|r| call_from_row(r).map(|c| c.call))
@@ -113,7 +112,7 @@ impl<'a> ToolCalls<'a> {
         .bind(call.status)
         .bind(&call.result)
         .bind(call.duration_ms)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }
@@ -132,7 +131,7 @@ impl<'a> ToolCalls<'a> {
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(limit)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?
         .iter()
         .map(call_from_row)
@@ -152,7 +151,7 @@ impl<'a> ToolCalls<'a> {
         .bind(client_id.get())
         .bind(from.and_hms_opt(0, 0, 0))
         .bind(to.succ_opt().unwrap_or(to).and_hms_opt(0, 0, 0))
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|r| {

@@ -5,7 +5,6 @@
 
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::mysql::MySqlPool;
 
 use super::configs::bump_version;
 use super::guard;
@@ -201,13 +200,13 @@ const TOOL_COLUMNS: &str = "name, description, parameters, method, url, auth_kin
 /// A tenant's tool definitions.
 #[derive(Debug)]
 pub struct Tools<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> Tools<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -218,7 +217,7 @@ impl<'a> Tools<'a> {
             "SELECT {TOOL_COLUMNS} FROM tools WHERE client_id = ? ORDER BY name"
         ))?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?
         .iter()
         .map(tool_from_row)
@@ -242,7 +241,7 @@ impl<'a> Tools<'a> {
         ))?
         .bind(client_id.get())
         .bind(name)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?
         .as_ref()
         .map(tool_from_row)
@@ -254,7 +253,7 @@ impl<'a> Tools<'a> {
     pub async fn create(&self, tool: &Tool, max: u32) -> Result<u64> {
         let client_id = self.client_id;
         tool.validate()?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         // The version bump locks the tenant's config row: creations queue, so the count
         // below holds until this one commits.
         let version = bump_version(&mut tx, client_id).await?;
@@ -303,7 +302,7 @@ impl<'a> Tools<'a> {
     pub async fn replace(&self, tool: &Tool) -> Result<Option<u64>> {
         let client_id = self.client_id;
         tool.validate()?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query(
             "UPDATE tools SET description = ?, parameters = ?, method = ?, url = ?, \
              auth_kind = ?, auth_sealed = ?, timeout_ms = ?, side_effects = ?, is_active = ? \
@@ -333,7 +332,7 @@ impl<'a> Tools<'a> {
     /// Deletes a tool. `None` when there is no such tool.
     pub async fn delete(&self, name: &str) -> Result<Option<u64>> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query("DELETE FROM tools WHERE client_id = ? AND name = ?")?
             .bind(client_id.get())
             .bind(name)
@@ -352,7 +351,7 @@ impl<'a> Tools<'a> {
     /// bytes); false when it changed meanwhile.
     pub async fn replace_sealed(&self, name: &str, old: &[u8], new: &[u8]) -> Result<bool> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query(
             "UPDATE tools SET auth_sealed = ? WHERE client_id = ? AND name = ? AND auth_sealed = ?",
         )?

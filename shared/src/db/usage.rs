@@ -5,7 +5,6 @@
 
 use chrono::NaiveDate;
 use sqlx::Row;
-use sqlx::mysql::MySqlPool;
 
 use super::guard;
 use crate::error::Result;
@@ -59,13 +58,13 @@ impl UsageDay {
 
 #[derive(Debug)]
 pub struct Usage<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> Usage<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -83,7 +82,7 @@ impl<'a> Usage<'a> {
         .bind(client_id.get())
         .bind(from)
         .bind(to)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         let mut days = std::collections::BTreeMap::new();
         for r in &rows {
@@ -125,7 +124,7 @@ impl<'a> Usage<'a> {
         .bind(client_id.get())
         .bind(period.month_first)
         .bind(period.month_last)
-        .fetch_one(self.pool)
+        .fetch_one(self.pool.get().await?)
         .await?;
         Ok((row.try_get("cost_micros")?, row.try_get("tokens")?))
     }
@@ -141,7 +140,7 @@ impl<'a> Usage<'a> {
         .bind(day)
         .bind(shard % SHARDS)
         .bind(cost_micros)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }

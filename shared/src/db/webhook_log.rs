@@ -8,7 +8,6 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::mysql::MySqlPool;
 use uuid::Uuid;
 
 use super::guard;
@@ -120,13 +119,13 @@ pub struct NewAttempt<'a> {
 
 #[derive(Debug)]
 pub struct WebhookLog<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> WebhookLog<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -135,7 +134,7 @@ impl<'a> WebhookLog<'a> {
     /// never tried (the emitter that recorded it may have died before queueing them).
     pub async fn record(&self, event: &RecordedEvent, webhook_ids: &[u64]) -> Result<Vec<u64>> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let seq = match event.conversation_id {
             Some(conversation) => {
                 let done = guard::query(
@@ -171,7 +170,7 @@ impl<'a> WebhookLog<'a> {
             )?
             .bind(client_id.get())
             .bind(event.id)
-            .fetch_all(self.pool)
+            .fetch_all(self.pool.get().await?)
             .await
             .map_err(Into::into);
         }
@@ -201,7 +200,7 @@ impl<'a> WebhookLog<'a> {
         .bind(client_id.get())
         .bind(webhook_id)
         .bind(event_id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         row.as_ref().map(owed_of).transpose()
     }
@@ -216,7 +215,7 @@ impl<'a> WebhookLog<'a> {
         ))?
         .bind(client_id.get())
         .bind(webhook_id)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("event_id")?, owed_of(r)?)))
@@ -239,7 +238,7 @@ impl<'a> WebhookLog<'a> {
         .bind(webhook_id)
         .bind(conversation_id.get())
         .bind(seq)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         Ok(found.is_some())
     }
@@ -257,7 +256,7 @@ impl<'a> WebhookLog<'a> {
         .bind(webhook_id)
         .bind(event_id)
         .bind(attempt.saturating_sub(1))
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -278,7 +277,7 @@ impl<'a> WebhookLog<'a> {
         .bind(client_id.get())
         .bind(webhook_id)
         .bind(event_id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }
@@ -292,7 +291,7 @@ impl<'a> WebhookLog<'a> {
         )?
         .bind(client_id.get())
         .bind(webhook_id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected())
     }
@@ -311,7 +310,7 @@ impl<'a> WebhookLog<'a> {
         .bind(attempt.response_status)
         .bind(attempt.duration_ms)
         .bind(attempt.error.map(|e| crate::text::prefix_within(e, 500)))
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }
@@ -328,7 +327,7 @@ impl<'a> WebhookLog<'a> {
         .bind(webhook_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -350,7 +349,7 @@ impl<'a> WebhookLog<'a> {
     /// attempt; their event ids, oldest first.
     pub async fn reopen(&self, webhook_id: u64, chosen: &EventSelector) -> Result<Vec<Uuid>> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let ids: Vec<Uuid> = guard::query_scalar(
             "SELECT d.event_id FROM webhook_deliveries d JOIN webhook_events e \
                ON e.client_id = d.client_id AND e.id = d.event_id \

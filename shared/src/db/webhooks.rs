@@ -5,7 +5,6 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::mysql::MySqlPool;
 
 use super::configs::bump_version;
 use super::guard;
@@ -125,13 +124,13 @@ const WEBHOOK_COLUMNS: &str = "id, url, events, description, include_text, chann
 
 #[derive(Debug)]
 pub struct Webhooks<'a> {
-    pool: &'a MySqlPool,
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> Webhooks<'a> {
-    pub(super) fn new(pool: &'a MySqlPool, client_id: ClientId) -> Self {
+    pub(super) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
         Self { pool, client_id }
     }
 
@@ -142,7 +141,7 @@ impl<'a> Webhooks<'a> {
             "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE client_id = ? ORDER BY id"
         ))?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?
         .iter()
         .map(webhook_from_row)
@@ -156,7 +155,7 @@ impl<'a> Webhooks<'a> {
         ))?
         .bind(client_id.get())
         .bind(id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?
         .as_ref()
         .map(webhook_from_row)
@@ -171,7 +170,7 @@ impl<'a> Webhooks<'a> {
         ))?
         .bind(client_id.get())
         .bind(channel_account_id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?
         .as_ref()
         .map(webhook_from_row)
@@ -186,7 +185,7 @@ impl<'a> Webhooks<'a> {
              WHERE client_id = ? AND enabled = TRUE ORDER BY id",
         )?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -210,7 +209,7 @@ impl<'a> Webhooks<'a> {
         seal: impl FnOnce(u64) -> Result<Vec<u8>>,
     ) -> Result<u64> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         // The version bump locks the tenant's config row: creations queue behind it, so
         // the count holds until this one commits.
         bump_version(&mut tx, client_id).await?;
@@ -250,7 +249,7 @@ impl<'a> Webhooks<'a> {
     /// false when there is no such endpoint.
     pub async fn update(&self, webhook: &Webhook) -> Result<bool> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query(
             "UPDATE webhooks SET url = ?, events = ?, description = ?, include_text = ?, \
              disabled_reason = IF(?, NULL, disabled_reason), \
@@ -278,7 +277,7 @@ impl<'a> Webhooks<'a> {
 
     pub async fn delete(&self, id: u64) -> Result<bool> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query("DELETE FROM webhooks WHERE client_id = ? AND id = ?")?
             .bind(client_id.get())
             .bind(id)
@@ -308,7 +307,7 @@ impl<'a> Webhooks<'a> {
         .bind(sealed)
         .bind(client_id.get())
         .bind(id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -322,7 +321,7 @@ impl<'a> Webhooks<'a> {
         )?
         .bind(client_id.get())
         .bind(id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         row.map(|r| {
             Ok(SealedSecrets {
@@ -341,7 +340,7 @@ impl<'a> Webhooks<'a> {
             "SELECT id, secret_sealed, previous_sealed FROM webhooks WHERE client_id = ?",
         )?
         .bind(client_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -373,7 +372,7 @@ impl<'a> Webhooks<'a> {
         .bind(id)
         .bind(current.0)
         .bind(previous.map(|p| p.0))
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -381,7 +380,7 @@ impl<'a> Webhooks<'a> {
     /// Disables an enabled endpoint with the reason; false when it was not enabled.
     pub async fn disable(&self, id: u64, reason: &str) -> Result<bool> {
         let client_id = self.client_id;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.get().await?.begin().await?;
         let done = guard::query(
             "UPDATE webhooks SET enabled = FALSE, disabled_reason = ? \
              WHERE client_id = ? AND id = ? AND enabled = TRUE",
@@ -408,14 +407,14 @@ impl<'a> Webhooks<'a> {
         )?
         .bind(client_id.get())
         .bind(id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(guard::query_scalar(
             "SELECT failing_since FROM webhooks WHERE client_id = ? AND id = ?",
         )?
         .bind(client_id.get())
         .bind(id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?
         .flatten())
     }
@@ -429,7 +428,7 @@ impl<'a> Webhooks<'a> {
         )?
         .bind(client_id.get())
         .bind(id)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }

@@ -112,6 +112,24 @@ impl Settings {
             "database.url",
             "must be a mysql:// URL".into(),
         );
+        let shards = self.database.shard_list();
+        for (i, shard) in shards.iter().enumerate() {
+            let url = shard.url.expose();
+            check(
+                is_name(&shard.name)
+                    && (url.starts_with("mysql://") || url.starts_with("mariadb://")),
+                "database.shards",
+                format!(
+                    "shard {} must be name=mysql://… with a name of 1-64 characters of a-z, 0-9, '-' or '_'",
+                    i + 1
+                ),
+            );
+            check(
+                !shards[..i].iter().any(|s| s.name == shard.name),
+                "database.shards",
+                format!("shard name {:?} is used twice", shard.name),
+            );
+        }
         check(
             self.database.max_connections > 0,
             "database.max_connections",
@@ -489,6 +507,7 @@ impl Settings {
         ]
         .into_iter()
         .chain(self.amqp.urls.iter().map(|u| ("amqp.urls", u)))
+        .chain(self.database.shards.iter().map(|u| ("database.shards", u)))
         {
             if strict && url.expose().to_ascii_uppercase().contains("CHANGE-ME") {
                 problems.push(format!("{key}: holds a CHANGE-ME placeholder password"));

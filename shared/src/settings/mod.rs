@@ -207,7 +207,48 @@ pub struct ApiSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     pub url: Secret<String>,
+    /// The database servers tenants are spread over, each `name=url`; the first is the
+    /// home (the tenant directory, operators, audit). When set, `url` is not used.
+    #[serde(default)]
+    pub shards: Vec<Secret<String>>,
     pub max_connections: u32,
+}
+
+/// One database server of [`DatabaseSettings::shard_list`].
+#[derive(Debug, Clone)]
+pub struct ShardTarget {
+    pub name: String,
+    pub url: Secret<String>,
+}
+
+/// The name of the one shard a deployment without `database.shards` has.
+pub const HOME_SHARD: &str = "home";
+
+impl DatabaseSettings {
+    /// The shards, the home first: `database.shards`, or `database.url` named `home`.
+    /// Entries without `name=` are named by position (validation refuses them).
+    pub fn shard_list(&self) -> Vec<ShardTarget> {
+        if self.shards.is_empty() {
+            return vec![ShardTarget {
+                name: HOME_SHARD.into(),
+                url: self.url.clone(),
+            }];
+        }
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| match entry.expose().split_once('=') {
+                Some((name, url)) if !name.contains(':') => ShardTarget {
+                    name: name.trim().to_owned(),
+                    url: Secret::new(url.trim().to_owned()),
+                },
+                _ => ShardTarget {
+                    name: format!("#{}", i + 1),
+                    url: entry.clone(),
+                },
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -578,6 +619,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("amqp.retry_delays_s")
                     .with_list_parse_key("amqp.urls")
+                    .with_list_parse_key("database.shards")
                     .with_list_parse_key("http.trusted_proxies")
                     .with_list_parse_key("llm.tenant_base_url_allowlist")
                     .with_list_parse_key("tools.allowed_private_networks")

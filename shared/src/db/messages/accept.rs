@@ -63,7 +63,9 @@ impl Messages<'_> {
             .bind(content)
             .bind(channel_message_id);
         let inserted = self
-            .direct
+            .pool
+            .direct()
+            .await?
             .run(async move |conn| call.fetch_all(conn).await)
             .await;
         match inserted {
@@ -124,7 +126,9 @@ impl Messages<'_> {
             .bind(client_id.get())
             .bind(entries);
         let ids: Vec<String> = self
-            .direct
+            .pool
+            .direct()
+            .await?
             .run(async move |conn| call.fetch_all(conn).await)
             .await
             .map_err(signalled)?;
@@ -166,7 +170,9 @@ impl Messages<'_> {
         .bind(client_id.get())
         .bind(envelope_id.as_uuid());
         let found = self
-            .direct
+            .pool
+            .direct()
+            .await?
             .run(async move |conn| row.fetch_optional(conn).await)
             .await?;
         let Some(row) = found else {
@@ -197,7 +203,7 @@ impl Messages<'_> {
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         Ok(id.map(EnvelopeId::from_uuid))
     }
@@ -210,7 +216,7 @@ impl Messages<'_> {
         )?
         .bind(client_id.get())
         .bind(envelope_id.as_uuid())
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?)
     }
 
@@ -224,7 +230,7 @@ impl Messages<'_> {
         )?
         .bind(client_id.get())
         .bind(envelope_id.as_uuid())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -270,7 +276,7 @@ mod tests {
             .expect("conversation");
         let envelope = EnvelopeId::random();
         // The other recording, inserted and not yet committed.
-        let mut other = env.db.pool.begin().await.expect("begin");
+        let mut other = env.db.home().pool.begin().await.expect("begin");
         let inserted = guard::query(
             "INSERT INTO messages (client_id, conversation_id, envelope_id, role, content, \
              state, seq) VALUES (?, ?, ?, 'user', 'hello', 'pending', 1)",
@@ -293,7 +299,7 @@ mod tests {
                 .await
         });
         let waiting = eventually(Duration::from_secs(10), "the worker to wait", || async {
-            let waiting = waiting(&env.db.pool).await;
+            let waiting = waiting(&env.db.home().pool).await;
             (!waiting.is_empty()).then_some(waiting)
         })
         .await;

@@ -20,7 +20,7 @@ impl Messages<'_> {
         )?
         .bind(client_id.get())
         .bind(conversation_id.get())
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -39,7 +39,7 @@ impl Messages<'_> {
         )?
         .bind(client_id.get())
         .bind(reply_id.as_uuid())
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         Ok(status.flatten())
     }
@@ -62,7 +62,7 @@ impl Messages<'_> {
         .bind(channel_message_id)
         .bind(client_id.get())
         .bind(reply_id.as_uuid())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }
@@ -89,7 +89,7 @@ impl Messages<'_> {
         .bind(channel_message_id)
         .bind(status)
         .bind(status)
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         if done.rows_affected() == 0 {
             return Ok(None);
@@ -99,7 +99,7 @@ impl Messages<'_> {
         )?
         .bind(client_id.get())
         .bind(channel_message_id)
-        .fetch_optional(self.pool)
+        .fetch_optional(self.pool.get().await?)
         .await?;
         Ok(conversation.map(ConversationId::new))
     }
@@ -123,7 +123,7 @@ impl Messages<'_> {
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(reply_id.as_uuid())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         if done.rows_affected() == 0 {
             return Ok(None); // delivered before, or unknown

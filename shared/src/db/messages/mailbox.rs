@@ -70,7 +70,7 @@ impl Messages<'_> {
         .bind(client_id.get())
         .bind(conversation_id.get())
         .bind(limit)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         let mut out = rows
             .iter()
@@ -130,7 +130,9 @@ impl Messages<'_> {
         .bind(after)
         .bind(limit);
         let rows = self
-            .direct
+            .pool
+            .direct()
+            .await?
             .run(async move |conn| rows.fetch_all(conn).await)
             .await?;
         rows.iter().map(mailbox_item).collect()

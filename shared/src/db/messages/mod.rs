@@ -23,9 +23,8 @@ mod replies;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::mysql::{MySqlPool, MySqlRow};
+use sqlx::mysql::MySqlRow;
 
-use super::direct::DirectPool;
 use super::text_column::text_column;
 use crate::envelope::ReplyKind;
 use crate::error::{Error, Result};
@@ -141,24 +140,15 @@ pub struct HistoryTurn {
 /// The messages of one tenant's conversations.
 #[derive(Debug)]
 pub struct Messages<'a> {
-    pool: &'a MySqlPool,
-    /// The message path's single statements (no release ping).
-    direct: &'a DirectPool,
+    /// The tenant's shard: its pools, the message path's single statements among them.
+    pool: crate::db::Placed<'a>,
     /// The tenant every statement is bound to.
     client_id: ClientId,
 }
 
 impl<'a> Messages<'a> {
-    pub(in crate::db) fn new(
-        pool: &'a MySqlPool,
-        direct: &'a DirectPool,
-        client_id: ClientId,
-    ) -> Self {
-        Self {
-            pool,
-            direct,
-            client_id,
-        }
+    pub(in crate::db) fn new(pool: crate::db::Placed<'a>, client_id: ClientId) -> Self {
+        Self { pool, client_id }
     }
 }
 

@@ -63,7 +63,9 @@ impl Messages<'_> {
         .bind(conversation_id.get())
         .bind(limit);
         let rows = self
-            .direct
+            .pool
+            .direct()
+            .await?
             .run(async move |conn| rows.fetch_all(conn).await)
             .await?;
         pending_of(&rows.iter().collect::<Vec<_>>())
@@ -119,7 +121,9 @@ impl Messages<'_> {
         .bind(conversation_id.get())
         .bind(history_limit);
         let rows = self
-            .direct
+            .pool
+            .direct()
+            .await?
             .run(async move |conn| rows.fetch_all(conn).await)
             .await?;
         let mut keyed = rows
@@ -186,7 +190,7 @@ impl Messages<'_> {
         .bind(conversation_id.get())
         .bind(before_id)
         .bind(limit)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         let mut turns = rows.iter().map(history_turn).collect::<Result<Vec<_>>>()?;
         turns.reverse();
@@ -202,7 +206,7 @@ impl Messages<'_> {
         )?
         .bind(client_id.get())
         .bind(reply_row)
-        .fetch_all(self.pool)
+        .fetch_all(self.pool.get().await?)
         .await?;
         Ok(answers.into_iter().map(EnvelopeId::from_uuid).collect())
     }

@@ -171,7 +171,9 @@ impl Messages<'_> {
         .bind(spent.unpriced)
         .bind(spent.fallback_reason.clone());
         let outcome: Vec<StoreOutcome> = self
-            .direct
+            .pool
+            .direct()
+            .await?
             .run(async move |conn| call.fetch_all(conn).await)
             .await
             .map_err(signalled)?;
@@ -193,7 +195,9 @@ impl Messages<'_> {
             .bind(reply_id.as_uuid())
             .bind(text);
         let positions: Vec<u64> = self
-            .direct
+            .pool
+            .direct()
+            .await?
             .run(async move |conn| call.fetch_all(conn).await)
             .await
             .map_err(|e| match signalled(e) {
@@ -240,7 +244,9 @@ impl Messages<'_> {
         for id in reply_ids {
             update = update.bind(id.as_uuid());
         }
-        self.direct
+        self.pool
+            .direct()
+            .await?
             .run(async move |conn| update.execute(conn).await)
             .await?;
         Ok(())
@@ -261,7 +267,7 @@ impl Messages<'_> {
         )?
         .bind(client_id.get())
         .bind(envelope_id.as_uuid())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -276,7 +282,7 @@ impl Messages<'_> {
         .bind(MessageState::from(closed))
         .bind(client_id.get())
         .bind(envelope_id.as_uuid())
-        .execute(self.pool)
+        .execute(self.pool.get().await?)
         .await?;
         Ok(())
     }

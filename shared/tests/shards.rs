@@ -1,0 +1,150 @@
+//! Tenants spread over two database servers (the machine's MariaDB and the one
+//! `scripts/test` starts): where new tenants go, that their rows live on their own shard
+//! only, that credentials find them on either, and that a move — interrupted, rolled
+//! back, resumed — leaves every row on exactly one shard with its ids.
+
+use shared::Error;
+use shared::db::Db;
+use shared::ids::{Channel, ClientId};
+use shared::testkit::{TWO_SHARDS, TestEnv, eventually};
+use std::time::Duration;
+
+/// Rows of `table` the tenant has on the shard at `index` (0 = home), read directly.
+async fn rows_on(env: &TestEnv, index: usize, table: &str, client: ClientId) -> i64 {
+    let url = env.settings.database.shard_list()[index].url.clone();
+    let pool = sqlx::MySqlPool::connect(url.expose())
+        .await
+        .expect("connect");
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE client_id = ?"))
+        .bind(client.get())
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    pool.close().await;
+    n
+}
+
+/// Polls until the tenant's statements are refused as unavailable (`paused`) or run.
+async fn until_paused(db: &Db, client: ClientId, paused: bool) {
+    eventually(
+        Duration::from_secs(10),
+        "the directory to change",
+        || async {
+            let answer = db.tenant(client).configs().get().await;
+            (matches!(answer, Err(Error::Unavailable(_))) == paused).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn tenants_live_on_one_shard_each_and_move_whole() {
+    let env = TestEnv::start(&[TWO_SHARDS]).await;
+    assert_eq!(env.db.shard_names(), ["home", "second"]);
+    let a = env.tenant("on-home").await;
+    let b = env.tenant("on-second").await;
+    let db = &env.db;
+    let placed = |id| async move { db.placement(id).await.expect("directory") };
+    assert_eq!(placed(a.id).await.expect("a row").shard, "home");
+    assert_eq!(placed(b.id).await.expect("a row").shard, "second");
+
+    // b's rows are on the second server only, with ids from that shard's own range.
+    let conversation = env
+        .db
+        .tenant(b.id)
+        .conversations()
+        .get_or_create(Channel::Api, "order-1")
+        .await
+        .expect("b's conversation");
+    assert!(conversation.get() >= 1 << 40, "{conversation}");
+    assert_eq!(rows_on(&env, 1, "conversations", b.id).await, 1);
+    assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 0);
+    assert_eq!(rows_on(&env, 1, "client_configs", b.id).await, 1);
+    assert_eq!(rows_on(&env, 0, "client_configs", b.id).await, 0);
+    let key = env
+        .db
+        .tenant(b.id)
+        .api_keys()
+        .create("k")
+        .await
+        .expect("key");
+    assert_eq!(
+        env.db
+            .api_key_owner(key.key.expose())
+            .await
+            .expect("lookup"),
+        Some(b.id)
+    );
+    let home_key = env
+        .db
+        .tenant(a.id)
+        .api_keys()
+        .create("k")
+        .await
+        .expect("key");
+    assert_eq!(
+        env.db
+            .api_key_owner(home_key.key.expose())
+            .await
+            .expect("lookup"),
+        Some(a.id)
+    );
+
+    // A move that is rolled back: refused while open, served from where it was after.
+    env.db.begin_move(b.id, "home").await.expect("begin");
+    until_paused(&env.db, b.id, true).await;
+    let refused = env.db.begin_move(b.id, "second").await;
+    assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    env.db.copy_moving_tenant(b.id).await.expect("copy");
+    assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 1);
+    env.db.cancel_move(b.id).await.expect("rollback");
+    until_paused(&env.db, b.id, false).await;
+    assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 0);
+    assert_eq!(placed(b.id).await.expect("row").shard, "second");
+
+    // Interrupted after the copy, then run to the end: every row on home, same ids.
+    env.db.begin_move(b.id, "home").await.expect("begin");
+    env.db.copy_moving_tenant(b.id).await.expect("copy");
+    let again = env.db.begin_move(b.id, "home").await.expect("resume");
+    assert_eq!(again.moving_to.as_deref(), Some("home"));
+    let moved = env.db.copy_moving_tenant(b.id).await.expect("copy again");
+    let count = |table: &str| moved.iter().find(|t| t.table == table).map(|t| t.rows);
+    assert_eq!(count("conversations"), Some(1));
+    assert_eq!(count("client_configs"), Some(1));
+    let finished = env.db.finish_move(b.id).await.expect("finish");
+    assert_eq!(finished.shard, "home");
+    assert_eq!(finished.moved_from.as_deref(), Some("second"));
+    env.db.purge_moved_from(b.id).await.expect("purge");
+    until_paused(&env.db, b.id, false).await;
+    assert_eq!(rows_on(&env, 1, "conversations", b.id).await, 0);
+    assert_eq!(rows_on(&env, 1, "client_configs", b.id).await, 0);
+    assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 1);
+    let found = eventually(
+        Duration::from_secs(5),
+        "b's conversation on home",
+        || async {
+            env.db
+                .tenant(b.id)
+                .conversations()
+                .get_or_create(Channel::Api, "order-1")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert_eq!(found, conversation, "a moved row keeps its id");
+    assert_eq!(
+        env.db
+            .api_key_owner(key.key.expose())
+            .await
+            .expect("lookup"),
+        Some(b.id),
+        "its API key moved with it"
+    );
+    let nowhere = env.db.begin_move(b.id, "third").await;
+    assert!(
+        matches!(&nowhere, Err(Error::Invalid(m)) if m.contains("home, second")),
+        "{nowhere:?}"
+    );
+    env.teardown().await;
+}
