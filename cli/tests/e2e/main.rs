@@ -19,6 +19,7 @@ mod operations;
 mod privacy;
 mod replay;
 mod security;
+mod shards;
 mod spending;
 mod streaming;
 mod support;
