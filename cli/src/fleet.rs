@@ -36,6 +36,10 @@ pub(crate) struct Options {
     pub db_proxy: bool,
     /// The tenant's `max_context_turns`: how many earlier turns each prompt carries.
     pub history_turns: u32,
+    /// Root URLs of more MariaDB servers: the run's database is sharded over the
+    /// configured one (`home`, the first tenant's) and these (`s2`, `s3`, …; tenants
+    /// created later go to the least loaded).
+    pub db_servers: Vec<String>,
 }
 
 /// A running fleet and everything it runs on.
@@ -75,6 +79,18 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
     run_settings.amqp.prefix = prefix.clone();
     run_settings.amqp.retry_delays = LADDER.map(Duration::from_secs).to_vec();
     run_settings.redis.prefix = prefix.clone();
+    let extra_shards: Vec<String> = options
+        .db_servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| format!("s{}={server}/chatfleet_{name}_{id}", i + 2))
+        .collect();
+    if !extra_shards.is_empty() {
+        run_settings.database.shards = std::iter::once(format!("home={direct}"))
+            .chain(extra_shards.iter().cloned())
+            .map(Secret::new)
+            .collect();
+    }
     let db = Db::migrate(&run_settings.database).await?;
     let broker = Broker::connect(&run_settings.amqp, "chatfleet-fleet").await?;
     broker.declare_topology().await?;
@@ -118,6 +134,15 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .chain(options.env.iter().cloned())
+    .chain((!extra_shards.is_empty()).then(|| {
+        (
+            "CHATFLEET__DATABASE__SHARDS".to_owned(),
+            std::iter::once(format!("home={process_url}"))
+                .chain(extra_shards.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }))
     .collect();
     let mut fleet = Fleet {
         exe: std::env::current_exe()?,

@@ -24,6 +24,7 @@
 
 mod bench;
 mod chaos;
+mod db_servers;
 mod dlq;
 mod fleet;
 mod operators;

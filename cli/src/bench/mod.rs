@@ -353,6 +353,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
             },
             log_dir: None,
             db_proxy: false,
+            db_servers: Vec::new(),
             history_turns: args.history_turns,
             env: vec![
                 ("CHATFLEET__AMQP__PREFETCH".into(), "4096".into()),

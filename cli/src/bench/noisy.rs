@@ -45,6 +45,7 @@ pub(super) async fn run(settings: &Settings, args: &BenchArgs) -> anyhow::Result
             },
             log_dir: None,
             db_proxy: false,
+            db_servers: Vec::new(),
             history_turns: args.history_turns,
             env: vec![
                 // Both tenants far under their plan's rate: the fleet is the limit.

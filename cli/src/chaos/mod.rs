@@ -51,6 +51,7 @@ use worker::llm::sim::SimOptions;
 
 use proxy::DbProxy;
 
+use crate::db_servers;
 use crate::fleet::{self, Fleet};
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +93,11 @@ pub(crate) struct ChaosArgs {
     /// node leading the work queues for ten seconds.
     #[arg(long)]
     cluster: bool,
+    /// Spread the tenants over this many database shards: the configured MariaDB and
+    /// servers of the run's own (scripts/mariadb-shard; needs the checkout and root or
+    /// the mysql user). The database fault cuts the home shard's.
+    #[arg(long, default_value_t = 1)]
+    db_shards: usize,
     /// Which infrastructure faults to inject besides worker kills (broker, redis, db).
     #[arg(long, value_delimiter = ',', default_value = "broker,redis,db")]
     faults: Vec<String>,
@@ -171,6 +177,13 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     } else {
         None
     };
+    anyhow::ensure!((1..=8).contains(&args.db_shards), "--db-shards must be 1-8");
+    let db_servers = db_servers::DbServers::start(
+        &uuid::Uuid::new_v4().simple().to_string()[..8],
+        args.db_shards - 1,
+        args.keep,
+    )
+    .await?;
     let mut settings = settings;
     if let Some(cluster) = &cluster {
         settings.amqp.urls = cluster
@@ -203,6 +216,7 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
                 )
                 .collect(),
             db_proxy: true,
+            db_servers: db_servers.urls.clone(),
             // The checks find every earlier exchange of a conversation in each prompt.
             history_turns: 100,
         },
@@ -343,8 +357,10 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     if !args.keep {
         fleet::clean_up(&run_settings, &broker, &db).await?;
     }
-    // The cluster (if any) stops as the last of it is dropped, after the clean-up.
+    // The cluster (if any) stops as the last of it is dropped, after the clean-up, and
+    // so do the extra database servers.
     drop(cluster);
+    drop(db_servers);
     if report.violations() + streamed.violations() + effects.violations.len() + hooked.violations()
         > 0
     {
