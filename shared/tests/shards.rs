@@ -90,13 +90,23 @@ async fn tenants_live_on_one_shard_each_and_move_whole() {
         Some(a.id)
     );
 
+    // More conversations than one insert of the copy carries.
+    for i in 0..250 {
+        env.db
+            .tenant(b.id)
+            .conversations()
+            .get_or_create(Channel::Api, &format!("more-{i}"))
+            .await
+            .expect("a conversation");
+    }
+
     // A move that is rolled back: refused while open, served from where it was after.
     env.db.begin_move(b.id, "home").await.expect("begin");
     until_paused(&env.db, b.id, true).await;
     let refused = env.db.begin_move(b.id, "second").await;
     assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
     env.db.copy_moving_tenant(b.id).await.expect("copy");
-    assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 1);
+    assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 251);
     env.db.cancel_move(b.id).await.expect("rollback");
     until_paused(&env.db, b.id, false).await;
     assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 0);
@@ -109,7 +119,7 @@ async fn tenants_live_on_one_shard_each_and_move_whole() {
     assert_eq!(again.moving_to.as_deref(), Some("home"));
     let moved = env.db.copy_moving_tenant(b.id).await.expect("copy again");
     let count = |table: &str| moved.iter().find(|t| t.table == table).map(|t| t.rows);
-    assert_eq!(count("conversations"), Some(1));
+    assert_eq!(count("conversations"), Some(251));
     assert_eq!(count("client_configs"), Some(1));
     let finished = env.db.finish_move(b.id).await.expect("finish");
     assert_eq!(finished.shard, "home");
@@ -118,7 +128,7 @@ async fn tenants_live_on_one_shard_each_and_move_whole() {
     until_paused(&env.db, b.id, false).await;
     assert_eq!(rows_on(&env, 1, "conversations", b.id).await, 0);
     assert_eq!(rows_on(&env, 1, "client_configs", b.id).await, 0);
-    assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 1);
+    assert_eq!(rows_on(&env, 0, "conversations", b.id).await, 251);
     let found = eventually(
         Duration::from_secs(5),
         "b's conversation on home",

@@ -9,6 +9,7 @@
 //! checksum on both sides, and only then points the directory at the new shard; the copy
 //! left behind is deleted last ([`Db::purge_moved_from`]). Every step can run again.
 
+use futures::TryStreamExt;
 use sqlx::mysql::MySqlPool;
 use sqlx::{Connection, Row};
 
@@ -298,23 +299,38 @@ impl Db {
         let mut moved = Vec::new();
         for table in guard::TENANT_TABLES {
             let columns = columns_of(&from.pool, table).await?;
-            let rows = guard::query(&format!(
+            // Streamed from the old shard a batch at a time: a large tenant's rows are
+            // never all in memory.
+            let select = format!(
                 "SELECT {} FROM `{table}` WHERE client_id = ?",
                 as_bytes(&columns)
-            ))?
-            .bind(client_id.get())
-            .fetch_all(&from.pool)
-            .await?;
-            let values: Vec<Vec<Option<Vec<u8>>>> = rows
-                .iter()
-                .map(|r| (0..columns.len()).map(|i| r.try_get(i)).collect())
-                .collect::<Result<_, _>>()?;
-            for batch in values.chunks(COPY_BATCH) {
-                insert_rows(&mut tx, table, &columns, batch).await?;
+            );
+            let mut rows = guard::query(&select)?
+                .bind(client_id.get())
+                .fetch(&from.pool);
+            let mut batch: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(COPY_BATCH);
+            let mut copied = 0_u64;
+            loop {
+                let row = rows.try_next().await?;
+                if let Some(row) = &row {
+                    batch.push(
+                        (0..columns.len())
+                            .map(|i| row.try_get(i))
+                            .collect::<Result<_, _>>()?,
+                    );
+                }
+                if batch.len() == COPY_BATCH || (row.is_none() && !batch.is_empty()) {
+                    insert_rows(&mut tx, table, &columns, &batch).await?;
+                    copied += batch.len() as u64;
+                    batch.clear();
+                }
+                if row.is_none() {
+                    break;
+                }
             }
             moved.push(MovedTable {
                 table: table.to_owned(),
-                rows: values.len() as u64,
+                rows: copied,
             });
         }
         tx.commit().await?;
