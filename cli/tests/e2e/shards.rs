@@ -119,7 +119,17 @@ async fn answered_once_in_order(p: &Platform, client: ClientId, external: &str, 
 async fn a_tenant_on_a_server_that_is_down_waits_and_a_moved_tenant_loses_nothing() {
     let server = Server::start();
     let shards = format!("{}@{}", TWO_SHARDS.1, server.url);
-    let p = Platform::start_with(&[(TWO_SHARDS.0, shards.as_str())], 1).await;
+    // A ladder longer than a move's pause (5 s and the copy), and long enough for the
+    // connections a restarted server dropped to be found out: each fails its statement
+    // once, until it has sat idle 5 s and is pinged before use.
+    let p = Platform::start_with(
+        &[
+            (TWO_SHARDS.0, shards.as_str()),
+            ("CHATFLEET__AMQP__RETRY_DELAYS_S", "1,2,4,8"),
+        ],
+        1,
+    )
+    .await;
     let home = p.tenant("on-home").await;
     let away = p.tenant("on-second").await;
     let db = &p.env.db;
