@@ -19,9 +19,10 @@ struct Server {
     url: String,
 }
 
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mariadb-shard");
+
 fn mariadb_shard(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mariadb-shard");
-    let out = Command::new(script).args(args).output().expect("runs");
+    let out = Command::new(SCRIPT).args(args).output().expect("runs");
     assert!(
         out.status.success(),
         "mariadb-shard {args:?}: {}",
@@ -48,12 +49,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/mariadb-shard"
-        ))
-        .args(["remove", self.dir.to_str().unwrap_or_default()])
-        .status();
+        let _ = Command::new(SCRIPT)
+            .args(["remove", self.dir.to_str().unwrap_or_default()])
+            .status();
     }
 }
 

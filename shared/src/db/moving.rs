@@ -116,9 +116,7 @@ async fn copy_client_row(
     .fetch_optional(&db.home().pool)
     .await?
     .ok_or_else(|| Error::NotFound(format!("tenant {client_id} does not exist")))?;
-    let values: Vec<Option<Vec<u8>>> = (0..columns.len())
-        .map(|i| row.try_get(i))
-        .collect::<Result<_, _>>()?;
+    let values = cells(&row, columns.len())?;
     guard::query("DELETE FROM clients WHERE id = ?")?
         .bind(client_id.get())
         .execute(&mut **tx)
@@ -126,7 +124,22 @@ async fn copy_client_row(
     insert_rows(tx, "clients", &columns, &[values]).await
 }
 
-/// The tenant tables, and the columns each has, in the shard's schema order.
+/// A row read with [`as_bytes`]: each of its `n` values as bytes.
+fn cells(row: &sqlx::mysql::MySqlRow, n: usize) -> Result<Vec<Option<Vec<u8>>>> {
+    Ok((0..n).map(|i| row.try_get(i)).collect::<Result<_, _>>()?)
+}
+
+/// A connection of its own to `shard` with foreign key checks off (rows of a tenant go
+/// in and out table by table), closed by the caller instead of going back to the pool.
+async fn unchecked_connection(shard: &Shard) -> Result<sqlx::MySqlConnection> {
+    let mut conn = shard.pool.acquire().await?.detach();
+    guard::query("SET SESSION foreign_key_checks = 0")?
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// The columns a table has, in the shard's schema order.
 async fn columns_of(pool: &MySqlPool, table: &str) -> Result<Vec<String>> {
     let columns: Vec<String> = guard::query_scalar(
         "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS \
@@ -207,10 +220,7 @@ async fn fingerprint(
 /// Deletes the tenant's rows of every tenant table on `shard` (and its `clients` copy
 /// unless that is the home), foreign key checks off on that one connection.
 async fn delete_tenant(db: &Db, client_id: ClientId, shard: &Shard) -> Result<()> {
-    let mut conn = shard.pool.acquire().await?.detach();
-    guard::query("SET SESSION foreign_key_checks = 0")?
-        .execute(&mut conn)
-        .await?;
+    let mut conn = unchecked_connection(shard).await?;
     let mut tx = conn.begin().await?;
     for table in guard::TENANT_TABLES {
         guard::query(&format!("DELETE FROM `{table}` WHERE client_id = ?"))?
@@ -288,15 +298,13 @@ impl Db {
             .shards
             .named(placement.moving_to.as_deref().unwrap_or_default())?;
         delete_tenant(self, client_id, to).await?;
-        let mut conn = to.pool.acquire().await?.detach();
-        guard::query("SET SESSION foreign_key_checks = 0")?
-            .execute(&mut conn)
-            .await?;
+        let mut conn = unchecked_connection(to).await?;
         let mut tx = conn.begin().await?;
         if !std::ptr::eq(to, self.home()) {
             copy_client_row(self, client_id, &mut tx).await?;
         }
         let mut moved = Vec::new();
+        let mut schema = Vec::new();
         for table in guard::TENANT_TABLES {
             let columns = columns_of(&from.pool, table).await?;
             // Streamed from the old shard a batch at a time: a large tenant's rows are
@@ -308,37 +316,29 @@ impl Db {
             let mut rows = guard::query(&select)?
                 .bind(client_id.get())
                 .fetch(&from.pool);
-            let mut batch: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(COPY_BATCH);
+            let mut batch = Vec::with_capacity(COPY_BATCH);
             let mut copied = 0_u64;
-            loop {
-                let row = rows.try_next().await?;
-                if let Some(row) = &row {
-                    batch.push(
-                        (0..columns.len())
-                            .map(|i| row.try_get(i))
-                            .collect::<Result<_, _>>()?,
-                    );
-                }
-                if batch.len() == COPY_BATCH || (row.is_none() && !batch.is_empty()) {
+            while let Some(row) = rows.try_next().await? {
+                batch.push(cells(&row, columns.len())?);
+                if batch.len() == COPY_BATCH {
                     insert_rows(&mut tx, table, &columns, &batch).await?;
                     copied += batch.len() as u64;
                     batch.clear();
                 }
-                if row.is_none() {
-                    break;
-                }
             }
+            insert_rows(&mut tx, table, &columns, &batch).await?;
+            copied += batch.len() as u64;
             moved.push(MovedTable {
                 table: table.to_owned(),
                 rows: copied,
             });
+            schema.push((table, columns));
         }
         tx.commit().await?;
         conn.close().await?;
-        for table in guard::TENANT_TABLES {
-            let columns = columns_of(&from.pool, table).await?;
-            let there = fingerprint(&from.pool, table, &columns, client_id).await?;
-            let here = fingerprint(&to.pool, table, &columns, client_id).await?;
+        for (table, columns) in &schema {
+            let there = fingerprint(&from.pool, table, columns, client_id).await?;
+            let here = fingerprint(&to.pool, table, columns, client_id).await?;
             if there != here {
                 return Err(Error::Internal(format!(
                     "the copy of tenant {client_id}'s {table} differs ({} rows and checksum {} on {:?}, {} and {} on {:?}); run the move again",
