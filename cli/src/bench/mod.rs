@@ -22,7 +22,11 @@
 //! about one message, as in real chat; `--conversations` fewer makes them hot (each
 //! turn answers the messages that arrived while the one before it ran).
 //! `--compare-workers 1,4` runs the scenario once per worker count, one after another,
-//! and reads the answered rates against the first.
+//! and reads the answered rates against the first. `--db-shards 2` shards the run's
+//! database over the machine's MariaDB and a server of the run's own
+//! (`scripts/mariadb-shard`), with one tenant per shard (`--tenants` to change it): the
+//! conversations take turns among the tenants, which are placed as they would be in
+//! production, on the least-loaded shard.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,7 +39,7 @@ use shared::mq::Broker;
 use shared::settings::Settings;
 use worker::llm::sim::SimOptions;
 
-use crate::fleet;
+use crate::{db_servers, fleet};
 
 mod cpu;
 mod graph;
@@ -70,6 +74,14 @@ pub(crate) struct BenchArgs {
     /// reads each answered rate against the first's (overrides --workers).
     #[arg(long, value_delimiter = ',')]
     compare_workers: Vec<usize>,
+    /// Database servers the run's database is sharded over: the machine's MariaDB and
+    /// `N - 1` servers of the run's own (scripts/mariadb-shard).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    db_shards: u16,
+    /// Tenants the conversations are spread over, each placed on the least-loaded shard
+    /// at its creation (default: one per shard).
+    #[arg(long)]
+    tenants: Option<usize>,
     /// The LLM double's latency, in milliseconds.
     #[arg(long, default_value_t = 0)]
     llm_latency_ms: u64,
@@ -125,6 +137,10 @@ pub(crate) struct BenchArgs {
 impl BenchArgs {
     fn conversations(&self) -> usize {
         self.conversations.unwrap_or(self.rate as usize * 10).max(1)
+    }
+
+    fn tenants(&self) -> usize {
+        self.tenants.unwrap_or(usize::from(self.db_shards))
     }
 }
 
@@ -184,8 +200,13 @@ pub(crate) async fn run(settings: &Settings, args: BenchArgs) -> anyhow::Result<
             && args.conversations != Some(0)
             && args.workers > 0
             && !args.compare_workers.contains(&0)
-            && args.runs > 0,
-        "--rate, --conversations, --workers, --compare-workers and --runs must be positive"
+            && args.runs > 0
+            && args.tenants != Some(0),
+        "--rate, --conversations, --workers, --compare-workers, --runs and --tenants must be positive"
+    );
+    anyhow::ensure!(
+        args.tenants() == 1 || args.channel == "api",
+        "--tenants and --db-shards drive the api channel (the WhatsApp double is one number)"
     );
     let mut report = json!({});
     if args.noisy {
@@ -340,6 +361,12 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
     let whatsapp = args.channel == "whatsapp";
     let graph_stop = tokio_util::sync::CancellationToken::new();
     let (graph_url, graph_replies) = graph::start(graph_stop.clone()).await?;
+    let servers = db_servers::DbServers::start(
+        &uuid::Uuid::new_v4().simple().to_string()[..8],
+        usize::from(args.db_shards) - 1,
+        false,
+    )
+    .await?;
     let harness = fleet::start(
         settings,
         fleet::Options {
@@ -353,7 +380,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
             },
             log_dir: None,
             db_proxy: false,
-            db_servers: Vec::new(),
+            db_servers: servers.urls.clone(),
             history_turns: args.history_turns,
             env: vec![
                 ("CHATFLEET__AMQP__PREFETCH".into(), "4096".into()),
@@ -411,11 +438,24 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
             )
             .await?;
     }
+    // The harness made the first tenant; the others go where `clients().create` puts
+    // them, the least-loaded shard.
+    let mut api_keys = vec![harness.api_key.clone()];
+    for t in 2..=args.tenants() {
+        let (_, key) =
+            fleet::add_tenant(&harness.db, &format!("bench-{t}"), args.history_turns).await?;
+        api_keys.push(key);
+    }
     let base = harness.fleet.ingress_urls[0].clone();
     let worker_pids: Vec<u32> = harness.fleet.workers.iter().map(|w| w.child.id()).collect();
     let worker_metrics = harness.fleet.worker_metrics();
     let processes = cpu::Processes::watch(harness.fleet.ingress_pids(), worker_pids.clone());
     let cpu_before = processes.sample();
+    let cache = shared::cache::Cache::connect(&harness.settings.redis).await?;
+    let work_before = (
+        harness.db.server_work().await?,
+        cache.commands_processed().await?,
+    );
     let conversations = args.conversations();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(conversations + 64)
@@ -456,6 +496,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
     for k in 0..total {
         tokio::time::sleep_until(started + per * k as u32).await;
         let c = k % conversations;
+        let api_key = &api_keys[c % api_keys.len()];
         let request = if whatsapp {
             let body = webhook(c, k);
             http.post(format!("{base}/whatsapp/webhook"))
@@ -467,7 +508,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
                 .body(body)
         } else {
             http.post(format!("{base}/api/v1/messages"))
-                .bearer_auth(&harness.api_key)
+                .bearer_auth(api_key)
                 .json(
                     &json!({ "conversation_id": format!("b{c}"), "text": format!("message {k}") }),
                 )
@@ -518,7 +559,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
             let (http, base, key, timings, stop) = (
                 http.clone(),
                 base.clone(),
-                harness.api_key.clone(),
+                api_key.clone(),
                 timings.clone(),
                 stop.clone(),
             );
@@ -539,6 +580,11 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
     // Wait for the answers (at most the LLM latency plus 30 s).
     wait_for_answers(&timings, Instant::now() + latency + Duration::from_secs(30)).await;
     let cpu_after = processes.sample();
+    let work = harness.db.server_work().await?.since(&work_before.0);
+    let redis_commands = cache
+        .commands_processed()
+        .await?
+        .saturating_sub(work_before.1);
     let stages = turn_stages(&http, &worker_metrics).await;
     let accepting = accept_rounds(&http, &[format!("{base}/metrics")]).await;
     stop.cancel();
@@ -598,6 +644,14 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
             "p99": percentile(v, 0.99), "max": v.last().copied().unwrap_or(f64::NAN),
         })
     };
+    let per = |n: u64| n as f64 / answered.max(1) as f64;
+    let work_per_answered = json!({
+        "db_round_trips": per(work.round_trips),
+        "db_statements": per(work.statements),
+        "db_log_writes": per(work.log_writes),
+        "db_fsyncs": per(work.fsyncs),
+        "redis_commands": per(redis_commands),
+    });
     let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
     let mut statuses = statuses.lock().map(|s| s.clone()).unwrap_or_default();
     statuses.sort_by(f64::total_cmp);
@@ -610,6 +664,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
         "duration_s": args.duration.as_secs(),
         "conversations": conversations,
         "workers": args.workers,
+        "db_shards": args.db_shards,
+        "tenants": api_keys.len(),
         "llm_latency_ms": args.llm_latency_ms,
         "history_turns": args.history_turns,
         "llm_mean_hold_ms": held_ms,
@@ -627,6 +683,8 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
         "worker_peak_rss_mib": peak_rss.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
         "worker_cpu_cores": cpu_by_process["worker"]["cores"],
         "cpu_by_process": cpu_by_process,
+        // Every server's own counters (whatever else ran on it counts too).
+        "work_per_answered": work_per_answered,
         "peak_turns_in_flight": peak_in_flight.load(std::sync::atomic::Ordering::Relaxed),
         "turn_stage_mean_ms": stages.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "accept_rounds": accepting,
@@ -637,6 +695,7 @@ async fn run_once(settings: &Settings, args: &BenchArgs, streaming: bool) -> any
 
     graph_stop.cancel();
     harness.shut_down().await?;
+    drop(servers);
     Ok(run)
 }
 

@@ -25,11 +25,13 @@ pub(super) fn print_ceiling(c: &Value) {
 pub(super) fn print(label: &str, r: &Value) {
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     println!(
-        "{label}{} {} msg/s for {} s over {} conversations ({} turns of history), {} worker(s), LLM double {} ms (held {:.1} ms on average):",
+        "{label}{} {} msg/s for {} s over {} conversations of {} tenant(s) on {} database shard(s) ({} turns of history), {} worker(s), LLM double {} ms (held {:.1} ms on average):",
         r["channel"].as_str().unwrap_or_default(),
         r["offered_per_s"],
         r["duration_s"],
         r["conversations"],
+        r["tenants"],
+        r["db_shards"],
         r["history_turns"],
         r["workers"],
         r["llm_latency_ms"],
@@ -97,6 +99,17 @@ pub(super) fn print(label: &str, r: &Value) {
         println!(
             "  CPU, cores (ms and thread switches per answer):  {}",
             shares.join("  ")
+        );
+    }
+    let work = &r["work_per_answered"];
+    if work.is_object() {
+        println!(
+            "  work per answer:             MariaDB {:.1} round trips, {:.1} statements, {:.2} redo log writes, {:.2} fsyncs; Redis {:.1} commands",
+            f(&work["db_round_trips"]),
+            f(&work["db_statements"]),
+            f(&work["db_log_writes"]),
+            f(&work["db_fsyncs"]),
+            f(&work["redis_commands"]),
         );
     }
     let stages: Vec<String> = r["turn_stage_mean_ms"]

@@ -87,6 +87,22 @@ impl Cache {
         Ok(())
     }
 
+    /// Commands the Redis server has processed since it started (`INFO stats`), whoever
+    /// sent them: `chatfleet bench` reads it before and after a run.
+    pub async fn commands_processed(&self) -> Result<u64> {
+        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_default())
+    }
+
     /// Takes the fleet-wide lease `name` for `ttl` if nobody holds it: true for the one
     /// replica that got it (it is not released; it runs out, so whatever it guards runs
     /// at most once per `ttl` across the fleet).

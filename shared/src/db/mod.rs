@@ -25,6 +25,7 @@ mod llm_credentials;
 mod messages;
 mod moving;
 mod operators;
+mod server_work;
 mod shards;
 mod text_column;
 mod tool_calls;
@@ -60,6 +61,7 @@ pub use moving::MovedTable;
 pub use operators::{
     AuditEntry, AuditLog, NewAuditEntry, Operator, OperatorToken, Operators, Scope,
 };
+pub use server_work::ServerWork;
 pub use shards::{DIRECTORY_TTL, PAUSE_SETTLES, Placement};
 pub use text_column::UnknownWord;
 pub use tool_calls::{ToolCallRecord, ToolCallRow, ToolCallStatus, ToolCalls};
