@@ -476,6 +476,7 @@ async fn break_things(
     let mut broker_at = wanted("broker").then_some(total / 5);
     let mut redis_at = wanted("redis").then_some(total * 2 / 5);
     let mut db_at = wanted("db").then_some(total * 3 / 5);
+    let mut bouncing = None;
     let mut next_kill = Instant::now() + Duration::from_secs(args.kill_every_s);
     while !stop.is_cancelled() {
         tokio::select! {
@@ -498,12 +499,14 @@ async fn break_things(
             broker_at = None;
             if let Some(cluster) = &cluster {
                 eprintln!("stopping the RabbitMQ node leading {work_queue} for 10 s");
-                let node = cluster
-                    .bounce_leader_of(&work_queue, Duration::from_secs(10))
-                    .await?;
-                done.push(format!(
-                    "RabbitMQ node {node} (leading the work queue) stopped and started"
-                ));
+                // In the background: the node takes a while to stop, rejoin and catch
+                // up, and the kills and the other faults go on meanwhile.
+                let (cluster, queue) = (cluster.clone(), work_queue.clone());
+                bouncing = Some(tokio::spawn(async move {
+                    cluster
+                        .bounce_leader_of(&queue, Duration::from_secs(10))
+                        .await
+                }));
             } else {
                 eprintln!("restarting RabbitMQ");
                 shell("rabbitmqctl -q stop_app && rabbitmqctl -q start_app")?;
@@ -528,6 +531,12 @@ async fn break_things(
             proxy.restore();
             done.push("database cut off".to_owned());
         }
+    }
+    if let Some(bouncing) = bouncing {
+        let node = bouncing.await??;
+        done.push(format!(
+            "RabbitMQ node {node} (leading the work queue) stopped and started"
+        ));
     }
     Ok(format!(
         "{kills} kills ({ingress_kills} of an ingress){}{}",

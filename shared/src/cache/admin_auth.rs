@@ -25,7 +25,7 @@ static FAILED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::
 impl Cache {
     /// How long `ip` stays blocked from the admin API, if it is.
     pub async fn admin_auth_blocked(&self, ip: IpAddr) -> Result<Option<Duration>> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let ttl_ms: i64 = redis::cmd("PTTL")
             .arg(self.keys.admin_auth_blocked(ip))
             .query_async(&mut conn)
@@ -36,7 +36,7 @@ impl Cache {
 
     /// Records a failed admin authentication from `ip`.
     pub async fn admin_auth_failed(&self, ip: IpAddr, per_minute: u32) -> Result<()> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let _: u64 = FAILED_SCRIPT
             .key(self.keys.admin_auth_failures(ip))
             .key(self.keys.admin_auth_blocked(ip))

@@ -132,7 +132,7 @@ impl ConversationLocks {
             // Watch before trying, so a release in between still wakes us.
             let watch = self.wakeups.watch(&key);
             let released = watch.changed();
-            let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
+            let mut conn = self.cache.connection();
             let (taken, left_ms): (i64, i64) = ACQUIRE_SCRIPT
                 .key(&key)
                 .key(&waiters)
@@ -162,7 +162,7 @@ impl ConversationLocks {
     /// Releases a lock and wakes the workers waiting for it, here and on every replica.
     pub async fn release(&self, lock: ConversationLock) -> Result<()> {
         lock.renewal.cancel();
-        let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.cache.connection();
         let _: i64 = RELEASE_SCRIPT
             .key(&lock.key)
             .key(&lock.waiters)
@@ -189,7 +189,7 @@ impl ConversationLocks {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                // Boxed: the call's state (pool checkout, script) lives only while it
+                // Boxed: the call's state (the script and its reply) lives only while it
                 // runs, not in every held lock's idle task (thousands are held).
                 match Box::pin(renew(&cache, &k, &t, ttl)).await {
                     Ok(true) => {}
@@ -214,7 +214,7 @@ impl ConversationLocks {
 }
 
 async fn renew(cache: &Cache, key: &str, token: &str, ttl: Duration) -> Result<bool> {
-    let mut conn = cache.pool.get().await.map_err(redis_error)?;
+    let mut conn = cache.connection();
     let renewed: i64 = RENEW_SCRIPT
         .key(key)
         .arg(token)
@@ -315,7 +315,7 @@ mod tests {
             .tenant(tenant)
             .conversation_lock_waiters(contended);
         eventually(WAIT, "the waiter marked itself", || async {
-            let mut conn = env.cache.pool.get().await.ok()?;
+            let mut conn = env.cache.connection();
             let marked: bool = redis::cmd("EXISTS")
                 .arg(&waiters)
                 .query_async(&mut conn)

@@ -25,7 +25,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 impl Cache {
     /// Renews `member`'s place in the worker fleet for `ttl`; every live member, sorted.
     pub async fn renew_fleet_membership(&self, member: &str, ttl: Duration) -> Result<Vec<String>> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         redis::Script::new(RENEW)
             .key(self.keys.workers())
             .arg(member)
@@ -37,7 +37,7 @@ impl Cache {
 
     /// Leaves the worker fleet (shutdown): the others take this member's share at once.
     pub async fn leave_fleet(&self, member: &str) -> Result<()> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let _: i64 = redis::cmd("ZREM")
             .arg(self.keys.workers())
             .arg(member)

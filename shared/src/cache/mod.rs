@@ -1,4 +1,4 @@
-//! Redis: the connection pool, the one builder of every key ([`Keys`]), and the
+//! Redis: the shared connections, the one builder of every key ([`Keys`]), and the
 //! cross-replica mailbox notifier ([`Mailboxes`]). The only module that names redis types.
 //!
 //! Every key and pub/sub channel starts with `redis.prefix`; every tenant's key also
@@ -20,8 +20,11 @@ mod stream_events;
 mod tenant_config;
 mod wakeups;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use deadpool_redis::redis;
-use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime};
+use redis::aio::ConnectionManager;
 
 pub use accounts::{AccountOwners, TenantMetaApp};
 pub use api_keys::ApiKeyOwners;
@@ -37,10 +40,18 @@ use crate::error::{Error, Result};
 use crate::ids::ClientId;
 use crate::settings::RedisSettings;
 
-/// A pool of Redis connections, plus the client used for dedicated pub/sub connections.
+/// Redis connections shared by every task of the process, plus the client used for
+/// dedicated pub/sub connections.
+///
+/// Each connection is multiplexed (commands from any number of tasks are pipelined on
+/// it, answered in order) and reconnects by itself after an error, so a command takes no
+/// checkout: a pool's checkout sent `UNWATCH` and `PING` before every use, a round trip
+/// that was 10 of the 23 commands one answered message cost. `redis.pool_size`
+/// connections share the load in turn.
 #[derive(Clone)]
 pub struct Cache {
-    pool: Pool,
+    connections: Arc<[ConnectionManager]>,
+    next: Arc<AtomicUsize>,
     client: redis::Client,
     keys: Keys,
 }
@@ -54,17 +65,21 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Builds the pool and checks that Redis answers.
+    /// Opens the connections and checks that Redis answers.
     pub async fn connect(settings: &RedisSettings) -> Result<Self> {
-        let mut config = PoolSettings::from_url(settings.url.expose().as_str());
-        config.pool = Some(PoolConfig::new(settings.pool_size));
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| Error::redis("redis.url", e))?;
         let client = redis::Client::open(settings.url.expose().as_str())
             .map_err(|e| Error::redis("redis.url", e))?;
+        let mut connections = Vec::with_capacity(settings.pool_size.max(1));
+        for _ in 0..settings.pool_size.max(1) {
+            // A connection that fails is opened again from the next command on.
+            let connection = ConnectionManager::new(client.clone())
+                .await
+                .map_err(|e| Error::redis("redis.url", e))?;
+            connections.push(connection);
+        }
         let cache = Self {
-            pool,
+            connections: connections.into(),
+            next: Arc::default(),
             client,
             keys: Keys {
                 prefix: settings.prefix.clone(),
@@ -74,12 +89,18 @@ impl Cache {
         Ok(cache)
     }
 
+    /// One of the shared connections, in turn (a cheap handle to it).
+    fn connection(&self) -> ConnectionManager {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[n].clone()
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
@@ -90,7 +111,7 @@ impl Cache {
     /// Commands the Redis server has processed since it started (`INFO stats`), whoever
     /// sent them: `chatfleet bench` reads it before and after a run.
     pub async fn commands_processed(&self) -> Result<u64> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let info: String = redis::cmd("INFO")
             .arg("stats")
             .query_async(&mut conn)
@@ -107,7 +128,7 @@ impl Cache {
     /// replica that got it (it is not released; it runs out, so whatever it guards runs
     /// at most once per `ttl` across the fleet).
     pub async fn take_lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let set: Option<String> = redis::cmd("SET")
             .arg(self.keys.lease(name))
             .arg(1)
@@ -121,7 +142,7 @@ impl Cache {
     }
 
     async fn publish(&self, channel: &str, payload: &str) -> Result<()> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let _: i64 = redis::cmd("PUBLISH")
             .arg(channel)
             .arg(payload)
@@ -140,7 +161,7 @@ impl Cache {
         channel: &str,
         payload: &str,
     ) -> Result<u64> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let (value, _, _): (u64, i64, i64) = redis::pipe()
             .atomic()
             .cmd("INCR")
@@ -159,7 +180,7 @@ impl Cache {
 
     /// The counter at `key`, if it exists.
     async fn counter(&self, key: &str) -> Result<Option<u64>> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         redis::cmd("GET")
             .arg(key)
             .query_async(&mut conn)
@@ -169,7 +190,7 @@ impl Cache {
 
     /// Deletes every key under this cache's prefix (test clean-up; never FLUSHDB).
     pub async fn delete_prefixed(&self) -> Result<u64> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let pattern = format!("{}:*", self.keys.prefix);
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
@@ -364,5 +385,55 @@ mod tests {
             keys.tenant(ClientId::new(2)).config()
         );
         assert_eq!(keys.mailbox_channel(), "cf:mailbox");
+    }
+
+    /// The shared connections have no pool to replace a broken one: a connection the
+    /// server dropped must be opened again by the commands after it.
+    #[tokio::test]
+    async fn a_dropped_connection_is_opened_again() {
+        const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+        let env = crate::testkit::TestEnv::start(&[]).await;
+        let cache = env.cache.clone();
+        let mut ids = Vec::new();
+        for _ in 0..cache.connections.len() {
+            let id: u64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut cache.connection())
+                .await
+                .expect("client id");
+            ids.push(id);
+        }
+        let mut other = env
+            .cache
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        for id in &ids {
+            let killed: u64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut other)
+                .await
+                .expect("kill");
+            assert_eq!(killed, 1, "connection {id} was there to drop");
+        }
+        crate::testkit::eventually(WAIT, "every connection answers again", || async {
+            for _ in 0..cache.connections.len() {
+                cache.ping().await.ok()?;
+            }
+            Some(())
+        })
+        .await;
+        let id: u64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut cache.connection())
+            .await
+            .expect("client id after");
+        assert!(
+            !ids.contains(&id),
+            "a new connection answers ({id} not in {ids:?})"
+        );
     }
 }

@@ -106,7 +106,7 @@ impl Cache {
     }
 
     async fn take(&self, key: &str, capacity: u32, per_second: f64) -> Result<Option<Duration>> {
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let wait_ms: u64 = TAKE_SCRIPT
             .key(key)
             .arg(capacity.max(1))

@@ -99,7 +99,7 @@ impl Cache {
     /// The tenant's counters for `period`.
     pub async fn spent(&self, client_id: ClientId, period: &SpendPeriod) -> Result<Spent> {
         let keys = self.keys.tenant(client_id);
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let (month, day): (Option<u64>, Option<u64>) = redis::cmd("MGET")
             .arg(keys.month_spend(&period.month))
             .arg(keys.day_tokens(&period.day.to_string()))
@@ -126,7 +126,7 @@ impl Cache {
             keys.month_spend(&period.month),
             keys.day_tokens(&period.day.to_string()),
         );
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let (month, day): (Option<u64>, Option<u64>) = redis::pipe()
             .cmd("SET")
             .arg(&month_key)
@@ -164,7 +164,7 @@ impl Cache {
         tokens: u64,
     ) -> Result<Spent> {
         let keys = self.keys.tenant(client_id);
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let (month, day): (i64, i64) = ADD_SCRIPT
             .key(keys.month_spend(&period.month))
             .key(keys.day_tokens(&period.day.to_string()))
@@ -191,7 +191,7 @@ impl Cache {
             BudgetFlag::Exceeded => "exceeded",
         };
         let key = self.keys.tenant(client_id).budget_flag(&period.month, word);
-        let mut conn = self.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.connection();
         let set: Option<String> = redis::cmd("SET")
             .arg(key)
             .arg(1)

@@ -147,7 +147,7 @@ impl TenantConfigs {
     }
 
     async fn read_redis(&self, client_id: ClientId) -> Result<Option<TenantConfig>> {
-        let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.cache.connection();
         let body: Option<String> = redis::cmd("HGET")
             .arg(self.cache.keys().tenant(client_id).config())
             .arg("body")
@@ -165,7 +165,7 @@ impl TenantConfigs {
     async fn write_redis(&self, config: &TenantConfig) -> Result<()> {
         let body = serde_json::to_string(&CachedTenant::from(config))
             .map_err(|e| crate::Error::Internal(format!("serializing a cached config: {e}")))?;
-        let mut conn = self.cache.pool.get().await.map_err(redis_error)?;
+        let mut conn = self.cache.connection();
         let _: i64 = redis::Script::new(SET_IF_NEWER)
             .key(self.cache.keys().tenant(config.client.id).config())
             .arg(config.config.config_version)

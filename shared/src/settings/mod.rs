@@ -300,6 +300,7 @@ impl AmqpSettings {
 pub struct RedisSettings {
     pub url: Secret<String>,
     pub prefix: String,
+    /// Multiplexed connections each process spreads its commands over.
     pub pool_size: usize,
 }
 
