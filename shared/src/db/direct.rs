@@ -8,12 +8,16 @@
 //! Here a [`Lease`] knows whether its statement finished ([`Lease::settle`]): a finished
 //! one goes back as it is, an unfinished one is closed instead of being reused, and a
 //! connection idle long enough for the server to have dropped it (a restart,
-//! `wait_timeout`) is pinged before it is handed out again.
+//! `wait_timeout`) is pinged before it is handed out again. So is every connection that
+//! sat in the pool while another one was found broken: after a server restart the first
+//! statement on a dead connection fails, and the pool's other connections, dead as well,
+//! are found out by a ping instead of each failing a statement of its own.
 //!
 //! Only single statements (and procedure calls, whose transactions the server runs) go
 //! through it; anything holding a transaction open across statements uses sqlx's pool.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
@@ -28,6 +32,26 @@ const WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub(super) struct DirectPool {
     pool: managed::Pool<Manager>,
+    broken_at: BrokenAt,
+}
+
+/// When a connection to the server was last found broken (not by a server's error
+/// reply): shared by a shard's two pools, so that sqlx's checks its idle connections too.
+#[derive(Debug, Clone, Default)]
+pub(super) struct BrokenAt(Arc<Mutex<Option<Instant>>>);
+
+impl BrokenAt {
+    fn mark(&self) {
+        *self.0.lock().expect("broken_at") = Some(Instant::now());
+    }
+
+    /// Whether a connection idle for `idle` sat in a pool while one was found broken.
+    pub(super) fn spans(&self, idle: Duration) -> bool {
+        self.0
+            .lock()
+            .expect("broken_at")
+            .is_some_and(|broken| broken.elapsed() <= idle)
+    }
 }
 
 impl std::fmt::Debug for DirectPool {
@@ -41,8 +65,12 @@ impl std::fmt::Debug for DirectPool {
 }
 
 impl DirectPool {
-    pub(super) fn new(options: MySqlConnectOptions, max_size: u32) -> Self {
-        let pool = managed::Pool::builder(Manager { options })
+    pub(super) fn new(options: MySqlConnectOptions, max_size: u32, broken_at: BrokenAt) -> Self {
+        let manager = Manager {
+            options,
+            broken_at: broken_at.clone(),
+        };
+        let pool = managed::Pool::builder(manager)
             .max_size(max_size as usize)
             .wait_timeout(Some(WAIT))
             .create_timeout(Some(WAIT))
@@ -50,7 +78,7 @@ impl DirectPool {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a runtime and timeouts are set");
-        Self { pool }
+        Self { pool, broken_at }
     }
 
     /// Runs one statement on a leased connection and settles the lease with its outcome.
@@ -72,7 +100,10 @@ impl DirectPool {
             other => sqlx::Error::Protocol(format!("connection pool: {other}")),
         })?;
         conn.settled = false;
-        Ok(Lease { conn })
+        Ok(Lease {
+            conn,
+            broken_at: self.broken_at.clone(),
+        })
     }
 
     pub(super) fn close(&self) {
@@ -89,6 +120,7 @@ pub(super) struct Pooled {
 /// A connection out of the pool for one statement.
 struct Lease {
     conn: managed::Object<Manager>,
+    broken_at: BrokenAt,
 }
 
 impl Lease {
@@ -99,15 +131,20 @@ impl Lease {
     /// Records how the statement ended: a reply from the server (rows, or an error it
     /// sent) leaves the connection ready for the next statement; anything else (a broken
     /// socket, a protocol error) closes it when it goes back. A lease dropped unsettled
-    /// (its statement's future was dropped half-way) is closed too.
+    /// (its statement's future was dropped half-way) is closed too. A broken one also
+    /// makes the pool ping every connection that was idle meanwhile before reusing it.
     fn settle<T>(mut self, outcome: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         self.conn.settled = matches!(outcome, Ok(_) | Err(sqlx::Error::Database(_)));
+        if outcome.is_err() && !self.conn.settled {
+            self.broken_at.mark();
+        }
         outcome
     }
 }
 
 pub(super) struct Manager {
     options: MySqlConnectOptions,
+    broken_at: BrokenAt,
 }
 
 impl managed::Manager for Manager {
@@ -127,7 +164,8 @@ impl managed::Manager for Manager {
                 "its last statement did not finish; closed",
             ));
         }
-        if metrics.last_used() >= IDLE_BEFORE_PING {
+        let idle = metrics.last_used();
+        if idle >= IDLE_BEFORE_PING || self.broken_at.spans(idle) {
             conn.raw.ping().await?;
         }
         Ok(())
@@ -148,7 +186,11 @@ mod tests {
     fn pool(max_size: u32) -> DirectPool {
         let url = std::env::var("CHATFLEET_TEST_MYSQL")
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-        DirectPool::new(url.parse().expect("a MySQL URL"), max_size)
+        DirectPool::new(
+            url.parse().expect("a MySQL URL"),
+            max_size,
+            BrokenAt::default(),
+        )
     }
 
     fn connection_id() -> Scalar {
@@ -209,5 +251,37 @@ mod tests {
         assert_ne!(next, first, "a new connection");
         let seven = guard::query_scalar("SELECT CAST(7 AS SIGNED)").expect("guarded");
         assert_eq!(scalar(&pool, seven).await.expect("seven"), 7);
+    }
+
+    /// After a server restart every pooled connection is dead: the first statement on
+    /// one fails, and the others are found out by a ping, not by failing statements.
+    #[tokio::test]
+    async fn one_broken_connection_gets_the_idle_ones_checked() {
+        const CONNECTIONS: usize = 3;
+        let other = pool(1);
+        let pool = pool(CONNECTIONS as u32);
+        // Three connections at once, so the pool holds three.
+        let leases = futures::future::join_all((0..CONNECTIONS).map(|_| pool.lease())).await;
+        let mut ids = Vec::new();
+        for lease in leases {
+            let mut lease = lease.expect("lease");
+            let id = connection_id().fetch_one(lease.conn()).await;
+            ids.push(lease.settle(id).expect("id"));
+        }
+        for id in &ids {
+            let sql = format!("KILL {id}");
+            let kill = guard::query(&sql).expect("guarded");
+            other
+                .run(async move |conn| kill.execute(conn).await)
+                .await
+                .expect("kill");
+        }
+        let mut failed = 0;
+        for _ in 0..CONNECTIONS + 1 {
+            if scalar(&pool, connection_id()).await.is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 1, "only the first statement met a dead connection");
     }
 }

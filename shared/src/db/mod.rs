@@ -80,7 +80,7 @@ use crate::settings::{DatabaseSettings, ShardTarget};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-use direct::{DirectPool, IDLE_BEFORE_PING};
+use direct::{BrokenAt, DirectPool, IDLE_BEFORE_PING};
 use shards::{Shard, Shards};
 
 /// The chatfleet databases: one per shard ([`shards`]), each with the message path's
@@ -117,18 +117,22 @@ impl Db {
     ) -> Result<Shard> {
         let options: MySqlConnectOptions = target.url.expose().parse()?;
         let options = options.charset("utf8mb4").timezone(Some("+00:00".into()));
+        let broken_at = BrokenAt::default();
+        let checked = broken_at.clone();
         let pool = MySqlPoolOptions::new()
             .max_connections((max_connections / 2).max(2))
             .min_connections(u32::from(must_answer))
             .acquire_timeout(Duration::from_secs(10))
             // sqlx pings every connection it hands out by default: a round trip per
             // statement on the busiest path. Only a connection that sat idle long enough
-            // for the server to have gone away (a restart, `wait_timeout`) is checked;
-            // a busy one that broke fails its statement, which every caller handles.
+            // for the server to have gone away (a restart, `wait_timeout`), or that sat
+            // idle while the message path found one broken, is checked; a busy one that
+            // broke fails its statement, which every caller handles.
             .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
+            .before_acquire(move |conn, meta| {
+                let broken_meanwhile = checked.spans(meta.idle_for);
                 Box::pin(async move {
-                    if meta.idle_for >= IDLE_BEFORE_PING {
+                    if broken_meanwhile || meta.idle_for >= IDLE_BEFORE_PING {
                         sqlx::Connection::ping(conn).await?;
                     }
                     Ok(true)
@@ -139,7 +143,7 @@ impl Db {
             tracing::error!(shard = %target.name, error = %e, "cannot connect to the database (is MariaDB up, and was `chatfleet migrate` run?)");
             return Err(Error::Database(e));
         }
-        let direct = DirectPool::new(options, max_connections);
+        let direct = DirectPool::new(options, max_connections, broken_at);
         Ok(Shard {
             name: target.name.clone(),
             pool,
