@@ -185,6 +185,8 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
     )
     .await?;
     let mut settings = settings;
+    settings.webhooks.retry_schedule = webhooks::retry_schedule();
+    settings.amqp.webhook_schedule = settings.webhooks.retry_schedule.clone();
     if let Some(cluster) = &cluster {
         settings.amqp.urls = cluster
             .urls

@@ -435,5 +435,6 @@ mod tests {
             !ids.contains(&id),
             "a new connection answers ({id} not in {ids:?})"
         );
+        env.teardown().await;
     }
 }
