@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mariadb-shard");
-
 /// Extra servers, stopped and removed when dropped (also when a run fails half-way),
 /// unless kept for inspection.
 pub(crate) struct DbServers {
@@ -16,13 +14,7 @@ pub(crate) struct DbServers {
 }
 
 fn script(args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(SCRIPT).args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "mariadb-shard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    crate::scripts::run("mariadb-shard", args)
 }
 
 impl DbServers {

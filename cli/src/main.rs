@@ -30,6 +30,7 @@ mod fleet;
 mod operators;
 mod queues;
 mod replay;
+mod scripts;
 mod secrets;
 mod sse;
 mod tenant;

@@ -4,11 +4,7 @@
 //! and starts it again.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
-
-/// The cluster script, from the checkout this binary was built in.
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-cluster");
 
 /// Three nodes, stopped and removed when dropped (also when the run fails half-way),
 /// unless kept for inspection.
@@ -20,13 +16,7 @@ pub(super) struct Cluster {
 }
 
 fn script(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(SCRIPT).args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "rabbitmq-cluster {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    crate::scripts::run("rabbitmq-cluster", args)
 }
 
 impl Cluster {
