@@ -25,7 +25,8 @@ use shared::db::{Db, WebhookSubscription};
 use shared::envelope::{Envelope, Replay, ReplayMode, ReplyKind};
 use shared::ids::{Channel, ClientId, EnvelopeId};
 use shared::mq::Broker;
-use shared::sealed::{DataKeys, Heading, Opened};
+use shared::replay::{Archived, Range, read_archive};
+use shared::sealed::{DataKeys, Heading};
 use shared::secrets::SecretBox;
 use shared::settings::Settings;
 use shared::webhooks::EventType;
@@ -66,83 +67,6 @@ pub(crate) struct ReplayArgs {
     /// How long to wait for the dry-run replies, in seconds.
     #[arg(long, default_value_t = 120)]
     wait_s: u64,
-}
-
-/// What the archive holds of the chosen range: envelopes in archive order, the text
-/// each envelope's original reply had, and the envelopes of erased conversations (their
-/// headings: what they said can no longer be read).
-struct Archived {
-    envelopes: Vec<Envelope>,
-    originals: HashMap<EnvelopeId, String>,
-    erased: Vec<Heading>,
-}
-
-async fn read_archive(
-    broker: &Broker,
-    keys: &DataKeys,
-    args: &ReplayArgs,
-    client: Option<ClientId>,
-) -> anyhow::Result<Archived> {
-    let to = args.to.unwrap_or_else(Utc::now);
-    let mut archive = broker.read_archive(args.from).await?;
-    let mut found = Archived {
-        envelopes: Vec::new(),
-        originals: HashMap::new(),
-        erased: Vec::new(),
-    };
-    let in_range = |heading: &Heading| {
-        heading.replay.is_none()
-            && heading
-                .received_at
-                .is_some_and(|at| at >= args.from && at <= to)
-            && client.is_none_or(|c| heading.client_id == c)
-            && args
-                .channel
-                .as_deref()
-                .is_none_or(|c| heading.channel.as_str() == c)
-    };
-    // The stream has no end: a quiet second means we read up to now.
-    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(1), archive.next()).await {
-        let _ = d.ack().await;
-        let Some(heading) = Heading::of(&d.body) else {
-            continue;
-        };
-        if d.routing_key == "replay" || !in_range(&heading) && heading.received_at.is_some() {
-            continue; // an earlier dry run's answer, or an envelope not asked for
-        }
-        if heading.received_at.is_none() {
-            if let Ok(Opened::Readable(reply)) = keys.open_reply(&d.body).await {
-                for id in &reply.in_reply_to {
-                    found.originals.insert(*id, reply.text.expose().clone());
-                }
-            }
-            continue;
-        }
-        match keys.open_envelope(&d.body).await {
-            Ok(Opened::Readable(env)) => {
-                let wanted = args
-                    .conversation
-                    .as_deref()
-                    .is_none_or(|c| env.external_id.expose() == c);
-                if wanted && !found.envelopes.iter().any(|e: &Envelope| e.id == env.id) {
-                    found.envelopes.push(env);
-                }
-            }
-            // An erased conversation cannot be told by its id in the channel.
-            Ok(Opened::Erased(heading)) if args.conversation.is_none() => {
-                if !found.erased.iter().any(|e| e.id == heading.id) {
-                    found.erased.push(heading);
-                }
-            }
-            Ok(Opened::Erased(_)) => {}
-            Err(e) => tracing::warn!(error = %e, "an archived envelope cannot be read; skipped"),
-        }
-    }
-    archive.close().await;
-    if let Some(limit) = args.limit {
-        found.envelopes.truncate(limit);
-    }
-    Ok(found)
 }
 
 /// Prints the envelopes of erased conversations the range held, which were skipped.
@@ -204,11 +128,25 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
         cache,
     );
     let broker = Broker::connect(&settings.amqp, "chatfleet-replay").await?;
+    let channel = args
+        .channel
+        .as_deref()
+        .map(|c| c.parse::<Channel>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--channel: {e}"))?;
+    let range = Range {
+        from: args.from,
+        to: args.to.unwrap_or_else(Utc::now),
+        client,
+        channel,
+        conversation: args.conversation.clone(),
+        limit: args.limit,
+    };
     let Archived {
         envelopes,
         originals,
         erased,
-    } = read_archive(&broker, &keys, &args, client).await?;
+    } = read_archive(&broker, &keys, &range).await?;
     report_erased(&erased, args.json);
     let publisher = broker.publisher().await?.sealing(keys.clone());
     let replay_id = uuid::Uuid::now_v7();
@@ -250,42 +188,17 @@ pub(crate) async fn run(settings: &Settings, args: ReplayArgs) -> anyhow::Result
         return Ok(());
     }
 
-    // Dry run: listen for the answers first, then send.
-    let mut answers = broker
-        .consume(&broker.topology().replay_queue(), 256, "replay")
-        .await?;
-    let ours: HashSet<EnvelopeId> = envelopes.iter().map(|e| e.id).collect();
     let bar = progress(envelopes.len(), args.json, "replaying");
-    for env in &envelopes {
-        let mut env = env.clone();
-        env.replay = Some(Replay {
-            replay_id,
-            mode: ReplayMode::DryRun,
-        });
-        publisher.publish_envelope(&env).await?;
-    }
-    let mut new_replies: HashMap<EnvelopeId, (String, ReplyKind)> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_s);
-    while new_replies.len() < ours.len() {
-        let Ok(Some(d)) = tokio::time::timeout_at(deadline, answers.next()).await else {
-            break;
-        };
-        match keys.open_reply(&d.body).await {
-            Ok(Opened::Readable(reply)) if reply.in_reply_to.iter().any(|id| ours.contains(id)) => {
-                let _ = d.ack().await;
-                for id in &reply.in_reply_to {
-                    new_replies.insert(*id, (reply.text.expose().clone(), reply.kind));
-                }
-                bar.set_position(new_replies.len() as u64);
-            }
-            // Another operator's replay: leave it for them.
-            _ => {
-                let _ = d.requeue().await;
-            }
-        }
-    }
+    let new_replies = shared::replay::dry_run(
+        &broker,
+        &publisher,
+        &keys,
+        &envelopes,
+        Duration::from_secs(args.wait_s),
+        |n| bar.set_position(n as u64),
+    )
+    .await?;
     bar.finish_and_clear();
-    answers.close().await;
     broker.close().await;
     let subscriptions = subscriptions(&db, &envelopes).await?;
     db.close().await;

@@ -92,6 +92,17 @@ pub(crate) async fn run(
     );
     out!("The whole conversation, and the cursor to poll after: the same with after=0.");
     out!("Chat in the browser through the website widget: {base}/widget/demo?client={DEMO_SLUG}");
+    let console = ingress
+        .admin_addr
+        .map_or_else(|| base.clone(), |addr| format!("http://{addr}"));
+    let sign_in = if settings.admin.token.expose().is_empty() {
+        "a token from `chatfleet admin-token create --name <you>`"
+    } else {
+        "the settings' admin.token (\"dev-admin-token-change-me\" unless you set one)"
+    };
+    out!(
+        "Run tenants and answer handoffs in the operator console: {console}/console/ (sign in with {sign_in})"
+    );
     worker.await??;
     ingress.task.await?;
     Ok(())

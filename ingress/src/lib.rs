@@ -9,6 +9,7 @@
 mod admin;
 mod admission;
 mod channels;
+mod console;
 mod deliver;
 mod edge;
 pub mod error;

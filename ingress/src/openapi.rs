@@ -14,6 +14,7 @@ use crate::{admin, wire};
     paths(
         crate::admin::clients::create, crate::admin::clients::list, crate::admin::clients::get_one, crate::admin::clients::update,
         crate::admin::clients::revoke_sessions, crate::admin::audit::list,
+        crate::admin::whoami::whoami, crate::admin::inbox::list, crate::admin::replays::dry_run,
         crate::admin::config::get_config, crate::admin::config::put_config, crate::admin::config::patch_config,
         crate::admin::config::list_modes, crate::admin::config::create_mode, crate::admin::config::update_mode, crate::admin::config::delete_mode,
         crate::admin::credentials::list_channels, crate::admin::credentials::create_channel, crate::admin::credentials::delete_channel,
@@ -52,6 +53,8 @@ use crate::{admin, wire};
         wire::AttemptOut, wire::AttemptPage,
         admin::clients::NewClientBody, admin::clients::ClientPage, admin::clients::SessionsRevoked,
         admin::audit::AuditEntryOut, admin::audit::AuditPage,
+        admin::whoami::WhoAmI, admin::inbox::Inbox, admin::inbox::WaitingOut,
+        admin::replays::ReplayBody, admin::replays::ReplayOut, admin::replays::ReplayedOut,
         admin::credentials::NewChannelBody, admin::credentials::ChannelPatchBody, admin::credentials::NewKeyBody, admin::credentials::CreatedKey,
         admin::conversations::ConversationPage, admin::conversations::ConversationDetail,
         admin::conversations::AgentMessageBody, admin::conversations::TemplateBody, admin::conversations::AgentMessageAccepted,

@@ -26,6 +26,7 @@ pub mod net;
 pub mod pii;
 pub mod prometheus;
 pub mod readiness;
+pub mod replay;
 pub mod sealed;
 pub mod secrets;
 pub mod settings;

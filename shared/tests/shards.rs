@@ -158,3 +158,100 @@ async fn tenants_live_on_one_shard_each_and_move_whole() {
     );
     env.teardown().await;
 }
+
+/// The handoff inbox reads every shard: the conversations a human answers, of every
+/// tenant, longest waiting first; those the bot answers are not listed. A tenant's
+/// conversations newest first, by channel and mode, stay its own.
+#[tokio::test]
+async fn the_handoff_inbox_spans_tenants_and_shards() {
+    use shared::db::ConversationMode::{Bot, Human};
+    let env = TestEnv::start(&[TWO_SHARDS]).await;
+    let a = env.tenant("inbox-home").await;
+    let b = env.tenant("inbox-second").await;
+    assert_eq!(
+        env.db
+            .placement(b.id)
+            .await
+            .expect("dir")
+            .expect("row")
+            .shard,
+        "second"
+    );
+    let open = |client: ClientId, channel: Channel, key: &'static str| {
+        let db = &env.db;
+        async move {
+            db.tenant(client)
+                .conversations()
+                .get_or_create(channel, key)
+                .await
+                .expect("conversation")
+        }
+    };
+    let b_first = open(b.id, Channel::Widget, "b-first").await;
+    let a_second = open(a.id, Channel::Api, "a-second").await;
+    let a_bot = open(a.id, Channel::Api, "a-bot").await;
+    let b_third = open(b.id, Channel::Api, "b-third").await;
+    // Handed over in this order, a moment apart (the column keeps microseconds).
+    for (client, conversation) in [(b.id, b_first), (a.id, a_second), (b.id, b_third)] {
+        let switched = env
+            .db
+            .tenant(client)
+            .conversations()
+            .set_mode(conversation, Human)
+            .await
+            .expect("handoff");
+        assert!(switched);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (waiting, unreadable) = env.db.waiting_for_humans(50).await;
+    assert!(unreadable.is_empty(), "{unreadable:?}");
+    let listed: Vec<_> = waiting
+        .iter()
+        .map(|w| (w.client_id, w.conversation.id))
+        .collect();
+    assert_eq!(listed, [(b.id, b_first), (a.id, a_second), (b.id, b_third)]);
+    assert!(waiting.iter().all(|w| w.waiting_since.is_some()));
+    assert_eq!(env.db.waiting_for_humans(2).await.0.len(), 2);
+
+    // Handed back: off the inbox.
+    env.db
+        .tenant(b.id)
+        .conversations()
+        .set_mode(b_first, Bot)
+        .await
+        .expect("resume");
+    let (waiting, _) = env.db.waiting_for_humans(50).await;
+    assert_eq!(waiting[0].conversation.id, a_second);
+    assert_eq!(waiting.len(), 2);
+
+    // One tenant's listing, newest first and filtered.
+    let a_list = env.db.tenant(a.id).conversations();
+    let newest: Vec<_> = a_list
+        .newest(u64::MAX, 10, None, None)
+        .await
+        .expect("newest")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(newest, [a_bot, a_second]);
+    let human = a_list
+        .newest(u64::MAX, 10, Some(Channel::Api), Some(Human))
+        .await
+        .expect("filtered");
+    assert_eq!(human.len(), 1);
+    assert_eq!(human[0].id, a_second);
+    assert!(
+        a_list
+            .newest(u64::MAX, 10, Some(Channel::Widget), None)
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let older = a_list
+        .newest(a_bot.get(), 10, None, None)
+        .await
+        .expect("page");
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0].id, a_second);
+    env.teardown().await;
+}

@@ -1,205 +1,18 @@
-//! The embeddable widget in a real browser: headless Chromium, driven over the W3C
-//! WebDriver protocol by ChromeDriver (Debian's `chromium` and `chromium-driver`, which
-//! `scripts/test` installs), loads the demo page from a running ingress, types a
-//! message, and sees the bot's reply and then a human agent's message rendered. A
-//! screenshot is kept in `$CHATFLEET_ARTIFACTS_DIR` (default: the system temp dir).
+//! The embeddable widget in a real browser ([`crate::chromium`]): loads the demo page
+//! from a running ingress, types a message, and sees the bot's reply and then a human
+//! agent's message rendered. A screenshot is kept in `$CHATFLEET_ARTIFACTS_DIR`.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
-use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::json;
 use shared::ids::Channel;
 use shared::testkit::eventually;
 
+use crate::chromium::Browser;
 use crate::support::{Method, Platform, WAIT};
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-/// A ChromeDriver process and one browser session on it; both end on drop.
-struct Browser {
-    driver: Child,
-    http: reqwest::Client,
-    session: String,
-    _profile: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Browser {
-    async fn start() -> Self {
-        let chromedriver = std::env::var("CHATFLEET_CHROMEDRIVER")
-            .unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-        let chromium =
-            std::env::var("CHATFLEET_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        assert!(
-            std::path::Path::new(&chromedriver).exists()
-                && std::path::Path::new(&chromium).exists(),
-            "the browser test needs {chromium} and {chromedriver}: \
-             apt-get install chromium chromium-driver (scripts/test installs them)"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
-        let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
-        eventually(WAIT, "chromedriver to answer", || async {
-            let r = http.get(format!("{base}/status")).send().await.ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await;
-        let profile = std::env::temp_dir().join(format!("cf-chromium-{}", uuid::Uuid::new_v4()));
-        let capabilities = json!({ "capabilities": { "alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    "--window-size=1200,800",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            },
-        }}});
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
-            .await
-            .expect("new session")
-            .json()
-            .await
-            .expect("session body");
-        let session = created["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no browser session: {created}"))
-            .to_owned();
-        Self {
-            driver,
-            http,
-            session: format!("{base}/session/{session}"),
-            _profile: tempdir::Dir(profile),
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self.http.request(method, format!("{}{path}", self.session));
-        if let Some(b) = body {
-            request = request.json(&b);
-        }
-        let answer: Value = request
-            .send()
-            .await
-            .expect("webdriver call")
-            .json()
-            .await
-            .expect("webdriver answer");
-        answer["value"].clone()
-    }
-
-    async fn open(&self, url: &str) {
-        self.call(Method::POST, "/url", Some(json!({ "url": url })))
-            .await;
-    }
-
-    /// The ids of the elements matching a CSS selector (perhaps none).
-    async fn find_all(&self, css: &str) -> Vec<String> {
-        let found = self
-            .call(
-                Method::POST,
-                "/elements",
-                Some(json!({ "using": "css selector", "value": css })),
-            )
-            .await;
-        found
-            .as_array()
-            .map(|all| {
-                all.iter()
-                    .filter_map(|e| e[ELEMENT].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    async fn text(&self, element: &str) -> String {
-        self.call(Method::GET, &format!("/element/{element}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    /// The texts of the elements matching `css`, once there are at least `n`.
-    async fn texts_when(&self, css: &str, n: usize) -> Vec<String> {
-        let ids = eventually(WAIT, &format!("{n} × {css} rendered"), || async {
-            let ids = self.find_all(css).await;
-            (ids.len() >= n).then_some(ids)
-        })
-        .await;
-        let mut out = Vec::new();
-        for id in ids {
-            out.push(self.text(&id).await);
-        }
-        out
-    }
-
-    async fn type_and_send(&self, text: &str) {
-        let input = eventually(WAIT, "the widget's input", || async {
-            self.find_all(".cfw-f input").await.into_iter().next()
-        })
-        .await;
-        self.call(
-            Method::POST,
-            &format!("/element/{input}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
-        let button = self.find_all(".cfw-f button").await;
-        self.call(
-            Method::POST,
-            &format!("/element/{}/click", button[0]),
-            Some(json!({})),
-        )
-        .await;
-    }
-
-    async fn screenshot(&self, name: &str) -> PathBuf {
-        let png = self.call(Method::GET, "/screenshot", None).await;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().expect("base64 png"))
-            .expect("png");
-        let dir = std::env::var("CHATFLEET_ARTIFACTS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| std::env::temp_dir().join("chatfleet-artifacts"));
-        std::fs::create_dir_all(&dir).expect("artifacts dir");
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).expect("screenshot written");
-        path
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Killing ChromeDriver also ends the Chromium it started.
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
+/// Types `text` into the widget's input and presses its send button.
+async fn type_and_send(browser: &Browser, text: &str) {
+    browser.fill(".cfw-f input", text).await;
+    browser.click(".cfw-f button").await;
 }
 
 #[tokio::test]
@@ -211,7 +24,7 @@ async fn the_demo_page_chats_with_the_bot_and_a_human_agent_in_chromium() {
         .open(&format!("{}/widget/demo?client={}", p.base, tenant.slug))
         .await;
 
-    browser.type_and_send("Do you have gift cards?").await;
+    type_and_send(&browser, "Do you have gift cards?").await;
     let mine = browser.texts_when(".cfw-m.cfw-user", 1).await;
     assert_eq!(mine, ["Do you have gift cards?"]);
     let bot = browser.texts_when(".cfw-m.cfw-assistant", 1).await;
@@ -230,11 +43,11 @@ async fn the_demo_page_chats_with_the_bot_and_a_human_agent_in_chromium() {
         )
         .await;
     assert_eq!(status, reqwest::StatusCode::OK, "{body}");
-    browser
-        .type_and_send(
-            r#"TOOL offer_choices {"text": "Which card?", "choices": ["Gold", "Silver"]}"#,
-        )
-        .await;
+    type_and_send(
+        &browser,
+        r#"TOOL offer_choices {"text": "Which card?", "choices": ["Gold", "Silver"]}"#,
+    )
+    .await;
     let buttons = browser.texts_when(".cfw-c button", 2).await;
     assert_eq!(buttons, ["Gold", "Silver"]);
     let silver = browser.find_all(".cfw-c button").await[1].clone();
@@ -300,7 +113,7 @@ async fn the_widget_shows_the_reply_as_it_is_written_in_chromium() {
     browser
         .open(&format!("{}/widget/demo?client={}", p.base, tenant.slug))
         .await;
-    browser.type_and_send("What do you sell?").await;
+    type_and_send(&browser, "What do you sell?").await;
 
     // Part of the reply, written into a live bubble, before anything is stored.
     let partial = eventually(WAIT, "a partly written reply", || async {

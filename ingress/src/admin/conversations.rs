@@ -2,15 +2,16 @@
 //! `config_version` each reply was produced with; human agents write into a conversation,
 //! take it over and hand it back.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::extract::State;
-
-use crate::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use shared::cache::MailboxKey;
 use shared::db::ConversationMode;
 use shared::db::ConversationSummary;
 use shared::envelope::{Destination, Event, EventKind, Reply, ReplyKind, Template};
@@ -23,6 +24,7 @@ use uuid::Uuid;
 use super::{Page, body, resolve};
 use crate::AppState;
 use crate::error::{ApiError, Result};
+use crate::extract::{Path, Query};
 use crate::wire::ConversationOut;
 
 /// Most messages shown with one conversation.
@@ -56,7 +58,10 @@ pub(super) fn routes() -> Router<AppState> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ConversationPage {
     conversations: Vec<ConversationOut>,
+    /// Oldest first: pass as `after` for the next page; absent on the last page.
     next_after: Option<u64>,
+    /// Newest first: pass as `before` for the next page; absent on the last page.
+    next_before: Option<u64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -69,48 +74,168 @@ pub(crate) struct ConversationDetail {
     tool_calls: Vec<crate::wire::ToolCallOut>,
 }
 
-/// The client's conversations by ascending id.
-#[utoipa::path(get, path = "/admin/v1/clients/{id}/conversations", params(("id" = String, Path, description = "client id or slug"), Page),
-    security(("admin_token" = [])), responses((status = 200, body = ConversationPage)))]
+/// How a tenant's conversations are listed: `?order=newest` pages back from `before`
+/// (newest first); the default pages forward from `after` (oldest first).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct ListQuery {
+    /// `oldest` (the default) or `newest`.
+    #[serde(default)]
+    order: Option<String>,
+    /// With `order=newest`: return conversations before this id (the `next_before` of
+    /// the previous page).
+    #[serde(default)]
+    before: Option<u64>,
+    /// Only conversations on this channel (`api`, `widget`, `mobile`, `whatsapp`).
+    #[serde(default)]
+    channel: Option<String>,
+    /// Only conversations in this mode (`bot` or `human`).
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// The client's conversations: oldest first by default, or newest first, optionally
+/// of one channel and mode.
+#[utoipa::path(get, path = "/admin/v1/clients/{id}/conversations", params(("id" = String, Path, description = "client id or slug"), Page, ListQuery),
+    security(("admin_token" = [])), responses((status = 200, body = ConversationPage), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(page): Query<Page>,
+    Query(query): Query<ListQuery>,
 ) -> Result<Json<ConversationPage>> {
     let client = resolve(&state, &id).await?;
     let (after, limit) = page.bounds()?;
-    let conversations = state
-        .db()
-        .tenant(client.id)
-        .conversations()
-        .list(after, limit)
-        .await?;
-    let next_after = (conversations.len() == limit as usize)
-        .then(|| conversations.last().map(|c| c.id.get()))
-        .flatten();
+    let channel = query
+        .channel
+        .as_deref()
+        .map(|c| {
+            c.parse::<Channel>().map_err(|_| {
+                ApiError::invalid(format!(
+                    "channel must be one of api, widget, mobile, whatsapp; got {c:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    let mode = query
+        .mode
+        .as_deref()
+        .map(|m| {
+            m.parse::<ConversationMode>()
+                .map_err(|_| ApiError::invalid(format!("mode must be bot or human; got {m:?}")))
+        })
+        .transpose()?;
+    let conversations = state.db().tenant(client.id).conversations();
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "order must be oldest or newest; got {other:?}"
+            )));
+        }
+    };
+    // A full page has a next one; its cursor is the last id read (before filtering, in
+    // the oldest-first order, so a page of filtered-out rows does not end the listing).
+    let cursor = |read: &[ConversationSummary]| {
+        (read.len() == limit as usize)
+            .then(|| read.last().map(|c| c.id.get()))
+            .flatten()
+    };
+    let (found, next_after, next_before) = if newest_first {
+        let before = query.before.unwrap_or(u64::MAX);
+        let found = conversations.newest(before, limit, channel, mode).await?;
+        let next = cursor(&found);
+        (found, None, next)
+    } else {
+        if query.before.is_some() {
+            return Err(ApiError::invalid("before goes with order=newest"));
+        }
+        let mut found = conversations.list(after, limit).await?;
+        let next = cursor(&found);
+        found.retain(|c| {
+            channel.is_none_or(|ch| c.channel == ch) && mode.is_none_or(|m| c.mode == m)
+        });
+        (found, next, None)
+    };
     Ok(Json(ConversationPage {
-        conversations: conversations.into_iter().map(Into::into).collect(),
+        conversations: found.into_iter().map(Into::into).collect(),
         next_after,
+        next_before,
     }))
 }
 
-/// One conversation with its messages.
+/// `?wait=&after_seq=` of a conversation's page: how the console follows it live.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(crate) struct LiveQuery {
+    /// Seconds (0-25) to wait for a message after `after_seq` before answering.
+    #[serde(default)]
+    #[param(maximum = 25)]
+    wait: Option<u64>,
+    /// The highest mailbox position (`seq`) the caller has.
+    #[serde(default)]
+    after_seq: Option<u64>,
+}
+
+/// Longest a conversation's page waits for something new.
+const MAX_LIVE_WAIT_S: u64 = 25;
+
+/// One conversation with its messages; with `wait` and `after_seq`, answered once the
+/// mailbox has a message after `after_seq` (a reply, an agent's message) or `wait`
+/// seconds passed, whichever comes first (the console's live view).
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/conversations/{conversation_id}",
-    params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path)),
-    security(("admin_token" = [])), responses((status = 200, body = ConversationDetail), (status = 404, body = crate::error::ErrorBody)))]
+    params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path), LiveQuery),
+    security(("admin_token" = [])), responses((status = 200, body = ConversationDetail), (status = 404, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody), (status = 503, body = crate::error::ErrorBody)))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
     Path((id, conversation)): Path<(String, u64)>,
+    Query(live): Query<LiveQuery>,
 ) -> Result<Json<ConversationDetail>> {
     let client = resolve(&state, &id).await?;
-    let summary = state
-        .db()
-        .tenant(client.id)
-        .conversations()
-        .get(ConversationId::new(conversation))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no conversation {conversation}")))?;
-    Ok(Json(detail(&state, client.id, summary, MESSAGES).await?))
+    let wait = live.wait.unwrap_or(0);
+    if wait > MAX_LIVE_WAIT_S {
+        return Err(ApiError::invalid(format!(
+            "wait must be 0-{MAX_LIVE_WAIT_S} seconds"
+        )));
+    }
+    let found = summary(&state, client.id, conversation).await?;
+    let after_seq = match live.after_seq {
+        Some(after_seq) if wait > 0 => after_seq,
+        _ => return Ok(Json(detail(&state, client.id, found, MESSAGES).await?)),
+    };
+    // Held while waiting, like a channel's long-poll.
+    let _permit = state
+        .long_polls()
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::overloaded("this ingress holds as many long-polls as it may; retry", 1)
+        })?;
+    let key = MailboxKey::new(client.id, found.channel, &found.external_id);
+    // Registered before the read: nothing announced in between is missed.
+    let watch = state.mailboxes().watch(&key);
+    let shown = detail(&state, client.id, found, MESSAGES).await?;
+    let newest = shown.messages.iter().filter_map(|m| m.seq).max();
+    if newest.is_some_and(|seq| seq > after_seq) {
+        return Ok(Json(shown));
+    }
+    // Anything announced (a reply, an agent's message, a change of mode) is read anew.
+    tokio::select! {
+        _ = watch.changed() => {}
+        _ = tokio::time::sleep(Duration::from_secs(wait)) => return Ok(Json(shown)),
+        _ = state.shutdown().cancelled() => return Ok(Json(shown)),
+    }
+    let current = summary(&state, client.id, conversation).await?;
+    Ok(Json(detail(&state, client.id, current, MESSAGES).await?))
+}
+
+/// Wakes whoever follows the conversation: the console's live views (and the channel's
+/// long-polls, which read the mailbox again and find what they found before, or more).
+async fn announce(state: &AppState, client_id: ClientId, conv: &ConversationSummary) {
+    let key = MailboxKey::new(client_id, conv.channel, &conv.external_id);
+    if let Err(e) = state.mailboxes().announce(&key).await {
+        tracing::warn!(error = %e, "could not announce the conversation's change");
+    }
 }
 
 /// A conversation with its last `limit` messages and tool calls.
@@ -175,11 +300,7 @@ pub(crate) async fn agent_message(
     let req: AgentMessageBody = body(raw).await?;
     let text = req.text.trim().to_owned();
     if text.is_empty() || text.len() > state.api().max_text_bytes {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "text must be 1-16384 bytes",
-        ));
+        return Err(ApiError::invalid("text must be 1-16384 bytes"));
     }
     send_as_agent(&state, client.id, &conv, text, None).await
 }
@@ -213,15 +334,11 @@ pub(crate) async fn template_message(
     let conv = summary(&state, client.id, conversation).await?;
     let req: TemplateBody = body(raw).await?;
     if conv.channel != Channel::Whatsapp {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            format!(
-                "templates are WhatsApp's; conversation {} is on {}",
-                conv.id,
-                conv.channel.as_str()
-            ),
-        ));
+        return Err(ApiError::invalid(format!(
+            "templates are WhatsApp's; conversation {} is on {}",
+            conv.id,
+            conv.channel.as_str()
+        )));
     }
     let template = Template {
         name: req.name,
@@ -229,11 +346,7 @@ pub(crate) async fn template_message(
         components: req.components,
     };
     if let Some(problem) = template.problem() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            problem,
-        ));
+        return Err(ApiError::invalid(problem));
     }
     let text = template.as_text();
     send_as_agent(&state, client.id, &conv, text, Some(template)).await
@@ -298,6 +411,8 @@ async fn send_as_agent(
         .messages()
         .mark_published(&[reply_id])
         .await?;
+    // In the mailbox since it was stored: other operators see it at once.
+    announce(state, client_id, conv).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(AgentMessageAccepted {
@@ -377,6 +492,7 @@ async fn switch(
             )
             .await
             .map_err(|e| ApiError::broker_unavailable(&e))?;
+        announce(state, client.id, &conv).await;
     }
     Ok(Json(summary(state, client.id, conversation).await?.into()))
 }

@@ -108,9 +108,7 @@ pub(crate) async fn create_channel(
     let req: NewChannelBody = body(raw).await?;
     let external = req.external_account_id.trim();
     if external.is_empty() || external.len() > 191 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
+        return Err(ApiError::invalid(
             "external_account_id must be 1-191 characters",
         ));
     }
@@ -268,11 +266,7 @@ pub(crate) async fn create_key(
     let req: NewKeyBody = body(raw).await?;
     let name = req.name.trim().to_owned();
     if name.is_empty() || name.len() > 100 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "name must be 1-100 characters",
-        ));
+        return Err(ApiError::invalid("name must be 1-100 characters"));
     }
     let key = state
         .db()

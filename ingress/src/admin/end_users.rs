@@ -40,14 +40,10 @@ pub(crate) struct EndUser {
 impl EndUser {
     fn channel(&self) -> Result<Channel> {
         self.channel.parse().map_err(|_| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                format!(
-                    "channel must be one of whatsapp, widget, mobile, api, got {:?}",
-                    self.channel
-                ),
-            )
+            ApiError::invalid(format!(
+                "channel must be one of whatsapp, widget, mobile, api, got {:?}",
+                self.channel
+            ))
         })
     }
 

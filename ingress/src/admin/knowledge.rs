@@ -82,11 +82,7 @@ pub(crate) async fn create(
     }
     let title = req.title.trim();
     if title.is_empty() || title.len() > 255 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "title must be 1-255 characters",
-        ));
+        return Err(ApiError::invalid("title must be 1-255 characters"));
     }
     let hash: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
     let document_id = match state
@@ -245,11 +241,7 @@ pub(crate) async fn usage(
     let to = range.to.unwrap_or(period.day);
     let from = range.from.unwrap_or(to - chrono::Duration::days(30));
     if from > to {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "from must not be after to",
-        ));
+        return Err(ApiError::invalid("from must not be after to"));
     }
     let usage = state.db().tenant(client.id).usage();
     let days = usage.days(from, to).await?;

@@ -72,14 +72,6 @@ impl From<LlmCredential> for LlmCredentialsOut {
     }
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-        message,
-    )
-}
-
 /// The providers the tenant brought its own key for.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/llm-credentials",
     params(("id" = String, Path, description = "client id or slug")),
@@ -113,7 +105,7 @@ pub(crate) async fn put_credentials(
     let req: LlmCredentialsBody = body(raw).await?;
     let llm = state.llm_settings();
     if !llm.providers.contains_key(&provider) {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid(format!(
             "provider {provider:?} is not one of this platform's LLM providers ({})",
             llm.providers.keys().cloned().collect::<Vec<_>>().join(", ")
         )));
@@ -123,7 +115,7 @@ pub(crate) async fn put_credentials(
         || api_key.len() > MAX_KEY_CHARS
         || api_key.chars().any(char::is_whitespace)
     {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid(format!(
             "api_key must be 1-{MAX_KEY_CHARS} characters without spaces"
         )));
     }
@@ -135,7 +127,9 @@ pub(crate) async fn put_credentials(
         .as_ref()
         .is_some_and(|o| o.trim().is_empty() || o.len() > 200)
     {
-        return Err(invalid("organization must be 1-200 characters, or absent"));
+        return Err(ApiError::invalid(
+            "organization must be 1-200 characters, or absent",
+        ));
     }
     let last4: String = {
         let chars: Vec<char> = api_key.chars().collect();
@@ -203,12 +197,12 @@ pub(crate) async fn delete_credentials(
 /// every call, by the worker's guarded resolver).
 fn check_base_url(state: &AppState, url: &str) -> Result<()> {
     if url.len() > 500 {
-        return Err(invalid("base_url must be at most 500 characters"));
+        return Err(ApiError::invalid("base_url must be at most 500 characters"));
     }
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| invalid(format!("base_url is not a URL: {e}")))?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::invalid(format!("base_url is not a URL: {e}")))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid("base_url must not hold credentials"));
+        return Err(ApiError::invalid("base_url must not hold credentials"));
     }
     let host = parsed.host_str().unwrap_or_default();
     let allowlist = &state.llm_settings().tenant_base_url_allowlist;
@@ -216,7 +210,7 @@ fn check_base_url(state: &AppState, url: &str) -> Result<()> {
         .iter()
         .any(|allowed| allowed.eq_ignore_ascii_case(host))
     {
-        return Err(invalid(if allowlist.is_empty() {
+        return Err(ApiError::invalid(if allowlist.is_empty() {
             "base_url: this platform allows no base URL of a tenant's own (llm.tenant_base_url_allowlist is empty)".to_owned()
         } else {
             format!(
@@ -227,5 +221,5 @@ fn check_base_url(state: &AppState, url: &str) -> Result<()> {
     }
     let tools = state.tools();
     shared::net::check_target(&parsed, tools.allow_http, &tools.allowed_networks())
-        .map_err(|reason| invalid(format!("base_url: {reason}")))
+        .map_err(|reason| ApiError::invalid(format!("base_url: {reason}")))
 }

@@ -4,6 +4,8 @@
 //! configuration everywhere ([`shared::cache::TenantConfigs::refresh`]); a write that
 //! fails changes neither the database nor the cache.
 //!
+//! The operator console ([`crate::console`]) is served beside it, on the same listener.
+//!
 //! The OpenAPI document at `/openapi.json` ([`crate::openapi`]) is generated from the
 //! handlers' annotations.
 
@@ -14,12 +16,14 @@ pub(crate) mod config;
 pub(crate) mod conversations;
 pub(crate) mod credentials;
 pub(crate) mod end_users;
+pub(crate) mod inbox;
 pub(crate) mod knowledge;
 pub(crate) mod llm_credentials;
+pub(crate) mod replays;
 pub(crate) mod tools;
 pub(crate) mod webhooks;
+pub(crate) mod whoami;
 
-use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -48,9 +52,13 @@ pub(crate) fn routes(state: AppState) -> Router<AppState> {
         .merge(tools::routes())
         .merge(webhooks::routes())
         .merge(audit::routes())
+        .merge(inbox::routes())
+        .merge(replays::routes())
+        .merge(whoami::routes())
         .route_layer(middleware::from_fn_with_state(state, auth::require_admin));
     Router::new()
         .merge(admin)
+        .merge(crate::console::routes())
         .route("/openapi.json", get(|| async { Json(crate::openapi()) }))
 }
 
@@ -85,11 +93,7 @@ impl Page {
     fn bounds(&self) -> Result<(u64, u32)> {
         let limit = self.limit.unwrap_or(50);
         if !(1..=200).contains(&limit) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-                "limit must be 1-200",
-            ));
+            return Err(ApiError::invalid("limit must be 1-200"));
         }
         Ok((self.after.unwrap_or(0), limit))
     }

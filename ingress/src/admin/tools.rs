@@ -34,14 +34,6 @@ pub(super) fn routes() -> Router<AppState> {
 /// Default time a call may take.
 const DEFAULT_TIMEOUT_MS: u32 = 5_000;
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-        message,
-    )
-}
-
 /// Seals a credential for the tool; the kind and the sealed bytes.
 fn sealed(
     state: &AppState,
@@ -49,7 +41,7 @@ fn sealed(
     tool: &str,
     auth: ToolAuthIn,
 ) -> Result<(ToolAuthKind, Vec<u8>)> {
-    let credential = ToolCredential::try_from(auth).map_err(invalid)?;
+    let credential = ToolCredential::try_from(auth).map_err(ApiError::invalid)?;
     let kind = match credential {
         ToolCredential::Bearer { .. } => ToolAuthKind::Bearer,
         ToolCredential::Header { .. } => ToolAuthKind::Header,
@@ -62,7 +54,7 @@ fn sealed(
 /// definition is checked by the data layer.
 fn check_scheme(state: &AppState, tool: &Tool) -> Result<()> {
     if tool.url.starts_with("http://") && !state.tools().allow_http {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "url must be https:// (this platform does not allow http:// tools)",
         ));
     }

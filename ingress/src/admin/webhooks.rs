@@ -51,32 +51,25 @@ pub(super) fn routes() -> Router<AppState> {
         )
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-        message,
-    )
-}
-
 /// Checks an endpoint URL: a URL, `https://` unless the operator allows `http://`, a
 /// host and no credentials, not a literal address outside the allowed networks (names
 /// are checked after DNS on every attempt).
 pub(super) fn check_url(state: &AppState, url: &str) -> Result<()> {
     if url.len() > 2048 {
-        return Err(invalid("url must be at most 2048 characters"));
+        return Err(ApiError::invalid("url must be at most 2048 characters"));
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("url is not a URL: {e}")))?;
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::invalid(format!("url is not a URL: {e}")))?;
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("url must name a host"));
+        return Err(ApiError::invalid("url must name a host"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid("url must not hold credentials"));
+        return Err(ApiError::invalid("url must not hold credentials"));
     }
     let settings = state.webhook_settings();
     shared::net::check_target(&parsed, settings.allow_http, &settings.allowed_networks()).map_err(
         |reason| {
-            invalid(if settings.allow_http {
+            ApiError::invalid(if settings.allow_http {
                 format!("url: {reason}")
             } else {
                 format!("url: {reason} (https:// only on this platform, to a public address)")
@@ -87,12 +80,12 @@ pub(super) fn check_url(state: &AppState, url: &str) -> Result<()> {
 
 fn events(words: &[String]) -> Result<EventFilter> {
     if words.is_empty() {
-        return Err(invalid(
+        return Err(ApiError::invalid(
             "events must name at least one event type, or \"*\" for all",
         ));
     }
     EventFilter::parse(words).map_err(|word| {
-        invalid(format!(
+        ApiError::invalid(format!(
             "events: unknown event type {word:?} (known: {})",
             shared::webhooks::EventType::ALL
                 .iter()
@@ -106,7 +99,7 @@ fn events(words: &[String]) -> Result<EventFilter> {
 fn description(text: Option<String>) -> Result<String> {
     let text = text.unwrap_or_default();
     if text.len() > MAX_DESCRIPTION {
-        return Err(invalid(format!(
+        return Err(ApiError::invalid(format!(
             "description must be at most {MAX_DESCRIPTION} bytes"
         )));
     }
@@ -379,11 +372,12 @@ pub(super) fn callback_url(
         return Ok(None);
     }
     let wanted = serde_json::from_value::<CallbackSettings>(settings.clone())
-        .map_err(|_| invalid("settings.callback_url must be a string"))?
+        .map_err(|_| ApiError::invalid("settings.callback_url must be a string"))?
         .callback_url
         .filter(|u| !u.is_empty());
     if let Some(url) = &wanted {
-        check_url(state, url).map_err(|e| invalid(format!("settings.callback_{}", e.message())))?;
+        check_url(state, url)
+            .map_err(|e| ApiError::invalid(format!("settings.callback_{}", e.message())))?;
     }
     Ok(wanted)
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::mysql::MySqlRow;
+use sqlx::mysql::{MySqlPool, MySqlRow};
 
 use super::guard;
 use super::text_column::text_column;
@@ -24,6 +24,15 @@ pub struct ConversationSummary {
 
 const SUMMARY: &str =
     "id, channel, external_id, status, mode, created_at, last_message_at FROM conversations";
+
+/// A conversation a human answers, as the operators' handoff inbox lists it.
+#[derive(Debug, Clone)]
+pub struct WaitingConversation {
+    pub client_id: ClientId,
+    pub conversation: ConversationSummary,
+    /// When a human took it over (its mode's last change).
+    pub waiting_since: Option<DateTime<Utc>>,
+}
 
 /// A conversation's side of WhatsApp's 24-hour window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +123,33 @@ impl<'a> Conversations<'a> {
         rows.iter().map(summary).collect()
     }
 
+    /// The newest conversations first (by id) before `before_id`, at most `limit`, only
+    /// those on `channel` and in `mode` when given.
+    pub async fn newest(
+        &self,
+        before_id: u64,
+        limit: u32,
+        channel: Option<Channel>,
+        mode: Option<ConversationMode>,
+    ) -> Result<Vec<ConversationSummary>> {
+        let client_id = self.client_id;
+        let rows = guard::query(&format!(
+            "SELECT {SUMMARY} WHERE client_id = ? AND id < ? \
+             AND (? IS NULL OR channel = ?) AND (? IS NULL OR mode = ?) \
+             ORDER BY id DESC LIMIT ?"
+        ))?
+        .bind(client_id.get())
+        .bind(before_id)
+        .bind(channel.map(Channel::as_str))
+        .bind(channel.map(Channel::as_str))
+        .bind(mode)
+        .bind(mode)
+        .bind(limit)
+        .fetch_all(self.pool.get().await?)
+        .await?;
+        rows.iter().map(summary).collect()
+    }
+
     pub async fn get(
         &self,
         conversation_id: ConversationId,
@@ -194,7 +230,8 @@ impl<'a> Conversations<'a> {
     ) -> Result<bool> {
         let client_id = self.client_id;
         let done = guard::query(
-            "UPDATE conversations SET mode = ? WHERE client_id = ? AND id = ? AND mode <> ?",
+            "UPDATE conversations SET mode = ?, mode_since = CURRENT_TIMESTAMP(6) \
+             WHERE client_id = ? AND id = ? AND mode <> ?",
         )?
         .bind(mode)
         .bind(client_id.get())
@@ -204,6 +241,34 @@ impl<'a> Conversations<'a> {
         .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// The conversations a human answers on one shard, longest waiting first, at most
+/// `limit` (every tenant's: see [`crate::db::Db::waiting_for_humans`]).
+pub(super) async fn waiting_for_humans(
+    pool: &MySqlPool,
+    limit: u32,
+) -> Result<Vec<WaitingConversation>> {
+    let sql = format!(
+        "SELECT client_id, mode_since, {SUMMARY} WHERE mode = 'human' \
+         ORDER BY mode_since ASC, id ASC LIMIT ?"
+    );
+    let rows = guard::tenant_lookup(
+        &sql,
+        "the operators' handoff inbox lists the conversations of every tenant that wait for a human",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(WaitingConversation {
+                client_id: ClientId::new(r.try_get("client_id")?),
+                waiting_since: r.try_get("mode_since")?,
+                conversation: summary(r)?,
+            })
+        })
+        .collect()
 }
 
 fn summary(r: &MySqlRow) -> Result<ConversationSummary> {

@@ -46,7 +46,9 @@ pub use configs::{
     AgentMode, BudgetAction, BudgetPolicy, ClientConfig, ConfigUpdate, Configs, ModePatch,
     NewAgentMode, TenantConfig,
 };
-pub use conversations::{ConversationMode, ConversationSummary, Conversations, UserWindow};
+pub use conversations::{
+    ConversationMode, ConversationSummary, Conversations, UserWindow, WaitingConversation,
+};
 pub use data_keys::StoredDataKey;
 pub use devices::Devices;
 pub use erasure::{ERASED_PREFIX, Erased};
@@ -251,6 +253,40 @@ impl Db {
             channel_accounts::owner(&shard.pool, channel, external_account_id)
         })
         .await
+    }
+
+    /// Every conversation a human answers, longest waiting first, at most `limit`, read
+    /// from every shard at once (a tenant's copy left on a shard it moved from is not listed;
+    /// a tenant in the middle of a move is listed once it has landed), and the names of
+    /// the shards that could not be read: the operators' handoff inbox.
+    pub async fn waiting_for_humans(&self, limit: u32) -> (Vec<WaitingConversation>, Vec<String>) {
+        let read = self.shards.all().iter().map(|shard| async move {
+            (
+                shard,
+                conversations::waiting_for_humans(&shard.pool, limit).await,
+            )
+        });
+        let mut waiting = Vec::new();
+        let mut unreadable = Vec::new();
+        for (shard, found) in futures::future::join_all(read).await {
+            let found = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(shard = %shard.name, error = %e, "handoff inbox: shard unreadable");
+                    unreadable.push(shard.name.clone());
+                    continue;
+                }
+            };
+            for conversation in found {
+                let placed = self.shards.of(conversation.client_id).await;
+                if placed.is_ok_and(|home| home.name == shard.name) {
+                    waiting.push(conversation);
+                }
+            }
+        }
+        waiting.sort_by_key(|w| (w.waiting_since, w.client_id, w.conversation.id));
+        waiting.truncate(limit as usize);
+        (waiting, unreadable)
     }
 }
 
