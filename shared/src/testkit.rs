@@ -29,6 +29,9 @@ pub struct TestEnv {
     pub broker: Broker,
     pub cache: Cache,
     pub id: String,
+    /// Set by [`TestEnv::teardown`]; otherwise dropping the environment (a test that
+    /// failed half-way) removes what it made.
+    torn_down: bool,
 }
 
 /// A tenant made for a test, with an API key.
@@ -144,6 +147,7 @@ impl TestEnv {
             broker,
             cache,
             id,
+            torn_down: false,
         }
     }
 
@@ -182,12 +186,50 @@ impl TestEnv {
     }
 
     /// Removes this test's database, queues, exchanges and keys.
-    pub async fn teardown(self) {
+    pub async fn teardown(mut self) {
         let _ = self.broker.delete_topology().await;
         self.broker.close().await;
         let _ = self.cache.delete_prefixed().await;
         self.db.close().await;
         let _ = Db::drop_database(&self.settings.database).await;
+        self.torn_down = true;
+    }
+}
+
+/// A test that panicked before its teardown would leave its queues (21 of them) on the
+/// broker, where hundreds stall RabbitMQ, and its database and keys behind: they are
+/// removed here over fresh connections, on a thread of its own (a drop cannot await, and
+/// the test's runtime is unwinding).
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        let settings = self.settings.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let removed = async {
+                    if let Ok(broker) =
+                        Broker::connect(&settings.amqp, "chatfleet-test-cleanup").await
+                    {
+                        let _ = broker.delete_topology().await;
+                        broker.close().await;
+                    }
+                    if let Ok(cache) = Cache::connect(&settings.redis).await {
+                        let _ = cache.delete_prefixed().await;
+                    }
+                    let _ = Db::drop_database(&settings.database).await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), removed).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 

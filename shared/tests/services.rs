@@ -543,3 +543,39 @@ async fn every_tenant_table_is_guarded_and_its_foreign_keys_include_the_tenant()
     pool.close().await;
     env.teardown().await;
 }
+
+/// A test that fails before its teardown leaves nothing behind: dropping its environment
+/// removes its queues, its database and its keys.
+#[tokio::test]
+async fn a_failed_tests_environment_removes_itself_when_dropped() {
+    let env = TestEnv::start(&[]).await;
+    // A key under its prefix (a failed admin sign-in's count).
+    env.cache
+        .admin_auth_failed([127, 0, 0, 1].into(), 10)
+        .await
+        .expect("a key");
+    let settings = env.settings.clone();
+    let work = env.broker.topology().inbound_work();
+    drop(env);
+
+    let broker = Broker::connect(&settings.amqp, "cleanup-check")
+        .await
+        .expect("broker");
+    assert!(
+        broker.queue_stats(&work).await.is_err(),
+        "{work} is still declared"
+    );
+    broker.close().await;
+    let url = settings.database.shard_list()[0].url.clone();
+    use sqlx::migrate::MigrateDatabase;
+    assert!(
+        !sqlx::MySql::database_exists(url.expose())
+            .await
+            .expect("asked"),
+        "the test database is still there"
+    );
+    let cache = shared::cache::Cache::connect(&settings.redis)
+        .await
+        .expect("redis");
+    assert_eq!(cache.delete_prefixed().await.expect("keys"), 0);
+}

@@ -494,3 +494,116 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
     );
     p.stop().await;
 }
+
+/// The tenant's page beyond its configuration: an agent mode added, then switched off;
+/// a markdown document uploaded from a file and then deleted; an API key revoked.
+#[tokio::test]
+async fn a_tenants_modes_knowledge_and_keys_from_the_page_in_chromium() {
+    shared::testkit::require_chroma();
+    let p = Platform::start().await;
+    let t = p.tenant("pages-shop").await;
+    let browser = Browser::start().await;
+    browser.open(&format!("{}/console/", p.base)).await;
+    sign_in(&browser, p.env.settings.admin.token.expose()).await;
+    let tab = |name: &str| format!("{}/console/#/tenants/{}/{name}", p.base, t.slug);
+
+    // A mode, added and then switched off.
+    browser.open(&tab("modes")).await;
+    browser.fill("#new-mode-key", "returns").await;
+    browser
+        .fill("#new-mode-fragment", "Explain the 30-day returns policy.")
+        .await;
+    browser.click("#new-mode button[type=submit]").await;
+    browser.wait_for(".mode[data-key='returns']").await;
+    let returns = || async {
+        let (_, modes) = p
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/clients/{}/modes", t.slug),
+                None,
+            )
+            .await;
+        modes
+            .as_array()
+            .expect("modes")
+            .iter()
+            .find(|m| m["module_key"] == "returns")
+            .cloned()
+            .unwrap_or_else(|| panic!("no mode returns: {modes}"))
+    };
+    assert_eq!(returns().await["is_active"], true);
+    browser
+        .click(".mode[data-key='returns'] input[type=checkbox]")
+        .await;
+    browser.click(".mode[data-key='returns'] button.save").await;
+    text_when(
+        &browser,
+        ".mode[data-key='returns'] .okbox",
+        "the mode saved",
+        |t| t == "Saved.",
+    )
+    .await;
+    assert_eq!(returns().await["is_active"], false);
+
+    // A markdown file uploaded, listed with its chunks, then deleted.
+    let dir = std::env::temp_dir().join(format!("cf-console-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("shipping.md");
+    std::fs::write(
+        &file,
+        "# Shipping\n\nParcels leave within two days.\n\nReturns are free for 30 days.\n",
+    )
+    .expect("file");
+    browser.open(&tab("knowledge")).await;
+    let input = browser.wait_for("#knowledge-file").await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/element/{input}/value"),
+            Some(json!({ "text": file.display().to_string() })),
+        )
+        .await;
+    browser.click("#knowledge-upload button[type=submit]").await;
+    let row = text_when(
+        &browser,
+        "#knowledge tbody tr",
+        "the document listed",
+        |t| t.contains("shipping.md"),
+    )
+    .await;
+    assert!(row.contains("shipping.md"), "{row}");
+    let (_, docs) = p
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/clients/{}/knowledge", t.slug),
+            None,
+        )
+        .await;
+    assert_eq!(docs[0]["source"], "shipping.md", "{docs}");
+    assert!(docs[0]["chunk_count"].as_u64().unwrap_or(0) >= 1, "{docs}");
+    browser.execute("window.confirm = () => true").await;
+    browser.click("#knowledge tbody button.danger").await;
+    text_when(&browser, "#knowledge tbody", "the document gone", |t| {
+        t.contains("No documents.")
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).expect("remove dir");
+
+    // The test tenant's key, revoked from the page: refused at once.
+    browser.open(&tab("keys")).await;
+    browser.execute("window.confirm = () => true").await;
+    browser.click("#api-keys tbody button.danger").await;
+    text_when(
+        &browser,
+        "#api-keys tbody button.danger",
+        "the key revoked",
+        |t| t == "Revoked",
+    )
+    .await;
+    let (status, _) = p.send(&t.api_key, "after-revoke", "hello", None).await;
+    assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED);
+
+    browser.call(Method::DELETE, "", None).await;
+    drop(browser);
+    p.stop().await;
+}

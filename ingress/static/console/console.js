@@ -13,7 +13,7 @@
 
 const TOKEN_KEY = 'chatfleet.console.token';
 const S = { token: sessionStorage.getItem(TOKEN_KEY) || '', me: null, live: null };
-const main = document.getElementById('main');
+const mainEl = document.getElementById('main');
 const enc = encodeURIComponent;
 
 // ---- DOM, text only -------------------------------------------------------------
@@ -144,7 +144,7 @@ function signIn(message) {
     if (!location.hash || location.hash === '#/') location.hash = '#/tenants';
     else route();
   });
-  main.replaceChildren(form);
+  mainEl.replaceChildren(form);
   token.focus();
 }
 
@@ -181,17 +181,20 @@ async function route() {
   for (const a of document.querySelectorAll('#nav a')) {
     a.classList.toggle('on', a.getAttribute('href') === `#/${parts[0] || 'tenants'}`);
   }
-  main.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+  // Each view renders into a root of its own: one still loading when the operator moved
+  // on renders into a root no longer shown.
+  const root = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  mainEl.replaceChildren(root);
   try {
-    if (parts[0] === 'inbox') await inboxView(live.signal);
-    else if (parts[0] === 'replay') await replayView();
+    if (parts[0] === 'inbox') await inboxView(root, live.signal);
+    else if (parts[0] === 'replay') await replayView(root);
     else if (parts[0] === 'tenants' && parts[1] && parts[2] === 'conversations' && parts[3]) {
-      await conversationView(parts[1], parts[3], live.signal);
-    } else if (parts[0] === 'tenants' && parts[1]) await tenantView(parts[1], parts[2] || 'config', live.signal);
-    else await tenantsView();
+      await conversationView(root, parts[1], parts[3], live.signal);
+    } else if (parts[0] === 'tenants' && parts[1]) await tenantView(root, parts[1], parts[2] || 'config', live.signal);
+    else await tenantsView(root);
   } catch (e) {
     if (e.name === 'AbortError' || e.status === 401 || live.signal.aborted) return;
-    main.replaceChildren(errBox(e), h('p', {}, h('a', { href: '#/tenants' }, 'Back to the tenants')));
+    root.replaceChildren(errBox(e), h('p', {}, h('a', { href: '#/tenants' }, 'Back to the tenants')));
   }
 }
 
@@ -208,7 +211,7 @@ async function allTenants() {
   }
 }
 
-async function tenantsView() {
+async function tenantsView(root) {
   const tenants = await allTenants();
   const search = h('input', { type: 'search', id: 'tenant-search', class: 'grow', placeholder: 'Search by name or slug' });
   const rows = h('tbody');
@@ -239,7 +242,7 @@ async function tenantsView() {
       location.hash = `#/tenants/${enc(made.slug)}/config`;
     } catch (e) { showErrors(e, errs, general); }
   });
-  main.replaceChildren(h('h1', {}, 'Tenants'), h('div', { class: 'row' }, search),
+  root.replaceChildren(h('h1', {}, 'Tenants'), h('div', { class: 'row' }, search),
     h('table', { id: 'tenants' }, h('thead', {}, h('tr', {}, ['Name', 'Slug', 'Plan', 'Status', 'Created'].map((t) => h('th', {}, t)))), rows),
     h('div', { style: 'height:14px' }), create);
 }
@@ -248,10 +251,10 @@ const TABS = [['config', 'Configuration'], ['modes', 'Agent modes'], ['conversat
   ['channels', 'Channels'], ['keys', 'API keys'], ['knowledge', 'Knowledge'], ['tools', 'Tools'],
   ['webhooks', 'Webhooks'], ['usage', 'Usage']];
 
-async function tenantView(slug, tab, signal) {
+async function tenantView(root, slug, tab, signal) {
   const client = await api('GET', `/admin/v1/clients/${enc(slug)}`);
   const pane = h('div', { id: `tab-${tab}` });
-  main.replaceChildren(
+  root.replaceChildren(
     h('h1', {}, client.name, ' ', h('span', { class: 'badge' }, client.slug), ' ', h('span', { class: 'badge' }, client.status)),
     h('div', { class: 'tabs' }, TABS.map(([k, label]) => h('a', { href: `#/tenants/${enc(slug)}/${k}`, class: k === tab ? 'on' : '' }, label))),
     pane);
@@ -364,17 +367,17 @@ async function modesTab(pane, base) {
       if (!confirm(`Delete the mode ${m.module_key}?`)) return;
       try { await api('DELETE', `${base}/modes/${enc(m.module_key)}`); route(); } catch (e) { result.replaceChildren(errBox(e)); }
     };
-    list.append(h('div', { class: 'card' }, h('div', { class: 'row' }, h('strong', { class: 'grow' }, m.module_key),
+    list.append(h('div', { class: 'card mode', 'data-key': m.module_key }, h('div', { class: 'row' }, h('strong', { class: 'grow' }, m.module_key),
       h('label', {}, 'priority '), priority, h('label', {}, active, ' active')), fragment, result,
-    h('div', { class: 'row' }, h('button', { type: 'button', onclick: save }, 'Save'), h('button', { type: 'button', class: 'danger', onclick: remove }, 'Delete'))));
+    h('div', { class: 'row' }, h('button', { type: 'button', class: 'save', onclick: save }, 'Save'), h('button', { type: 'button', class: 'danger', onclick: remove }, 'Delete'))));
   }
   if (!modes.length) list.append(h('p', { class: 'muted' }, 'No agent modes.'));
-  const key = h('input', { placeholder: 'module_key' });
-  const fragment = h('textarea', { placeholder: 'prompt fragment' });
+  const key = h('input', { id: 'new-mode-key', placeholder: 'module_key' });
+  const fragment = h('textarea', { id: 'new-mode-fragment', placeholder: 'prompt fragment' });
   const priority = h('input', { type: 'number', value: 100, style: 'width:90px' });
   const errs = { module_key: h('div', { class: 'err' }), prompt_fragment: h('div', { class: 'err' }), priority: h('div', { class: 'err' }) };
   const general = h('div');
-  const add = h('form', { class: 'card' }, h('h2', {}, 'New mode'), h('div', { class: 'row' }, key, h('label', {}, 'priority'), priority), errs.module_key, errs.priority,
+  const add = h('form', { class: 'card', id: 'new-mode' }, h('h2', {}, 'New mode'), h('div', { class: 'row' }, key, h('label', {}, 'priority'), priority), errs.module_key, errs.priority,
     fragment, errs.prompt_fragment, general, h('button', { type: 'submit' }, 'Add'));
   add.addEventListener('submit', async (ev) => {
     ev.preventDefault();
@@ -439,9 +442,9 @@ async function knowledgeTab(pane, base) {
       try { await api('DELETE', `${base}/knowledge/${d.id}`); route(); } catch (e) { result.replaceChildren(errBox(e, 'Delete')); }
     },
   }, 'Delete');
-  const file = h('input', { type: 'file', accept: '.txt,.md,.markdown,text/plain,text/markdown' });
+  const file = h('input', { type: 'file', id: 'knowledge-file', accept: '.txt,.md,.markdown,text/plain,text/markdown' });
   const title = h('input', { placeholder: 'title (default: the file name)' });
-  const upload = h('form', { class: 'row' }, file, title, h('button', { type: 'submit' }, 'Upload'));
+  const upload = h('form', { class: 'row', id: 'knowledge-upload' }, file, title, h('button', { type: 'submit' }, 'Upload'));
   upload.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const f = file.files[0];
@@ -574,7 +577,7 @@ function messageView(m) {
     h('span', { class: 'meta' }, facts.join(' · ')));
 }
 
-async function conversationView(slug, id, signal) {
+async function conversationView(root, slug, id, signal) {
   const base = `/admin/v1/clients/${enc(slug)}/conversations/${enc(id)}`;
   const title = h('h1', {});
   const modeBadge = h('span', { class: 'badge', id: 'conversation-mode' });
@@ -618,7 +621,7 @@ async function conversationView(slug, id, signal) {
     } catch (e) { result.replaceChildren(errBox(e, 'Send')); } finally { send.disabled = false; }
   });
 
-  main.replaceChildren(h('p', {}, h('a', { href: `#/tenants/${enc(slug)}/conversations` }, '← conversations'), ' · ', h('a', { href: '#/inbox' }, 'handoff inbox')),
+  root.replaceChildren(h('p', {}, h('a', { href: `#/tenants/${enc(slug)}/conversations` }, '← conversations'), ' · ', h('a', { href: '#/inbox' }, 'handoff inbox')),
     h('div', { class: 'row' }, h('div', { class: 'grow' }, title), toggle), status, h('div', { class: 'card' }, msgs), compose, result);
   await refresh();
   // Live: each request waits (up to 10 s) for the mailbox to move past what is shown.
@@ -636,10 +639,10 @@ async function conversationView(slug, id, signal) {
 
 // ---- The handoff inbox ------------------------------------------------------------
 
-async function inboxView(signal) {
+async function inboxView(root, signal) {
   const rows = h('tbody');
   const status = h('div');
-  main.replaceChildren(h('h1', {}, 'Handoff inbox'),
+  root.replaceChildren(h('h1', {}, 'Handoff inbox'),
     h('p', { class: 'muted' }, 'Conversations a human answers, longest waiting first. Updates every 2 s.'), status,
     h('table', { id: 'inbox' }, h('thead', {}, h('tr', {}, ['Tenant', 'Channel', 'Conversation', 'Waiting since', 'Last message'].map((t) => h('th', {}, t)))), rows));
   while (!signal.aborted) {
@@ -668,7 +671,7 @@ function localInput(date) {
   return d.toISOString().slice(0, 16);
 }
 
-async function replayView() {
+async function replayView(root) {
   const tenants = await allTenants();
   const tenant = h('select', { id: 'replay-tenant' }, tenants.map((c) => h('option', { value: c.slug }, `${c.name} (${c.slug})`)));
   const now = new Date();
@@ -699,7 +702,7 @@ async function replayView() {
       if (!r.items.length) out.append(h('p', { class: 'muted' }, 'The archive holds no messages of this tenant in that range.'));
     } catch (e) { out.replaceChildren(errBox(e, 'Replay')); } finally { run.disabled = false; }
   });
-  main.replaceChildren(h('h1', {}, 'Replay'), form, out);
+  root.replaceChildren(h('h1', {}, 'Replay'), form, out);
 }
 
 window.addEventListener('hashchange', route);
