@@ -428,6 +428,12 @@ async fn the_admin_api_and_metrics_can_leave_the_public_port() {
     );
     assert_eq!(get(format!("{admin}/metrics")).await, StatusCode::OK);
     assert_eq!(get(format!("{admin}/healthz")).await, StatusCode::OK);
+    // The operator console goes with the admin API.
+    assert_eq!(
+        get(format!("{public}/console/")).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(get(format!("{admin}/console/")).await, StatusCode::OK);
     let (status, _) = p
         .session_send(&public, "widget", "not-a-token", json!({ "text": "hi" }))
         .await;
