@@ -11,7 +11,7 @@ use shared::db::{ConfigUpdate, Db, NewClient};
 use shared::ids::ClientId;
 use shared::mq::Broker;
 use shared::pii::Secret;
-use shared::settings::Settings;
+use shared::settings::{Settings, Sources};
 use shared::tenant::Plan;
 use tokio_util::sync::CancellationToken;
 use worker::llm::sim::{LlmSim, SimOptions};
@@ -59,13 +59,19 @@ pub(crate) struct Harness {
     pub stop: CancellationToken,
 }
 
+/// Starts a fleet. `settings` (the command's own) names the database server the run's
+/// database is made on; everything else the fleet's processes and the harness run with
+/// comes from the sources a fleet process reads — the command's configuration and
+/// environment, then the run's names and [`Options::env`] — so the topology the harness
+/// declares (and deletes afterwards) is the one the processes use. The harness alone
+/// reaches the database directly, not through the proxy the run may cut.
 pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Result<Harness> {
     let name = options.name;
     let stop = CancellationToken::new();
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let prefix = format!("{name}{id}");
 
-    // A fresh database behind a proxy the run can cut, its own queues and keys.
+    // A fresh database (behind a proxy the run can cut), its own queues and keys.
     let db_url = reqwest::Url::parse(settings.database.url.expose())?;
     let upstream = format!(
         "{}:{}",
@@ -74,26 +80,17 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
     );
     let mut direct = db_url.clone();
     direct.set_path(&format!("/chatfleet_{name}_{id}"));
-    let mut run_settings = settings.clone();
-    run_settings.database.url = Secret::new(direct.to_string());
-    run_settings.amqp.prefix = prefix.clone();
-    run_settings.amqp.retry_delays = LADDER.map(Duration::from_secs).to_vec();
-    run_settings.redis.prefix = prefix.clone();
     let extra_shards: Vec<String> = options
         .db_servers
         .iter()
         .enumerate()
         .map(|(i, server)| format!("s{}={server}/chatfleet_{name}_{id}", i + 2))
         .collect();
-    if !extra_shards.is_empty() {
-        run_settings.database.shards = std::iter::once(format!("home={direct}"))
+    let shards_via = |home: &reqwest::Url| {
+        std::iter::once(format!("home={home}"))
             .chain(extra_shards.iter().cloned())
-            .map(Secret::new)
-            .collect();
-    }
-    let db = Db::migrate(&run_settings.database).await?;
-    let broker = Broker::connect(&run_settings.amqp, "chatfleet-fleet").await?;
-    broker.declare_topology().await?;
+            .collect::<Vec<_>>()
+    };
     let (proxy, process_url) = if options.db_proxy {
         let proxy = DbProxy::start(upstream, stop.clone()).await?;
         let mut proxied = direct.clone();
@@ -103,9 +100,6 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
     } else {
         (None, direct.clone())
     };
-
-    let (client_id, api_key) = add_tenant(&db, name, options.history_turns).await?;
-
     let sim = LlmSim::start("127.0.0.1:0".parse()?, options.sim.clone(), stop.clone()).await?;
 
     let env: Vec<(String, String)> = [
@@ -137,13 +131,27 @@ pub(crate) async fn start(settings: &Settings, options: Options) -> anyhow::Resu
     .chain((!extra_shards.is_empty()).then(|| {
         (
             "CHATFLEET__DATABASE__SHARDS".to_owned(),
-            std::iter::once(format!("home={process_url}"))
-                .chain(extra_shards.iter().cloned())
-                .collect::<Vec<_>>()
-                .join(","),
+            shards_via(&process_url).join(","),
         )
     }))
     .collect();
+
+    let mut sources = Sources::from_process();
+    sources.vars.extend(
+        env.iter()
+            .filter(|(k, _)| k.starts_with("CHATFLEET__"))
+            .cloned(),
+    );
+    let mut run_settings = Settings::load_from(sources)?;
+    run_settings.database.url = Secret::new(direct.to_string());
+    if !extra_shards.is_empty() {
+        run_settings.database.shards = shards_via(&direct).into_iter().map(Secret::new).collect();
+    }
+    let db = Db::migrate(&run_settings.database).await?;
+    let broker = Broker::connect(&run_settings.amqp, "chatfleet-fleet").await?;
+    broker.declare_topology().await?;
+    let (client_id, api_key) = add_tenant(&db, name, options.history_turns).await?;
+
     let mut fleet = Fleet {
         exe: std::env::current_exe()?,
         log_dir: options.log_dir.clone(),

@@ -184,16 +184,6 @@ pub(crate) async fn run(settings: Settings, args: ChaosArgs) -> anyhow::Result<(
         args.keep,
     )
     .await?;
-    let mut settings = settings;
-    settings.webhooks.retry_schedule = webhooks::retry_schedule();
-    settings.amqp.webhook_schedule = settings.webhooks.retry_schedule.clone();
-    if let Some(cluster) = &cluster {
-        settings.amqp.urls = cluster
-            .urls
-            .split(',')
-            .map(|u| shared::pii::Secret::new(u.to_owned()))
-            .collect();
-    }
     let harness = fleet::start(
         &settings,
         fleet::Options {

@@ -38,19 +38,6 @@ pub(super) const SETTINGS: [(&str, &str); 3] = [
     ),
 ];
 
-/// The retry schedule of [`SETTINGS`]: the run's own topology declares (and its clean-up
-/// deletes) the delay queues the fleet's processes use.
-pub(super) fn retry_schedule() -> Vec<Duration> {
-    SETTINGS
-        .iter()
-        .find(|(key, _)| *key == "CHATFLEET__WEBHOOKS__RETRY_SCHEDULE")
-        .map(|(_, schedule)| schedule.split(',').filter_map(|s| s.parse().ok()))
-        .into_iter()
-        .flatten()
-        .map(Duration::from_secs)
-        .collect()
-}
-
 /// The share of requests the receiver fails.
 const FAIL_RATE: f64 = 0.2;
 
