@@ -305,8 +305,13 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
             .contains("/console/console.js")
     );
     for (asset, kind) in [
-        ("console.js", "text/javascript"),
         ("console.css", "text/css"),
+        ("console.js", "text/javascript"),
+        ("api.js", "text/javascript"),
+        ("dom.js", "text/javascript"),
+        ("tenant.js", "text/javascript"),
+        ("conversations.js", "text/javascript"),
+        ("replay.js", "text/javascript"),
     ] {
         let r = p
             .http
@@ -322,6 +327,13 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
                 .starts_with(kind)
         );
     }
+    let missing = p
+        .http
+        .get(format!("{}/console/secrets.txt", p.base))
+        .send()
+        .await
+        .expect("missing");
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 
     let (s, me) = p.admin(Method::GET, "/admin/v1/whoami", None).await;
     assert_eq!(
