@@ -434,19 +434,7 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
         .filter_map(|m| m["seq"].as_u64())
         .max()
         .expect("a seq");
-    let waiting = {
-        let (http, url, token) = (
-            p.http.clone(),
-            format!("{}{conversation}?wait=25&after_seq={last}", p.base),
-            p.env.settings.admin.token.expose().to_owned(),
-        );
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let r = http.get(url).bearer_auth(token).send().await.expect("live");
-            let body: serde_json::Value = r.json().await.expect("json");
-            (started.elapsed(), body)
-        })
-    };
+    let waiting = follow(&p, &conversation, last);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (s, _) = p
         .admin(
@@ -464,6 +452,32 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
         .filter_map(|m| m["content"].as_str())
         .collect();
     assert!(texts.contains(&"An agent here."), "{woken}");
+    assert!(
+        took < WAIT,
+        "answered only after its wait ({took:?}): not woken"
+    );
+
+    // And by the user's next message, which no reply follows while a human answers.
+    let last = woken["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .max()
+        .expect("a seq");
+    let waiting = follow(&p, &conversation, last);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, body) = p.send(&t.api_key, "first", "Still there?", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (took, woken) = waiting.await.expect("live task");
+    let user: Vec<&str> = woken["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(user.contains(&"Still there?"), "{woken}");
     assert!(
         took < WAIT,
         "answered only after its wait ({took:?}): not woken"
@@ -617,5 +631,66 @@ async fn a_tenants_modes_knowledge_and_keys_from_the_page_in_chromium() {
 
     browser.call(Method::DELETE, "", None).await;
     drop(browser);
+    p.stop().await;
+}
+
+/// A conversation's page asked to wait (25 s at most) for what follows `after_seq`: how
+/// long it took, and what it answered.
+fn follow(
+    p: &Platform,
+    conversation: &str,
+    after_seq: u64,
+) -> tokio::task::JoinHandle<(std::time::Duration, serde_json::Value)> {
+    follow_for(p, conversation, after_seq, 25)
+}
+
+fn follow_for(
+    p: &Platform,
+    conversation: &str,
+    after_seq: u64,
+    wait_s: u64,
+) -> tokio::task::JoinHandle<(std::time::Duration, serde_json::Value)> {
+    let (http, url, token) = (
+        p.http.clone(),
+        format!(
+            "{}{conversation}?wait={wait_s}&after_seq={after_seq}",
+            p.base
+        ),
+        p.env.settings.admin.token.expose().to_owned(),
+    );
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = http.get(url).bearer_auth(token).send().await.expect("live");
+        let body: serde_json::Value = r.json().await.expect("json");
+        (started.elapsed(), body)
+    })
+}
+
+/// A conversation's page whose wait ran out shows what changed meanwhile unannounced (here
+/// a user's message no turn has taken up: no worker runs), not what it read before.
+#[tokio::test]
+async fn a_conversation_page_that_waited_in_vain_is_read_anew() {
+    let p = Platform::start_with(&[], 0).await;
+    let t = p.tenant("unanswered").await;
+    let (status, body) = p.send(&t.api_key, "quiet", "first", None).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let conversation = p.conversation(t.id, "quiet").await;
+    let path = format!(
+        "/admin/v1/clients/{}/conversations/{}",
+        t.slug,
+        conversation.get()
+    );
+    let waiting = follow_for(&p, &path, 1, 2);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, body) = p.send(&t.api_key, "quiet", "second", None).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    let (_, shown) = waiting.await.expect("live task");
+    let texts: Vec<&str> = shown["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(texts, ["first", "second"], "{shown}");
     p.stop().await;
 }

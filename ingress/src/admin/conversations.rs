@@ -179,9 +179,10 @@ pub(crate) struct LiveQuery {
 /// Longest a conversation's page waits for something new.
 const MAX_LIVE_WAIT_S: u64 = 25;
 
-/// One conversation with its messages; with `wait` and `after_seq`, answered once the
-/// mailbox has a message after `after_seq` (a reply, an agent's message) or `wait`
-/// seconds passed, whichever comes first (the console's live view).
+/// One conversation with its messages. With `wait` and `after_seq` (the console's live
+/// view): at once when the mailbox holds a message after `after_seq`, else when the
+/// conversation changes (a reply, an agent's message, a change of mode, a user's
+/// message while a human answers) or `wait` seconds passed, read anew either way.
 #[utoipa::path(get, path = "/admin/v1/clients/{id}/conversations/{conversation_id}",
     params(("id" = String, Path, description = "client id or slug"), ("conversation_id" = u64, Path), LiveQuery),
     security(("admin_token" = [])), responses((status = 200, body = ConversationDetail), (status = 404, body = crate::error::ErrorBody),
@@ -219,10 +220,12 @@ pub(crate) async fn get_one(
     if newest.is_some_and(|seq| seq > after_seq) {
         return Ok(Json(shown));
     }
-    // Anything announced (a reply, an agent's message, a change of mode) is read anew.
+    // Read anew once something is announced (a reply, an agent's message, a change of
+    // mode, a user's message while a human answers) or the wait is over (what changes
+    // unannounced: delivery marks, a user's message before its turn).
     tokio::select! {
         _ = watch.changed() => {}
-        _ = tokio::time::sleep(Duration::from_secs(wait)) => return Ok(Json(shown)),
+        _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
         _ = state.shutdown().cancelled() => return Ok(Json(shown)),
     }
     let current = summary(&state, client.id, conversation).await?;

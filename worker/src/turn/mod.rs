@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use shared::cache::ConversationLock;
+use shared::cache::{ConversationLock, MailboxKey};
 use shared::db::{
     BudgetAction, ClosedAs, ConversationMode, HistoryTurn, Pending, PendingTurn, RecordedUser,
     TenantConfig,
@@ -237,7 +237,9 @@ impl Turn<'_> {
             }
             Decision::Forward => {
                 self.forward(&env, &turns).await?;
-                close_all(ctx, tenant.client.id, &answering, ClosedAs::Ignored).await
+                close_all(ctx, tenant.client.id, &answering, ClosedAs::Ignored).await?;
+                self.wake_agents(&env).await;
+                Ok(())
             }
             Decision::Ask => {
                 let limits = ctx.plans.limits(tenant.client.plan);
@@ -480,6 +482,15 @@ impl Turn<'_> {
     }
 
     /// Forwards the messages to the person who has the conversation.
+    /// Wakes whoever follows the conversation (the agents' console views): no reply will,
+    /// and the user's messages are in its mailbox since they were recorded.
+    async fn wake_agents(&self, env: &Envelope) {
+        let key = MailboxKey::new(self.tenant.client.id, env.channel, env.external_id.expose());
+        if let Err(e) = self.ctx.mailboxes.announce(&key).await {
+            tracing::warn!(error = %e, "could not wake the conversation's followers");
+        }
+    }
+
     async fn forward(&self, env: &Envelope, turns: &[PendingTurn]) -> Result<()> {
         for p in turns {
             let mut event = Event::new(
