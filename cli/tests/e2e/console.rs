@@ -427,13 +427,7 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
 
     // A page waiting for what comes after the last message is woken by an agent's.
     let (_, shown) = p.admin(Method::GET, &conversation, None).await;
-    let last = shown["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["seq"].as_u64())
-        .max()
-        .expect("a seq");
+    let last = last_seq(&shown);
     let waiting = follow(&p, &conversation, last);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (s, _) = p
@@ -445,39 +439,26 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let (took, woken) = waiting.await.expect("live task");
-    let texts: Vec<&str> = woken["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["content"].as_str())
-        .collect();
-    assert!(texts.contains(&"An agent here."), "{woken}");
+    assert!(
+        contents(&woken, "agent").contains(&"An agent here."),
+        "{woken}"
+    );
     assert!(
         took < WAIT,
         "answered only after its wait ({took:?}): not woken"
     );
 
     // And by the user's next message, which no reply follows while a human answers.
-    let last = woken["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["seq"].as_u64())
-        .max()
-        .expect("a seq");
+    let last = last_seq(&woken);
     let waiting = follow(&p, &conversation, last);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (status, body) = p.send(&t.api_key, "first", "Still there?", None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let (took, woken) = waiting.await.expect("live task");
-    let user: Vec<&str> = woken["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter(|m| m["role"] == "user")
-        .filter_map(|m| m["content"].as_str())
-        .collect();
-    assert!(user.contains(&"Still there?"), "{woken}");
+    assert!(
+        contents(&woken, "user").contains(&"Still there?"),
+        "{woken}"
+    );
     assert!(
         took < WAIT,
         "answered only after its wait ({took:?}): not woken"
@@ -685,12 +666,26 @@ async fn a_conversation_page_that_waited_in_vain_is_read_anew() {
     let (status, body) = p.send(&t.api_key, "quiet", "second", None).await;
     assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
     let (_, shown) = waiting.await.expect("live task");
-    let texts: Vec<&str> = shown["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["content"].as_str())
-        .collect();
-    assert_eq!(texts, ["first", "second"], "{shown}");
+    assert_eq!(contents(&shown, "user"), ["first", "second"], "{shown}");
     p.stop().await;
+}
+
+/// The highest mailbox position of a conversation's page.
+fn last_seq(page: &serde_json::Value) -> u64 {
+    messages(page)
+        .filter_map(|m| m["seq"].as_u64())
+        .max()
+        .expect("a seq")
+}
+
+/// The texts of a conversation page's messages by `role`, oldest first.
+fn contents<'a>(page: &'a serde_json::Value, role: &str) -> Vec<&'a str> {
+    messages(page)
+        .filter(|m| m["role"] == role)
+        .filter_map(|m| m["content"].as_str())
+        .collect()
+}
+
+fn messages(page: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    page["messages"].as_array().expect("messages").iter()
 }
