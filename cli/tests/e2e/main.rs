@@ -10,6 +10,7 @@ mod chromium;
 mod cluster;
 mod config_changes;
 mod console;
+mod console_routes;
 mod delivery;
 mod failures;
 mod fuzz;
