@@ -70,7 +70,7 @@ pub(crate) async fn give_up(ctx: &Ctx, env: &Envelope) -> Result<()> {
         return Ok(());
     };
     let conversation_id = super::conversation_of(ctx, env).await?;
-    let recorded = super::record_envelope(ctx, conversation_id, env).await?;
+    let recorded = super::intake::record_envelope(ctx, conversation_id, env).await?;
     if recorded.state != MessageState::Pending || tenant.config.fallback_message.is_empty() {
         return Ok(());
     }
