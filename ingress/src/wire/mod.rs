@@ -6,16 +6,17 @@
 
 mod config;
 mod messages;
+mod modes;
 mod records;
 mod tenants;
 mod tools;
 mod webhooks;
 
 pub(crate) use config::{
-    AgentModeIn, AgentModeOut, BudgetAction, BuiltinTool, ConfigIn, ConfigOut, ConfigPatch,
-    ModePatchIn, PersonaTone, TemplateRef,
+    BudgetAction, BuiltinTool, ConfigIn, ConfigOut, ConfigPatch, PersonaTone, TemplateRef,
 };
 pub(crate) use messages::{MessageOut, MessageRole, PolledMessage, PolledMessages};
+pub(crate) use modes::{AgentModeIn, AgentModeOut, ModePatchIn};
 pub(crate) use records::{
     ApiKeyOut, ChannelAccountOut, ConversationOut, KnowledgeDocumentOut, UsageDayOut,
     UsageMonthOut, UsageOut, UsageTotalOut,

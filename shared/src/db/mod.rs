@@ -10,6 +10,7 @@
 //! [`Db::migrate`]; the stored procedures' current bodies in `procedures/`. sqlx types
 //! stay inside this module: callers see [`Db`] and the repositories' plain row types.
 
+mod agent_modes;
 mod api_keys;
 mod channel_accounts;
 mod clients;
@@ -39,13 +40,11 @@ use std::time::Duration;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 
+pub use agent_modes::{AgentMode, ModePatch, NewAgentMode};
 pub use api_keys::{ApiKeyInfo, ApiKeys, NewApiKey};
 pub use channel_accounts::{ChannelAccount, ChannelAccounts};
 pub use clients::{Client, ClientPatch, Clients, NewClient};
-pub use configs::{
-    AgentMode, BudgetAction, BudgetPolicy, ClientConfig, ConfigUpdate, Configs, ModePatch,
-    NewAgentMode, TenantConfig,
-};
+pub use configs::{BudgetAction, BudgetPolicy, ClientConfig, ConfigUpdate, Configs, TenantConfig};
 pub use conversations::{
     ConversationMode, ConversationSummary, Conversations, UserWindow, WaitingConversation,
 };
