@@ -128,12 +128,28 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
         );
     }
 
-    // Handed to a human: in the tenant's human listing and in the inbox.
+    // Handed to a human: in the tenant's human listing and in the inbox, where an
+    // operator's page waiting on the (empty) list it shows is woken by it.
+    let (_, empty) = p.admin(Method::GET, "/admin/v1/handoffs", None).await;
+    assert_eq!(empty["conversations"], json!([]), "{empty}");
+    let version = empty["version"].as_str().expect("version").to_owned();
+    let inbox_waiting = waiting_get(&p, format!("/admin/v1/handoffs?wait=25&seen={version}"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let conversation = format!("{list}/{first}");
     let (s, _) = p
         .admin(Method::POST, &format!("{conversation}/handoff"), None)
         .await;
     assert_eq!(s, StatusCode::OK);
+    let (took, woken) = inbox_waiting.await.expect("inbox task");
+    assert_eq!(
+        woken["conversations"][0]["conversation"]["id"], first,
+        "{woken}"
+    );
+    assert!(
+        took < WAIT,
+        "answered only after its wait ({took:?}): not woken"
+    );
+    assert_ne!(woken["version"], version);
     let (_, human) = p
         .admin(
             Method::GET,
@@ -208,6 +224,37 @@ async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input(
         (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed".into())
     );
 
+    // A user asking for a human (the tenant's phrase) wakes the inbox too: the worker
+    // hands the conversation over.
+    let (s, body) = p
+        .admin(
+            Method::PATCH,
+            &format!("/admin/v1/clients/{}/config", t.slug),
+            Some(json!({ "human_handoff_phrase": "a real person" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (_, before) = p.admin(Method::GET, "/admin/v1/handoffs", None).await;
+    let version = before["version"].as_str().expect("version").to_owned();
+    let inbox_waiting = waiting_get(&p, format!("/admin/v1/handoffs?wait=25&seen={version}"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, body) = p
+        .send(&t.api_key, "second", "I want a real person", None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (took, woken) = inbox_waiting.await.expect("inbox task");
+    let listed: Vec<&str> = woken["conversations"]
+        .as_array()
+        .expect("conversations")
+        .iter()
+        .filter_map(|c| c["conversation"]["external_id"].as_str())
+        .collect();
+    assert_eq!(listed, ["first", "second"], "{woken}");
+    assert!(
+        took < WAIT,
+        "answered only after its wait ({took:?}): not woken"
+    );
+
     // Replays: bad ranges and limits are refused; a read operator may not run one.
     let replays = format!("/admin/v1/clients/{}/replays", t.slug);
     for body in [
@@ -251,12 +298,21 @@ fn follow_for(
     after_seq: u64,
     wait_s: u64,
 ) -> tokio::task::JoinHandle<(std::time::Duration, serde_json::Value)> {
+    waiting_get(
+        p,
+        format!("{conversation}?wait={wait_s}&after_seq={after_seq}"),
+    )
+}
+
+/// An admin GET of `path` (one that waits) in the background: how long it took, and
+/// what it answered.
+fn waiting_get(
+    p: &Platform,
+    path: String,
+) -> tokio::task::JoinHandle<(std::time::Duration, serde_json::Value)> {
     let (http, url, token) = (
         p.http.clone(),
-        format!(
-            "{}{conversation}?wait={wait_s}&after_seq={after_seq}",
-            p.base
-        ),
+        format!("{}{path}", p.base),
         p.env.settings.admin.token.expose().to_owned(),
     );
     tokio::spawn(async move {

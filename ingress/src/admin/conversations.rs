@@ -496,6 +496,9 @@ async fn switch(
             .await
             .map_err(|e| ApiError::broker_unavailable(&e))?;
         announce(state, client.id, &conv).await;
+        if let Err(e) = state.mailboxes().announce_handoffs().await {
+            tracing::warn!(error = %e, "could not wake the handoff inbox");
+        }
     }
     Ok(Json(summary(state, client.id, conversation).await?.into()))
 }

@@ -1,9 +1,13 @@
 //! `GET /admin/v1/handoffs`: the handoff inbox, every conversation a human answers across
 //! the tenants, longest waiting first (read from every database shard at once; a shard
-//! that cannot be read is named in the answer and the others are still listed).
+//! that cannot be read is named in the answer and the others are still listed). With
+//! `wait` and the `version` of the list the caller shows, it answers once a conversation
+//! is handed over or back (announced on every replica) or the wait is over.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -27,7 +31,17 @@ pub(crate) struct InboxQuery {
     #[serde(default)]
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// Seconds (0-25) to wait for a change while the list is still `seen`.
+    #[serde(default)]
+    #[param(maximum = 25)]
+    wait: Option<u64>,
+    /// The `version` of the list the caller has.
+    #[serde(default)]
+    seen: Option<String>,
 }
+
+/// Longest an inbox request waits for a change.
+const MAX_WAIT_S: u64 = 25;
 
 /// A conversation waiting for (or with) a human agent.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -46,9 +60,12 @@ pub(crate) struct Inbox {
     conversations: Vec<WaitingOut>,
     /// Database shards that could not be read (their conversations are missing).
     unavailable_shards: Vec<String>,
+    /// Names this list: pass it as `seen` to wait for the next change.
+    version: String,
 }
 
-/// Every conversation a human answers, longest waiting first.
+/// Every conversation a human answers, longest waiting first; with `wait` and `seen`,
+/// once the list differs from the one seen or a conversation changes hands.
 #[utoipa::path(get, path = "/admin/v1/handoffs", params(InboxQuery), security(("admin_token" = [])),
     responses((status = 200, body = Inbox), (status = 422, body = crate::error::ErrorBody)))]
 pub(crate) async fn list(
@@ -59,7 +76,29 @@ pub(crate) async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid("limit must be 1-500"));
     }
+    let wait = query.wait.unwrap_or(0);
+    if wait > MAX_WAIT_S {
+        return Err(ApiError::invalid(format!(
+            "wait must be 0-{MAX_WAIT_S} seconds"
+        )));
+    }
+    // Registered before the read: a change in between is not missed.
+    let watch = state.mailboxes().watch_handoffs();
+    let inbox = read(&state, limit).await?;
+    if wait == 0 || query.seen.as_deref() != Some(inbox.version.as_str()) {
+        return Ok(Json(inbox));
+    }
+    tokio::select! {
+        _ = watch.changed() => {}
+        _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+        _ = state.shutdown().cancelled() => return Ok(Json(inbox)),
+    }
+    Ok(Json(read(&state, limit).await?))
+}
+
+async fn read(state: &AppState, limit: u32) -> Result<Inbox> {
     let (waiting, unavailable_shards) = state.db().waiting_for_humans(limit).await;
+    let mut listed = DefaultHasher::new();
     let mut tenants: HashMap<ClientId, Option<(String, String)>> = HashMap::new();
     let mut conversations = Vec::with_capacity(waiting.len());
     for w in waiting {
@@ -74,6 +113,7 @@ pub(crate) async fn list(
         let Some((slug, name)) = names else {
             continue;
         };
+        (w.client_id, w.conversation.id, w.waiting_since).hash(&mut listed);
         conversations.push(WaitingOut {
             client_id: w.client_id.get(),
             client_slug: slug.clone(),
@@ -82,8 +122,10 @@ pub(crate) async fn list(
             waiting_since: w.waiting_since,
         });
     }
-    Ok(Json(Inbox {
+    unavailable_shards.hash(&mut listed);
+    Ok(Inbox {
         conversations,
         unavailable_shards,
-    }))
+        version: format!("{:016x}", listed.finish()),
+    })
 }

@@ -119,11 +119,15 @@ export async function inboxView(root, signal) {
   const rows = h('tbody');
   const status = h('div');
   root.replaceChildren(h('h1', {}, 'Handoff inbox'),
-    h('p', { class: 'muted' }, 'Conversations a human answers, longest waiting first. Updates every 2 s.'), status,
+    h('p', { class: 'muted' }, 'Conversations a human answers, longest waiting first; updated as they are handed over and back.'), status,
     h('table', { id: 'inbox' }, h('thead', {}, h('tr', {}, ['Tenant', 'Channel', 'Conversation', 'Waiting since', 'Last message'].map((t) => h('th', {}, t)))), rows));
+  // Each request after the first waits (up to 20 s) for the list to change.
+  let version = '';
   while (!signal.aborted) {
     try {
-      const inbox = await api('GET', '/admin/v1/handoffs', undefined, signal);
+      const wait = version ? `?wait=20&seen=${enc(version)}` : '';
+      const inbox = await api('GET', `/admin/v1/handoffs${wait}`, undefined, signal);
+      version = inbox.version;
       rows.replaceChildren(...inbox.conversations.map((c) => {
         const href = `#/tenants/${enc(c.client_slug)}/conversations/${c.conversation.id}`;
         return h('tr', { class: 'link', 'data-id': c.conversation.id, onclick: () => { location.hash = href; } },
@@ -131,11 +135,12 @@ export async function inboxView(root, signal) {
           h('td', {}, when(c.waiting_since)), h('td', {}, when(c.conversation.last_message_at)));
       }));
       if (!inbox.conversations.length) rows.append(h('tr', {}, h('td', { colspan: 5, class: 'muted' }, 'Nobody is waiting for a human.')));
-      status.replaceChildren();
+      status.replaceChildren(inbox.unavailable_shards.length
+        ? errBox({ message: `database shards ${inbox.unavailable_shards.join(', ')} could not be read: their conversations are missing` }) : '');
     } catch (e) {
       if (e.name === 'AbortError' || e.status === 401 || signal.aborted) return;
       status.replaceChildren(errBox(e, 'The inbox could not be read, retrying'));
+      await sleep(2000, signal);
     }
-    await sleep(2000, signal);
   }
 }

@@ -87,7 +87,22 @@ impl Mailboxes {
     pub async fn announce(&self, key: &MailboxKey) -> Result<()> {
         self.wakeups.announce(&key.0).await
     }
+
+    /// Registers interest in the operators' handoff inbox: any conversation's change of
+    /// who answers it.
+    pub fn watch_handoffs(&self) -> MailboxWatch {
+        self.wakeups.watch(HANDOFFS)
+    }
+
+    /// Tells every replica that a conversation was handed to a human or back.
+    pub async fn announce_handoffs(&self) -> Result<()> {
+        self.wakeups.announce(HANDOFFS).await
+    }
 }
+
+/// The key changes of mode are announced under; no mailbox key looks like it (those are
+/// `<client>:<channel>:<digest>`).
+const HANDOFFS: &str = "handoffs";
 
 /// The one long-poll a session may hold; see [`Mailboxes::claim_poll_slot`].
 #[derive(Debug)]

@@ -479,11 +479,14 @@ impl Turn<'_> {
                     .with("message_id", last.envelope_id.to_string());
             Box::pin(ctx.webhooks().emit(client_id, handoff)).await?;
             metrics::counter!(metric::HANDOFFS).increment(1);
+            // The operators' handoff inbox lists it at once.
+            if let Err(e) = ctx.mailboxes.announce_handoffs().await {
+                tracing::warn!(error = %e, "could not wake the handoff inbox");
+            }
         }
         Ok(())
     }
 
-    /// Forwards the messages to the person who has the conversation.
     /// Wakes whoever follows the conversation (the agents' console views): no reply will,
     /// and the user's messages are in its mailbox since they were recorded.
     async fn wake_agents(&self, env: &Envelope) {
@@ -493,6 +496,7 @@ impl Turn<'_> {
         }
     }
 
+    /// Forwards the messages to the person who has the conversation.
     async fn forward(&self, env: &Envelope, turns: &[PendingTurn]) -> Result<()> {
         for p in turns {
             let mut event = Event::new(
