@@ -96,7 +96,18 @@ async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let cluster = Cluster::start(&name).await;
-    let p = Platform::start_with(&[("CHATFLEET__AMQP__URLS", cluster.urls.as_str())], 1).await;
+    // The tenant's plan does not hold its 30 messages back: a turn delayed by the plan's
+    // rate waits on the retry ladder, which on a loaded machine took this test past its
+    // patience (CI, once) while the failover it checks had long completed.
+    let p = Platform::start_with(
+        &[
+            ("CHATFLEET__AMQP__URLS", cluster.urls.as_str()),
+            ("CHATFLEET__PLANS__STARTER__MESSAGES_PER_MINUTE", "6000"),
+            ("CHATFLEET__PLANS__STARTER__BURST", "1000"),
+        ],
+        1,
+    )
+    .await;
     let topology = p.env.broker.topology().clone();
     let t = p.tenant("clustered").await;
 
