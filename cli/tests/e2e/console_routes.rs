@@ -3,6 +3,7 @@
 //! handoff inbox, a conversation's page that waits for what changes, and the refusals of
 //! bad input. The page itself is driven in Chromium in `console.rs`.
 
+use reqwest::StatusCode;
 use serde_json::json;
 use shared::db::Scope;
 
@@ -12,7 +13,6 @@ use crate::support::{Method, Platform, WAIT};
 /// agent's message and by a user's while a human answers, and the refusals of bad input.
 #[tokio::test]
 async fn the_console_is_served_with_its_policy_and_its_routes_check_their_input() {
-    use reqwest::StatusCode;
     let p = Platform::start().await;
     let code = |v: &serde_json::Value| v["error"]["code"].as_str().unwrap_or("").to_owned();
 
@@ -330,7 +330,7 @@ async fn a_conversation_page_that_waited_in_vain_is_read_anew() {
     let p = Platform::start_with(&[], 0).await;
     let t = p.tenant("unanswered").await;
     let (status, body) = p.send(&t.api_key, "quiet", "first", None).await;
-    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let conversation = p.conversation(t.id, "quiet").await;
     let path = format!(
         "/admin/v1/clients/{}/conversations/{}",
@@ -340,7 +340,7 @@ async fn a_conversation_page_that_waited_in_vain_is_read_anew() {
     let waiting = follow_for(&p, &path, 1, 2);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (status, body) = p.send(&t.api_key, "quiet", "second", None).await;
-    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let (_, shown) = waiting.await.expect("live task");
     assert_eq!(contents(&shown, "user"), ["first", "second"], "{shown}");
     p.stop().await;
@@ -364,4 +364,50 @@ fn contents<'a>(page: &'a serde_json::Value, role: &str) -> Vec<&'a str> {
 
 fn messages(page: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
     page["messages"].as_array().expect("messages").iter()
+}
+
+/// A WhatsApp conversation's page waits on the same wake-up as the mailbox channels':
+/// the bot's reply wakes it (the worker announces WhatsApp replies too).
+#[tokio::test]
+async fn a_whatsapp_conversations_page_is_woken_by_the_bots_reply() {
+    use crate::whatsapp::{change, graph_platform, message, signed_post, webhook};
+    let (graph, p, t) = graph_platform("wa-console", "557", &[]).await;
+    let user = "15550004444";
+    let first = webhook(vec![change(
+        "557",
+        vec![message("wamid.c1", user, "hello")],
+    )]);
+    assert_eq!(signed_post(&p, first).await, StatusCode::OK);
+    shared::testkit::eventually(WAIT, "the first reply", || async {
+        (!graph.sent_to(user).is_empty()).then_some(())
+    })
+    .await;
+    let conversation = p
+        .conversation_on(t.id, shared::ids::Channel::Whatsapp, user)
+        .await;
+    let path = format!(
+        "/admin/v1/clients/{}/conversations/{}",
+        t.slug,
+        conversation.get()
+    );
+    let (_, shown) = p.admin(Method::GET, &path, None).await;
+    let waiting = follow(&p, &path, last_seq(&shown));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let again = webhook(vec![change(
+        "557",
+        vec![message("wamid.c2", user, "again")],
+    )]);
+    assert_eq!(signed_post(&p, again).await, StatusCode::OK);
+    let (took, woken) = waiting.await.expect("live task");
+    assert!(
+        contents(&woken, "assistant")
+            .iter()
+            .any(|text| text.ends_with("You said: again")),
+        "{woken}"
+    );
+    assert!(
+        took < WAIT,
+        "answered only after its wait ({took:?}): not woken"
+    );
+    p.stop().await;
 }

@@ -9,7 +9,7 @@ use chrono::Utc;
 use shared::cache::MailboxKey;
 use shared::db::{ClosedAs, NewReply, StoreOutcome, StoredReply, TenantConfig};
 use shared::envelope::{Destination, Envelope, Reply, ReplyKind};
-use shared::ids::{Channel, ClientId, ConversationId, EnvelopeId};
+use shared::ids::{ClientId, ConversationId, EnvelopeId};
 use shared::metric;
 use shared::mq::ReplyRoute;
 
@@ -183,10 +183,9 @@ async fn publish(ctx: &Ctx, reply: &Reply, request_id: &str) -> Result<()> {
 /// reply is readable there since its commit, so a poll need not wait for the broker to
 /// carry it to the channel's deliverer. Returns whether it did; the reply says so, and
 /// its deliverer wakes them only when the worker could not (the failure is logged).
+/// A WhatsApp conversation has no polls, but the console's page of it waits on the same
+/// wake-up.
 async fn wake_polls(ctx: &Ctx, reply: &Reply) -> bool {
-    if reply.channel == Channel::Whatsapp {
-        return false; // No mailbox: the deliverer sends it to the Graph API.
-    }
     let key = MailboxKey::new(reply.client_id, reply.channel, reply.external_id.expose());
     match ctx.mailboxes.announce(&key).await {
         Ok(()) => true,
