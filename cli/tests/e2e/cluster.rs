@@ -1,7 +1,8 @@
 //! A RabbitMQ cluster (`amqp.urls`): the topology on three nodes of the test's own
 //! (`scripts/rabbitmq-cluster`), its queues replicated on all three, and the node leading
 //! the work queues stopped mid-conversation: ingress and worker reconnect to another
-//! node and nothing is lost, repeated or reordered.
+//! node and nothing is lost, repeated or reordered; and the node leading a retry rung
+//! stopped while a delivery waits there: it still comes back and is answered once.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,6 +13,9 @@ use serde_json::Value;
 use shared::testkit::eventually;
 
 use crate::support::Platform;
+
+/// One cluster at a time: two starting at once race for the same free ports.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Three RabbitMQ nodes, stopped and removed on drop.
 struct Cluster {
@@ -95,6 +99,7 @@ async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
         "cf-cluster-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(&name).await;
     // The tenant's plan does not hold its 30 messages back: a turn delayed by the plan's
     // rate waits on the retry ladder, which on a loaded machine took this test past its
@@ -229,6 +234,92 @@ async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
     }
     // The node comes back and rejoins its cluster (deleting the test's queues waits for
     // every member of each).
+    let path = cluster.path();
+    tokio::task::spawn_blocking(move || script(&["start-node", &path, &leading.to_string()]))
+        .await
+        .expect("started again");
+    p.stop().await;
+    drop(cluster);
+}
+
+/// A delivery waiting on the retry ladder when the node leading the ladder's queue stops
+/// comes back while that node is down: a new leader expires it into the work queue, and
+/// it is answered once, without the stopped node.
+#[tokio::test]
+async fn a_retry_waiting_when_its_queues_leader_stops_is_still_answered() {
+    let name = format!(
+        "cf-ladder-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(&name).await;
+    let p = Platform::start_with(
+        &[
+            ("CHATFLEET__AMQP__URLS", cluster.urls.as_str()),
+            ("CHATFLEET__AMQP__RETRY_DELAYS_S", "1,10,60"),
+        ],
+        1,
+    )
+    .await;
+    let topology = p.env.broker.topology().clone();
+    let t = p.tenant("laddered").await;
+
+    // The model is down: the turn fails twice and waits on the 10 s rung.
+    p.sim.set_unavailable(true);
+    send_accepted(&p, &t.api_key, "r", "are you there?").await;
+    p.wait_for_llm_requests(2).await;
+    let rung = topology
+        .retry_queue(shared::mq::RetryRung(1))
+        .expect("a second rung");
+    eventually(
+        Duration::from_secs(20),
+        "the delivery on the 10 s rung",
+        || async {
+            let listed = cluster.ctl(
+                1,
+                &["list_queues", "name", "messages", "--formatter", "json"],
+            );
+            let queues: Vec<Value> = serde_json::from_str(&listed).ok()?;
+            queues
+                .iter()
+                .any(|q| q["name"] == rung.as_str() && q["messages"].as_u64() == Some(1))
+                .then_some(())
+        },
+    )
+    .await;
+    let listed = cluster.ctl(1, &["list_queues", "name", "leader", "--formatter", "json"]);
+    let queues: Vec<Value> = serde_json::from_str(&listed).expect("queues as JSON");
+    let leader = queues
+        .iter()
+        .find(|q| q["name"] == rung.as_str())
+        .and_then(|q| q["leader"].as_str())
+        .expect("the rung's leader")
+        .to_owned();
+    let leading: u16 = (1..=3)
+        .find(|n| leader.starts_with(&format!("cf{n}-")))
+        .expect("a node of ours leads");
+    p.sim.set_unavailable(false);
+    let path = cluster.path();
+    tokio::task::spawn_blocking(move || script(&["stop-node", &path, &leading.to_string()]))
+        .await
+        .expect("stopped");
+
+    // Answered while that node is down: within the rung's 10 s and a failover.
+    let answered = eventually(
+        Duration::from_secs(60),
+        "the answer after the failover",
+        || async {
+            let page = p.poll(&t.api_key, "r", "0", 5).await?;
+            let messages = page["messages"].as_array()?.clone();
+            messages
+                .iter()
+                .any(|m| m["role"] == "assistant")
+                .then_some(messages)
+        },
+    )
+    .await;
+    let replies = answered.iter().filter(|m| m["role"] == "assistant").count();
+    assert_eq!(replies, 1, "{answered:?}");
     let path = cluster.path();
     tokio::task::spawn_blocking(move || script(&["start-node", &path, &leading.to_string()]))
         .await
