@@ -38,7 +38,12 @@ fn script(args: &[&str]) -> String {
 }
 
 impl Cluster {
-    async fn start(name: &str) -> Self {
+    /// Three nodes in `<temp>/<prefix>-<random>`.
+    async fn start(prefix: &str) -> Self {
+        let name = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let dir = std::env::temp_dir().join(name);
         let path = dir.to_string_lossy().into_owned();
         // On the first free ports the script finds.
@@ -50,6 +55,35 @@ impl Cluster {
 
     fn path(&self) -> String {
         self.dir.to_string_lossy().into_owned()
+    }
+
+    /// Each queue's `columns` (`name` among them), as `rabbitmqctl list_queues` on node 1
+    /// lists them.
+    fn queues(&self, columns: &[&str]) -> Vec<Value> {
+        let mut args = vec!["list_queues"];
+        args.extend_from_slice(columns);
+        args.extend_from_slice(&["--formatter", "json"]);
+        let listed = self.ctl(1, &args);
+        serde_json::from_str(&listed).unwrap_or_else(|e| panic!("queues as JSON ({e}): {listed}"))
+    }
+
+    /// The node (1-3) leading `queue`.
+    fn leading(&self, queue: &str) -> u16 {
+        let queues = self.queues(&["name", "leader"]);
+        let leader = queues
+            .iter()
+            .find(|q| q["name"] == queue)
+            .and_then(|q| q["leader"].as_str())
+            .unwrap_or_else(|| panic!("{queue} has no leader: {queues:?}"));
+        (1..=3)
+            .find(|n| leader.starts_with(&format!("cf{n}-")))
+            .expect("a node of ours leads")
+    }
+
+    /// Stops (`"stop-node"`) or starts (`"start-node"`) node `n`, in the background.
+    fn node(&self, action: &'static str, n: u16) -> tokio::task::JoinHandle<String> {
+        let path = self.path();
+        tokio::task::spawn_blocking(move || script(&[action, &path, &n.to_string()]))
     }
 
     /// `rabbitmqctl` on node `n`'s behalf.
@@ -95,12 +129,8 @@ async fn send_accepted(p: &Platform, key: &str, conversation: &str, text: &str) 
 
 #[tokio::test]
 async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
-    let name = format!(
-        "cf-cluster-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
     let _one = ONE_AT_A_TIME.lock().await;
-    let cluster = Cluster::start(&name).await;
+    let cluster = Cluster::start("cf-cluster").await;
     // The tenant's plan does not hold its 30 messages back: a turn delayed by the plan's
     // rate waits on the retry ladder, which on a loaded machine took this test past its
     // patience (CI, once) while the failover it checks had long completed.
@@ -117,41 +147,21 @@ async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
     let t = p.tenant("clustered").await;
 
     // Every quorum queue and the archive stream have a member on each node.
-    let listed = cluster.ctl(
-        1,
-        &[
-            "list_queues",
-            "name",
-            "leader",
-            "members",
-            "--formatter",
-            "json",
-        ],
-    );
-    let queues: Vec<Value> = serde_json::from_str(&listed).expect("queues as JSON");
-    let of = |name: &str| {
-        queues
-            .iter()
-            .find(|q| q["name"] == name)
-            .unwrap_or_else(|| panic!("{name} in {listed}"))
-            .clone()
-    };
+    let queues = cluster.queues(&["name", "members"]);
     for queue in [
         topology.work_shard(0),
         topology.work_shard(1),
         topology.inbound_work(),
         topology.archive(),
     ] {
-        let members = of(&queue)["members"].as_array().map_or(0, Vec::len);
-        assert_eq!(members, 3, "{queue} on every node: {}", of(&queue));
+        let members = queues
+            .iter()
+            .find(|q| q["name"] == queue.as_str())
+            .and_then(|q| q["members"].as_array())
+            .map_or(0, Vec::len);
+        assert_eq!(members, 3, "{queue} on every node: {queues:?}");
     }
-    let leader = of(&topology.work_shard(0))["leader"]
-        .as_str()
-        .expect("a leader")
-        .to_owned();
-    let leading: u16 = (1..=3)
-        .find(|n| leader.starts_with(&format!("cf{n}-")))
-        .expect("a node of ours leads");
+    let leading = cluster.leading(&topology.work_shard(0));
 
     let conversations = ["a", "b", "c"];
     let mut expected = Vec::new();
@@ -163,9 +173,7 @@ async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
         }
     }
     // The leader goes away while these are on their way.
-    let path = cluster.path();
-    let stopping =
-        tokio::task::spawn_blocking(move || script(&["stop-node", &path, &leading.to_string()]));
+    let stopping = cluster.node("stop-node", leading);
     for round in 0..4 {
         for c in conversations {
             let text = format!("{c} during {round}");
@@ -234,8 +242,8 @@ async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
     }
     // The node comes back and rejoins its cluster (deleting the test's queues waits for
     // every member of each).
-    let path = cluster.path();
-    tokio::task::spawn_blocking(move || script(&["start-node", &path, &leading.to_string()]))
+    cluster
+        .node("start-node", leading)
         .await
         .expect("started again");
     p.stop().await;
@@ -247,12 +255,8 @@ async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
 /// it is answered once, without the stopped node.
 #[tokio::test]
 async fn a_retry_waiting_when_its_queues_leader_stops_is_still_answered() {
-    let name = format!(
-        "cf-ladder-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
     let _one = ONE_AT_A_TIME.lock().await;
-    let cluster = Cluster::start(&name).await;
+    let cluster = Cluster::start("cf-ladder").await;
     let p = Platform::start_with(
         &[
             ("CHATFLEET__AMQP__URLS", cluster.urls.as_str()),
@@ -275,34 +279,17 @@ async fn a_retry_waiting_when_its_queues_leader_stops_is_still_answered() {
         Duration::from_secs(20),
         "the delivery on the 10 s rung",
         || async {
-            let listed = cluster.ctl(
-                1,
-                &["list_queues", "name", "messages", "--formatter", "json"],
-            );
-            let queues: Vec<Value> = serde_json::from_str(&listed).ok()?;
-            queues
+            cluster
+                .queues(&["name", "messages"])
                 .iter()
                 .any(|q| q["name"] == rung.as_str() && q["messages"].as_u64() == Some(1))
                 .then_some(())
         },
     )
     .await;
-    let listed = cluster.ctl(1, &["list_queues", "name", "leader", "--formatter", "json"]);
-    let queues: Vec<Value> = serde_json::from_str(&listed).expect("queues as JSON");
-    let leader = queues
-        .iter()
-        .find(|q| q["name"] == rung.as_str())
-        .and_then(|q| q["leader"].as_str())
-        .expect("the rung's leader")
-        .to_owned();
-    let leading: u16 = (1..=3)
-        .find(|n| leader.starts_with(&format!("cf{n}-")))
-        .expect("a node of ours leads");
+    let leading = cluster.leading(&rung);
     p.sim.set_unavailable(false);
-    let path = cluster.path();
-    tokio::task::spawn_blocking(move || script(&["stop-node", &path, &leading.to_string()]))
-        .await
-        .expect("stopped");
+    cluster.node("stop-node", leading).await.expect("stopped");
 
     // Answered while that node is down: within the rung's 10 s and a failover.
     let answered = eventually(
@@ -320,8 +307,8 @@ async fn a_retry_waiting_when_its_queues_leader_stops_is_still_answered() {
     .await;
     let replies = answered.iter().filter(|m| m["role"] == "assistant").count();
     assert_eq!(replies, 1, "{answered:?}");
-    let path = cluster.path();
-    tokio::task::spawn_blocking(move || script(&["start-node", &path, &leading.to_string()]))
+    cluster
+        .node("start-node", leading)
         .await
         .expect("started again");
     p.stop().await;
