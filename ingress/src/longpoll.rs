@@ -83,6 +83,16 @@ pub(crate) enum Polled {
     Superseded,
 }
 
+/// One of the ingress's `http.max_long_polls`, held while a request waits (a channel's
+/// poll, an admin page that waits for a change); none left: 503 `overloaded`, retry.
+pub(crate) fn permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    state.long_polls().clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!(metric::INBOUND_REJECTED, "channel" => "longpoll", "reason" => "overloaded")
+            .increment(1);
+        ApiError::overloaded("this ingress holds as many long-polls as it may; retry", 1)
+    })
+}
+
 /// Waits for entries after `after` in a conversation's mailbox, for at most `wait`.
 /// With a `slot`, ends early as [`Polled::Superseded`] once a newer poll of the same
 /// session claimed it.
@@ -95,11 +105,7 @@ pub(crate) async fn wait_for(
     slot: Option<&PollSlot>,
 ) -> Result<Polled> {
     // Held until the poll answers; none left: answered at once, the client retries.
-    let _permit = state.long_polls().clone().try_acquire_owned().map_err(|_| {
-        metrics::counter!(metric::INBOUND_REJECTED, "channel" => "longpoll", "reason" => "overloaded")
-            .increment(1);
-        ApiError::overloaded("this ingress holds as many long-polls as it may; retry", 1)
-    })?;
+    let _permit = permit(state)?;
     let deadline = tokio::time::Instant::now() + params.wait;
     let watch = state.mailboxes().watch(key);
     let mut read = true;

@@ -21,6 +21,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 struct Cluster {
     dir: PathBuf,
     urls: String,
+    /// Released after the nodes are stopped (fields drop after `Drop::drop`).
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
 
 fn script(args: &[&str]) -> String {
@@ -40,6 +42,7 @@ fn script(args: &[&str]) -> String {
 impl Cluster {
     /// Three nodes in `<temp>/<prefix>-<random>`.
     async fn start(prefix: &str) -> Self {
+        let one_at_a_time = ONE_AT_A_TIME.lock().await;
         let name = format!(
             "{prefix}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -50,7 +53,11 @@ impl Cluster {
         let urls = tokio::task::spawn_blocking(move || script(&["start", &path]))
             .await
             .expect("runner");
-        Self { dir, urls }
+        Self {
+            dir,
+            urls,
+            _one_at_a_time: one_at_a_time,
+        }
     }
 
     fn path(&self) -> String {
@@ -129,7 +136,6 @@ async fn send_accepted(p: &Platform, key: &str, conversation: &str, text: &str) 
 
 #[tokio::test]
 async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
-    let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start("cf-cluster").await;
     // The tenant's plan does not hold its 30 messages back: a turn delayed by the plan's
     // rate waits on the retry ladder, which on a loaded machine took this test past its
@@ -255,7 +261,6 @@ async fn the_node_leading_the_work_queues_stops_and_nothing_is_lost() {
 /// it is answered once, without the stopped node.
 #[tokio::test]
 async fn a_retry_waiting_when_its_queues_leader_stops_is_still_answered() {
-    let _one = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start("cf-ladder").await;
     let p = Platform::start_with(
         &[

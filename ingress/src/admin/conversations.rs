@@ -2,8 +2,6 @@
 //! `config_version` each reply was produced with; human agents write into a conversation,
 //! take it over and hand it back.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,7 +19,7 @@ use shared::pii::Pii;
 use shared::webhooks::{EventType, NewEvent};
 use uuid::Uuid;
 
-use super::{Page, body, resolve};
+use super::{Page, body, channel_param, resolve, until_changed, wait_param};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::extract::{Path, Query};
@@ -105,17 +103,7 @@ pub(crate) async fn list(
 ) -> Result<Json<ConversationPage>> {
     let client = resolve(&state, &id).await?;
     let (after, limit) = page.bounds()?;
-    let channel = query
-        .channel
-        .as_deref()
-        .map(|c| {
-            c.parse::<Channel>().map_err(|_| {
-                ApiError::invalid(format!(
-                    "channel must be one of api, widget, mobile, whatsapp; got {c:?}"
-                ))
-            })
-        })
-        .transpose()?;
+    let channel = query.channel.as_deref().map(channel_param).transpose()?;
     let mode = query
         .mode
         .as_deref()
@@ -176,9 +164,6 @@ pub(crate) struct LiveQuery {
     after_seq: Option<u64>,
 }
 
-/// Longest a conversation's page waits for something new.
-const MAX_LIVE_WAIT_S: u64 = 25;
-
 /// One conversation with its messages. With `wait` and `after_seq` (the console's live
 /// view): at once when the mailbox holds a message after `after_seq`, else when the
 /// conversation changes (a reply, an agent's message, a change of mode, a user's
@@ -193,25 +178,14 @@ pub(crate) async fn get_one(
     Query(live): Query<LiveQuery>,
 ) -> Result<Json<ConversationDetail>> {
     let client = resolve(&state, &id).await?;
-    let wait = live.wait.unwrap_or(0);
-    if wait > MAX_LIVE_WAIT_S {
-        return Err(ApiError::invalid(format!(
-            "wait must be 0-{MAX_LIVE_WAIT_S} seconds"
-        )));
-    }
+    let wait = wait_param(live.wait)?;
     let found = summary(&state, client.id, conversation).await?;
     let after_seq = match live.after_seq {
-        Some(after_seq) if wait > 0 => after_seq,
+        Some(after_seq) if !wait.is_zero() => after_seq,
         _ => return Ok(Json(detail(&state, client.id, found, MESSAGES).await?)),
     };
     // Held while waiting, like a channel's long-poll.
-    let _permit = state
-        .long_polls()
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::overloaded("this ingress holds as many long-polls as it may; retry", 1)
-        })?;
+    let _permit = crate::longpoll::permit(&state)?;
     let key = MailboxKey::new(client.id, found.channel, &found.external_id);
     // Registered before the read: nothing announced in between is missed.
     let watch = state.mailboxes().watch(&key);
@@ -223,10 +197,8 @@ pub(crate) async fn get_one(
     // Read anew once something is announced (a reply, an agent's message, a change of
     // mode, a user's message while a human answers) or the wait is over (what changes
     // unannounced: delivery marks, a user's message before its turn).
-    tokio::select! {
-        _ = watch.changed() => {}
-        _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
-        _ = state.shutdown().cancelled() => return Ok(Json(shown)),
+    if !until_changed(&state, &watch, wait).await {
+        return Ok(Json(shown));
     }
     let current = summary(&state, client.id, conversation).await?;
     Ok(Json(detail(&state, client.id, current, MESSAGES).await?))

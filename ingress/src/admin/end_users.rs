@@ -39,12 +39,7 @@ pub(crate) struct EndUser {
 
 impl EndUser {
     fn channel(&self) -> Result<Channel> {
-        self.channel.parse().map_err(|_| {
-            ApiError::invalid(format!(
-                "channel must be one of whatsapp, widget, mobile, api, got {:?}",
-                self.channel
-            ))
-        })
+        super::channel_param(&self.channel)
     }
 
     /// The end user's conversation on the channel, if there is one. A widget

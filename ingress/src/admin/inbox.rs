@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::hash::{Hash, Hasher};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -16,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::ids::ClientId;
 
+use super::{until_changed, wait_param};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::extract::Query;
@@ -39,9 +39,6 @@ pub(crate) struct InboxQuery {
     #[serde(default)]
     seen: Option<String>,
 }
-
-/// Longest an inbox request waits for a change.
-const MAX_WAIT_S: u64 = 25;
 
 /// A conversation waiting for (or with) a human agent.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -76,22 +73,13 @@ pub(crate) async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::invalid("limit must be 1-500"));
     }
-    let wait = query.wait.unwrap_or(0);
-    if wait > MAX_WAIT_S {
-        return Err(ApiError::invalid(format!(
-            "wait must be 0-{MAX_WAIT_S} seconds"
-        )));
-    }
+    let wait = wait_param(query.wait)?;
     // Registered before the read: a change in between is not missed.
     let watch = state.mailboxes().watch_handoffs();
     let inbox = read(&state, limit).await?;
-    if wait == 0 || query.seen.as_deref() != Some(inbox.version.as_str()) {
+    let unchanged = query.seen.as_deref() == Some(inbox.version.as_str());
+    if wait.is_zero() || !unchanged || !until_changed(&state, &watch, wait).await {
         return Ok(Json(inbox));
-    }
-    tokio::select! {
-        _ = watch.changed() => {}
-        _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
-        _ = state.shutdown().cancelled() => return Ok(Json(inbox)),
     }
     Ok(Json(read(&state, limit).await?))
 }

@@ -28,7 +28,9 @@ use axum::middleware;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
+use shared::cache::MailboxWatch;
 use shared::db::Client;
+use shared::ids::{Channel, UnknownChannel};
 
 use crate::AppState;
 use crate::error::{ApiError, Result};
@@ -75,6 +77,36 @@ async fn resolve(state: &AppState, id_or_slug: &str) -> Result<Client> {
         Err(_) => state.db().clients().by_slug(id_or_slug).await?,
     };
     found.ok_or_else(|| ApiError::not_found(format!("no client {id_or_slug:?}")))
+}
+
+/// A `channel` field or parameter: one of the four channels, else 422 naming them.
+fn channel_param(raw: &str) -> Result<Channel> {
+    raw.parse()
+        .map_err(|e: UnknownChannel| ApiError::invalid(format!("channel: {e}")))
+}
+
+/// Longest an admin read waits for a change (`?wait=`; inside `http.request_timeout_s`).
+const MAX_WAIT_S: u64 = 25;
+
+/// `?wait=` of an admin read that can wait for a change: 0-25 seconds.
+fn wait_param(raw: Option<u64>) -> Result<std::time::Duration> {
+    let wait = raw.unwrap_or(0);
+    if wait > MAX_WAIT_S {
+        return Err(ApiError::invalid(format!(
+            "wait must be 0-{MAX_WAIT_S} seconds"
+        )));
+    }
+    Ok(std::time::Duration::from_secs(wait))
+}
+
+/// Waits until `watch` (registered before the caller read what it shows) is woken or
+/// `wait` passed; false when the ingress is shutting down instead.
+async fn until_changed(state: &AppState, watch: &MailboxWatch, wait: std::time::Duration) -> bool {
+    tokio::select! {
+        _ = watch.changed() => true,
+        _ = tokio::time::sleep(wait) => true,
+        _ = state.shutdown().cancelled() => false,
+    }
 }
 
 /// `?after=&limit=` of listings.

@@ -11,11 +11,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::ids::Channel;
 use shared::replay::{Archived, Range};
 use uuid::Uuid;
 
-use super::{body, resolve};
+use super::{body, channel_param, resolve};
 use crate::AppState;
 use crate::error::{ApiError, Result};
 use crate::extract::Path;
@@ -96,14 +95,7 @@ pub(crate) async fn dry_run(
             "limit must be 1-{MAX_ENVELOPES}"
         )));
     }
-    let channel = req
-        .channel
-        .as_deref()
-        .map(|c| {
-            c.parse::<Channel>()
-                .map_err(|e| ApiError::invalid(e.to_string()))
-        })
-        .transpose()?;
+    let channel = req.channel.as_deref().map(channel_param).transpose()?;
     let range = Range {
         from: req.from,
         to,
